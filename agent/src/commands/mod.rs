@@ -1,0 +1,4 @@
+//! One module per command (besides `run`, which is the `pipeline`).
+
+pub mod list;
+pub mod status;

@@ -1,0 +1,48 @@
+//! Exit codes, decided in one place (DESIGN.md, "Exit codes").
+
+use crate::config::ConfigError;
+
+/// Refused for safety (exit 3): a foreign cluster in the store prefix, a non-empty PGDATA…
+#[derive(Debug, thiserror::Error)]
+#[error("refused: {0}")]
+pub struct Refused(pub String);
+
+/// Success.
+pub const OK: u8 = 0;
+/// A failure with a message (and, for `fetch` only, "confirmed not found").
+pub const FAILURE: u8 = 1;
+/// Usage or configuration error.
+pub const USAGE: u8 = 2;
+/// Refused for safety.
+pub const REFUSED: u8 = 3;
+
+/// The exit code for an error that ended a command.
+pub fn code_for(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if cause.is::<Refused>() {
+            return REFUSED;
+        }
+        if cause.is::<ConfigError>() {
+            return USAGE;
+        }
+        if let Some(e) = cause.downcast_ref::<pgagent_storage::StoreError>() {
+            if e.is_foreign_cluster() {
+                return REFUSED;
+            }
+        }
+    }
+    FAILURE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_follow_the_cause_chain() {
+        let e = anyhow::Error::new(Refused("x".into())).context("outer");
+        assert_eq!(code_for(&e), REFUSED);
+        assert_eq!(code_for(&ConfigError("bad".into()).into()), USAGE);
+        assert_eq!(code_for(&anyhow::anyhow!("other")), FAILURE);
+    }
+}

@@ -1,0 +1,99 @@
+//! pgagent: a PostgreSQL backup sidecar.
+//!
+//! It streams WAL over a physical replication connection into local staging and a bucket
+//! (zstd-compressed, blake3-verified), so that a machine with nothing but the bucket can come
+//! back to any point in time. See DESIGN.md for the contracts; `main.rs` only calls
+//! [`main_entry`].
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod exit;
+pub mod logging;
+pub mod metrics;
+pub mod pipeline;
+pub mod staging;
+pub mod statusfile;
+pub mod tracker;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{Cli, Command};
+use crate::config::{Config, RawConfig};
+
+/// Parses the command line, runs the command, and returns the process exit code.
+pub fn main_entry() -> u8 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
+        }
+    };
+    logging::init(cli.log_format);
+    match run(cli) {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            eprintln!("pgagent: {e:#}");
+            exit::code_for(&e)
+        }
+    }
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    let raw = RawConfig::load(cli.config.as_deref(), &cli.overrides.clone().into())?;
+    Ok(raw.validate()?)
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let cfg = load_config(&cli)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Run => {
+                let shutdown = CancellationToken::new();
+                tokio::spawn(watch_signals(shutdown.clone()));
+                pipeline::run(cfg, shutdown).await
+            }
+            Command::List { what, json } => commands::list::run(&cfg, what, json).await,
+            Command::Status { json } => commands::status::run(&cfg, json).await,
+        }
+    })
+}
+
+/// First SIGTERM/SIGINT: cancel `shutdown` (flush, upload, stop). Second: exit at once.
+async fn watch_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    let mut count = 0;
+    loop {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        count += 1;
+        if count == 1 {
+            tracing::info!(
+                "shutting down: uploading what was received (signal again to stop at once)"
+            );
+            shutdown.cancel();
+        } else {
+            tracing::warn!("second signal: stopping now; staging keeps what is not uploaded");
+            std::process::exit(i32::from(exit::FAILURE));
+        }
+    }
+}

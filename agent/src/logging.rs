@@ -1,0 +1,25 @@
+//! Logs via tracing: human-readable by default, JSON with `--log-format json`. The level
+//! comes from `PGAGENT_LOG` (an `EnvFilter` directive, default `info`).
+
+use tracing_subscriber::EnvFilter;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Installs the global subscriber, writing to stderr.
+pub fn init(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("PGAGENT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_target(false).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

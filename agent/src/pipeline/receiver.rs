@@ -1,0 +1,286 @@
+//! The receiver: one replication session, from START_REPLICATION to the end of the timeline,
+//! a connection error or shutdown.
+//!
+//! It writes XLogData into staging, hands complete segments to the compress workers, sends
+//! the fsynced `.partial` every `partial_interval` while it grows, and answers the server with
+//! standby status updates: `write` = received, `flush` = durable where `confirm` says (see
+//! `tracker`). A status update goes out when a keepalive asks for one, when the bucket
+//! frontier moves, and at least every `status_interval` (the server drops a standby that
+//! stays silent past `wal_sender_timeout`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pgagent_protocol::{
+    pg_epoch_micros, Lsn, ReplicationStream, SegNo, StandbyStatusUpdate, StreamEvent, TimelineId,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::jobs::{CompressJob, RawSource, WalObject};
+use super::shared::Shared;
+use crate::staging::StagingWriter;
+
+/// How a session ended.
+pub enum SessionEnd {
+    /// The server ended the timeline; streaming goes on with `next_tli` from
+    /// `next_tli_start`.
+    TimelineEnded {
+        /// The stream, ready to be turned back into a client.
+        stream: ReplicationStream,
+        /// The next timeline.
+        next_tli: TimelineId,
+        /// Where it starts.
+        next_tli_start: Lsn,
+    },
+    /// Shutdown was asked for; the stream is still open for a last status update.
+    Shutdown(ReplicationStream),
+}
+
+/// Channels and settings the receiver feeds.
+#[derive(Debug, Clone)]
+pub struct Outlets {
+    /// Complete segments and history files, to the compress workers.
+    pub segments: crossbeam_channel::Sender<CompressJob>,
+    /// `.partial` views, to the sequential partial uploader.
+    pub partials: mpsc::Sender<CompressJob>,
+    /// How often the partial segment is uploaded while it changes.
+    pub partial_interval: Duration,
+    /// Longest silence between two status updates.
+    pub status_interval: Duration,
+    /// Bytes not yet in the bucket at which receiving pauses.
+    pub quota: u64,
+}
+
+/// The receiving side of the pipeline.
+#[derive(Debug)]
+pub struct Receiver {
+    shared: Arc<Shared>,
+    writer: StagingWriter,
+    out: Outlets,
+    /// End of the WAL last sent as a `.partial`.
+    partial_sent: Lsn,
+    /// Last flush position reported to the server.
+    reported_flush: Lsn,
+    /// End of the last WAL written to staging.
+    last_end: Lsn,
+}
+
+fn block<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+impl Receiver {
+    /// A receiver writing through `writer`.
+    pub fn new(shared: Arc<Shared>, writer: StagingWriter, out: Outlets, start: Lsn) -> Self {
+        Receiver {
+            shared,
+            writer,
+            out,
+            partial_sent: Lsn::INVALID,
+            reported_flush: Lsn::INVALID,
+            last_end: start,
+        }
+    }
+
+    /// Where streaming must resume after this session: the start of the segment holding the
+    /// next byte (a segment is always rewritten from its start, like pg_receivewal does).
+    pub fn resume_point(&self) -> Lsn {
+        let seg = self.shared.seg;
+        self.last_end.segment_number(seg).start_lsn(seg)
+    }
+
+    /// The shared state.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Moves the resume point (a new timeline starts at `lsn`).
+    pub fn set_position(&mut self, lsn: Lsn) {
+        self.last_end = lsn;
+    }
+
+    /// Streams on timeline `tli` until the timeline ends, shutdown, or an error.
+    pub async fn session(
+        &mut self,
+        mut stream: ReplicationStream,
+        tli: TimelineId,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<SessionEnd> {
+        {
+            let mut live = self.shared.live();
+            live.connected = true;
+            live.timeline = Some(tli);
+        }
+        self.shared.metrics.up.set(1);
+        let mut partial_tick = tokio::time::interval(self.out.partial_interval);
+        let mut status_tick = tokio::time::interval(self.out.status_interval);
+        partial_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let result = loop {
+            let paused = self.over_quota();
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break Ok(SessionEnd::Shutdown(stream)),
+                ev = stream.next(), if !paused => match ev {
+                    Ok(StreamEvent::XLogData(x)) => self.on_wal(tli, x.wal_start, &x.data)?,
+                    Ok(StreamEvent::Keepalive(k)) => {
+                        if k.reply_requested {
+                            self.send_status(&mut stream).await?;
+                        }
+                    }
+                    Ok(StreamEvent::EndOfTimeline { next_tli, next_tli_start }) => {
+                        break Ok(SessionEnd::TimelineEnded { stream, next_tli, next_tli_start });
+                    }
+                    Err(e) => break Err(e.into()),
+                },
+                _ = partial_tick.tick() => self.on_partial_tick()?,
+                _ = status_tick.tick() => self.send_status(&mut stream).await?,
+                _ = self.shared.frontier_moved.notified() => {
+                    if self.flush_now() != self.reported_flush {
+                        self.send_status(&mut stream).await?;
+                    }
+                }
+            }
+        };
+        self.shared.live().connected = false;
+        self.shared.metrics.up.set(0);
+        result
+    }
+
+    fn over_quota(&self) -> bool {
+        let lag = self.shared.tracker().upload_lag_bytes();
+        let full = lag >= self.out.quota;
+        let gauge = &self.shared.metrics.staging_full;
+        if full && gauge.get() == 0 {
+            tracing::error!(lag_bytes = lag, quota = self.out.quota, "staging quota reached: receiving paused until uploads catch up; the slot keeps the WAL on the server");
+        }
+        gauge.set(full as i64);
+        full
+    }
+
+    fn on_wal(&mut self, tli: TimelineId, start: Lsn, data: &[u8]) -> anyhow::Result<()> {
+        let end = start + data.len() as u64;
+        let done = block(|| self.writer.write(tli, start, data))?;
+        self.last_end = end;
+        self.shared.tracker().received(end);
+        self.shared.rpo().received(end, Instant::now());
+        for segment in done {
+            let seg_end = SegNo(segment.segno.0 + 1).start_lsn(self.shared.seg);
+            self.shared.tracker().staged(seg_end);
+            let job = CompressJob {
+                object: WalObject::Segment {
+                    tli: segment.tli,
+                    segno: segment.segno,
+                },
+                source: RawSource::Path(segment.path),
+            };
+            // Bounded: when the workers fall behind, receiving waits (backpressure).
+            block(|| self.out.segments.send(job))
+                .map_err(|_| anyhow::anyhow!("compress workers stopped"))?;
+        }
+        Ok(())
+    }
+
+    fn on_partial_tick(&mut self) -> anyhow::Result<()> {
+        let Some(pos) = self.writer.position() else {
+            return Ok(());
+        };
+        if pos <= self.partial_sent || pos.segment_offset(self.shared.seg) == 0 {
+            return Ok(());
+        }
+        let staged = block(|| self.writer.sync())?;
+        if let Some(staged) = staged {
+            self.shared.tracker().staged(staged);
+        }
+        let Some(view) = self.writer.partial_view()? else {
+            return Ok(());
+        };
+        let end = view.segno.start_lsn(self.shared.seg) + view.len;
+        let job = CompressJob {
+            object: WalObject::Partial {
+                tli: view.tli,
+                segno: view.segno,
+                end,
+            },
+            source: RawSource::Prefix {
+                file: view.file,
+                len: view.len,
+            },
+        };
+        // One partial at a time: while the previous is still uploading, skip this tick.
+        if self.out.partials.try_send(job).is_ok() {
+            self.partial_sent = end;
+        }
+        Ok(())
+    }
+
+    /// Ends the segment being filled without completing it (timeline end or shutdown) and
+    /// queues its final `.partial` upload.
+    pub async fn close_partial(&mut self) -> anyhow::Result<()> {
+        let view = block(|| self.writer.close_partial())?;
+        if let Some(view) = view {
+            let end = view.segno.start_lsn(self.shared.seg) + view.len;
+            self.shared.tracker().staged(end);
+            if view.len > 0 && end > self.partial_sent {
+                let job = CompressJob {
+                    object: WalObject::Partial {
+                        tli: view.tli,
+                        segno: view.segno,
+                        end,
+                    },
+                    source: RawSource::Prefix {
+                        file: view.file,
+                        len: view.len,
+                    },
+                };
+                self.out
+                    .partials
+                    .send(job)
+                    .await
+                    .map_err(|_| anyhow::anyhow!("partial uploader stopped"))?;
+                self.partial_sent = end;
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues a history file for upload.
+    pub fn queue_history(&self, tli: TimelineId, content: Vec<u8>) -> anyhow::Result<()> {
+        let job = CompressJob {
+            object: WalObject::History { tli },
+            source: RawSource::Bytes(content),
+        };
+        block(|| self.out.segments.send(job))
+            .map_err(|_| anyhow::anyhow!("compress workers stopped"))
+    }
+
+    fn flush_now(&self) -> Lsn {
+        self.shared.tracker().flush_lsn(self.shared.confirm_bucket)
+    }
+
+    /// Sends a standby status update with the current positions.
+    pub async fn send_status(&mut self, stream: &mut ReplicationStream) -> anyhow::Result<()> {
+        self.reported_flush = send_status(&self.shared, stream).await?;
+        Ok(())
+    }
+}
+
+/// Sends a standby status update with the current positions; returns the flush reported.
+pub async fn send_status(shared: &Shared, stream: &mut ReplicationStream) -> anyhow::Result<Lsn> {
+    let (write, flush) = {
+        let t = shared.tracker();
+        (t.received_lsn(), t.flush_lsn(shared.confirm_bucket))
+    };
+    let update = StandbyStatusUpdate {
+        write,
+        flush,
+        // Like pg_receivewal: nothing is replayed here.
+        apply: Lsn::INVALID,
+        client_time: pg_epoch_micros(std::time::SystemTime::now()),
+        reply_requested: false,
+    };
+    stream.send_status(&update).await?;
+    shared.metrics.wal_flushed_lsn.set(flush.0 as i64);
+    Ok(flush)
+}

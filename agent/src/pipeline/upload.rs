@@ -1,0 +1,207 @@
+//! The uploader: sealed objects into the store, with bounded concurrency and retries.
+//!
+//! Complete segments and history files are immutable (`put_immutable`: same hash is a
+//! no-op, a different hash is a conflict that is never overwritten). `.partial` objects are
+//! overwritten as the segment grows, one at a time and in order, so an older partial can
+//! never land after a newer one.
+//!
+//! Every failure is retried with capped exponential backoff: the bucket coming back is the
+//! normal end of an outage, and until then nothing is confirmed to the server, so the slot
+//! keeps the WAL. A conflict is retried too (slowly), since an operator may remove the
+//! offending object; it raises `pgagent_conflicts_total` once per object.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use pgagent_storage::immutable::{put_immutable, ImmutablePut};
+use pgagent_storage::{ObjectStore, StoreError};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+
+use super::compress::seal_job;
+use super::jobs::{CompressJob, UploadJob, WalObject};
+use super::shared::Shared;
+
+/// Uploads sealed WAL objects.
+#[derive(Debug, Clone)]
+pub struct Uploader {
+    store: Arc<dyn ObjectStore>,
+    shared: Arc<Shared>,
+    concurrency: Arc<Semaphore>,
+    delete_denied: Arc<AtomicBool>,
+}
+
+/// Whether an upload created the object or found it already there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Created,
+    AlreadyPresent,
+}
+
+fn backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(30))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+impl Uploader {
+    /// An uploader with at most `concurrency` uploads in flight.
+    pub fn new(store: Arc<dyn ObjectStore>, shared: Arc<Shared>, concurrency: usize) -> Self {
+        Uploader {
+            store,
+            shared,
+            concurrency: Arc::new(Semaphore::new(concurrency.max(1))),
+            delete_denied: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Uploads complete segments and history files as they come, several at once. Returns
+    /// when the channel is closed and every upload has landed.
+    pub async fn run_immutable(self, mut rx: mpsc::Receiver<UploadJob>) {
+        let mut tasks = JoinSet::new();
+        while let Some(job) = rx.recv().await {
+            let permit = self
+                .concurrency
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("semaphore never closed");
+            let me = self.clone();
+            tasks.spawn(async move {
+                me.upload(job).await;
+                drop(permit);
+            });
+            while tasks.try_join_next().is_some() {}
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    /// Seals and uploads `.partial` objects one at a time, in order. Returns when the channel
+    /// is closed and the last one has landed.
+    pub async fn run_partials(self, mut rx: mpsc::Receiver<CompressJob>, level: i32) {
+        while let Some(job) = rx.recv().await {
+            let sealed = tokio::task::spawn_blocking(move || seal_job(job, level))
+                .await
+                .expect("seal task panicked");
+            let job = match sealed {
+                Ok(job) => job,
+                Err(e) => {
+                    // The next tick sends a fresh view; the complete segment covers it anyway.
+                    tracing::warn!(error = %e, "cannot read the staged .partial for upload");
+                    continue;
+                }
+            };
+            let _permit = self.concurrency.acquire().await.expect("never closed");
+            self.upload(job).await;
+        }
+    }
+
+    async fn upload(&self, job: UploadJob) {
+        let seg = self.shared.seg;
+        let key = job.object.key(seg);
+        let kind = job.object.kind();
+        let m = &self.shared.metrics;
+        let mut delays = backoff();
+        let mut conflict_counted = false;
+        let outcome = loop {
+            match self.attempt(&key, &job).await {
+                Ok(o) => break o,
+                Err(e) => {
+                    m.upload_errors_total.with_label_values(&[kind]).inc();
+                    let delay = if e.is_conflict() {
+                        if !conflict_counted {
+                            m.conflicts_total.inc();
+                            conflict_counted = true;
+                        }
+                        tracing::error!(key, error = %e, "WAL object conflict: the store holds different content under this name; it is never overwritten, and WAL past it is not confirmed to the server");
+                        Duration::from_secs(60)
+                    } else {
+                        let d = delays.next().unwrap_or(Duration::from_secs(30));
+                        tracing::warn!(key, error = %e, retry_in = ?d, "upload failed");
+                        d
+                    };
+                    self.shared.set_error(format!("upload {key}: {e}"));
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        };
+        if outcome == Outcome::Created {
+            m.uploads_total.with_label_values(&[kind]).inc();
+            m.upload_bytes_total
+                .with_label_values(&["raw"])
+                .inc_by(job.sealed.raw_len);
+            m.upload_bytes_total
+                .with_label_values(&["stored"])
+                .inc_by(job.sealed.body.len() as u64);
+            tracing::debug!(
+                key,
+                raw = job.sealed.raw_len,
+                stored = job.sealed.body.len(),
+                "uploaded"
+            );
+        } else {
+            tracing::debug!(key, "already in the store with the same content");
+        }
+        self.landed(&job).await;
+    }
+
+    async fn attempt(&self, key: &str, job: &UploadJob) -> Result<Outcome, StoreError> {
+        if job.object.is_immutable() {
+            Ok(
+                match put_immutable(self.store.as_ref(), key, &job.sealed).await? {
+                    ImmutablePut::Created => Outcome::Created,
+                    ImmutablePut::AlreadyPresent => Outcome::AlreadyPresent,
+                },
+            )
+        } else {
+            self.store.put(key, job.sealed.body.clone()).await?;
+            Ok(Outcome::Created)
+        }
+    }
+
+    /// Bookkeeping once an object is durable in the bucket.
+    async fn landed(&self, job: &UploadJob) {
+        match job.object {
+            WalObject::Segment { tli, segno } => {
+                self.shared.tracker().segment_uploaded(segno);
+                if let Some(path) = &job.remove_after {
+                    if let Err(e) = std::fs::remove_file(path) {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot remove uploaded segment from staging");
+                    }
+                }
+                let partial = WalObject::Partial {
+                    tli,
+                    segno,
+                    end: segno.start_lsn(self.shared.seg),
+                };
+                self.remove_superseded(&partial.key(self.shared.seg)).await;
+            }
+            WalObject::Partial { segno, end, .. } => {
+                self.shared.tracker().partial_uploaded(segno, end);
+            }
+            WalObject::History { .. } => {}
+        }
+        self.shared.frontier_moved.notify_one();
+    }
+
+    /// Best effort: the `.partial` of a segment that is now complete is no longer needed.
+    /// Credentials without delete rights are fine (`pgagent prune` removes leftovers).
+    async fn remove_superseded(&self, key: &str) {
+        if self.delete_denied.load(Ordering::Relaxed) {
+            return;
+        }
+        match self.store.delete(key).await {
+            Ok(()) => {}
+            Err(e) if e.is_permission() => {
+                self.delete_denied.store(true, Ordering::Relaxed);
+                tracing::info!("the store credentials cannot delete; superseded .partial objects are left for `pgagent prune`");
+            }
+            Err(e) => tracing::debug!(key, error = %e, "could not remove superseded .partial"),
+        }
+    }
+}

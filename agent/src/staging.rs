@@ -1,0 +1,409 @@
+//! The local staging directory: raw WAL segments as they arrive.
+//!
+//! Layout (under `staging.dir`):
+//!
+//! ```text
+//! wal/000000010000000A000000FF.partial   the segment being filled (full size, zero padded)
+//! wal/000000010000000A000000FE           complete, fsynced, waiting for upload
+//! status.json                            the daemon's last published state (see `statusfile`)
+//! ```
+//!
+//! Durability follows pg_receivewal (`src/bin/pg_basebackup/walmethods.c`): a segment is
+//! written as `<name>.partial`, preallocated to the segment size so a crash never leaves a
+//! short file; once full it is fsynced, renamed to its final name, and the directory is
+//! fsynced so the rename itself survives a crash. A reader that sees the final name therefore
+//! sees a complete, durable segment.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use pgagent_protocol::{segment_file_name, Lsn, SegNo, TimelineId, WalFileName, WalSegmentSize};
+
+/// Suffix of the segment being filled, as PostgreSQL names it (`IsPartialXLogFileName`).
+pub const PARTIAL_SUFFIX: &str = ".partial";
+
+/// A segment that became complete and durable in staging.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagedSegment {
+    /// Timeline the segment belongs to.
+    pub tli: TimelineId,
+    /// Segment number.
+    pub segno: SegNo,
+    /// Path of the complete file.
+    pub path: PathBuf,
+}
+
+impl StagedSegment {
+    /// The segment's file name (`XLogFileName`).
+    pub fn file_name(&self, seg: WalSegmentSize) -> String {
+        segment_file_name(self.tli, self.segno, seg)
+    }
+}
+
+/// The segment being filled.
+#[derive(Debug)]
+struct OpenSegment {
+    tli: TimelineId,
+    segno: SegNo,
+    file: File,
+    path: PathBuf,
+    /// Bytes written from the segment start.
+    written: u64,
+    /// Bytes known fsynced from the segment start.
+    synced: u64,
+}
+
+/// A view of the current `.partial` file for a partial upload: an independent handle, so a
+/// rename of the file when the segment completes does not disturb a reader.
+#[derive(Debug)]
+pub struct PartialView {
+    /// Timeline of the segment.
+    pub tli: TimelineId,
+    /// Segment number.
+    pub segno: SegNo,
+    /// Open handle on the staged file.
+    pub file: File,
+    /// Bytes from the segment start that are fsynced (and so may be uploaded).
+    pub len: u64,
+}
+
+/// Errors of the staging writer.
+#[derive(Debug, thiserror::Error)]
+pub enum StagingError {
+    /// The server sent WAL that does not continue where the last message ended.
+    #[error("WAL gap in staging: expected data at {expected}, got {got}")]
+    Gap {
+        /// Where the next byte was expected.
+        expected: Lsn,
+        /// Where the received data starts.
+        got: Lsn,
+    },
+    /// A filesystem operation failed.
+    #[error("staging {op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StagingError + 'a {
+    move |source| StagingError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes received WAL into staging, one segment file at a time.
+#[derive(Debug)]
+pub struct StagingWriter {
+    wal_dir: PathBuf,
+    seg: WalSegmentSize,
+    current: Option<OpenSegment>,
+}
+
+impl StagingWriter {
+    /// Opens the writer on `<staging>/wal`, creating the directory.
+    pub fn new(staging_dir: &Path, seg: WalSegmentSize) -> Result<Self, StagingError> {
+        let wal_dir = staging_dir.join("wal");
+        fs::create_dir_all(&wal_dir).map_err(io_err("create", &wal_dir))?;
+        Ok(StagingWriter {
+            wal_dir,
+            seg,
+            current: None,
+        })
+    }
+
+    /// The directory holding staged segments.
+    pub fn wal_dir(&self) -> &Path {
+        &self.wal_dir
+    }
+
+    /// Writes `data`, which starts at `start` on timeline `tli`. Returns the segments this
+    /// write completed (fsynced and renamed). Data must continue the previous write;
+    /// the first write of a segment must start at the segment start.
+    pub fn write(
+        &mut self,
+        tli: TimelineId,
+        start: Lsn,
+        mut data: &[u8],
+    ) -> Result<Vec<StagedSegment>, StagingError> {
+        let mut done = Vec::new();
+        let mut pos = start;
+        while !data.is_empty() {
+            let segno = pos.segment_number(self.seg);
+            let offset = pos.segment_offset(self.seg);
+            let open = match &mut self.current {
+                Some(cur) if cur.segno == segno && cur.tli == tli => cur,
+                Some(cur) => {
+                    return Err(StagingError::Gap {
+                        expected: cur.segno.start_lsn(self.seg) + cur.written,
+                        got: pos,
+                    })
+                }
+                None => {
+                    self.open_segment(tli, segno)?;
+                    self.current.as_mut().expect("just opened")
+                }
+            };
+            if offset != open.written {
+                return Err(StagingError::Gap {
+                    expected: open.segno.start_lsn(self.seg) + open.written,
+                    got: pos,
+                });
+            }
+            let room = self.seg.bytes() - offset;
+            let n = room.min(data.len() as u64) as usize;
+            open.file
+                .write_all_at(&data[..n], offset)
+                .map_err(io_err("write", &open.path))?;
+            open.written += n as u64;
+            pos = pos + n as u64;
+            data = &data[n..];
+            if open.written == self.seg.bytes() {
+                done.push(self.complete_current()?);
+            }
+        }
+        Ok(done)
+    }
+
+    /// Where the next byte is expected, if a segment is open.
+    pub fn position(&self) -> Option<Lsn> {
+        self.current
+            .as_ref()
+            .map(|c| c.segno.start_lsn(self.seg) + c.written)
+    }
+
+    /// Fsyncs the open segment. Returns the end of the durable WAL in staging.
+    pub fn sync(&mut self) -> Result<Option<Lsn>, StagingError> {
+        let Some(cur) = &mut self.current else {
+            return Ok(None);
+        };
+        if cur.synced < cur.written {
+            cur.file.sync_data().map_err(io_err("fsync", &cur.path))?;
+            cur.synced = cur.written;
+        }
+        Ok(Some(cur.segno.start_lsn(self.seg) + cur.synced))
+    }
+
+    /// An independent handle on the open segment's fsynced prefix, for a partial upload.
+    pub fn partial_view(&self) -> Result<Option<PartialView>, StagingError> {
+        let Some(cur) = &self.current else {
+            return Ok(None);
+        };
+        let file = cur.file.try_clone().map_err(io_err("dup", &cur.path))?;
+        Ok(Some(PartialView {
+            tli: cur.tli,
+            segno: cur.segno,
+            file,
+            len: cur.synced,
+        }))
+    }
+
+    /// Ends the open segment without completing it (the timeline ended inside it, or the
+    /// agent stops): fsyncs it and leaves it as `<name>.partial`. Returns its view.
+    pub fn close_partial(&mut self) -> Result<Option<PartialView>, StagingError> {
+        self.sync()?;
+        let view = self.partial_view()?;
+        self.current = None;
+        Ok(view)
+    }
+
+    fn open_segment(&mut self, tli: TimelineId, segno: SegNo) -> Result<(), StagingError> {
+        let name = segment_file_name(tli, segno, self.seg);
+        let path = self.wal_dir.join(format!("{name}{PARTIAL_SUFFIX}"));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io_err("create", &path))?;
+        // Preallocate (zero-filled) like pg_receivewal, so the file always has the segment
+        // size that PostgreSQL expects from restore_command.
+        file.set_len(self.seg.bytes())
+            .map_err(io_err("preallocate", &path))?;
+        self.current = Some(OpenSegment {
+            tli,
+            segno,
+            file,
+            path,
+            written: 0,
+            synced: 0,
+        });
+        Ok(())
+    }
+
+    fn complete_current(&mut self) -> Result<StagedSegment, StagingError> {
+        let cur = self.current.take().expect("a segment is open");
+        cur.file.sync_all().map_err(io_err("fsync", &cur.path))?;
+        let name = segment_file_name(cur.tli, cur.segno, self.seg);
+        let final_path = self.wal_dir.join(&name);
+        fs::rename(&cur.path, &final_path).map_err(io_err("rename", &cur.path))?;
+        fsync_dir(&self.wal_dir)?;
+        Ok(StagedSegment {
+            tli: cur.tli,
+            segno: cur.segno,
+            path: final_path,
+        })
+    }
+}
+
+/// Fsyncs a directory so that renames and creations in it are durable (POSIX leaves the
+/// directory entry in memory until the directory itself is synced).
+pub fn fsync_dir(dir: &Path) -> Result<(), StagingError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("fsync", dir))
+}
+
+/// What a staging directory holds at start-up.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct StagingScan {
+    /// Complete segments, oldest first.
+    pub complete: Vec<StagedSegment>,
+    /// `.partial` files, oldest first (timeline, segment number).
+    pub partials: Vec<(TimelineId, SegNo, PathBuf)>,
+}
+
+impl StagingScan {
+    /// Reads `<staging>/wal`. Files that are not WAL names are ignored.
+    pub fn read(staging_dir: &Path, seg: WalSegmentSize) -> Result<Self, StagingError> {
+        let wal_dir = staging_dir.join("wal");
+        let mut scan = StagingScan::default();
+        let entries = match fs::read_dir(&wal_dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(scan),
+            Err(e) => return Err(io_err("read", &wal_dir)(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(io_err("read", &wal_dir))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            match WalFileName::parse(name, seg) {
+                Some(WalFileName::Segment { tli, segno }) => scan.complete.push(StagedSegment {
+                    tli,
+                    segno,
+                    path: entry.path(),
+                }),
+                Some(WalFileName::Partial { tli, segno }) => {
+                    scan.partials.push((tli, segno, entry.path()))
+                }
+                _ => {}
+            }
+        }
+        scan.complete.sort_by_key(|s| (s.segno, s.tli));
+        scan.partials.sort_by_key(|p| (p.1, p.0));
+        Ok(scan)
+    }
+
+    /// Where streaming resumes from staging: the start of the newest `.partial` segment, or
+    /// the segment after the newest complete one. `None` when staging holds no WAL.
+    pub fn resume_point(&self, seg: WalSegmentSize) -> Option<(TimelineId, Lsn)> {
+        let from_partial = self.partials.last().map(|p| (p.1, p.0, p.1.start_lsn(seg)));
+        let from_complete = self
+            .complete
+            .last()
+            .map(|s| (s.segno, s.tli, SegNo(s.segno.0 + 1).start_lsn(seg)));
+        let best = match (from_partial, from_complete) {
+            (Some(p), Some(c)) => Some(if p.0 >= c.0 { p } else { c }),
+            (p, c) => p.or(c),
+        };
+        best.map(|(_, tli, lsn)| (tli, lsn))
+    }
+}
+
+/// Total size in bytes of the files in `<staging>/wal` (for `pgagent_staging_bytes`).
+pub fn staging_bytes(staging_dir: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(staging_dir.join("wal")) else {
+        return 0;
+    };
+    entries
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg() -> WalSegmentSize {
+        WalSegmentSize::new(1 << 20).unwrap()
+    }
+
+    #[test]
+    fn writes_split_at_segment_boundaries_and_complete_durably() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = StagingWriter::new(dir.path(), seg()).unwrap();
+        let tli = TimelineId(1);
+        let start = SegNo(3).start_lsn(seg());
+        let data: Vec<u8> = (0..(1u32 << 20) + 1000).map(|i| (i % 251) as u8).collect();
+        let done = w.write(tli, start, &data).unwrap();
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].segno, SegNo(3));
+        let complete = fs::read(&done[0].path).unwrap();
+        assert_eq!(complete, data[..1 << 20]);
+        assert_eq!(w.position(), Some(SegNo(4).start_lsn(seg()) + 1000));
+        let partial = w.wal_dir().join(format!(
+            "{}{PARTIAL_SUFFIX}",
+            segment_file_name(tli, SegNo(4), seg())
+        ));
+        let bytes = fs::read(&partial).unwrap();
+        assert_eq!(bytes.len(), 1 << 20, "partial files are preallocated");
+        assert_eq!(&bytes[..1000], &data[1 << 20..]);
+        assert!(bytes[1000..].iter().all(|b| *b == 0));
+    }
+
+    #[test]
+    fn a_gap_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = StagingWriter::new(dir.path(), seg()).unwrap();
+        let start = SegNo(1).start_lsn(seg());
+        w.write(TimelineId(1), start, &[1; 100]).unwrap();
+        let err = w.write(TimelineId(1), start + 200, &[1; 10]).unwrap_err();
+        assert!(matches!(err, StagingError::Gap { .. }), "{err}");
+    }
+
+    #[test]
+    fn sync_and_view_report_the_fsynced_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = StagingWriter::new(dir.path(), seg()).unwrap();
+        let start = SegNo(2).start_lsn(seg());
+        w.write(TimelineId(1), start, &[7; 300]).unwrap();
+        assert_eq!(w.partial_view().unwrap().unwrap().len, 0);
+        assert_eq!(w.sync().unwrap(), Some(start + 300));
+        let view = w.partial_view().unwrap().unwrap();
+        assert_eq!((view.segno, view.len), (SegNo(2), 300));
+        let mut buf = [0u8; 300];
+        view.file.read_exact_at(&mut buf, 0).unwrap();
+        assert_eq!(buf, [7; 300]);
+    }
+
+    #[test]
+    fn scan_finds_the_resume_point() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = StagingWriter::new(dir.path(), seg()).unwrap();
+        let start = SegNo(5).start_lsn(seg());
+        w.write(TimelineId(2), start, &vec![1; (1 << 20) + 10])
+            .unwrap();
+        fs::write(w.wal_dir().join("junk.tmp"), b"x").unwrap();
+        let scan = StagingScan::read(dir.path(), seg()).unwrap();
+        assert_eq!(scan.complete.len(), 1);
+        assert_eq!(scan.partials.len(), 1);
+        assert_eq!(
+            scan.resume_point(seg()),
+            Some((TimelineId(2), SegNo(6).start_lsn(seg())))
+        );
+        assert_eq!(
+            StagingScan::read(&dir.path().join("none"), seg()).unwrap(),
+            StagingScan::default()
+        );
+    }
+}

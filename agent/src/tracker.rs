@@ -1,0 +1,279 @@
+//! What may be confirmed to the server as `flush`.
+//!
+//! With a physical slot, the `flush` position in a standby status update is what lets the
+//! server recycle WAL (`PhysicalConfirmReceivedLocation` in
+//! `src/backend/replication/walsender.c` sets the slot's `restart_lsn` to it). pgagent must
+//! therefore never report a position that is not durable where `confirm` says: in the bucket
+//! (the default) or fsynced in staging.
+//!
+//! [`FlushTracker`] is the pure bookkeeping behind that rule. Uploads finish out of order (the
+//! uploader runs several at once), so the bucket frontier is the end of the longest run of
+//! contiguous complete segments from the start position, extended by the newest uploaded
+//! `.partial` object when it belongs to the first segment not yet complete.
+
+use std::collections::BTreeSet;
+
+use pgagent_protocol::{Lsn, SegNo, WalSegmentSize};
+
+/// Bookkeeping of what is durable in staging and in the bucket.
+///
+/// Invariants: `staged <= received`; `bucket_frontier() <= staged` is *not* required (a
+/// partial upload is taken from fsynced staging data, so it holds in practice), and the value
+/// reported as `flush` never goes below `floor`.
+#[derive(Debug, Clone)]
+pub struct FlushTracker {
+    seg: WalSegmentSize,
+    /// Position below which everything was confirmed before this process started (the slot's
+    /// `restart_lsn`, or the resume point); reported until the frontier passes it.
+    floor: Lsn,
+    /// Lowest segment that is not yet in the bucket as a complete object.
+    next_needed: SegNo,
+    /// Complete segments uploaded ahead of `next_needed` (out-of-order completions).
+    ahead: BTreeSet<SegNo>,
+    /// Newest `.partial` upload: its segment and the end of the bytes it holds.
+    partial: Option<(SegNo, Lsn)>,
+    /// End of WAL received from the server (`write`).
+    received: Lsn,
+    /// End of WAL fsynced in staging.
+    staged: Lsn,
+}
+
+impl FlushTracker {
+    /// Starts tracking at `start` (a segment start: streaming always restarts at one) with
+    /// `floor` as the position the server already had confirmed.
+    pub fn new(seg: WalSegmentSize, start: Lsn, floor: Lsn) -> Self {
+        FlushTracker {
+            seg,
+            floor,
+            next_needed: start.segment_number(seg),
+            ahead: BTreeSet::new(),
+            partial: None,
+            received: start,
+            staged: start,
+        }
+    }
+
+    /// Records WAL received up to `end` (exclusive).
+    pub fn received(&mut self, end: Lsn) {
+        self.received = self.received.max(end);
+    }
+
+    /// Records WAL fsynced in staging up to `end` (exclusive).
+    pub fn staged(&mut self, end: Lsn) {
+        self.staged = self.staged.max(end);
+        self.received = self.received.max(end);
+    }
+
+    /// Records that complete segment `segno` is durable in the bucket.
+    pub fn segment_uploaded(&mut self, segno: SegNo) {
+        if segno < self.next_needed {
+            return;
+        }
+        self.ahead.insert(segno);
+        while self.ahead.remove(&self.next_needed) {
+            self.next_needed = SegNo(self.next_needed.0 + 1);
+        }
+    }
+
+    /// Records that the bucket holds segment `segno` from its start up to `end` as a
+    /// `.partial` object.
+    pub fn partial_uploaded(&mut self, segno: SegNo, end: Lsn) {
+        match self.partial {
+            Some((s, e)) if s > segno || (s == segno && e >= end) => {}
+            _ => self.partial = Some((segno, end)),
+        }
+    }
+
+    /// Forgets the `.partial` of a timeline that ended: its bytes stay valid, but the new
+    /// timeline restarts the same segment from its start.
+    pub fn timeline_switched(&mut self, new_start: Lsn) {
+        let segno = new_start.segment_number(self.seg);
+        if let Some((s, e)) = self.partial {
+            if s == segno {
+                // The old timeline's partial covers up to the switch point, which the new
+                // timeline's segment repeats byte for byte; keep it as the frontier.
+                self.partial = Some((s, e.min(new_start)));
+            }
+        }
+    }
+
+    /// End of WAL received (`write` in the status update).
+    pub fn received_lsn(&self) -> Lsn {
+        self.received
+    }
+
+    /// End of WAL fsynced in staging.
+    pub fn staged_lsn(&self) -> Lsn {
+        self.staged
+    }
+
+    /// End of the WAL that is contiguous and durable in the bucket.
+    pub fn bucket_frontier(&self) -> Lsn {
+        let complete = self.next_needed.start_lsn(self.seg);
+        match self.partial {
+            Some((s, e)) if s == self.next_needed => complete.max(e),
+            _ => complete,
+        }
+    }
+
+    /// The position to report as `flush`: the bucket frontier (or staging when `bucket` is
+    /// false), never below the floor and never beyond what was received.
+    pub fn flush_lsn(&self, bucket: bool) -> Lsn {
+        let durable = if bucket {
+            self.bucket_frontier()
+        } else {
+            self.staged
+        };
+        durable.max(self.floor).min(self.received.max(self.floor))
+    }
+
+    /// Bytes received but not yet durable in the bucket.
+    pub fn upload_lag_bytes(&self) -> u64 {
+        self.received.0.saturating_sub(self.bucket_frontier().0)
+    }
+}
+
+/// Measures the recovery point objective: how long ago the oldest WAL byte that is not yet
+/// in the bucket was received.
+///
+/// It keeps (position, time received) samples, at most one per `resolution`, and drops those
+/// the bucket frontier has passed.
+#[derive(Debug)]
+pub struct RpoClock {
+    samples: std::collections::VecDeque<(Lsn, std::time::Instant)>,
+    resolution: std::time::Duration,
+}
+
+impl RpoClock {
+    /// A clock keeping one sample per `resolution` at most.
+    pub fn new(resolution: std::time::Duration) -> Self {
+        RpoClock {
+            samples: Default::default(),
+            resolution,
+        }
+    }
+
+    /// Notes that WAL up to `end` was received at `now`.
+    pub fn received(&mut self, end: Lsn, now: std::time::Instant) {
+        match self.samples.back_mut() {
+            Some((lsn, at)) if now.duration_since(*at) < self.resolution => *lsn = (*lsn).max(end),
+            _ => self.samples.push_back((end, now)),
+        }
+    }
+
+    /// Seconds since the oldest WAL beyond `frontier` was received; 0 when nothing is
+    /// waiting.
+    pub fn rpo_seconds(&mut self, frontier: Lsn, now: std::time::Instant) -> f64 {
+        // Samples coalesce a window of `resolution`: bytes of the first sample beyond the
+        // frontier arrived no earlier than its time, so this overstates by < `resolution`.
+        while self
+            .samples
+            .front()
+            .is_some_and(|(lsn, _)| *lsn <= frontier)
+        {
+            self.samples.pop_front();
+        }
+        self.samples.front().map_or(0.0, |(_, at)| {
+            now.saturating_duration_since(*at).as_secs_f64()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rpo_is_the_age_of_the_oldest_waiting_byte() {
+        let t0 = std::time::Instant::now();
+        let s = std::time::Duration::from_secs;
+        let mut c = RpoClock::new(std::time::Duration::from_millis(100));
+        c.received(Lsn(100), t0);
+        c.received(Lsn(200), t0 + s(2));
+        c.received(Lsn(300), t0 + s(4));
+        assert_eq!(c.rpo_seconds(Lsn(300), t0 + s(5)), 0.0);
+        c.received(Lsn(400), t0 + s(6));
+        c.received(Lsn(500), t0 + s(8));
+        assert_eq!(c.rpo_seconds(Lsn(300), t0 + s(10)), 4.0);
+        assert_eq!(c.rpo_seconds(Lsn(400), t0 + s(10)), 2.0);
+        assert_eq!(c.rpo_seconds(Lsn(500), t0 + s(10)), 0.0);
+    }
+
+    const MB: u64 = 1 << 20;
+
+    fn seg() -> WalSegmentSize {
+        WalSegmentSize::new(16 * MB).unwrap()
+    }
+
+    fn lsn_of(segno: u64, off: u64) -> Lsn {
+        Lsn(segno * 16 * MB + off)
+    }
+
+    #[test]
+    fn frontier_waits_for_contiguous_segments() {
+        let mut t = FlushTracker::new(seg(), lsn_of(10, 0), lsn_of(10, 0));
+        t.staged(lsn_of(13, 5));
+        t.segment_uploaded(SegNo(12));
+        assert_eq!(
+            t.bucket_frontier(),
+            lsn_of(10, 0),
+            "a gap at 10 holds the frontier"
+        );
+        t.segment_uploaded(SegNo(10));
+        assert_eq!(t.bucket_frontier(), lsn_of(11, 0));
+        t.segment_uploaded(SegNo(11));
+        assert_eq!(t.bucket_frontier(), lsn_of(13, 0));
+    }
+
+    #[test]
+    fn partial_counts_only_on_the_first_missing_segment() {
+        let mut t = FlushTracker::new(seg(), lsn_of(10, 0), lsn_of(10, 0));
+        t.staged(lsn_of(11, 100));
+        t.partial_uploaded(SegNo(11), lsn_of(11, 100));
+        assert_eq!(
+            t.bucket_frontier(),
+            lsn_of(10, 0),
+            "segment 10 not yet uploaded"
+        );
+        t.segment_uploaded(SegNo(10));
+        assert_eq!(t.bucket_frontier(), lsn_of(11, 100));
+        assert_eq!(t.flush_lsn(true), lsn_of(11, 100));
+    }
+
+    #[test]
+    fn an_older_partial_never_moves_the_frontier_back() {
+        let mut t = FlushTracker::new(seg(), lsn_of(10, 0), lsn_of(10, 0));
+        t.staged(lsn_of(10, 900));
+        t.partial_uploaded(SegNo(10), lsn_of(10, 800));
+        t.partial_uploaded(SegNo(10), lsn_of(10, 300));
+        assert_eq!(t.bucket_frontier(), lsn_of(10, 800));
+    }
+
+    #[test]
+    fn flush_never_below_floor_nor_beyond_received() {
+        let mut t = FlushTracker::new(seg(), lsn_of(10, 0), lsn_of(10, 500));
+        assert_eq!(t.flush_lsn(true), lsn_of(10, 500));
+        t.staged(lsn_of(10, 700));
+        assert_eq!(t.flush_lsn(false), lsn_of(10, 700));
+        t.partial_uploaded(SegNo(10), lsn_of(10, 600));
+        assert_eq!(t.flush_lsn(true), lsn_of(10, 600));
+    }
+
+    #[test]
+    fn staging_confirm_follows_fsync_not_receipt() {
+        let mut t = FlushTracker::new(seg(), lsn_of(1, 0), lsn_of(1, 0));
+        t.received(lsn_of(1, 4000));
+        t.staged(lsn_of(1, 2000));
+        assert_eq!(t.flush_lsn(false), lsn_of(1, 2000));
+        assert_eq!(t.upload_lag_bytes(), 4000);
+    }
+
+    #[test]
+    fn partial_of_an_ended_timeline_is_cut_at_the_switch_point() {
+        let mut t = FlushTracker::new(seg(), lsn_of(5, 0), lsn_of(5, 0));
+        t.staged(lsn_of(5, 9000));
+        t.partial_uploaded(SegNo(5), lsn_of(5, 9000));
+        t.timeline_switched(lsn_of(5, 4000));
+        assert_eq!(t.bucket_frontier(), lsn_of(5, 4000));
+    }
+}

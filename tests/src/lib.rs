@@ -1,0 +1,30 @@
+//! Integration-test harness for pgagent: real servers in temporary directories, started and
+//! torn down by each test.
+//!
+//! - [`PgServer`]: a PostgreSQL cluster (`initdb` + `pg_ctl`) on a random loopback port, with
+//!   the roles `pgagent` (replication, SCRAM), `trust_user` (replication, trusted) and
+//!   `norepl` (no replication).
+//! - [`Garage`]: a single-node Garage S3 server with one bucket and its owner key.
+//! - [`Proxy`]: a TCP proxy that can refuse, hang or slow connections ([`ProxyMode`]).
+//! - [`AgentProcess`] / [`run_pgagent`]: the `pgagent` binary as a daemon or a one-shot command.
+//!
+//! Environment: `PGAGENT_TEST_PG_BIN` (PostgreSQL `bin` directory), `PGAGENT_TEST_PG_USER`
+//! (OS user PostgreSQL runs as when the tests run as root, default `postgres`),
+//! `PGAGENT_TEST_GARAGE` (garage binary), `PGAGENT_BIN` (pgagent binary),
+//! `PGAGENT_TEST_KEEP=1` (keep temporary directories and print their paths).
+//! `scripts/install-deps` installs PostgreSQL and Garage.
+
+pub mod agent;
+pub mod garage;
+mod osuser;
+pub mod pg;
+mod postmaster;
+pub mod proxy;
+pub mod util;
+
+pub use agent::{pgagent_bin, run_pgagent, AgentProcess};
+pub use garage::Garage;
+pub use osuser::OsUser;
+pub use pg::{PgOptions, PgServer};
+pub use proxy::{Proxy, ProxyMode};
+pub use util::{free_addr, free_port, wait_until, wait_until_async};

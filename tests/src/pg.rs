@@ -1,0 +1,558 @@
+//! A throwaway PostgreSQL cluster for integration tests.
+//!
+//! [`PgServer::start`] runs `initdb` in a fresh temporary directory and starts the postmaster
+//! (as a child process of the test, not through `pg_ctl`) on a random loopback port, its unix socket inside that directory. PostgreSQL
+//! refuses to run as root, so when the tests run as root every PostgreSQL program is executed
+//! as an unprivileged OS user (`PGAGENT_TEST_PG_USER`, default `postgres`) that owns the
+//! directory. Durability settings stay at their defaults (`fsync = on`,
+//! `synchronous_commit = on`) because the tests check what survives a crash.
+//!
+//! Roles created in every cluster (authentication per `pg_hba.conf`, PostgreSQL docs
+//! "Client Authentication", section 21.1):
+//!
+//! | role | attributes | TCP authentication |
+//! | --- | --- | --- |
+//! | `postgres` | superuser | SCRAM (no password set: unix socket only) |
+//! | `pgagent` | `LOGIN REPLICATION`, password `secret`, `pg_monitor`, backup functions | `scram-sha-256` |
+//! | `trust_user` | `LOGIN REPLICATION` | `trust` |
+//! | `norepl` | `LOGIN`, password `secret` | `scram-sha-256` |
+
+use std::fs;
+use std::os::unix::fs::{chown, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use anyhow::{anyhow, bail, Context};
+use tempfile::TempDir;
+
+use crate::osuser::OsUser;
+use crate::postmaster::{Postmaster, StopMode};
+use crate::util::{free_port, keep_temp_dirs, log_tail};
+
+/// Environment variable naming the OS user PostgreSQL runs as when the tests run as root.
+pub const PG_USER_ENV: &str = "PGAGENT_TEST_PG_USER";
+/// Environment variable naming the PostgreSQL `bin` directory (`initdb`, `pg_ctl`, `psql`…).
+pub const PG_BIN_ENV: &str = "PGAGENT_TEST_PG_BIN";
+/// Superuser created by `initdb`; reachable over the unix socket only.
+pub const SUPERUSER: &str = "postgres";
+/// Replication role the agent connects as (SCRAM over TCP).
+pub const REPL_USER: &str = "pgagent";
+/// Replication role trusted without a password over TCP.
+pub const TRUST_USER: &str = "trust_user";
+/// Login role without the `REPLICATION` attribute.
+pub const NOREPL_USER: &str = "norepl";
+/// Password of [`REPL_USER`] and [`NOREPL_USER`].
+pub const PASSWORD: &str = "secret";
+
+/// Attempts at finding a free port before giving up on starting the cluster.
+const PORT_ATTEMPTS: usize = 5;
+
+/// Settings of a test cluster.
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// `wal_level` (default `replica`).
+    pub wal_level: String,
+    /// `wal_keep_size` (default `1GB`), so the segments a test compares stay in `pg_wal`.
+    pub wal_keep_size: String,
+    /// Lines appended to `postgresql.conf` after the harness's own settings (later lines win).
+    pub extra_conf: Vec<String>,
+    /// Extra `initdb` arguments, after the harness's `--locale=C --encoding=UTF8 --no-sync`
+    /// (e.g. `--wal-segsize=1`, `--data-checksums`).
+    pub initdb_args: Vec<String>,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        PgOptions {
+            wal_level: "replica".to_owned(),
+            wal_keep_size: "1GB".to_owned(),
+            extra_conf: Vec::new(),
+            initdb_args: Vec::new(),
+        }
+    }
+}
+
+/// A running (or stopped) PostgreSQL cluster in a temporary directory.
+///
+/// Layout of [`PgServer::root_dir`]: `data/` (PGDATA), `run/` (unix socket), `postgres.log`
+/// (server log). Dropping the value stops the server in immediate mode (SIGQUIT) and removes
+/// the directory unless `PGAGENT_TEST_KEEP=1`.
+#[derive(Debug)]
+pub struct PgServer {
+    dir: Option<TempDir>,
+    root: PathBuf,
+    bin_dir: PathBuf,
+    os_user: Option<OsUser>,
+    opts: PgOptions,
+    port: u16,
+    postmaster: Option<Postmaster>,
+    /// `postgresql.conf` before the harness appended its block; kept to rewrite the block
+    /// when a start is retried on another port.
+    base_conf: Option<String>,
+}
+
+impl PgServer {
+    /// Creates a cluster with `initdb`, starts it and creates the test roles.
+    ///
+    /// Errors carry the failing command's output or the tail of the server log.
+    pub fn start(opts: PgOptions) -> anyhow::Result<PgServer> {
+        let mut server = PgServer::without_cluster(opts)?;
+        let mut initdb = server.pg_command("initdb");
+        initdb
+            .arg("-D")
+            .arg(server.data_dir())
+            .args([
+                "-U",
+                SUPERUSER,
+                "--locale=C",
+                "--encoding=UTF8",
+                "--no-sync",
+            ])
+            .args(&server.opts.initdb_args);
+        run_checked(&mut initdb, "initdb")?;
+        server.start_first_time()?;
+        server.create_roles()?;
+        Ok(server)
+    }
+
+    /// Prepares the temporary directory of a cluster without creating one: `data_dir()` does
+    /// not exist yet. A test fills it (e.g. `pgagent restore --pgdata <data_dir>`) and then
+    /// calls [`PgServer::start_server`]; the first start hands the directory to the PostgreSQL OS
+    /// user, sets its mode to 0700 and appends the harness settings (port, socket directory)
+    /// to the restored `postgresql.conf`. No roles are created.
+    pub fn without_cluster(opts: PgOptions) -> anyhow::Result<PgServer> {
+        let bin_dir = pg_bin_dir()?;
+        let os_user = OsUser::for_postgres()?;
+        let dir = tempfile::Builder::new()
+            .prefix("pgagent-pg-")
+            .tempdir()
+            .context("create temporary directory for PostgreSQL")?;
+        let root = dir.path().to_path_buf();
+        fs::create_dir(root.join("run"))?;
+        if let Some(user) = &os_user {
+            for path in [root.clone(), root.join("run")] {
+                chown(&path, Some(user.uid), Some(user.gid))
+                    .with_context(|| format!("chown {} to {}", path.display(), user.name))?;
+            }
+        }
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o700))?;
+        Ok(PgServer {
+            dir: Some(dir),
+            root,
+            bin_dir,
+            os_user,
+            opts,
+            port: 0,
+            postmaster: None,
+            base_conf: None,
+        })
+    }
+
+    /// TCP port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Host for TCP connections: always `127.0.0.1`.
+    pub fn host(&self) -> &'static str {
+        "127.0.0.1"
+    }
+
+    /// Directory holding the server's unix socket (`.s.PGSQL.<port>`).
+    pub fn socket_dir(&self) -> PathBuf {
+        self.root.join("run")
+    }
+
+    /// PGDATA.
+    pub fn data_dir(&self) -> PathBuf {
+        self.root.join("data")
+    }
+
+    /// Temporary directory holding PGDATA, the socket directory and the log.
+    pub fn root_dir(&self) -> &Path {
+        &self.root
+    }
+
+    /// PostgreSQL `bin` directory in use.
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin_dir
+    }
+
+    /// Server log file (stderr of the postmaster), for failure messages.
+    pub fn log_file(&self) -> PathBuf {
+        self.root.join("postgres.log")
+    }
+
+    /// The last 8 KiB of the server log.
+    pub fn log_tail(&self) -> String {
+        log_tail(&self.log_file(), 8192)
+    }
+
+    /// Whether the postmaster started by the harness is running.
+    pub fn is_running(&self) -> bool {
+        self.postmaster.is_some()
+    }
+
+    /// libpq-style connection string over TCP for `user`, e.g.
+    /// `host=127.0.0.1 port=5433 user=pgagent password=secret dbname=postgres sslmode=disable`.
+    /// The password is included for the roles that have one ([`REPL_USER`], [`NOREPL_USER`]).
+    pub fn conninfo(&self, user: &str) -> String {
+        let mut s = format!("host=127.0.0.1 port={} user={user}", self.port);
+        if user == REPL_USER || user == NOREPL_USER {
+            s.push_str(&format!(" password={PASSWORD}"));
+        }
+        s.push_str(" dbname=postgres sslmode=disable");
+        s
+    }
+
+    /// Runs `sql` with `psql -X -A -t -q -v ON_ERROR_STOP=1` as the superuser over the unix
+    /// socket and returns stdout, trimmed. Several statements may be given, separated by `;`;
+    /// the output is the last one's result, one row per line, columns separated by `|`.
+    pub fn psql(&self, sql: &str) -> anyhow::Result<String> {
+        let mut cmd = self.client_command("psql");
+        cmd.args([
+            "-X",
+            "-A",
+            "-t",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            "postgres",
+            "-c",
+            sql,
+        ]);
+        run_checked(&mut cmd, "psql").map(|out| out.trim().to_owned())
+    }
+
+    /// Like [`PgServer::psql`], but connects with `conninfo` (e.g. [`PgServer::conninfo`]),
+    /// which exercises the TCP listener and `pg_hba.conf`.
+    pub fn psql_with(&self, conninfo: &str, sql: &str) -> anyhow::Result<String> {
+        let mut cmd = self.pg_command("psql");
+        cmd.args([
+            "-X",
+            "-A",
+            "-t",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            conninfo,
+            "-c",
+            sql,
+        ]);
+        run_checked(&mut cmd, "psql").map(|out| out.trim().to_owned())
+    }
+
+    /// `pgbench -i -q -s <scale>` into database `postgres`.
+    pub fn pgbench_init(&self, scale: u32) -> anyhow::Result<String> {
+        self.pgbench(&["-i", "-q", "-s", &scale.to_string()])
+    }
+
+    /// Runs pgbench with `args` (e.g. `["-T", "5", "-c", "2"]`) against database `postgres`
+    /// as the superuser; returns its stdout.
+    pub fn pgbench(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut cmd = self.client_command("pgbench");
+        cmd.args(args).arg("postgres");
+        run_checked(&mut cmd, "pgbench")
+    }
+
+    /// `SHOW server_version_num`, e.g. `150010`.
+    pub fn server_version_num(&self) -> anyhow::Result<u32> {
+        let out = self.psql("SHOW server_version_num")?;
+        out.parse()
+            .with_context(|| format!("server_version_num {out:?}"))
+    }
+
+    /// The cluster's system identifier (`pg_control_system()`).
+    pub fn system_identifier(&self) -> anyhow::Result<u64> {
+        let out = self.psql("SELECT system_identifier FROM pg_control_system()")?;
+        out.parse()
+            .with_context(|| format!("system_identifier {out:?}"))
+    }
+
+    /// `pg_current_wal_lsn()` as PostgreSQL prints it (`X/X`, hexadecimal).
+    pub fn current_wal_lsn(&self) -> anyhow::Result<String> {
+        self.psql("SELECT pg_current_wal_lsn()")
+    }
+
+    /// `pg_switch_wal()`: closes the current segment; returns the end LSN of the switch
+    /// record (`X/X`).
+    pub fn switch_wal(&self) -> anyhow::Result<String> {
+        self.psql("SELECT pg_switch_wal()")
+    }
+
+    /// Bytes of `pg_wal/<name>` (a segment or `.history` file), `None` if it does not exist.
+    pub fn wal_file(&self, name: &str) -> Option<Vec<u8>> {
+        fs::read(self.data_dir().join("pg_wal").join(name)).ok()
+    }
+
+    /// Appends lines to `postgresql.conf`; they take effect on [`PgServer::reload`] or restart.
+    pub fn append_conf(&self, lines: &[&str]) -> anyhow::Result<()> {
+        let path = self.data_dir().join("postgresql.conf");
+        let mut conf =
+            fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+        for line in lines {
+            conf.push_str(line);
+            conf.push('\n');
+        }
+        fs::write(&path, conf).with_context(|| format!("write {}", path.display()))
+    }
+
+    /// SIGHUP to the postmaster: rereads the configuration files.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        self.running()?.signal("HUP")
+    }
+
+    /// Starts the postmaster again after [`PgServer::stop`] or [`PgServer::kill9`] (crash
+    /// recovery runs then), on the same port, or for the first time on a directory prepared
+    /// with [`PgServer::without_cluster`]; waits until it accepts connections.
+    ///
+    /// (Named apart from the constructor [`PgServer::start`], which creates the cluster.)
+    pub fn start_server(&mut self) -> anyhow::Result<()> {
+        if self.base_conf.is_none() {
+            return self.start_first_time();
+        }
+        self.spawn_postmaster()
+    }
+
+    /// Clean shutdown in fast mode (SIGINT: sessions aborted, shutdown checkpoint), waiting
+    /// for the postmaster to exit.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        let postmaster = self
+            .postmaster
+            .take()
+            .ok_or_else(|| anyhow!("server is not running"))?;
+        postmaster.stop(StopMode::Fast).map(drop)
+    }
+
+    /// [`PgServer::stop`] then [`PgServer::start_server`].
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop()?;
+        self.start_server()
+    }
+
+    /// Crashes the server: SIGKILL to the postmaster, then waits (up to 10 s) for its
+    /// children to notice and exit; stragglers get SIGKILL too, as after a power loss.
+    /// Returns once no process of the old instance is left, so [`PgServer::start_server`] can
+    /// run crash recovery.
+    pub fn kill9(&mut self) -> anyhow::Result<()> {
+        let postmaster = self
+            .postmaster
+            .take()
+            .ok_or_else(|| anyhow!("server is not running"))?;
+        postmaster.crash()
+    }
+
+    /// Pid of the running postmaster.
+    pub fn postmaster_pid(&self) -> anyhow::Result<u32> {
+        self.running().map(Postmaster::pid)
+    }
+
+    fn start_first_time(&mut self) -> anyhow::Result<()> {
+        let data = self.data_dir();
+        if let Some(user) = &self.os_user {
+            let status = Command::new("chown")
+                .arg("-R")
+                .arg(format!("{}:{}", user.uid, user.gid))
+                .arg(&data)
+                .status()
+                .context("run chown")?;
+            if !status.success() {
+                bail!("chown -R {} failed: {status}", data.display());
+            }
+        }
+        fs::set_permissions(&data, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("chmod 0700 {}", data.display()))?;
+        let conf_path = data.join("postgresql.conf");
+        let base = fs::read_to_string(&conf_path)
+            .with_context(|| format!("read {}", conf_path.display()))?;
+        fs::write(data.join("pg_hba.conf"), HBA_CONF).context("write pg_hba.conf")?;
+        self.base_conf = Some(base.clone());
+        let mut last_err = None;
+        for _ in 0..PORT_ATTEMPTS {
+            self.port = free_port()?;
+            fs::write(&conf_path, format!("{base}\n{}", self.settings()))
+                .with_context(|| format!("write {}", conf_path.display()))?;
+            match self.spawn_postmaster() {
+                Ok(()) => return Ok(()),
+                Err(err) => {
+                    let log = self.log_tail();
+                    if !(log.contains("could not bind")
+                        || log.contains("could not create any TCP/IP sockets"))
+                    {
+                        return Err(err);
+                    }
+                    last_err = Some(err);
+                }
+            }
+        }
+        Err(last_err.unwrap_or_else(|| anyhow!("no start attempt was made")))
+    }
+
+    fn spawn_postmaster(&mut self) -> anyhow::Result<()> {
+        if self.postmaster.is_some() {
+            bail!("server is already running");
+        }
+        let cmd = self.pg_command("postgres");
+        self.postmaster = Some(Postmaster::start(cmd, &self.data_dir(), &self.log_file())?);
+        Ok(())
+    }
+
+    fn running(&self) -> anyhow::Result<&Postmaster> {
+        self.postmaster
+            .as_ref()
+            .ok_or_else(|| anyhow!("server is not running"))
+    }
+
+    /// The block appended to `postgresql.conf` (PostgreSQL docs, chapter 20 "Server
+    /// Configuration").
+    fn settings(&self) -> String {
+        let mut s = String::from("\n# Settings of the pgagent test harness\n");
+        let socket_dir = self.socket_dir();
+        let lines = [
+            "listen_addresses = '127.0.0.1'".to_owned(),
+            format!("port = {}", self.port),
+            format!("unix_socket_directories = '{}'", socket_dir.display()),
+            format!("wal_level = {}", self.opts.wal_level),
+            format!("wal_keep_size = '{}'", self.opts.wal_keep_size),
+            "max_wal_senders = 10".to_owned(),
+            "max_replication_slots = 10".to_owned(),
+            "fsync = on".to_owned(),
+            "synchronous_commit = on".to_owned(),
+            "shared_buffers = 64MB".to_owned(),
+            "password_encryption = 'scram-sha-256'".to_owned(),
+            "logging_collector = off".to_owned(),
+            "log_min_messages = warning".to_owned(),
+        ];
+        for line in lines.iter().chain(&self.opts.extra_conf) {
+            s.push_str(line);
+            s.push('\n');
+        }
+        s
+    }
+
+    fn create_roles(&self) -> anyhow::Result<()> {
+        self.psql(&format!(
+            "CREATE ROLE {REPL_USER} LOGIN REPLICATION PASSWORD '{PASSWORD}';
+             CREATE ROLE {TRUST_USER} LOGIN REPLICATION;
+             CREATE ROLE {NOREPL_USER} LOGIN PASSWORD '{PASSWORD}';
+             GRANT pg_monitor TO {REPL_USER};"
+        ))?;
+        // Needed for consistent snapshots (non-exclusive backup API); renamed in PostgreSQL 15.
+        let grant = if self.server_version_num()? >= 150000 {
+            "GRANT EXECUTE ON FUNCTION pg_backup_start(text, boolean), pg_backup_stop(boolean)"
+        } else {
+            "GRANT EXECUTE ON FUNCTION pg_start_backup(text, boolean, boolean), pg_stop_backup(boolean, boolean)"
+        };
+        self.psql(&format!("{grant} TO {REPL_USER}")).map(drop)
+    }
+
+    /// A PostgreSQL client program connecting as the superuser over the unix socket.
+    fn client_command(&self, program: &str) -> Command {
+        let mut cmd = self.pg_command(program);
+        cmd.arg("-h")
+            .arg(self.socket_dir())
+            .args(["-p", &self.port.to_string(), "-U", SUPERUSER]);
+        cmd
+    }
+
+    /// `program` from the bin directory, run as the PostgreSQL OS user inside the temporary
+    /// directory, with no libpq connection variables inherited from the caller.
+    fn pg_command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(self.bin_dir.join(program));
+        cmd.current_dir(&self.root)
+            .env("HOME", &self.root)
+            .env("LC_ALL", "C");
+        for var in LIBPQ_ENV {
+            cmd.env_remove(var);
+        }
+        if let Some(user) = &self.os_user {
+            cmd.uid(user.uid)
+                .gid(user.gid)
+                .env("USER", &user.name)
+                .env("LOGNAME", &user.name);
+        }
+        cmd
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        if let Some(postmaster) = self.postmaster.take() {
+            if let Err(err) = postmaster.stop(StopMode::Immediate) {
+                eprintln!("stopping PostgreSQL failed: {err:#}");
+            }
+        }
+        if let Some(dir) = self.dir.take() {
+            if keep_temp_dirs() {
+                eprintln!("keeping PostgreSQL directory {}", dir.keep().display());
+            }
+        }
+    }
+}
+
+/// `pg_hba.conf`: local connections are trusted; over TCP `trust_user` is trusted and every
+/// other role needs SCRAM. The first matching line wins (PostgreSQL docs, section 21.1).
+const HBA_CONF: &str = "\
+# TYPE  DATABASE          USER        ADDRESS        METHOD
+local   all               all                        trust
+local   replication       all                        trust
+host    all,replication   trust_user  127.0.0.1/32   trust
+host    all,replication   all         127.0.0.1/32   scram-sha-256
+";
+
+/// libpq environment variables (libpq docs, section 34.15) that would redirect the harness's
+/// own client programs.
+const LIBPQ_ENV: &[&str] = &[
+    "PGHOST",
+    "PGHOSTADDR",
+    "PGPORT",
+    "PGDATABASE",
+    "PGUSER",
+    "PGPASSWORD",
+    "PGPASSFILE",
+    "PGSERVICE",
+    "PGSERVICEFILE",
+    "PGSSLMODE",
+    "PGOPTIONS",
+    "PGAPPNAME",
+    "PGTARGETSESSIONATTRS",
+];
+
+/// The PostgreSQL `bin` directory: `$PGAGENT_TEST_PG_BIN`, else the highest major version
+/// under `/usr/lib/postgresql/*/bin` (the Debian layout).
+pub fn pg_bin_dir() -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os(PG_BIN_ENV) {
+        return Ok(PathBuf::from(dir));
+    }
+    let entries = fs::read_dir("/usr/lib/postgresql")
+        .context("no /usr/lib/postgresql: install PostgreSQL (scripts/install-deps) or set PGAGENT_TEST_PG_BIN")?;
+    entries
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let major: u32 = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((major, bin))
+        })
+        .max_by_key(|(major, _)| *major)
+        .map(|(_, bin)| bin)
+        .ok_or_else(|| anyhow!("no /usr/lib/postgresql/*/bin/initdb; set PGAGENT_TEST_PG_BIN"))
+}
+
+/// Runs `cmd`, returning stdout; on failure an error with the status, stdout and stderr.
+fn run_checked(cmd: &mut Command, what: &str) -> anyhow::Result<String> {
+    let output: Output = cmd
+        .output()
+        .with_context(|| format!("spawn {what} ({cmd:?})"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    if !output.status.success() {
+        bail!(
+            "{what} failed ({}):\nstdout:\n{stdout}\nstderr:\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(stdout)
+}

@@ -1,0 +1,404 @@
+//! A fault-injecting TCP proxy for testing how the agent copes with a flaky PostgreSQL or
+//! object-store connection.
+//!
+//! The proxy listens on a random loopback port and forwards every accepted connection to a
+//! fixed target. Its [`ProxyMode`] can change at any time and applies to new and existing
+//! connections alike. It runs on plain threads, so it works the same under `#[test]` and
+//! `#[tokio::test]` (any flavour).
+
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+/// How often blocked forwarding threads look at the mode again.
+const POLL: Duration = Duration::from_millis(20);
+/// Timeout for connecting to the target.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Size of each forwarded chunk, in bytes.
+const CHUNK: usize = 64 * 1024;
+
+/// Behaviour of a [`Proxy`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyMode {
+    /// Forward bytes both ways unchanged.
+    Pass,
+    /// Close new connections as soon as they are accepted, and close every existing one
+    /// (both sides) when this mode is set: the target looks down.
+    Refuse,
+    /// Accept new connections and keep existing ones open, but forward nothing: the target
+    /// looks hung. Bytes already sent are held (in the proxy and in kernel buffers), not
+    /// dropped, so switching back to [`ProxyMode::Pass`] resumes every stream intact, like a
+    /// network partition that heals.
+    Blackhole,
+    /// Forward, but hold each chunk for the given time before writing it, in each direction:
+    /// a request/response exchange gains about twice the delay.
+    Delay(Duration),
+}
+
+/// A running proxy. Dropping it stops accepting and closes every connection.
+#[derive(Debug)]
+pub struct Proxy {
+    addr: SocketAddr,
+    target: SocketAddr,
+    shared: Arc<Shared>,
+    accept_thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    mode: Mutex<ProxyMode>,
+    stopped: AtomicBool,
+    accepted: AtomicU64,
+    next_id: AtomicU64,
+    /// Clones of both sockets of each live connection, so a mode change can close them.
+    conns: Mutex<HashMap<u64, Vec<TcpStream>>>,
+}
+
+impl Shared {
+    fn mode(&self) -> ProxyMode {
+        *lock(&self.mode)
+    }
+
+    fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
+    }
+
+    fn register(&self, id: u64, stream: &TcpStream) {
+        if let Ok(clone) = stream.try_clone() {
+            lock(&self.conns).entry(id).or_default().push(clone);
+        }
+    }
+
+    fn close_all(&self) {
+        for stream in lock(&self.conns).values().flatten() {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic in a forwarding thread must not take the whole proxy down.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Proxy {
+    /// Starts a proxy in [`ProxyMode::Pass`] on `127.0.0.1:<random port>` in front of
+    /// `target`. Panics if no loopback port can be bound.
+    pub fn start(target: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .expect("bind proxy listener on 127.0.0.1:0");
+        let addr = listener.local_addr().expect("proxy listener address");
+        let shared = Arc::new(Shared {
+            mode: Mutex::new(ProxyMode::Pass),
+            stopped: AtomicBool::new(false),
+            accepted: AtomicU64::new(0),
+            next_id: AtomicU64::new(0),
+            conns: Mutex::new(HashMap::new()),
+        });
+        let accept_shared = Arc::clone(&shared);
+        let accept_thread = thread::Builder::new()
+            .name(format!("proxy-accept-{}", addr.port()))
+            .spawn(move || accept_loop(listener, target, accept_shared))
+            .expect("spawn proxy thread");
+        Proxy {
+            addr,
+            target,
+            shared,
+            accept_thread: Some(accept_thread),
+        }
+    }
+
+    /// Address clients connect to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Address the proxy forwards to.
+    pub fn target(&self) -> SocketAddr {
+        self.target
+    }
+
+    /// `http://127.0.0.1:<port>`, for pointing an HTTP client (an S3 endpoint) at the proxy.
+    pub fn http_endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Current mode.
+    pub fn mode(&self) -> ProxyMode {
+        self.shared.mode()
+    }
+
+    /// Changes the mode for new and existing connections. With [`ProxyMode::Refuse`], every
+    /// existing connection is closed before this returns.
+    pub fn set_mode(&self, mode: ProxyMode) {
+        *lock(&self.shared.mode) = mode;
+        if mode == ProxyMode::Refuse {
+            self.shared.close_all();
+        }
+    }
+
+    /// Connections accepted since the start, including refused ones.
+    pub fn connections_accepted(&self) -> u64 {
+        self.shared.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Connections currently open through the proxy.
+    pub fn active_connections(&self) -> usize {
+        lock(&self.shared.conns).len()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.shared.stopped.store(true, Ordering::SeqCst);
+        // Wake the blocking accept() so the thread sees the flag.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        if let Some(handle) = self.accept_thread.take() {
+            let _ = handle.join();
+        }
+        self.shared.close_all();
+    }
+}
+
+fn accept_loop(listener: TcpListener, target: SocketAddr, shared: Arc<Shared>) {
+    for stream in listener.incoming() {
+        if shared.stopped() {
+            return;
+        }
+        let Ok(client) = stream else { continue };
+        shared.accepted.fetch_add(1, Ordering::SeqCst);
+        if shared.mode() == ProxyMode::Refuse {
+            let _ = client.shutdown(Shutdown::Both);
+            continue;
+        }
+        let id = shared.next_id.fetch_add(1, Ordering::SeqCst);
+        shared.register(id, &client);
+        let conn_shared = Arc::clone(&shared);
+        let spawned = thread::Builder::new()
+            .name(format!("proxy-conn-{id}"))
+            .spawn(move || {
+                serve(id, client, target, &conn_shared);
+                lock(&conn_shared.conns).remove(&id);
+            });
+        if spawned.is_err() {
+            lock(&shared.conns).remove(&id);
+        }
+    }
+}
+
+/// Connects to the target (once the mode allows traffic) and forwards both directions until
+/// both are closed.
+fn serve(id: u64, client: TcpStream, target: SocketAddr, shared: &Arc<Shared>) {
+    loop {
+        if shared.stopped() {
+            return;
+        }
+        match shared.mode() {
+            ProxyMode::Refuse => return,
+            ProxyMode::Blackhole => thread::sleep(POLL),
+            ProxyMode::Pass | ProxyMode::Delay(_) => break,
+        }
+    }
+    let Ok(upstream) = TcpStream::connect_timeout(&target, CONNECT_TIMEOUT) else {
+        let _ = client.shutdown(Shutdown::Both);
+        return;
+    };
+    shared.register(id, &upstream);
+    if shared.mode() == ProxyMode::Refuse {
+        // Refuse was set between the check above and the registration.
+        let _ = upstream.shutdown(Shutdown::Both);
+        let _ = client.shutdown(Shutdown::Both);
+        return;
+    }
+    let (Ok(client2), Ok(upstream2)) = (client.try_clone(), upstream.try_clone()) else {
+        return;
+    };
+    let up_shared = Arc::clone(shared);
+    let to_target = thread::spawn(move || pump(client2, upstream2, &up_shared));
+    pump(upstream, client, shared);
+    let _ = to_target.join();
+}
+
+/// Copies `from` → `to` chunk by chunk, obeying the mode before each write.
+fn pump(mut from: TcpStream, mut to: TcpStream, shared: &Shared) {
+    if from.set_read_timeout(Some(POLL)).is_err() {
+        return;
+    }
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        if shared.stopped() || shared.mode() == ProxyMode::Refuse {
+            return;
+        }
+        if shared.mode() == ProxyMode::Blackhole {
+            // Leave incoming bytes in the kernel buffer: the sender eventually blocks.
+            thread::sleep(POLL);
+            continue;
+        }
+        let n = match from.read(&mut buf) {
+            Ok(0) => {
+                // Half-close: the peer finished sending; the other direction may continue.
+                let _ = to.shutdown(Shutdown::Write);
+                return;
+            }
+            Ok(n) => n,
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) =>
+            {
+                continue
+            }
+            Err(_) => {
+                let _ = to.shutdown(Shutdown::Both);
+                return;
+            }
+        };
+        // The mode may have changed while reading: hold the chunk accordingly.
+        loop {
+            if shared.stopped() {
+                return;
+            }
+            match shared.mode() {
+                ProxyMode::Pass => break,
+                ProxyMode::Delay(delay) => {
+                    thread::sleep(delay);
+                    break;
+                }
+                ProxyMode::Blackhole => thread::sleep(POLL),
+                ProxyMode::Refuse => return,
+            }
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            let _ = from.shutdown(Shutdown::Both);
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// An echo server on a random port; each connection runs on its own thread.
+    fn echo_server() -> SocketAddr {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let addr = listener.local_addr().unwrap();
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = stream.read(&mut buf) {
+                        if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn connect(proxy: &Proxy) -> TcpStream {
+        let stream = TcpStream::connect(proxy.addr()).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        stream
+    }
+
+    fn round_trip(stream: &mut TcpStream, msg: &[u8]) -> std::io::Result<Vec<u8>> {
+        stream.write_all(msg)?;
+        let mut got = vec![0u8; msg.len()];
+        stream.read_exact(&mut got)?;
+        Ok(got)
+    }
+
+    #[test]
+    fn pass_forwards_both_ways() {
+        let proxy = Proxy::start(echo_server());
+        let mut stream = connect(&proxy);
+        assert_eq!(round_trip(&mut stream, b"hello").unwrap(), b"hello");
+        let big: Vec<u8> = (0..300_000u32).map(|i| i as u8).collect();
+        assert_eq!(round_trip(&mut stream, &big).unwrap(), big);
+        assert_eq!(proxy.connections_accepted(), 1);
+        assert_eq!(proxy.active_connections(), 1);
+    }
+
+    #[test]
+    fn delay_adds_latency_in_each_direction() {
+        let proxy = Proxy::start(echo_server());
+        let mut stream = connect(&proxy);
+        round_trip(&mut stream, b"warm-up").unwrap();
+        proxy.set_mode(ProxyMode::Delay(Duration::from_millis(150)));
+        let started = Instant::now();
+        assert_eq!(round_trip(&mut stream, b"slow").unwrap(), b"slow");
+        assert!(
+            started.elapsed() >= Duration::from_millis(300),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn blackhole_holds_bytes_until_pass() {
+        let proxy = Proxy::start(echo_server());
+        let mut stream = connect(&proxy);
+        round_trip(&mut stream, b"before").unwrap();
+        proxy.set_mode(ProxyMode::Blackhole);
+        stream
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        stream.write_all(b"held").unwrap();
+        let mut buf = [0u8; 4];
+        let err = stream.read_exact(&mut buf).unwrap_err();
+        assert!(
+            matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+            "{err}"
+        );
+
+        // A connection opened during the hang is accepted but gets nothing either.
+        let mut late = connect(&proxy);
+        late.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        late.write_all(b"late").unwrap();
+        assert!(late.read(&mut buf).is_err());
+
+        proxy.set_mode(ProxyMode::Pass);
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        stream.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"held");
+        late.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        late.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"late");
+    }
+
+    #[test]
+    fn refuse_closes_existing_and_new_connections() {
+        let proxy = Proxy::start(echo_server());
+        let mut stream = connect(&proxy);
+        round_trip(&mut stream, b"ok").unwrap();
+        proxy.set_mode(ProxyMode::Refuse);
+        let mut buf = [0u8; 1];
+        // The closed connection reads EOF (or a reset), never data.
+        assert!(matches!(stream.read(&mut buf), Ok(0) | Err(_)));
+
+        let mut fresh = connect(&proxy);
+        let _ = fresh.write_all(b"x");
+        assert!(matches!(fresh.read(&mut buf), Ok(0) | Err(_)));
+
+        proxy.set_mode(ProxyMode::Pass);
+        let mut again = connect(&proxy);
+        assert_eq!(round_trip(&mut again, b"back").unwrap(), b"back");
+    }
+}
