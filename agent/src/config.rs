@@ -99,7 +99,7 @@ impl Default for StoreSection {
         StoreSection {
             url: "file:///var/lib/pgagent/store".into(),
             upload_concurrency: 8,
-            part_size: ByteSize::mib(16),
+            part_size: ByteSize::mib(32),
             access_key_id: None,
             secret_access_key: None,
             request_timeout: Duration::from_secs(60),

@@ -14,6 +14,11 @@
 //! Trusted roots: the PEM file `sslrootcert`, else `~/.postgresql/root.crt`
 //! when it exists, else (or with `sslrootcert=system`) the Mozilla roots
 //! bundled in `webpki-roots`.
+//!
+//! Unlike OpenSSL, webpki does not accept a CA certificate (`CA:TRUE`) as the
+//! server's own certificate (`CaUsedAsEndEntity`): for `verify-ca` and
+//! `verify-full`, sign the server certificate with a CA and give the CA in
+//! `sslrootcert`. `require` and `prefer` accept any certificate.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -136,7 +136,7 @@ async fn tls() {
     );
     assert_eq!(ssl, "t");
 
-    let cert = pg.cert();
+    let cert = pg.ca_cert();
     let mut c = connect(&format!(
         "{base} sslmode=verify-full sslrootcert={}",
         cert.display()
@@ -153,7 +153,7 @@ async fn tls() {
     assert!(e.is_tls(), "{e}");
     let mut c = connect(&format!("{mismatch} sslmode=verify-ca")).await;
     c.identify_system().await.unwrap();
-    // A self-signed certificate is not trusted by the public roots.
+    // A private CA is not among the public roots.
     let e = connect_err(&format!("{base} sslmode=verify-full sslrootcert=system")).await;
     assert!(e.is_tls(), "{e}");
     // The unix socket never uses TLS; prefer falls back silently there.

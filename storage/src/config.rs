@@ -130,6 +130,10 @@ impl fmt::Display for S3Location {
         }
         if self.path_style {
             write!(f, "{sep}path_style=true")?;
+            sep = '&';
+        }
+        if self.conditional_put != self.endpoint.is_none() {
+            write!(f, "{sep}conditional_put={}", self.conditional_put)?;
         }
         Ok(())
     }
@@ -355,6 +359,11 @@ mod tests {
         assert_eq!(l.prefix, "p");
         assert_eq!(l.endpoint.as_deref(), Some("https://x.example"));
         assert!(l.conditional_put);
+        assert_eq!(
+            l.to_string(),
+            "s3://bucket/p?endpoint=https://x.example&conditional_put=true"
+        );
+        assert_eq!(StoreUrl::parse(&l.to_string()).unwrap(), StoreUrl::S3(l));
     }
 
     #[test]

@@ -89,6 +89,10 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Bytes, StoreError>;
 
     /// Returns the metadata of `key`, or `None` if no object exists there.
+    ///
+    /// On S3 a missing bucket also gives `None` (a HEAD response has no body to tell the two
+    /// 404s apart); [`ObjectStore::get`] reports it as [`StoreError::Config`]. Decide that an
+    /// object is absent with `get`/`get_range` where it matters (restore_command).
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError>;
 
     /// Returns every object whose key starts with `prefix` (a plain string prefix, not only

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use crate::util::{keep_temp_dirs, send_signal};
+use crate::util::{keep_temp_dirs, send_signal, LIBPQ_ENV};
 
 /// Environment variable naming the `pgagent` binary to test.
 pub const PGAGENT_BIN_ENV: &str = "PGAGENT_BIN";
@@ -21,24 +21,6 @@ pub const PGAGENT_BIN_ENV: &str = "PGAGENT_BIN";
 pub const ONE_SHOT_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long [`AgentProcess::terminate`] waits after SIGTERM.
 pub const TERMINATE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Inherited variables removed from the child's environment (besides `PGAGENT_*`): the libpq
-/// connection variables (libpq docs, section 34.15) that the agent honours.
-const SCRUBBED_ENV: &[&str] = &[
-    "PGHOST",
-    "PGHOSTADDR",
-    "PGPORT",
-    "PGDATABASE",
-    "PGUSER",
-    "PGPASSWORD",
-    "PGPASSFILE",
-    "PGSERVICE",
-    "PGSERVICEFILE",
-    "PGSSLMODE",
-    "PGOPTIONS",
-    "PGAPPNAME",
-    "PGDATA",
-];
 
 /// The `pgagent` binary: `$PGAGENT_BIN`, else `debug/pgagent` under `$CARGO_TARGET_DIR` or the
 /// workspace's `target/`.
@@ -93,7 +75,8 @@ impl AgentProcess {
             .env("RUST_BACKTRACE", "1");
         for (name, _) in std::env::vars_os() {
             let scrub = name.to_str().is_some_and(|n| {
-                SCRUBBED_ENV.contains(&n)
+                LIBPQ_ENV.contains(&n)
+                    || n == "PGDATA"
                     || (n.starts_with("PGAGENT_")
                         && !n.starts_with("PGAGENT_TEST_")
                         && n != PGAGENT_BIN_ENV)

@@ -207,10 +207,7 @@ impl Garage {
     }
 
     fn exited(&mut self) -> bool {
-        match self.child.as_mut().map(Child::try_wait) {
-            Some(Ok(None)) => false,
-            _ => true,
-        }
+        !matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
     }
 
     /// Writes a configuration on fresh ports, starts the server and waits until it answers.

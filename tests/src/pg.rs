@@ -21,14 +21,19 @@ use std::fs;
 use std::os::unix::fs::{chown, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use anyhow::{anyhow, bail, Context};
 use tempfile::TempDir;
 
 use crate::osuser::OsUser;
+mod setup;
+
+pub use setup::pg_bin_dir;
+use setup::{run_checked, settings, HBA_CONF};
+
 use crate::postmaster::{Postmaster, StopMode};
-use crate::util::{free_port, keep_temp_dirs, log_tail};
+use crate::util::{free_port, keep_temp_dirs, log_tail, LIBPQ_ENV};
 
 /// Environment variable naming the OS user PostgreSQL runs as when the tests run as root.
 pub const PG_USER_ENV: &str = "PGAGENT_TEST_PG_USER";
@@ -373,8 +378,14 @@ impl PgServer {
         let mut last_err = None;
         for _ in 0..PORT_ATTEMPTS {
             self.port = free_port()?;
-            fs::write(&conf_path, format!("{base}\n{}", self.settings()))
-                .with_context(|| format!("write {}", conf_path.display()))?;
+            fs::write(
+                &conf_path,
+                format!(
+                    "{base}\n{}",
+                    settings(self.port, &self.socket_dir(), &self.opts)
+                ),
+            )
+            .with_context(|| format!("write {}", conf_path.display()))?;
             match self.spawn_postmaster() {
                 Ok(()) => return Ok(()),
                 Err(err) => {
@@ -404,33 +415,6 @@ impl PgServer {
         self.postmaster
             .as_ref()
             .ok_or_else(|| anyhow!("server is not running"))
-    }
-
-    /// The block appended to `postgresql.conf` (PostgreSQL docs, chapter 20 "Server
-    /// Configuration").
-    fn settings(&self) -> String {
-        let mut s = String::from("\n# Settings of the pgagent test harness\n");
-        let socket_dir = self.socket_dir();
-        let lines = [
-            "listen_addresses = '127.0.0.1'".to_owned(),
-            format!("port = {}", self.port),
-            format!("unix_socket_directories = '{}'", socket_dir.display()),
-            format!("wal_level = {}", self.opts.wal_level),
-            format!("wal_keep_size = '{}'", self.opts.wal_keep_size),
-            "max_wal_senders = 10".to_owned(),
-            "max_replication_slots = 10".to_owned(),
-            "fsync = on".to_owned(),
-            "synchronous_commit = on".to_owned(),
-            "shared_buffers = 64MB".to_owned(),
-            "password_encryption = 'scram-sha-256'".to_owned(),
-            "logging_collector = off".to_owned(),
-            "log_min_messages = warning".to_owned(),
-        ];
-        for line in lines.iter().chain(&self.opts.extra_conf) {
-            s.push_str(line);
-            s.push('\n');
-        }
-        s
     }
 
     fn create_roles(&self) -> anyhow::Result<()> {
@@ -491,68 +475,4 @@ impl Drop for PgServer {
             }
         }
     }
-}
-
-/// `pg_hba.conf`: local connections are trusted; over TCP `trust_user` is trusted and every
-/// other role needs SCRAM. The first matching line wins (PostgreSQL docs, section 21.1).
-const HBA_CONF: &str = "\
-# TYPE  DATABASE          USER        ADDRESS        METHOD
-local   all               all                        trust
-local   replication       all                        trust
-host    all,replication   trust_user  127.0.0.1/32   trust
-host    all,replication   all         127.0.0.1/32   scram-sha-256
-";
-
-/// libpq environment variables (libpq docs, section 34.15) that would redirect the harness's
-/// own client programs.
-const LIBPQ_ENV: &[&str] = &[
-    "PGHOST",
-    "PGHOSTADDR",
-    "PGPORT",
-    "PGDATABASE",
-    "PGUSER",
-    "PGPASSWORD",
-    "PGPASSFILE",
-    "PGSERVICE",
-    "PGSERVICEFILE",
-    "PGSSLMODE",
-    "PGOPTIONS",
-    "PGAPPNAME",
-    "PGTARGETSESSIONATTRS",
-];
-
-/// The PostgreSQL `bin` directory: `$PGAGENT_TEST_PG_BIN`, else the highest major version
-/// under `/usr/lib/postgresql/*/bin` (the Debian layout).
-pub fn pg_bin_dir() -> anyhow::Result<PathBuf> {
-    if let Some(dir) = std::env::var_os(PG_BIN_ENV) {
-        return Ok(PathBuf::from(dir));
-    }
-    let entries = fs::read_dir("/usr/lib/postgresql")
-        .context("no /usr/lib/postgresql: install PostgreSQL (scripts/install-deps) or set PGAGENT_TEST_PG_BIN")?;
-    entries
-        .filter_map(|e| {
-            let e = e.ok()?;
-            let major: u32 = e.file_name().to_str()?.parse().ok()?;
-            let bin = e.path().join("bin");
-            bin.join("initdb").exists().then_some((major, bin))
-        })
-        .max_by_key(|(major, _)| *major)
-        .map(|(_, bin)| bin)
-        .ok_or_else(|| anyhow!("no /usr/lib/postgresql/*/bin/initdb; set PGAGENT_TEST_PG_BIN"))
-}
-
-/// Runs `cmd`, returning stdout; on failure an error with the status, stdout and stderr.
-fn run_checked(cmd: &mut Command, what: &str) -> anyhow::Result<String> {
-    let output: Output = cmd
-        .output()
-        .with_context(|| format!("spawn {what} ({cmd:?})"))?;
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    if !output.status.success() {
-        bail!(
-            "{what} failed ({}):\nstdout:\n{stdout}\nstderr:\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(stdout)
 }

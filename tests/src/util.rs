@@ -12,6 +12,24 @@ use anyhow::{bail, Context};
 /// creates (data directories, logs, configs) and prints its path instead of removing it.
 pub const KEEP_ENV: &str = "PGAGENT_TEST_KEEP";
 
+/// libpq environment variables (libpq docs, section 34.15) that redirect a client's connection;
+/// the harness removes them from the environment of the programs it starts.
+pub const LIBPQ_ENV: &[&str] = &[
+    "PGHOST",
+    "PGHOSTADDR",
+    "PGPORT",
+    "PGDATABASE",
+    "PGUSER",
+    "PGPASSWORD",
+    "PGPASSFILE",
+    "PGSERVICE",
+    "PGSERVICEFILE",
+    "PGSSLMODE",
+    "PGOPTIONS",
+    "PGAPPNAME",
+    "PGTARGETSESSIONATTRS",
+];
+
 /// Polls `condition` every `poll` until it returns `true` or `timeout` has elapsed.
 ///
 /// Returns `true` when the condition held (it is checked one last time at the deadline), `false`

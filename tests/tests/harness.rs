@@ -130,6 +130,40 @@ fn postgres_applies_extra_settings() {
 }
 
 #[test]
+fn postgres_starts_on_a_prepared_data_dir() {
+    let source = PgServer::start(PgOptions::default()).unwrap();
+    source.psql("CREATE TABLE copied AS SELECT 7 AS v").unwrap();
+    let mut copy = PgServer::without_cluster(PgOptions::default()).unwrap();
+    assert!(!copy.is_running());
+    // pg_basebackup runs as the test user here, like a restore would.
+    let output = Command::new(source.bin_dir().join("pg_basebackup"))
+        .arg("-D")
+        .arg(copy.data_dir())
+        .args([
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+            "-d",
+            &source.conninfo(TRUST_USER),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    copy.start_server().unwrap();
+    assert_ne!(copy.port(), source.port());
+    assert_eq!(copy.psql("SELECT v FROM copied").unwrap(), "7");
+    assert_eq!(
+        copy.system_identifier().unwrap(),
+        source.system_identifier().unwrap()
+    );
+}
+
+#[test]
 fn garage_answers_s3_requests() {
     let garage = Garage::start().unwrap();
     assert!(garage.access_key_id().starts_with("GK"));

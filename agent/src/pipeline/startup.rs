@@ -30,15 +30,11 @@ pub struct ServerInfo {
 pub fn explain(conn: &ConnConfig, e: &pgagent_protocol::Error) -> String {
     let target = conn.redacted();
     let msg = e.to_string();
+    // The client already explains the common SQLSTATEs (password, pg_hba, REPLICATION,
+    // wal_level, missing slot); add what only the agent knows how to fix.
     let fix = match e.code() {
-        Some("28P01") => "wrong password: check the password in postgres.conninfo, PGPASSWORD or the password file".to_string(),
-        Some("28000") => "the server has no pg_hba.conf entry allowing this replication connection: add `host replication <user> <address> scram-sha-256` and reload PostgreSQL".to_string(),
-        Some("42501") => "the role lacks the REPLICATION attribute: run `ALTER ROLE <user> REPLICATION` as a superuser".to_string(),
         Some("53300") if msg.contains("max_wal_senders") || msg.contains("wal_level") => {
             "the server accepts no replication connections: set wal_level = replica and max_wal_senders >= 2, then restart PostgreSQL".to_string()
-        }
-        Some("55000") if msg.contains("wal_level") => {
-            "set wal_level = replica (or logical) and restart PostgreSQL".to_string()
         }
         _ if e.is_tls() => "TLS failed: check sslmode and sslrootcert".to_string(),
         _ if e.is_connection() => "cannot reach PostgreSQL: is it running and listening there (host, port, socket directory)?".to_string(),

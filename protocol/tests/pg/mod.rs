@@ -2,8 +2,8 @@
 //!
 //! `initdb` in a temporary directory owned by the `postgres` OS user (the
 //! server refuses to run as root), a random loopback port, a socket in the
-//! same directory, `wal_level = replica`, TLS with a self-signed certificate
-//! for `localhost`/127.0.0.1, and one role per authentication method:
+//! same directory, `wal_level = replica`, TLS with a certificate for
+//! `localhost`/127.0.0.1 signed by a throwaway CA, and one role per authentication method:
 //!
 //! | role | pg_hba method (replication, 127.0.0.1) | password |
 //! | --- | --- | --- |
@@ -94,21 +94,55 @@ impl Cluster {
         let root = dir.path().to_path_buf();
         let root = root.as_path();
         let data = root.join("data");
-        // Self-signed certificate for localhost and 127.0.0.1.
+        // A self-signed CA and a server certificate it signs for localhost and 127.0.0.1.
         check(
-            "openssl req",
+            "openssl req (CA)",
             Command::new("openssl")
                 .args([
                     "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
                 ])
+                .args(["-subj", "/CN=pgagent test CA"])
+                .arg("-keyout")
+                .arg(root.join("ca.key"))
+                .arg("-out")
+                .arg(root.join("ca.crt"))
+                .output(),
+        );
+        check(
+            "openssl req (server)",
+            Command::new("openssl")
                 .args([
+                    "req",
+                    "-new",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
                     "-subj",
                     "/CN=localhost",
-                    "-addext",
-                    "subjectAltName=DNS:localhost,IP:127.0.0.1",
                 ])
                 .arg("-keyout")
                 .arg(root.join("server.key"))
+                .arg("-out")
+                .arg(root.join("server.csr"))
+                .output(),
+        );
+        std::fs::write(
+            root.join("san.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        )
+        .unwrap();
+        check(
+            "openssl x509 (sign)",
+            Command::new("openssl")
+                .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
+                .arg("-in")
+                .arg(root.join("server.csr"))
+                .arg("-CA")
+                .arg(root.join("ca.crt"))
+                .arg("-CAkey")
+                .arg(root.join("ca.key"))
+                .arg("-extfile")
+                .arg(root.join("san.ext"))
                 .arg("-out")
                 .arg(root.join("server.crt"))
                 .output(),
@@ -185,8 +219,9 @@ impl Cluster {
         self.dir.path().join("sock")
     }
 
-    pub fn cert(&self) -> PathBuf {
-        self.dir.path().join("server.crt")
+    /// The CA certificate that signed the server's certificate.
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
     }
 
     /// Runs `pg_ctl <args> [log]` against this cluster.

@@ -105,7 +105,11 @@ fn sub(store: &Arc<dyn ObjectStore>, name: &str) -> PrefixedStore {
 
 /// A deterministic, incompressible-enough body of `len` bytes (xorshift64).
 pub(crate) fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
+    // splitmix64 of the seed, so distinct seeds give distinct streams (never zero).
+    let mut x = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x = (x ^ (x >> 31)).max(1);
     let mut out = Vec::with_capacity(len + 8);
     while out.len() < len {
         x ^= x << 13;

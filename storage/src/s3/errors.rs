@@ -22,8 +22,8 @@ use crate::error::{Op, StoreError};
 /// What the mapping needs from an SDK error, separated so it can be unit tested.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Fault {
-    /// The service answered with this status and optional error code.
-    Status(u16, Option<String>),
+    /// The service answered with this status, and optionally an error code and message.
+    Status(u16, Option<String>, Option<String>),
     /// No usable answer: timeout, connection reset, unreadable response.
     Network,
     /// The request could not be built or sent for a local reason (bad endpoint, no
@@ -37,6 +37,7 @@ pub(crate) fn fault_of<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>)
         SdkError::ServiceError(se) => Fault::Status(
             se.raw().status().as_u16(),
             se.err().code().map(str::to_string),
+            se.err().message().map(str::to_string),
         ),
         SdkError::TimeoutError(_) | SdkError::ResponseError(_) => Fault::Network,
         SdkError::DispatchFailure(d) if d.is_user() => Fault::Local,
@@ -78,7 +79,7 @@ pub(crate) fn map_fault(
             detail,
             source,
         },
-        Fault::Status(status, code) => match (status, code.as_deref()) {
+        Fault::Status(status, code, message) => match (status, code.as_deref()) {
             (404, Some("NoSuchBucket")) => StoreError::config(format!(
                 "the bucket does not exist ({} {key}); create it or fix the store URL",
                 verb(op)
@@ -87,7 +88,7 @@ pub(crate) fn map_fault(
             (403, code) => StoreError::PermissionDenied {
                 key: key_s,
                 op,
-                hint: permission_hint(op, code),
+                hint: permission_hint(op, code, message.as_deref()),
                 source,
             },
             (412, _) => StoreError::AlreadyExists { key: key_s },
@@ -122,14 +123,23 @@ fn verb(op: Op) -> &'static str {
     }
 }
 
-fn permission_hint(op: Op, code: Option<&str>) -> String {
-    match code {
+fn permission_hint(op: Op, code: Option<&str>, message: Option<&str>) -> String {
+    let hint: String = match code {
         Some("InvalidAccessKeyId") => "the access key id is not known to the service".into(),
         Some("SignatureDoesNotMatch") => {
             "the secret access key is wrong, or the region does not match the endpoint".into()
         }
         Some("RequestTimeTooSkewed") => "the system clock is off; synchronise it (NTP)".into(),
+        // Garage answers a bad signature with AccessDenied "Forbidden: Invalid signature".
+        _ if message.is_some_and(|m| m.to_ascii_lowercase().contains("signature")) => {
+            "the secret access key is wrong, or the region does not match the endpoint".into()
+        }
         _ => format!("the credentials need {} on the bucket", op.s3_action()),
+    };
+    match (code, message) {
+        (Some(c), Some(m)) => format!("{hint} (server: {c}: {m})"),
+        (Some(c), None) => format!("{hint} (server: {c})"),
+        _ => hint,
     }
 }
 
@@ -142,7 +152,7 @@ mod tests {
         map_fault(
             "wal/x",
             op,
-            Fault::Status(status, code.map(str::to_string)),
+            Fault::Status(status, code.map(str::to_string), None),
             "d".into(),
             None,
         )
@@ -186,7 +196,7 @@ mod tests {
         let e = map_fault(
             "wal/000000010000000000000001",
             Op::Put,
-            Fault::Status(403, Some("AccessDenied".into())),
+            Fault::Status(403, None, None),
             String::new(),
             None,
         );
@@ -197,8 +207,20 @@ mod tests {
         );
         let e = map_fault(
             "k",
+            Op::List,
+            Fault::Status(403, Some("AccessDenied".into()), Some("Forbidden".into())),
+            String::new(),
+            None,
+        );
+        assert_eq!(
+            e.to_string(),
+            "access denied listing k: the credentials need s3:ListBucket on the bucket \
+             (server: AccessDenied: Forbidden)"
+        );
+        let e = map_fault(
+            "k",
             Op::Get,
-            Fault::Status(403, Some("SignatureDoesNotMatch".into())),
+            Fault::Status(403, Some("SignatureDoesNotMatch".into()), None),
             String::new(),
             None,
         );

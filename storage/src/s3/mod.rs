@@ -18,7 +18,6 @@ mod multipart;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use aws_config::meta::region::RegionProviderChain;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::BehaviorVersion;
@@ -63,12 +62,8 @@ impl S3Store {
         let http = aws_smithy_http_client::Builder::new()
             .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
             .build_https();
-        let region = RegionProviderChain::first_try(loc.region.clone().map(Region::new))
-            .or_default_provider()
-            .or_else(Region::new(DEFAULT_REGION));
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .http_client(http)
-            .region(region)
             .retry_config(RetryConfig::standard().with_max_attempts(3))
             .timeout_config(
                 TimeoutConfig::builder()
@@ -76,6 +71,11 @@ impl S3Store {
                     .operation_attempt_timeout(opts.request_timeout)
                     .build(),
             );
+        // Without a region in the URL, the loader's default chain (environment, profile,
+        // instance metadata) runs with the HTTP client above; DEFAULT_REGION is the fallback.
+        if let Some(region) = &loc.region {
+            loader = loader.region(Region::new(region.clone()));
+        }
         if let (Some(id), Some(secret)) = (&opts.access_key_id, &opts.secret_access_key) {
             loader = loader.credentials_provider(Credentials::new(
                 id,
@@ -90,6 +90,9 @@ impl S3Store {
             .force_path_style(loc.path_style)
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        if sdk.region().is_none() {
+            conf = conf.region(Region::new(DEFAULT_REGION));
+        }
         if let Some(endpoint) = &loc.endpoint {
             conf = conf.endpoint_url(endpoint);
         }
@@ -158,7 +161,7 @@ impl S3Store {
             .await;
         let resp = match sent {
             Ok(resp) => resp,
-            Err(e) if matches!(errors::fault_of(&e), errors::Fault::Status(416, _)) => {
+            Err(e) if matches!(errors::fault_of(&e), errors::Fault::Status(416, ..)) => {
                 return Ok(None)
             }
             Err(e) => return Err(map_sdk(key, Op::Get, e)),

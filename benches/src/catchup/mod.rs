@@ -1,0 +1,189 @@
+//! End-to-end catch-up of a WAL backlog retained by replication slots.
+//!
+//! A cluster writes a backlog of real WAL (pgbench) while physical slots created with
+//! `RESERVE_WAL` hold it in `pg_wal` (`pg_create_physical_replication_slot(name, true)`,
+//! PostgreSQL docs, section 9.27.6). Each case then streams the same backlog through its own
+//! slot, from the segment holding the slots' `restart_lsn` to the end LSN, and is timed until
+//! everything up to the end LSN is durable:
+//!
+//! | case | durable when |
+//! | --- | --- |
+//! | `pg_receivewal -E <end>` (baseline, no compression) | it exits: it fsyncs every completed segment |
+//! | `pgagent run` into a `file://` store | `status.json` shows `uploaded_lsn >= end` |
+//! | `pgagent run` into a Garage S3 store | same |
+//!
+//! Settings come from the environment ([`Settings::from_env`]).
+
+mod backlog;
+mod cases;
+
+pub use backlog::{prepare, Backlog};
+pub use cases::{run_pg_receivewal, run_pgagent, AgentTarget, PgagentRun};
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+
+/// The cases, by their letter in the slot names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Case {
+    /// `pg_receivewal`, the baseline.
+    PgReceivewal,
+    /// `pgagent run` into a `file://` store.
+    PgagentFile,
+    /// `pgagent run` into a Garage S3 store.
+    PgagentS3,
+}
+
+impl Case {
+    /// All cases in the order they run.
+    pub const ALL: [Case; 3] = [Case::PgReceivewal, Case::PgagentFile, Case::PgagentS3];
+
+    /// Letter used in slot names and in `BENCH_CASES`.
+    pub fn letter(self) -> char {
+        match self {
+            Case::PgReceivewal => 'a',
+            Case::PgagentFile => 'b',
+            Case::PgagentS3 => 'c',
+        }
+    }
+
+    /// Label in the results table.
+    pub fn label(self) -> &'static str {
+        match self {
+            Case::PgReceivewal => "pg_receivewal",
+            Case::PgagentFile => "pgagent → file://",
+            Case::PgagentS3 => "pgagent → S3 (Garage)",
+        }
+    }
+
+    /// The slot the case uses in run `run` (from 1): `bench_a`, `bench_b`, `bench_c` in the
+    /// first run, `bench_a_2`… later, since each run consumes its slot's backlog.
+    pub fn slot(self, run: usize) -> String {
+        if run <= 1 {
+            format!("bench_{}", self.letter())
+        } else {
+            format!("bench_{}_{run}", self.letter())
+        }
+    }
+}
+
+/// Benchmark settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Backlog to generate, bytes of WAL (`BENCH_WAL_GIB`, GiB, default 2).
+    pub backlog_bytes: u64,
+    /// Runs of each case (`BENCH_RUNS`, default 2); the table reports the fastest.
+    pub runs: usize,
+    /// Cases to run (`BENCH_CASES`, letters, default `abc`).
+    pub cases: Vec<Case>,
+    /// `pgagent` binary (`PGAGENT_BIN`, default `target/release/pgagent`).
+    pub pgagent_bin: PathBuf,
+}
+
+impl Settings {
+    /// Reads the settings from the environment.
+    ///
+    /// Errors on a malformed value or a missing `pgagent` binary.
+    pub fn from_env() -> anyhow::Result<Settings> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let gib = var("BENCH_WAL_GIB").unwrap_or_else(|| "2".to_owned());
+        let runs = var("BENCH_RUNS").unwrap_or_else(|| "2".to_owned());
+        let cases = var("BENCH_CASES").unwrap_or_else(|| "abc".to_owned());
+        let pgagent_bin = var("PGAGENT_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| crate::target_dir().join("release").join("pgagent"));
+        if !pgagent_bin.is_file() {
+            bail!(
+                "{} not found: build it with `cargo build --release -p pgagent` or set PGAGENT_BIN",
+                pgagent_bin.display()
+            );
+        }
+        Ok(Settings {
+            backlog_bytes: parse_gib(&gib).context("BENCH_WAL_GIB")?,
+            runs: parse_runs(&runs).context("BENCH_RUNS")?,
+            cases: parse_cases(&cases).context("BENCH_CASES")?,
+            pgagent_bin,
+        })
+    }
+}
+
+/// GiB (a positive decimal number, at most 64) to bytes.
+pub fn parse_gib(text: &str) -> anyhow::Result<u64> {
+    let gib: f64 = text
+        .trim()
+        .parse()
+        .with_context(|| format!("{text:?} is not a number of GiB"))?;
+    if !(gib > 0.0 && gib <= 64.0) {
+        bail!("{gib} GiB is out of range (0, 64]");
+    }
+    Ok((gib * f64::from(1u32 << 30)) as u64)
+}
+
+/// Runs per case: 1 to 5 (each run consumes its own three slots; the cluster has room for
+/// [`backlog::MAX_SLOTS`]).
+pub fn parse_runs(text: &str) -> anyhow::Result<usize> {
+    let runs: usize = text
+        .trim()
+        .parse()
+        .with_context(|| format!("{text:?} is not a count"))?;
+    if !(1..=5).contains(&runs) {
+        bail!("{runs} runs is out of range 1..=5");
+    }
+    Ok(runs)
+}
+
+/// Case letters (`a`, `b`, `c`) to cases, in [`Case::ALL`] order.
+pub fn parse_cases(text: &str) -> anyhow::Result<Vec<Case>> {
+    if let Some(bad) = text.chars().find(|c| !"abc, ".contains(*c)) {
+        bail!("unknown case {bad:?}: use letters a (pg_receivewal), b (file://), c (S3)");
+    }
+    let cases: Vec<Case> = Case::ALL
+        .into_iter()
+        .filter(|c| text.contains(c.letter()))
+        .collect();
+    if cases.is_empty() {
+        bail!("no case selected");
+    }
+    Ok(cases)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_backlog_size_in_gib() {
+        assert_eq!(parse_gib("2").unwrap(), 2 << 30);
+        assert_eq!(parse_gib(" 0.25 ").unwrap(), 256 << 20);
+        assert!(parse_gib("0").is_err());
+        assert!(parse_gib("-1").is_err());
+        assert!(parse_gib("65").is_err());
+        assert!(parse_gib("two").is_err());
+    }
+
+    #[test]
+    fn parses_runs_and_cases() {
+        assert_eq!(parse_runs("2").unwrap(), 2);
+        assert!(parse_runs("0").is_err());
+        assert!(parse_runs("6").is_err());
+        assert_eq!(parse_cases("abc").unwrap(), Case::ALL);
+        assert_eq!(
+            parse_cases("c,a").unwrap(),
+            [Case::PgReceivewal, Case::PgagentS3]
+        );
+        assert!(parse_cases("d").is_err());
+        assert!(parse_cases("").is_err());
+    }
+
+    #[test]
+    fn slot_names_are_distinct_per_case_and_run() {
+        assert_eq!(Case::PgReceivewal.slot(1), "bench_a");
+        assert_eq!(Case::PgagentS3.slot(1), "bench_c");
+        assert_eq!(Case::PgagentFile.slot(2), "bench_b_2");
+        let mut all: Vec<String> = (1..=3).flat_map(|r| Case::ALL.map(|c| c.slot(r))).collect();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 9);
+    }
+}

@@ -1,0 +1,235 @@
+//! Shared set-up of the streaming tests: a PostgreSQL server, a staging directory, a store,
+//! and a `pgagent run` wired to them.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pgagent_protocol::{Lsn, SegNo, WalFileName, WalSegmentSize};
+use pgagent_storage::{envelope, ObjectStore, StoreOptions};
+use pgagent_tests::{wait_until, AgentProcess, PgServer};
+use tempfile::TempDir;
+
+/// Segment size of the test clusters (initdb's default).
+pub const SEG: u64 = 16 << 20;
+
+pub fn seg() -> WalSegmentSize {
+    WalSegmentSize::new(SEG).unwrap()
+}
+
+/// Where an agent keeps its files, and how it reaches the store.
+pub struct Rig {
+    pub dir: TempDir,
+    pub store_url: String,
+    pub extra_env: Vec<(&'static str, String)>,
+}
+
+impl Rig {
+    /// A rig storing into a `file://` store under its own directory.
+    pub fn fs() -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let store_url = format!("file://{}", dir.path().join("store").display());
+        Rig {
+            dir,
+            store_url,
+            extra_env: Vec::new(),
+        }
+    }
+
+    /// A rig storing into an S3 URL with the given credentials.
+    pub fn s3(store_url: String, env: Vec<(&'static str, String)>) -> Rig {
+        Rig {
+            dir: tempfile::tempdir().unwrap(),
+            store_url,
+            extra_env: env,
+        }
+    }
+
+    pub fn staging(&self) -> PathBuf {
+        self.dir.path().join("staging")
+    }
+
+    /// The environment of an agent streaming from `pg` as the SCRAM replication user.
+    pub fn env(&self, pg: &PgServer) -> Vec<(&'static str, String)> {
+        let mut env = vec![
+            ("PGAGENT_POSTGRES_CONNINFO", pg.conninfo("pgagent")),
+            ("PGAGENT_STAGING_DIR", self.staging().display().to_string()),
+            ("PGAGENT_STORE_URL", self.store_url.clone()),
+            ("PGAGENT_METRICS_LISTEN", String::new()),
+            ("PGAGENT_WAL_PARTIAL_INTERVAL", "500ms".into()),
+            ("PGAGENT_WAL_STATUS_INTERVAL", "1s".into()),
+            ("PGAGENT_LOG", "info,pgagent=debug".into()),
+        ];
+        env.extend(self.extra_env.iter().cloned());
+        env
+    }
+
+    pub fn spawn(&self, pg: &PgServer) -> AgentProcess {
+        self.spawn_with(pg, &[])
+    }
+
+    pub fn spawn_with(&self, pg: &PgServer, extra: &[(&'static str, String)]) -> AgentProcess {
+        let mut env = self.env(pg);
+        env.extend(extra.iter().cloned());
+        AgentProcess::spawn(&["run"], &env)
+    }
+
+    /// The daemon's published state.
+    pub fn status(&self) -> Option<serde_json::Value> {
+        let bytes = std::fs::read(self.staging().join("status.json")).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    pub fn status_lsn(&self, field: &str) -> Option<Lsn> {
+        self.status()?[field]
+            .as_str()
+            .and_then(|s| Lsn::from_str(s).ok())
+    }
+
+    /// Waits until the agent reports WAL up to `target` durable in the bucket.
+    pub fn wait_uploaded(&self, agent: &AgentProcess, target: Lsn, timeout: Duration) {
+        let ok = wait_until(timeout, Duration::from_millis(200), || {
+            self.status_lsn("uploaded_lsn").is_some_and(|l| l >= target)
+        });
+        assert!(
+            ok,
+            "agent did not upload up to {target} within {timeout:?}; status {:?}\n{}",
+            self.status(),
+            agent.output_text()
+        );
+    }
+
+    pub async fn store(&self) -> Arc<dyn ObjectStore> {
+        open_store(&self.store_url, &self.extra_env).await
+    }
+}
+
+/// Opens a store the way the agent does; S3 credentials come from `env`.
+pub async fn open_store(url: &str, env: &[(&'static str, String)]) -> Arc<dyn ObjectStore> {
+    let get = |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
+    let opts = StoreOptions {
+        access_key_id: get("AWS_ACCESS_KEY_ID"),
+        secret_access_key: get("AWS_SECRET_ACCESS_KEY"),
+        ..Default::default()
+    };
+    pgagent_storage::open(url, &opts).await.unwrap()
+}
+
+pub fn lsn(s: &str) -> Lsn {
+    Lsn::from_str(s.trim()).unwrap()
+}
+
+/// Every WAL object of the store, opened and verified: file name → raw bytes.
+pub async fn wal_objects(store: &dyn ObjectStore) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for meta in store.list("wal/").await.unwrap() {
+        let body = store.get(&meta.key).await.unwrap();
+        let raw = envelope::open(&body).unwrap_or_else(|e| panic!("{}: {e}", meta.key));
+        out.insert(meta.key.trim_start_matches("wal/").to_string(), raw);
+    }
+    out
+}
+
+/// End of the WAL in the store that is contiguous from `first` (complete segments, then the
+/// `.partial` of the next one), computed from the objects themselves.
+pub fn bucket_frontier(objects: &BTreeMap<String, Vec<u8>>, first: SegNo) -> Lsn {
+    let mut complete = std::collections::BTreeSet::new();
+    let mut partials = BTreeMap::new();
+    for (name, raw) in objects {
+        match WalFileName::parse(name, seg()) {
+            Some(WalFileName::Segment { segno, .. }) => {
+                complete.insert(segno);
+            }
+            Some(WalFileName::Partial { segno, .. }) => {
+                partials.insert(segno, raw.len() as u64);
+            }
+            _ => {}
+        }
+    }
+    let mut next = first;
+    while complete.contains(&next) {
+        next = SegNo(next.0 + 1);
+    }
+    next.start_lsn(seg()) + partials.get(&next).copied().unwrap_or(0)
+}
+
+/// Asserts that every segment in the store is byte-identical to the server's own copy in
+/// `pg_wal`, and every `.partial` to the same prefix of it. Returns the number of complete
+/// segments compared.
+pub fn assert_identical_to_server(objects: &BTreeMap<String, Vec<u8>>, pg: &PgServer) -> usize {
+    let mut compared = 0;
+    for (name, raw) in objects {
+        match WalFileName::parse(name, seg()) {
+            Some(WalFileName::Segment { .. }) => {
+                let server = pg
+                    .wal_file(name)
+                    .unwrap_or_else(|| panic!("{name} is no longer in the server's pg_wal"));
+                assert_eq!(raw.len(), server.len(), "{name}: size differs");
+                assert!(
+                    raw == &server,
+                    "{name}: content differs from the server's pg_wal"
+                );
+                compared += 1;
+            }
+            Some(WalFileName::Partial { .. }) => {
+                let stem = name.trim_end_matches(".partial");
+                if let Some(server) = pg.wal_file(stem) {
+                    assert!(
+                        raw.len() <= server.len() && raw[..] == server[..raw.len()],
+                        "{name}: differs from the server's {stem}"
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    compared
+}
+
+/// The segments of `objects` (complete ones) in order, and the first missing one after the
+/// run that starts at the lowest.
+pub fn complete_segments(objects: &BTreeMap<String, Vec<u8>>) -> Vec<SegNo> {
+    objects
+        .keys()
+        .filter_map(|n| match WalFileName::parse(n, seg()) {
+            Some(WalFileName::Segment { segno, .. }) => Some(segno),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Asserts the complete segments form one run with no gap.
+pub fn assert_no_gap(objects: &BTreeMap<String, Vec<u8>>) {
+    let segs = complete_segments(objects);
+    assert!(!segs.is_empty(), "no complete segment in the store");
+    for w in segs.windows(2) {
+        assert_eq!(
+            w[1].0,
+            w[0].0 + 1,
+            "gap between segments {:?} and {:?}",
+            w[0],
+            w[1]
+        );
+    }
+}
+
+/// The slot's `restart_lsn`.
+pub fn slot_restart_lsn(pg: &PgServer) -> Option<Lsn> {
+    let out = pg
+        .psql("SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'pgagent'")
+        .unwrap();
+    let out = out.trim();
+    (!out.is_empty()).then(|| lsn(out))
+}
+
+pub fn staging_path(rig: &Rig, name: &str) -> PathBuf {
+    rig.staging().join("wal").join(name)
+}
+
+pub fn exists(p: &Path) -> bool {
+    p.exists()
+}
