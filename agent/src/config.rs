@@ -133,6 +133,11 @@ pub struct WalSection {
     /// Longest time between two standby status updates.
     #[serde(with = "humantime_serde")]
     pub status_interval: Duration,
+    /// Synchronous-standby mode: upload the partial segment as soon as WAL arrives (one
+    /// upload in flight, the next one batching what came meanwhile), so that with
+    /// `synchronous_standby_names` naming the agent a commit returns only once its WAL is in
+    /// the bucket.
+    pub synchronous: bool,
 }
 
 impl Default for WalSection {
@@ -143,6 +148,7 @@ impl Default for WalSection {
             compression_level: 3,
             compress_threads: 2,
             status_interval: Duration::from_secs(10),
+            synchronous: false,
         }
     }
 }

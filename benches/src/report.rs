@@ -118,7 +118,7 @@ mod tests {
         assert!(lines[3].contains("| 0.50x |"), "{}", lines[3]);
         let without_baseline = markdown_table(&[&b], "pg_receivewal");
         assert!(
-            without_baseline.contains("| 5 |  | 4.0"),
+            without_baseline.contains("| 54 |  | 4.0"),
             "{without_baseline}"
         );
     }

@@ -157,3 +157,25 @@ fn unknown_config_key_is_a_usage_error() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("ulr"));
 }
+
+#[test]
+fn a_bucket_without_write_rights_names_the_fix() {
+    let garage = pgagent_tests::Garage::start().unwrap();
+    let (id, secret) = garage.create_key_without_write(garage.bucket()).unwrap();
+    let pg = PgServer::start(PgOptions::default()).unwrap();
+    let rig = Rig::s3(
+        garage.store_url("ro"),
+        vec![
+            ("AWS_ACCESS_KEY_ID", id),
+            ("AWS_SECRET_ACCESS_KEY", secret.clone()),
+        ],
+    );
+    let (code, err) = run_once(&rig, &pg, &[]);
+    assert_eq!(code, 1, "{err}");
+    let line = last_line(&err);
+    assert!(
+        line.to_lowercase().contains("denied") || line.contains("permission"),
+        "{line}"
+    );
+    assert!(!err.contains(&secret), "the secret must not be logged");
+}

@@ -58,8 +58,11 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
 
     let staging_dir = cfg.staging_dir().to_path_buf();
     check_staging(&staging_dir)?;
-    let conn = ConnConfig::parse(&cfg.raw.postgres.conninfo)
+    let mut conn = ConnConfig::parse(&cfg.raw.postgres.conninfo)
         .map_err(|e| anyhow::anyhow!("postgres.conninfo: {e}"))?;
+    // The name `synchronous_standby_names` and pg_stat_replication know the agent by.
+    conn.application_name
+        .get_or_insert_with(|| "pgagent".to_string());
     let (mut client, server) = startup::connect(&conn).await?;
     tracing::info!(
         system_identifier = server.system_id,
@@ -145,6 +148,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         partial_interval: cfg.raw.wal.partial_interval,
         status_interval: cfg.raw.wal.status_interval,
         quota: cfg.raw.staging.quota.as_u64(),
+        synchronous: cfg.raw.wal.synchronous,
     };
     let mut receiver = Receiver::new(shared.clone(), writer, outlets, plan.start);
     let streamed = tokio::select! {

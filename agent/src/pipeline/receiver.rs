@@ -50,6 +50,8 @@ pub struct Outlets {
     pub status_interval: Duration,
     /// Bytes not yet in the bucket at which receiving pauses.
     pub quota: u64,
+    /// Synchronous-standby mode: send the partial segment as soon as WAL arrives.
+    pub synchronous: bool,
 }
 
 /// The receiving side of the pipeline.
@@ -123,7 +125,12 @@ impl Receiver {
                 biased;
                 _ = shutdown.cancelled() => break Ok(SessionEnd::Shutdown(stream)),
                 ev = stream.next(), if !paused => match ev {
-                    Ok(StreamEvent::XLogData(x)) => self.on_wal(tli, x.wal_start, &x.data)?,
+                    Ok(StreamEvent::XLogData(x)) => {
+                        self.on_wal(tli, x.wal_start, &x.data)?;
+                        if self.out.synchronous {
+                            self.on_partial_tick()?;
+                        }
+                    }
                     Ok(StreamEvent::Keepalive(k)) => {
                         if k.reply_requested {
                             self.send_status(&mut stream).await?;
@@ -137,6 +144,10 @@ impl Receiver {
                 _ = partial_tick.tick() => self.on_partial_tick()?,
                 _ = status_tick.tick() => self.send_status(&mut stream).await?,
                 _ = self.shared.frontier_moved.notified() => {
+                    if self.out.synchronous {
+                        // The previous partial landed: send what arrived meanwhile.
+                        self.on_partial_tick()?;
+                    }
                     if self.flush_now() != self.reported_flush {
                         self.send_status(&mut stream).await?;
                     }
@@ -189,6 +200,11 @@ impl Receiver {
         if pos <= self.partial_sent || pos.segment_offset(self.shared.seg) == 0 {
             return Ok(());
         }
+        // One partial at a time: while the previous is still uploading, wait for the next
+        // tick (or, in synchronous mode, for it to land).
+        if self.out.partials.capacity() == 0 {
+            return Ok(());
+        }
         let staged = block(|| self.writer.sync())?;
         if let Some(staged) = staged {
             self.shared.tracker().staged(staged);
@@ -208,7 +224,6 @@ impl Receiver {
                 len: view.len,
             },
         };
-        // One partial at a time: while the previous is still uploading, skip this tick.
         if self.out.partials.try_send(job).is_ok() {
             self.partial_sent = end;
         }

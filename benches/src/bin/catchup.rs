@@ -6,8 +6,9 @@
 //! ```
 //!
 //! Environment: `BENCH_WAL_GIB` (backlog, default 2), `BENCH_RUNS` (runs per case, default 2;
-//! the fastest is reported), `BENCH_CASES` (`abc`), `PGAGENT_BIN` (default
-//! `target/release/pgagent`), and the harness's `PGAGENT_TEST_PG_BIN`, `PGAGENT_TEST_GARAGE`.
+//! the fastest is reported), `BENCH_CASES` (`abc`), `BENCH_COMPRESSION_LEVEL` (pgagent's zstd
+//! level, default its own 3), `PGAGENT_BIN` (default `target/release/pgagent`), and the
+//! harness's `PGAGENT_TEST_PG_BIN`, `PGAGENT_TEST_GARAGE`.
 //! Prints progress on stderr and the results as markdown on stdout.
 
 use std::process::Command;
@@ -57,7 +58,8 @@ fn main() -> anyhow::Result<()> {
                         &prefix,
                     )?;
                     eprintln!(
-                        "  shutdown after SIGTERM: {:.2} s; VmHWM before SIGTERM: {} KiB",
+                        "  status.json confirmed at {:.2} s; shutdown after SIGTERM: {:.2} s; VmHWM before SIGTERM: {} KiB",
+                        r.confirmed.as_secs_f64(),
                         r.stop.as_secs_f64(),
                         r.hwm_before_stop_kib
                             .map_or_else(|| "?".to_owned(), |k| k.to_string())
@@ -101,7 +103,7 @@ fn main() -> anyhow::Result<()> {
     println!("{}", markdown_table(&all, Case::PgReceivewal.label()));
     if let Some(&(raw, stored)) = ratios.first() {
         println!(
-            "Compression (zstd level 3, file:// store): {raw} raw bytes of segments stored in {stored} bytes, ratio {:.2}:1",
+            "Compression (file:// store): {raw} raw bytes of segments stored in {stored} bytes, ratio {:.2}:1",
             raw as f64 / stored as f64
         );
     }

@@ -172,8 +172,11 @@ pub enum AgentTarget<'a> {
 /// What a pgagent run measured.
 #[derive(Debug, Clone, Copy)]
 pub struct PgagentRun {
-    /// Spawn until `status.json` showed `uploaded_lsn >= end`.
+    /// Spawn until every segment of the backlog had left staging (uploaded, see
+    /// [`run_pgagent`]).
     pub wall: Duration,
+    /// Spawn until `status.json`, rewritten every second, showed `uploaded_lsn >= end`.
+    pub confirmed: Duration,
     /// GNU time's report over the whole life of the process, shutdown included.
     pub usage: Usage,
     /// `VmHWM` sampled just before SIGTERM, KiB.
@@ -185,9 +188,15 @@ pub struct PgagentRun {
 }
 
 /// `pgagent run` with `slot` into `target`, with the daemon's defaults (compression level 3,
-/// upload concurrency 8, two compress threads) and the metrics listener off. Durable when
-/// `<staging>/status.json` shows `uploaded_lsn >= end`; then SIGTERM, and the daemon must exit
-/// with status 0.
+/// upload concurrency 8, two compress threads; `BENCH_COMPRESSION_LEVEL` overrides the level)
+/// and the metrics listener off.
+///
+/// The daemon removes a staged segment only once its object is durable in the store, so the
+/// backlog is durable when staging, polled every 20 ms, holds no segment below the end LSN
+/// after having held the last one. That is the time reported: `status.json`, the daemon's
+/// public account, is rewritten only every second, so timing it would add up to a second.
+/// It must then show `uploaded_lsn >= end`; then SIGTERM, and the daemon must exit with
+/// status 0.
 pub fn run_pgagent(
     b: &Backlog,
     slot: &str,
@@ -210,6 +219,9 @@ pub fn run_pgagent(
         ("PGAGENT_METRICS_LISTEN", String::new()),
         ("PGAGENT_LOG", "warn".to_owned()),
     ];
+    if let Ok(level) = std::env::var("BENCH_COMPRESSION_LEVEL") {
+        env.push(("PGAGENT_WAL_COMPRESSION_LEVEL", level));
+    }
     match target {
         AgentTarget::File => {
             env.push((
@@ -225,8 +237,21 @@ pub fn run_pgagent(
     let mut timed = Timed::spawn(pgagent, &["run"], &env)?;
     let pid = timed.target_pid()?;
     let deadline = timed.started + CASE_TIMEOUT;
+    let end_segno = b.end.0 / b.seg_bytes;
+    let mut reached_last = false;
+    let mut drained_scans = 0;
     let wall = loop {
-        if uploaded_lsn(&staging).is_some_and(|l| l >= b.end) {
+        let segnos = staged_segnos(&staging.join("wal"), b.seg_bytes);
+        reached_last |= segnos.iter().any(|&s| s + 1 >= end_segno);
+        let drained = segnos.iter().all(|&s| s >= end_segno);
+        // Two scans in a row: a readdir racing the rename of the last `.partial` could
+        // miss it once.
+        drained_scans = if reached_last && drained {
+            drained_scans + 1
+        } else {
+            0
+        };
+        if drained_scans == 2 {
             break timed.started.elapsed();
         }
         if timed.exited() || Instant::now() > deadline {
@@ -238,6 +263,18 @@ pub fn run_pgagent(
         }
         std::thread::sleep(POLL);
     };
+    // The daemon's own account must agree before it is stopped.
+    while uploaded_lsn(&staging).is_none_or(|l| l < b.end) {
+        if timed.exited() || Instant::now() > deadline {
+            bail!(
+                "staging drained but status.json never showed uploaded_lsn >= {}\n{}",
+                b.end,
+                timed.output()
+            );
+        }
+        std::thread::sleep(POLL);
+    }
+    let confirmed = timed.started.elapsed();
     let hwm_before_stop_kib = process_vm_hwm_kib(pid);
     let stopping = Instant::now();
     send_signal(pid, "TERM")?;
@@ -257,11 +294,36 @@ pub fn run_pgagent(
     }
     Ok(PgagentRun {
         wall,
+        confirmed,
         usage,
         hwm_before_stop_kib,
         stop,
         stored,
     })
+}
+
+/// Segment numbers of the files (complete or `.partial`) in staging's `wal/` directory.
+fn staged_segnos(wal_dir: &Path, seg_bytes: u64) -> Vec<u64> {
+    fs::read_dir(wal_dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| segno_of_file(e.ok()?.file_name().to_str()?, seg_bytes))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The segment number of a segment file name, with or without `.partial`: the name is
+/// timeline, log and segment as 8 hex digits each, and a log holds `2^32 / seg_bytes`
+/// segments (`XLogFromFileName` in `src/include/access/xlog_internal.h`).
+pub fn segno_of_file(name: &str, seg_bytes: u64) -> Option<u64> {
+    let name = name.strip_suffix(".partial").unwrap_or(name);
+    if !is_segment_name(name) || seg_bytes == 0 {
+        return None;
+    }
+    let log = u64::from_str_radix(&name[8..16], 16).ok()?;
+    let seg = u64::from_str_radix(&name[16..24], 16).ok()?;
+    Some(log * (0x1_0000_0000 / seg_bytes) + seg)
 }
 
 /// `uploaded_lsn` from `<staging>/status.json`, `None` while there is none.
@@ -295,4 +357,25 @@ fn path_str(p: &Path) -> anyhow::Result<String> {
     p.to_str()
         .map(str::to_owned)
         .ok_or_else(|| anyhow!("non-UTF-8 path {}", p.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_numbers_from_file_names() {
+        let seg = 16 << 20;
+        assert_eq!(segno_of_file("000000010000000000000003", seg), Some(3));
+        assert_eq!(
+            segno_of_file("00000001000000020000000A.partial", seg),
+            Some(2 * 256 + 10)
+        );
+        assert_eq!(
+            segno_of_file("000000010000000100000000", 1 << 20),
+            Some(4096)
+        );
+        assert_eq!(segno_of_file("00000002.history", seg), None);
+        assert_eq!(segno_of_file("000000010000000000000003.tmp", seg), None);
+    }
 }
