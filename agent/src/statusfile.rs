@@ -19,6 +19,9 @@ pub struct DaemonStatus {
     pub system_identifier: String,
     /// The store, without secrets.
     pub store: String,
+    /// The daemon stopped cleanly (this is its last word).
+    #[serde(default)]
+    pub stopped: bool,
     /// The replication connection is streaming.
     pub connected: bool,
     /// Timeline being streamed.

@@ -36,7 +36,9 @@ pub async fn run(cfg: &Config, json: bool) -> anyhow::Result<()> {
 /// The human form.
 pub fn render(s: &DaemonStatus, age: u64) -> String {
     let mut out = String::new();
-    let state = if age > STALE_AFTER_SECS {
+    let state = if s.stopped {
+        format!("stopped cleanly (pid {} is gone)", s.pid)
+    } else if age > STALE_AFTER_SECS {
         format!("not running? (last update {age}s ago, pid {})", s.pid)
     } else if s.connected {
         format!("streaming (pid {})", s.pid)

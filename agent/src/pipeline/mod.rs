@@ -168,7 +168,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     drop(receiver);
     drain(shared.clone(), last_stream, pool, imm_task, partial_task).await;
     publisher.abort();
-    publish(&shared, &staging_dir, &store.describe(), server.system_id);
+    publish(&shared, &staging_dir, &store.describe(), server.system_id, true);
     if let Some(t) = metrics_task {
         let _ = t.await;
     }
@@ -364,13 +364,19 @@ fn spawn_publisher(
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
-            publish(&shared, &staging_dir, &store, system_id);
+            publish(&shared, &staging_dir, &store, system_id, false);
         }
     })
 }
 
 /// Updates the gauges and `status.json`.
-fn publish(shared: &Shared, staging_dir: &std::path::Path, store: &str, system_id: u64) {
+fn publish(
+    shared: &Shared,
+    staging_dir: &std::path::Path,
+    store: &str,
+    system_id: u64,
+    stopped: bool,
+) {
     let (received, flushed, uploaded, lag) = {
         let t = shared.tracker();
         (
@@ -398,6 +404,7 @@ fn publish(shared: &Shared, staging_dir: &std::path::Path, store: &str, system_i
             .map_or(0, |d| d.as_secs()),
         system_identifier: system_id.to_string(),
         store: store.to_string(),
+        stopped,
         connected: live.connected,
         timeline: live.timeline.map(|t| t.0),
         received_lsn: received.to_string(),
