@@ -64,9 +64,15 @@ async fn fs_store_holds_every_byte_the_server_sent() {
     // `list wal` and `status` read what is there.
     let env = rig.env(&pg);
     let out = run_pgagent(&["list", "wal", "--json"], &env);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let ranges = listed[0]["ranges"].as_array().expect("ranges of timeline 1");
+    let ranges = listed[0]["ranges"]
+        .as_array()
+        .expect("ranges of timeline 1");
     assert_eq!(ranges.len(), 1, "one run, no gap: {listed}");
     let objects = wal_objects(rig.store().await.as_ref()).await;
     assert_eq!(
@@ -74,9 +80,16 @@ async fn fs_store_holds_every_byte_the_server_sent() {
         complete_segments(&objects).len()
     );
     let out = run_pgagent(&["status", "--json"], &env);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(status["stopped"], true, "the daemon stopped cleanly: {status}");
+    assert_eq!(
+        status["stopped"], true,
+        "the daemon stopped cleanly: {status}"
+    );
     assert_eq!(status["flushed_lsn"], status["uploaded_lsn"], "{status}");
 }
 
@@ -87,20 +100,36 @@ async fn metrics_follow_the_stream() {
     let addr = pgagent_tests::free_addr().unwrap();
     let mut agent = rig.spawn_with(&pg, &[("PGAGENT_METRICS_LISTEN", addr.to_string())]);
     let start = lsn(&pg.switch_wal().unwrap());
-    rig.wait_uploaded(&agent, start.segment_number(seg()).start_lsn(seg()), Duration::from_secs(60));
+    rig.wait_uploaded(
+        &agent,
+        start.segment_number(seg()).start_lsn(seg()),
+        Duration::from_secs(60),
+    );
     let before = scrape(addr, "pgagent_wal_uploaded_lsn");
     pg.pgbench_init(1).unwrap();
     let end = lsn(&pg.switch_wal().unwrap());
-    rig.wait_uploaded(&agent, end.segment_number(seg()).start_lsn(seg()), Duration::from_secs(60));
-    assert!(wait_until(Duration::from_secs(5), Duration::from_millis(200), || {
-        scrape(addr, "pgagent_wal_uploaded_lsn") >= end.segment_number(seg()).start_lsn(seg()).0 as f64
-    }));
+    rig.wait_uploaded(
+        &agent,
+        end.segment_number(seg()).start_lsn(seg()),
+        Duration::from_secs(60),
+    );
+    assert!(wait_until(
+        Duration::from_secs(5),
+        Duration::from_millis(200),
+        || {
+            scrape(addr, "pgagent_wal_uploaded_lsn")
+                >= end.segment_number(seg()).start_lsn(seg()).0 as f64
+        }
+    ));
     assert!(scrape(addr, "pgagent_wal_uploaded_lsn") > before);
     assert!(scrape(addr, "pgagent_uploads_total{kind=\"segment\"}") >= 1.0);
     assert_eq!(scrape(addr, "pgagent_up"), 1.0);
     let raw = scrape(addr, "pgagent_upload_bytes_total{stage=\"raw\"}");
     let stored = scrape(addr, "pgagent_upload_bytes_total{stage=\"stored\"}");
-    assert!(stored > 0.0 && stored < raw, "compression: raw {raw} stored {stored}");
+    assert!(
+        stored > 0.0 && stored < raw,
+        "compression: raw {raw} stored {stored}"
+    );
     assert!(agent.terminate().success());
 }
 
@@ -108,7 +137,8 @@ async fn metrics_follow_the_stream() {
 fn scrape(addr: std::net::SocketAddr, name: &str) -> f64 {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .unwrap();
     let mut body = String::new();
     s.read_to_string(&mut body).unwrap();
     body.lines()

@@ -10,23 +10,44 @@ use tokio::sync::mpsc;
 
 use super::jobs::{CompressJob, RawSource, UploadJob};
 
-/// Reads the raw bytes of a job.
-pub fn read_raw(source: &RawSource) -> std::io::Result<Vec<u8>> {
-    match source {
-        RawSource::Path(p) => std::fs::read(p),
-        RawSource::Prefix { file, len } => {
-            let mut buf = vec![0u8; *len as usize];
-            file.read_exact_at(&mut buf, 0)?;
-            Ok(buf)
+/// Reads `len` bytes of a file from its start with positional reads, leaving the file
+/// offset alone (the receiver keeps writing the same file with `pwrite`).
+struct PrefixReader<'a> {
+    file: &'a std::fs::File,
+    pos: u64,
+    len: u64,
+}
+
+impl std::io::Read for PrefixReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let want = (self.len - self.pos).min(buf.len() as u64) as usize;
+        if want == 0 {
+            return Ok(0);
         }
-        RawSource::Bytes(b) => Ok(b.clone()),
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        self.pos += n as u64;
+        Ok(n)
     }
 }
 
-/// Seals one job (compress with zstd at `level`, hash with blake3).
+/// Seals one job: streams its bytes through zstd (at `level`) and blake3, never holding the
+/// raw segment in memory.
 pub fn seal_job(job: CompressJob, level: i32) -> std::io::Result<UploadJob> {
-    let raw = read_raw(&job.source)?;
-    let sealed = envelope::seal(&raw, level);
+    let sealed = match &job.source {
+        RawSource::Path(p) => envelope::seal_reader(std::fs::File::open(p)?, level)?,
+        RawSource::Prefix { file, len } => envelope::seal_reader(
+            PrefixReader {
+                file,
+                pos: 0,
+                len: *len,
+            },
+            level,
+        )?,
+        RawSource::Bytes(b) => envelope::seal_reader(&b[..], level)?,
+    };
     let remove_after = match job.source {
         RawSource::Path(p) => Some(p),
         _ => None,

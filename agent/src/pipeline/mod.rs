@@ -100,7 +100,9 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
 
     // Pipeline: receiver → compress pool → immutable uploader; receiver → partial uploader.
     let (seg_tx, seg_rx) = crossbeam_channel::bounded::<CompressJob>(4);
-    let (upload_tx, upload_rx) = mpsc::channel(8);
+    // Small queues: a sealed segment is megabytes, and memory is bounded by what waits here
+    // plus `upload_concurrency` uploads in flight.
+    let (upload_tx, upload_rx) = mpsc::channel(2);
     let (partial_tx, partial_rx) = mpsc::channel::<CompressJob>(1);
     let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel();
     let level = cfg.raw.wal.compression_level;
@@ -168,7 +170,13 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     drop(receiver);
     drain(shared.clone(), last_stream, pool, imm_task, partial_task).await;
     publisher.abort();
-    publish(&shared, &staging_dir, &store.describe(), server.system_id, true);
+    publish(
+        &shared,
+        &staging_dir,
+        &store.describe(),
+        server.system_id,
+        true,
+    );
     if let Some(t) = metrics_task {
         let _ = t.await;
     }
