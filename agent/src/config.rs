@@ -494,6 +494,13 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_config_is_valid() {
+        let raw = load(include_str!("../../docker/pgagent.toml"), &[], Overrides::default()).unwrap();
+        assert_eq!(raw.store.upload_concurrency, 4);
+        raw.validate().unwrap();
+    }
+
+    #[test]
     fn missing_explicit_file_is_an_error() {
         let err = RawConfig::load(
             Some(Path::new("/nonexistent/x.toml")),
