@@ -359,12 +359,7 @@ impl RawConfig {
 /// Checks a slot name the way PostgreSQL does (`ReplicationSlotValidateName` in
 /// `src/backend/replication/slot.c`): 1–63 characters of `[a-z0-9_]`.
 pub fn validate_slot_name(name: &str) -> Result<(), ConfigError> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    if ok {
+    if pgagent_protocol::client::is_valid_slot_name(name) {
         Ok(())
     } else {
         Err(ConfigError(format!(
@@ -495,7 +490,12 @@ mod tests {
 
     #[test]
     fn the_shipped_example_config_is_valid() {
-        let raw = load(include_str!("../../docker/pgagent.toml"), &[], Overrides::default()).unwrap();
+        let raw = load(
+            include_str!("../../docker/pgagent.toml"),
+            &[],
+            Overrides::default(),
+        )
+        .unwrap();
         assert_eq!(raw.store.upload_concurrency, 4);
         raw.validate().unwrap();
     }

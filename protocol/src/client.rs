@@ -65,13 +65,17 @@ fn parse<T: std::str::FromStr>(value: &Option<Bytes>, what: &str) -> Result<T, E
         .map_err(|_| Error::protocol(format!("invalid {what}: {t:?}")))
 }
 
-/// A slot name as `ReplicationSlotValidateName` accepts it: 1 to 63 of `[a-z0-9_]`.
-fn check_slot_name(name: &str) -> Result<(), Error> {
-    let ok = (1..=63).contains(&name.len())
+/// Whether `name` is a slot name `ReplicationSlotValidateName`
+/// (`src/backend/replication/slot.c`) accepts: 1 to 63 of `[a-z0-9_]`.
+pub fn is_valid_slot_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
         && name
             .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    if ok {
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+fn check_slot_name(name: &str) -> Result<(), Error> {
+    if is_valid_slot_name(name) {
         Ok(())
     } else {
         Err(Error::config(format!(

@@ -279,13 +279,18 @@ async fn stream(
     }
 }
 
-fn reconnect_backoff() -> impl Iterator<Item = Duration> {
+/// Endless capped exponential backoff with jitter, between `min` and `max`.
+pub(crate) fn backoff(min: Duration, max: Duration) -> impl Iterator<Item = Duration> {
     ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(500))
-        .with_max_delay(Duration::from_secs(30))
+        .with_min_delay(min)
+        .with_max_delay(max)
         .with_jitter()
         .without_max_times()
         .build()
+}
+
+fn reconnect_backoff() -> impl Iterator<Item = Duration> {
+    backoff(Duration::from_millis(500), Duration::from_secs(30))
 }
 
 async fn wait_retry(

@@ -13,13 +13,14 @@ use std::time::{Duration, Instant};
 
 use pgagent_protocol::{
     pg_epoch_micros, Lsn, ReplicationStream, SegNo, StandbyStatusUpdate, StreamEvent, TimelineId,
+    WalSegmentSize,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::jobs::{CompressJob, RawSource, WalObject};
 use super::shared::Shared;
-use crate::staging::StagingWriter;
+use crate::staging::{PartialView, StagingWriter};
 
 /// How a session ended.
 pub enum SessionEnd {
@@ -212,18 +213,7 @@ impl Receiver {
         let Some(view) = self.writer.partial_view()? else {
             return Ok(());
         };
-        let end = view.segno.start_lsn(self.shared.seg) + view.len;
-        let job = CompressJob {
-            object: WalObject::Partial {
-                tli: view.tli,
-                segno: view.segno,
-                end,
-            },
-            source: RawSource::Prefix {
-                file: view.file,
-                len: view.len,
-            },
-        };
+        let (job, end) = partial_job(view, self.shared.seg);
         if self.out.partials.try_send(job).is_ok() {
             self.partial_sent = end;
         }
@@ -235,20 +225,10 @@ impl Receiver {
     pub async fn close_partial(&mut self) -> anyhow::Result<()> {
         let view = block(|| self.writer.close_partial())?;
         if let Some(view) = view {
-            let end = view.segno.start_lsn(self.shared.seg) + view.len;
+            let len = view.len;
+            let (job, end) = partial_job(view, self.shared.seg);
             self.shared.tracker().staged(end);
-            if view.len > 0 && end > self.partial_sent {
-                let job = CompressJob {
-                    object: WalObject::Partial {
-                        tli: view.tli,
-                        segno: view.segno,
-                        end,
-                    },
-                    source: RawSource::Prefix {
-                        file: view.file,
-                        len: view.len,
-                    },
-                };
+            if len > 0 && end > self.partial_sent {
                 self.out
                     .partials
                     .send(job)
@@ -279,6 +259,23 @@ impl Receiver {
         self.reported_flush = send_status(&self.shared, stream).await?;
         Ok(())
     }
+}
+
+/// The `.partial` upload of a staged view, and the end of the WAL it holds.
+fn partial_job(view: PartialView, seg: WalSegmentSize) -> (CompressJob, Lsn) {
+    let end = view.segno.start_lsn(seg) + view.len;
+    let job = CompressJob {
+        object: WalObject::Partial {
+            tli: view.tli,
+            segno: view.segno,
+            end,
+        },
+        source: RawSource::Prefix {
+            file: view.file,
+            len: view.len,
+        },
+    };
+    (job, end)
 }
 
 /// Sends a standby status update with the current positions; returns the flush reported.

@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use pgagent_storage::immutable::{put_immutable, ImmutablePut};
 use pgagent_storage::{ObjectStore, StoreError};
 use tokio::sync::{mpsc, Semaphore};
@@ -41,12 +40,7 @@ enum Outcome {
 }
 
 fn backoff() -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(30))
-        .with_jitter()
-        .without_max_times()
-        .build()
+    super::backoff(Duration::from_millis(200), Duration::from_secs(30))
 }
 
 impl Uploader {
