@@ -21,7 +21,13 @@ async fn slot_never_passes_the_bucket_while_it_is_cut_off() {
     );
     let direct = open_store(&garage.store_url("cut"), &garage.s3_env()).await;
     pg.pgbench_init(1).unwrap();
-    let mut agent = rig.spawn_with(&pg, &[("PGAGENT_STORE_REQUEST_TIMEOUT", "3s".into())]);
+    let mut agent = rig.spawn_with(
+        &pg,
+        &[
+            ("PGAGENT_STORE_REQUEST_TIMEOUT", "3s".into()),
+            ("PGAGENT_STAGING_QUOTA", "40MiB".into()),
+        ],
+    );
     let start = lsn(&pg.switch_wal().unwrap());
     rig.wait_uploaded(
         &agent,
@@ -32,7 +38,8 @@ async fn slot_never_passes_the_bucket_while_it_is_cut_off() {
     let first_seg = complete_segments(&first)[0];
 
     proxy.set_mode(ProxyMode::Refuse);
-    pg.pgbench(&["-T", "3", "-c", "2"]).unwrap();
+    // More WAL than the staging quota: receiving must pause, not drop or overflow.
+    pg.pgbench_init(4).unwrap();
     let cut_end = lsn(&pg.switch_wal().unwrap());
     let deadline = Instant::now() + Duration::from_secs(8);
     let mut checks = 0;
