@@ -67,6 +67,8 @@ pub struct Receiver {
     reported_flush: Lsn,
     /// End of the last WAL written to staging.
     last_end: Lsn,
+    /// The server's end of WAL, as its last message said.
+    server_end: Lsn,
 }
 
 fn block<T>(f: impl FnOnce() -> T) -> T {
@@ -83,6 +85,7 @@ impl Receiver {
             partial_sent: Lsn::INVALID,
             reported_flush: Lsn::INVALID,
             last_end: start,
+            server_end: Lsn::INVALID,
         }
     }
 
@@ -127,12 +130,14 @@ impl Receiver {
                 _ = shutdown.cancelled() => break Ok(SessionEnd::Shutdown(stream)),
                 ev = stream.next(), if !paused => match ev {
                     Ok(StreamEvent::XLogData(x)) => {
+                        self.server_end = self.server_end.max(x.wal_end);
                         self.on_wal(tli, x.wal_start, &x.data)?;
                         if self.out.synchronous {
                             self.on_partial_tick()?;
                         }
                     }
                     Ok(StreamEvent::Keepalive(k)) => {
+                        self.server_end = self.server_end.max(k.wal_end);
                         if k.reply_requested {
                             self.send_status(&mut stream).await?;
                         }
@@ -199,6 +204,11 @@ impl Receiver {
             return Ok(());
         };
         if pos <= self.partial_sent || pos.segment_offset(self.shared.seg) == 0 {
+            return Ok(());
+        }
+        // Catching up on a backlog: the segment being filled completes within moments and
+        // goes up whole; a partial upload now would only cost a read and a compression.
+        if self.server_end.0 >= pos.0 + self.shared.seg.bytes() {
             return Ok(());
         }
         // One partial at a time: while the previous is still uploading, wait for the next
