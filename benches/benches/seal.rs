@@ -4,10 +4,11 @@
 //! segment once (see `pgagent_benches::walcache` for where they come from), so throughput is
 //! raw WAL bytes per second:
 //!
-//! - `seal/zstd-N`: [`envelope::seal`] at level N = blake3 of the raw bytes + zstd + header,
-//!   what the daemon's compress threads do per segment;
-//! - `blake3`: the hash alone;
-//! - `open/zstd-3`: [`envelope::open`] of level-3 envelopes = zstd decode + blake3 + checks,
+//! - `seal/zstd/N`: [`envelope::seal`] at level N = blake3 of the raw bytes + zstd + header;
+//! - `seal/reader-zstd/3`: [`envelope::seal_reader`], the streaming form (1 MiB reads) that the
+//!   daemon's compress threads use per segment, at the default level;
+//! - `hash/blake3`: the hash alone;
+//! - `open/zstd/3`: [`envelope::open`] of level-3 envelopes = zstd decode + blake3 + checks,
 //!   what `pgagent fetch` does per segment.
 //!
 //! Sample counts are small (10 samples, flat sampling) so a full run stays within a few
@@ -36,6 +37,14 @@ fn bench(c: &mut Criterion, segments: &[Segment]) {
             })
         });
     }
+    // The streaming form the daemon's compress threads use: 1 MiB reads, no raw copy held.
+    seal.bench_function(BenchmarkId::new("reader-zstd", 3), |b| {
+        b.iter(|| {
+            for s in segments {
+                std::hint::black_box(envelope::seal_reader(&s.bytes[..], 3).expect("in memory"));
+            }
+        })
+    });
     seal.finish();
 
     let mut hash = c.benchmark_group("hash");

@@ -40,18 +40,20 @@ pub fn best_runs(results: &[CaseResult]) -> Vec<&CaseResult> {
 }
 
 /// A markdown table of `rows`; the "vs baseline" column divides each row's MB/s by the MB/s of
-/// the first row whose case is `baseline` (empty when there is none).
+/// the `baseline` case in the same run, else of its first row (empty when there is none).
 pub fn markdown_table(rows: &[&CaseResult], baseline: &str) -> String {
-    let base = rows
-        .iter()
-        .find(|r| r.case == baseline)
-        .map(|r| r.mb_per_second());
+    let base_of = |row: &CaseResult| {
+        rows.iter()
+            .find(|r| r.case == baseline && r.run == row.run)
+            .or_else(|| rows.iter().find(|r| r.case == baseline))
+            .map(|r| r.mb_per_second())
+    };
     let mut out = String::from(
         "| case | run | backlog (MiB) | wall (s) | MB/s | vs pg_receivewal | CPU user+sys (s) | peak RSS (MiB) |\n\
          | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for r in rows {
-        let ratio = base.map_or(String::new(), |b| format!("{:.2}x", r.mb_per_second() / b));
+        let ratio = base_of(r).map_or(String::new(), |b| format!("{:.2}x", r.mb_per_second() / b));
         out.push_str(&format!(
             "| {} | {} | {:.0} | {:.1} | {:.0} | {} | {:.1} ({:.1} + {:.1}) | {:.1} |\n",
             r.case,
@@ -116,6 +118,14 @@ mod tests {
             "| pg_receivewal | 1 | 1024 | 10.0 | 107 | 1.00x | 4.0 (3.0 + 1.0) | 10.0 |"
         );
         assert!(lines[3].contains("| 0.50x |"), "{}", lines[3]);
+        // Rows of a later run relate to that run's baseline.
+        let a2 = result("pg_receivewal", 2, 5);
+        let b2 = result("pgagent", 2, 5);
+        let table = markdown_table(&[&a, &b, &a2, &b2], "pg_receivewal");
+        assert!(
+            table.lines().nth(5).unwrap().contains("| 1.00x |"),
+            "{table}"
+        );
         let without_baseline = markdown_table(&[&b], "pg_receivewal");
         assert!(
             without_baseline.contains("| 54 |  | 4.0"),
