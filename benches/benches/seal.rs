@@ -41,7 +41,10 @@ fn bench(c: &mut Criterion, segments: &[Segment]) {
     seal.bench_function(BenchmarkId::new("reader-zstd", 3), |b| {
         b.iter(|| {
             for s in segments {
-                std::hint::black_box(envelope::seal_reader(&s.bytes[..], 3).expect("in memory"));
+                std::hint::black_box(
+                    envelope::seal_reader(&s.bytes[..], Some(s.bytes.len() as u64), 3)
+                        .expect("in memory"),
+                );
             }
         })
     });

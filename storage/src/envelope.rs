@@ -180,11 +180,21 @@ pub fn seal(raw: &[u8], level: i32) -> Sealed {
 /// The payload is always a zstd frame (on incompressible input it is a few bytes larger than
 /// the input, which [`seal`] would store raw instead).
 ///
-/// Errors: the reader's I/O errors, or `InvalidData` past [`MAX_RAW_LEN`] bytes.
-pub fn seal_reader(mut raw: impl Read, level: i32) -> std::io::Result<Sealed> {
+/// `size_hint` is the exact raw length when known (a staged segment's file size): zstd then
+/// picks the parameters of a one-shot compression for that size and records it in the frame.
+///
+/// Errors: the reader's I/O errors, `InvalidData` past [`MAX_RAW_LEN`] bytes, or a reader that
+/// yields a different length than `size_hint`.
+pub fn seal_reader(
+    mut raw: impl Read,
+    size_hint: Option<u64>,
+    level: i32,
+) -> std::io::Result<Sealed> {
     let mut body = Vec::with_capacity(HEADER_LEN + (1 << 20));
     body.extend_from_slice(&[0u8; HEADER_LEN]);
     let mut encoder = zstd::stream::write::Encoder::new(body, level)?;
+    encoder.set_pledged_src_size(size_hint)?;
+    encoder.include_contentsize(size_hint.is_some())?;
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut raw_len = 0u64;
@@ -512,7 +522,7 @@ mod seal_reader_tests {
     #[test]
     fn streaming_seal_opens_to_the_same_bytes_and_hash() {
         let raw: Vec<u8> = (0..(3 << 20) + 17).map(|i| (i * 7 % 251) as u8).collect();
-        let sealed = seal_reader(&raw[..], 3).unwrap();
+        let sealed = seal_reader(&raw[..], Some(raw.len() as u64), 3).unwrap();
         assert_eq!(sealed.raw_len, raw.len() as u64);
         assert_eq!(sealed.hash, blake3::hash(&raw));
         assert_eq!(
@@ -521,7 +531,11 @@ mod seal_reader_tests {
             "same hash as the in-memory form"
         );
         assert_eq!(open(&sealed.body).unwrap(), raw);
-        let empty = seal_reader(&[][..], 3).unwrap();
+        let empty = seal_reader(&[][..], None, 3).unwrap();
+        assert!(
+            seal_reader(&raw[..], Some(5), 3).is_err(),
+            "a wrong size hint is an error"
+        );
         assert_eq!(open(&empty.body).unwrap(), Vec::<u8>::new());
     }
 }

@@ -37,16 +37,21 @@ impl std::io::Read for PrefixReader<'_> {
 /// raw segment in memory.
 pub fn seal_job(job: CompressJob, level: i32) -> std::io::Result<UploadJob> {
     let sealed = match &job.source {
-        RawSource::Path(p) => envelope::seal_reader(std::fs::File::open(p)?, level)?,
+        RawSource::Path(p) => {
+            let file = std::fs::File::open(p)?;
+            let len = file.metadata()?.len();
+            envelope::seal_reader(file, Some(len), level)?
+        }
         RawSource::Prefix { file, len } => envelope::seal_reader(
             PrefixReader {
                 file,
                 pos: 0,
                 len: *len,
             },
+            Some(*len),
             level,
         )?,
-        RawSource::Bytes(b) => envelope::seal_reader(&b[..], level)?,
+        RawSource::Bytes(b) => envelope::seal_reader(&b[..], Some(b.len() as u64), level)?,
     };
     let remove_after = match job.source {
         RawSource::Path(p) => Some(p),
