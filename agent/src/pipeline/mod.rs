@@ -80,11 +80,17 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     if client.create_physical_slot(&slot).await.map_err(wrap)? {
         tracing::info!(slot, "created physical replication slot");
     }
-    let slot_pos = client
-        .read_replication_slot(&slot)
-        .await
-        .map_err(wrap)?
-        .and_then(|p| p.restart_lsn.map(|l| (l, p.restart_tli)));
+    // READ_REPLICATION_SLOT exists from PostgreSQL 15 on; before that, staging or the
+    // server's position decide where streaming starts.
+    let slot_pos = if server.version_num >= 150000 {
+        client
+            .read_replication_slot(&slot)
+            .await
+            .map_err(wrap)?
+            .and_then(|p| p.restart_lsn.map(|l| (l, p.restart_tli)))
+    } else {
+        None
+    };
     let scan = StagingScan::read(&staging_dir, server.seg)?;
     let plan = startup::plan_resume(&scan, slot_pos, &server);
     tracing::info!(timeline = %plan.tli, start = %plan.start, confirmed = %plan.floor, "streaming resumes");
