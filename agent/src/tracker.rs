@@ -32,6 +32,9 @@ pub struct FlushTracker {
     ahead: BTreeSet<SegNo>,
     /// Newest `.partial` upload: its segment and the end of the bytes it holds.
     partial: Option<(SegNo, Lsn)>,
+    /// Complete segments a previous run left in staging, below the start, not yet known to
+    /// be in the bucket: the frontier stays below the lowest of them until they land.
+    leftovers: BTreeSet<SegNo>,
     /// End of WAL received from the server (`write`).
     received: Lsn,
     /// End of WAL fsynced in staging.
@@ -48,9 +51,17 @@ impl FlushTracker {
             next_needed: start.segment_number(seg),
             ahead: BTreeSet::new(),
             partial: None,
+            leftovers: BTreeSet::new(),
             received: start,
             staged: start,
         }
+    }
+
+    /// Holds the frontier below `segnos` (segments left in staging by a previous run and
+    /// queued for upload again) until each of them has landed.
+    pub fn hold_for_leftovers(&mut self, segnos: impl IntoIterator<Item = SegNo>) {
+        self.leftovers
+            .extend(segnos.into_iter().filter(|s| *s < self.next_needed));
     }
 
     /// Records WAL received up to `end` (exclusive).
@@ -66,6 +77,7 @@ impl FlushTracker {
 
     /// Records that complete segment `segno` is durable in the bucket.
     pub fn segment_uploaded(&mut self, segno: SegNo) {
+        self.leftovers.remove(&segno);
         if segno < self.next_needed {
             return;
         }
@@ -109,6 +121,9 @@ impl FlushTracker {
 
     /// End of the WAL that is contiguous and durable in the bucket.
     pub fn bucket_frontier(&self) -> Lsn {
+        if let Some(lowest) = self.leftovers.first() {
+            return lowest.start_lsn(self.seg);
+        }
         let complete = self.next_needed.start_lsn(self.seg);
         match self.partial {
             Some((s, e)) if s == self.next_needed => complete.max(e),
@@ -266,6 +281,19 @@ mod tests {
         t.staged(lsn_of(1, 2000));
         assert_eq!(t.flush_lsn(false), lsn_of(1, 2000));
         assert_eq!(t.upload_lag_bytes(), 4000);
+    }
+
+    #[test]
+    fn segments_left_in_staging_hold_the_frontier_until_they_land() {
+        // A crash left 5 staged (not uploaded); 6 had landed; streaming resumes at 7.
+        let mut t = FlushTracker::new(seg(), lsn_of(7, 0), lsn_of(5, 0));
+        t.hold_for_leftovers([SegNo(5)]);
+        t.staged(lsn_of(7, 100));
+        t.partial_uploaded(SegNo(7), lsn_of(7, 100));
+        assert_eq!(t.bucket_frontier(), lsn_of(5, 0), "5 is only in staging");
+        assert_eq!(t.flush_lsn(true), lsn_of(5, 0));
+        t.segment_uploaded(SegNo(5));
+        assert_eq!(t.bucket_frontier(), lsn_of(7, 100));
     }
 
     #[test]

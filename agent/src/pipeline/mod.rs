@@ -96,7 +96,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     tracing::info!(timeline = %plan.tli, start = %plan.start, confirmed = %plan.floor, "streaming resumes");
 
     let seg = server.seg;
-    let tracker = FlushTracker::new(seg, plan.start, plan.floor);
+    let mut tracker = FlushTracker::new(seg, plan.start, plan.floor);
+    tracker.hold_for_leftovers(scan.complete.iter().map(|s| s.segno));
     let shared = Arc::new(Shared::new(
         seg,
         cfg.raw.wal.confirm == Confirm::Bucket,
