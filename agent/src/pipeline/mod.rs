@@ -124,6 +124,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         store.clone(),
         shared.clone(),
         cfg.raw.store.upload_concurrency,
+        shutdown.clone(),
     );
     let imm_task = tokio::spawn(uploader.clone().run_immutable(upload_rx));
     let partial_task = tokio::spawn(uploader.run_partials(partial_rx, level));

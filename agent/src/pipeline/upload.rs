@@ -18,6 +18,7 @@ use pgagent_storage::immutable::{put_immutable, ImmutablePut};
 use pgagent_storage::{ObjectStore, StoreError};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use super::compress::seal_job;
 use super::jobs::{CompressJob, UploadJob, WalObject};
@@ -30,6 +31,7 @@ pub struct Uploader {
     shared: Arc<Shared>,
     concurrency: Arc<Semaphore>,
     delete_denied: Arc<AtomicBool>,
+    shutdown: CancellationToken,
 }
 
 /// Whether an upload created the object or found it already there.
@@ -44,13 +46,21 @@ fn backoff() -> impl Iterator<Item = Duration> {
 }
 
 impl Uploader {
-    /// An uploader with at most `concurrency` uploads in flight.
-    pub fn new(store: Arc<dyn ObjectStore>, shared: Arc<Shared>, concurrency: usize) -> Self {
+    /// An uploader with at most `concurrency` uploads in flight. Once `shutdown` is
+    /// cancelled, an object in conflict is left in staging instead of retried (a clean stop
+    /// must not wait for an operator); other failures are still retried.
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        shared: Arc<Shared>,
+        concurrency: usize,
+        shutdown: CancellationToken,
+    ) -> Self {
         Uploader {
             store,
             shared,
             concurrency: Arc::new(Semaphore::new(concurrency.max(1))),
             delete_denied: Arc::new(AtomicBool::new(false)),
+            shutdown,
         }
     }
 
@@ -113,6 +123,13 @@ impl Uploader {
                             conflict_counted = true;
                         }
                         tracing::error!(key, error = %e, "WAL object conflict: the store holds different content under this name; it is never overwritten, and WAL past it is not confirmed to the server");
+                        if self.shutdown.is_cancelled() {
+                            tracing::error!(
+                                key,
+                                "stopping with the conflicting object left in staging"
+                            );
+                            return;
+                        }
                         Duration::from_secs(60)
                     } else {
                         let d = delays.next().unwrap_or(Duration::from_secs(30));
@@ -120,7 +137,11 @@ impl Uploader {
                         d
                     };
                     self.shared.set_error(format!("upload {key}: {e}"));
-                    tokio::time::sleep(delay).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        // A conflict is re-examined at once on shutdown; the rest retry on.
+                        _ = self.shutdown.cancelled(), if e.is_conflict() => {}
+                    }
                 }
             }
         };
