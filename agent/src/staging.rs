@@ -222,7 +222,9 @@ impl StagingWriter {
             .read(true)
             .write(true)
             .create(true)
-            .truncate(false)
+            // A segment is always rewritten from its start; bytes a previous run left past
+            // the new write position must not survive as if they were WAL.
+            .truncate(true)
             .open(&path)
             .map_err(io_err("create", &path))?;
         // Preallocate (zero-filled) like pg_receivewal, so the file always has the segment
@@ -384,6 +386,25 @@ mod tests {
         let mut buf = [0u8; 300];
         view.file.read_exact_at(&mut buf, 0).unwrap();
         assert_eq!(buf, [7; 300]);
+    }
+
+    #[test]
+    fn rewriting_a_segment_clears_what_a_previous_run_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let start = SegNo(2).start_lsn(seg());
+        let mut w = StagingWriter::new(dir.path(), seg()).unwrap();
+        w.write(TimelineId(1), start, &[9; 300]).unwrap();
+        w.close_partial().unwrap();
+        let mut w = StagingWriter::new(dir.path(), seg()).unwrap();
+        w.write(TimelineId(1), start, &[5; 100]).unwrap();
+        w.sync().unwrap();
+        let name = format!(
+            "{}{PARTIAL_SUFFIX}",
+            segment_file_name(TimelineId(1), SegNo(2), seg())
+        );
+        let bytes = fs::read(w.wal_dir().join(name)).unwrap();
+        assert_eq!(&bytes[..100], &[5; 100]);
+        assert!(bytes[100..].iter().all(|b| *b == 0), "stale bytes survived");
     }
 
     #[test]
