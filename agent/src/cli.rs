@@ -64,6 +64,16 @@ impl From<OverrideArgs> for Overrides {
 pub enum Command {
     /// The sidecar daemon: stream WAL into staging and the store.
     Run,
+    /// restore_command: deliver one WAL file from the store (`pgagent fetch %f %p`).
+    ///
+    /// Exit 0 when delivered, 1 only when the store confirms the file is absent, 255 when
+    /// recovery must stop (store unreachable past fetch.timeout, corrupt object, wrong store).
+    Fetch {
+        /// File name PostgreSQL asks for (%f): a segment, .partial, .history or .backup file.
+        file: String,
+        /// Where to write it (%p), relative to the current directory (PGDATA).
+        path: PathBuf,
+    },
     /// List what the store holds.
     List {
         /// What to list.
@@ -112,5 +122,23 @@ mod tests {
                 json: true
             }
         ));
+    }
+
+    #[test]
+    fn fetch_takes_file_and_path() {
+        let cli = Cli::try_parse_from([
+            "pgagent",
+            "fetch",
+            "00000002.history",
+            "pg_wal/RECOVERYHISTORY",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Fetch { file, path } => {
+                assert_eq!(file, "00000002.history");
+                assert_eq!(path, PathBuf::from("pg_wal/RECOVERYHISTORY"));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

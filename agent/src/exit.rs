@@ -15,10 +15,16 @@ pub const FAILURE: u8 = 1;
 pub const USAGE: u8 = 2;
 /// Refused for safety.
 pub const REFUSED: u8 = 3;
+/// `fetch` only: recovery must stop (PostgreSQL aborts recovery on a `restore_command` exit
+/// status above 125, `RestoreArchivedFile` in `src/backend/access/transam/xlogarchive.c`).
+pub const FETCH_ABORT: u8 = 255;
 
 /// The exit code for an error that ended a command.
 pub fn code_for(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<crate::fetch::FetchError>() {
+            return e.exit_code();
+        }
         if cause.is::<Refused>() {
             return REFUSED;
         }
@@ -44,5 +50,21 @@ mod tests {
         assert_eq!(code_for(&e), REFUSED);
         assert_eq!(code_for(&ConfigError("bad".into()).into()), USAGE);
         assert_eq!(code_for(&anyhow::anyhow!("other")), FAILURE);
+    }
+
+    #[test]
+    fn fetch_errors_decide_their_own_code() {
+        use crate::fetch::FetchError;
+        let abort = anyhow::Error::new(FetchError::Abort("x".into())).context("outer");
+        assert_eq!(code_for(&abort), FETCH_ABORT);
+        let absent = FetchError::NotFound {
+            file: "00000002.history".into(),
+            store: "file:///s".into(),
+        };
+        assert_eq!(code_for(&absent.into()), FAILURE);
+        assert_eq!(
+            code_for(&FetchError::InvalidName("../x".into()).into()),
+            USAGE
+        );
     }
 }

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod exit;
+pub mod fetch;
 pub mod logging;
 pub mod metrics;
 pub mod pipeline;
@@ -35,7 +36,11 @@ pub fn main_entry() -> u8 {
             };
         }
     };
-    logging::init(cli.log_format);
+    let default_filter = match cli.command {
+        Command::Fetch { .. } => fetch::LOG_FILTER,
+        _ => logging::DEFAULT_FILTER,
+    };
+    logging::init_with_default(cli.log_format, default_filter);
     match run(cli) {
         Ok(()) => exit::OK,
         Err(e) => {
@@ -51,6 +56,9 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Fetch { file, path } = &cli.command {
+        return Ok(fetch::run(load_config(&cli), file, path)?);
+    }
     let cfg = load_config(&cli)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -62,6 +70,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let shutdown = CancellationToken::new();
                 tokio::spawn(watch_signals(shutdown.clone()));
                 pipeline::run(cfg, shutdown).await
+            }
+            Command::Fetch { .. } => {
+                unreachable!("fetch runs before the configuration is required")
             }
             Command::List { what, json } => commands::list::run(&cfg, what, json).await,
             Command::Status { json } => commands::status::run(&cfg, json).await,

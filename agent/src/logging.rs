@@ -12,9 +12,19 @@ pub enum LogFormat {
     Json,
 }
 
+/// Filter used when `PGAGENT_LOG` is unset.
+pub const DEFAULT_FILTER: &str = "info";
+
 /// Installs the global subscriber, writing to stderr.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("PGAGENT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    init_with_default(format, DEFAULT_FILTER);
+}
+
+/// Installs the global subscriber, writing to stderr, with `default_filter` (an `EnvFilter`
+/// directive) when `PGAGENT_LOG` is unset.
+pub fn init_with_default(format: LogFormat, default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_env("PGAGENT_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

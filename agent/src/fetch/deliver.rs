@@ -1,0 +1,200 @@
+//! Atomic delivery of a restored file to the path PostgreSQL gave (`%p`).
+//!
+//! The content is written to a temporary file in the directory of `%p` and renamed over `%p`
+//! only once the writer has finished without error (for WAL: after the envelope's length and
+//! hash were verified), so PostgreSQL never sees a partial or unverified file. On any error,
+//! or a panic, the temporary file is removed and nothing appears at `%p`.
+//!
+//! No fsync: PostgreSQL makes a restored file durable itself when it keeps it
+//! (`KeepFileRestoredFromArchive` in `src/backend/access/transam/xlogarchive.c` calls
+//! `durable_rename`, which fsyncs the file and the directory), and a file it does not keep
+//! (`RECOVERYXLOG`) is discarded after a crash anyway.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Distinguishes temporary files of concurrent deliveries within one process.
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Zeros written per call when padding, in bytes.
+const ZERO_CHUNK: usize = 1 << 20;
+
+/// Writes `path` atomically: `fill` writes the content into a temporary file next to `path`,
+/// which is renamed over `path` only if `fill` returns `Ok`.
+///
+/// `path` may be relative (to the current directory, which PostgreSQL sets to PGDATA). An
+/// existing file at `path` is replaced. Returns `fill`'s value.
+///
+/// Errors: `fill`'s error, or an I/O error creating, writing or renaming the temporary file
+/// (converted with `From<io::Error>`); in every error case nothing is left at `path` by this
+/// call and the temporary file is removed.
+pub fn write_atomically<T, E>(
+    path: &Path,
+    fill: impl FnOnce(&mut dyn Write) -> Result<T, E>,
+) -> Result<T, E>
+where
+    E: From<io::Error>,
+{
+    let tmp = TempFile::create(path)?;
+    let mut out = BufWriter::with_capacity(1 << 20, tmp.file()?);
+    let value = fill(&mut out)?;
+    out.into_inner().map_err(|e| e.into_error())?;
+    tmp.persist(path)?;
+    Ok(value)
+}
+
+/// Writes zeros from byte `written` up to `size` (no-op if `written >= size`).
+///
+/// Zeros are written, not left as a hole with `set_len`, so the file occupies its space as
+/// PostgreSQL's own segments do (`XLogFileInitInternal` zero-fills for the same reason).
+pub fn pad_with_zeros(out: &mut dyn Write, written: u64, size: u64) -> io::Result<()> {
+    let zeros = vec![0u8; ZERO_CHUNK];
+    let mut left = size.saturating_sub(written);
+    while left > 0 {
+        let n = left.min(ZERO_CHUNK as u64) as usize;
+        out.write_all(&zeros[..n])?;
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+/// A temporary file next to the destination, removed on drop unless persisted.
+struct TempFile {
+    path: Option<PathBuf>,
+    file: Option<File>,
+}
+
+impl TempFile {
+    fn create(dest: &Path) -> io::Result<TempFile> {
+        let name = dest.file_name().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{}: not a file path", dest.display()),
+            )
+        })?;
+        let dir = match dest.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let tmp = dir.join(format!(
+            ".{}.pgagent-{}-{}.tmp",
+            name.to_string_lossy(),
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| io::Error::new(e.kind(), format!("create {}: {e}", tmp.display())))?;
+        Ok(TempFile {
+            path: Some(tmp),
+            file: Some(file),
+        })
+    }
+
+    fn file(&self) -> io::Result<File> {
+        match &self.file {
+            Some(f) => f.try_clone(),
+            None => Err(io::Error::other("temporary file already closed")),
+        }
+    }
+
+    fn persist(mut self, dest: &Path) -> io::Result<()> {
+        self.file = None;
+        let tmp = self.path.as_ref().expect("set until persisted or dropped");
+        fs::rename(tmp, dest).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("rename {} to {}: {e}", tmp.display(), dest.display()),
+            )
+        })?;
+        self.path = None;
+        Ok(())
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(path) = self.path.take() {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn content_appears_whole_and_replaces_an_old_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("RECOVERYXLOG");
+        fs::write(&dest, b"old").unwrap();
+        let n: Result<usize, io::Error> = write_atomically(&dest, |w| {
+            w.write_all(b"abc")?;
+            pad_with_zeros(w, 3, 8)?;
+            Ok(8)
+        });
+        assert_eq!(n.unwrap(), 8);
+        assert_eq!(fs::read(&dest).unwrap(), b"abc\0\0\0\0\0");
+        assert_eq!(entries(dir.path()), ["RECOVERYXLOG"]);
+    }
+
+    #[test]
+    fn an_error_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("RECOVERYXLOG");
+        let r: Result<(), io::Error> = write_atomically(&dest, |w| {
+            w.write_all(&[7u8; 3 << 20])?;
+            Err(io::Error::other("hash mismatch"))
+        });
+        assert_eq!(r.unwrap_err().to_string(), "hash mismatch");
+        assert!(entries(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn a_panic_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("x");
+        let d = dest.clone();
+        let r = std::panic::catch_unwind(move || {
+            let _: Result<(), io::Error> = write_atomically(&d, |w| {
+                w.write_all(b"partial")?;
+                panic!("writer failed");
+            });
+        });
+        assert!(r.is_err());
+        assert!(entries(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn a_missing_directory_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("no/such/dir/file");
+        let r: Result<(), io::Error> = write_atomically(&dest, |_| Ok(()));
+        assert!(r.is_err());
+        assert!(!dest.exists());
+    }
+
+    #[test]
+    fn padding_never_truncates() {
+        let mut v = Vec::new();
+        pad_with_zeros(&mut v, 10, 4).unwrap();
+        assert!(v.is_empty());
+        pad_with_zeros(&mut v, 0, (ZERO_CHUNK as u64) * 2 + 5).unwrap();
+        assert_eq!(v.len(), ZERO_CHUNK * 2 + 5);
+        assert!(v.iter().all(|&b| b == 0));
+    }
+}

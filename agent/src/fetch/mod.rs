@@ -1,0 +1,350 @@
+//! `pgagent fetch <file> <path>`: PostgreSQL's `restore_command` (DESIGN.md, "fetch").
+//!
+//! PostgreSQL runs `restore_command` once per file it needs during archive recovery and reads
+//! the exit status (`RestoreArchivedFile` in `src/backend/access/transam/xlogarchive.c`):
+//! 0 means the file is at `%p`; any other status below 126 means "not available", after which
+//! recovery may end and the server promote; a status above 125 (or a signal) makes the startup
+//! process stop with FATAL. So only a confirmed absence may give 1 ([`FetchError::NotFound`]);
+//! everything that is not known to be absent gives 255 ([`FetchError::Abort`]): a store that
+//! stays unreachable past `fetch.timeout`, an object failing its length or hash check, a store
+//! without `cluster.json` (a wrong `store.url` must not look like the end of WAL).
+//!
+//! The work is split so that a long-lived fetch server can reuse it:
+//! [`resolve`] (which keys answer a name, pure), [`Fetcher`] (store access with retries up to a
+//! deadline), [`deliver_verified`] (envelope check, padding, atomic write).
+
+pub mod deliver;
+pub mod resolve;
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use pgagent_protocol::{WalFileName, WalSegmentSize};
+use pgagent_storage::{envelope, ObjectStore, StoreError};
+
+use crate::config::Config;
+use crate::fetch::resolve::{Fill, Resolved, Source};
+
+/// Default log filter of `pgagent fetch` when `PGAGENT_LOG` is unset: PostgreSQL copies the
+/// command's stderr into its log for every file restored, so only warnings, errors and the
+/// notice that a partial segment was served are shown.
+pub const LOG_FILTER: &str = "warn,pgagent::fetch=info";
+
+/// Retry delays for transient store errors: from 100 ms, doubling, capped at 5 s.
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Why a fetch did not deliver; each variant has its own exit status
+/// ([`FetchError::exit_code`]).
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The file is confirmed absent from the store (exit 1). Normal: PostgreSQL probes for
+    /// history files of future timelines and for the segment after the last one.
+    #[error("{file}: not found in {store}")]
+    NotFound {
+        /// The requested file name.
+        file: String,
+        /// The store location, without credentials.
+        store: String,
+    },
+    /// The requested name is not a WAL file name (exit 2); no store key was built from it.
+    #[error("{0:?} is not a WAL segment, .partial, .history or .backup file name")]
+    InvalidName(String),
+    /// Recovery must stop (exit 255): the file may exist but cannot be delivered verified.
+    #[error("{0}; recovery must not continue without it")]
+    Abort(String),
+}
+
+impl FetchError {
+    /// The process exit status for this error: 1, 2 or 255 (DESIGN.md, "Exit codes").
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            FetchError::NotFound { .. } => crate::exit::FAILURE,
+            FetchError::InvalidName(_) => crate::exit::USAGE,
+            FetchError::Abort(_) => crate::exit::FETCH_ABORT,
+        }
+    }
+}
+
+fn abort(msg: impl Into<String>) -> FetchError {
+    FetchError::Abort(msg.into())
+}
+
+/// What [`Fetcher::find`] returned: the verified-to-be-checked envelope and how to fill it.
+#[derive(Debug)]
+pub struct Found {
+    /// The source that answered.
+    pub source: Source,
+    /// The stored body (an envelope, not yet verified).
+    pub body: Bytes,
+}
+
+/// What [`deliver_verified`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    /// Raw bytes taken from the object.
+    pub raw_len: u64,
+    /// Bytes of the delivered file (the segment size when a partial was padded).
+    pub file_len: u64,
+}
+
+/// Store access for fetches: the store, the cluster's segment size, retries to a deadline.
+#[derive(Debug, Clone)]
+pub struct Fetcher {
+    store: Arc<dyn ObjectStore>,
+    seg: WalSegmentSize,
+}
+
+impl Fetcher {
+    /// Opens the store of `cfg` and reads `cluster.json`, retrying transient errors until
+    /// `deadline`.
+    ///
+    /// Errors: [`FetchError::Abort`] if the store cannot be opened, stays unreachable, has no
+    /// `cluster.json` (wrong `store.url` or a store never written by `pgagent run`), or
+    /// declares an invalid segment size.
+    pub async fn connect(cfg: &Config, deadline: Instant) -> Result<Fetcher, FetchError> {
+        let url = &cfg.raw.store.url;
+        let opts = cfg.store_options();
+        let store = retry(url, "open the store", deadline, || {
+            pgagent_storage::open(url, &opts)
+        })
+        .await?;
+        let info = retry(&store.describe(), "read cluster.json", deadline, || {
+            pgagent_storage::cluster::read_cluster(store.as_ref())
+        })
+        .await?
+        .ok_or_else(|| {
+            abort(format!(
+                "store {} has no cluster.json: check store.url (PGAGENT_STORE_URL); \
+                 pgagent run writes it when it first streams into a store",
+                store.describe()
+            ))
+        })?;
+        let seg = WalSegmentSize::new(info.wal_segment_size)
+            .map_err(|e| abort(format!("store {}: cluster.json: {e}", store.describe())))?;
+        Ok(Fetcher { store, seg })
+    }
+
+    /// Segment size of the cluster in the store.
+    pub fn segment_size(&self) -> WalSegmentSize {
+        self.seg
+    }
+
+    /// The store location, without credentials.
+    pub fn describe(&self) -> String {
+        self.store.describe()
+    }
+
+    /// Validates `file` against the cluster's segment size and lists the keys to try.
+    ///
+    /// Errors: [`FetchError::Abort`] if `file` is a WAL name only for another segment size
+    /// (the store belongs to a cluster other than the one recovering).
+    pub fn resolve(&self, file: &str) -> Result<Resolved, FetchError> {
+        resolve::resolve(file, self.seg).ok_or_else(|| {
+            abort(format!(
+                "{file}: not a WAL file name for the {} MiB segments of store {}: \
+                 the store belongs to another cluster",
+                self.seg.bytes() >> 20,
+                self.describe()
+            ))
+        })
+    }
+
+    /// Reads the first source of `resolved` that exists, retrying transient errors until
+    /// `deadline`; `None` when every source is confirmed absent.
+    ///
+    /// When a segment is absent both complete and partial, the complete object is read once
+    /// more: a running agent may have uploaded the completed segment and removed its
+    /// `.partial` between the two reads.
+    pub async fn find(
+        &self,
+        resolved: &Resolved,
+        deadline: Instant,
+    ) -> Result<Option<Found>, FetchError> {
+        for source in &resolved.sources {
+            if let Some(found) = self.get(source, deadline).await? {
+                return Ok(Some(found));
+            }
+        }
+        if resolved.sources.len() > 1 {
+            return self.get(&resolved.sources[0], deadline).await;
+        }
+        Ok(None)
+    }
+
+    async fn get(&self, source: &Source, deadline: Instant) -> Result<Option<Found>, FetchError> {
+        let store = &self.store;
+        let key = source.key.as_str();
+        let body = retry(&store.describe(), key, deadline, || async move {
+            match store.get(key).await {
+                Ok(b) => Ok(Some(b)),
+                Err(e) if e.is_not_found() => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+        .await?;
+        Ok(body.map(|body| Found {
+            source: source.clone(),
+            body,
+        }))
+    }
+}
+
+/// Verifies the envelope of `found` (length and blake3, DESIGN.md "Object envelope"), applies
+/// its [`Fill`], and writes the result atomically at `path` (see [`deliver`]).
+///
+/// Blocking (decompression and file I/O): call it from a blocking thread in async code.
+///
+/// Errors: [`FetchError::Abort`] naming the key on a corrupt object or a partial segment
+/// longer than the segment size, and on any local I/O error. Nothing is left at `path`.
+pub fn deliver_verified(found: &Found, path: &Path) -> Result<Delivered, FetchError> {
+    let key = &found.source.key;
+    let r = deliver::write_atomically(path, |mut out| -> Result<Delivered, DeliverError> {
+        let raw_len = envelope::open_into(&found.body, &mut out).map_err(|e| e.with_key(key))?;
+        let file_len = match found.source.fill {
+            Fill::AsIs => raw_len,
+            Fill::PadToSegment { segment_size, .. } => {
+                if raw_len > segment_size {
+                    return Err(DeliverError::Store(StoreError::Corrupt {
+                        key: key.clone(),
+                        detail: format!(
+                            "partial segment holds {raw_len} bytes, more than the segment size {segment_size}"
+                        ),
+                    }));
+                }
+                deliver::pad_with_zeros(out, raw_len, segment_size)?;
+                segment_size
+            }
+        };
+        Ok(Delivered { raw_len, file_len })
+    });
+    r.map_err(|e| match e {
+        DeliverError::Store(e) if e.is_corrupt() => abort(format!(
+            "{}: verification failed, not delivered: {e}",
+            key.trim_start_matches(resolve::WAL_PREFIX)
+        )),
+        DeliverError::Store(e) => abort(format!("{} to {}: {e}", key, path.display())),
+        DeliverError::Io(e) => abort(format!("write {}: {e}", path.display())),
+    })
+}
+
+/// Errors inside [`deliver_verified`]'s writer.
+#[derive(Debug)]
+enum DeliverError {
+    Store(StoreError),
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for DeliverError {
+    fn from(e: std::io::Error) -> Self {
+        DeliverError::Io(e)
+    }
+}
+
+impl From<StoreError> for DeliverError {
+    fn from(e: StoreError) -> Self {
+        DeliverError::Store(e)
+    }
+}
+
+/// Runs `op` until it succeeds, fails with a non-transient error, or `deadline` passes.
+///
+/// Transient errors ([`StoreError::is_transient`]) are retried with capped exponential
+/// backoff; each attempt is cut at the deadline, so a store that never answers (packets
+/// dropped) ends the wait on time. The first transient error is logged once as a warning.
+async fn retry<T, F, Fut>(
+    store: &str,
+    what: &str,
+    deadline: Instant,
+    mut op: F,
+) -> Result<T, FetchError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    let mut delays = crate::pipeline::backoff(RETRY_MIN, RETRY_MAX);
+    let mut last: Option<String> = None;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let err = match tokio::time::timeout(remaining, op()).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) if e.is_transient() => e.to_string(),
+            Ok(Err(e)) => return Err(abort(format!("store {store}: {what}: {e}"))),
+            Err(_) => last
+                .clone()
+                .unwrap_or_else(|| "no answer from the store".to_string()),
+        };
+        if last.is_none() {
+            tracing::warn!("store {store}: {what}: {err}; retrying until fetch.timeout");
+        }
+        last = Some(err);
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(abort(format!(
+                "store {store}: {what}: still failing when fetch.timeout ran out: {}",
+                last.unwrap_or_default()
+            )));
+        }
+        let delay = delays.next().unwrap_or(RETRY_MAX).min(remaining);
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// Fetches `file` into `path` with a store connection of its own (no daemon, no prefetch).
+///
+/// Errors: see [`FetchError`]; an unexpected failure is always [`FetchError::Abort`].
+pub async fn fetch_standalone(cfg: &Config, file: &str, path: &Path) -> Result<(), FetchError> {
+    if !resolve::is_wal_file_name(file) {
+        return Err(FetchError::InvalidName(file.to_string()));
+    }
+    let deadline = Instant::now() + cfg.raw.fetch.timeout;
+    let fetcher = Fetcher::connect(cfg, deadline).await?;
+    let resolved = fetcher.resolve(file)?;
+    let Some(found) = fetcher.find(&resolved, deadline).await? else {
+        return Err(FetchError::NotFound {
+            file: file.to_string(),
+            store: fetcher.describe(),
+        });
+    };
+    let target = path.to_path_buf();
+    let (found, delivered) = tokio::task::spawn_blocking(move || {
+        let r = deliver_verified(&found, &target);
+        (found, r)
+    })
+    .await
+    .map_err(|e| abort(format!("delivery task failed: {e}")))?;
+    let delivered = delivered?;
+    if let Fill::PadToSegment { start, .. } = found.source.fill {
+        if !matches!(resolved.name, WalFileName::Partial { .. }) {
+            tracing::info!(
+                "{file}: served the partial segment {} (WAL up to {}, zero-padded to {} bytes)",
+                found.source.key,
+                start + delivered.raw_len,
+                delivered.file_len
+            );
+        }
+    }
+    tracing::debug!(
+        "{file}: delivered {} bytes from {}",
+        delivered.file_len,
+        found.source.key
+    );
+    Ok(())
+}
+
+/// Entry point of the command: loads nothing itself; `cfg` is the result of loading the
+/// configuration, whose failure must also stop recovery (exit 255, not 2).
+pub fn run(cfg: anyhow::Result<Config>, file: &str, path: &Path) -> Result<(), FetchError> {
+    if !resolve::is_wal_file_name(file) {
+        return Err(FetchError::InvalidName(file.to_string()));
+    }
+    let cfg = cfg.map_err(|e| abort(format!("configuration: {e:#}")))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| abort(format!("start runtime: {e}")))?;
+    runtime.block_on(fetch_standalone(&cfg, file, path))
+}
