@@ -195,6 +195,20 @@ async fn unreachable_store_aborts_after_the_timeout_or_recovers() {
     assert!(stderr(&out).contains("fetch.timeout"), "{}", stderr(&out));
     assert!(entries(out_dir.path()).is_empty());
 
+    // A store that accepts connections and never answers (a hang, not a refusal) is bounded
+    // by fetch.timeout too.
+    proxy.set_mode(ProxyMode::Blackhole);
+    let started = Instant::now();
+    let out = fetch(&short, &segment, &dest);
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(255), "{}", stderr(&out));
+    assert!(
+        took < Duration::from_secs(30),
+        "a hung store held fetch for {took:?}"
+    );
+    assert!(entries(out_dir.path()).is_empty());
+    proxy.set_mode(ProxyMode::Refuse);
+
     // Back before the timeout: the fetch waits, then delivers.
     let mut long = env.clone();
     long.push(("PGAGENT_FETCH_TIMEOUT", "60s".into()));
