@@ -1,0 +1,238 @@
+//! Point-in-time recovery from an S3 store written by `pgagent run`: a `pg_basebackup -X none`
+//! copy recovers through `restore_command = 'pgagent fetch %f %p'` to a restore point, a
+//! transaction id, an LSN, a time and the end of the WAL, and each time holds exactly what the
+//! primary had at that point (PostgreSQL docs, "Recovery Target" settings, section 20.5.5).
+
+mod common;
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use pgagent_protocol::SegNo;
+use pgagent_tests::{wait_until, Garage, OsUser, PgOptions, PgServer};
+
+/// Row count and checksum of table `t`, in one transaction.
+const STATE_SQL: &str =
+    "SELECT count(*), md5(coalesce(string_agg(id::text || v, ',' ORDER BY id), '')) FROM t";
+
+fn state(pg: &PgServer) -> String {
+    pg.psql(STATE_SQL).unwrap()
+}
+
+/// `n` more rows after the highest id, tagged with `tag`.
+fn load(pg: &PgServer, tag: &str, n: u32) {
+    pg.psql(&format!(
+        "INSERT INTO t SELECT m + g, '{tag}' || g FROM generate_series(1, {n}) g, \
+         (SELECT coalesce(max(id), 0) m FROM t) s"
+    ))
+    .unwrap();
+}
+
+/// Takes `pg_basebackup -X none -c fast` of `primary` into `dest` as the PostgreSQL OS user.
+fn base_backup(primary: &PgServer, dest: &Path) {
+    let mut cmd = Command::new(primary.bin_dir().join("pg_basebackup"));
+    cmd.arg("-D").arg(dest).args([
+        "-X",
+        "none",
+        "-c",
+        "fast",
+        "-d",
+        &primary.conninfo("pgagent"),
+    ]);
+    if let Some(user) = OsUser::for_postgres().unwrap() {
+        cmd.uid(user.uid).gid(user.gid);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "pg_basebackup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Copies the base backup into a fresh cluster directory, configures recovery with
+/// `target` (a `recovery_target_*` line, or none), starts it and waits for the promotion.
+/// Returns the server and its log.
+fn recover(base: &Path, restore_command: &str, target: Option<&str>) -> (PgServer, String) {
+    let mut pg = PgServer::without_cluster(PgOptions::default()).unwrap();
+    let cp = Command::new("cp")
+        .arg("-a")
+        .arg(base)
+        .arg(pg.data_dir())
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    std::fs::write(pg.data_dir().join("recovery.signal"), "").unwrap();
+    let mut conf = vec![
+        restore_command.to_owned(),
+        "recovery_target_action = 'promote'".to_owned(),
+    ];
+    conf.extend(target.map(str::to_owned));
+    let lines: Vec<&str> = conf.iter().map(String::as_str).collect();
+    pg.append_conf(&lines).unwrap();
+    pg.start_server().unwrap();
+    let promoted = wait_until(Duration::from_secs(120), Duration::from_millis(200), || {
+        pg.psql("SELECT pg_is_in_recovery()")
+            .is_ok_and(|s| s.trim() == "f")
+    });
+    assert!(
+        promoted,
+        "recovery to {target:?} did not finish\n{}",
+        pg.log_tail()
+    );
+    let log = std::fs::read_to_string(pg.log_file()).unwrap();
+    assert!(
+        log.contains("restored log file \"") && log.contains("from archive"),
+        "{target:?}: no segment came through restore_command\n{log}"
+    );
+    (pg, log)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn recovery_to_each_target_through_restore_command() {
+    let started = Instant::now();
+    let garage = Garage::start().expect("start Garage");
+    let rig = Rig::s3(garage.store_url("pitr"), garage.s3_env());
+    let mut primary = PgServer::start(PgOptions::default()).expect("start PostgreSQL");
+    let mut agent = rig.spawn(&primary);
+    let first = lsn(&primary.current_wal_lsn().unwrap());
+    rig.wait_uploaded(&agent, first, Duration::from_secs(60));
+
+    let base = PgServer::without_cluster(PgOptions::default()).unwrap();
+    base_backup(&primary, &base.data_dir());
+
+    // A: everything committed before the restore point.
+    primary
+        .psql("CREATE TABLE t (id int PRIMARY KEY, v text)")
+        .unwrap();
+    load(&primary, "a", 1000);
+    primary
+        .psql("SELECT pg_create_restore_point('rp1')")
+        .unwrap();
+    let state_a = state(&primary);
+
+    // B: up to and including the commit of transaction X.
+    load(&primary, "b", 1000);
+    let xid = primary
+        .psql("INSERT INTO t SELECT max(id) + 1, 'x' FROM t RETURNING txid_current()")
+        .unwrap();
+    let xid: u64 = xid.trim().parse().unwrap();
+    let state_b = state(&primary);
+    load(&primary, "b2", 500);
+    primary
+        .psql("UPDATE t SET v = v || 'u' WHERE id % 7 = 0")
+        .unwrap();
+
+    // C: every record before the insert position right after a commit; the next write to `t`
+    // starts with a heap record, so the record that ends the replay changes nothing visible.
+    load(&primary, "c", 1000);
+    let target_lsn = primary.psql("SELECT pg_current_wal_insert_lsn()").unwrap();
+    let state_c = state(&primary);
+
+    // D: every commit up to T; the next change to `t` commits more than a second later.
+    load(&primary, "d", 1000);
+    primary.psql("DELETE FROM t WHERE id % 5 = 0").unwrap();
+    let state_d = state(&primary);
+    primary.psql("SELECT pg_sleep(1.1)").unwrap();
+    let target_time = primary.psql("SELECT clock_timestamp()").unwrap();
+    primary.psql("SELECT pg_sleep(1.1)").unwrap();
+
+    // E: the end of the WAL.
+    load(&primary, "e", 1000);
+    primary
+        .psql("UPDATE t SET v = v || 'e' WHERE id % 3 = 0")
+        .unwrap();
+    let state_e = state(&primary);
+
+    let states = [&state_a, &state_b, &state_c, &state_d, &state_e];
+    for (i, a) in states.iter().enumerate() {
+        for b in &states[i + 1..] {
+            assert_ne!(a, b, "two capture points hold the same data: {states:?}");
+        }
+    }
+
+    let switch = lsn(&primary.switch_wal().unwrap());
+    let boundary = SegNo(switch.segment_number(seg()).0 + 1).start_lsn(seg());
+    rig.wait_uploaded(&agent, boundary, Duration::from_secs(60));
+    assert!(agent.terminate().success(), "{}", agent.output_text());
+    primary.stop().unwrap();
+    let loaded = started.elapsed();
+
+    // PostgreSQL runs restore_command as its own OS user with the server's environment: the
+    // settings, S3 credentials included, come from a file that user can read.
+    let chmod = Command::new("chmod")
+        .arg("a+rX")
+        .arg(rig.dir.path())
+        .status()
+        .unwrap();
+    assert!(chmod.success());
+    let config = rig.dir.path().join("fetch.toml");
+    let env = garage.s3_env();
+    let get = |k: &str| env.iter().find(|(n, _)| *n == k).unwrap().1.clone();
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\nurl = \"{}\"\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\n\n\
+             [fetch]\ntimeout = \"30s\"\n",
+            rig.store_url,
+            get("AWS_ACCESS_KEY_ID"),
+            get("AWS_SECRET_ACCESS_KEY"),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let bin: PathBuf = pgagent_tests::pgagent_bin().canonicalize().unwrap();
+    let restore_command = format!(
+        "restore_command = '{} --config {} fetch %f %p'",
+        bin.display(),
+        config.display()
+    );
+
+    let cases = [
+        (
+            Some("recovery_target_name = 'rp1'".to_owned()),
+            &state_a,
+            "recovery stopping at restore point \"rp1\"".to_owned(),
+        ),
+        (
+            Some(format!("recovery_target_xid = '{xid}'")),
+            &state_b,
+            format!("recovery stopping after commit of transaction {xid},"),
+        ),
+        (
+            Some(format!("recovery_target_lsn = '{target_lsn}'")),
+            &state_c,
+            "recovery stopping after WAL location (LSN)".to_owned(),
+        ),
+        (
+            Some(format!("recovery_target_time = '{target_time}'")),
+            &state_d,
+            "recovery stopping before commit of transaction".to_owned(),
+        ),
+        (None, &state_e, String::new()),
+    ];
+    for (target, expected, stop_message) in cases {
+        let (pg, log) = recover(&base.data_dir(), &restore_command, target.as_deref());
+        assert_eq!(
+            &state(&pg),
+            expected,
+            "recovery to {target:?} holds other data\n{}",
+            pg.log_tail()
+        );
+        if target.is_some() {
+            assert!(
+                log.contains(&stop_message),
+                "{stop_message:?} not in\n{log}"
+            );
+        } else {
+            assert!(!log.contains("recovery stopping"), "{log}");
+        }
+    }
+    eprintln!(
+        "load and upload {loaded:?}, five recoveries {:?}",
+        started.elapsed() - loaded
+    );
+}
