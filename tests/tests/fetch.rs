@@ -5,18 +5,18 @@
 
 mod common;
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::recovery::base_backup;
 use common::*;
 use pgagent_protocol::{segment_file_name, SegNo, TimelineId};
 use pgagent_storage::cluster::ClusterInfo;
 use pgagent_storage::envelope;
 use pgagent_tests::{
-    run_pgagent, wait_until, AgentProcess, Garage, OsUser, PgOptions, PgServer, Proxy, ProxyMode,
+    run_pgagent, wait_until, AgentProcess, Garage, PgOptions, PgServer, Proxy, ProxyMode,
 };
 
 fn pg() -> PgServer {
@@ -234,20 +234,7 @@ async fn recovery_to_the_end_through_restore_command() {
     rig.wait_uploaded(&agent, start, Duration::from_secs(60));
 
     let mut restore = PgServer::without_cluster(PgOptions::default()).unwrap();
-    let mut basebackup = Command::new(primary.bin_dir().join("pg_basebackup"));
-    basebackup.arg("-D").arg(restore.data_dir()).args([
-        "-X",
-        "none",
-        "-c",
-        "fast",
-        "-d",
-        &primary.conninfo("pgagent"),
-    ]);
-    if let Some(user) = OsUser::for_postgres().unwrap() {
-        basebackup.uid(user.uid).gid(user.gid);
-    }
-    let out = basebackup.output().unwrap();
-    assert!(out.status.success(), "pg_basebackup: {}", stderr(&out));
+    base_backup(&primary, &restore.data_dir());
 
     primary
         .psql(

@@ -5,91 +5,12 @@
 
 mod common;
 
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::recovery::*;
 use common::*;
 use pgagent_protocol::SegNo;
-use pgagent_tests::{wait_until, Garage, OsUser, PgOptions, PgServer};
-
-/// Row count and checksum of table `t`, in one transaction.
-const STATE_SQL: &str =
-    "SELECT count(*), md5(coalesce(string_agg(id::text || v, ',' ORDER BY id), '')) FROM t";
-
-fn state(pg: &PgServer) -> String {
-    pg.psql(STATE_SQL).unwrap()
-}
-
-/// `n` more rows after the highest id, tagged with `tag`.
-fn load(pg: &PgServer, tag: &str, n: u32) {
-    pg.psql(&format!(
-        "INSERT INTO t SELECT m + g, '{tag}' || g FROM generate_series(1, {n}) g, \
-         (SELECT coalesce(max(id), 0) m FROM t) s"
-    ))
-    .unwrap();
-}
-
-/// Takes `pg_basebackup -X none -c fast` of `primary` into `dest` as the PostgreSQL OS user.
-fn base_backup(primary: &PgServer, dest: &Path) {
-    let mut cmd = Command::new(primary.bin_dir().join("pg_basebackup"));
-    cmd.arg("-D").arg(dest).args([
-        "-X",
-        "none",
-        "-c",
-        "fast",
-        "-d",
-        &primary.conninfo("pgagent"),
-    ]);
-    if let Some(user) = OsUser::for_postgres().unwrap() {
-        cmd.uid(user.uid).gid(user.gid);
-    }
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "pg_basebackup: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Copies the base backup into a fresh cluster directory, configures recovery with
-/// `target` (a `recovery_target_*` line, or none), starts it and waits for the promotion.
-/// Returns the server and its log.
-fn recover(base: &Path, restore_command: &str, target: Option<&str>) -> (PgServer, String) {
-    let mut pg = PgServer::without_cluster(PgOptions::default()).unwrap();
-    let cp = Command::new("cp")
-        .arg("-a")
-        .arg(base)
-        .arg(pg.data_dir())
-        .status()
-        .unwrap();
-    assert!(cp.success());
-    std::fs::write(pg.data_dir().join("recovery.signal"), "").unwrap();
-    let mut conf = vec![
-        restore_command.to_owned(),
-        "recovery_target_action = 'promote'".to_owned(),
-    ];
-    conf.extend(target.map(str::to_owned));
-    let lines: Vec<&str> = conf.iter().map(String::as_str).collect();
-    pg.append_conf(&lines).unwrap();
-    pg.start_server().unwrap();
-    let promoted = wait_until(Duration::from_secs(120), Duration::from_millis(200), || {
-        pg.psql("SELECT pg_is_in_recovery()")
-            .is_ok_and(|s| s.trim() == "f")
-    });
-    assert!(
-        promoted,
-        "recovery to {target:?} did not finish\n{}",
-        pg.log_tail()
-    );
-    let log = std::fs::read_to_string(pg.log_file()).unwrap();
-    assert!(
-        log.contains("restored log file \"") && log.contains("from archive"),
-        "{target:?}: no segment came through restore_command\n{log}"
-    );
-    (pg, log)
-}
+use pgagent_tests::{Garage, PgOptions, PgServer};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn recovery_to_each_target_through_restore_command() {
@@ -161,35 +82,8 @@ async fn recovery_to_each_target_through_restore_command() {
     primary.stop().unwrap();
     let loaded = started.elapsed();
 
-    // PostgreSQL runs restore_command as its own OS user with the server's environment: the
-    // settings, S3 credentials included, come from a file that user can read.
-    let chmod = Command::new("chmod")
-        .arg("a+rX")
-        .arg(rig.dir.path())
-        .status()
-        .unwrap();
-    assert!(chmod.success());
-    let config = rig.dir.path().join("fetch.toml");
-    let env = garage.s3_env();
-    let get = |k: &str| env.iter().find(|(n, _)| *n == k).unwrap().1.clone();
-    std::fs::write(
-        &config,
-        format!(
-            "[store]\nurl = \"{}\"\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\n\n\
-             [fetch]\ntimeout = \"30s\"\n",
-            rig.store_url,
-            get("AWS_ACCESS_KEY_ID"),
-            get("AWS_SECRET_ACCESS_KEY"),
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-    let bin: PathBuf = pgagent_tests::pgagent_bin().canonicalize().unwrap();
-    let restore_command = format!(
-        "restore_command = '{} --config {} fetch %f %p'",
-        bin.display(),
-        config.display()
-    );
+    let fetch = fetch_config(&rig.store_url, &garage.s3_env());
+    let restore_command = fetch.restore_command.clone();
 
     let cases = [
         (
@@ -215,7 +109,9 @@ async fn recovery_to_each_target_through_restore_command() {
         (None, &state_e, String::new()),
     ];
     for (target, expected, stop_message) in cases {
-        let (pg, log) = recover(&base.data_dir(), &restore_command, target.as_deref());
+        let mut extra = vec!["recovery_target_action = 'promote'"];
+        extra.extend(target.as_deref());
+        let (pg, log) = recover(&base.data_dir(), &restore_command, &extra);
         assert_eq!(
             &state(&pg),
             expected,

@@ -6,53 +6,12 @@
 
 mod common;
 
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
+use common::recovery::*;
 use common::*;
 use pgagent_protocol::SegNo;
-use pgagent_tests::{wait_until, Garage, OsUser, PgOptions, PgServer};
-
-/// Row count and checksum of table `t`, in one transaction.
-const STATE_SQL: &str =
-    "SELECT count(*), md5(coalesce(string_agg(id::text || v, ',' ORDER BY id), '')) FROM t";
-
-fn state(pg: &PgServer) -> String {
-    pg.psql(STATE_SQL).unwrap()
-}
-
-/// `n` more rows after the highest id, tagged with `tag`.
-fn load(pg: &PgServer, tag: &str, n: u32) {
-    pg.psql(&format!(
-        "INSERT INTO t SELECT m + g, '{tag}' || g FROM generate_series(1, {n}) g, \
-         (SELECT coalesce(max(id), 0) m FROM t) s"
-    ))
-    .unwrap();
-}
-
-/// Takes `pg_basebackup -X none -c fast` of `primary` into `dest` as the PostgreSQL OS user.
-fn base_backup(primary: &PgServer, dest: &Path) {
-    let mut cmd = Command::new(primary.bin_dir().join("pg_basebackup"));
-    cmd.arg("-D").arg(dest).args([
-        "-X",
-        "none",
-        "-c",
-        "fast",
-        "-d",
-        &primary.conninfo("pgagent"),
-    ]);
-    if let Some(user) = OsUser::for_postgres().unwrap() {
-        cmd.uid(user.uid).gid(user.gid);
-    }
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "pg_basebackup: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use pgagent_tests::{wait_until, Garage, PgOptions, PgServer};
 
 /// Waits (up to 120 s) until the agent reports WAL uploaded up to the segment boundary after
 /// `switch` (the end LSN of `pg_switch_wal()`, `X/X`).
@@ -60,40 +19,6 @@ fn wait_switch_uploaded(rig: &Rig, agent: &pgagent_tests::AgentProcess, switch: 
     let switch = lsn(switch);
     let boundary = SegNo(switch.segment_number(seg()).0 + 1).start_lsn(seg());
     rig.wait_uploaded(agent, boundary, Duration::from_secs(120));
-}
-
-/// Copies the base backup into a fresh cluster directory, configures recovery with
-/// `restore_command` and `extra` settings, starts it and waits until it has promoted at the
-/// end of the WAL. Returns the server and its log.
-fn recover(base: &Path, restore_command: &str, extra: &[&str]) -> (PgServer, String) {
-    let mut pg = PgServer::without_cluster(PgOptions::default()).unwrap();
-    let cp = Command::new("cp")
-        .arg("-a")
-        .arg(base)
-        .arg(pg.data_dir())
-        .status()
-        .unwrap();
-    assert!(cp.success());
-    std::fs::write(pg.data_dir().join("recovery.signal"), "").unwrap();
-    let mut lines = vec![restore_command];
-    lines.extend_from_slice(extra);
-    pg.append_conf(&lines).unwrap();
-    pg.start_server().unwrap();
-    let promoted = wait_until(Duration::from_secs(120), Duration::from_millis(200), || {
-        pg.psql("SELECT pg_is_in_recovery()")
-            .is_ok_and(|s| s.trim() == "f")
-    });
-    assert!(
-        promoted,
-        "recovery with {extra:?} did not finish\n{}",
-        pg.log_tail()
-    );
-    let log = std::fs::read_to_string(pg.log_file()).unwrap();
-    assert!(
-        log.contains("restored log file \"") && log.contains("from archive"),
-        "{extra:?}: no segment came through restore_command\n{log}"
-    );
-    (pg, log)
 }
 
 fn timeline(pg: &PgServer) -> String {
@@ -145,36 +70,8 @@ async fn promote_and_recover_past_the_switch(mid_segment: bool) {
     primary.stop().unwrap();
     drop(primary);
 
-    // PostgreSQL runs restore_command as its own OS user with the server's environment: the
-    // settings, S3 credentials included, come from a file that user can read.
-    let conf_dir = tempfile::tempdir().unwrap();
-    let chmod = Command::new("chmod")
-        .arg("a+rX")
-        .arg(conf_dir.path())
-        .status()
-        .unwrap();
-    assert!(chmod.success());
-    let config = conf_dir.path().join("fetch.toml");
-    let env = garage.s3_env();
-    let get = |k: &str| env.iter().find(|(n, _)| *n == k).unwrap().1.clone();
-    std::fs::write(
-        &config,
-        format!(
-            "[store]\nurl = \"{}\"\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\n\n\
-             [fetch]\ntimeout = \"30s\"\n",
-            garage.store_url("tl"),
-            get("AWS_ACCESS_KEY_ID"),
-            get("AWS_SECRET_ACCESS_KEY"),
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-    let bin: PathBuf = pgagent_tests::pgagent_bin().canonicalize().unwrap();
-    let restore_command = format!(
-        "restore_command = '{} --config {} fetch %f %p'",
-        bin.display(),
-        config.display()
-    );
+    let fetch = fetch_config(&garage.store_url("tl"), &garage.s3_env());
+    let restore_command = fetch.restore_command.clone();
 
     // 2. Standby S restored from the bucket, promoted at the end of the WAL: timeline 2.
     let (standby, log) = recover(&base.data_dir(), &restore_command, &[]);
