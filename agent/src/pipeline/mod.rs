@@ -96,8 +96,15 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     tracing::info!(timeline = %plan.tli, start = %plan.start, confirmed = %plan.floor, "streaming resumes");
 
     let seg = server.seg;
+    // Complete segments a previous run left in staging below the resume point go up again
+    // (a no-op when the bucket already has them); streaming rewrites the rest.
+    let leftovers: Vec<_> = scan
+        .complete
+        .iter()
+        .filter(|s| s.segno < plan.start.segment_number(seg))
+        .collect();
     let mut tracker = FlushTracker::new(seg, plan.start, plan.floor);
-    tracker.hold_for_leftovers(scan.complete.iter().map(|s| s.segno));
+    tracker.hold_for_leftovers(leftovers.iter().map(|s| s.segno));
     let shared = Arc::new(Shared::new(
         seg,
         cfg.raw.wal.confirm == Confirm::Bucket,
@@ -135,20 +142,18 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         server.system_id,
     );
 
-    // What a previous run left in staging goes first (re-uploading is a no-op when the
-    // bucket already has it).
-    for s in &scan.complete {
-        if s.segno >= plan.start.segment_number(seg) {
-            continue; // streaming rewrites it
-        }
-        seg_tx.send(CompressJob {
-            object: WalObject::Segment {
-                tli: s.tli,
-                segno: s.segno,
-            },
-            source: RawSource::Path(s.path.clone()),
-        })?;
-    }
+    // The channel is bounded: sending may wait for the workers, off the async threads.
+    tokio::task::block_in_place(|| {
+        leftovers.iter().try_for_each(|s| {
+            seg_tx.send(CompressJob {
+                object: WalObject::Segment {
+                    tli: s.tli,
+                    segno: s.segno,
+                },
+                source: RawSource::Path(s.path.clone()),
+            })
+        })
+    })?;
     queue_histories(&mut client, store.as_ref(), &seg_tx, server.timeline).await?;
 
     let writer = StagingWriter::new(&staging_dir, seg)?;
@@ -330,9 +335,11 @@ async fn queue_histories(
             continue;
         }
         match startup::fetch_history(client, tli).await {
-            Ok(content) => out.send(CompressJob {
-                object: WalObject::History { tli },
-                source: RawSource::Bytes(content),
+            Ok(content) => tokio::task::block_in_place(|| {
+                out.send(CompressJob {
+                    object: WalObject::History { tli },
+                    source: RawSource::Bytes(content),
+                })
             })?,
             // A server keeps the history of its own ancestry; older branches may be gone.
             Err(e) => tracing::debug!(timeline = t, error = %e, "history file not available"),
