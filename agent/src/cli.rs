@@ -74,6 +74,10 @@ pub enum Command {
         /// Where to write it (%p), relative to the current directory (PGDATA).
         path: PathBuf,
     },
+    /// Internal: the restore-mode fetch server that `pgagent fetch` starts when no daemon
+    /// answers; it exits after fetch.idle_timeout without a request.
+    #[command(name = "fetch-server", hide = true)]
+    FetchServer,
     /// List what the store holds.
     List {
         /// What to list.

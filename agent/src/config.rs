@@ -162,6 +162,12 @@ pub struct FetchSection {
     /// How long transient store errors are retried before recovery is aborted.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// Bound of the prefetch cache: verified segments waiting to be asked for, in bytes.
+    pub cache_size: ByteSize,
+    /// A fetch server started by `pgagent fetch` (restore mode) exits after this long
+    /// without a request.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
 }
 
 impl Default for FetchSection {
@@ -169,6 +175,8 @@ impl Default for FetchSection {
         FetchSection {
             prefetch: 16,
             timeout: Duration::from_secs(300),
+            cache_size: ByteSize::mib(512),
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -338,6 +346,18 @@ impl RawConfig {
         }
         if self.wal.compress_threads == 0 {
             return bad("wal.compress_threads must be at least 1".into());
+        }
+        if self.fetch.prefetch > 256 {
+            return bad(format!(
+                "fetch.prefetch = {} is out of range 0..=256",
+                self.fetch.prefetch
+            ));
+        }
+        if self.fetch.timeout < Duration::from_secs(1) {
+            return bad("fetch.timeout must be at least 1s".into());
+        }
+        if self.fetch.idle_timeout < Duration::from_secs(1) {
+            return bad("fetch.idle_timeout must be at least 1s".into());
         }
         if self.staging.dir.as_os_str().is_empty() {
             return bad("staging.dir is empty".into());

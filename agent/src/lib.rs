@@ -57,9 +57,12 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Fetch { file, path } = &cli.command {
-        return Ok(fetch::run(load_config(&cli), file, path)?);
+        return Ok(fetch::run(load_config(&cli), file, path, &launch(&cli))?);
     }
     let cfg = load_config(&cli)?;
+    if let Command::FetchServer = cli.command {
+        return fetch::restore_mode::run(cfg);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -71,13 +74,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 tokio::spawn(watch_signals(shutdown.clone()));
                 pipeline::run(cfg, shutdown).await
             }
-            Command::Fetch { .. } => {
-                unreachable!("fetch runs before the configuration is required")
+            Command::Fetch { .. } | Command::FetchServer => {
+                unreachable!("handled before the runtime starts")
             }
             Command::List { what, json } => commands::list::run(&cfg, what, json).await,
             Command::Status { json } => commands::status::run(&cfg, json).await,
         }
     })
+}
+
+/// How `pgagent fetch` starts this executable as a restore-mode fetch server: the same
+/// binary (`/proc/self/exe`, whatever `restore_command` called it by) with the same
+/// configuration options; the environment is inherited.
+fn launch(cli: &Cli) -> fetch::client::Launch {
+    let exe = std::env::current_exe()
+        .or_else(|_| std::env::args_os().next().map(Into::into).ok_or(()))
+        .unwrap_or_else(|()| "pgagent".into());
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    if let Some(c) = &cli.config {
+        args.extend(["--config".into(), c.clone().into()]);
+    }
+    if let Some(d) = &cli.overrides.staging_dir {
+        args.extend(["--staging-dir".into(), d.clone().into()]);
+    }
+    if let Some(u) = &cli.overrides.store_url {
+        args.extend(["--store".into(), u.into()]);
+    }
+    args.extend([
+        "--log-format".into(),
+        clap::ValueEnum::to_possible_value(&cli.log_format)
+            .map_or("text".into(), |v| v.get_name().into()),
+    ]);
+    fetch::client::Launch { exe, args }
 }
 
 /// First SIGTERM/SIGINT: cancel `shutdown` (flush, upload, stop). Second: exit at once.

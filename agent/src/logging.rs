@@ -1,5 +1,6 @@
 //! Logs via tracing: human-readable by default, JSON with `--log-format json`. The level
-//! comes from `PGAGENT_LOG` (an `EnvFilter` directive, default `info`).
+//! comes from `PGAGENT_LOG` (an `EnvFilter` directive, default `info`); colours only when
+//! stderr is a terminal.
 
 use tracing_subscriber::EnvFilter;
 
@@ -25,8 +26,10 @@ pub fn init(format: LogFormat) {
 pub fn init_with_default(format: LogFormat, default_filter: &str) {
     let filter =
         EnvFilter::try_from_env("PGAGENT_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter));
+    // Colours only on a terminal: PostgreSQL's log and the fetch server's log are files.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.with_target(false).init(),

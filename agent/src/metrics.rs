@@ -7,7 +7,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
-use prometheus::{Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 use tokio_util::sync::CancellationToken;
 
 /// Everything the daemon reports.
@@ -38,6 +40,13 @@ pub struct Metrics {
     pub conflicts_total: IntCounter,
     /// `pgagent_up`: 1 while the replication connection streams.
     pub up: IntGauge,
+    /// `pgagent_fetch_seconds`: time the fetch server took to answer a `restore_command`
+    /// request, in seconds (histogram).
+    pub fetch_seconds: Histogram,
+    /// `pgagent_prefetch_hits_total`: segment requests answered from the prefetch cache.
+    pub prefetch_hits_total: IntCounter,
+    /// `pgagent_prefetch_misses_total`: segment requests that had to be fetched on demand.
+    pub prefetch_misses_total: IntCounter,
 }
 
 impl Default for Metrics {
@@ -60,6 +69,25 @@ impl Metrics {
             registry.register(Box::new(c.clone())).expect("unique");
             c
         };
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique");
+            c
+        };
+        let fetch_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "pgagent_fetch_seconds",
+                "Seconds the fetch server took to answer a restore_command request.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                60.0,
+            ]),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(fetch_seconds.clone()))
+            .expect("unique");
         let rpo_seconds = Gauge::new(
             "pgagent_rpo_seconds",
             "Age in seconds of the oldest received WAL not yet durable in the bucket.",
@@ -120,6 +148,15 @@ impl Metrics {
                 "pgagent_up",
                 "1 while the replication connection is streaming.",
             ),
+            prefetch_hits_total: counter(
+                "pgagent_prefetch_hits_total",
+                "Segment requests answered from the prefetch cache.",
+            ),
+            prefetch_misses_total: counter(
+                "pgagent_prefetch_misses_total",
+                "Segment requests that were not prefetched and were fetched on demand.",
+            ),
+            fetch_seconds,
             rpo_seconds,
             conflicts_total,
             registry,
@@ -189,6 +226,9 @@ mod tests {
             "pgagent_upload_bytes_total{stage=\"raw\"} 10",
             "pgagent_conflicts_total",
             "pgagent_up",
+            "pgagent_fetch_seconds_bucket",
+            "pgagent_prefetch_hits_total",
+            "pgagent_prefetch_misses_total",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }

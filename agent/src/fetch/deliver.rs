@@ -11,7 +11,7 @@
 //! (`RECOVERYXLOG`) is discarded after a crash anyway.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -43,6 +43,26 @@ where
     out.into_inner().map_err(|e| e.into_error())?;
     tmp.persist(path)?;
     Ok(value)
+}
+
+/// Copies the first `len` bytes of `src` (from its current offset) to `path` atomically, the
+/// same way as [`write_atomically`]; on Linux the copy stays in the kernel
+/// (`copy_file_range`).
+///
+/// Errors: an I/O error, or `UnexpectedEof` if `src` holds fewer than `len` bytes; nothing
+/// is left at `path` then.
+pub fn copy_atomically(path: &Path, src: &mut File, len: u64) -> io::Result<()> {
+    let tmp = TempFile::create(path)?;
+    let mut out = tmp.file()?;
+    let copied = io::copy(&mut src.take(len), &mut out)?;
+    if copied != len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("got {copied} of {len} bytes"),
+        ));
+    }
+    drop(out);
+    tmp.persist(path)
 }
 
 /// Writes zeros from byte `written` up to `size` (no-op if `written >= size`).
@@ -186,6 +206,20 @@ mod tests {
         let r: Result<(), io::Error> = write_atomically(&dest, |_| Ok(()));
         assert!(r.is_err());
         assert!(!dest.exists());
+    }
+
+    #[test]
+    fn copies_exactly_the_length_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let src_path = dir.path().join("src");
+        fs::write(&src_path, b"0123456789").unwrap();
+        let dest = dir.path().join("RECOVERYXLOG");
+        copy_atomically(&dest, &mut File::open(&src_path).unwrap(), 4).unwrap();
+        assert_eq!(fs::read(&dest).unwrap(), b"0123");
+        let short = dir.path().join("short");
+        let err = copy_atomically(&short, &mut File::open(&src_path).unwrap(), 11).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        assert_eq!(entries(dir.path()), ["RECOVERYXLOG", "src"]);
     }
 
     #[test]

@@ -9,12 +9,22 @@
 //! stays unreachable past `fetch.timeout`, an object failing its length or hash check, a store
 //! without `cluster.json` (a wrong `store.url` must not look like the end of WAL).
 //!
-//! The work is split so that a long-lived fetch server can reuse it:
-//! [`resolve`] (which keys answer a name, pure), [`Fetcher`] (store access with retries up to a
-//! deadline), [`deliver_verified`] (envelope check, padding, atomic write).
+//! `pgagent fetch` asks a fetch server over a unix socket ([`client`], [`wire`]): the daemon's
+//! (`pgagent run`), else a restore-mode server it starts ([`restore_mode`]); both serve from
+//! a prefetch cache kept ahead of recovery ([`server`], [`cache`], [`plan`]). When no server
+//! can answer, it fetches from the store itself ([`fetch_standalone`]). The store side is
+//! shared: [`resolve`] (which keys answer a name, pure), [`Fetcher`] (store access with
+//! retries up to a deadline), [`deliver_verified`] (envelope check, padding, atomic write).
 
+pub mod cache;
+pub mod client;
 pub mod deliver;
+pub mod paths;
+pub mod plan;
 pub mod resolve;
+pub mod restore_mode;
+pub mod server;
+pub mod wire;
 
 use std::future::Future;
 use std::path::Path;
@@ -96,6 +106,7 @@ pub struct Delivered {
 pub struct Fetcher {
     store: Arc<dyn ObjectStore>,
     seg: WalSegmentSize,
+    system_identifier: String,
 }
 
 impl Fetcher {
@@ -125,7 +136,16 @@ impl Fetcher {
         })?;
         let seg = WalSegmentSize::new(info.wal_segment_size)
             .map_err(|e| abort(format!("store {}: cluster.json: {e}", store.describe())))?;
-        Ok(Fetcher { store, seg })
+        Ok(Fetcher {
+            store,
+            seg,
+            system_identifier: info.system_identifier,
+        })
+    }
+
+    /// `system_identifier` of the cluster in the store (decimal, from `cluster.json`).
+    pub fn system_identifier(&self) -> &str {
+        &self.system_identifier
     }
 
     /// Segment size of the cluster in the store.
@@ -335,16 +355,94 @@ pub async fn fetch_standalone(cfg: &Config, file: &str, path: &Path) -> Result<(
     Ok(())
 }
 
-/// Entry point of the command: loads nothing itself; `cfg` is the result of loading the
-/// configuration, whose failure must also stop recovery (exit 255, not 2).
-pub fn run(cfg: anyhow::Result<Config>, file: &str, path: &Path) -> Result<(), FetchError> {
+/// Entry point of the command: through a fetch server if one answers or can be started,
+/// else standalone. `cfg` is the result of loading the configuration, whose failure must
+/// also stop recovery (exit 255, not 2).
+pub fn run(
+    cfg: anyhow::Result<Config>,
+    file: &str,
+    path: &Path,
+    launch: &client::Launch,
+) -> Result<(), FetchError> {
     if !resolve::is_wal_file_name(file) {
         return Err(FetchError::InvalidName(file.to_string()));
     }
     let cfg = cfg.map_err(|e| abort(format!("configuration: {e:#}")))?;
+    if let Some(served) = through_server(&cfg, file, path, launch)? {
+        tracing::debug!(
+            "{file}: delivered {} bytes from {}",
+            served.len,
+            served.served_from
+        );
+        return Ok(());
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| abort(format!("start runtime: {e}")))?;
     runtime.block_on(fetch_standalone(&cfg, file, path))
+}
+
+/// How long the client waits for the server beyond `fetch.timeout`, which bounds the
+/// server's own retries.
+const SERVER_GRACE: Duration = Duration::from_secs(30);
+
+/// How long a restore-mode server may take to start listening.
+const SERVER_START: Duration = Duration::from_secs(5);
+
+/// Asks the daemon's server, then the restore-mode server (starting it if needed).
+/// `Ok(None)`: no server could answer; the reasons are logged.
+fn through_server(
+    cfg: &Config,
+    file: &str,
+    path: &Path,
+    launch: &client::Launch,
+) -> Result<Option<client::Served>, FetchError> {
+    let req = wire::Request {
+        version: wire::VERSION,
+        file: file.to_string(),
+        store: cfg.raw.store.url.clone(),
+        timeout_ms: u64::try_from(cfg.raw.fetch.timeout.as_millis()).unwrap_or(u64::MAX),
+    };
+    let wait = cfg.raw.fetch.timeout + SERVER_GRACE;
+    let mut why = Vec::new();
+    let daemon = paths::daemon_socket(cfg.staging_dir());
+    let restore = paths::RestorePaths::for_config(cfg);
+    let sockets = [
+        Some(daemon.clone()).filter(|d| d.exists()),
+        restore.as_ref().map(|r| r.socket.clone()),
+    ];
+    for socket in sockets.iter().flatten() {
+        match client::ask(socket, &req, path, wait) {
+            client::Answer::Done(r) => return r.map(Some),
+            client::Answer::Unavailable(m) => why.push(m),
+        }
+    }
+    match &restore {
+        Some(rp) => match client::start_server(rp, launch) {
+            Ok(mut child) => {
+                if client::wait_for_socket(&rp.socket, &mut child, SERVER_START) {
+                    match client::ask(&rp.socket, &req, path, wait) {
+                        client::Answer::Done(r) => return r.map(Some),
+                        client::Answer::Unavailable(m) => why.push(m),
+                    }
+                } else {
+                    why.push(format!(
+                        "the fetch server did not start, see {}",
+                        rp.log.display()
+                    ));
+                }
+            }
+            Err(e) => why.push(e.to_string()),
+        },
+        None => why.push(format!(
+            "{} is not writable and there is no private runtime directory",
+            cfg.staging_dir().display()
+        )),
+    }
+    tracing::info!(
+        "{file}: fetching directly from the store, no fetch server: {}",
+        why.join("; ")
+    );
+    Ok(None)
 }

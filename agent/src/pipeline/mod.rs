@@ -58,6 +58,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
 
     let staging_dir = cfg.staging_dir().to_path_buf();
     check_staging(&staging_dir)?;
+    let fetch_task =
+        crate::fetch::server::spawn_daemon_server(&cfg, metrics.clone(), shutdown.clone());
     let mut conn = ConnConfig::parse(&cfg.raw.postgres.conninfo)
         .map_err(|e| anyhow::anyhow!("postgres.conninfo: {e}"))?;
     // The name `synchronous_standby_names` and pg_stat_replication know the agent by.
@@ -191,6 +193,9 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         true,
     );
     if let Some(t) = metrics_task {
+        let _ = t.await;
+    }
+    if let Some(t) = fetch_task {
         let _ = t.await;
     }
     tracing::info!(flushed = %shared.tracker().flush_lsn(shared.confirm_bucket), "stopped cleanly");
