@@ -199,6 +199,14 @@ impl PgServer {
         self.postmaster.is_some()
     }
 
+    /// If the postmaster has exited on its own (e.g. after the startup process failed),
+    /// reaps it and returns its exit status; the server then counts as stopped.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.postmaster.as_mut()?.try_exit_status().ok()??;
+        self.postmaster = None;
+        Some(status)
+    }
+
     /// libpq-style connection string over TCP for `user`, e.g.
     /// `host=127.0.0.1 port=5433 user=pgagent password=secret dbname=postgres sslmode=disable`.
     /// The password is included for the roles that have one ([`REPL_USER`], [`NOREPL_USER`]).

@@ -75,6 +75,11 @@ impl Postmaster {
         self.child.id()
     }
 
+    /// The exit status if the postmaster has exited (it is reaped), else `None`.
+    pub(crate) fn try_exit_status(&mut self) -> anyhow::Result<Option<ExitStatus>> {
+        Ok(self.child.try_wait()?)
+    }
+
     /// Sends a signal by name (`HUP` reloads the configuration).
     pub(crate) fn signal(&self, signal: &str) -> anyhow::Result<()> {
         send_signal(self.pid(), signal)

@@ -82,12 +82,3 @@ async fn a_conflicting_segment_is_never_overwritten_nor_confirmed() {
         "restart_lsn {restart} after stop"
     );
 }
-
-fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    body
-}

@@ -124,10 +124,12 @@ async fn promote_and_recover_past_the_switch(mid_segment: bool) {
     assert!(agent2.terminate().success(), "{}", agent2.output_text());
     drop(standby);
 
-    // 4. Another copy of B follows the switch through the history file: state 2.
+    // 4. Another copy of B follows the switch through the history file: state 2. A fresh
+    // fetch server, so that its counts cover this recovery alone.
+    let fetch_latest = fetch_config(&garage.store_url("tl"), &garage.s3_env());
     let (latest, log) = recover(
         &base.data_dir(),
-        &restore_command,
+        &fetch_latest.restore_command,
         &["recovery_target_timeline = 'latest'"],
     );
     assert!(
@@ -141,6 +143,25 @@ async fn promote_and_recover_past_the_switch(mid_segment: bool) {
         latest.log_tail()
     );
     drop(latest);
+    // Prefetch followed the history file across the switch: after the first segment, each
+    // segment of either timeline was prefetched before it was asked for (a segment asked for
+    // again, and the probes past the end, are fetched on demand).
+    let summary = fetch_latest.wait_server_summary(Duration::from_secs(30));
+    let distinct: std::collections::BTreeSet<&str> = log
+        .lines()
+        .filter_map(|l| l.split("restored log file \"").nth(1))
+        .filter_map(|rest| rest.split('"').next())
+        .filter(|name| !name.ends_with(".history"))
+        .collect();
+    assert!(
+        distinct.iter().any(|n| n.starts_with("00000002")),
+        "{distinct:?}"
+    );
+    assert!(
+        summary.hits + 1 >= distinct.len() as u64,
+        "{summary:?} for {distinct:?}\n{}\n{log}",
+        fetch_latest.server_log()
+    );
 
     // 5. Pinned to timeline 1, recovery does not follow the switch: state 1.
     let (pinned, log) = recover(

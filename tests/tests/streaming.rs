@@ -133,22 +133,6 @@ async fn metrics_follow_the_stream() {
     assert!(agent.terminate().success());
 }
 
-/// Reads one sample from `/metrics` over plain HTTP/1.0.
-fn scrape(addr: std::net::SocketAddr, name: &str) -> f64 {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    body.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
-        .unwrap_or_else(|| panic!("{name} not in\n{body}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn s3_store_holds_every_byte_the_server_sent() {
     let garage = Garage::start().expect("start Garage");

@@ -235,3 +235,24 @@ pub fn staging_path(rig: &Rig, name: &str) -> PathBuf {
 pub fn exists(p: &Path) -> bool {
     p.exists()
 }
+
+/// The body of `GET path` over plain HTTP/1.0 (with the status line and headers).
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
+/// Reads one sample from `/metrics`.
+pub fn scrape(addr: std::net::SocketAddr, name: &str) -> f64 {
+    let body = http_get(addr, "/metrics");
+    body.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("{name} not in\n{body}"))
+        .trim()
+        .parse()
+        .unwrap()
+}

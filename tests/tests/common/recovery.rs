@@ -3,7 +3,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -57,21 +57,111 @@ pub struct FetchConfig {
     _dir: TempDir,
     /// `restore_command = '<pgagent> --config <file> fetch %f %p'`
     pub restore_command: String,
+    /// The configuration file.
+    pub config: PathBuf,
+    /// `staging.dir` of the configuration, owned by the PostgreSQL OS user: where the
+    /// restore-mode fetch server keeps its socket, cache and log.
+    pub server_dir: PathBuf,
+}
+
+/// What a restore-mode fetch server reported when it stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerSummary {
+    /// Files delivered.
+    pub served: u64,
+    /// Segment requests answered from the prefetch cache.
+    pub hits: u64,
+    /// Segment requests fetched on demand.
+    pub misses: u64,
+}
+
+impl FetchConfig {
+    /// The logs of the fetch servers started with this configuration, concatenated.
+    pub fn server_log(&self) -> String {
+        let mut logs: Vec<PathBuf> = std::fs::read_dir(&self.server_dir)
+            .map(|d| d.filter_map(|e| Some(e.ok()?.path())).collect())
+            .unwrap_or_default();
+        logs.retain(|p| p.extension().is_some_and(|e| e == "log"));
+        logs.sort();
+        logs.iter()
+            .filter_map(|p| std::fs::read_to_string(p).ok())
+            .collect()
+    }
+
+    /// Waits (up to `limit`) until the restore-mode server has stopped after its idle
+    /// timeout, and returns the counts of its last "fetch server stopped" line.
+    pub fn wait_server_summary(&self, limit: Duration) -> ServerSummary {
+        let mut found = None;
+        wait_until(limit, Duration::from_millis(200), || {
+            found = self
+                .server_log()
+                .lines()
+                .rfind(|l| l.contains("fetch server stopped"))
+                .map(|l| ServerSummary {
+                    served: field(l, "served="),
+                    hits: field(l, "prefetch_hits="),
+                    misses: field(l, "prefetch_misses="),
+                });
+            found.is_some()
+        });
+        found.unwrap_or_else(|| panic!("the fetch server did not stop\n{}", self.server_log()))
+    }
+}
+
+fn field(line: &str, key: &str) -> u64 {
+    let at = line
+        .find(key)
+        .unwrap_or_else(|| panic!("{key} missing in {line}"))
+        + key.len();
+    line[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap()
 }
 
 /// Writes the fetch configuration for `store_url`; S3 credentials are taken from `env`
-/// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`) when present.
+/// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`) when present. The fetch server exits
+/// after 2 s idle, so that its summary can be read soon after a recovery.
 pub fn fetch_config(store_url: &str, env: &[(&'static str, String)]) -> FetchConfig {
+    fetch_config_with(store_url, env, &[])
+}
+
+/// [`fetch_config`] with `[fetch]` settings replaced or added, e.g. `("prefetch", "2")`
+/// (values are TOML).
+pub fn fetch_config_with(
+    store_url: &str,
+    env: &[(&'static str, String)],
+    fetch: &[(&str, &str)],
+) -> FetchConfig {
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), PermissionsExt::from_mode(0o755)).unwrap();
+    let server_dir = dir.path().join("fetch");
+    std::fs::create_dir(&server_dir).unwrap();
+    std::fs::set_permissions(&server_dir, PermissionsExt::from_mode(0o700)).unwrap();
+    if let Some(user) = OsUser::for_postgres().unwrap() {
+        std::os::unix::fs::chown(&server_dir, Some(user.uid), Some(user.gid)).unwrap();
+    }
     let get = |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
-    let mut toml = format!("[store]\nurl = \"{store_url}\"\n");
+    let mut toml = format!(
+        "[staging]\ndir = \"{}\"\n\n[store]\nurl = \"{store_url}\"\n",
+        server_dir.display()
+    );
     if let (Some(id), Some(secret)) = (get("AWS_ACCESS_KEY_ID"), get("AWS_SECRET_ACCESS_KEY")) {
         toml.push_str(&format!(
             "access_key_id = \"{id}\"\nsecret_access_key = \"{secret}\"\n"
         ));
     }
-    toml.push_str("\n[fetch]\ntimeout = \"30s\"\n");
+    let mut settings = vec![("timeout", "\"30s\""), ("idle_timeout", "\"2s\"")];
+    for (k, v) in fetch {
+        settings.retain(|(key, _)| key != k);
+        settings.push((k, v));
+    }
+    toml.push_str("\n[fetch]\n");
+    for (k, v) in settings {
+        toml.push_str(&format!("{k} = {v}\n"));
+    }
     let config = dir.path().join("fetch.toml");
     std::fs::write(&config, toml).unwrap();
     std::fs::set_permissions(&config, PermissionsExt::from_mode(0o644)).unwrap();
@@ -82,6 +172,8 @@ pub fn fetch_config(store_url: &str, env: &[(&'static str, String)]) -> FetchCon
             bin.display(),
             config.display()
         ),
+        config,
+        server_dir,
         _dir: dir,
     }
 }
@@ -90,6 +182,14 @@ pub fn fetch_config(store_url: &str, env: &[(&'static str, String)]) -> FetchCon
 /// `restore_command` and `extra` settings, starts it and waits until it has promoted.
 /// Asserts that WAL came through restore_command. Returns the server and its log.
 pub fn recover(base: &Path, restore_command: &str, extra: &[&str]) -> (PgServer, String) {
+    let pg = start_recovery(base, restore_command, extra);
+    let log = wait_promoted(&pg, Duration::from_secs(120));
+    (pg, log)
+}
+
+/// Copies the base backup into a fresh cluster directory, configures recovery with
+/// `restore_command` and `extra` settings, and starts it (recovery runs on).
+pub fn start_recovery(base: &Path, restore_command: &str, extra: &[&str]) -> PgServer {
     let mut pg = PgServer::without_cluster(PgOptions::default()).unwrap();
     let cp = Command::new("cp")
         .arg("-a")
@@ -103,19 +203,29 @@ pub fn recover(base: &Path, restore_command: &str, extra: &[&str]) -> (PgServer,
     lines.extend_from_slice(extra);
     pg.append_conf(&lines).unwrap();
     pg.start_server().unwrap();
-    let promoted = wait_until(Duration::from_secs(120), Duration::from_millis(200), || {
+    pg
+}
+
+/// Waits (up to `limit`) until `pg` has ended recovery and promoted; asserts that WAL came
+/// through restore_command. Returns the server log.
+pub fn wait_promoted(pg: &PgServer, limit: Duration) -> String {
+    let promoted = wait_until(limit, Duration::from_millis(200), || {
         pg.psql("SELECT pg_is_in_recovery()")
             .is_ok_and(|s| s.trim() == "f")
     });
-    assert!(
-        promoted,
-        "recovery with {extra:?} did not finish\n{}",
-        pg.log_tail()
-    );
+    assert!(promoted, "recovery did not finish\n{}", pg.log_tail());
     let log = std::fs::read_to_string(pg.log_file()).unwrap();
     assert!(
         log.contains("restored log file \"") && log.contains("from archive"),
-        "{extra:?}: no segment came through restore_command\n{log}"
+        "no segment came through restore_command\n{log}"
     );
-    (pg, log)
+    log
+}
+
+/// How many files PostgreSQL has restored through restore_command so far.
+pub fn restored_count(pg: &PgServer) -> usize {
+    std::fs::read_to_string(pg.log_file())
+        .unwrap_or_default()
+        .matches("restored log file \"")
+        .count()
 }
