@@ -297,7 +297,7 @@ impl Shared {
             if let Some((f, len)) = self.staged_segment(&fetcher, segno, file) {
                 return Ok((ready(len, "staging", None), f));
             }
-            if let Some((f, len)) = self.prefetched(file).await {
+            if let Some((f, len)) = self.prefetched(file, deadline).await {
                 self.metrics.prefetch_hits_total.inc();
                 return Ok((ready(len, "prefetch", None), f));
             }
@@ -351,11 +351,12 @@ impl Shared {
         ours.then_some((f, len))
     }
 
-    /// The prefetched file of `file`: ready, or loading (waited for). `None` if it was not
-    /// prefetched or the prefetch failed (the caller fetches it).
-    async fn prefetched(&self, file: &str) -> Option<(File, u64)> {
+    /// The prefetched file of `file`: ready, or loading (waited for, up to `deadline`).
+    /// `None` if it was not prefetched, or the prefetch failed or is still retrying at the
+    /// deadline (the caller fetches it itself).
+    async fn prefetched(&self, file: &str, deadline: Instant) -> Option<(File, u64)> {
         if let Some(mut done) = self.cache.loading(file) {
-            let _ = done.wait_for(|d| *d).await;
+            let _ = tokio::time::timeout_at(deadline.into(), done.wait_for(|d| *d)).await;
         }
         self.cache.take(file)
     }
