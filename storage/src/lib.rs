@@ -19,6 +19,7 @@ pub mod error;
 pub mod fs;
 pub mod immutable;
 pub mod layout;
+pub mod manifest;
 pub mod prefixed;
 pub mod s3;
 

@@ -1,0 +1,433 @@
+//! Base backup manifests: `backups/<id>/manifest.json` (DESIGN.md, "Store layout").
+//!
+//! A manifest lists every entry of the backed-up data directory and its tablespaces — path,
+//! kind, mode, size, modification time and, for regular files, the hashes of the
+//! fixed-size chunks stored under `chunks/` — together with what a restore needs beside
+//! the files: the start and stop LSN and timeline, the `backup_label` and `tablespace_map`
+//! contents PostgreSQL returned, and PostgreSQL's own `backup_manifest` (stored as chunks
+//! like any file, so `pg_verifybackup` can check a restored directory). A backup is only
+//! usable once its status is [`BackupStatus::Complete`].
+//!
+//! Manifests come from the bucket, which a restore must not trust blindly:
+//! [`BackupManifest::check`] refuses any path that could leave the target directory.
+
+use std::collections::HashSet;
+
+use pgagent_protocol::{Lsn, TimelineId};
+use serde::{Deserialize, Serialize};
+
+/// Version of the manifest format written by this code.
+pub const MANIFEST_FORMAT_VERSION: u32 = 1;
+
+/// Whether a backup may be restored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackupStatus {
+    /// Files are stored, but the WAL from start to stop LSN is not all in the store yet.
+    Running,
+    /// Every file and every WAL segment from start to stop LSN is in the store.
+    Complete,
+}
+
+/// What an entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    /// A regular file, stored as chunks.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link: only `pg_tblspc/<oid>`, pointing at a listed tablespace.
+    Symlink,
+}
+
+/// One entry of the backed-up directory tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Path relative to the data directory, `/`-separated (`base/5/1259`); files of
+    /// tablespace `oid` are under `pg_tblspc/<oid>/`.
+    pub path: String,
+    /// File, directory or symlink.
+    pub kind: EntryKind,
+    /// Permission bits (`0o600`, `0o700`).
+    pub mode: u32,
+    /// Size in bytes (0 for directories and symlinks).
+    pub size: u64,
+    /// Modification time, seconds since the Unix epoch.
+    pub mtime: i64,
+    /// Lowercase blake3 hex of each chunk, in order (files only); every chunk but the last
+    /// holds exactly [`BackupManifest::chunk_size`] bytes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chunks: Vec<String>,
+    /// Target of a symlink.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+/// A tablespace of the backed-up cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TablespaceEntry {
+    /// Its OID: the name of its link in `pg_tblspc/`.
+    pub oid: u32,
+    /// Its absolute location on the backed-up server.
+    pub location: String,
+}
+
+/// Sizes of a backup.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupStats {
+    /// Regular files.
+    pub files: u64,
+    /// Bytes of all files.
+    pub raw_bytes: u64,
+    /// Chunks referenced (with repeats).
+    pub chunks: u64,
+    /// Chunks this backup uploaded (not in the store before).
+    pub new_chunks: u64,
+    /// Stored (compressed) bytes of the chunks this backup uploaded.
+    pub new_stored_bytes: u64,
+}
+
+/// `backups/<id>/manifest.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupManifest {
+    /// [`MANIFEST_FORMAT_VERSION`].
+    pub format_version: u32,
+    /// Backup id, e.g. `20261121T030000Z` (sortable by start time).
+    pub id: String,
+    /// Running or complete.
+    pub status: BackupStatus,
+    /// `system_identifier` of the cluster, decimal.
+    pub system_identifier: String,
+    /// `server_version_num` of the server.
+    pub pg_version_num: u32,
+    /// Label given to `BASE_BACKUP`.
+    pub label: String,
+    /// Start (redo) LSN, `X/X`.
+    pub start_lsn: String,
+    /// Timeline at the start.
+    pub start_timeline: u32,
+    /// Stop LSN, `X/X`, once known.
+    pub stop_lsn: Option<String>,
+    /// Timeline at the stop, once known.
+    pub stop_timeline: Option<u32>,
+    /// When the backup started, RFC 3339 UTC.
+    pub started_at: String,
+    /// When the files were all stored, RFC 3339 UTC.
+    pub finished_at: Option<String>,
+    /// Chunk size in bytes.
+    pub chunk_size: u64,
+    /// Content of `backup_label` for the restored directory.
+    pub backup_label: String,
+    /// Content of `tablespace_map`, if the cluster has tablespaces.
+    pub tablespace_map: Option<String>,
+    /// PostgreSQL's `backup_manifest`, stored as chunks (path `backup_manifest`).
+    pub pg_manifest: Option<FileEntry>,
+    /// Tablespaces.
+    pub tablespaces: Vec<TablespaceEntry>,
+    /// Every entry, parents before children.
+    pub files: Vec<FileEntry>,
+    /// Sizes.
+    pub stats: BackupStats,
+}
+
+/// A manifest a restore must refuse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    /// A path that is empty, absolute, has `.`/`..`/empty components or control characters.
+    #[error("manifest entry {0:?}: not a plain relative path inside the data directory")]
+    HostilePath(String),
+    /// A symlink other than `pg_tblspc/<oid>` to a listed tablespace.
+    #[error("manifest entry {path:?}: symlink to {target:?} is not a tablespace link")]
+    HostileSymlink {
+        /// The entry.
+        path: String,
+        /// Where it points.
+        target: String,
+    },
+    /// The same path twice.
+    #[error("manifest entry {0:?} appears twice")]
+    Duplicate(String),
+    /// A chunk hash that is not 64 lowercase hex digits.
+    #[error("manifest entry {path:?}: {hash:?} is not a chunk hash")]
+    BadChunk {
+        /// The entry.
+        path: String,
+        /// The offending value.
+        hash: String,
+    },
+    /// Chunk count, size and chunk size disagree.
+    #[error("manifest entry {0:?}: {1}")]
+    Inconsistent(String, String),
+    /// Unknown format version, or LSNs that do not parse.
+    #[error("manifest: {0}")]
+    Format(String),
+}
+
+impl BackupManifest {
+    /// Start LSN and timeline.
+    ///
+    /// Errors: [`ManifestError::Format`] if `start_lsn` is not `X/X`.
+    pub fn start(&self) -> Result<(Lsn, TimelineId), ManifestError> {
+        let lsn = self
+            .start_lsn
+            .parse()
+            .map_err(|e| ManifestError::Format(format!("start_lsn: {e}")))?;
+        Ok((lsn, TimelineId(self.start_timeline)))
+    }
+
+    /// Stop LSN and timeline, once known.
+    ///
+    /// Errors: [`ManifestError::Format`] if `stop_lsn` is not `X/X`.
+    pub fn stop(&self) -> Result<Option<(Lsn, TimelineId)>, ManifestError> {
+        match (&self.stop_lsn, self.stop_timeline) {
+            (Some(l), Some(t)) => {
+                let lsn = l
+                    .parse()
+                    .map_err(|e| ManifestError::Format(format!("stop_lsn: {e}")))?;
+                Ok(Some((lsn, TimelineId(t))))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Checks everything a restore relies on before anything is written: the format
+    /// version, the LSNs, every path (see [`check_path`]), symlinks (only `pg_tblspc/<oid>`
+    /// to a listed tablespace location), no duplicates, chunk hashes and counts.
+    ///
+    /// Errors: the first problem found, naming the entry.
+    pub fn check(&self) -> Result<(), ManifestError> {
+        if self.format_version != MANIFEST_FORMAT_VERSION {
+            return Err(ManifestError::Format(format!(
+                "format version {} is not {MANIFEST_FORMAT_VERSION}",
+                self.format_version
+            )));
+        }
+        self.start()?;
+        self.stop()?;
+        if self.chunk_size == 0 {
+            return Err(ManifestError::Format("chunk_size is 0".into()));
+        }
+        let mut seen = HashSet::new();
+        for entry in self.files.iter().chain(self.pg_manifest.iter()) {
+            check_path(&entry.path)?;
+            if !seen.insert(entry.path.as_str()) {
+                return Err(ManifestError::Duplicate(entry.path.clone()));
+            }
+            self.check_entry(entry)?;
+        }
+        Ok(())
+    }
+
+    fn check_entry(&self, entry: &FileEntry) -> Result<(), ManifestError> {
+        let inconsistent = |why: String| ManifestError::Inconsistent(entry.path.clone(), why);
+        match entry.kind {
+            EntryKind::File => {
+                for hash in &entry.chunks {
+                    if !is_chunk_hash(hash) {
+                        return Err(ManifestError::BadChunk {
+                            path: entry.path.clone(),
+                            hash: hash.clone(),
+                        });
+                    }
+                }
+                let expected = entry.size.div_ceil(self.chunk_size);
+                if entry.chunks.len() as u64 != expected {
+                    return Err(inconsistent(format!(
+                        "{} chunks for {} bytes of {}-byte chunks",
+                        entry.chunks.len(),
+                        entry.size,
+                        self.chunk_size
+                    )));
+                }
+                Ok(())
+            }
+            EntryKind::Dir if entry.chunks.is_empty() && entry.target.is_none() => Ok(()),
+            EntryKind::Dir => Err(inconsistent("a directory with content".into())),
+            EntryKind::Symlink => {
+                let target = entry.target.clone().unwrap_or_default();
+                let tablespace = entry
+                    .path
+                    .strip_prefix("pg_tblspc/")
+                    .and_then(|oid| oid.parse::<u32>().ok())
+                    .and_then(|oid| self.tablespaces.iter().find(|t| t.oid == oid));
+                match tablespace {
+                    Some(t) if t.location == target => Ok(()),
+                    _ => Err(ManifestError::HostileSymlink {
+                        path: entry.path.clone(),
+                        target,
+                    }),
+                }
+            }
+        }
+    }
+}
+
+/// Whether `s` is a chunk hash: 64 lowercase hex digits (blake3, 32 bytes).
+pub fn is_chunk_hash(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Checks that `path` stays inside the directory it is joined to: relative, `/`-separated,
+/// no empty, `.` or `..` component, no NUL or other control character.
+///
+/// Errors: [`ManifestError::HostilePath`].
+pub fn check_path(path: &str) -> Result<(), ManifestError> {
+    let bad = || ManifestError::HostilePath(path.to_string());
+    if path.is_empty() || path.starts_with('/') || path.chars().any(char::is_control) {
+        return Err(bad());
+    }
+    if path
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, size: u64, chunks: usize) -> FileEntry {
+        FileEntry {
+            path: path.into(),
+            kind: EntryKind::File,
+            mode: 0o600,
+            size,
+            mtime: 1_700_000_000,
+            chunks: vec!["ab".repeat(32); chunks],
+            target: None,
+        }
+    }
+
+    fn manifest(files: Vec<FileEntry>) -> BackupManifest {
+        BackupManifest {
+            format_version: MANIFEST_FORMAT_VERSION,
+            id: "20261121T030000Z".into(),
+            status: BackupStatus::Complete,
+            system_identifier: "7000000000000000001".into(),
+            pg_version_num: 150004,
+            label: "pgagent".into(),
+            start_lsn: "0/2000028".into(),
+            start_timeline: 1,
+            stop_lsn: Some("0/2000100".into()),
+            stop_timeline: Some(1),
+            started_at: "2026-11-21T03:00:00Z".into(),
+            finished_at: Some("2026-11-21T03:00:10Z".into()),
+            chunk_size: 1 << 20,
+            backup_label: "START WAL LOCATION: 0/2000028\n".into(),
+            tablespace_map: None,
+            pg_manifest: None,
+            tablespaces: vec![TablespaceEntry {
+                oid: 16390,
+                location: "/srv/ts1".into(),
+            }],
+            files,
+            stats: BackupStats::default(),
+        }
+    }
+
+    #[test]
+    fn a_sound_manifest_round_trips_and_passes() {
+        let dir = FileEntry {
+            path: "base".into(),
+            kind: EntryKind::Dir,
+            mode: 0o700,
+            size: 0,
+            mtime: 0,
+            chunks: vec![],
+            target: None,
+        };
+        let link = FileEntry {
+            path: "pg_tblspc/16390".into(),
+            kind: EntryKind::Symlink,
+            mode: 0o777,
+            size: 0,
+            mtime: 0,
+            chunks: vec![],
+            target: Some("/srv/ts1".into()),
+        };
+        let m = manifest(vec![
+            dir,
+            file("base/1/1259", (1 << 20) + 1, 2),
+            file("PG_VERSION", 3, 1),
+            file("empty", 0, 0),
+            link,
+        ]);
+        m.check().unwrap();
+        let text = serde_json::to_string_pretty(&m).unwrap();
+        let back: BackupManifest = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, m);
+        assert_eq!(m.start().unwrap(), (Lsn(0x200_0028), TimelineId(1)));
+        assert_eq!(m.stop().unwrap(), Some((Lsn(0x200_0100), TimelineId(1))));
+    }
+
+    #[test]
+    fn hostile_paths_are_refused() {
+        for path in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "base/../../x",
+            "base//1",
+            "./PG_VERSION",
+            "base/.",
+            "a\0b",
+            "a\nb",
+        ] {
+            let err = manifest(vec![file(path, 1, 1)]).check().unwrap_err();
+            assert!(
+                matches!(err, ManifestError::HostilePath(_)),
+                "{path:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn symlinks_only_to_listed_tablespaces() {
+        let link = |path: &str, target: &str| FileEntry {
+            path: path.into(),
+            kind: EntryKind::Symlink,
+            mode: 0o777,
+            size: 0,
+            mtime: 0,
+            chunks: vec![],
+            target: Some(target.into()),
+        };
+        for (path, target) in [
+            ("pg_tblspc/16390", "/etc"),
+            ("pg_tblspc/99", "/srv/ts1"),
+            ("base/1/x", "/srv/ts1"),
+            ("pg_wal", "/tmp"),
+        ] {
+            let err = manifest(vec![link(path, target)]).check().unwrap_err();
+            assert!(matches!(err, ManifestError::HostileSymlink { .. }), "{err}");
+        }
+    }
+
+    #[test]
+    fn bad_chunks_duplicates_and_counts_are_refused() {
+        let mut f = file("a", 10, 1);
+        f.chunks = vec!["AB".repeat(32)];
+        assert!(matches!(
+            manifest(vec![f]).check(),
+            Err(ManifestError::BadChunk { .. })
+        ));
+        assert!(matches!(
+            manifest(vec![file("a", 1, 1), file("a", 1, 1)]).check(),
+            Err(ManifestError::Duplicate(_))
+        ));
+        assert!(matches!(
+            manifest(vec![file("a", (1 << 20) + 1, 1)]).check(),
+            Err(ManifestError::Inconsistent(..))
+        ));
+        let mut m = manifest(vec![]);
+        m.format_version = 9;
+        assert!(matches!(m.check(), Err(ManifestError::Format(_))));
+        let mut m = manifest(vec![]);
+        m.start_lsn = "zz".into();
+        assert!(matches!(m.check(), Err(ManifestError::Format(_))));
+    }
+}
