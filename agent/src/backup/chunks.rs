@@ -1,0 +1,212 @@
+//! Content-addressed chunk storage for base backups.
+//!
+//! The archive walker (a blocking thread) hands each chunk to a [`StoreSink`]: it hashes the
+//! chunk (blake3), skips it if the store already holds that hash (the index is a listing of
+//! `chunks/` taken when the backup starts, plus what this backup sent), and otherwise queues
+//! it for [`upload_chunks`], which seals (zstd) and stores `chunks/ab/ab…` with bounded
+//! parallelism. A chunk key names its content, so a second backup uploads only what changed
+//! and a chunk written twice is written with the same content.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use pgagent_storage::layout::{chunk_key, CHUNK_PREFIX};
+use pgagent_storage::{envelope, ObjectStore, StoreError};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::archive::ChunkSink;
+
+/// Attempts per chunk before the backup fails (transient errors only).
+const ATTEMPTS: u32 = 8;
+
+/// The hashes of every chunk in the store: one listing of `chunks/`.
+///
+/// Errors: the listing fails.
+pub async fn known_chunks(store: &dyn ObjectStore) -> Result<HashSet<String>, StoreError> {
+    let listed = store.list(CHUNK_PREFIX).await?;
+    Ok(listed
+        .into_iter()
+        .filter_map(|m| m.key.rsplit('/').next().map(str::to_string))
+        .filter(|h| pgagent_storage::manifest::is_chunk_hash(h))
+        .collect())
+}
+
+/// Counts shared by the sink and the uploader.
+#[derive(Debug, Default)]
+pub struct ChunkStats {
+    /// Chunks referenced, repeats included.
+    pub chunks: u64,
+    /// Chunks sent for upload (not in the store before).
+    pub new_chunks: u64,
+    /// Stored bytes of the uploaded chunks.
+    pub new_stored_bytes: u64,
+}
+
+/// The blocking side: hashes, deduplicates, queues.
+#[derive(Debug)]
+pub struct StoreSink {
+    known: HashSet<String>,
+    tx: mpsc::Sender<(String, Vec<u8>)>,
+    stats: Arc<Mutex<ChunkStats>>,
+}
+
+impl StoreSink {
+    /// A sink that skips the hashes in `known` and queues the rest on `tx`.
+    pub fn new(
+        known: HashSet<String>,
+        tx: mpsc::Sender<(String, Vec<u8>)>,
+        stats: Arc<Mutex<ChunkStats>>,
+    ) -> Self {
+        StoreSink { known, tx, stats }
+    }
+}
+
+impl ChunkSink for StoreSink {
+    fn put(&mut self, data: Vec<u8>) -> anyhow::Result<String> {
+        let hash = blake3::hash(&data).to_hex().to_string();
+        self.stats.lock().unwrap_or_else(|e| e.into_inner()).chunks += 1;
+        if self.known.insert(hash.clone()) {
+            self.tx
+                .blocking_send((hash.clone(), data))
+                .map_err(|_| anyhow::anyhow!("the chunk uploader stopped"))?;
+        }
+        Ok(hash)
+    }
+}
+
+/// Seals and stores every chunk received on `rx` until it closes, at most `concurrency` at
+/// a time, each retried on transient errors.
+///
+/// Errors: the first chunk that cannot be stored; the remaining uploads are cancelled and
+/// `rx` is closed, so the sink's next `put` fails too.
+pub async fn upload_chunks(
+    store: Arc<dyn ObjectStore>,
+    mut rx: mpsc::Receiver<(String, Vec<u8>)>,
+    concurrency: usize,
+    level: i32,
+    stats: Arc<Mutex<ChunkStats>>,
+) -> anyhow::Result<()> {
+    let mut running = JoinSet::new();
+    loop {
+        while running.len() >= concurrency.max(1) {
+            reap(running.join_next().await, &stats, &mut rx)?;
+        }
+        tokio::select! {
+            next = rx.recv() => match next {
+                Some((hash, data)) => {
+                    let store = store.clone();
+                    running.spawn(async move { store_chunk(store.as_ref(), &hash, data, level).await });
+                }
+                None => break,
+            },
+            Some(done) = running.join_next(), if !running.is_empty() => {
+                reap(Some(done), &stats, &mut rx)?;
+            }
+        }
+    }
+    while let Some(done) = running.join_next().await {
+        reap(Some(done), &stats, &mut rx)?;
+    }
+    Ok(())
+}
+
+fn reap(
+    done: Option<Result<anyhow::Result<u64>, tokio::task::JoinError>>,
+    stats: &Mutex<ChunkStats>,
+    rx: &mut mpsc::Receiver<(String, Vec<u8>)>,
+) -> anyhow::Result<()> {
+    let Some(done) = done else { return Ok(()) };
+    match done.map_err(anyhow::Error::from).and_then(|r| r) {
+        Ok(stored) => {
+            let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
+            s.new_chunks += 1;
+            s.new_stored_bytes += stored;
+            Ok(())
+        }
+        Err(e) => {
+            rx.close();
+            Err(e)
+        }
+    }
+}
+
+/// Seals one chunk and stores it under its hash; returns the stored size in bytes.
+async fn store_chunk(
+    store: &dyn ObjectStore,
+    hash: &str,
+    data: Vec<u8>,
+    level: i32,
+) -> anyhow::Result<u64> {
+    let sealed = tokio::task::spawn_blocking(move || envelope::seal(&data, level)).await?;
+    let body: Bytes = sealed.body;
+    let key = chunk_key(hash);
+    let mut delays = crate::pipeline::backoff(Duration::from_millis(200), Duration::from_secs(10));
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match store.put_if_absent(&key, body.clone()).await {
+            Ok(_) => return Ok(body.len() as u64),
+            Err(e) if e.is_transient() && attempt < ATTEMPTS => {
+                tracing::debug!("chunk {key}: {e}; retrying");
+                tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(10))).await;
+            }
+            Err(e) => return Err(anyhow::anyhow!("store chunk {key}: {e}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn chunks_are_stored_once_under_their_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dir.path().display());
+        let store: Arc<dyn ObjectStore> = pgagent_storage::open(&url, &Default::default())
+            .await
+            .unwrap();
+        let stats = Arc::new(Mutex::new(ChunkStats::default()));
+        let (tx, rx) = mpsc::channel(4);
+        let uploader = tokio::spawn(upload_chunks(store.clone(), rx, 2, 1, stats.clone()));
+        let sink_stats = stats.clone();
+        let hashes = tokio::task::spawn_blocking(move || {
+            let mut sink = StoreSink::new(HashSet::new(), tx, sink_stats);
+            let a = sink.put(vec![1u8; 1000]).unwrap();
+            let b = sink.put(vec![2u8; 10]).unwrap();
+            let a2 = sink.put(vec![1u8; 1000]).unwrap();
+            (a, b, a2)
+        })
+        .await
+        .unwrap();
+        uploader.await.unwrap().unwrap();
+        assert_eq!(hashes.0, hashes.2);
+        let s = stats.lock().unwrap();
+        assert_eq!((s.chunks, s.new_chunks), (3, 2));
+        assert!(s.new_stored_bytes > 0);
+        let body = store.get(&chunk_key(&hashes.0)).await.unwrap();
+        assert_eq!(envelope::open(&body).unwrap(), vec![1u8; 1000]);
+        let known = known_chunks(store.as_ref()).await.unwrap();
+        assert_eq!(known, HashSet::from([hashes.0.clone(), hashes.1.clone()]));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn known_chunks_are_not_sent_again() {
+        let stats = Arc::new(Mutex::new(ChunkStats::default()));
+        let (tx, mut rx) = mpsc::channel(4);
+        let hash = blake3::hash(&[5u8; 3]).to_hex().to_string();
+        let s2 = stats.clone();
+        let h = hash.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut sink = StoreSink::new(HashSet::from([h]), tx, s2);
+            sink.put(vec![5u8; 3]).unwrap();
+        })
+        .await
+        .unwrap();
+        assert!(rx.recv().await.is_none());
+        assert_eq!(stats.lock().unwrap().chunks, 1);
+    }
+}
