@@ -9,6 +9,7 @@ use bytes::Bytes;
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 
+use crate::basebackup::{BaseBackupOptions, BaseBackupStream};
 use crate::codec::{data_row, log_notice, server_error, BackendMessage, Conn};
 use crate::conninfo::ConnConfig;
 use crate::error::{Error, DUPLICATE_OBJECT};
@@ -414,6 +415,32 @@ impl ReplicationClient {
                 }
             }
         }
+    }
+
+    /// `BASE_BACKUP`: starts a base backup and returns once the server has
+    /// sent the start position and the tablespace list; the archives and the
+    /// manifest follow as events of the returned stream (see
+    /// [`crate::basebackup`] for both wire layouts). The command is written in
+    /// the syntax of the server's version: options in parentheses and one
+    /// COPY stream from PostgreSQL 15, keywords and one COPY per tablespace
+    /// on 13 and 14.
+    ///
+    /// Errors: [`Error::is_config`] for invalid options or a server older
+    /// than 13; the server's error (e.g. `42601` for an option the server
+    /// does not know); connection errors. The connection is lost with any
+    /// error here.
+    pub async fn base_backup(
+        mut self,
+        opts: &BaseBackupOptions,
+    ) -> Result<BaseBackupStream, Error> {
+        if self.broken {
+            return Err(Error::protocol("connection is still streaming"));
+        }
+        let version = self.server_version_num().await?;
+        let command = opts.command(version)?;
+        self.conn.queue(|buf| frontend::query(&command.sql, buf))?;
+        self.conn.flush().await?;
+        BaseBackupStream::begin(self.conn, self.parameters, &command).await
     }
 
     /// Sends Terminate and closes the connection.

@@ -6,8 +6,9 @@
 //! [`message`] (streaming replication messages). [`conninfo`] parses libpq
 //! connection strings. [`client`] is a physical replication client built on
 //! `postgres-protocol`: startup, authentication, TLS, replication commands
-//! and the CopyBoth WAL stream.
+//! and the CopyBoth WAL stream; [`basebackup`] receives base backups.
 
+pub mod basebackup;
 pub mod client;
 mod codec;
 pub mod conninfo;
@@ -24,6 +25,7 @@ pub mod stream;
 pub mod timeline;
 mod tls;
 
+pub use basebackup::{BaseBackupEvent, BaseBackupOptions, BaseBackupStream, Tablespace};
 pub use client::{ReplicationClient, SlotPosition, SystemIdentity};
 pub use conninfo::{ConnConfig, Host, SslMode};
 pub use error::{DbError, Error};
