@@ -187,12 +187,20 @@ impl Default for FetchSection {
 pub struct BackupSection {
     /// Cron schedule of base backups taken by `pgagent run`.
     pub schedule: String,
+    /// Size of the content-addressed chunks files are cut into, in bytes.
+    pub chunk_size: ByteSize,
+    /// How long `pgagent backup` waits for the WAL up to the stop LSN to reach the store
+    /// before leaving the backup `running`.
+    #[serde(with = "humantime_serde")]
+    pub wal_timeout: Duration,
 }
 
 impl Default for BackupSection {
     fn default() -> Self {
         BackupSection {
             schedule: "0 3 * * *".into(),
+            chunk_size: ByteSize::mib(1),
+            wal_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -346,6 +354,13 @@ impl RawConfig {
         }
         if self.wal.compress_threads == 0 {
             return bad("wal.compress_threads must be at least 1".into());
+        }
+        let chunk = self.backup.chunk_size.as_u64();
+        if !(64 * 1024..=64 * 1024 * 1024).contains(&chunk) {
+            return bad(format!(
+                "backup.chunk_size = {} is out of range 64KiB..=64MiB",
+                self.backup.chunk_size
+            ));
         }
         if self.fetch.prefetch > 256 {
             return bad(format!(

@@ -184,9 +184,12 @@ mod tests {
         .unwrap();
         uploader.await.unwrap().unwrap();
         assert_eq!(hashes.0, hashes.2);
-        let s = stats.lock().unwrap();
-        assert_eq!((s.chunks, s.new_chunks), (3, 2));
-        assert!(s.new_stored_bytes > 0);
+        let (chunks, new_chunks, stored) = {
+            let s = stats.lock().unwrap();
+            (s.chunks, s.new_chunks, s.new_stored_bytes)
+        };
+        assert_eq!((chunks, new_chunks), (3, 2));
+        assert!(stored > 0);
         let body = store.get(&chunk_key(&hashes.0)).await.unwrap();
         assert_eq!(envelope::open(&body).unwrap(), vec![1u8; 1000]);
         let known = known_chunks(store.as_ref()).await.unwrap();

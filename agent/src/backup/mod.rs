@@ -2,5 +2,7 @@
 //! its tar archives cut into content-addressed chunks, and a manifest per backup.
 
 pub mod archive;
+pub mod catalog;
 pub mod chunks;
 pub mod materialize;
+pub mod take;

@@ -14,7 +14,7 @@ mod compress;
 mod jobs;
 mod receiver;
 mod shared;
-mod startup;
+pub mod startup;
 mod upload;
 
 pub use startup::{check_staging, explain, ServerInfo};

@@ -1,0 +1,356 @@
+//! `pgagent backup`: one base backup, from `BASE_BACKUP` to a complete manifest.
+//!
+//! 1. Connect, check the store belongs to this cluster, take the local backup lock.
+//! 2. `BASE_BACKUP` (no WAL: the stream covers it, DESIGN.md "Base backups"); each archive
+//!    is walked on a blocking thread ([`super::archive`]) while the stream is read, its
+//!    chunks deduplicated and uploaded in parallel ([`super::chunks`]).
+//! 3. The manifest is written as `running`, then — once every WAL segment from the start
+//!    to the stop LSN is in the store — as `complete`.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use pgagent_protocol::basebackup::{BaseBackupEvent, BaseBackupOptions};
+use pgagent_protocol::{segment_file_name, ConnConfig, Lsn, SegNo, TimelineId, WalSegmentSize};
+use pgagent_storage::layout::wal_key;
+use pgagent_storage::manifest::{
+    BackupManifest, BackupStats, BackupStatus, EntryKind, FileEntry, TablespaceEntry,
+    MANIFEST_FORMAT_VERSION,
+};
+use pgagent_storage::ObjectStore;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::archive::{walk_archive, ArchiveError, ChannelReader, ChunkSink, Walked};
+use super::catalog;
+use super::chunks::{known_chunks, upload_chunks, ChunkStats, StoreSink};
+use crate::config::Config;
+use crate::pipeline::startup;
+
+/// How a backup is taken.
+#[derive(Debug, Clone)]
+pub struct BackupRequest {
+    /// Immediate checkpoint instead of a spread one.
+    pub fast: bool,
+    /// How long to wait for the WAL up to the stop LSN to reach the store; `None`: forever.
+    pub wal_wait: Option<Duration>,
+}
+
+/// Takes one base backup into the store of `cfg` and returns its manifest (complete, or
+/// running if the WAL did not arrive in time).
+///
+/// Errors: connection, store or archive errors; another backup running on this machine;
+/// [`crate::exit::Refused`] when the store holds another cluster.
+pub async fn take_backup(cfg: &Config, req: &BackupRequest) -> anyhow::Result<BackupManifest> {
+    let mut conn = ConnConfig::parse(&cfg.raw.postgres.conninfo)
+        .map_err(|e| anyhow::anyhow!("postgres.conninfo: {e}"))?;
+    conn.application_name
+        .get_or_insert_with(|| "pgagent backup".to_string());
+    let (client, server) = startup::connect(&conn).await?;
+    let store = pgagent_storage::open(&cfg.raw.store.url, &cfg.store_options()).await?;
+    startup::claim_store(store.as_ref(), &server).await?;
+    let _lock = BackupLock::take(cfg.staging_dir())?;
+
+    let started = SystemTime::now();
+    let id = catalog::new_id(started);
+    let chunk_size = cfg.raw.backup.chunk_size.as_u64();
+    let known = known_chunks(store.as_ref())
+        .await
+        .map_err(|e| anyhow::anyhow!("list chunks: {e}"))?;
+    tracing::info!(id, known_chunks = known.len(), "base backup starting");
+
+    let mut opts = BaseBackupOptions::new(format!("pgagent {id}"));
+    opts.fast_checkpoint = req.fast;
+    let mut stream = client
+        .base_backup(&opts)
+        .await
+        .map_err(|e| anyhow::anyhow!(startup::explain(&conn, &e)))?;
+    let (start_lsn, start_tli) = (stream.start_lsn(), stream.start_timeline());
+    let tablespaces: Vec<TablespaceEntry> = stream
+        .tablespaces()
+        .iter()
+        .filter_map(|t| {
+            Some(TablespaceEntry {
+                oid: t.oid?,
+                location: t.location.clone()?,
+            })
+        })
+        .collect();
+
+    let stats = Arc::new(Mutex::new(ChunkStats::default()));
+    let concurrency = cfg.raw.store.upload_concurrency;
+    let (chunk_tx, chunk_rx) = mpsc::channel(concurrency * 2);
+    let uploader = tokio::spawn(upload_chunks(
+        store.clone(),
+        chunk_rx,
+        concurrency,
+        cfg.raw.wal.compression_level,
+        stats.clone(),
+    ));
+    let mut sink = Some(StoreSink::new(known, chunk_tx, stats.clone()));
+    let mut walker: Option<Walker> = None;
+    let mut walked = Walked::default();
+    let mut pg_manifest = Vec::new();
+    let streamed: anyhow::Result<()> = async {
+        while let Some(event) = stream
+            .next()
+            .await
+            .map_err(|e| anyhow::anyhow!(startup::explain(&conn, &e)))?
+        {
+            match event {
+                BaseBackupEvent::Archive { name, tablespace } => {
+                    let s = match walker.take() {
+                        Some(w) => w.finish(&mut walked).await?,
+                        None => sink.take().context("no chunk sink")?,
+                    };
+                    let prefix = match tablespace.and_then(|t| t.oid) {
+                        Some(oid) => format!("pg_tblspc/{oid}/"),
+                        None => String::new(),
+                    };
+                    tracing::debug!(archive = name, "walking");
+                    walker = Some(Walker::start(s, prefix, chunk_size));
+                }
+                BaseBackupEvent::ArchiveData(data) => match &walker {
+                    Some(w) if w.tx.send(data).await.is_ok() => {}
+                    Some(_) => {
+                        let w = walker.take().expect("matched");
+                        w.finish(&mut walked).await?;
+                        bail!("the archive walker stopped");
+                    }
+                    None => bail!("archive data before any archive"),
+                },
+                BaseBackupEvent::ManifestData(data) => pg_manifest.extend_from_slice(&data),
+                BaseBackupEvent::Progress(_) => {}
+            }
+        }
+        if let Some(w) = walker.take() {
+            sink = Some(w.finish(&mut walked).await?);
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = streamed {
+        drop(sink);
+        drop(walker);
+        let _ = uploader.await;
+        return Err(e.context(format!("base backup {id}")));
+    }
+    let (stop_lsn, stop_tli) = stream
+        .end()
+        .ok_or_else(|| anyhow::anyhow!("the server sent no end position"))?;
+    let pg_manifest_entry = if pg_manifest.is_empty() {
+        None
+    } else {
+        let mtime = unix_seconds(SystemTime::now());
+        let size = pg_manifest.len() as u64;
+        let mut sink = sink.take().context("no chunk sink")?;
+        let (entry, back) = tokio::task::spawn_blocking(move || {
+            let chunks: anyhow::Result<Vec<String>> = pg_manifest
+                .chunks(chunk_size as usize)
+                .map(|c| sink.put(c.to_vec()))
+                .collect();
+            (chunks, sink)
+        })
+        .await?;
+        drop(back);
+        Some(FileEntry {
+            path: "backup_manifest".into(),
+            kind: EntryKind::File,
+            mode: 0o600,
+            size,
+            mtime,
+            chunks: entry?,
+            target: None,
+        })
+    };
+    drop(sink);
+    uploader.await??;
+
+    let (chunks, new_chunks, new_stored_bytes) = {
+        let s = stats.lock().unwrap_or_else(|e| e.into_inner());
+        (s.chunks, s.new_chunks, s.new_stored_bytes)
+    };
+    let files: Vec<&FileEntry> = walked
+        .entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::File)
+        .collect();
+    let mut manifest = BackupManifest {
+        format_version: MANIFEST_FORMAT_VERSION,
+        id: id.clone(),
+        status: BackupStatus::Running,
+        system_identifier: server.system_id.to_string(),
+        pg_version_num: server.version_num,
+        label: opts.label.clone(),
+        start_lsn: start_lsn.to_string(),
+        start_timeline: start_tli.0,
+        stop_lsn: Some(stop_lsn.to_string()),
+        stop_timeline: Some(stop_tli.0),
+        started_at: rfc3339(started),
+        finished_at: Some(rfc3339(SystemTime::now())),
+        chunk_size,
+        backup_label: walked.backup_label.clone().unwrap_or_default(),
+        tablespace_map: walked.tablespace_map.clone(),
+        pg_manifest: pg_manifest_entry,
+        tablespaces,
+        stats: BackupStats {
+            files: files.len() as u64,
+            raw_bytes: files.iter().map(|f| f.size).sum(),
+            chunks,
+            new_chunks,
+            new_stored_bytes,
+        },
+        files: std::mem::take(&mut walked.entries),
+    };
+    manifest.check().context("the backup's own manifest")?;
+    catalog::put_manifest(store.as_ref(), &manifest).await?;
+    tracing::info!(
+        id,
+        start = %start_lsn,
+        stop = %stop_lsn,
+        files = manifest.stats.files,
+        bytes = manifest.stats.raw_bytes,
+        new_chunks = manifest.stats.new_chunks,
+        stored = manifest.stats.new_stored_bytes,
+        "files stored; waiting for the WAL up to the stop LSN"
+    );
+    if wait_for_wal(
+        store.as_ref(),
+        (start_lsn, start_tli),
+        (stop_lsn, stop_tli),
+        server.seg,
+        req.wal_wait,
+    )
+    .await?
+    {
+        manifest.status = BackupStatus::Complete;
+        catalog::put_manifest(store.as_ref(), &manifest).await?;
+        tracing::info!(id, "base backup complete");
+    } else {
+        tracing::warn!(
+            id,
+            "the WAL up to {stop_lsn} is not in the store yet: the backup stays 'running' \
+             (is pgagent run streaming this server?)"
+        );
+    }
+    Ok(manifest)
+}
+
+/// One archive being walked on a blocking thread.
+struct Walker {
+    tx: mpsc::Sender<Bytes>,
+    handle: JoinHandle<(Result<Walked, ArchiveError>, StoreSink)>,
+}
+
+impl Walker {
+    fn start(mut sink: StoreSink, prefix: String, chunk_size: u64) -> Walker {
+        let (tx, rx) = mpsc::channel(8);
+        let handle = tokio::task::spawn_blocking(move || {
+            let r = walk_archive(
+                ChannelReader::new(rx),
+                &prefix,
+                chunk_size as usize,
+                &mut sink,
+            );
+            (r, sink)
+        });
+        Walker { tx, handle }
+    }
+
+    /// Ends the archive and adds what it held to `into`; returns the sink.
+    async fn finish(self, into: &mut Walked) -> anyhow::Result<StoreSink> {
+        drop(self.tx);
+        let (r, sink) = self.handle.await?;
+        let w = r?;
+        into.entries.extend(w.entries);
+        into.backup_label = into.backup_label.take().or(w.backup_label);
+        into.tablespace_map = into.tablespace_map.take().or(w.tablespace_map);
+        Ok(sink)
+    }
+}
+
+/// Whether every segment holding WAL from `start` to `stop` is in the store as a complete
+/// object; polls once a second until `wait` passes (`None`: forever).
+async fn wait_for_wal(
+    store: &dyn ObjectStore,
+    start: (Lsn, TimelineId),
+    stop: (Lsn, TimelineId),
+    seg: WalSegmentSize,
+    wait: Option<Duration>,
+) -> anyhow::Result<bool> {
+    if start.1 != stop.1 {
+        bail!(
+            "the timeline changed during the backup ({} to {}); take it again",
+            start.1,
+            stop.1
+        );
+    }
+    let first = start.0.segment_number(seg);
+    // The stop LSN is exclusive: a stop on a segment boundary needs nothing past it.
+    let last = Lsn(stop.0 .0.saturating_sub(1))
+        .segment_number(seg)
+        .max(first);
+    let deadline = wait.map(|w| Instant::now() + w);
+    let mut next = first;
+    loop {
+        while next <= last {
+            let key = wal_key(&segment_file_name(start.1, next, seg));
+            match store.head(&key).await {
+                Ok(Some(_)) => next = SegNo(next.0 + 1),
+                Ok(None) => break,
+                Err(e) if e.is_transient() => break,
+                Err(e) => return Err(anyhow::anyhow!("{key}: {e}")),
+            }
+        }
+        if next > last {
+            return Ok(true);
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// `<staging>/backup.lock`, held (flock) while a backup runs on this machine.
+struct BackupLock {
+    _file: File,
+}
+
+impl BackupLock {
+    fn take(staging: &Path) -> anyhow::Result<BackupLock> {
+        std::fs::create_dir_all(staging)
+            .with_context(|| format!("create {}", staging.display()))?;
+        let path = staging.join("backup.lock");
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("open {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => Ok(BackupLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => bail!(
+                "another base backup is running on this machine ({} is locked); wait for it to finish",
+                path.display()
+            ),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(e).with_context(|| format!("lock {}", path.display()))
+            }
+        }
+    }
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn unix_seconds(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
