@@ -78,6 +78,20 @@ pub enum Command {
     /// answers; it exits after fetch.idle_timeout without a request.
     #[command(name = "fetch-server", hide = true)]
     FetchServer,
+    /// Take a base backup now (BASE_BACKUP into content-addressed chunks).
+    ///
+    /// Returns once the files are stored and the WAL up to the backup's stop LSN is in the
+    /// store (waiting at most backup.wal_timeout, or as long as it takes with --wait).
+    Backup {
+        /// Wait for the WAL up to the stop LSN as long as it takes.
+        #[arg(long)]
+        wait: bool,
+        /// Immediate checkpoint instead of a spread one.
+        #[arg(long)]
+        fast: bool,
+    },
+    /// Restore a base backup into an empty data directory, set up to recover to a target.
+    Restore(RestoreArgs),
     /// List what the store holds.
     List {
         /// What to list.
@@ -95,9 +109,43 @@ pub enum Command {
     },
 }
 
+/// `pgagent restore` options (DESIGN.md, "Command line").
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Data directory to restore into: missing or empty (see --force).
+    #[arg(long, value_name = "DIR")]
+    pub pgdata: PathBuf,
+    /// Backup id, or "latest": the newest complete backup that can reach the target.
+    #[arg(long, value_name = "ID", default_value = "latest")]
+    pub backup: String,
+    /// Recover to this time (UTC, e.g. 2026-11-21T10:54:32Z).
+    #[arg(long, value_name = "TS", group = "recovery_target")]
+    pub target_time: Option<String>,
+    /// Recover up to this transaction id.
+    #[arg(long, value_name = "XID", group = "recovery_target")]
+    pub target_xid: Option<String>,
+    /// Recover to this restore point (pg_create_restore_point).
+    #[arg(long, value_name = "NAME", group = "recovery_target")]
+    pub target_name: Option<String>,
+    /// Recover to this LSN.
+    #[arg(long, value_name = "LSN", group = "recovery_target")]
+    pub target_lsn: Option<String>,
+    /// Recover to the end of the WAL in the store ("latest", the default).
+    #[arg(long, value_name = "latest", group = "recovery_target", value_parser = ["latest"])]
+    pub target: Option<String>,
+    /// What the server does at the target.
+    #[arg(long, value_name = "ACTION", default_value = "promote", value_parser = ["promote", "pause", "shutdown"])]
+    pub target_action: String,
+    /// Empty a non-empty data directory first (never one with a running server).
+    #[arg(long)]
+    pub force: bool,
+}
+
 /// Things `pgagent list` shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ListWhat {
+    /// Base backups: status, LSNs, sizes, deduplication.
+    Backups,
     /// WAL segments per timeline, as ranges, with gaps.
     Wal,
     /// Timelines and their history files.

@@ -64,6 +64,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::FetchServer = cli.command {
         return fetch::restore_mode::run(cfg);
     }
+    let cli_fetch_prefix = fetch_command_prefix(&cli, &cfg);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -77,6 +78,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Command::Fetch { .. } | Command::FetchServer => {
                 unreachable!("handled before the runtime starts")
+            }
+            Command::Backup { wait, fast } => commands::backup::run(&cfg, wait, fast).await,
+            Command::Restore(args) => {
+                let req = restore_request(&cli_fetch_prefix, args)?;
+                commands::restore::run(&cfg, &req).await
             }
             Command::List { what, json } => commands::list::run(&cfg, what, json).await,
             Command::Status { json } => commands::status::run(&cfg, json).await,
@@ -107,6 +113,65 @@ fn launch(cli: &Cli) -> fetch::client::Launch {
             .map_or("text".into(), |v| v.get_name().into()),
     ]);
     fetch::client::Launch { exe, args }
+}
+
+/// The start of the `restore_command` that `pgagent restore` writes: this executable with the
+/// configuration file and the store URL in use (credentials must reach PostgreSQL through
+/// that file or its environment).
+fn fetch_command_prefix(cli: &Cli, cfg: &config::Config) -> String {
+    let exe = std::env::current_exe().unwrap_or_else(|_| "pgagent".into());
+    let mut words = vec![exe.display().to_string()];
+    if let Some(c) = &cli.config {
+        let c = c.canonicalize().unwrap_or_else(|_| c.clone());
+        words.extend(["--config".to_string(), c.display().to_string()]);
+    }
+    words.extend(["--store".to_string(), cfg.raw.store.url.clone()]);
+    words
+        .iter()
+        .map(|w| shell_quote(w))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Quotes `w` for `sh` when it holds anything but safe characters.
+fn shell_quote(w: &str) -> String {
+    if !w.is_empty()
+        && w.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-:=@%+,".contains(c))
+    {
+        w.to_string()
+    } else {
+        format!("'{}'", w.replace('\'', "'\\''"))
+    }
+}
+
+fn restore_request(
+    fetch_prefix: &str,
+    a: cli::RestoreArgs,
+) -> anyhow::Result<commands::restore::RestoreRequest> {
+    use commands::restore::RecoveryTarget;
+    let target = if let Some(t) = &a.target_time {
+        RecoveryTarget::time(t).map_err(|e| config::ConfigError(e.to_string()))?
+    } else if let Some(x) = a.target_xid {
+        RecoveryTarget::Xid(x)
+    } else if let Some(n) = a.target_name {
+        RecoveryTarget::Name(n)
+    } else if let Some(l) = &a.target_lsn {
+        RecoveryTarget::Lsn(
+            l.parse()
+                .map_err(|e| config::ConfigError(format!("--target-lsn {l:?}: {e}")))?,
+        )
+    } else {
+        RecoveryTarget::Latest
+    };
+    Ok(commands::restore::RestoreRequest {
+        pgdata: a.pgdata,
+        backup: Some(a.backup),
+        target,
+        action: a.target_action,
+        force: a.force,
+        restore_command: format!("{fetch_prefix} fetch %f %p"),
+    })
 }
 
 /// First SIGTERM/SIGINT: cancel `shutdown` (flush, upload, stop). Second: exit at once.

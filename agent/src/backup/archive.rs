@@ -44,10 +44,10 @@ pub struct Walked {
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
     /// The tar stream is malformed or ended early.
-    #[error("reading the backup archive: {0}")]
+    #[error("reading the backup archive")]
     Io(#[from] io::Error),
     /// A name that would leave the data directory.
-    #[error("{0}")]
+    #[error(transparent)]
     Hostile(#[from] ManifestError),
     /// An entry type a data directory does not hold (hard link, device, FIFO).
     #[error("backup archive entry {path:?}: unexpected entry type {kind:?}")]
@@ -86,7 +86,9 @@ pub fn walk_archive(
         let mut entry = entry?;
         let raw = String::from_utf8(entry.path_bytes().into_owned())
             .map_err(|e| ArchiveError::NotUtf8(String::from_utf8_lossy(e.as_bytes()).into()))?;
-        let path = format!("{prefix}{}", raw.trim_end_matches('/'));
+        // PostgreSQL writes the entries under pg_wal as `./pg_wal/…` (`basebackup.c`).
+        let name = raw.trim_start_matches("./").trim_end_matches('/');
+        let path = format!("{prefix}{name}");
         check_path(&path)?;
         let header = entry.header();
         let mode = header.mode()? & 0o7777;
@@ -210,6 +212,9 @@ mod tests {
         let mut b = tar::Builder::new(Vec::new());
         let mut h = header(tar::EntryType::Directory, 0, 0o700);
         b.append_data(&mut h, "base/", io::empty()).unwrap();
+        let mut h = header(tar::EntryType::Directory, 0, 0o700);
+        b.append_data(&mut h, "./pg_wal/archive_status/", io::empty())
+            .unwrap();
         let big: Vec<u8> = (0..2500u32).map(|i| (i % 251) as u8).collect();
         let mut h = header(tar::EntryType::Regular, big.len() as u64, 0o600);
         b.append_data(&mut h, "base/1259", &big[..]).unwrap();
@@ -233,13 +238,14 @@ mod tests {
             paths,
             [
                 "base",
+                "pg_wal/archive_status",
                 "base/1259",
                 "backup_label",
                 "empty",
                 "pg_tblspc/16390"
             ]
         );
-        let file = &walked.entries[1];
+        let file = &walked.entries[2];
         assert_eq!(
             (file.kind, file.mode, file.size, file.mtime),
             (EntryKind::File, 0o600, 2500, 1_700_000_000)
@@ -250,8 +256,8 @@ mod tests {
         assert_eq!(sink.0[2].1.len(), 500);
         assert_eq!(file.chunks[0], sink.0[0].0);
         assert_eq!(walked.entries[0].kind, EntryKind::Dir);
-        assert!(walked.entries[3].chunks.is_empty());
-        assert_eq!(walked.entries[4].target.as_deref(), Some("/srv/ts1"));
+        assert!(walked.entries[4].chunks.is_empty());
+        assert_eq!(walked.entries[5].target.as_deref(), Some("/srv/ts1"));
         assert!(walked
             .backup_label
             .unwrap()

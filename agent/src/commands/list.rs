@@ -106,6 +106,9 @@ pub fn summarize(objects: &[ObjectMeta], seg: WalSegmentSize) -> Vec<TimelineWal
 
 /// Prints the listing.
 pub async fn run(cfg: &Config, what: ListWhat, json: bool) -> anyhow::Result<()> {
+    if what == ListWhat::Backups {
+        return crate::commands::backup::list(cfg, json).await;
+    }
     let store = pgagent_storage::open(&cfg.raw.store.url, &cfg.store_options()).await?;
     let Some(cluster) = read_cluster(store.as_ref()).await? else {
         anyhow::bail!(
@@ -119,7 +122,7 @@ pub async fn run(cfg: &Config, what: ListWhat, json: bool) -> anyhow::Result<()>
     let wal = summarize(&objects, seg);
     if json {
         let v = match what {
-            ListWhat::Wal => serde_json::to_value(&wal)?,
+            ListWhat::Wal | ListWhat::Backups => serde_json::to_value(&wal)?,
             ListWhat::Timelines => serde_json::to_value(
                 wal.iter()
                     .map(|t| serde_json::json!({"timeline": t.timeline, "history": t.history}))
@@ -147,7 +150,7 @@ pub async fn run(cfg: &Config, what: ListWhat, json: bool) -> anyhow::Result<()>
                     "MISSING"
                 }
             ),
-            ListWhat::Wal => {
+            ListWhat::Wal | ListWhat::Backups => {
                 println!("timeline {}", t.timeline);
                 for (i, r) in t.ranges.iter().enumerate() {
                     if i > 0 {

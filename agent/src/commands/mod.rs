@@ -1,4 +1,6 @@
 //! One module per command (besides `run`, which is the `pipeline`).
 
+pub mod backup;
 pub mod list;
+pub mod restore;
 pub mod status;

@@ -1,0 +1,121 @@
+//! `pgagent backup [--wait] [--fast]` and `pgagent list backups`.
+
+use pgagent_storage::manifest::{BackupManifest, BackupStatus};
+use serde::Serialize;
+
+use crate::backup::catalog;
+use crate::backup::take::{take_backup, BackupRequest};
+use crate::config::Config;
+
+/// Takes a base backup now. Without `wait`, gives the WAL up to the stop LSN
+/// `backup.wal_timeout` to reach the store; with it, waits as long as it takes.
+///
+/// Errors: see [`take_backup`]; a backup whose WAL did not arrive is an error too (exit 1),
+/// its manifest stays `running`.
+pub async fn run(cfg: &Config, wait: bool, fast: bool) -> anyhow::Result<()> {
+    let req = BackupRequest {
+        fast,
+        wal_wait: (!wait).then_some(cfg.raw.backup.wal_timeout),
+    };
+    let m = take_backup(cfg, &req).await?;
+    println!("{}", summary_line(&m));
+    if m.status != BackupStatus::Complete {
+        anyhow::bail!(
+            "backup {} is stored but not complete: the WAL up to {} did not reach the store within {}; \
+             is pgagent run streaming this server?",
+            m.id,
+            m.stop_lsn.as_deref().unwrap_or("?"),
+            humantime::format_duration(cfg.raw.backup.wal_timeout)
+        );
+    }
+    Ok(())
+}
+
+/// One backup as `pgagent list backups --json` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupSummary {
+    /// Backup id.
+    pub id: String,
+    /// `running` or `complete`.
+    pub status: BackupStatus,
+    /// Start LSN and timeline.
+    pub start_lsn: String,
+    /// Timeline at the start.
+    pub timeline: u32,
+    /// Stop LSN: the earliest point a recovery from this backup can stop at.
+    pub stop_lsn: Option<String>,
+    /// When the backup started and when its files were stored (RFC 3339).
+    pub started_at: String,
+    /// See `started_at`.
+    pub finished_at: Option<String>,
+    /// Bytes of the files backed up.
+    pub size_bytes: u64,
+    /// Stored bytes this backup added (new chunks only).
+    pub stored_bytes: u64,
+    /// Share of chunks that were already in the store (0..1).
+    pub dedup_ratio: f64,
+}
+
+impl From<&BackupManifest> for BackupSummary {
+    fn from(m: &BackupManifest) -> Self {
+        let s = &m.stats;
+        BackupSummary {
+            id: m.id.clone(),
+            status: m.status,
+            start_lsn: m.start_lsn.clone(),
+            timeline: m.start_timeline,
+            stop_lsn: m.stop_lsn.clone(),
+            started_at: m.started_at.clone(),
+            finished_at: m.finished_at.clone(),
+            size_bytes: s.raw_bytes,
+            stored_bytes: s.new_stored_bytes,
+            dedup_ratio: if s.chunks == 0 {
+                0.0
+            } else {
+                1.0 - s.new_chunks as f64 / s.chunks as f64
+            },
+        }
+    }
+}
+
+fn summary_line(m: &BackupManifest) -> String {
+    let s = BackupSummary::from(m);
+    format!(
+        "{}  {:<8}  {} .. {}  timeline {}  {} files, {} ({} stored new, {:.0}% deduplicated)",
+        s.id,
+        format!("{:?}", s.status).to_lowercase(),
+        s.start_lsn,
+        s.stop_lsn.as_deref().unwrap_or("?"),
+        s.timeline,
+        m.stats.files,
+        bytesize::ByteSize(s.size_bytes),
+        bytesize::ByteSize(s.stored_bytes),
+        s.dedup_ratio * 100.0
+    )
+}
+
+/// `pgagent list backups`: every backup, oldest first; recovery from a complete backup can
+/// reach any point from its stop LSN to the end of the WAL in the store.
+///
+/// Errors: the store cannot be listed or a manifest is damaged.
+pub async fn list(cfg: &Config, json: bool) -> anyhow::Result<()> {
+    let store = pgagent_storage::open(&cfg.raw.store.url, &cfg.store_options()).await?;
+    let mut manifests = Vec::new();
+    for id in catalog::backup_ids(store.as_ref()).await? {
+        if let Some(m) = catalog::get_manifest(store.as_ref(), &id).await? {
+            manifests.push(m);
+        }
+    }
+    if json {
+        let v: Vec<BackupSummary> = manifests.iter().map(BackupSummary::from).collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    if manifests.is_empty() {
+        println!("no base backups in {}", store.describe());
+    }
+    for m in &manifests {
+        println!("{}", summary_line(m));
+    }
+    Ok(())
+}
