@@ -126,3 +126,101 @@ async fn dr_drill_restores_a_point_in_time_from_the_bucket_alone() {
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert!(pgdata.join("PG_VERSION").exists());
 }
+
+/// The manifest of backup `id` in a file:// store at `store_dir`.
+fn read_manifest(store_dir: &std::path::Path, id: &str) -> serde_json::Value {
+    let body = std::fs::read(store_dir.join(format!("backups/{id}/manifest.json"))).unwrap();
+    serde_json::from_slice(&pgagent_storage::envelope::open(&body).unwrap()).unwrap()
+}
+
+/// A second backup after updating 1 % of a table's rows stores a small fraction of the
+/// first; a damaged or missing chunk stops a restore with its name, and nothing is written
+/// outside the data directory.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_backup_stores_only_changes_and_damage_is_named() {
+    let rig = Rig::fs();
+    let primary = PgServer::start(PgOptions::default()).expect("start PostgreSQL");
+    let mut agent = rig.spawn(&primary);
+    primary.pgbench_init(10).unwrap();
+    primary.psql("CHECKPOINT").unwrap();
+    let env = rig.env(&primary);
+    let backup = |env: &[(&'static str, String)]| {
+        let out = run_pgagent(&["backup", "--fast"], env);
+        assert!(out.status.success(), "{}", text(&out));
+        let out = run_pgagent(&["list", "backups", "--json"], env);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v.as_array().unwrap().last().unwrap().clone()
+    };
+    let first = backup(&env);
+    // 1 % of pgbench_accounts (1,000,000 rows at scale 10), a contiguous range.
+    primary
+        .psql("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= 10000")
+        .unwrap();
+    primary.psql("CHECKPOINT").unwrap();
+    let second = backup(&env);
+    let (s1, s2) = (
+        first["stored_bytes"].as_u64().unwrap(),
+        second["stored_bytes"].as_u64().unwrap(),
+    );
+    let share = s2 as f64 / s1 as f64;
+    eprintln!(
+        "first backup stored {s1} bytes, second {s2} ({:.1} %), dedup ratio {}",
+        share * 100.0,
+        second["dedup_ratio"]
+    );
+    assert!(
+        share < 0.10,
+        "second backup stored {:.1} % of the first",
+        share * 100.0
+    );
+    assert!(agent.terminate().success(), "{}", agent.output_text());
+
+    let store_dir = rig.dir.path().join("store");
+    let id = second["id"].as_str().unwrap();
+    let manifest = read_manifest(&store_dir, id);
+    let chunk_of = |path: &str| -> String {
+        manifest["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["path"] == path)
+            .unwrap()["chunks"][0]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let victim = chunk_of("global/pg_control");
+    let other = chunk_of("PG_VERSION");
+    let chunk_path = |h: &str| store_dir.join(format!("chunks/{}/{h}", &h[..2]));
+    let restore_into = |dir: &std::path::Path| {
+        run_pgagent(
+            &["restore", "--pgdata", dir.to_str().unwrap(), "--backup", id],
+            &[("PGAGENT_STORE_URL", rig.store_url.clone())],
+        )
+    };
+    let scratch = tempfile::tempdir().unwrap();
+
+    // A chunk whose content is not what its name says.
+    let saved = std::fs::read(chunk_path(&victim)).unwrap();
+    std::fs::copy(chunk_path(&other), chunk_path(&victim)).unwrap();
+    let out = restore_into(&scratch.path().join("a"));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains(&victim), "{}", text(&out));
+
+    // A missing chunk.
+    std::fs::remove_file(chunk_path(&victim)).unwrap();
+    let out = restore_into(&scratch.path().join("b"));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains(&victim), "{}", text(&out));
+
+    // Repaired: the restore goes through, and only into its directory.
+    std::fs::write(chunk_path(&victim), saved).unwrap();
+    let out = restore_into(&scratch.path().join("c"));
+    assert!(out.status.success(), "{}", text(&out));
+    let mut names: Vec<String> = std::fs::read_dir(scratch.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["a", "b", "c"]);
+}
