@@ -92,6 +92,16 @@ pub enum Command {
     },
     /// Restore a base backup into an empty data directory, set up to recover to a target.
     Restore(RestoreArgs),
+    /// Check that every chunk of every backup exists and is intact, and that the WAL from
+    /// each backup's start to the newest segment has no gap; exit 1 on any problem.
+    Verify {
+        /// Check this backup only.
+        #[arg(long, value_name = "ID")]
+        backup: Option<String>,
+        /// Also download and check every WAL object.
+        #[arg(long)]
+        wal: bool,
+    },
     /// List what the store holds.
     List {
         /// What to list.

@@ -80,6 +80,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 unreachable!("handled before the runtime starts")
             }
             Command::Backup { wait, fast } => commands::backup::run(&cfg, wait, fast).await,
+            Command::Verify { backup, wal } => {
+                commands::verify::run(&cfg, backup.as_deref(), wal).await
+            }
             Command::Restore(args) => {
                 let req = restore_request(&cli_fetch_prefix, args)?;
                 commands::restore::run(&cfg, &req).await

@@ -206,6 +206,14 @@ async fn a_second_backup_stores_only_changes_and_damage_is_named() {
     let out = restore_into(&scratch.path().join("a"));
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains(&victim), "{}", text(&out));
+    let store_env = [("PGAGENT_STORE_URL", rig.store_url.clone())];
+    let out = run_pgagent(&["verify"], &store_env);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(&victim) && text(&out).contains("global/pg_control"),
+        "{}",
+        text(&out)
+    );
 
     // A missing chunk.
     std::fs::remove_file(chunk_path(&victim)).unwrap();
@@ -213,8 +221,11 @@ async fn a_second_backup_stores_only_changes_and_damage_is_named() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains(&victim), "{}", text(&out));
 
-    // Repaired: the restore goes through, and only into its directory.
+    // Repaired: verify finds nothing, the restore goes through, and only into its directory.
     std::fs::write(chunk_path(&victim), saved).unwrap();
+    let out = run_pgagent(&["verify", "--wal"], &store_env);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("WAL continuous"), "{}", text(&out));
     let out = restore_into(&scratch.path().join("c"));
     assert!(out.status.success(), "{}", text(&out));
     let mut names: Vec<String> = std::fs::read_dir(scratch.path())
