@@ -235,3 +235,67 @@ async fn a_second_backup_stores_only_changes_and_damage_is_named() {
     names.sort();
     assert_eq!(names, ["a", "b", "c"]);
 }
+
+/// A table in a tablespace comes back: its files go to the tablespace's location (empty
+/// again after the loss), `pg_tblspc/<oid>` points there, pg_verifybackup passes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tablespace_comes_back_at_its_location() {
+    let rig = Rig::fs();
+    let mut primary = PgServer::start(PgOptions::default()).expect("start PostgreSQL");
+    let mut agent = rig.spawn(&primary);
+    let space = tempfile::tempdir().unwrap();
+    let location = space.path().join("ts1");
+    std::fs::create_dir(&location).unwrap();
+    if let Some(user) = OsUser::for_postgres().unwrap() {
+        std::os::unix::fs::chown(space.path(), Some(user.uid), Some(user.gid)).unwrap();
+        std::os::unix::fs::chown(&location, Some(user.uid), Some(user.gid)).unwrap();
+    }
+    primary
+        .psql(&format!(
+            "CREATE TABLESPACE ts1 LOCATION '{}'",
+            location.display()
+        ))
+        .unwrap();
+    primary
+        .psql("CREATE TABLE t (id int PRIMARY KEY, v text) TABLESPACE ts1")
+        .unwrap();
+    load(&primary, "in-ts1", 5000);
+    let expected = state(&primary);
+    let env = rig.env(&primary);
+    let out = run_pgagent(&["backup", "--fast"], &env);
+    assert!(out.status.success(), "{}", text(&out));
+    let end = lsn(&primary.switch_wal().unwrap());
+    rig.wait_uploaded(&agent, end, Duration::from_secs(60));
+    assert!(agent.terminate().success(), "{}", agent.output_text());
+    primary.stop().unwrap();
+    drop(primary);
+    std::fs::remove_dir_all(&location).unwrap();
+
+    let fetch = fetch_config(&rig.store_url, &[]);
+    let mut restored = PgServer::without_cluster(PgOptions::default()).unwrap();
+    let pgdata = restored.data_dir();
+    let out = run_pgagent(
+        &[
+            "--config",
+            fetch.config.to_str().unwrap(),
+            "restore",
+            "--pgdata",
+            pgdata.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let tablespaces: Vec<_> = std::fs::read_dir(pgdata.join("pg_tblspc"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(tablespaces.len(), 1);
+    assert_eq!(std::fs::read_link(&tablespaces[0]).unwrap(), location);
+    let mut verify = Command::new(restored.bin_dir().join("pg_verifybackup"));
+    verify.args(["--no-parse-wal"]).arg(&pgdata);
+    let out = verify.output().unwrap();
+    assert!(out.status.success(), "pg_verifybackup: {}", text(&out));
+    restored.start_server().unwrap();
+    wait_promoted(&restored, Duration::from_secs(120));
+    assert_eq!(state(&restored), expected, "{}", restored.log_tail());
+}

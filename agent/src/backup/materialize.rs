@@ -56,6 +56,8 @@ pub async fn materialize(
         match entry.kind {
             EntryKind::Dir => make_dir(&target, entry.mode)?,
             EntryKind::File => files.push((entry.clone(), target)),
+            // Only tablespace links pass the check; they are made below, to the
+            // directory chosen for the tablespace.
             EntryKind::Symlink => {}
         }
     }
@@ -74,16 +76,19 @@ pub async fn materialize(
         Ok(w)
     })
     .await?;
-    for entry in &manifest.files {
-        if entry.kind == EntryKind::Symlink {
-            let oid = tablespace_oid(&entry.path).expect("checked: a tablespace link");
-            let dir = places
-                .tablespace(oid)
-                .expect("checked: a listed tablespace");
-            let link = pgdata.join(&entry.path);
-            std::os::unix::fs::symlink(dir, &link)
-                .with_context(|| format!("create symlink {}", link.display()))?;
+    // `pg_tblspc/<oid>` links to each tablespace's directory: from the archive when it
+    // holds them, else made here (a backup taken with TABLESPACE_MAP has none; PostgreSQL
+    // recreates them from `tablespace_map` at recovery, pg_verifybackup needs them before).
+    for (oid, dir) in &places.tablespaces {
+        let link = pgdata.join(format!("pg_tblspc/{oid}"));
+        if fs::symlink_metadata(&link).is_ok() {
+            continue;
         }
+        if let Some(parent) = link.parent() {
+            fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+        }
+        std::os::unix::fs::symlink(dir, &link)
+            .with_context(|| format!("create symlink {}", link.display()))?;
     }
     Ok(written)
 }
@@ -153,10 +158,6 @@ impl<'a> Places<'a> {
         }
         self.pgdata.join(path)
     }
-}
-
-fn tablespace_oid(path: &str) -> Option<u32> {
-    path.strip_prefix("pg_tblspc/")?.parse().ok()
 }
 
 fn make_dir(path: &Path, mode: u32) -> anyhow::Result<()> {

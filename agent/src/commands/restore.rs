@@ -147,7 +147,12 @@ pub async fn run(cfg: &Config, req: &RestoreRequest) -> anyhow::Result<()> {
         )
     })?;
     write_recovery_settings(&req.pgdata, &manifest, req)?;
-    give_to_owner(&req.pgdata)?;
+    let tablespaces: Vec<PathBuf> = manifest
+        .tablespaces
+        .iter()
+        .map(|t| PathBuf::from(&t.location))
+        .collect();
+    give_to_owner(&req.pgdata, &tablespaces)?;
     println!(
         "restored backup {} ({} files, {}) into {}; recovery to {} is set up: start PostgreSQL",
         manifest.id,
@@ -280,9 +285,10 @@ fn write_recovery_settings(
     Ok(())
 }
 
-/// When run as root, hands the restored tree to the owner of the data directory's parent
-/// (PostgreSQL refuses to run as root and to use files it does not own).
-fn give_to_owner(pgdata: &Path) -> anyhow::Result<()> {
+/// When run as root, hands the restored tree and the tablespace directories to the owner of
+/// the data directory's parent (PostgreSQL refuses to run as root and to use files it does
+/// not own).
+fn give_to_owner(pgdata: &Path, tablespaces: &[PathBuf]) -> anyhow::Result<()> {
     if rustix::process::geteuid().as_raw() != 0 {
         return Ok(());
     }
@@ -295,7 +301,10 @@ fn give_to_owner(pgdata: &Path) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    chown_tree(pgdata, uid, gid)
+    for dir in std::iter::once(pgdata).chain(tablespaces.iter().map(PathBuf::as_path)) {
+        chown_tree(dir, uid, gid)?;
+    }
+    Ok(())
 }
 
 fn chown_tree(path: &Path, uid: u32, gid: u32) -> anyhow::Result<()> {
