@@ -355,6 +355,7 @@ impl RawConfig {
         if self.wal.compress_threads == 0 {
             return bad("wal.compress_threads must be at least 1".into());
         }
+        crate::backup::schedule::parse(&self.backup.schedule)?;
         let chunk = self.backup.chunk_size.as_u64();
         if !(64 * 1024..=64 * 1024 * 1024).contains(&chunk) {
             return bad(format!(

@@ -40,6 +40,13 @@ pub struct Metrics {
     pub conflicts_total: IntCounter,
     /// `pgagent_up`: 1 while the replication connection streams.
     pub up: IntGauge,
+    /// `pgagent_backup_last_success_timestamp_seconds`: end of the last complete scheduled
+    /// base backup, Unix seconds.
+    pub backup_last_success_timestamp_seconds: Gauge,
+    /// `pgagent_backup_duration_seconds`: how long the last complete scheduled backup took.
+    pub backup_duration_seconds: Gauge,
+    /// `pgagent_backup_dedup_ratio`: share of the last backup's chunks already stored (0..1).
+    pub backup_dedup_ratio: Gauge,
     /// `pgagent_fetch_seconds`: time the fetch server took to answer a `restore_command`
     /// request, in seconds (histogram).
     pub fetch_seconds: Histogram,
@@ -73,6 +80,11 @@ impl Metrics {
             let c = IntCounter::new(name, help).expect("valid metric");
             registry.register(Box::new(c.clone())).expect("unique");
             c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = Gauge::new(name, help).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique");
+            g
         };
         let fetch_seconds = Histogram::with_opts(
             HistogramOpts::new(
@@ -156,6 +168,18 @@ impl Metrics {
                 "pgagent_prefetch_misses_total",
                 "Segment requests that were not prefetched and were fetched on demand.",
             ),
+            backup_last_success_timestamp_seconds: gauge(
+                "pgagent_backup_last_success_timestamp_seconds",
+                "End of the last complete scheduled base backup, Unix seconds.",
+            ),
+            backup_duration_seconds: gauge(
+                "pgagent_backup_duration_seconds",
+                "Duration of the last complete scheduled base backup, seconds.",
+            ),
+            backup_dedup_ratio: gauge(
+                "pgagent_backup_dedup_ratio",
+                "Share of the last base backup's chunks that were already stored (0..1).",
+            ),
             fetch_seconds,
             rpo_seconds,
             conflicts_total,
@@ -227,6 +251,9 @@ mod tests {
             "pgagent_conflicts_total",
             "pgagent_up",
             "pgagent_fetch_seconds_bucket",
+            "pgagent_backup_last_success_timestamp_seconds",
+            "pgagent_backup_duration_seconds",
+            "pgagent_backup_dedup_ratio",
             "pgagent_prefetch_hits_total",
             "pgagent_prefetch_misses_total",
         ] {

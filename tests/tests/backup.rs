@@ -299,3 +299,40 @@ async fn a_tablespace_comes_back_at_its_location() {
     wait_promoted(&restored, Duration::from_secs(120));
     assert_eq!(state(&restored), expected, "{}", restored.log_tail());
 }
+
+/// `pgagent run` takes base backups on `backup.schedule` and reports the last one in its
+/// metrics.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemon_takes_backups_on_its_schedule() {
+    let rig = Rig::fs();
+    let primary = PgServer::start(PgOptions::default()).expect("start PostgreSQL");
+    let metrics = pgagent_tests::free_addr().unwrap();
+    let mut agent = rig.spawn_with(
+        &primary,
+        &[
+            ("PGAGENT_BACKUP_SCHEDULE", "*/4 * * * * *".to_string()),
+            ("PGAGENT_METRICS_LISTEN", metrics.to_string()),
+        ],
+    );
+    let env = rig.env(&primary);
+    let complete =
+        pgagent_tests::wait_until(Duration::from_secs(60), Duration::from_millis(500), || {
+            let out = run_pgagent(&["list", "backups", "--json"], &env);
+            serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                .ok()
+                .and_then(|v| v.as_array().cloned())
+                .is_some_and(|a| a.iter().any(|b| b["status"] == "complete"))
+        });
+    assert!(
+        complete,
+        "no scheduled backup completed\n{}",
+        agent.output_text()
+    );
+    let last =
+        pgagent_tests::wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
+            scrape(metrics, "pgagent_backup_last_success_timestamp_seconds") > 0.0
+        });
+    assert!(last, "{}", agent.output_text());
+    assert!(scrape(metrics, "pgagent_backup_duration_seconds") > 0.0);
+    assert!(agent.terminate().success(), "{}", agent.output_text());
+}

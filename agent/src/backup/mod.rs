@@ -5,4 +5,5 @@ pub mod archive;
 pub mod catalog;
 pub mod chunks;
 pub mod materialize;
+pub mod schedule;
 pub mod take;

@@ -60,6 +60,18 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     check_staging(&staging_dir)?;
     let fetch_task =
         crate::fetch::server::spawn_daemon_server(&cfg, metrics.clone(), shutdown.clone());
+    if let Some(cron) = crate::backup::schedule::parse(&cfg.raw.backup.schedule)? {
+        tracing::info!(
+            schedule = cfg.raw.backup.schedule,
+            "base backups scheduled (UTC)"
+        );
+        tokio::spawn(crate::backup::schedule::run(
+            cfg.clone(),
+            cron,
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
     let mut conn = ConnConfig::parse(&cfg.raw.postgres.conninfo)
         .map_err(|e| anyhow::anyhow!("postgres.conninfo: {e}"))?;
     // The name `synchronous_standby_names` and pg_stat_replication know the agent by.

@@ -65,6 +65,8 @@ impl Rig {
             ("PGAGENT_WAL_PARTIAL_INTERVAL", "500ms".into()),
             ("PGAGENT_WAL_STATUS_INTERVAL", "1s".into()),
             ("PGAGENT_LOG", "info,pgagent=debug".into()),
+            // No scheduled base backup in the middle of a test (tests set their own).
+            ("PGAGENT_BACKUP_SCHEDULE", String::new()),
         ];
         env.extend(self.extra_env.iter().cloned());
         env
