@@ -102,6 +102,13 @@ pub enum Command {
         #[arg(long)]
         wal: bool,
     },
+    /// Apply retention (backup.keep_backups, backup.keep_days): delete older backups, the
+    /// chunks no kept backup needs and the WAL before the oldest kept backup.
+    Prune {
+        /// Print what would be deleted, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// List what the store holds.
     List {
         /// What to list.

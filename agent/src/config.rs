@@ -193,6 +193,11 @@ pub struct BackupSection {
     /// before leaving the backup `running`.
     #[serde(with = "humantime_serde")]
     pub wal_timeout: Duration,
+    /// `pgagent prune` keeps this many newest complete backups (at least 1).
+    pub keep_backups: usize,
+    /// `pgagent prune` also keeps complete backups younger than this many days; 0: no age
+    /// rule.
+    pub keep_days: u64,
 }
 
 impl Default for BackupSection {
@@ -201,6 +206,8 @@ impl Default for BackupSection {
             schedule: "0 3 * * *".into(),
             chunk_size: ByteSize::mib(1),
             wal_timeout: Duration::from_secs(600),
+            keep_backups: 7,
+            keep_days: 0,
         }
     }
 }

@@ -80,6 +80,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 unreachable!("handled before the runtime starts")
             }
             Command::Backup { wait, fast } => commands::backup::run(&cfg, wait, fast).await,
+            Command::Prune { dry_run } => commands::prune::run(&cfg, dry_run).await,
             Command::Verify { backup, wal } => {
                 commands::verify::run(&cfg, backup.as_deref(), wal).await
             }

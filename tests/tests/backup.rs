@@ -336,3 +336,103 @@ async fn the_daemon_takes_backups_on_its_schedule() {
     assert!(scrape(metrics, "pgagent_backup_duration_seconds") > 0.0);
     assert!(agent.terminate().success(), "{}", agent.output_text());
 }
+
+/// The number of files under `dir` (objects of a file:// store).
+fn count_files(dir: &std::path::Path) -> usize {
+    walk(dir).len()
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flat_map(|e| {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p)
+            } else {
+                vec![p]
+            }
+        })
+        .collect()
+}
+
+/// `pgagent prune` keeps the newest backup, deletes the older ones, the chunks only they
+/// used and the WAL before the kept backup; `--dry-run` deletes nothing; verify still passes.
+#[tokio::test(flavor = "multi_thread")]
+async fn prune_keeps_what_the_newest_backup_needs() {
+    let rig = Rig::fs();
+    let primary = PgServer::start(PgOptions::default()).expect("start PostgreSQL");
+    let mut agent = rig.spawn(&primary);
+    primary.pgbench_init(2).unwrap();
+    let env = rig.env(&primary);
+    let mut ids = Vec::new();
+    for round in 0..3 {
+        primary.pgbench(&["-t", "300", "-c", "2"]).unwrap();
+        primary
+            .psql(&format!(
+                "CREATE TABLE r{round} AS SELECT g FROM generate_series(1, 200000) g"
+            ))
+            .unwrap();
+        primary.switch_wal().unwrap();
+        let out = run_pgagent(&["backup", "--fast"], &env);
+        assert!(out.status.success(), "{}", text(&out));
+        let out = run_pgagent(&["list", "backups", "--json"], &env);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        ids.push(
+            v.as_array().unwrap().last().unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+        std::thread::sleep(Duration::from_millis(1100)); // distinct ids (one per second)
+    }
+    let end = lsn(&primary.switch_wal().unwrap());
+    rig.wait_uploaded(&agent, end, Duration::from_secs(60));
+    assert!(agent.terminate().success(), "{}", agent.output_text());
+
+    let store = rig.dir.path().join("store");
+    let before = (
+        count_files(&store.join("chunks")),
+        count_files(&store.join("wal")),
+    );
+    let mut prune_env = vec![("PGAGENT_STORE_URL", rig.store_url.clone())];
+    prune_env.push(("PGAGENT_BACKUP_KEEP_BACKUPS", "1".to_string()));
+    let out = run_pgagent(&["prune", "--dry-run"], &prune_env);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("would delete backup {}", ids[0])),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        (
+            count_files(&store.join("chunks")),
+            count_files(&store.join("wal"))
+        ),
+        before
+    );
+
+    let out = run_pgagent(&["prune"], &prune_env);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = run_pgagent(&["list", "backups", "--json"], &prune_env);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let left: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(left, [ids[2].as_str()]);
+    let after = (
+        count_files(&store.join("chunks")),
+        count_files(&store.join("wal")),
+    );
+    assert!(
+        after.0 < before.0 && after.1 < before.1,
+        "{before:?} -> {after:?}"
+    );
+    let out = run_pgagent(&["verify"], &prune_env);
+    assert!(out.status.success(), "{}", text(&out));
+}

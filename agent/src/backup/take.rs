@@ -81,6 +81,30 @@ pub async fn take_backup(cfg: &Config, req: &BackupRequest) -> anyhow::Result<Ba
         })
         .collect();
 
+    // Announce the backup, so that a prune elsewhere leaves the chunks it is writing alone.
+    let announced = BackupManifest {
+        format_version: MANIFEST_FORMAT_VERSION,
+        id: id.clone(),
+        status: BackupStatus::Running,
+        system_identifier: server.system_id.to_string(),
+        pg_version_num: server.version_num,
+        label: opts.label.clone(),
+        start_lsn: start_lsn.to_string(),
+        start_timeline: start_tli.0,
+        stop_lsn: None,
+        stop_timeline: None,
+        started_at: rfc3339(started),
+        finished_at: None,
+        chunk_size,
+        backup_label: String::new(),
+        tablespace_map: None,
+        pg_manifest: None,
+        tablespaces: tablespaces.clone(),
+        files: Vec::new(),
+        stats: BackupStats::default(),
+    };
+    catalog::put_manifest(store.as_ref(), &announced).await?;
+
     let stats = Arc::new(Mutex::new(ChunkStats::default()));
     let concurrency = cfg.raw.store.upload_concurrency;
     let (chunk_tx, chunk_rx) = mpsc::channel(concurrency * 2);
@@ -179,33 +203,21 @@ pub async fn take_backup(cfg: &Config, req: &BackupRequest) -> anyhow::Result<Ba
         .iter()
         .filter(|e| e.kind == EntryKind::File)
         .collect();
-    let mut manifest = BackupManifest {
-        format_version: MANIFEST_FORMAT_VERSION,
-        id: id.clone(),
-        status: BackupStatus::Running,
-        system_identifier: server.system_id.to_string(),
-        pg_version_num: server.version_num,
-        label: opts.label.clone(),
-        start_lsn: start_lsn.to_string(),
-        start_timeline: start_tli.0,
-        stop_lsn: Some(stop_lsn.to_string()),
-        stop_timeline: Some(stop_tli.0),
-        started_at: rfc3339(started),
-        finished_at: Some(rfc3339(SystemTime::now())),
-        chunk_size,
-        backup_label: walked.backup_label.clone().unwrap_or_default(),
-        tablespace_map: walked.tablespace_map.clone(),
-        pg_manifest: pg_manifest_entry,
-        tablespaces,
-        stats: BackupStats {
-            files: files.len() as u64,
-            raw_bytes: files.iter().map(|f| f.size).sum(),
-            chunks,
-            new_chunks,
-            new_stored_bytes,
-        },
-        files: std::mem::take(&mut walked.entries),
+    let mut manifest = announced;
+    manifest.stop_lsn = Some(stop_lsn.to_string());
+    manifest.stop_timeline = Some(stop_tli.0);
+    manifest.finished_at = Some(rfc3339(SystemTime::now()));
+    manifest.backup_label = walked.backup_label.clone().unwrap_or_default();
+    manifest.tablespace_map = walked.tablespace_map.clone();
+    manifest.pg_manifest = pg_manifest_entry;
+    manifest.stats = BackupStats {
+        files: files.len() as u64,
+        raw_bytes: files.iter().map(|f| f.size).sum(),
+        chunks,
+        new_chunks,
+        new_stored_bytes,
     };
+    manifest.files = std::mem::take(&mut walked.entries);
     manifest.check().context("the backup's own manifest")?;
     catalog::put_manifest(store.as_ref(), &manifest).await?;
     tracing::info!(

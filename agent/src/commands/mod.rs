@@ -2,6 +2,7 @@
 
 pub mod backup;
 pub mod list;
+pub mod prune;
 pub mod restore;
 pub mod status;
 pub mod verify;
