@@ -154,8 +154,12 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "ACTION", default_value = "promote", value_parser = ["promote", "pause", "shutdown"])]
     pub target_action: String,
     /// Empty a non-empty data directory first (never one with a running server).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "delta")]
     pub force: bool,
+    /// Restore over an existing data directory: keep files whose chunks match, rewrite the
+    /// others, remove what the backup does not hold.
+    #[arg(long)]
+    pub delta: bool,
 }
 
 /// Things `pgagent list` shows.

@@ -174,6 +174,7 @@ fn restore_request(
         target,
         action: a.target_action,
         force: a.force,
+        delta: a.delta,
         restore_command: format!("{fetch_prefix} fetch %f %p"),
     })
 }

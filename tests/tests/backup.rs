@@ -61,7 +61,8 @@ async fn dr_drill_restores_a_point_in_time_from_the_bucket_alone() {
     primary
         .psql("UPDATE t SET v = v || 'x' WHERE id % 3 = 0")
         .unwrap();
-    assert_ne!(state(&primary), at_t);
+    let final_state = state(&primary);
+    assert_ne!(final_state, at_t);
     let switch = lsn(&primary.switch_wal().unwrap());
     let boundary = SegNo(switch.segment_number(seg()).0 + 1).start_lsn(seg());
     rig.wait_uploaded(&agent, boundary, Duration::from_secs(120));
@@ -125,6 +126,41 @@ async fn dr_drill_restores_a_point_in_time_from_the_bucket_alone() {
     );
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert!(pgdata.join("PG_VERSION").exists());
+
+    // --delta over the used directory: matching files stay, the rest is rewritten or
+    // removed, and recovery to the end of the WAL gives the primary's last state.
+    let out = run_pgagent(
+        &[
+            "--config",
+            fetch.config.to_str().unwrap(),
+            "restore",
+            "--delta",
+            "--pgdata",
+            pgdata.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let unchanged: u64 = text(&out)
+        .split(" unchanged")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(unchanged > 100, "{}", text(&out));
+    // postgresql.conf is the backup's again: this server's own settings go back in.
+    restored
+        .append_conf(&[
+            &format!("port = {}", restored.port()),
+            &format!(
+                "unix_socket_directories = '{}'",
+                restored.socket_dir().display()
+            ),
+        ])
+        .unwrap();
+    restored.start_server().unwrap();
+    wait_promoted(&restored, Duration::from_secs(120));
+    assert_eq!(state(&restored), final_state, "{}", restored.log_tail());
 }
 
 /// The manifest of backup `id` in a file:// store at `store_dir`.

@@ -25,10 +25,24 @@ use pgagent_storage::{envelope, ObjectStore};
 /// What was written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Written {
-    /// Regular files.
+    /// Regular files written.
     pub files: u64,
     /// Bytes of those files.
     pub bytes: u64,
+    /// Files already identical on disk (delta mode), left as they were.
+    pub unchanged: u64,
+    /// Entries removed because the backup does not hold them (delta mode).
+    pub removed: u64,
+}
+
+/// How to treat what is already in the data directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The directory is empty: create everything.
+    Fresh,
+    /// Keep files whose chunks already match, rewrite the others, remove what the backup
+    /// does not hold (`pgagent restore --delta`).
+    Delta,
 }
 
 /// Where the files of tablespace `oid` go; by default its original location.
@@ -47,9 +61,29 @@ pub async fn materialize(
     pgdata: &Path,
     tablespace_dir: &TablespaceDir,
     concurrency: usize,
+    mode: Mode,
 ) -> anyhow::Result<Written> {
     manifest.check()?;
-    let places = Places::new(manifest, pgdata, tablespace_dir)?;
+    let places = Places::new(manifest, pgdata, tablespace_dir, mode)?;
+    let mut removed = 0;
+    if mode == Mode::Delta {
+        let wanted: std::collections::HashSet<PathBuf> = manifest
+            .files
+            .iter()
+            .chain(manifest.pg_manifest.iter())
+            .map(|e| places.resolve(&e.path))
+            .chain(
+                places
+                    .tablespaces
+                    .iter()
+                    .map(|(oid, _)| pgdata.join(format!("pg_tblspc/{oid}"))),
+            )
+            .collect();
+        removed += remove_unwanted(pgdata, &wanted)?;
+        for (_, dir) in &places.tablespaces {
+            removed += remove_unwanted(dir, &wanted)?;
+        }
+    }
     let mut files = Vec::new();
     for entry in manifest.files.iter().chain(manifest.pg_manifest.iter()) {
         let target = places.resolve(&entry.path);
@@ -61,18 +95,31 @@ pub async fn materialize(
             EntryKind::Symlink => {}
         }
     }
+    let start = Written {
+        removed,
+        ..Written::default()
+    };
     let written = futures::stream::iter(files.into_iter().map(|(entry, target)| {
         let store = store.clone();
+        let chunk_size = manifest.chunk_size;
         async move {
-            write_file(store.as_ref(), &entry, &target)
+            if mode == Mode::Delta && already_there(&entry, &target, chunk_size).await? {
+                return Ok(None);
+            }
+            write_file(store.as_ref(), &entry, &target, mode == Mode::Delta)
                 .await
-                .map(|()| entry.size)
+                .map(|()| Some(entry.size))
         }
     }))
     .buffer_unordered(concurrency.max(1))
-    .try_fold(Written::default(), |mut w, size| async move {
-        w.files += 1;
-        w.bytes += size;
+    .try_fold(start, |mut w, size| async move {
+        match size {
+            Some(size) => {
+                w.files += 1;
+                w.bytes += size;
+            }
+            None => w.unchanged += 1,
+        }
         Ok(w)
     })
     .await?;
@@ -104,6 +151,7 @@ impl<'a> Places<'a> {
         manifest: &BackupManifest,
         pgdata: &'a Path,
         tablespace_dir: &TablespaceDir,
+        mode: Mode,
     ) -> anyhow::Result<Self> {
         let mut tablespaces = Vec::new();
         for t in &manifest.tablespaces {
@@ -123,12 +171,12 @@ impl<'a> Places<'a> {
                 );
             }
             match fs::read_dir(&dir).map(|mut d| d.next().is_none()) {
-                Ok(false) => bail!(
+                Ok(false) if mode == Mode::Fresh => bail!(
                     "tablespace {}: {} is not empty; restore it elsewhere or empty it",
                     t.oid,
                     dir.display()
                 ),
-                Ok(true) => {}
+                Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => make_dir(&dir, 0o700)?,
                 Err(e) => return Err(e).with_context(|| format!("read {}", dir.display())),
             }
@@ -170,12 +218,83 @@ fn make_dir(path: &Path, mode: u32) -> anyhow::Result<()> {
         .with_context(|| format!("chmod {}", path.display()))
 }
 
-/// Assembles one file from its chunks.
+/// Removes what is under `dir` but not in `wanted` (not following symlinks: a symlink
+/// not wanted is removed as a link). Returns how many entries were removed.
+fn remove_unwanted(dir: &Path, wanted: &std::collections::HashSet<PathBuf>) -> anyhow::Result<u64> {
+    let mut removed = 0;
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(0);
+    };
+    for e in entries {
+        let path = e?.path();
+        let meta = fs::symlink_metadata(&path)?;
+        let keep = wanted.contains(&path)
+            || (meta.is_dir() && wanted.iter().any(|w| w.starts_with(&path)));
+        if !keep {
+            if meta.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            }
+            .with_context(|| format!("remove {}", path.display()))?;
+            removed += 1;
+        } else if meta.is_dir() {
+            removed += remove_unwanted(&path, wanted)?;
+        }
+    }
+    Ok(removed)
+}
+
+/// Whether `target` is a regular file (not a symlink) whose chunks hash as `entry` says;
+/// then only its mode and modification time are set.
+async fn already_there(entry: &FileEntry, target: &Path, chunk_size: u64) -> anyhow::Result<bool> {
+    let (entry, target) = (entry.clone(), target.to_path_buf());
+    tokio::task::spawn_blocking(move || -> anyhow::Result<bool> {
+        let Ok(meta) = fs::symlink_metadata(&target) else {
+            return Ok(false);
+        };
+        if !meta.is_file() || meta.len() != entry.size {
+            return Ok(false);
+        }
+        let mut f = File::open(&target)?;
+        let mut buf = vec![0u8; chunk_size as usize];
+        for hash in &entry.chunks {
+            let got = read_up_to(&mut f, &mut buf)?;
+            if blake3::hash(&buf[..got]).to_hex().as_str() != hash {
+                return Ok(false);
+            }
+        }
+        f.set_permissions(fs::Permissions::from_mode(entry.mode & 0o7777))?;
+        let mtime = SystemTime::UNIX_EPOCH + Duration::from_secs(entry.mtime.max(0) as u64);
+        f.set_modified(mtime)?;
+        Ok(true)
+    })
+    .await?
+}
+
+/// Reads until `buf` is full or the file ends; returns the bytes read.
+fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match std::io::Read::read(f, &mut buf[got..])? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    Ok(got)
+}
+
+/// Assembles one file from its chunks. With `replace`, an existing file (or symlink) there
+/// is removed first, never followed; without, anything there is an error.
 async fn write_file(
     store: &dyn ObjectStore,
     entry: &FileEntry,
     target: &Path,
+    replace: bool,
 ) -> anyhow::Result<()> {
+    if replace && fs::symlink_metadata(target).is_ok_and(|m| !m.is_dir()) {
+        fs::remove_file(target).with_context(|| format!("remove {}", target.display()))?;
+    }
     let file = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -307,14 +426,15 @@ mod tests {
         let manifest = stored_backup(store.clone()).await;
         let pgdata = dir.path().join("pgdata");
         fs::create_dir(&pgdata).unwrap();
-        let w = materialize(store, &manifest, &pgdata, &original, 4)
+        let w = materialize(store.clone(), &manifest, &pgdata, &original, 4, Mode::Fresh)
             .await
             .unwrap();
         assert_eq!(
             w,
             Written {
                 files: 2,
-                bytes: 2503
+                bytes: 2503,
+                ..Written::default()
             }
         );
         let big = fs::read(pgdata.join("base/1259")).unwrap();
@@ -329,6 +449,22 @@ mod tests {
             SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000)
         );
         assert_eq!(fs::read(pgdata.join("PG_VERSION")).unwrap(), b"15\n");
+
+        // Delta: a damaged file is rewritten, a stray file and a planted link removed, an
+        // intact file left alone.
+        fs::write(pgdata.join("PG_VERSION"), b"16\n").unwrap();
+        fs::write(pgdata.join("base/stray"), b"x").unwrap();
+        let outside = tempfile::NamedTempFile::new().unwrap();
+        std::os::unix::fs::symlink(outside.path(), pgdata.join("link")).unwrap();
+        let w = materialize(store, &manifest, &pgdata, &original, 4, Mode::Delta)
+            .await
+            .unwrap();
+        assert_eq!((w.files, w.unchanged, w.removed), (1, 1, 2), "{w:?}");
+        assert_eq!(fs::read(pgdata.join("PG_VERSION")).unwrap(), b"15\n");
+        assert!(!pgdata.join("base/stray").exists());
+        assert!(fs::symlink_metadata(pgdata.join("link")).is_err());
+        assert!(outside.path().exists());
+        assert_eq!(fs::read(pgdata.join("base/1259")).unwrap(), big);
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -344,7 +480,7 @@ mod tests {
         store.put(&chunk_key(&victim), body).await.unwrap();
         let pgdata = dir.path().join("a");
         fs::create_dir(&pgdata).unwrap();
-        let err = materialize(store.clone(), &manifest, &pgdata, &original, 1)
+        let err = materialize(store.clone(), &manifest, &pgdata, &original, 1, Mode::Fresh)
             .await
             .unwrap_err();
         assert!(format!("{err:#}").contains(&victim), "{err:#}");
@@ -353,7 +489,7 @@ mod tests {
         store.delete(&chunk_key(&victim)).await.unwrap();
         let pgdata = dir.path().join("b");
         fs::create_dir(&pgdata).unwrap();
-        let err = materialize(store.clone(), &manifest, &pgdata, &original, 1)
+        let err = materialize(store.clone(), &manifest, &pgdata, &original, 1, Mode::Fresh)
             .await
             .unwrap_err();
         assert!(format!("{err:#}").contains(&victim), "{err:#}");
@@ -364,9 +500,11 @@ mod tests {
         let outside = dir.path().join("outside");
         fs::write(&outside, b"keep").unwrap();
         std::os::unix::fs::symlink(&outside, pgdata.join("PG_VERSION")).unwrap();
-        assert!(materialize(store.clone(), &manifest, &pgdata, &original, 1)
-            .await
-            .is_err());
+        assert!(
+            materialize(store.clone(), &manifest, &pgdata, &original, 1, Mode::Fresh)
+                .await
+                .is_err()
+        );
         assert_eq!(fs::read(&outside).unwrap(), b"keep");
 
         // A hostile manifest writes nothing at all.
@@ -374,9 +512,11 @@ mod tests {
         hostile.files[2].path = "../escaped".into();
         let pgdata = dir.path().join("d");
         fs::create_dir(&pgdata).unwrap();
-        assert!(materialize(store, &hostile, &pgdata, &original, 1)
-            .await
-            .is_err());
+        assert!(
+            materialize(store, &hostile, &pgdata, &original, 1, Mode::Fresh)
+                .await
+                .is_err()
+        );
         assert_eq!(fs::read_dir(&pgdata).unwrap().count(), 0);
         assert!(!dir.path().join("escaped").exists());
     }

@@ -18,7 +18,7 @@ use pgagent_storage::cluster::read_cluster;
 use pgagent_storage::manifest::{BackupManifest, BackupStatus};
 
 use crate::backup::catalog;
-use crate::backup::materialize::materialize;
+use crate::backup::materialize::{materialize, Mode};
 use crate::config::Config;
 use crate::exit::Refused;
 
@@ -103,6 +103,8 @@ pub struct RestoreRequest {
     pub action: String,
     /// Empty a non-empty data directory first.
     pub force: bool,
+    /// Keep files that already match the backup, rewrite the others, remove the rest.
+    pub delta: bool,
     /// The `restore_command` to write.
     pub restore_command: String,
 }
@@ -121,7 +123,7 @@ pub async fn run(cfg: &Config, req: &RestoreRequest) -> anyhow::Result<()> {
         )
     })?;
     let manifest = choose_backup(store.as_ref(), req).await?;
-    prepare_pgdata(&req.pgdata, req.force)?;
+    prepare_pgdata(&req.pgdata, req.force && !req.delta, req.delta)?;
     tracing::info!(
         backup = manifest.id,
         system_identifier = cluster.system_identifier,
@@ -137,6 +139,7 @@ pub async fn run(cfg: &Config, req: &RestoreRequest) -> anyhow::Result<()> {
         &req.pgdata,
         &original,
         cfg.raw.store.upload_concurrency,
+        if req.delta { Mode::Delta } else { Mode::Fresh },
     )
     .await
     .with_context(|| {
@@ -154,10 +157,12 @@ pub async fn run(cfg: &Config, req: &RestoreRequest) -> anyhow::Result<()> {
         .collect();
     give_to_owner(&req.pgdata, &tablespaces)?;
     println!(
-        "restored backup {} ({} files, {}) into {}; recovery to {} is set up: start PostgreSQL",
+        "restored backup {} ({} files written, {}; {} unchanged, {} removed) into {}; recovery to {} is set up: start PostgreSQL",
         manifest.id,
         written.files,
         bytesize::ByteSize(written.bytes),
+        written.unchanged,
+        written.removed,
         req.pgdata.display(),
         describe(&req.target)
     );
@@ -211,8 +216,8 @@ async fn choose_backup(
 }
 
 /// Makes sure `pgdata` is an empty directory (creating it 0700, or emptying it with
-/// `force`), never one a server runs in.
-fn prepare_pgdata(pgdata: &Path, force: bool) -> anyhow::Result<()> {
+/// `force`), or any directory with `delta`; never one a server runs in.
+fn prepare_pgdata(pgdata: &Path, force: bool, delta: bool) -> anyhow::Result<()> {
     match fs::symlink_metadata(pgdata) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             fs::create_dir_all(pgdata).with_context(|| format!("create {}", pgdata.display()))?;
@@ -239,6 +244,9 @@ fn prepare_pgdata(pgdata: &Path, force: bool) -> anyhow::Result<()> {
             pgdata.display()
         ))
         .into());
+    }
+    if delta {
+        return Ok(());
     }
     if !force {
         return Err(Refused(format!(
@@ -348,14 +356,16 @@ mod tests {
     fn a_non_empty_pgdata_is_refused_without_force() {
         let d = tempfile::tempdir().unwrap();
         let pgdata = d.path().join("data");
-        prepare_pgdata(&pgdata, false).unwrap();
+        prepare_pgdata(&pgdata, false, false).unwrap();
         fs::write(pgdata.join("PG_VERSION"), "15").unwrap();
-        let err = prepare_pgdata(&pgdata, false).unwrap_err();
+        let err = prepare_pgdata(&pgdata, false, false).unwrap_err();
         assert!(err.is::<Refused>(), "{err}");
         fs::write(pgdata.join("postmaster.pid"), "1").unwrap();
-        assert!(prepare_pgdata(&pgdata, true).unwrap_err().is::<Refused>());
+        assert!(prepare_pgdata(&pgdata, true, false)
+            .unwrap_err()
+            .is::<Refused>());
         fs::remove_file(pgdata.join("postmaster.pid")).unwrap();
-        prepare_pgdata(&pgdata, true).unwrap();
+        prepare_pgdata(&pgdata, true, false).unwrap();
         assert_eq!(fs::read_dir(&pgdata).unwrap().count(), 0);
     }
 }
