@@ -14,6 +14,7 @@ pub mod fetch;
 pub mod logging;
 pub mod metrics;
 pub mod pipeline;
+pub mod progress;
 pub mod staging;
 pub mod statusfile;
 pub mod tracker;

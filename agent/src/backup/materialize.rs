@@ -22,6 +22,8 @@ use pgagent_storage::layout::chunk_key;
 use pgagent_storage::manifest::{BackupManifest, EntryKind, FileEntry};
 use pgagent_storage::{envelope, ObjectStore};
 
+use crate::progress::Progress;
+
 /// What was written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Written {
@@ -62,6 +64,7 @@ pub async fn materialize(
     tablespace_dir: &TablespaceDir,
     concurrency: usize,
     mode: Mode,
+    progress: &Progress,
 ) -> anyhow::Result<Written> {
     manifest.check()?;
     let places = Places::new(manifest, pgdata, tablespace_dir, mode)?;
@@ -104,11 +107,12 @@ pub async fn materialize(
         let chunk_size = manifest.chunk_size;
         async move {
             if mode == Mode::Delta && already_there(&entry, &target, chunk_size).await? {
-                return Ok(None);
+                progress.add(entry.size);
+                return anyhow::Ok(None);
             }
-            write_file(store.as_ref(), &entry, &target, mode == Mode::Delta)
-                .await
-                .map(|()| Some(entry.size))
+            write_file(store.as_ref(), &entry, &target, mode == Mode::Delta).await?;
+            progress.add(entry.size);
+            Ok(Some(entry.size))
         }
     }))
     .buffer_unordered(concurrency.max(1))
@@ -426,9 +430,17 @@ mod tests {
         let manifest = stored_backup(store.clone()).await;
         let pgdata = dir.path().join("pgdata");
         fs::create_dir(&pgdata).unwrap();
-        let w = materialize(store.clone(), &manifest, &pgdata, &original, 4, Mode::Fresh)
-            .await
-            .unwrap();
+        let w = materialize(
+            store.clone(),
+            &manifest,
+            &pgdata,
+            &original,
+            4,
+            Mode::Fresh,
+            &Progress::new("test", 0),
+        )
+        .await
+        .unwrap();
         assert_eq!(
             w,
             Written {
@@ -456,9 +468,17 @@ mod tests {
         fs::write(pgdata.join("base/stray"), b"x").unwrap();
         let outside = tempfile::NamedTempFile::new().unwrap();
         std::os::unix::fs::symlink(outside.path(), pgdata.join("link")).unwrap();
-        let w = materialize(store, &manifest, &pgdata, &original, 4, Mode::Delta)
-            .await
-            .unwrap();
+        let w = materialize(
+            store,
+            &manifest,
+            &pgdata,
+            &original,
+            4,
+            Mode::Delta,
+            &Progress::new("test", 0),
+        )
+        .await
+        .unwrap();
         assert_eq!((w.files, w.unchanged, w.removed), (1, 1, 2), "{w:?}");
         assert_eq!(fs::read(pgdata.join("PG_VERSION")).unwrap(), b"15\n");
         assert!(!pgdata.join("base/stray").exists());
@@ -480,18 +500,34 @@ mod tests {
         store.put(&chunk_key(&victim), body).await.unwrap();
         let pgdata = dir.path().join("a");
         fs::create_dir(&pgdata).unwrap();
-        let err = materialize(store.clone(), &manifest, &pgdata, &original, 1, Mode::Fresh)
-            .await
-            .unwrap_err();
+        let err = materialize(
+            store.clone(),
+            &manifest,
+            &pgdata,
+            &original,
+            1,
+            Mode::Fresh,
+            &Progress::new("test", 0),
+        )
+        .await
+        .unwrap_err();
         assert!(format!("{err:#}").contains(&victim), "{err:#}");
 
         // A missing chunk.
         store.delete(&chunk_key(&victim)).await.unwrap();
         let pgdata = dir.path().join("b");
         fs::create_dir(&pgdata).unwrap();
-        let err = materialize(store.clone(), &manifest, &pgdata, &original, 1, Mode::Fresh)
-            .await
-            .unwrap_err();
+        let err = materialize(
+            store.clone(),
+            &manifest,
+            &pgdata,
+            &original,
+            1,
+            Mode::Fresh,
+            &Progress::new("test", 0),
+        )
+        .await
+        .unwrap_err();
         assert!(format!("{err:#}").contains(&victim), "{err:#}");
 
         // A symlink planted where a file goes is not written through.
@@ -500,11 +536,17 @@ mod tests {
         let outside = dir.path().join("outside");
         fs::write(&outside, b"keep").unwrap();
         std::os::unix::fs::symlink(&outside, pgdata.join("PG_VERSION")).unwrap();
-        assert!(
-            materialize(store.clone(), &manifest, &pgdata, &original, 1, Mode::Fresh)
-                .await
-                .is_err()
-        );
+        assert!(materialize(
+            store.clone(),
+            &manifest,
+            &pgdata,
+            &original,
+            1,
+            Mode::Fresh,
+            &Progress::new("test", 0)
+        )
+        .await
+        .is_err());
         assert_eq!(fs::read(&outside).unwrap(), b"keep");
 
         // A hostile manifest writes nothing at all.
@@ -512,11 +554,17 @@ mod tests {
         hostile.files[2].path = "../escaped".into();
         let pgdata = dir.path().join("d");
         fs::create_dir(&pgdata).unwrap();
-        assert!(
-            materialize(store, &hostile, &pgdata, &original, 1, Mode::Fresh)
-                .await
-                .is_err()
-        );
+        assert!(materialize(
+            store,
+            &hostile,
+            &pgdata,
+            &original,
+            1,
+            Mode::Fresh,
+            &Progress::new("test", 0)
+        )
+        .await
+        .is_err());
         assert_eq!(fs::read_dir(&pgdata).unwrap().count(), 0);
         assert!(!dir.path().join("escaped").exists());
     }

@@ -65,6 +65,8 @@ pub async fn take_backup(cfg: &Config, req: &BackupRequest) -> anyhow::Result<Ba
 
     let mut opts = BaseBackupOptions::new(format!("pgagent {id}"));
     opts.fast_checkpoint = req.fast;
+    // The server measures each tablespace first, so progress has a total.
+    opts.progress = true;
     let mut stream = client
         .base_backup(&opts)
         .await
@@ -81,6 +83,13 @@ pub async fn take_backup(cfg: &Config, req: &BackupRequest) -> anyhow::Result<Ba
         })
         .collect();
 
+    let total: u64 = stream
+        .tablespaces()
+        .iter()
+        .filter_map(|t| t.size_kib)
+        .sum::<u64>()
+        * 1024;
+    let progress = crate::progress::Progress::new(&format!("backup {id}"), total);
     // Announce the backup, so that a prune elsewhere leaves the chunks it is writing alone.
     let announced = BackupManifest {
         format_version: MANIFEST_FORMAT_VERSION,
@@ -148,7 +157,9 @@ pub async fn take_backup(cfg: &Config, req: &BackupRequest) -> anyhow::Result<Ba
                     None => bail!("archive data before any archive"),
                 },
                 BaseBackupEvent::ManifestData(data) => pg_manifest.extend_from_slice(&data),
-                BaseBackupEvent::Progress(_) => {}
+                BaseBackupEvent::Progress(sent) => {
+                    progress.add(sent.saturating_sub(progress.done()));
+                }
             }
         }
         if let Some(w) = walker.take() {
@@ -157,6 +168,7 @@ pub async fn take_backup(cfg: &Config, req: &BackupRequest) -> anyhow::Result<Ba
         Ok(())
     }
     .await;
+    progress.finish();
     if let Err(e) = streamed {
         drop(sink);
         drop(walker);

@@ -133,6 +133,10 @@ pub async fn run(cfg: &Config, req: &RestoreRequest) -> anyhow::Result<()> {
         req.pgdata.display()
     );
     let original = |_oid: u32, location: &str| PathBuf::from(location);
+    let progress = crate::progress::Progress::new(
+        &format!("restore {}", manifest.id),
+        manifest.stats.raw_bytes,
+    );
     let written = materialize(
         store.clone(),
         &manifest,
@@ -140,6 +144,7 @@ pub async fn run(cfg: &Config, req: &RestoreRequest) -> anyhow::Result<()> {
         &original,
         cfg.raw.store.upload_concurrency,
         if req.delta { Mode::Delta } else { Mode::Fresh },
+        &progress,
     )
     .await
     .with_context(|| {
@@ -149,6 +154,7 @@ pub async fn run(cfg: &Config, req: &RestoreRequest) -> anyhow::Result<()> {
             req.pgdata.display()
         )
     })?;
+    progress.finish();
     write_recovery_settings(&req.pgdata, &manifest, req)?;
     let tablespaces: Vec<PathBuf> = manifest
         .tablespaces
