@@ -12,6 +12,35 @@ use common::*;
 use pgagent_protocol::SegNo;
 use pgagent_tests::{run_pgagent, Garage, OsUser, PgOptions, PgServer};
 
+/// `pgagent --config <config> restore --pgdata <pgdata> <extra…>`.
+fn restore(
+    config: &std::path::Path,
+    pgdata: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Output {
+    let mut args = vec![
+        "--config",
+        config.to_str().unwrap(),
+        "restore",
+        "--pgdata",
+        pgdata.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    run_pgagent(&args, &[])
+}
+
+/// `pg_verifybackup --no-parse-wal` on a restored directory, as the PostgreSQL OS user.
+fn assert_verifybackup(pg: &PgServer) {
+    let mut verify = Command::new(pg.bin_dir().join("pg_verifybackup"));
+    verify.args(["--no-parse-wal"]).arg(pg.data_dir());
+    if let Some(user) = OsUser::for_postgres().unwrap() {
+        use std::os::unix::process::CommandExt;
+        verify.uid(user.uid).gid(user.gid);
+    }
+    let out = verify.output().unwrap();
+    assert!(out.status.success(), "pg_verifybackup: {}", text(&out));
+}
+
 fn text(out: &std::process::Output) -> String {
     format!(
         "{}{}",
@@ -76,18 +105,7 @@ async fn dr_drill_restores_a_point_in_time_from_the_bucket_alone() {
     let fetch = fetch_config(&rig.store_url, &garage.s3_env());
     let mut restored = PgServer::without_cluster(PgOptions::default()).unwrap();
     let pgdata = restored.data_dir();
-    let out = run_pgagent(
-        &[
-            "--config",
-            fetch.config.to_str().unwrap(),
-            "restore",
-            "--pgdata",
-            pgdata.to_str().unwrap(),
-            "--target-time",
-            t.trim(),
-        ],
-        &[],
-    );
+    let out = restore(&fetch.config, &pgdata, &["--target-time", t.trim()]);
     assert!(out.status.success(), "{}", text(&out));
     let conf = std::fs::read_to_string(pgdata.join("postgresql.auto.conf")).unwrap();
     assert!(
@@ -97,14 +115,7 @@ async fn dr_drill_restores_a_point_in_time_from_the_bucket_alone() {
     assert!(pgdata.join("recovery.signal").exists());
 
     // PostgreSQL's own check of the restored files against its backup_manifest.
-    let mut verify = Command::new(restored.bin_dir().join("pg_verifybackup"));
-    verify.args(["--no-parse-wal"]).arg(&pgdata);
-    if let Some(user) = OsUser::for_postgres().unwrap() {
-        use std::os::unix::process::CommandExt;
-        verify.uid(user.uid).gid(user.gid);
-    }
-    let out = verify.output().unwrap();
-    assert!(out.status.success(), "pg_verifybackup: {}", text(&out));
+    assert_verifybackup(&restored);
 
     // Recovery through restore_command stops at T with the data of T.
     restored.start_server().unwrap();
@@ -114,32 +125,13 @@ async fn dr_drill_restores_a_point_in_time_from_the_bucket_alone() {
 
     // A non-empty data directory is refused (exit 3) and left as it is.
     restored.stop().unwrap();
-    let out = run_pgagent(
-        &[
-            "--config",
-            fetch.config.to_str().unwrap(),
-            "restore",
-            "--pgdata",
-            pgdata.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let out = restore(&fetch.config, &pgdata, &[]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert!(pgdata.join("PG_VERSION").exists());
 
     // --delta over the used directory: matching files stay, the rest is rewritten or
     // removed, and recovery to the end of the WAL gives the primary's last state.
-    let out = run_pgagent(
-        &[
-            "--config",
-            fetch.config.to_str().unwrap(),
-            "restore",
-            "--delta",
-            "--pgdata",
-            pgdata.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let out = restore(&fetch.config, &pgdata, &["--delta"]);
     assert!(out.status.success(), "{}", text(&out));
     let unchanged: u64 = text(&out)
         .split(" unchanged")
@@ -310,16 +302,7 @@ async fn a_tablespace_comes_back_at_its_location() {
     let fetch = fetch_config(&rig.store_url, &[]);
     let mut restored = PgServer::without_cluster(PgOptions::default()).unwrap();
     let pgdata = restored.data_dir();
-    let out = run_pgagent(
-        &[
-            "--config",
-            fetch.config.to_str().unwrap(),
-            "restore",
-            "--pgdata",
-            pgdata.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let out = restore(&fetch.config, &pgdata, &[]);
     assert!(out.status.success(), "{}", text(&out));
     let tablespaces: Vec<_> = std::fs::read_dir(pgdata.join("pg_tblspc"))
         .unwrap()
@@ -327,10 +310,7 @@ async fn a_tablespace_comes_back_at_its_location() {
         .collect();
     assert_eq!(tablespaces.len(), 1);
     assert_eq!(std::fs::read_link(&tablespaces[0]).unwrap(), location);
-    let mut verify = Command::new(restored.bin_dir().join("pg_verifybackup"));
-    verify.args(["--no-parse-wal"]).arg(&pgdata);
-    let out = verify.output().unwrap();
-    assert!(out.status.success(), "pg_verifybackup: {}", text(&out));
+    assert_verifybackup(&restored);
     restored.start_server().unwrap();
     wait_promoted(&restored, Duration::from_secs(120));
     assert_eq!(state(&restored), expected, "{}", restored.log_tail());

@@ -423,6 +423,24 @@ mod tests {
         PathBuf::from(location)
     }
 
+    async fn fresh(
+        store: Arc<dyn ObjectStore>,
+        manifest: &BackupManifest,
+        pgdata: &Path,
+    ) -> anyhow::Result<Written> {
+        let progress = Progress::new("test", 0);
+        materialize(
+            store,
+            manifest,
+            pgdata,
+            &original,
+            1,
+            Mode::Fresh,
+            &progress,
+        )
+        .await
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn a_backup_comes_back_byte_for_byte_with_modes() {
         let dir = tempfile::tempdir().unwrap();
@@ -500,34 +518,14 @@ mod tests {
         store.put(&chunk_key(&victim), body).await.unwrap();
         let pgdata = dir.path().join("a");
         fs::create_dir(&pgdata).unwrap();
-        let err = materialize(
-            store.clone(),
-            &manifest,
-            &pgdata,
-            &original,
-            1,
-            Mode::Fresh,
-            &Progress::new("test", 0),
-        )
-        .await
-        .unwrap_err();
+        let err = fresh(store.clone(), &manifest, &pgdata).await.unwrap_err();
         assert!(format!("{err:#}").contains(&victim), "{err:#}");
 
         // A missing chunk.
         store.delete(&chunk_key(&victim)).await.unwrap();
         let pgdata = dir.path().join("b");
         fs::create_dir(&pgdata).unwrap();
-        let err = materialize(
-            store.clone(),
-            &manifest,
-            &pgdata,
-            &original,
-            1,
-            Mode::Fresh,
-            &Progress::new("test", 0),
-        )
-        .await
-        .unwrap_err();
+        let err = fresh(store.clone(), &manifest, &pgdata).await.unwrap_err();
         assert!(format!("{err:#}").contains(&victim), "{err:#}");
 
         // A symlink planted where a file goes is not written through.
@@ -554,17 +552,7 @@ mod tests {
         hostile.files[2].path = "../escaped".into();
         let pgdata = dir.path().join("d");
         fs::create_dir(&pgdata).unwrap();
-        assert!(materialize(
-            store,
-            &hostile,
-            &pgdata,
-            &original,
-            1,
-            Mode::Fresh,
-            &Progress::new("test", 0)
-        )
-        .await
-        .is_err());
+        assert!(fresh(store, &hostile, &pgdata).await.is_err());
         assert_eq!(fs::read_dir(&pgdata).unwrap().count(), 0);
         assert!(!dir.path().join("escaped").exists());
     }
