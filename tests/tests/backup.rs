@@ -54,9 +54,7 @@ async fn dr_drill_restores_a_point_in_time_from_the_bucket_alone() {
     let garage = Garage::start().expect("start Garage");
     let rig = Rig::s3(garage.store_url("dr"), garage.s3_env());
     let mut primary = PgServer::start(PgOptions::default()).expect("start PostgreSQL");
-    let mut agent = rig.spawn(&primary);
-    let first = lsn(&primary.current_wal_lsn().unwrap());
-    rig.wait_uploaded(&agent, first, Duration::from_secs(60));
+    let mut agent = rig.spawn_caught_up(&primary);
     primary.pgbench_init(3).unwrap();
     primary
         .psql("CREATE TABLE t (id int PRIMARY KEY, v text)")

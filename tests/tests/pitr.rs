@@ -18,9 +18,7 @@ async fn recovery_to_each_target_through_restore_command() {
     let garage = Garage::start().expect("start Garage");
     let rig = Rig::s3(garage.store_url("pitr"), garage.s3_env());
     let mut primary = PgServer::start(PgOptions::default()).expect("start PostgreSQL");
-    let mut agent = rig.spawn(&primary);
-    let first = lsn(&primary.current_wal_lsn().unwrap());
-    rig.wait_uploaded(&agent, first, Duration::from_secs(60));
+    let mut agent = rig.spawn_caught_up(&primary);
 
     let base = PgServer::without_cluster(PgOptions::default()).unwrap();
     base_backup(&primary, &base.data_dir());

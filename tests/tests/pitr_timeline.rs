@@ -47,9 +47,7 @@ async fn promote_and_recover_past_the_switch(mid_segment: bool) {
     // 1. Primary P on timeline 1, streamed into the store; base backup B; load 1.
     let rig1 = Rig::s3(garage.store_url("tl"), garage.s3_env());
     let mut primary = PgServer::start(PgOptions::default()).expect("start PostgreSQL");
-    let mut agent1 = rig1.spawn(&primary);
-    let first = lsn(&primary.current_wal_lsn().unwrap());
-    rig1.wait_uploaded(&agent1, first, Duration::from_secs(60));
+    let mut agent1 = rig1.spawn_caught_up(&primary);
 
     let base = PgServer::without_cluster(PgOptions::default()).unwrap();
     base_backup(&primary, &base.data_dir());

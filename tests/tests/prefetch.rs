@@ -25,9 +25,7 @@ use pgagent_tests::{
 /// holder, and the final state of `t`; everything is in the store and the agent stopped.
 fn primary_with_wal(rig: &Rig, mib: u32) -> (PgServer, PgServer, String) {
     let primary = PgServer::start(PgOptions::default()).expect("start PostgreSQL");
-    let mut agent = rig.spawn(&primary);
-    let first = lsn(&primary.current_wal_lsn().unwrap());
-    rig.wait_uploaded(&agent, first, Duration::from_secs(60));
+    let mut agent = rig.spawn_caught_up(&primary);
     let base = PgServer::without_cluster(PgOptions::default()).unwrap();
     base_backup(&primary, &base.data_dir());
     primary

@@ -76,6 +76,15 @@ impl Rig {
         self.spawn_with(pg, &[])
     }
 
+    /// [`Rig::spawn`], then waits (up to 60 s) until the server's current WAL position is
+    /// in the store.
+    pub fn spawn_caught_up(&self, pg: &PgServer) -> AgentProcess {
+        let agent = self.spawn(pg);
+        let now = lsn(&pg.current_wal_lsn().unwrap());
+        self.wait_uploaded(&agent, now, Duration::from_secs(60));
+        agent
+    }
+
     pub fn spawn_with(&self, pg: &PgServer, extra: &[(&'static str, String)]) -> AgentProcess {
         let mut env = self.env(pg);
         env.extend(extra.iter().cloned());
