@@ -12,7 +12,7 @@ use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How often blocked forwarding threads look at the mode again.
 const POLL: Duration = Duration::from_millis(20);
@@ -34,8 +34,9 @@ pub enum ProxyMode {
     /// dropped, so switching back to [`ProxyMode::Pass`] resumes every stream intact, like a
     /// network partition that heals.
     Blackhole,
-    /// Forward, but hold each chunk for the given time before writing it, in each direction:
-    /// a request/response exchange gains about twice the delay.
+    /// Forward with the given latency added in each direction (each chunk is written that
+    /// long after it was read; bandwidth is not limited): a request/response exchange gains
+    /// about twice the delay.
     Delay(Duration),
 }
 
@@ -226,14 +227,25 @@ fn serve(id: u64, client: TcpStream, target: SocketAddr, shared: &Arc<Shared>) {
 }
 
 /// Copies `from` → `to` chunk by chunk, obeying the mode before each write.
-fn pump(mut from: TcpStream, mut to: TcpStream, shared: &Shared) {
+///
+/// A reader and a writer thread are joined by a queue of chunks stamped with the time they
+/// may be written: in [`ProxyMode::Delay`] each chunk is due its delay after it was read, so
+/// the delay is added latency and the chunks of a long response still flow back to back (a
+/// delay line, not a bandwidth limit).
+fn pump(mut from: TcpStream, to: TcpStream, shared: &Arc<Shared>) {
     if from.set_read_timeout(Some(POLL)).is_err() {
         return;
     }
+    let (tx, rx) = std::sync::mpsc::channel::<Option<(Instant, Vec<u8>)>>();
+    let writer = {
+        let shared = Arc::clone(shared);
+        let Ok(from2) = from.try_clone() else { return };
+        thread::spawn(move || write_due(rx, to, from2, &shared))
+    };
     let mut buf = vec![0u8; CHUNK];
     loop {
         if shared.stopped() || shared.mode() == ProxyMode::Refuse {
-            return;
+            break;
         }
         if shared.mode() == ProxyMode::Blackhole {
             // Leave incoming bytes in the kernel buffer: the sender eventually blocks.
@@ -243,8 +255,8 @@ fn pump(mut from: TcpStream, mut to: TcpStream, shared: &Shared) {
         let n = match from.read(&mut buf) {
             Ok(0) => {
                 // Half-close: the peer finished sending; the other direction may continue.
-                let _ = to.shutdown(Shutdown::Write);
-                return;
+                let _ = tx.send(None);
+                break;
             }
             Ok(n) => n,
             Err(err)
@@ -255,31 +267,58 @@ fn pump(mut from: TcpStream, mut to: TcpStream, shared: &Shared) {
             {
                 continue
             }
-            Err(_) => {
-                let _ = to.shutdown(Shutdown::Both);
-                return;
-            }
+            Err(_) => break,
         };
-        // The mode may have changed while reading: hold the chunk accordingly.
+        let delay = match shared.mode() {
+            ProxyMode::Delay(d) => d,
+            _ => Duration::ZERO,
+        };
+        if tx
+            .send(Some((Instant::now() + delay, buf[..n].to_vec())))
+            .is_err()
+        {
+            break;
+        }
+    }
+    drop(tx);
+    let _ = writer.join();
+}
+
+/// The writing half of [`pump`]: writes each chunk once it is due and the mode lets it
+/// through; `None` half-closes `to`. On a write error both sockets are shut down.
+fn write_due(
+    rx: std::sync::mpsc::Receiver<Option<(Instant, Vec<u8>)>>,
+    mut to: TcpStream,
+    from: TcpStream,
+    shared: &Shared,
+) {
+    while let Ok(item) = rx.recv() {
+        let Some((due, chunk)) = item else {
+            let _ = to.shutdown(Shutdown::Write);
+            return;
+        };
         loop {
             if shared.stopped() {
                 return;
             }
             match shared.mode() {
-                ProxyMode::Pass => break,
-                ProxyMode::Delay(delay) => {
-                    thread::sleep(delay);
-                    break;
-                }
+                ProxyMode::Pass | ProxyMode::Delay(_) => break,
                 ProxyMode::Blackhole => thread::sleep(POLL),
                 ProxyMode::Refuse => return,
             }
         }
-        if to.write_all(&buf[..n]).is_err() {
+        let now = Instant::now();
+        if due > now {
+            thread::sleep(due - now);
+        }
+        if to.write_all(&chunk).is_err() {
             let _ = from.shutdown(Shutdown::Both);
+            let _ = to.shutdown(Shutdown::Both);
             return;
         }
     }
+    // The reader stopped (error, refuse, stop) without a half-close.
+    let _ = to.shutdown(Shutdown::Both);
 }
 
 #[cfg(test)]
@@ -345,6 +384,31 @@ mod tests {
             started.elapsed() >= Duration::from_millis(300),
             "{:?}",
             started.elapsed()
+        );
+    }
+
+    /// Delay is latency, not a bandwidth limit: 4 MiB (64 chunks) through a 50 ms delay
+    /// line arrive in far less than 64 × 50 ms.
+    #[test]
+    fn delay_adds_latency_without_limiting_bandwidth() {
+        let proxy = Proxy::start(echo_server());
+        let mut stream = connect(&proxy);
+        proxy.set_mode(ProxyMode::Delay(Duration::from_millis(50)));
+        let data: Vec<u8> = (0..4 << 20).map(|i| (i % 251) as u8).collect();
+        let mut reader = stream.try_clone().unwrap();
+        let started = Instant::now();
+        let expected = data.clone();
+        let echo = thread::spawn(move || {
+            let mut got = vec![0u8; expected.len()];
+            reader.read_exact(&mut got).unwrap();
+            got == expected
+        });
+        stream.write_all(&data).unwrap();
+        assert!(echo.join().unwrap());
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(100) && took < Duration::from_millis(1600),
+            "{took:?}"
         );
     }
 
