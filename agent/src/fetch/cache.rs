@@ -183,6 +183,15 @@ impl Cache {
     /// Takes the ready file of `name` out of the cache: returns it open, with its length,
     /// and unlinks it. `None` if it is not ready (or vanished from disk).
     pub fn take(&self, name: &str) -> Option<(File, u64)> {
+        let (path, len) = self.take_path(name)?;
+        let file = File::open(&path).ok();
+        let _ = fs::remove_file(&path);
+        file.map(|f| (f, len))
+    }
+
+    /// Takes the ready file of `name` out of the cache, leaving it on disk: the caller moves
+    /// or removes it. `None` if it is not ready.
+    pub fn take_path(&self, name: &str) -> Option<(PathBuf, u64)> {
         let mut inner = self.lock();
         let len = match inner.entries.get(name) {
             Some(Entry::Ready { len }) => *len,
@@ -190,10 +199,7 @@ impl Cache {
         };
         inner.entries.remove(name);
         inner.bytes -= len;
-        let path = self.path(name);
-        let file = File::open(&path).ok();
-        let _ = fs::remove_file(&path);
-        file.map(|f| (f, len))
+        Some((self.path(name), len))
     }
 
     /// Drops ready segments not in `keep` (recovery moved past them or took another

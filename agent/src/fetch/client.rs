@@ -76,6 +76,27 @@ pub fn ask(socket: &Path, req: &Request, path: &Path, wait: Duration) -> Answer 
                     .map(|()| Served { len, served_from })
                     .map_err(|e| FetchError::Abort(format!("write {}: {e}", path.display())))
             }
+            Reply::Placed {
+                len,
+                served_from,
+                note,
+            } => {
+                if let Some(note) = note {
+                    tracing::info!("{note}");
+                }
+                match std::fs::symlink_metadata(path) {
+                    Ok(m) if m.is_file() && m.len() == len => Ok(Served { len, served_from }),
+                    Ok(m) => Err(FetchError::Abort(format!(
+                        "{}: the fetch server placed {} bytes, not {len}",
+                        path.display(),
+                        m.len()
+                    ))),
+                    Err(e) => Err(FetchError::Abort(format!(
+                        "{}: not there after the fetch server placed it: {e}",
+                        path.display()
+                    ))),
+                }
+            }
             Reply::Absent { store } => Err(FetchError::NotFound {
                 file: req.file.clone(),
                 store,

@@ -403,6 +403,9 @@ fn through_server(
         file: file.to_string(),
         store: cfg.raw.store.url.clone(),
         timeout_ms: u64::try_from(cfg.raw.fetch.timeout.as_millis()).unwrap_or(u64::MAX),
+        path: std::path::absolute(path)
+            .ok()
+            .and_then(|p| p.to_str().map(str::to_string)),
     };
     let wait = cfg.raw.fetch.timeout + SERVER_GRACE;
     let mut why = Vec::new();

@@ -224,8 +224,11 @@ impl Shared {
     async fn handle(self: Arc<Self>, mut stream: UnixStream) {
         self.active.fetch_add(1, Ordering::SeqCst);
         let started = Instant::now();
+        // A client of our own user may have the file moved into place instead of copied.
+        let same_user = rustix::net::sockopt::socket_peercred(&stream)
+            .is_ok_and(|c| c.uid == rustix::process::geteuid());
         let (reply, file) = match read_request(&mut stream).await {
-            Ok(req) => self.answer(&req).await,
+            Ok(req) => self.answer(&req, same_user).await,
             Err(e) => (
                 Reply::Unavailable {
                     message: format!("bad request: {e}"),
@@ -233,7 +236,7 @@ impl Shared {
                 None,
             ),
         };
-        if matches!(reply, Reply::Ready { .. }) {
+        if matches!(reply, Reply::Ready { .. } | Reply::Placed { .. }) {
             self.served.fetch_add(1, Ordering::Relaxed);
         }
         self.metrics
@@ -246,7 +249,7 @@ impl Shared {
         self.active.fetch_sub(1, Ordering::SeqCst);
     }
 
-    async fn answer(self: &Arc<Self>, req: &Request) -> (Reply, Option<File>) {
+    async fn answer(self: &Arc<Self>, req: &Request, same_user: bool) -> (Reply, Option<File>) {
         if req.version != wire::VERSION {
             return unavailable(format!("protocol version {} not served", req.version));
         }
@@ -257,8 +260,22 @@ impl Shared {
             ));
         }
         let timeout = Duration::from_millis(req.timeout_ms);
+        let target = req
+            .path
+            .as_deref()
+            .map(Path::new)
+            .filter(|p| same_user && p.is_absolute());
         match self.deliver(&req.file, timeout).await {
-            Ok((reply, file)) => (reply, Some(file)),
+            Ok((reply, handover)) => match handover.hand_over(target) {
+                Ok(None) => (reply.placed(), None),
+                Ok(Some(f)) => (reply, Some(f)),
+                Err(e) => (
+                    Reply::Abort {
+                        message: format!("{}: {e}", req.file),
+                    },
+                    None,
+                ),
+            },
             Err(FetchError::NotFound { store, .. }) => (Reply::Absent { store }, None),
             Err(FetchError::Abort(message)) => (Reply::Abort { message }, None),
             Err(e) => (
@@ -285,7 +302,7 @@ impl Shared {
         self: &Arc<Self>,
         file: &str,
         timeout: Duration,
-    ) -> Result<(Reply, File), FetchError> {
+    ) -> Result<(Reply, Handover), FetchError> {
         if !resolve::is_wal_file_name(file) {
             return Err(FetchError::InvalidName(file.to_string()));
         }
@@ -295,11 +312,11 @@ impl Shared {
         if let WalFileName::Segment { tli, segno } = resolved.name {
             self.prefetch_after(&fetcher, tli, segno, file);
             if let Some((f, len)) = self.staged_segment(&fetcher, segno, file) {
-                return Ok((ready(len, "staging", None), f));
+                return Ok((ready(len, "staging", None), Handover::Open(f)));
             }
-            if let Some((f, len)) = self.prefetched(file, deadline).await {
+            if let Some((path, len)) = self.prefetched(file, deadline).await {
                 self.metrics.prefetch_hits_total.inc();
-                return Ok((ready(len, "prefetch", None), f));
+                return Ok((ready(len, "prefetch", None), Handover::Owned(path)));
             }
             self.metrics.prefetch_misses_total.inc();
         }
@@ -316,19 +333,15 @@ impl Shared {
             ".fg-{}-{file}",
             self.foreground_seq.fetch_add(1, Ordering::Relaxed)
         ));
-        let (mut f, len) = tokio::task::spawn_blocking(move || {
-            let delivered = deliver_verified(&found, &path)?;
-            let f = File::open(&path).map_err(|e| abort(format!("open {}: {e}", path.display())));
-            let _ = std::fs::remove_file(&path);
-            f.map(|f| (f, delivered))
-        })
-        .await
-        .map_err(|e| abort(format!("delivery task failed: {e}")))??;
+        let written = path.clone();
+        let len = tokio::task::spawn_blocking(move || deliver_verified(&found, &written))
+            .await
+            .map_err(|e| abort(format!("delivery task failed: {e}")))??;
         let note = note.map(|n| n(len.raw_len, len.file_len));
         if let WalFileName::History(tli) = resolved.name {
-            self.learn_history(tli, &mut f, fetcher.segment_size());
+            self.learn_history(tli, &path, fetcher.segment_size());
         }
-        Ok((ready(len.file_len, "store", note), f))
+        Ok((ready(len.file_len, "store", note), Handover::Owned(path)))
     }
 
     /// A complete segment in the daemon's staging directory (not yet in the bucket, or not
@@ -354,22 +367,19 @@ impl Shared {
     /// The prefetched file of `file`: ready, or loading (waited for, up to `deadline`).
     /// `None` if it was not prefetched, or the prefetch failed or is still retrying at the
     /// deadline (the caller fetches it itself).
-    async fn prefetched(&self, file: &str, deadline: Instant) -> Option<(File, u64)> {
+    async fn prefetched(&self, file: &str, deadline: Instant) -> Option<(PathBuf, u64)> {
         if let Some(mut done) = self.cache.loading(file) {
             let _ = tokio::time::timeout_at(deadline.into(), done.wait_for(|d| *d)).await;
         }
-        self.cache.take(file)
+        self.cache.take_path(file)
     }
 
     /// Parses a history file just served and adopts it as the timeline plan if it is the
     /// newest one (recovery asks for the target timeline's history before any segment).
-    fn learn_history(&self, tli: TimelineId, f: &mut File, seg: pgagent_protocol::WalSegmentSize) {
-        let mut text = String::new();
-        let parsed = f
-            .read_to_string(&mut text)
+    fn learn_history(&self, tli: TimelineId, path: &Path, seg: pgagent_protocol::WalSegmentSize) {
+        let parsed = std::fs::read_to_string(path)
             .ok()
-            .and_then(|_| TimelineHistory::parse(&text).ok());
-        let _ = std::io::Seek::rewind(f);
+            .and_then(|text| TimelineHistory::parse(&text).ok());
         match parsed {
             Some(history) => self.cache.offer_plan(TimelinePlan::new(tli, &history, seg)),
             None => tracing::warn!(
@@ -451,6 +461,36 @@ impl Shared {
             Err(e) => {
                 tracing::warn!("prefetch of {name}: {e}; it will be fetched when asked for");
                 Outcome::Failed
+            }
+        }
+    }
+}
+
+/// A verified file ready for the client.
+#[derive(Debug)]
+enum Handover {
+    /// An open file that is not ours to move (a staged segment).
+    Open(File),
+    /// A file of ours in the cache directory.
+    Owned(PathBuf),
+}
+
+impl Handover {
+    /// Moves an owned file to `target` when given (same user, same filesystem): `Ok(None)`,
+    /// the file is in place. Otherwise returns it open (an owned one unlinked), for the
+    /// client to copy.
+    fn hand_over(self, target: Option<&Path>) -> io::Result<Option<File>> {
+        match self {
+            Handover::Open(f) => Ok(Some(f)),
+            Handover::Owned(path) => {
+                if let Some(target) = target {
+                    if std::fs::rename(&path, target).is_ok() {
+                        return Ok(None);
+                    }
+                }
+                let f = File::open(&path);
+                let _ = std::fs::remove_file(&path);
+                f.map(Some)
             }
         }
     }

@@ -35,6 +35,10 @@ pub struct Request {
     /// The client's `fetch.timeout` in milliseconds: how long the server retries transient
     /// store errors for this request before answering [`Reply::Abort`].
     pub timeout_ms: u64,
+    /// `%p` as an absolute path: a server running as the client's user may move the
+    /// verified file there itself (a rename, no copy) and answer [`Reply::Placed`].
+    #[serde(default)]
+    pub path: Option<String>,
 }
 
 /// The server's answer.
@@ -48,6 +52,15 @@ pub enum Reply {
         /// Where it came from: `staging`, `prefetch` or `store`.
         served_from: String,
         /// A line to log at info level (e.g. that a partial segment was served).
+        note: Option<String>,
+    },
+    /// The verified file is already at the request's `path` (moved there by the server).
+    Placed {
+        /// Length of the file, in bytes.
+        len: u64,
+        /// Where it came from: `prefetch` or `store`.
+        served_from: String,
+        /// A line to log at info level.
         note: Option<String>,
     },
     /// The store confirms the file is absent (exit 1).
@@ -66,6 +79,24 @@ pub enum Reply {
         /// Why.
         message: String,
     },
+}
+
+impl Reply {
+    /// The [`Reply::Placed`] form of a [`Reply::Ready`]; other replies unchanged.
+    pub fn placed(self) -> Reply {
+        match self {
+            Reply::Ready {
+                len,
+                served_from,
+                note,
+            } => Reply::Placed {
+                len,
+                served_from,
+                note,
+            },
+            other => other,
+        }
+    }
 }
 
 /// Sends `line` (a JSON document; a newline is appended) and, if given, `fd` with it.
