@@ -176,23 +176,30 @@ impl Fetcher {
     /// Reads the first source of `resolved` that exists, retrying transient errors until
     /// `deadline`; `None` when every source is confirmed absent.
     ///
-    /// When a segment is absent both complete and partial, the complete object is read once
-    /// more: a running agent may have uploaded the completed segment and removed its
-    /// `.partial` between the two reads.
+    /// A segment's complete and `.partial` objects are read at the same time (one round
+    /// trip, not two), the complete one preferred. When both are absent, the complete object
+    /// is read once more: a running agent may have uploaded the completed segment and removed
+    /// its `.partial` between the two reads.
     pub async fn find(
         &self,
         resolved: &Resolved,
         deadline: Instant,
     ) -> Result<Option<Found>, FetchError> {
-        for source in &resolved.sources {
-            if let Some(found) = self.get(source, deadline).await? {
-                return Ok(Some(found));
+        match resolved.sources.as_slice() {
+            [] => Ok(None),
+            [only] => self.get(only, deadline).await,
+            [complete, partial, ..] => {
+                let (c, p) =
+                    tokio::join!(self.get(complete, deadline), self.get(partial, deadline));
+                if let Some(found) = c? {
+                    return Ok(Some(found));
+                }
+                if let Some(found) = p? {
+                    return Ok(Some(found));
+                }
+                self.get(complete, deadline).await
             }
         }
-        if resolved.sources.len() > 1 {
-            return self.get(&resolved.sources[0], deadline).await;
-        }
-        Ok(None)
     }
 
     async fn get(&self, source: &Source, deadline: Instant) -> Result<Option<Found>, FetchError> {
