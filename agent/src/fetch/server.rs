@@ -229,6 +229,12 @@ impl Shared {
             .is_ok_and(|c| c.uid == rustix::process::geteuid());
         let (reply, file) = match read_request(&mut stream).await {
             Ok(req) => self.answer(&req, same_user).await,
+            // A connection closed without a request: `pgagent fetch` checking that a
+            // server it started is listening.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                self.active.fetch_sub(1, Ordering::SeqCst);
+                return;
+            }
             Err(e) => (
                 Reply::Unavailable {
                     message: format!("bad request: {e}"),
