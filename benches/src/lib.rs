@@ -26,3 +26,44 @@ pub fn target_dir() -> std::path::PathBuf {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
 }
+
+/// A non-empty environment variable.
+pub fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// The `pgagent` binary to measure: `$PGAGENT_BIN`, else `target/release/pgagent`.
+///
+/// Errors when it does not exist.
+pub fn pgagent_bin() -> anyhow::Result<std::path::PathBuf> {
+    let bin = env_var("PGAGENT_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("release").join("pgagent"));
+    if !bin.is_file() {
+        anyhow::bail!(
+            "{} not found: build it with `cargo build --release -p pgagent` or set PGAGENT_BIN",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// `N cores, <CPU model>` for the header of a report (`nproc`, `lscpu`).
+pub fn machine() -> String {
+    let run = |cmd: &str| {
+        std::process::Command::new(cmd)
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+    };
+    let cores = run("nproc")
+        .and_then(|s| s.lines().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".to_owned());
+    let model = run("lscpu")
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Model name:").map(|m| m.trim().to_owned()))
+        })
+        .unwrap_or_else(|| "?".to_owned());
+    format!("{cores} cores, {model}")
+}

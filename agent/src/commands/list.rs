@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 
 use pgagent_protocol::{segment_file_name, SegNo, TimelineId, WalFileName, WalSegmentSize};
-use pgagent_storage::cluster::read_cluster;
 use pgagent_storage::layout::WAL_PREFIX;
 use pgagent_storage::ObjectMeta;
 use serde::Serialize;
@@ -109,15 +108,7 @@ pub async fn run(cfg: &Config, what: ListWhat, json: bool) -> anyhow::Result<()>
     if what == ListWhat::Backups {
         return crate::commands::backup::list(cfg, json).await;
     }
-    let store = pgagent_storage::open(&cfg.raw.store.url, &cfg.store_options()).await?;
-    let Some(cluster) = read_cluster(store.as_ref()).await? else {
-        anyhow::bail!(
-            "{} holds no cluster.json: nothing has been stored there yet",
-            store.describe()
-        );
-    };
-    let seg = WalSegmentSize::new(cluster.wal_segment_size)
-        .map_err(|e| anyhow::anyhow!("cluster.json: {e}"))?;
+    let (store, cluster, seg) = super::open_cluster_store(cfg).await?;
     let objects = store.list(WAL_PREFIX).await?;
     let wal = summarize(&objects, seg);
     if json {

@@ -15,8 +15,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
-use pgagent_protocol::{WalFileName, WalSegmentSize};
-use pgagent_storage::cluster::read_cluster;
+use pgagent_protocol::WalFileName;
 use pgagent_storage::layout::{backup_manifest_key, CHUNK_PREFIX, WAL_PREFIX};
 use pgagent_storage::manifest::{BackupManifest, BackupStatus};
 
@@ -81,12 +80,7 @@ pub fn plan(
 /// Errors: the store cannot be read, or a delete fails (what was deleted before stays
 /// deleted; a rerun finishes the job).
 pub async fn run(cfg: &Config, dry_run: bool) -> anyhow::Result<()> {
-    let store = pgagent_storage::open(&cfg.raw.store.url, &cfg.store_options()).await?;
-    let cluster = read_cluster(store.as_ref())
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("{} holds no cluster.json", store.describe()))?;
-    let seg = WalSegmentSize::new(cluster.wal_segment_size)
-        .map_err(|e| anyhow::anyhow!("cluster.json: {e}"))?;
+    let (store, _cluster, seg) = super::open_cluster_store(cfg).await?;
     let mut manifests = Vec::new();
     for id in catalog::backup_ids(store.as_ref()).await? {
         // A damaged manifest stops prune: deleting around it could lose what it needs.

@@ -18,7 +18,6 @@ use pgagent_protocol::{
     history_file_name, segment_file_name, SegNo, TimelineHistory, TimelineId, WalFileName,
     WalSegmentSize,
 };
-use pgagent_storage::cluster::read_cluster;
 use pgagent_storage::layout::{chunk_key, WAL_PREFIX};
 use pgagent_storage::manifest::{BackupManifest, BackupStatus};
 use pgagent_storage::{envelope, ObjectStore};
@@ -31,12 +30,7 @@ use crate::fetch::plan::TimelinePlan;
 ///
 /// Errors: a problem was found (after the report), or the store cannot be read.
 pub async fn run(cfg: &Config, backup: Option<&str>, wal: bool) -> anyhow::Result<()> {
-    let store = pgagent_storage::open(&cfg.raw.store.url, &cfg.store_options()).await?;
-    let cluster = read_cluster(store.as_ref())
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("{} holds no cluster.json", store.describe()))?;
-    let seg = WalSegmentSize::new(cluster.wal_segment_size)
-        .map_err(|e| anyhow::anyhow!("cluster.json: {e}"))?;
+    let (store, _cluster, seg) = super::open_cluster_store(cfg).await?;
     let ids = match backup {
         Some(id) => vec![id.to_string()],
         None => catalog::backup_ids(store.as_ref()).await?,

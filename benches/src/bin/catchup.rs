@@ -11,8 +11,6 @@
 //! harness's `PGAGENT_TEST_PG_BIN`, `PGAGENT_TEST_GARAGE`.
 //! Prints progress on stderr and the results as markdown on stdout.
 
-use std::process::Command;
-
 use pgagent_benches::catchup::{self, AgentTarget, Case, Settings};
 use pgagent_benches::report::{best_runs, markdown_table, CaseResult};
 use pgagent_tests::Garage;
@@ -92,7 +90,7 @@ fn main() -> anyhow::Result<()> {
         "## Catch-up of a {:.2} GiB WAL backlog\n",
         backlog.bytes() as f64 / f64::from(1u32 << 30)
     );
-    println!("Machine: {} cores, {}\n", shell("nproc"), cpu_model());
+    println!("Machine: {}\n", pgagent_benches::machine());
     println!("Fastest of {} run(s) per case:\n", settings.runs);
     println!(
         "{}",
@@ -108,27 +106,4 @@ fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// The first line of a command's output, or `?`.
-fn shell(cmd: &str) -> String {
-    Command::new(cmd)
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.lines().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".to_owned())
-}
-
-/// `Model name` from `lscpu`.
-fn cpu_model() -> String {
-    Command::new("lscpu")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Model name:").map(|m| m.trim().to_owned()))
-        })
-        .unwrap_or_else(|| "?".to_owned())
 }

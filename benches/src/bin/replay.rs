@@ -15,7 +15,6 @@
 //! backup, archive, each case's configuration, fetch server and pgBackRest logs).
 //! Prints progress on stderr and the results as markdown on stdout.
 
-use std::process::Command;
 use std::time::Duration;
 
 use pgagent_benches::replay::cases::{run_case, CaseRun};
@@ -108,7 +107,7 @@ fn print_setup(p: &Prepared, probes: &[(String, Duration)]) {
         segments,
         p.wal_bytes() >> 20
     );
-    println!("Machine: {} cores, {}\n", first_line("nproc"), cpu_model());
+    println!("Machine: {}\n", pgagent_benches::machine());
     let (objects, stored) = p.stored;
     println!(
         "WAL: {} files from {} to {}; the bucket holds {} complete segments in {} bytes \
@@ -152,27 +151,4 @@ fn print_per_call(pc: &PerCall) {
             s.served, s.prefetch_hits, s.prefetch_misses
         );
     }
-}
-
-/// The first line of a command's output, or `?`.
-fn first_line(cmd: &str) -> String {
-    Command::new(cmd)
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.lines().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".to_owned())
-}
-
-/// `Model name` from `lscpu`.
-fn cpu_model() -> String {
-    Command::new("lscpu")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Model name:").map(|m| m.trim().to_owned()))
-        })
-        .unwrap_or_else(|| "?".to_owned())
 }

@@ -86,19 +86,11 @@ impl Settings {
     ///
     /// Errors on a malformed value or a missing `pgagent` binary.
     pub fn from_env() -> anyhow::Result<Settings> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let var = crate::env_var;
         let gib = var("BENCH_WAL_GIB").unwrap_or_else(|| "2".to_owned());
         let runs = var("BENCH_RUNS").unwrap_or_else(|| "2".to_owned());
         let cases = var("BENCH_CASES").unwrap_or_else(|| "abc".to_owned());
-        let pgagent_bin = var("PGAGENT_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| crate::target_dir().join("release").join("pgagent"));
-        if !pgagent_bin.is_file() {
-            bail!(
-                "{} not found: build it with `cargo build --release -p pgagent` or set PGAGENT_BIN",
-                pgagent_bin.display()
-            );
-        }
+        let pgagent_bin = crate::pgagent_bin()?;
         Ok(Settings {
             backlog_bytes: parse_gib(&gib).context("BENCH_WAL_GIB")?,
             runs: parse_runs(&runs).context("BENCH_RUNS")?,
