@@ -74,6 +74,11 @@ async fn dr_drill_restores_a_point_in_time_from_the_bucket_alone() {
         listed[0]["size_bytes"].as_u64().unwrap() > 30 << 20,
         "{listed}"
     );
+    let (from, to) = (
+        listed[0]["reachable_from"].as_str().unwrap_or_default(),
+        listed[0]["reachable_to"].as_str().unwrap_or_default(),
+    );
+    assert!(!from.is_empty() && from <= to, "{listed}");
 
     // More load; the state at time T; more load after it.
     load(&primary, "at-t", 1000);

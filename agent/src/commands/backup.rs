@@ -54,6 +54,11 @@ pub struct BackupSummary {
     pub stored_bytes: u64,
     /// Share of chunks that were already in the store (0..1).
     pub dedup_ratio: f64,
+    /// A recovery from this backup can stop at any time from this one (its files stored,
+    /// RFC 3339)…
+    pub reachable_from: Option<String>,
+    /// …to this one: when the newest WAL in the store was written there (RFC 3339).
+    pub reachable_to: Option<String>,
 }
 
 impl From<&BackupManifest> for BackupSummary {
@@ -74,14 +79,23 @@ impl From<&BackupManifest> for BackupSummary {
             } else {
                 1.0 - s.new_chunks as f64 / s.chunks as f64
             },
+            reachable_from: None,
+            reachable_to: None,
         }
     }
 }
 
 fn summary_line(m: &BackupManifest) -> String {
-    let s = BackupSummary::from(m);
+    summary_text(m, &BackupSummary::from(m))
+}
+
+fn summary_text(m: &BackupManifest, s: &BackupSummary) -> String {
+    let reach = match (&s.reachable_from, &s.reachable_to) {
+        (Some(from), Some(to)) => format!("  reaches {from} .. {to}"),
+        _ => String::new(),
+    };
     format!(
-        "{}  {:<8}  {} .. {}  timeline {}  {} files, {} ({} stored new, {:.0}% deduplicated)",
+        "{}  {:<8}  {} .. {}  timeline {}  {} files, {} ({} stored new, {:.0}% deduplicated){reach}",
         s.id,
         format!("{:?}", s.status).to_lowercase(),
         s.start_lsn,
@@ -94,8 +108,8 @@ fn summary_line(m: &BackupManifest) -> String {
     )
 }
 
-/// `pgagent list backups`: every backup, oldest first; recovery from a complete backup can
-/// reach any point from its stop LSN to the end of the WAL in the store.
+/// `pgagent list backups`: every backup, oldest first, with the time range a recovery from
+/// it can reach: from the end of the backup to the newest WAL in the store.
 ///
 /// Errors: the store cannot be listed or a manifest is damaged.
 pub async fn list(cfg: &Config, json: bool) -> anyhow::Result<()> {
@@ -106,16 +120,34 @@ pub async fn list(cfg: &Config, json: bool) -> anyhow::Result<()> {
             manifests.push(m);
         }
     }
+    // The newest WAL object's upload time bounds how far any backup reaches.
+    let newest_wal = store
+        .list(pgagent_storage::layout::WAL_PREFIX)
+        .await?
+        .into_iter()
+        .filter_map(|o| o.last_modified)
+        .max()
+        .map(|t| humantime::format_rfc3339_seconds(t).to_string());
+    let summaries: Vec<BackupSummary> = manifests
+        .iter()
+        .map(|m| {
+            let mut s = BackupSummary::from(m);
+            if m.status == BackupStatus::Complete {
+                s.reachable_from = m.finished_at.clone();
+                s.reachable_to = newest_wal.clone();
+            }
+            s
+        })
+        .collect();
     if json {
-        let v: Vec<BackupSummary> = manifests.iter().map(BackupSummary::from).collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        println!("{}", serde_json::to_string_pretty(&summaries)?);
         return Ok(());
     }
     if manifests.is_empty() {
         println!("no base backups in {}", store.describe());
     }
-    for m in &manifests {
-        println!("{}", summary_line(m));
+    for (m, s) in manifests.iter().zip(&summaries) {
+        println!("{}", summary_text(m, s));
     }
     Ok(())
 }
