@@ -172,6 +172,13 @@ pub async fn run(cfg: &Config, req: &RestoreRequest) -> anyhow::Result<()> {
         req.pgdata.display(),
         describe(&req.target)
     );
+    if !req.restore_command.contains(" --config ") && cfg.raw.store.url.starts_with("s3://") {
+        println!(
+            "note: restore_command names no configuration file: PostgreSQL's environment must \
+             hold the store credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), or run \
+             pgagent restore with --config FILE"
+        );
+    }
     Ok(())
 }
 
