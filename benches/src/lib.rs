@@ -10,10 +10,15 @@
 //!   recovery of the same base backup and WAL with `restore_command` = `cp`, `pgagent fetch`
 //!   (Garage, with added latency) and `pgbackrest archive-get`, and the cost of one call;
 //!   the scenario lives in [`replay`].
+//! - `src/bin/backup.rs` (`cargo run --release -p pgagent-benches --bin backup`): base backup
+//!   and restore with `pgagent backup`/`restore`, `pg_basebackup -Ft` and pgBackRest, and the
+//!   bytes a second `pgagent backup` stores after a small change; the scenario lives in
+//!   [`backupbench`].
 //!
 //! Results and how to reproduce them: `docs/benchmarks.md`. Nothing here runs under
 //! `cargo test` except the unit tests of the pure helpers.
 
+pub mod backupbench;
 pub mod catchup;
 pub mod measure;
 pub mod replay;

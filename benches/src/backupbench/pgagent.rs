@@ -1,0 +1,260 @@
+//! pgagent's side: `pgagent run` streaming the primary into a store ([`Daemon`]), and the
+//! one-shot `pgagent backup`, `pgagent restore` and `pgagent list backups` against it.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use pgagent_tests::util::{log_tail, send_signal, LIBPQ_ENV};
+use pgagent_tests::PgServer;
+
+use crate::replay::sys::run_checked;
+
+/// How long `pgagent run` may take to exit after SIGTERM.
+const STOP_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often the slot is polled while the daemon starts.
+const POLL: Duration = Duration::from_millis(100);
+
+/// A store and the environment its commands need (S3 credentials; nothing for `file://`).
+#[derive(Debug, Clone)]
+pub struct Store {
+    /// `store.url`: `file:///path` or `s3://bucket/prefix?endpoint=…`.
+    pub url: String,
+    /// Extra environment (`AWS_ACCESS_KEY_ID`, …).
+    pub env: Vec<(&'static str, String)>,
+    /// The store's root directory for a `file://` store, `None` for S3.
+    pub root: Option<PathBuf>,
+}
+
+impl Store {
+    /// A `file://` store rooted at `root`.
+    pub fn file(root: &Path) -> Store {
+        Store {
+            url: format!("file://{}", root.display()),
+            env: Vec::new(),
+            root: Some(root.to_path_buf()),
+        }
+    }
+
+    /// Bytes of the base backups on disk (`chunks/` and `backups/`, DESIGN.md "Store
+    /// layout"); `None` for S3.
+    pub fn backup_bytes(&self) -> Option<u64> {
+        let root = self.root.as_ref()?;
+        Some(
+            crate::replay::pgbackrest::dir_bytes(&root.join("chunks"))
+                + crate::replay::pgbackrest::dir_bytes(&root.join("backups")),
+        )
+    }
+
+    /// `pgagent <args>` with the store, the primary's replication conninfo, `staging` and
+    /// the metrics listener off, libpq's variables removed.
+    fn command(&self, bin: &Path, pg: &PgServer, staging: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .env(
+                "PGAGENT_POSTGRES_CONNINFO",
+                pg.conninfo(pgagent_tests::pg::REPL_USER),
+            )
+            .env("PGAGENT_STAGING_DIR", staging)
+            .env("PGAGENT_STORE_URL", &self.url)
+            .env("PGAGENT_METRICS_LISTEN", "")
+            .env("PGAGENT_LOG", "warn")
+            .envs(self.env.iter().map(|(k, v)| (*k, v)));
+        for var in LIBPQ_ENV {
+            cmd.env_remove(var);
+        }
+        cmd
+    }
+}
+
+/// `pgagent run` streaming a cluster into a [`Store`]. Dropping it kills the process.
+#[derive(Debug)]
+pub struct Daemon {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts the daemon with its staging directory and log under `dir` and waits (up to
+    /// 60 s) until its replication slot is active.
+    ///
+    /// Errors: the process cannot start, exits, or its slot does not become active.
+    pub fn start(bin: &Path, pg: &PgServer, store: &Store, dir: &Path) -> anyhow::Result<Daemon> {
+        fs::create_dir_all(dir)?;
+        let log = dir.join("pgagent-run.log");
+        let out = fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
+        let child = store
+            .command(bin, pg, &dir.join("staging"), &["run"])
+            .current_dir(dir)
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("spawn {} run", bin.display()))?;
+        let mut daemon = Daemon {
+            child: Some(child),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !pg
+            .psql("SELECT count(*) FROM pg_replication_slots WHERE active")
+            .is_ok_and(|n| n != "0")
+        {
+            let exited = match daemon.child.as_mut() {
+                Some(c) => c.try_wait()?.is_some(),
+                None => true,
+            };
+            if exited || Instant::now() > deadline {
+                bail!(
+                    "pgagent run did not activate its slot\n{}",
+                    log_tail(&daemon.log, 8192)
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+        Ok(daemon)
+    }
+
+    /// SIGTERM, then waits for a clean exit (status 0); the slot stays.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        let mut child = self.child.take().context("not running")?;
+        send_signal(child.id(), "TERM")?;
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                if !status.success() {
+                    bail!(
+                        "pgagent run exited with {status}\n{}",
+                        log_tail(&self.log, 8192)
+                    );
+                }
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("pgagent run did not stop within {STOP_TIMEOUT:?}");
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// One backup as `pgagent list backups --json` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupInfo {
+    /// Backup id.
+    pub id: String,
+    /// Bytes of the files the backup holds, uncompressed.
+    pub size_bytes: u64,
+    /// Stored bytes of the chunks this backup added (compressed).
+    pub stored_bytes: u64,
+}
+
+/// The backups in the output of `pgagent list backups --json` (an array of objects with
+/// `id`, `size_bytes`, `stored_bytes`), in the order listed.
+pub fn parse_backups(json: &str) -> anyhow::Result<Vec<BackupInfo>> {
+    let value: serde_json::Value = serde_json::from_str(json).context("list backups output")?;
+    let items = value
+        .as_array()
+        .or_else(|| value.get("backups").and_then(|b| b.as_array()))
+        .context("list backups: not an array")?;
+    items
+        .iter()
+        .map(|b| {
+            let num = |k: &str| b.get(k).and_then(|v| v.as_u64()).context(k.to_owned());
+            Ok(BackupInfo {
+                id: b
+                    .get("id")
+                    .and_then(|v| v.as_str())
+                    .context("id")?
+                    .to_owned(),
+                size_bytes: num("size_bytes")?,
+                stored_bytes: num("stored_bytes")?,
+            })
+        })
+        .collect()
+}
+
+/// `pgagent` one-shot commands against one store, with a staging directory of their own.
+#[derive(Debug)]
+pub struct Client<'a> {
+    /// The `pgagent` binary.
+    pub bin: &'a Path,
+    /// The primary (for `postgres.conninfo`).
+    pub pg: &'a PgServer,
+    /// The store.
+    pub store: &'a Store,
+    /// Staging directory of the one-shot commands.
+    pub staging: PathBuf,
+}
+
+impl Client<'_> {
+    /// `pgagent backup --fast`; returns the backup it added to the list.
+    ///
+    /// Errors carry pgagent's output, or say that no new backup is listed.
+    pub fn backup(&self) -> anyhow::Result<BackupInfo> {
+        let before = self.list()?;
+        let mut cmd = self
+            .store
+            .command(self.bin, self.pg, &self.staging, &["backup", "--fast"]);
+        run_checked(&mut cmd, "pgagent backup")?;
+        self.list()?
+            .into_iter()
+            .find(|b| !before.iter().any(|o| o.id == b.id))
+            .context("pgagent backup succeeded but lists no new backup")
+    }
+
+    /// `pgagent restore --pgdata <pgdata> --backup <id>` into a missing or empty directory.
+    pub fn restore(&self, id: &str, pgdata: &Path) -> anyhow::Result<()> {
+        let pgdata = pgdata.to_str().context("non-UTF-8 path")?;
+        let mut cmd = self.store.command(
+            self.bin,
+            self.pg,
+            &self.staging,
+            &["restore", "--pgdata", pgdata, "--backup", id],
+        );
+        run_checked(&mut cmd, "pgagent restore").map(drop)
+    }
+
+    /// `pgagent list backups --json`.
+    pub fn list(&self) -> anyhow::Result<Vec<BackupInfo>> {
+        let mut cmd = self.store.command(
+            self.bin,
+            self.pg,
+            &self.staging,
+            &["list", "backups", "--json"],
+        );
+        parse_backups(&run_checked(&mut cmd, "pgagent list backups")?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_backup_list() {
+        let list = parse_backups(
+            r#"[{"id":"20261121T120000Z","size_bytes":100,"stored_bytes":40,"dedup_ratio":2.5},
+                {"id":"b2","size_bytes":100,"stored_bytes":2}]"#,
+        )
+        .unwrap();
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[1].id, "b2");
+        assert_eq!((list[0].size_bytes, list[0].stored_bytes), (100, 40));
+        assert!(parse_backups(r#"[{"id":"x"}]"#).is_err());
+        assert!(parse_backups("{").is_err());
+    }
+}
