@@ -24,6 +24,9 @@ use pgagent_storage::{envelope, ObjectStore};
 
 use crate::progress::Progress;
 
+/// Chunks of one file downloaded ahead of the one being written.
+const CHUNKS_AHEAD: usize = 4;
+
 /// What was written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Written {
@@ -308,14 +311,20 @@ async fn write_file(
         .with_context(|| format!("create {}", target.display()))?;
     let mut file = Some(file);
     let mut written = 0u64;
-    for hash in &entry.chunks {
+    // The next chunks of a large file download while the current one is written (in
+    // order); a file of one chunk costs one request as before.
+    let mut bodies = futures::stream::iter(entry.chunks.iter().map(|hash| async move {
         let key = chunk_key(hash);
-        let body = store
+        store
             .get(&key)
             .await
-            .with_context(|| format!("{}: chunk {hash}", entry.path))?;
+            .map(|body| (hash.clone(), key, body))
+            .with_context(|| format!("{}: chunk {hash}", entry.path))
+    }))
+    .buffered(CHUNKS_AHEAD);
+    while let Some(next) = bodies.next().await {
+        let (expected, key, body) = next?;
         let mut f = file.take().expect("returned after each chunk");
-        let expected = hash.clone();
         let path = entry.path.clone();
         let (f, n) = tokio::task::spawn_blocking(move || -> anyhow::Result<(File, u64)> {
             let header = envelope::Header::parse(&body).map_err(|e| e.with_key(&key))?;
