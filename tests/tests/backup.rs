@@ -455,3 +455,31 @@ async fn prune_keeps_what_the_newest_backup_needs() {
     let out = run_pgagent(&["verify"], &prune_env);
     assert!(out.status.success(), "{}", text(&out));
 }
+
+/// A second backup on the same machine while one runs is refused with a message naming the
+/// lock, and nothing is written to the store for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_concurrent_backup_is_refused() {
+    let rig = Rig::fs();
+    let primary = PgServer::start(PgOptions::default()).expect("start PostgreSQL");
+    let mut agent = rig.spawn_caught_up(&primary);
+    let env = rig.env(&primary);
+    // The running backup's lock, held as `pgagent backup` holds it.
+    std::fs::create_dir_all(rig.staging()).unwrap();
+    let lock = std::fs::File::create(rig.staging().join("backup.lock")).unwrap();
+    lock.try_lock().unwrap();
+    let out = run_pgagent(&["backup", "--fast"], &env);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("another base backup is running"),
+        "{}",
+        text(&out)
+    );
+    let out = run_pgagent(&["list", "backups", "--json"], &env);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 0, "{v}");
+    drop(lock);
+    let out = run_pgagent(&["backup", "--fast"], &env);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(agent.terminate().success(), "{}", agent.output_text());
+}
