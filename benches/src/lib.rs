@@ -72,3 +72,31 @@ pub fn machine() -> String {
         .unwrap_or_else(|| "?".to_owned());
     format!("{cores} cores, {model}")
 }
+
+/// The cases whose letters appear in `text` (`"abc"`, `"c,a"`), in the order of `all`;
+/// `help` names the letters in the error.
+///
+/// Errors: a character that is not a case letter, a comma or a space; no case selected.
+pub fn select_cases<C: Copy>(
+    text: &str,
+    all: &[C],
+    letter: impl Fn(C) -> char,
+    help: &str,
+) -> anyhow::Result<Vec<C>> {
+    let letters: String = all.iter().map(|c| letter(*c)).collect();
+    if let Some(bad) = text
+        .chars()
+        .find(|c| !letters.contains(*c) && *c != ',' && *c != ' ')
+    {
+        anyhow::bail!("unknown case {bad:?}: use letters {help}");
+    }
+    let cases: Vec<C> = all
+        .iter()
+        .copied()
+        .filter(|c| text.contains(letter(*c)))
+        .collect();
+    if cases.is_empty() {
+        anyhow::bail!("no case selected");
+    }
+    Ok(cases)
+}

@@ -29,7 +29,7 @@ pub mod report;
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 
 /// The cases, by their letter in `BENCH_CASES`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,20 +110,7 @@ impl Settings {
 
 /// Case letters (`a`–`e`) to cases, in [`Case::ALL`] order.
 pub fn parse_cases(text: &str) -> anyhow::Result<Vec<Case>> {
-    if let Some(bad) = text.chars().find(|c| !"abcde, ".contains(*c)) {
-        bail!(
-            "unknown case {bad:?}: use letters a (pgagent, file), b (pgagent, Garage), \
-             c (pg_basebackup gzip), d (pg_basebackup zstd), e (pgbackrest)"
-        );
-    }
-    let cases: Vec<Case> = Case::ALL
-        .into_iter()
-        .filter(|c| text.contains(c.letter()))
-        .collect();
-    if cases.is_empty() {
-        bail!("no case selected");
-    }
-    Ok(cases)
+    crate::select_cases(text, &Case::ALL, Case::letter, "a (pgagent, file), b (pgagent, Garage), c (pg_basebackup gzip), d (pg_basebackup zstd), e (pgbackrest)")
 }
 
 /// pgbench scale for a database of about `bytes`: one scale unit is 100 000

@@ -1,21 +1,13 @@
-//! pgagent's side: `pgagent run` streaming the primary into a store ([`Daemon`]), and the
-//! one-shot `pgagent backup`, `pgagent restore` and `pgagent list backups` against it.
+//! pgagent's side: the one-shot `pgagent backup`, `pgagent restore` and `pgagent list backups` against it.
 
-use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
-use anyhow::{bail, Context};
-use pgagent_tests::util::{log_tail, send_signal, LIBPQ_ENV};
+use anyhow::Context;
+use pgagent_tests::util::LIBPQ_ENV;
 use pgagent_tests::PgServer;
 
 use crate::replay::sys::run_checked;
-
-/// How long `pgagent run` may take to exit after SIGTERM.
-const STOP_TIMEOUT: Duration = Duration::from_secs(120);
-/// How often the slot is polled while the daemon starts.
-const POLL: Duration = Duration::from_millis(100);
 
 /// A store and the environment its commands need (S3 credentials; nothing for `file://`).
 #[derive(Debug, Clone)]
@@ -67,87 +59,6 @@ impl Store {
             cmd.env_remove(var);
         }
         cmd
-    }
-}
-
-/// `pgagent run` streaming a cluster into a [`Store`]. Dropping it kills the process.
-#[derive(Debug)]
-pub struct Daemon {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Daemon {
-    /// Starts the daemon with its staging directory and log under `dir` and waits (up to
-    /// 60 s) until its replication slot is active.
-    ///
-    /// Errors: the process cannot start, exits, or its slot does not become active.
-    pub fn start(bin: &Path, pg: &PgServer, store: &Store, dir: &Path) -> anyhow::Result<Daemon> {
-        fs::create_dir_all(dir)?;
-        let log = dir.join("pgagent-run.log");
-        let out = fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
-        let child = store
-            .command(bin, pg, &dir.join("staging"), &["run"])
-            .current_dir(dir)
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .with_context(|| format!("spawn {} run", bin.display()))?;
-        let mut daemon = Daemon {
-            child: Some(child),
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !pg
-            .psql("SELECT count(*) FROM pg_replication_slots WHERE active")
-            .is_ok_and(|n| n != "0")
-        {
-            let exited = match daemon.child.as_mut() {
-                Some(c) => c.try_wait()?.is_some(),
-                None => true,
-            };
-            if exited || Instant::now() > deadline {
-                bail!(
-                    "pgagent run did not activate its slot\n{}",
-                    log_tail(&daemon.log, 8192)
-                );
-            }
-            std::thread::sleep(POLL);
-        }
-        Ok(daemon)
-    }
-
-    /// SIGTERM, then waits for a clean exit (status 0); the slot stays.
-    pub fn stop(mut self) -> anyhow::Result<()> {
-        let mut child = self.child.take().context("not running")?;
-        send_signal(child.id(), "TERM")?;
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            if let Some(status) = child.try_wait()? {
-                if !status.success() {
-                    bail!(
-                        "pgagent run exited with {status}\n{}",
-                        log_tail(&self.log, 8192)
-                    );
-                }
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("pgagent run did not stop within {STOP_TIMEOUT:?}");
-            }
-            std::thread::sleep(POLL);
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }
 

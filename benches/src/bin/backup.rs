@@ -19,9 +19,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use pgagent_benches::backupbench::dedup::update_range;
 use pgagent_benches::backupbench::peers::{pg_basebackup, untar, BackRest, TarCompression};
-use pgagent_benches::backupbench::pgagent::{BackupInfo, Client, Daemon, Store};
+use pgagent_benches::backupbench::pgagent::{BackupInfo, Client, Store};
 use pgagent_benches::backupbench::report::{percent, table, Row};
 use pgagent_benches::backupbench::{pgbench_scale, Case, Settings};
+use pgagent_benches::replay::agent::Streamer;
 use pgagent_benches::replay::pgbackrest::{dir_bytes, locate_or_install};
 use pgagent_benches::replay::prepare::server_conf;
 use pgagent_benches::replay::sys::{self, shared_tempdir};
@@ -74,7 +75,13 @@ fn main() -> anyhow::Result<()> {
     let mut file_daemon = None;
     let mut first = None;
     if settings.cases.contains(&Case::PgagentFile) {
-        let daemon = Daemon::start(&settings.pgagent_bin, &pg, &file_store, &b.work.join("run"))?;
+        let daemon = Streamer::start(
+            &settings.pgagent_bin,
+            &pg,
+            &file_store.url,
+            &file_store.env,
+            &b.work.join("run"),
+        )?;
         let (row, info) = b.pgagent_case(Case::PgagentFile, &file_store, "file")?;
         rows.push(row);
         first = Some(info);
@@ -142,8 +149,13 @@ fn main() -> anyhow::Result<()> {
                     env: garage.s3_env(),
                     root: None,
                 };
-                let daemon =
-                    Daemon::start(&settings.pgagent_bin, &pg, &store, &b.work.join("run-s3"))?;
+                let daemon = Streamer::start(
+                    &settings.pgagent_bin,
+                    &pg,
+                    &store.url,
+                    &store.env,
+                    &b.work.join("run-s3"),
+                )?;
                 let (row, _) = b.pgagent_case(Case::PgagentS3, &store, "s3")?;
                 rows.push(row);
                 daemon.stop()?;

@@ -127,17 +127,12 @@ pub fn parse_runs(text: &str) -> anyhow::Result<usize> {
 
 /// Case letters (`a`, `b`, `c`) to cases, in [`Case::ALL`] order.
 pub fn parse_cases(text: &str) -> anyhow::Result<Vec<Case>> {
-    if let Some(bad) = text.chars().find(|c| !"abc, ".contains(*c)) {
-        bail!("unknown case {bad:?}: use letters a (pg_receivewal), b (file://), c (S3)");
-    }
-    let cases: Vec<Case> = Case::ALL
-        .into_iter()
-        .filter(|c| text.contains(c.letter()))
-        .collect();
-    if cases.is_empty() {
-        bail!("no case selected");
-    }
-    Ok(cases)
+    crate::select_cases(
+        text,
+        &Case::ALL,
+        Case::letter,
+        "a (pg_receivewal), b (file://), c (S3)",
+    )
 }
 
 #[cfg(test)]

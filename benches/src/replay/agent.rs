@@ -19,8 +19,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often `status.json` and the slot are polled.
 const POLL: Duration = Duration::from_millis(100);
 
-/// `pgagent run` streaming a cluster's WAL into a Garage prefix (slot `pgagent`, created by
-/// the daemon with its defaults: zstd level 3, upload concurrency 8), metrics listener off.
+/// `pgagent run` streaming a cluster's WAL into a store (slot `pgagent`, created by the
+/// daemon with its defaults: zstd level 3, upload concurrency 8), metrics listener off.
 /// Dropping it kills the process.
 #[derive(Debug)]
 pub struct Streamer {
@@ -30,7 +30,8 @@ pub struct Streamer {
 }
 
 impl Streamer {
-    /// Starts the daemon with its staging directory and log under `dir`, and waits (up to
+    /// Starts the daemon for `store_url` (with `store_env`, e.g. S3 credentials), its
+    /// staging directory and log under `dir`, and waits (up to
     /// 60 s) until its slot is active, so that any base backup taken afterwards starts at
     /// WAL the daemon streams.
     ///
@@ -38,10 +39,11 @@ impl Streamer {
     pub fn start(
         bin: &Path,
         pg: &PgServer,
-        garage: &Garage,
-        prefix: &str,
+        store_url: &str,
+        store_env: &[(&'static str, String)],
         dir: &Path,
     ) -> anyhow::Result<Streamer> {
+        fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
         let staging = dir.join("staging");
         let log = dir.join("pgagent-run.log");
         let out = fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
@@ -56,10 +58,10 @@ impl Streamer {
                 pg.conninfo(pgagent_tests::pg::REPL_USER),
             )
             .env("PGAGENT_STAGING_DIR", &staging)
-            .env("PGAGENT_STORE_URL", garage.store_url(prefix))
+            .env("PGAGENT_STORE_URL", store_url)
             .env("PGAGENT_METRICS_LISTEN", "")
             .env("PGAGENT_LOG", "warn")
-            .envs(garage.s3_env());
+            .envs(store_env.iter().map(|(k, v)| (*k, v)));
         for var in LIBPQ_ENV {
             cmd.env_remove(var);
         }

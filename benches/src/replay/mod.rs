@@ -165,20 +165,7 @@ impl Settings {
 
 /// Case letters (`a`–`f`) to cases, in [`Case::ALL`] order.
 pub fn parse_cases(text: &str) -> anyhow::Result<Vec<Case>> {
-    if let Some(bad) = text.chars().find(|c| !"abcdef, ".contains(*c)) {
-        bail!(
-            "unknown case {bad:?}: use letters a (cp), b (pgagent +0 ms), c (+20 ms), \
-             d (+100 ms), e (pgbackrest), f (+100 ms, prefetch 48)"
-        );
-    }
-    let cases: Vec<Case> = Case::ALL
-        .into_iter()
-        .filter(|c| text.contains(c.letter()))
-        .collect();
-    if cases.is_empty() {
-        bail!("no case selected");
-    }
-    Ok(cases)
+    crate::select_cases(text, &Case::ALL, Case::letter, "a (cp), b (pgagent +0 ms), c (+20 ms), d (+100 ms), e (pgbackrest), f (+100 ms, prefetch 48)")
 }
 
 /// Timed calls per command: 3 to 15.

@@ -155,7 +155,13 @@ fn stream_wal(
 ) -> anyhow::Result<(String, Lsn)> {
     let agent_dir = work.join("agent");
     fs::create_dir(&agent_dir)?;
-    let mut streamer = Streamer::start(&settings.pgagent_bin, primary, garage, PREFIX, &agent_dir)?;
+    let mut streamer = Streamer::start(
+        &settings.pgagent_bin,
+        primary,
+        &garage.store_url(PREFIX),
+        &garage.s3_env(),
+        &agent_dir,
+    )?;
     eprintln!("base backup: pg_basebackup -X none -c fast");
     let base = work.join("base");
     base_backup(primary, &base, user)?;
