@@ -56,9 +56,7 @@ async fn dr_drill_restores_a_point_in_time_from_the_bucket_alone() {
     let mut primary = PgServer::start(PgOptions::default()).expect("start PostgreSQL");
     let mut agent = rig.spawn_caught_up(&primary);
     primary.pgbench_init(3).unwrap();
-    primary
-        .psql("CREATE TABLE t (id int PRIMARY KEY, v text)")
-        .unwrap();
+    create_table_t(&primary);
     load(&primary, "before", 1000);
 
     // A base backup while the agent streams: complete once its WAL is in the bucket.

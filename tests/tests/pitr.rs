@@ -20,13 +20,10 @@ async fn recovery_to_each_target_through_restore_command() {
     let mut primary = PgServer::start(PgOptions::default()).expect("start PostgreSQL");
     let mut agent = rig.spawn_caught_up(&primary);
 
-    let base = PgServer::without_cluster(PgOptions::default()).unwrap();
-    base_backup(&primary, &base.data_dir());
+    let base = base_backup_copy(&primary);
 
     // A: everything committed before the restore point.
-    primary
-        .psql("CREATE TABLE t (id int PRIMARY KEY, v text)")
-        .unwrap();
+    create_table_t(&primary);
     load(&primary, "a", 1000);
     primary
         .psql("SELECT pg_create_restore_point('rp1')")

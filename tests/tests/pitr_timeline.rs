@@ -49,12 +49,9 @@ async fn promote_and_recover_past_the_switch(mid_segment: bool) {
     let mut primary = PgServer::start(PgOptions::default()).expect("start PostgreSQL");
     let mut agent1 = rig1.spawn_caught_up(&primary);
 
-    let base = PgServer::without_cluster(PgOptions::default()).unwrap();
-    base_backup(&primary, &base.data_dir());
+    let base = base_backup_copy(&primary);
 
-    primary
-        .psql("CREATE TABLE t (id int PRIMARY KEY, v text)")
-        .unwrap();
+    create_table_t(&primary);
     load(&primary, "one", 2000);
     let state_1 = state(&primary);
     if mid_segment {

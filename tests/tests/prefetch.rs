@@ -26,11 +26,8 @@ use pgagent_tests::{
 fn primary_with_wal(rig: &Rig, mib: u32) -> (PgServer, PgServer, String) {
     let primary = PgServer::start(PgOptions::default()).expect("start PostgreSQL");
     let mut agent = rig.spawn_caught_up(&primary);
-    let base = PgServer::without_cluster(PgOptions::default()).unwrap();
-    base_backup(&primary, &base.data_dir());
-    primary
-        .psql("CREATE TABLE t (id int PRIMARY KEY, v text)")
-        .unwrap();
+    let base = base_backup_copy(&primary);
+    create_table_t(&primary);
     load(&primary, "before", 1000);
     primary
         .psql(&format!(

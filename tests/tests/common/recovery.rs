@@ -19,6 +19,20 @@ pub fn state(pg: &PgServer) -> String {
     pg.psql(STATE_SQL).unwrap()
 }
 
+/// Creates table `t(id, v)` that [`load`] fills and [`state`] reads.
+pub fn create_table_t(pg: &PgServer) {
+    pg.psql("CREATE TABLE t (id int PRIMARY KEY, v text)")
+        .unwrap();
+}
+
+/// A base backup of `primary` ([`base_backup`]) in the data directory of a new, not yet
+/// started server.
+pub fn base_backup_copy(primary: &PgServer) -> PgServer {
+    let base = PgServer::without_cluster(PgOptions::default()).unwrap();
+    base_backup(primary, &base.data_dir());
+    base
+}
+
 /// Inserts `n` more rows into `t` after the highest id, tagged with `tag`.
 pub fn load(pg: &PgServer, tag: &str, n: u32) {
     pg.psql(&format!(
