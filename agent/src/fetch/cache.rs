@@ -2,13 +2,14 @@
 //!
 //! A segment enters as *loading* (its bytes reserved against the bound) and becomes *ready*
 //! only once its envelope passed the length and hash check and the decompressed file was
-//! renamed into the cache directory. A ready segment is handed out once: taking it unlinks
-//! the file (the open descriptor keeps it readable) and releases its bytes. Failed or absent
+//! renamed into the cache directory. A ready segment is handed out once: taking it releases
+//! its bytes and hands the file to the server, which moves it into `%p` or opens and unlinks
+//! it for the client to copy. Failed or absent
 //! prefetches leave nothing behind: the request for that segment is then answered from the
 //! store, so a prefetch can make recovery faster but never changes an answer.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{self, File};
+use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -180,15 +181,6 @@ impl Cache {
         }
     }
 
-    /// Takes the ready file of `name` out of the cache: returns it open, with its length,
-    /// and unlinks it. `None` if it is not ready (or vanished from disk).
-    pub fn take(&self, name: &str) -> Option<(File, u64)> {
-        let (path, len) = self.take_path(name)?;
-        let file = File::open(&path).ok();
-        let _ = fs::remove_file(&path);
-        file.map(|f| (f, len))
-    }
-
     /// Takes the ready file of `name` out of the cache, leaving it on disk: the caller moves
     /// or removes it. `None` if it is not ready.
     pub fn take_path(&self, name: &str) -> Option<(PathBuf, u64)> {
@@ -236,7 +228,6 @@ impl Cache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
 
     const SEG: u64 = 100;
 
@@ -254,17 +245,14 @@ mod tests {
     }
 
     #[test]
-    fn a_ready_segment_is_taken_once_and_unlinked() {
+    fn a_ready_segment_is_taken_once() {
         let (_d, c) = cache(1000);
         load(&c, "A", b"hello");
         assert_eq!(c.usage(), (5, 0));
-        let (mut f, len) = c.take("A").unwrap();
+        let (path, len) = c.take_path("A").unwrap();
         assert_eq!(len, 5);
-        let mut s = String::new();
-        f.read_to_string(&mut s).unwrap();
-        assert_eq!(s, "hello");
-        assert!(!c.path("A").exists());
-        assert!(c.take("A").is_none());
+        assert_eq!(fs::read(&path).unwrap(), b"hello");
+        assert!(c.take_path("A").is_none());
         assert_eq!(c.usage(), (0, 0));
     }
 
@@ -291,7 +279,7 @@ mod tests {
         let mut rx = c.loading("A").unwrap();
         c.finish("A", Outcome::Failed, now);
         assert!(*rx.borrow_and_update());
-        assert!(c.take("A").is_none());
+        assert!(c.take_path("A").is_none());
         assert_eq!(c.usage(), (0, 0));
         assert!(c.begin("A", SEG, now));
         c.finish("A", Outcome::Absent, now);
@@ -305,7 +293,7 @@ mod tests {
         load(&c, "A", b"abc");
         c.finish("A", Outcome::Failed, Instant::now());
         assert_eq!(c.usage(), (3, 0));
-        assert!(c.take("A").is_some());
+        assert!(c.take_path("A").is_some());
     }
 
     #[test]
@@ -315,8 +303,8 @@ mod tests {
         load(&c, "B", b"b");
         c.retain(&HashSet::from(["B".to_string()]));
         assert!(!c.path("A").exists());
-        assert!(c.take("A").is_none());
-        assert!(c.take("B").is_some());
+        assert!(c.take_path("A").is_none());
+        assert!(c.take_path("B").is_some());
     }
 
     #[test]
