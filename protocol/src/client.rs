@@ -130,7 +130,7 @@ impl ReplicationClient {
     /// pg_hba.conf entry `28000`), or the server's error (e.g. `42501` when
     /// the role lacks REPLICATION).
     pub async fn connect(cfg: &ConnConfig) -> Result<ReplicationClient, Error> {
-        let established = startup::establish(cfg).await?;
+        let established = startup::establish(cfg, startup::SessionKind::Physical).await?;
         Ok(ReplicationClient {
             conn: established.conn,
             parameters: established.parameters,

@@ -20,6 +20,7 @@ pub mod message;
 pub mod page;
 pub mod pgpass;
 pub mod segment;
+pub mod sql;
 mod startup;
 pub mod stream;
 pub mod timeline;
@@ -37,5 +38,6 @@ pub use message::{
 };
 pub use page::{pg_major_for_magic, XLogLongPageHeader};
 pub use segment::{history_file_name, segment_file_name, SegNo, WalFileName, WalSegmentSize};
+pub use sql::SqlSession;
 pub use stream::{ReplicationStream, StreamEvent};
 pub use timeline::TimelineId;

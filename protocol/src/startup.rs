@@ -3,7 +3,8 @@
 //! Sequence from the PostgreSQL documentation, "Message Flow" (Start-up,
 //! SSL Session Encryption, SASL Authentication): an optional SSLRequest
 //! answered by one byte `S`/`N`; a StartupMessage with `replication=true`
-//! (a physical replication connection, handled by a walsender); then
+//! (a physical replication connection, handled by a walsender) or with a
+//! `database` (a regular SQL session); then
 //! trust, cleartext password, MD5 or SCRAM-SHA-256 until AuthenticationOk;
 //! then ParameterStatus/BackendKeyData until ReadyForQuery.
 
@@ -28,10 +29,19 @@ pub(crate) struct Established {
     pub(crate) parameters: Vec<(String, String)>,
 }
 
+/// What the StartupMessage asks the server for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SessionKind {
+    /// `replication=true`: a walsender for physical replication commands.
+    Physical,
+    /// A regular backend connected to `dbname` (default `postgres`), for SQL.
+    Sql,
+}
+
 /// Connects, negotiates TLS and authenticates, within `connect_timeout` if set.
-pub(crate) async fn establish(cfg: &ConnConfig) -> Result<Established, Error> {
+pub(crate) async fn establish(cfg: &ConnConfig, kind: SessionKind) -> Result<Established, Error> {
     match cfg.connect_timeout {
-        Some(limit) => tokio::time::timeout(limit, establish_inner(cfg))
+        Some(limit) => tokio::time::timeout(limit, establish_inner(cfg, kind))
             .await
             .map_err(|_| {
                 Error::timeout(format!(
@@ -40,11 +50,11 @@ pub(crate) async fn establish(cfg: &ConnConfig) -> Result<Established, Error> {
                     limit.as_secs()
                 ))
             })?,
-        None => establish_inner(cfg).await,
+        None => establish_inner(cfg, kind).await,
     }
 }
 
-async fn establish_inner(cfg: &ConnConfig) -> Result<Established, Error> {
+async fn establish_inner(cfg: &ConnConfig, kind: SessionKind) -> Result<Established, Error> {
     let socket = match &cfg.host {
         Host::Unix(dir) => {
             let path = dir.join(format!(".s.PGSQL.{}", cfg.port));
@@ -64,7 +74,11 @@ async fn establish_inner(cfg: &ConnConfig) -> Result<Established, Error> {
         }
     };
     let mut conn = Conn::new(socket);
-    let mut params: Vec<(&str, &str)> = vec![("user", &cfg.user), ("replication", "true")];
+    let mut params: Vec<(&str, &str)> = vec![("user", &cfg.user)];
+    match kind {
+        SessionKind::Physical => params.push(("replication", "true")),
+        SessionKind::Sql => params.push(("database", cfg.dbname.as_deref().unwrap_or("postgres"))),
+    }
     if let Some(app) = &cfg.application_name {
         params.push(("application_name", app));
     }
