@@ -90,8 +90,32 @@ pub enum Command {
         #[arg(long)]
         fast: bool,
     },
-    /// Restore a base backup into an empty data directory, set up to recover to a target.
+    /// Take a consistent ZFS snapshot of zfs.datasets now (pg_backup_start, zfs snapshot -r,
+    /// pg_backup_stop), record it, then apply snapshot retention.
+    Snapshot,
+    /// Restore a local snapshot or a base backup into a data directory, set up to recover
+    /// to a target.
     Restore(RestoreArgs),
+    /// Before PostgreSQL starts: leave a valid cluster alone, restore into an empty data
+    /// directory, refuse (exit 3) anything else.
+    ///
+    /// For systemd ExecStartPre or a Kubernetes init container.
+    Preseed {
+        /// The data directory PostgreSQL will start on.
+        #[arg(long, value_name = "DIR")]
+        pgdata: PathBuf,
+        /// The user PostgreSQL runs as (name or uid) [default: this user, or when run as
+        /// root the owner of PGDATA's parent].
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
+    },
+    /// Preflight: configuration, PostgreSQL connection and rights, slot, wal_level, bucket
+    /// rights, clock skew, staging dataset, data directory layout. Exit 1 on any failure.
+    Doctor {
+        /// The data directory to check [default: asked from the server].
+        #[arg(long, value_name = "DIR")]
+        pgdata: Option<PathBuf>,
+    },
     /// Check that every chunk of every backup exists and is intact, and that the WAL from
     /// each backup's start to the newest segment has no gap; exit 1 on any problem.
     Verify {
@@ -160,6 +184,20 @@ pub struct RestoreArgs {
     /// others, remove what the backup does not hold.
     #[arg(long)]
     pub delta: bool,
+    /// Which tier serves: a local ZFS snapshot, the bucket, or the first that can (auto).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub from: RestoreFrom,
+}
+
+/// The tiers a restore may use (DESIGN.md, "ZFS").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RestoreFrom {
+    /// The newest usable local snapshot, else the bucket.
+    Auto,
+    /// A local snapshot only.
+    Snapshot,
+    /// The bucket only.
+    Bucket,
 }
 
 /// Things `pgagent list` shows.
@@ -171,6 +209,8 @@ pub enum ListWhat {
     Wal,
     /// Timelines and their history files.
     Timelines,
+    /// ZFS snapshots: pgagent's on this machine and the records in the store.
+    Snapshots,
 }
 
 #[cfg(test)]

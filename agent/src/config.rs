@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 /// Sections of the file; also the prefixes of the environment variables.
 pub const SECTIONS: &[&str] = &[
-    "postgres", "staging", "store", "wal", "fetch", "backup", "metrics",
+    "postgres", "staging", "store", "wal", "fetch", "backup", "zfs", "metrics",
 ];
 
 /// Default configuration file locations, tried in order when `--config` is not given.
@@ -212,6 +212,88 @@ impl Default for BackupSection {
     }
 }
 
+/// How `pgagent restore` brings back a local snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotRestoreMode {
+    /// `zfs clone` into a new dataset mounted where `--pgdata` points; nothing is destroyed.
+    Clone,
+    /// `zfs rollback -r` of the datasets in place: discards what changed since the snapshot
+    /// and newer snapshots, so it needs `--force`.
+    Rollback,
+}
+
+/// `[zfs]`: staging dataset, snapshots of the cluster's datasets, and their retention.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ZfsSection {
+    /// The `zfs` command (looked up in `PATH`).
+    pub command: PathBuf,
+    /// Datasets snapshotted together by `pgagent snapshot`, each with `zfs snapshot -r`:
+    /// the one holding PGDATA first, then the WAL dataset if separate. Empty: no snapshots.
+    pub datasets: Vec<String>,
+    /// The dataset of `staging.dir`; empty: found from the mount table.
+    pub staging_dataset: String,
+    /// Create `staging_dataset`, mounted at `staging.dir` with the properties staging
+    /// wants, when it does not exist.
+    pub create_staging: bool,
+    /// Cron schedule of snapshots taken by `pgagent run`; empty: none.
+    pub snapshot_schedule: String,
+    /// Retention keeps the newest snapshot of each of this many last hours…
+    pub keep_hourly: usize,
+    /// … days …
+    pub keep_daily: usize,
+    /// … and weeks (the newest snapshot is always kept).
+    pub keep_weekly: usize,
+    /// How a restore uses a snapshot: `clone` or `rollback`.
+    pub restore_mode: SnapshotRestoreMode,
+}
+
+impl Default for ZfsSection {
+    fn default() -> Self {
+        ZfsSection {
+            command: "zfs".into(),
+            datasets: Vec::new(),
+            staging_dataset: String::new(),
+            create_staging: false,
+            snapshot_schedule: String::new(),
+            keep_hourly: 24,
+            keep_daily: 7,
+            keep_weekly: 4,
+            restore_mode: SnapshotRestoreMode::Clone,
+        }
+    }
+}
+
+impl ZfsSection {
+    /// The retention policy.
+    pub fn retention(&self) -> crate::zfs::retention::Policy {
+        crate::zfs::retention::Policy {
+            hourly: self.keep_hourly,
+            daily: self.keep_daily,
+            weekly: self.keep_weekly,
+        }
+    }
+}
+
+/// Checks a dataset name enough to pass it to `zfs` safely: `pool/name…`, no snapshot
+/// part, no spaces, not an option.
+fn validate_dataset(key: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && !name.starts_with(['-', '/'])
+        && !name.ends_with('/')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.:/".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError(format!(
+            "{key} = {name:?} is not a ZFS dataset name (pool/name, no @, spaces or leading /)"
+        )))
+    }
+}
+
 /// `[metrics]`: the HTTP endpoint.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -244,6 +326,8 @@ pub struct RawConfig {
     pub fetch: FetchSection,
     /// `[backup]`
     pub backup: BackupSection,
+    /// `[zfs]`
+    pub zfs: ZfsSection,
     /// `[metrics]`
     pub metrics: MetricsSection,
 }
@@ -362,7 +446,24 @@ impl RawConfig {
         if self.wal.compress_threads == 0 {
             return bad("wal.compress_threads must be at least 1".into());
         }
-        crate::backup::schedule::parse(&self.backup.schedule)?;
+        crate::backup::schedule::parse("backup.schedule", &self.backup.schedule)?;
+        for d in &self.zfs.datasets {
+            validate_dataset("zfs.datasets", d)?;
+        }
+        if !self.zfs.staging_dataset.is_empty() {
+            validate_dataset("zfs.staging_dataset", &self.zfs.staging_dataset)?;
+        }
+        if self.zfs.create_staging && self.zfs.staging_dataset.is_empty() {
+            return bad(
+                "zfs.create_staging needs zfs.staging_dataset (the dataset to create)".into(),
+            );
+        }
+        if crate::backup::schedule::parse("zfs.snapshot_schedule", &self.zfs.snapshot_schedule)?
+            .is_some()
+            && self.zfs.datasets.is_empty()
+        {
+            return bad("zfs.snapshot_schedule is set but zfs.datasets is empty".into());
+        }
         let chunk = self.backup.chunk_size.as_u64();
         if !(64 * 1024..=64 * 1024 * 1024).contains(&chunk) {
             return bad(format!(

@@ -18,6 +18,7 @@ pub mod progress;
 pub mod staging;
 pub mod statusfile;
 pub mod tracker;
+pub mod zfs;
 
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
@@ -89,6 +90,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let req = restore_request(&cli_fetch_prefix, args)?;
                 commands::restore::run(&cfg, &req).await
             }
+            Command::Snapshot => commands::snapshot::run(&cfg).await,
+            Command::Preseed { pgdata, user } => {
+                commands::preseed::run(&cfg, &pgdata, user.as_deref(), &cli_fetch_prefix).await
+            }
+            Command::Doctor { pgdata } => commands::doctor::run(&cfg, pgdata.as_deref()).await,
             Command::List { what, json } => commands::list::run(&cfg, what, json).await,
             Command::Status { json } => commands::status::run(&cfg, json).await,
         }
@@ -177,6 +183,8 @@ fn restore_request(
         force: a.force,
         delta: a.delta,
         restore_command: format!("{fetch_prefix} fetch %f %p"),
+        from: a.from,
+        owner: None,
     })
 }
 

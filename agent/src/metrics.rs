@@ -45,6 +45,9 @@ pub struct Metrics {
     pub backup_last_success_timestamp_seconds: Gauge,
     /// `pgagent_backup_duration_seconds`: how long the last complete scheduled backup took.
     pub backup_duration_seconds: Gauge,
+    /// `pgagent_snapshot_last_success_timestamp_seconds`: end of the last scheduled ZFS
+    /// snapshot whose record reached the store, Unix seconds.
+    pub snapshot_last_success_timestamp_seconds: Gauge,
     /// `pgagent_backup_dedup_ratio`: share of the last backup's chunks already stored (0..1).
     pub backup_dedup_ratio: Gauge,
     /// `pgagent_fetch_seconds`: time the fetch server took to answer a `restore_command`
@@ -176,6 +179,10 @@ impl Metrics {
                 "pgagent_backup_duration_seconds",
                 "Duration of the last complete scheduled base backup, seconds.",
             ),
+            snapshot_last_success_timestamp_seconds: gauge(
+                "pgagent_snapshot_last_success_timestamp_seconds",
+                "End of the last scheduled ZFS snapshot recorded in the store, Unix seconds.",
+            ),
             backup_dedup_ratio: gauge(
                 "pgagent_backup_dedup_ratio",
                 "Share of the last base backup's chunks that were already stored (0..1).",
@@ -254,6 +261,7 @@ mod tests {
             "pgagent_backup_last_success_timestamp_seconds",
             "pgagent_backup_duration_seconds",
             "pgagent_backup_dedup_ratio",
+            "pgagent_snapshot_last_success_timestamp_seconds",
             "pgagent_prefetch_hits_total",
             "pgagent_prefetch_misses_total",
         ] {

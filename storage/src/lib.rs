@@ -22,6 +22,7 @@ pub mod layout;
 pub mod manifest;
 pub mod prefixed;
 pub mod s3;
+pub mod snapshot;
 
 use std::time::SystemTime;
 

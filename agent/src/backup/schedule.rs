@@ -16,10 +16,10 @@ use super::take::{take_backup, BackupRequest};
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 
-/// Parses `backup.schedule`; `None` when it is empty.
+/// Parses the schedule of configuration key `key`; `None` when it is empty.
 ///
 /// Errors: [`ConfigError`] naming the key.
-pub fn parse(schedule: &str) -> Result<Option<Cron>, ConfigError> {
+pub fn parse(key: &str, schedule: &str) -> Result<Option<Cron>, ConfigError> {
     if schedule.trim().is_empty() {
         return Ok(None);
     }
@@ -27,7 +27,7 @@ pub fn parse(schedule: &str) -> Result<Option<Cron>, ConfigError> {
         .with_seconds_optional()
         .parse()
         .map(Some)
-        .map_err(|e| ConfigError(format!("backup.schedule = {schedule:?}: {e}")))
+        .map_err(|e| ConfigError(format!("{key} = {schedule:?}: {e}")))
 }
 
 /// The first time after `now` the schedule fires.
@@ -35,30 +35,41 @@ pub fn next_after(cron: &Cron, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
     cron.find_next_occurrence(&now, false).ok()
 }
 
-/// Takes a backup at each time of the schedule until `shutdown`.
-pub async fn run(cfg: Config, cron: Cron, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+/// Runs `job` at each time of `cron` (UTC) until `shutdown`; `what` names the job in
+/// logs. A job still running at its next time delays that run; it is not stacked.
+pub async fn every<F, Fut>(cron: Cron, what: &str, shutdown: CancellationToken, mut job: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     loop {
         let now = Utc::now();
         let Some(next) = next_after(&cron, now) else {
-            tracing::warn!("backup.schedule never fires again; no more scheduled backups");
+            tracing::warn!("the schedule of {what} never fires again");
             return;
         };
         let wait = (next - now).to_std().unwrap_or(Duration::ZERO);
-        tracing::debug!(%next, "next scheduled base backup");
+        tracing::debug!(%next, "next scheduled {what}");
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             () = shutdown.cancelled() => return,
         }
+        tokio::select! {
+            () = job() => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Takes a backup at each time of the schedule until `shutdown`.
+pub async fn run(cfg: Config, cron: Cron, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    every(cron, "base backup", shutdown, || async {
         let started = Instant::now();
         let req = BackupRequest {
             fast: false,
             wal_wait: Some(cfg.raw.backup.wal_timeout),
         };
-        let taken = tokio::select! {
-            r = take_backup(&cfg, &req) => r,
-            () = shutdown.cancelled() => return,
-        };
-        match taken {
+        match take_backup(&cfg, &req).await {
             Ok(m) if m.status == pgagent_storage::manifest::BackupStatus::Complete => {
                 metrics
                     .backup_duration_seconds
@@ -79,7 +90,8 @@ pub async fn run(cfg: Config, cron: Cron, metrics: Arc<Metrics>, shutdown: Cance
             ),
             Err(e) => tracing::error!("scheduled base backup failed: {e:#}"),
         }
-    }
+    })
+    .await;
 }
 
 #[cfg(test)]
@@ -89,19 +101,19 @@ mod tests {
 
     #[test]
     fn five_and_six_fields_and_empty() {
-        let daily = parse("0 3 * * *").unwrap().unwrap();
+        let daily = parse("k", "0 3 * * *").unwrap().unwrap();
         let now = Utc.with_ymd_and_hms(2026, 11, 21, 10, 0, 0).unwrap();
         assert_eq!(
             next_after(&daily, now),
             Some(Utc.with_ymd_and_hms(2026, 11, 22, 3, 0, 0).unwrap())
         );
-        let often = parse("*/5 * * * * *").unwrap().unwrap();
+        let often = parse("k", "*/5 * * * * *").unwrap().unwrap();
         assert_eq!(
             next_after(&often, now),
             Some(Utc.with_ymd_and_hms(2026, 11, 21, 10, 0, 5).unwrap())
         );
-        assert!(parse("").unwrap().is_none());
-        assert!(parse("61 * * * *").is_err());
-        assert!(parse("every day").is_err());
+        assert!(parse("k", "").unwrap().is_none());
+        assert!(parse("k", "61 * * * *").is_err());
+        assert!(parse("k", "every day").is_err());
     }
 }

@@ -105,15 +105,17 @@ pub fn summarize(objects: &[ObjectMeta], seg: WalSegmentSize) -> Vec<TimelineWal
 
 /// Prints the listing.
 pub async fn run(cfg: &Config, what: ListWhat, json: bool) -> anyhow::Result<()> {
-    if what == ListWhat::Backups {
-        return crate::commands::backup::list(cfg, json).await;
+    match what {
+        ListWhat::Backups => return crate::commands::backup::list(cfg, json).await,
+        ListWhat::Snapshots => return crate::commands::snapshot::list(cfg, json).await,
+        ListWhat::Wal | ListWhat::Timelines => {}
     }
     let (store, cluster, seg) = super::open_cluster_store(cfg).await?;
     let objects = store.list(WAL_PREFIX).await?;
     let wal = summarize(&objects, seg);
     if json {
         let v = match what {
-            ListWhat::Wal | ListWhat::Backups => serde_json::to_value(&wal)?,
+            ListWhat::Wal | ListWhat::Backups | ListWhat::Snapshots => serde_json::to_value(&wal)?,
             ListWhat::Timelines => serde_json::to_value(
                 wal.iter()
                     .map(|t| serde_json::json!({"timeline": t.timeline, "history": t.history}))
@@ -141,7 +143,7 @@ pub async fn run(cfg: &Config, what: ListWhat, json: bool) -> anyhow::Result<()>
                     "MISSING"
                 }
             ),
-            ListWhat::Wal | ListWhat::Backups => {
+            ListWhat::Wal | ListWhat::Backups | ListWhat::Snapshots => {
                 println!("timeline {}", t.timeline);
                 for (i, r) in t.ranges.iter().enumerate() {
                     if i > 0 {

@@ -1,9 +1,12 @@
 //! One module per command (besides `run`, which is the `pipeline`).
 
 pub mod backup;
+pub mod doctor;
 pub mod list;
+pub mod preseed;
 pub mod prune;
 pub mod restore;
+pub mod snapshot;
 pub mod status;
 pub mod verify;
 

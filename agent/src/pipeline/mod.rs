@@ -57,10 +57,29 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     };
 
     let staging_dir = cfg.staging_dir().to_path_buf();
+    for line in crate::zfs::staging::startup_check(&cfg)? {
+        tracing::warn!("{line}");
+    }
     check_staging(&staging_dir)?;
     let fetch_task =
         crate::fetch::server::spawn_daemon_server(&cfg, metrics.clone(), shutdown.clone());
-    if let Some(cron) = crate::backup::schedule::parse(&cfg.raw.backup.schedule)? {
+    if let Some(cron) =
+        crate::backup::schedule::parse("zfs.snapshot_schedule", &cfg.raw.zfs.snapshot_schedule)?
+    {
+        tracing::info!(
+            schedule = cfg.raw.zfs.snapshot_schedule,
+            datasets = cfg.raw.zfs.datasets.join(","),
+            "ZFS snapshots scheduled (UTC)"
+        );
+        tokio::spawn(crate::commands::snapshot::scheduled(
+            cfg.clone(),
+            cron,
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
+    if let Some(cron) = crate::backup::schedule::parse("backup.schedule", &cfg.raw.backup.schedule)?
+    {
         tracing::info!(
             schedule = cfg.raw.backup.schedule,
             "base backups scheduled (UTC)"

@@ -6,21 +6,22 @@
 //! `postgresql.auto.conf` (PostgreSQL docs, "Recovery Target" 20.5.5, and
 //! "Archive Recovery" 20.5.4). Starting PostgreSQL is left to the caller.
 
-use std::fs;
-use std::io::Write;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+mod pgdata;
+pub mod snapshot;
+
+use std::path::PathBuf;
 use std::time::SystemTime;
 
 use anyhow::{bail, Context};
 use pgagent_protocol::Lsn;
-use pgagent_storage::cluster::read_cluster;
+use pgagent_storage::cluster::{read_cluster, ClusterInfo};
 use pgagent_storage::manifest::{BackupManifest, BackupStatus};
 
 use crate::backup::catalog;
 use crate::backup::materialize::{materialize, Mode};
+pub use crate::cli::RestoreFrom;
 use crate::config::Config;
-use crate::exit::Refused;
+use pgdata::{give_to_owner, prepare_pgdata, quote, write_recovery_settings};
 
 /// Where recovery stops.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,14 +108,105 @@ pub struct RestoreRequest {
     pub delta: bool,
     /// The `restore_command` to write.
     pub restore_command: String,
+    /// Which tiers may serve.
+    pub from: RestoreFrom,
+    /// Owner (uid, gid) of the restored files when run as root; `None`: the owner of the
+    /// data directory's parent.
+    pub owner: Option<(u32, u32)>,
 }
 
-/// Restores per `req`.
+/// Which tier served a restore, and why the ones before it did not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Served {
+    /// `snapshot <id> (<how>)` or `backup <id>`.
+    pub source: String,
+    /// `snapshot` or `bucket`.
+    pub tier: &'static str,
+    /// Why the snapshot tier did not serve, when the bucket did.
+    pub passed_over: Option<String>,
+}
+
+/// `pgagent restore`: restores per `req` and prints which tier served.
+///
+/// Errors: as [`restore`].
+pub async fn run(cfg: &Config, req: &RestoreRequest) -> anyhow::Result<()> {
+    let served = restore(cfg, req).await?;
+    if let Some(why) = &served.passed_over {
+        println!("tier snapshot not used: {why}");
+    }
+    println!(
+        "tier {}: restored {} into {}; recovery to {} is set up: start PostgreSQL",
+        served.tier,
+        served.source,
+        req.pgdata.display(),
+        describe(&req.target)
+    );
+    if !req.restore_command.contains(" --config ") && cfg.raw.store.url.starts_with("s3://") {
+        println!(
+            "note: restore_command names no configuration file: PostgreSQL's environment must \
+             hold the store credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), or run \
+             pgagent restore with --config FILE"
+        );
+    }
+    Ok(())
+}
+
+/// Restores per `req` from the first tier that can serve: a local snapshot (unless
+/// `--from bucket`), then the bucket (unless `--from snapshot`).
 ///
 /// Errors: [`Refused`] (exit 3) for a non-empty data directory without `--force` or a
-/// running server in it; no backup can reach the target; store, verification or I/O
-/// errors.
-pub async fn run(cfg: &Config, req: &RestoreRequest) -> anyhow::Result<()> {
+/// running server in it; no snapshot (with `--from snapshot`) or backup can reach the
+/// target; store, `zfs`, verification or I/O errors.
+pub async fn restore(cfg: &Config, req: &RestoreRequest) -> anyhow::Result<Served> {
+    let opened = open_store(cfg).await;
+    let mut passed_over = None;
+    if req.from != RestoreFrom::Bucket {
+        let system_identifier = opened
+            .as_ref()
+            .ok()
+            .and_then(|(_, c)| c.system_identifier.parse().ok());
+        match snapshot::plan(cfg, req, system_identifier) {
+            Ok(plan) => {
+                if let Err(e) = &opened {
+                    tracing::warn!("the store cannot be read now ({e:#}); recovery will need it for WAL past the snapshot");
+                }
+                snapshot::execute(cfg, req, &plan)?;
+                let how = match &plan.action {
+                    snapshot::Action::Clone { dataset, .. } => format!("cloned to {dataset}"),
+                    snapshot::Action::Rollback { .. } => "rolled back in place".to_string(),
+                };
+                return Ok(Served {
+                    source: format!("snapshot {} ({how})", plan.record.id),
+                    tier: "snapshot",
+                    passed_over: None,
+                });
+            }
+            Err(why) if req.from == RestoreFrom::Snapshot => {
+                return Err(anyhow::anyhow!(
+                    "no local snapshot can serve this restore: {why}"
+                ))
+            }
+            Err(why) => {
+                tracing::info!("tier snapshot not used: {why}");
+                passed_over = Some(why);
+            }
+        }
+    }
+    let (store, cluster) = opened?;
+    let source = from_bucket(cfg, req, store, &cluster).await?;
+    Ok(Served {
+        source,
+        tier: "bucket",
+        passed_over,
+    })
+}
+
+async fn open_store(
+    cfg: &Config,
+) -> anyhow::Result<(
+    std::sync::Arc<dyn pgagent_storage::ObjectStore>,
+    ClusterInfo,
+)> {
     let store = pgagent_storage::open(&cfg.raw.store.url, &cfg.store_options()).await?;
     let cluster = read_cluster(store.as_ref()).await?.with_context(|| {
         format!(
@@ -122,8 +214,21 @@ pub async fn run(cfg: &Config, req: &RestoreRequest) -> anyhow::Result<()> {
             store.describe()
         )
     })?;
+    Ok((store, cluster))
+}
+
+/// The bucket tier: the newest complete base backup that can reach the target.
+async fn from_bucket(
+    cfg: &Config,
+    req: &RestoreRequest,
+    store: std::sync::Arc<dyn pgagent_storage::ObjectStore>,
+    cluster: &ClusterInfo,
+) -> anyhow::Result<String> {
     let manifest = choose_backup(store.as_ref(), req).await?;
     prepare_pgdata(&req.pgdata, req.force && !req.delta, req.delta)?;
+    // Until the end, the directory says it is not a cluster yet (see preseed).
+    let restoring = req.pgdata.join(super::preseed::RESTORING_FILE);
+    std::fs::write(&restoring, b"").with_context(|| format!("write {}", restoring.display()))?;
     tracing::info!(
         backup = manifest.id,
         system_identifier = cluster.system_identifier,
@@ -155,34 +260,30 @@ pub async fn run(cfg: &Config, req: &RestoreRequest) -> anyhow::Result<()> {
         )
     })?;
     progress.finish();
-    write_recovery_settings(&req.pgdata, &manifest, req)?;
+    write_recovery_settings(&req.pgdata, &format!("backup {}", manifest.id), req)?;
     let tablespaces: Vec<PathBuf> = manifest
         .tablespaces
         .iter()
         .map(|t| PathBuf::from(&t.location))
         .collect();
-    give_to_owner(&req.pgdata, &tablespaces)?;
-    println!(
-        "restored backup {} ({} files written, {}; {} unchanged, {} removed) into {}; recovery to {} is set up: start PostgreSQL",
+    give_to_owner(&req.pgdata, &tablespaces, req.owner)?;
+    match std::fs::remove_file(&restoring) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("remove {}", restoring.display()))
+        }
+        _ => {}
+    }
+    Ok(format!(
+        "backup {} ({} files written, {}; {} unchanged, {} removed)",
         manifest.id,
         written.files,
         bytesize::ByteSize(written.bytes),
         written.unchanged,
-        written.removed,
-        req.pgdata.display(),
-        describe(&req.target)
-    );
-    if !req.restore_command.contains(" --config ") && cfg.raw.store.url.starts_with("s3://") {
-        println!(
-            "note: restore_command names no configuration file: PostgreSQL's environment must \
-             hold the store credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), or run \
-             pgagent restore with --config FILE"
-        );
-    }
-    Ok(())
+        written.removed
+    ))
 }
 
-fn describe(t: &RecoveryTarget) -> String {
+pub(crate) fn describe(t: &RecoveryTarget) -> String {
     match t {
         RecoveryTarget::Latest => "the end of the WAL in the store".into(),
         RecoveryTarget::Time(s, _) => format!("time {s}"),
@@ -228,122 +329,6 @@ async fn choose_backup(
     )
 }
 
-/// Makes sure `pgdata` is an empty directory (creating it 0700, or emptying it with
-/// `force`), or any directory with `delta`; never one a server runs in.
-fn prepare_pgdata(pgdata: &Path, force: bool, delta: bool) -> anyhow::Result<()> {
-    match fs::symlink_metadata(pgdata) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            fs::create_dir_all(pgdata).with_context(|| format!("create {}", pgdata.display()))?;
-            fs::set_permissions(pgdata, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
-            return Ok(());
-        }
-        Err(e) => return Err(e).with_context(|| format!("read {}", pgdata.display())),
-        Ok(m) if !m.is_dir() => {
-            return Err(Refused(format!(
-                "{} exists and is not a directory",
-                pgdata.display()
-            ))
-            .into())
-        }
-        Ok(_) => {}
-    }
-    let entries: Vec<_> = fs::read_dir(pgdata)?.collect::<Result<_, _>>()?;
-    if entries.is_empty() {
-        return Ok(());
-    }
-    if pgdata.join("postmaster.pid").exists() {
-        return Err(Refused(format!(
-            "{} holds postmaster.pid: stop the server running there first",
-            pgdata.display()
-        ))
-        .into());
-    }
-    if delta {
-        return Ok(());
-    }
-    if !force {
-        return Err(Refused(format!(
-            "{} is not empty; restore into an empty directory, or pass --force to replace what it holds",
-            pgdata.display()
-        ))
-        .into());
-    }
-    for e in entries {
-        let p = e.path();
-        if e.file_type()?.is_dir() {
-            fs::remove_dir_all(&p)
-        } else {
-            fs::remove_file(&p)
-        }
-        .with_context(|| format!("remove {}", p.display()))?;
-    }
-    Ok(())
-}
-
-/// `recovery.signal` and the recovery settings, appended to `postgresql.auto.conf` (read
-/// after `postgresql.conf`, so they win).
-fn write_recovery_settings(
-    pgdata: &Path,
-    m: &BackupManifest,
-    req: &RestoreRequest,
-) -> anyhow::Result<()> {
-    fs::write(pgdata.join("recovery.signal"), b"")?;
-    let mut conf = fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(pgdata.join("postgresql.auto.conf"))?;
-    writeln!(
-        conf,
-        "\n# pgagent restore of backup {} ({})",
-        m.id,
-        describe(&req.target)
-    )?;
-    writeln!(conf, "restore_command = {}", quote(&req.restore_command))?;
-    for line in req.target.settings(&req.action) {
-        writeln!(conf, "{line}")?;
-    }
-    conf.sync_all()?;
-    Ok(())
-}
-
-/// When run as root, hands the restored tree and the tablespace directories to the owner of
-/// the data directory's parent (PostgreSQL refuses to run as root and to use files it does
-/// not own).
-fn give_to_owner(pgdata: &Path, tablespaces: &[PathBuf]) -> anyhow::Result<()> {
-    if rustix::process::geteuid().as_raw() != 0 {
-        return Ok(());
-    }
-    let parent = pgdata.parent().unwrap_or(Path::new("/"));
-    let (uid, gid) = fs::metadata(parent).map(|m| (m.uid(), m.gid()))?;
-    if uid == 0 {
-        tracing::warn!(
-            "{} belongs to root: the restored files stay root's; chown them to the PostgreSQL user",
-            parent.display()
-        );
-        return Ok(());
-    }
-    for dir in std::iter::once(pgdata).chain(tablespaces.iter().map(PathBuf::as_path)) {
-        chown_tree(dir, uid, gid)?;
-    }
-    Ok(())
-}
-
-fn chown_tree(path: &Path, uid: u32, gid: u32) -> anyhow::Result<()> {
-    std::os::unix::fs::lchown(path, Some(uid), Some(gid))
-        .with_context(|| format!("chown {}", path.display()))?;
-    if fs::symlink_metadata(path)?.is_dir() {
-        for e in fs::read_dir(path)? {
-            chown_tree(&e?.path(), uid, gid)?;
-        }
-    }
-    Ok(())
-}
-
-/// A PostgreSQL configuration string literal.
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -363,22 +348,5 @@ mod tests {
         let n = RecoveryTarget::Name("it's".into()).settings("pause");
         assert_eq!(n[1], "recovery_target_name = 'it''s'");
         assert!(RecoveryTarget::time("yesterday").is_err());
-    }
-
-    #[test]
-    fn a_non_empty_pgdata_is_refused_without_force() {
-        let d = tempfile::tempdir().unwrap();
-        let pgdata = d.path().join("data");
-        prepare_pgdata(&pgdata, false, false).unwrap();
-        fs::write(pgdata.join("PG_VERSION"), "15").unwrap();
-        let err = prepare_pgdata(&pgdata, false, false).unwrap_err();
-        assert!(err.is::<Refused>(), "{err}");
-        fs::write(pgdata.join("postmaster.pid"), "1").unwrap();
-        assert!(prepare_pgdata(&pgdata, true, false)
-            .unwrap_err()
-            .is::<Refused>());
-        fs::remove_file(pgdata.join("postmaster.pid")).unwrap();
-        prepare_pgdata(&pgdata, true, false).unwrap();
-        assert_eq!(fs::read_dir(&pgdata).unwrap().count(), 0);
     }
 }
