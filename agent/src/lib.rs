@@ -109,11 +109,13 @@ fn launch(cli: &Cli) -> fetch::client::Launch {
         .or_else(|_| std::env::args_os().next().map(Into::into).ok_or(()))
         .unwrap_or_else(|()| "pgagent".into());
     let mut args: Vec<std::ffi::OsString> = Vec::new();
+    // The server runs in `/`: relative paths are made absolute here.
+    let absolute = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     if let Some(c) = &cli.config {
-        args.extend(["--config".into(), c.clone().into()]);
+        args.extend(["--config".into(), absolute(c).into()]);
     }
     if let Some(d) = &cli.overrides.staging_dir {
-        args.extend(["--staging-dir".into(), d.clone().into()]);
+        args.extend(["--staging-dir".into(), absolute(d).into()]);
     }
     if let Some(u) = &cli.overrides.store_url {
         args.extend(["--store".into(), u.into()]);

@@ -160,7 +160,11 @@ fn resolve(pgdata: &Path) -> PathBuf {
     for a in abs.ancestors() {
         if let Ok(real) = a.canonicalize() {
             let rest = abs.strip_prefix(a).unwrap_or(Path::new(""));
-            return real.join(rest);
+            return if rest.as_os_str().is_empty() {
+                real
+            } else {
+                real.join(rest)
+            };
         }
     }
     abs
@@ -221,8 +225,13 @@ pub async fn run(
         ))
         .into()),
         PgdataState::Empty => {
+            // An empty directory loses nothing: as root, preseed gives it to the PostgreSQL
+            // user (the restore does) with mode 0700; otherwise it must be right already.
             if pgdata.exists() {
-                if let Some(p) = ownership_problem(&pgdata, owner) {
+                if rustix::process::geteuid().as_raw() == 0 {
+                    fs::set_permissions(&pgdata, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+                        .with_context(|| format!("chmod 0700 {}", pgdata.display()))?;
+                } else if let Some(p) = ownership_problem(&pgdata, owner) {
                     return Err(Refused(format!("preseed: {p}")).into());
                 }
             }

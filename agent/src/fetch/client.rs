@@ -137,7 +137,9 @@ fn exchange(
 }
 
 /// Starts a restore-mode server for `paths` in the background: its own process group,
-/// no terminal, stderr appended to `paths.log`. It outlives this process.
+/// no terminal, stderr appended to `paths.log`, working directory `/` (so it never holds
+/// PGDATA's file system busy: a clone or snapshot there can be unmounted or rolled back).
+/// It outlives this process; `launch` must name files by absolute paths.
 ///
 /// Errors: the directory or the log cannot be created, or the process cannot start.
 pub fn start_server(paths: &RestorePaths, launch: &Launch) -> io::Result<Child> {
@@ -154,6 +156,7 @@ pub fn start_server(paths: &RestorePaths, launch: &Launch) -> io::Result<Child> 
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
+        .current_dir("/")
         .process_group(0)
         .spawn()
         .map_err(|e| io::Error::new(e.kind(), format!("start {}: {e}", launch.exe.display())))
