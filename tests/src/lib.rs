@@ -7,12 +7,13 @@
 //! - [`Garage`]: a single-node Garage S3 server with one bucket and its owner key.
 //! - [`Proxy`]: a TCP proxy that can refuse, hang or slow connections ([`ProxyMode`]).
 //! - [`AgentProcess`] / [`run_pgagent`]: the `pgagent` binary as a daemon or a one-shot command.
+//! - [`ZfsPool`]: a file-backed ZFS pool (zfs-fuse) with datasets and snapshots.
 //!
 //! Environment: `PGAGENT_TEST_PG_BIN` (PostgreSQL `bin` directory), `PGAGENT_TEST_PG_USER`
 //! (OS user PostgreSQL runs as when the tests run as root, default `postgres`),
 //! `PGAGENT_TEST_GARAGE` (garage binary), `PGAGENT_BIN` (pgagent binary),
 //! `PGAGENT_TEST_KEEP=1` (keep temporary directories and print their paths).
-//! `scripts/install-deps` installs PostgreSQL and Garage.
+//! `scripts/install-deps` installs PostgreSQL, Garage and zfs-fuse.
 
 pub mod agent;
 pub mod garage;
@@ -21,6 +22,7 @@ pub mod pg;
 mod postmaster;
 pub mod proxy;
 pub mod util;
+pub mod zfs;
 
 pub use agent::{pgagent_bin, run_pgagent, AgentProcess};
 pub use garage::Garage;
@@ -28,3 +30,4 @@ pub use osuser::OsUser;
 pub use pg::{PgOptions, PgServer};
 pub use proxy::{Proxy, ProxyMode};
 pub use util::{free_addr, free_port, wait_until, wait_until_async};
+pub use zfs::ZfsPool;

@@ -65,6 +65,9 @@ pub struct PgOptions {
     /// Extra `initdb` arguments, after the harness's `--locale=C --encoding=UTF8 --no-sync`
     /// (e.g. `--wal-segsize=1`, `--data-checksums`).
     pub initdb_args: Vec<String>,
+    /// PGDATA somewhere else than `<root>/data` (on a ZFS dataset, say); its parent must
+    /// exist and be writable by the PostgreSQL OS user.
+    pub data_dir: Option<PathBuf>,
 }
 
 impl Default for PgOptions {
@@ -74,6 +77,7 @@ impl Default for PgOptions {
             wal_keep_size: "1GB".to_owned(),
             extra_conf: Vec::new(),
             initdb_args: Vec::new(),
+            data_dir: None,
         }
     }
 }
@@ -171,7 +175,23 @@ impl PgServer {
 
     /// PGDATA.
     pub fn data_dir(&self) -> PathBuf {
-        self.root.join("data")
+        self.opts
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| self.root.join("data"))
+    }
+
+    /// The PostgreSQL OS user's uid and gid (this process's when it is not root).
+    pub fn os_user_ids(&self) -> (u32, u32) {
+        match &self.os_user {
+            Some(u) => (u.uid, u.gid),
+            None => fs::metadata("/proc/self")
+                .map(|m| {
+                    use std::os::unix::fs::MetadataExt;
+                    (m.uid(), m.gid())
+                })
+                .unwrap_or((0, 0)),
+        }
     }
 
     /// Temporary directory holding PGDATA, the socket directory and the log.
