@@ -145,14 +145,13 @@ async fn a_snapshot_under_load_restores_to_a_target_time() {
     assert_ne!(state(&primary), at_t);
     flush_to_store(&rig, &agent, &primary);
 
-    // Restore from the snapshot (a clone), recovering with WAL from the bucket.
+    // Restore (tier auto: the local snapshot serves, as a clone), recovering with WAL from
+    // the bucket.
     let restored_pgdata = pool.dir().join("restored").join("data");
     let out = pgagent(
         &fetch.config,
         &[
             "restore",
-            "--from",
-            "snapshot",
             "--target-time",
             &t,
             "--pgdata",
@@ -553,4 +552,52 @@ async fn doctor_checks_staging_and_create_staging_makes_it_right() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("FAIL  postgres"), "{}", text(&out));
     assert!(text(&out).contains("FAIL  zfs dataset"), "{}", text(&out));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_takes_scheduled_snapshots_and_keeps_retention() {
+    let pool = ZfsPool::create(512).expect("ZFS pool");
+    let (dataset, mnt) = dataset_for_postgres(&pool, "pg", postgres_ids());
+    let rig = Rig::fs();
+    let primary = PgServer::start(PgOptions {
+        data_dir: Some(mnt.join("data")),
+        ..Default::default()
+    })
+    .expect("PostgreSQL on ZFS");
+    grant_snapshot_rights(&primary);
+    let metrics = pgagent_tests::free_addr().unwrap();
+    let mut agent = rig.spawn_with(
+        &primary,
+        &[
+            ("PGAGENT_ZFS_DATASETS", format!("[\"{dataset}\"]")),
+            ("PGAGENT_ZFS_SNAPSHOT_SCHEDULE", "*/2 * * * * *".into()),
+            ("PGAGENT_ZFS_KEEP_HOURLY", "1".into()),
+            ("PGAGENT_ZFS_KEEP_DAILY", "0".into()),
+            ("PGAGENT_ZFS_KEEP_WEEKLY", "0".into()),
+            ("PGAGENT_METRICS_LISTEN", metrics.to_string()),
+        ],
+    );
+    let ours = || {
+        pool.snapshots()
+            .unwrap()
+            .into_iter()
+            .filter(|s| s.contains("@pgagent-"))
+            .collect::<Vec<_>>()
+    };
+    let first =
+        pgagent_tests::wait_until(Duration::from_secs(60), Duration::from_millis(250), || {
+            std::net::TcpStream::connect(metrics).is_ok()
+                && scrape(metrics, "pgagent_snapshot_last_success_timestamp_seconds") > 0.0
+        });
+    assert!(first, "{}", agent.output_text());
+    let seen_first = ours();
+    assert_eq!(seen_first.len(), 1, "{seen_first:?}");
+    // Later snapshots replace it: one hour, one kept.
+    let replaced =
+        pgagent_tests::wait_until(Duration::from_secs(60), Duration::from_millis(250), || {
+            let now = ours();
+            now.len() == 1 && now != seen_first
+        });
+    assert!(replaced, "{:?}\n{}", ours(), agent.output_text());
+    assert!(agent.terminate().success(), "{}", agent.output_text());
 }
