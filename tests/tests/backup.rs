@@ -41,14 +41,6 @@ fn assert_verifybackup(pg: &PgServer) {
     assert!(out.status.success(), "pg_verifybackup: {}", text(&out));
 }
 
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn dr_drill_restores_a_point_in_time_from_the_bucket_alone() {
     let garage = Garage::start().expect("start Garage");

@@ -14,14 +14,6 @@ use common::*;
 use pgagent_protocol::SegNo;
 use pgagent_tests::{run_pgagent, Garage, PgOptions, PgServer, ZfsPool};
 
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// A dataset `<pool>/<name>` mounted at `<pool dir>/<name>`, owned by the PostgreSQL OS
 /// user; returns (dataset, mount point).
 fn dataset_for_postgres(pool: &ZfsPool, name: &str, pg_ids: (u32, u32)) -> (String, PathBuf) {

@@ -267,3 +267,12 @@ pub fn scrape(addr: std::net::SocketAddr, name: &str) -> f64 {
         .parse()
         .unwrap()
 }
+
+/// Standard output then standard error of a finished command, for assertions.
+pub fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
