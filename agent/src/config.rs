@@ -644,6 +644,65 @@ mod tests {
         raw.validate().unwrap();
     }
 
+    /// Every key of the configuration, `section.key`, from the defaults.
+    fn all_keys() -> Vec<String> {
+        let v = serde_json::to_value(RawConfig::default()).unwrap();
+        let mut keys = Vec::new();
+        for (section, table) in v.as_object().unwrap() {
+            for key in table.as_object().unwrap().keys() {
+                keys.push(format!("{section}.{key}"));
+            }
+        }
+        keys
+    }
+
+    /// The README's configuration reference is checked against the code both ways: every
+    /// key is in the table with its environment variable and default, and every key the
+    /// table names exists.
+    #[test]
+    fn the_readme_reference_matches_the_code() {
+        let readme = include_str!("../../README.md");
+        let rows: Vec<&str> = readme
+            .lines()
+            .skip_while(|l| !l.starts_with("| key | environment | default | meaning |"))
+            .take_while(|l| l.starts_with('|'))
+            .skip(2)
+            .collect();
+        let keys = all_keys();
+        assert!(keys.len() > 30, "{keys:?}");
+        for key in &keys {
+            let (section, name) = key.split_once('.').unwrap();
+            let env = format!(
+                "`PGAGENT_{}_{}`",
+                section.to_uppercase(),
+                name.to_uppercase()
+            );
+            let row = rows
+                .iter()
+                .find(|r| r.split(" | ").next().unwrap().contains(&format!("`{key}`")));
+            let row = row.unwrap_or_else(|| panic!("README's configuration table lacks `{key}`"));
+            assert!(row.contains(&env), "README row of {key} lacks {env}: {row}");
+            assert!(row.split(" | ").count() >= 4, "{row}");
+        }
+        for row in &rows {
+            let first = row.split(" | ").next().unwrap();
+            for part in first.split('`').skip(1).step_by(2) {
+                if part.contains('.') && !part.starts_with("--") {
+                    assert!(
+                        keys.contains(&part.to_string()),
+                        "README names unknown key {part}"
+                    );
+                }
+            }
+        }
+        for section in SECTIONS {
+            assert!(
+                keys.iter().any(|k| k.starts_with(&format!("{section}."))),
+                "{section}"
+            );
+        }
+    }
+
     #[test]
     fn missing_explicit_file_is_an_error() {
         let err = RawConfig::load(
