@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 /// Sections of the file; also the prefixes of the environment variables.
 pub const SECTIONS: &[&str] = &[
-    "postgres", "staging", "store", "wal", "fetch", "backup", "zfs", "metrics",
+    "postgres", "staging", "store", "wal", "fetch", "backup", "zfs", "metrics", "alerts",
 ];
 
 /// Default configuration file locations, tried in order when `--config` is not given.
@@ -300,12 +300,50 @@ fn validate_dataset(key: &str, name: &str) -> Result<(), ConfigError> {
 pub struct MetricsSection {
     /// Address of `/metrics`, `/healthz`, `/readyz`; empty disables the endpoint.
     pub listen: String,
+    /// RPO bound in seconds: above it `/readyz` answers 503 and an incident starts.
+    pub max_rpo_seconds: f64,
+    /// node_exporter textfile collector directory: `pgagent.prom` is rewritten there every
+    /// second; empty: none.
+    pub textfile_dir: String,
 }
 
 impl Default for MetricsSection {
     fn default() -> Self {
         MetricsSection {
             listen: "127.0.0.1:9187".into(),
+            max_rpo_seconds: 300.0,
+            textfile_dir: String::new(),
+        }
+    }
+}
+
+/// `[alerts]`: commands run when an incident starts and ends (see [`crate::alerts`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertsSection {
+    /// Shell command run once when an incident starts; empty: none.
+    pub on_failure: String,
+    /// Shell command run once when a reported incident ends; empty: none.
+    pub on_recovery: String,
+    /// A hook still running after this long is killed.
+    #[serde(with = "humantime_serde")]
+    pub hook_timeout: Duration,
+    /// How long a problem must last to be an incident.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+    /// Least time between two reported incidents; one sooner is only logged.
+    #[serde(with = "humantime_serde")]
+    pub min_interval: Duration,
+}
+
+impl Default for AlertsSection {
+    fn default() -> Self {
+        AlertsSection {
+            on_failure: String::new(),
+            on_recovery: String::new(),
+            hook_timeout: Duration::from_secs(30),
+            grace: Duration::from_secs(30),
+            min_interval: Duration::from_secs(300),
         }
     }
 }
@@ -330,6 +368,8 @@ pub struct RawConfig {
     pub zfs: ZfsSection,
     /// `[metrics]`
     pub metrics: MetricsSection,
+    /// `[alerts]`
+    pub alerts: AlertsSection,
 }
 
 /// Values given on the command line; they win over everything else.
@@ -485,6 +525,9 @@ impl RawConfig {
         }
         if self.staging.dir.as_os_str().is_empty() {
             return bad("staging.dir is empty".into());
+        }
+        if self.metrics.max_rpo_seconds.is_nan() || self.metrics.max_rpo_seconds <= 0.0 {
+            return bad("metrics.max_rpo_seconds must be more than 0".into());
         }
         let metrics_listen = if self.metrics.listen.trim().is_empty() {
             None

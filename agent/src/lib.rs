@@ -5,6 +5,7 @@
 //! back to any point in time. See DESIGN.md for the contracts; `main.rs` only calls
 //! [`main_entry`].
 
+pub mod alerts;
 pub mod backup;
 pub mod cli;
 pub mod commands;

@@ -209,28 +209,55 @@ impl Metrics {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
+    max_rpo_seconds: f64,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(render))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .with_state(metrics);
+        .with_state((metrics, max_rpo_seconds));
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
 }
 
-async fn render(State(m): State<Arc<Metrics>>) -> String {
+async fn render(State((m, _)): State<(Arc<Metrics>, f64)>) -> String {
     m.render()
 }
 
-async fn ready(State(m): State<Arc<Metrics>>) -> (StatusCode, &'static str) {
-    if m.up.get() == 1 {
-        (StatusCode::OK, "ready\n")
+async fn ready(State((m, max_rpo)): State<(Arc<Metrics>, f64)>) -> (StatusCode, String) {
+    let (code, text) = readiness(&m, max_rpo);
+    (code, format!("{text}\n"))
+}
+
+/// `/readyz`: streaming, RPO within `max_rpo` seconds, staging below its quota.
+pub fn readiness(m: &Metrics, max_rpo: f64) -> (StatusCode, String) {
+    if m.up.get() != 1 {
+        (StatusCode::SERVICE_UNAVAILABLE, "not streaming".into())
+    } else if m.rpo_seconds.get() > max_rpo {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "RPO {:.0} s above metrics.max_rpo_seconds = {max_rpo}",
+                m.rpo_seconds.get()
+            ),
+        )
+    } else if m.staging_full.get() == 1 {
+        (StatusCode::SERVICE_UNAVAILABLE, "staging is full".into())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not streaming\n")
+        (StatusCode::OK, "ready".into())
     }
+}
+
+/// Writes the metrics to `<dir>/pgagent.prom` for node_exporter's textfile collector
+/// (temporary file + rename, so the collector never reads half a file).
+///
+/// Errors: the directory is missing or not writable.
+pub fn write_textfile(m: &Metrics, dir: &std::path::Path) -> std::io::Result<()> {
+    let tmp = dir.join(".pgagent.prom.tmp");
+    std::fs::write(&tmp, m.render())?;
+    std::fs::rename(&tmp, dir.join("pgagent.prom"))
 }
 
 #[cfg(test)]

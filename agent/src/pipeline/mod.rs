@@ -50,6 +50,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
             Some(tokio::spawn(crate::metrics::serve(
                 listener,
                 metrics.clone(),
+                cfg.raw.metrics.max_rpo_seconds,
                 shutdown.clone(),
             )))
         }
@@ -173,6 +174,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         staging_dir.clone(),
         store.as_ref(),
         server.system_id,
+        &cfg,
     );
 
     // The channel is bounded: sending may wait for the workers, off the async threads.
@@ -417,18 +419,51 @@ async fn drain(
     }
 }
 
+/// Every second: gauges, `status.json`, the textfile, and the alert hooks.
 fn spawn_publisher(
     shared: Arc<Shared>,
     staging_dir: std::path::PathBuf,
     store: &dyn ObjectStore,
     system_id: u64,
+    cfg: &Config,
 ) -> JoinHandle<()> {
     let store = store.describe();
+    let alerts = cfg.raw.alerts.clone();
+    let max_rpo = cfg.raw.metrics.max_rpo_seconds;
+    let textfile_dir = (!cfg.raw.metrics.textfile_dir.is_empty())
+        .then(|| std::path::PathBuf::from(&cfg.raw.metrics.textfile_dir));
     tokio::spawn(async move {
+        let mut incidents = crate::alerts::Incidents::new(alerts.grace, alerts.min_interval);
+        let mut textfile_failed = false;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
-            publish(&shared, &staging_dir, &store, system_id, false);
+            let status = publish(&shared, &staging_dir, &store, system_id, false);
+            if let Some(dir) = &textfile_dir {
+                match crate::metrics::write_textfile(&shared.metrics, dir) {
+                    Ok(()) => textfile_failed = false,
+                    Err(e) if !textfile_failed => {
+                        textfile_failed = true;
+                        tracing::error!("metrics.textfile_dir {}: {e}", dir.display());
+                    }
+                    Err(_) => {}
+                }
+            }
+            let problems = crate::alerts::problems(&status, max_rpo);
+            if let Some(event) = incidents.observe(&problems, std::time::Instant::now()) {
+                let command = match event.kind {
+                    crate::alerts::EventKind::Failure => &alerts.on_failure,
+                    crate::alerts::EventKind::Recovery => &alerts.on_recovery,
+                };
+                tracing::warn!(event = ?event.kind, problems = ?event.problems, "incident");
+                if !command.is_empty() {
+                    tokio::spawn(crate::alerts::run_hook(
+                        command.clone(),
+                        crate::alerts::hook_env(&event, &status),
+                        alerts.hook_timeout,
+                    ));
+                }
+            }
         }
     })
 }
@@ -440,7 +475,7 @@ fn publish(
     store: &str,
     system_id: u64,
     stopped: bool,
-) {
+) -> DaemonStatus {
     let (received, flushed, uploaded, lag) = {
         let t = shared.tracker();
         (
@@ -483,4 +518,5 @@ fn publish(
     if let Err(e) = statusfile::write(staging_dir, &status) {
         tracing::debug!(error = %e, "cannot write status.json");
     }
+    status
 }

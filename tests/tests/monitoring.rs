@@ -1,0 +1,137 @@
+//! Monitoring while streaming: `/metrics` moves as WAL moves, the RPO gauge and `/readyz`
+//! follow the bucket going away and coming back, the failure hook fires once per incident
+//! and the recovery hook once, and the node_exporter textfile is written.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::*;
+use pgagent_tests::{free_addr, wait_until, Garage, PgOptions, PgServer, Proxy, ProxyMode};
+
+fn hook_lines(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_rpo_readiness_and_hooks_follow_an_outage() {
+    let garage = Garage::start().expect("start Garage");
+    let proxy = Proxy::start(garage.s3_addr());
+    let pg = PgServer::start(PgOptions::default()).unwrap();
+    let rig = Rig::s3(
+        garage.store_url_via("mon", &proxy.http_endpoint()),
+        garage.s3_env(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let hooks = dir.path().join("hooks.log");
+    let textfile = dir.path().join("textfile");
+    std::fs::create_dir(&textfile).unwrap();
+    let addr = free_addr().unwrap();
+    let hook = |kind: &str| {
+        format!(
+            "echo \"{kind} $PGAGENT_EVENT $PGAGENT_EVENT_REASON rpo=$PGAGENT_RPO_SECONDS\" >> {}",
+            hooks.display()
+        )
+    };
+    let mut agent = rig.spawn_with(
+        &pg,
+        &[
+            ("PGAGENT_METRICS_LISTEN", addr.to_string()),
+            ("PGAGENT_METRICS_MAX_RPO_SECONDS", "3".into()),
+            (
+                "PGAGENT_METRICS_TEXTFILE_DIR",
+                textfile.display().to_string(),
+            ),
+            ("PGAGENT_ALERTS_ON_FAILURE", hook("on_failure")),
+            ("PGAGENT_ALERTS_ON_RECOVERY", hook("on_recovery")),
+            ("PGAGENT_ALERTS_GRACE", "1s".into()),
+            ("PGAGENT_STORE_REQUEST_TIMEOUT", "2s".into()),
+        ],
+    );
+    let ready = || http_get(addr, "/readyz");
+    assert!(
+        wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
+            std::net::TcpStream::connect(addr).is_ok() && ready().starts_with("HTTP/1.0 200")
+        }),
+        "{}",
+        agent.output_text()
+    );
+    assert!(http_get(addr, "/healthz").starts_with("HTTP/1.0 200"));
+
+    // WAL moves, and so do the positions.
+    let received = scrape(addr, "pgagent_wal_received_lsn");
+    let uploaded = scrape(addr, "pgagent_wal_uploaded_lsn");
+    pg.pgbench_init(1).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
+            scrape(addr, "pgagent_wal_received_lsn") > received + 1e6
+                && scrape(addr, "pgagent_wal_uploaded_lsn") > uploaded + 1e6
+        }),
+        "{}",
+        http_get(addr, "/metrics")
+    );
+    let text = std::fs::read_to_string(textfile.join("pgagent.prom")).unwrap();
+    assert!(text.contains("pgagent_wal_received_lsn "), "{text}");
+    assert!(hook_lines(&hooks).is_empty(), "{:?}", hook_lines(&hooks));
+
+    // The bucket goes away while commits keep coming: the RPO rises, readiness drops, the
+    // failure hook fires once.
+    let writing = AtomicBool::new(true);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            pg.psql("CREATE TABLE beat (t timestamptz)").unwrap();
+            while writing.load(Ordering::Relaxed) {
+                pg.psql("INSERT INTO beat VALUES (now())").unwrap();
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        proxy.set_mode(ProxyMode::Refuse);
+        let risen = wait_until(Duration::from_secs(30), Duration::from_millis(250), || {
+            scrape(addr, "pgagent_rpo_seconds") > 4.0
+        });
+        assert!(risen, "{}", http_get(addr, "/metrics"));
+        let not_ready = ready();
+        assert!(not_ready.starts_with("HTTP/1.0 503"), "{not_ready}");
+        assert!(not_ready.contains("RPO"), "{not_ready}");
+        assert!(
+            wait_until(Duration::from_secs(15), Duration::from_millis(200), || {
+                !hook_lines(&hooks).is_empty()
+            }),
+            "{}",
+            agent.output_text()
+        );
+        std::thread::sleep(Duration::from_secs(4));
+        let lines = hook_lines(&hooks);
+        assert_eq!(lines.len(), 1, "once per incident: {lines:?}");
+        assert!(lines[0].starts_with("on_failure failure rpo"), "{lines:?}");
+
+        // It comes back: the RPO falls, readiness returns, the recovery hook fires once.
+        proxy.set_mode(ProxyMode::Pass);
+        let fallen = wait_until(Duration::from_secs(60), Duration::from_millis(250), || {
+            scrape(addr, "pgagent_rpo_seconds") < 3.0
+        });
+        assert!(fallen, "{}", http_get(addr, "/metrics"));
+        assert!(
+            wait_until(Duration::from_secs(15), Duration::from_millis(200), || {
+                ready().starts_with("HTTP/1.0 200") && hook_lines(&hooks).len() >= 2
+            }),
+            "{:?}\n{}",
+            hook_lines(&hooks),
+            agent.output_text()
+        );
+        std::thread::sleep(Duration::from_secs(3));
+        writing.store(false, Ordering::Relaxed);
+    });
+    let lines = hook_lines(&hooks);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[1].starts_with("on_recovery recovery rpo"),
+        "{lines:?}"
+    );
+    assert!(agent.terminate().success(), "{}", agent.output_text());
+}
