@@ -135,3 +135,50 @@ async fn metrics_rpo_readiness_and_hooks_follow_an_outage() {
     );
     assert!(agent.terminate().success(), "{}", agent.output_text());
 }
+
+/// `pgagent status` shows the last backup from the store, and a restarted daemon's backup
+/// gauge starts from it instead of zero.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_and_gauges_know_the_last_backup() {
+    let rig = Rig::fs();
+    let pg = PgServer::start(PgOptions::default()).unwrap();
+    let mut agent = rig.spawn_caught_up(&pg);
+    let env = rig.env(&pg);
+    let out = pgagent_tests::run_pgagent(&["backup", "--fast"], &env);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = pgagent_tests::run_pgagent(&["status", "--json"], &env);
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = v["last_backup"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(id.len(), 16, "{v}");
+    assert!(v["last_snapshot"].is_null(), "{v}");
+    for key in [
+        "received_lsn",
+        "uploaded_lsn",
+        "upload_lag_bytes",
+        "rpo_seconds",
+        "staging_bytes",
+        "timeline",
+    ] {
+        assert!(!v[key].is_null(), "{key}: {v}");
+    }
+    let out = pgagent_tests::run_pgagent(&["status"], &env);
+    assert!(
+        text(&out).contains(&format!("last backup       {id}")),
+        "{}",
+        text(&out)
+    );
+    assert!(agent.terminate().success(), "{}", agent.output_text());
+
+    let addr = free_addr().unwrap();
+    let mut agent = rig.spawn_with(&pg, &[("PGAGENT_METRICS_LISTEN", addr.to_string())]);
+    let known = wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
+        std::net::TcpStream::connect(addr).is_ok()
+            && scrape(addr, "pgagent_backup_last_success_timestamp_seconds") > 1.7e9
+    });
+    assert!(known, "{}", http_get(addr, "/metrics"));
+    assert!(agent.terminate().success(), "{}", agent.output_text());
+}

@@ -8,7 +8,52 @@ use crate::statusfile::{self, DaemonStatus};
 /// Seconds after which a published status counts as stale (the daemon writes every second).
 pub const STALE_AFTER_SECS: u64 = 10;
 
-/// Prints the daemon's status; fails when there is none.
+/// The newest complete base backup and the newest snapshot record in the store, each as
+/// (id, end time RFC 3339).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LastPoints {
+    /// The newest complete base backup.
+    pub last_backup: Option<(String, String)>,
+    /// The newest ZFS snapshot recorded in the store.
+    pub last_snapshot: Option<(String, String)>,
+}
+
+/// Reads [`LastPoints`] from `store` (newest first: one manifest or record read each, plus
+/// the listings).
+///
+/// Errors: the store's.
+pub async fn last_points(store: &dyn pgagent_storage::ObjectStore) -> anyhow::Result<LastPoints> {
+    let mut points = LastPoints::default();
+    for id in crate::backup::catalog::backup_ids(store)
+        .await?
+        .iter()
+        .rev()
+    {
+        if let Some(m) = crate::backup::catalog::get_manifest(store, id).await? {
+            if m.status == pgagent_storage::manifest::BackupStatus::Complete {
+                points.last_backup =
+                    Some((m.id.clone(), m.finished_at.clone().unwrap_or_default()));
+                break;
+            }
+        }
+    }
+    points.last_snapshot = crate::commands::snapshot::store_records(store)
+        .await?
+        .pop()
+        .map(|r| (r.id, r.finished_at));
+    Ok(points)
+}
+
+/// Unix seconds of an RFC 3339 time.
+pub fn unix_seconds(rfc3339: &str) -> Option<f64> {
+    humantime::parse_rfc3339(rfc3339)
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_secs_f64())
+}
+
+/// Prints the daemon's status (and, from the store, the last backup and snapshot); fails
+/// when there is no status.
 pub async fn run(cfg: &Config, json: bool) -> anyhow::Result<()> {
     let dir = cfg.staging_dir();
     let status = statusfile::read(dir)?.ok_or_else(|| {
@@ -22,13 +67,48 @@ pub async fn run(cfg: &Config, json: bool) -> anyhow::Result<()> {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let age = now.saturating_sub(status.updated_unix);
+    let points = async {
+        let store = pgagent_storage::open(&cfg.raw.store.url, &cfg.store_options()).await?;
+        last_points(store.as_ref()).await
+    };
+    let points = match tokio::time::timeout(std::time::Duration::from_secs(10), points).await {
+        Ok(Ok(p)) => Ok(p),
+        Ok(Err(e)) => Err(format!("{e:#}")),
+        Err(_) => Err("the store did not answer within 10 s".to_string()),
+    };
     if json {
         let mut v = serde_json::to_value(&status)?;
         v["age_seconds"] = age.into();
         v["stale"] = (age > STALE_AFTER_SECS).into();
+        match &points {
+            Ok(p) => {
+                for (key, point) in [
+                    ("last_backup", &p.last_backup),
+                    ("last_snapshot", &p.last_snapshot),
+                ] {
+                    v[key] = match point {
+                        Some((id, at)) => serde_json::json!({ "id": id, "finished_at": at }),
+                        None => serde_json::Value::Null,
+                    };
+                }
+            }
+            Err(e) => v["store_error"] = e.clone().into(),
+        }
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print!("{}", render(&status, age));
+        let point = |p: &Option<(String, String)>| {
+            p.as_ref().map_or("none".to_string(), |(id, at)| {
+                format!("{id} (finished {at})")
+            })
+        };
+        match &points {
+            Ok(p) => {
+                println!("{:<18}{}", "last backup", point(&p.last_backup));
+                println!("{:<18}{}", "last snapshot", point(&p.last_snapshot));
+            }
+            Err(e) => println!("{:<18}unknown: {e}", "last backup"),
+        }
     }
     Ok(())
 }

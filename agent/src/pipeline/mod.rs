@@ -108,6 +108,25 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     );
     let store = pgagent_storage::open(&cfg.raw.store.url, &cfg.store_options()).await?;
     startup::claim_store(store.as_ref(), &server).await?;
+    // The backup and snapshot gauges start from what the store holds, not from zero, so a
+    // restart does not look like "no backup for a day".
+    {
+        let (store, metrics) = (store.clone(), metrics.clone());
+        tokio::spawn(async move {
+            use crate::commands::status::{last_points, unix_seconds};
+            match last_points(store.as_ref()).await {
+                Ok(p) => {
+                    if let Some(t) = p.last_backup.and_then(|(_, at)| unix_seconds(&at)) {
+                        metrics.backup_last_success_timestamp_seconds.set(t);
+                    }
+                    if let Some(t) = p.last_snapshot.and_then(|(_, at)| unix_seconds(&at)) {
+                        metrics.snapshot_last_success_timestamp_seconds.set(t);
+                    }
+                }
+                Err(e) => tracing::warn!("cannot read the last backup from the store: {e:#}"),
+            }
+        });
+    }
 
     let slot = cfg.raw.postgres.slot.clone();
     let wrap = |e: pgagent_protocol::Error| anyhow::anyhow!(explain(&conn, &e));
