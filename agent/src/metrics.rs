@@ -30,6 +30,9 @@ pub struct Metrics {
     pub staging_bytes: IntGauge,
     /// `pgagent_staging_full`: 1 while staging is at its quota and receiving is paused.
     pub staging_full: IntGauge,
+    /// `pgagent_staging_quota_bytes`: `staging.quota`, so alerts can compare
+    /// `pgagent_staging_bytes` with it.
+    pub staging_quota_bytes: IntGauge,
     /// `pgagent_uploads_total{kind}`: objects uploaded (`segment`, `partial`, `history`).
     pub uploads_total: IntCounterVec,
     /// `pgagent_upload_errors_total{kind}`: failed upload attempts.
@@ -143,6 +146,10 @@ impl Metrics {
             staging_full: int_gauge(
                 "pgagent_staging_full",
                 "1 while staging is at its quota and receiving is paused.",
+            ),
+            staging_quota_bytes: int_gauge(
+                "pgagent_staging_quota_bytes",
+                "staging.quota: bytes of WAL not yet in the store at which receiving pauses.",
             ),
             uploads_total: counter_vec(
                 "pgagent_uploads_total",
@@ -279,6 +286,7 @@ mod tests {
             "pgagent_upload_lag_bytes",
             "pgagent_rpo_seconds",
             "pgagent_staging_bytes",
+            "pgagent_staging_quota_bytes",
             "pgagent_uploads_total{kind=\"segment\"} 1",
             "pgagent_upload_errors_total{kind=\"segment\"} 1",
             "pgagent_upload_bytes_total{stage=\"raw\"} 10",

@@ -211,6 +211,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     queue_histories(&mut client, store.as_ref(), &seg_tx, server.timeline).await?;
 
     let writer = StagingWriter::new(&staging_dir, seg)?;
+    shared
+        .metrics
+        .staging_quota_bytes
+        .set(i64::try_from(cfg.raw.staging.quota.as_u64()).unwrap_or(i64::MAX));
     let outlets = Outlets {
         segments: seg_tx,
         partials: partial_tx,
