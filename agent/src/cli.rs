@@ -108,6 +108,10 @@ pub enum Command {
         /// root the owner of PGDATA's parent].
         #[arg(long, value_name = "USER")]
         user: Option<String>,
+        /// First deployment only: when the store holds no cluster yet, leave the empty
+        /// PGDATA for initdb instead of refusing.
+        #[arg(long)]
+        allow_new: bool,
     },
     /// Preflight: configuration, PostgreSQL connection and rights, slot, wal_level, bucket
     /// rights, clock skew, staging dataset, data directory layout. Exit 1 on any failure.

@@ -92,8 +92,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 commands::restore::run(&cfg, &req).await
             }
             Command::Snapshot => commands::snapshot::run(&cfg).await,
-            Command::Preseed { pgdata, user } => {
-                commands::preseed::run(&cfg, &pgdata, user.as_deref(), &cli_fetch_prefix).await
+            Command::Preseed {
+                pgdata,
+                user,
+                allow_new,
+            } => {
+                let opts = commands::preseed::PreseedOptions {
+                    user,
+                    allow_new,
+                    fetch_prefix: cli_fetch_prefix,
+                };
+                commands::preseed::run(&cfg, &pgdata, &opts).await
             }
             Command::Doctor { pgdata } => commands::doctor::run(&cfg, pgdata.as_deref()).await,
             Command::List { what, json } => commands::list::run(&cfg, what, json).await,

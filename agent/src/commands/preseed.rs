@@ -188,22 +188,37 @@ pub fn layout_message(cfg: &Config, pgdata: &Path) -> anyhow::Result<Option<Stri
     }))
 }
 
+/// What `pgagent preseed` was asked besides the data directory.
+#[derive(Debug, Clone, Default)]
+pub struct PreseedOptions {
+    /// `--user`: the PostgreSQL user, a name or uid.
+    pub user: Option<String>,
+    /// `--allow-new`: an empty store means a new cluster (leave PGDATA to initdb).
+    pub allow_new: bool,
+    /// The start of the `restore_command` a restore writes.
+    pub fetch_prefix: String,
+}
+
+/// Whether the store holds a cluster at all; a store that cannot be read is an error.
+async fn store_has_cluster(cfg: &Config) -> anyhow::Result<bool> {
+    let store = pgagent_storage::open(&cfg.raw.store.url, &cfg.store_options()).await?;
+    Ok(pgagent_storage::cluster::read_cluster(store.as_ref())
+        .await?
+        .is_some())
+}
+
 /// `pgagent preseed`.
 ///
 /// Errors: [`Refused`] (exit 3) for a layered or shared mountpoint, a non-empty data
-/// directory without a valid cluster, or an owner/mode PostgreSQL would reject; the
-/// restore's errors.
-pub async fn run(
-    cfg: &Config,
-    pgdata: &Path,
-    user: Option<&str>,
-    fetch_prefix: &str,
-) -> anyhow::Result<()> {
+/// directory without a valid cluster, an owner/mode PostgreSQL would reject, or an empty
+/// data directory and a store without a cluster (unless `--allow-new`); the restore's
+/// errors.
+pub async fn run(cfg: &Config, pgdata: &Path, opts: &PreseedOptions) -> anyhow::Result<()> {
     let pgdata = resolve(pgdata);
     if let Some(problem) = layout_message(cfg, &pgdata)? {
         return Err(Refused(format!("preseed refuses {}: {problem}", pgdata.display())).into());
     }
-    let owner = expected_owner(user, &pgdata)?;
+    let owner = expected_owner(opts.user.as_deref(), &pgdata)?;
     match inspect(&pgdata)? {
         PgdataState::Cluster { version } => {
             if let Some(p) = ownership_problem(&pgdata, owner) {
@@ -235,6 +250,27 @@ pub async fn run(
                     return Err(Refused(format!("preseed: {p}")).into());
                 }
             }
+            // A store with no cluster is either a first deployment or a wrong store.url;
+            // only the operator can tell, so an empty PGDATA is left to initdb only when
+            // asked, never by default (that is how an empty cluster replaces a restore).
+            if !store_has_cluster(cfg).await? {
+                if opts.allow_new {
+                    println!(
+                        "preseed: the store ({}) holds no cluster yet and --allow-new is given: {} stays empty for initdb",
+                        cfg.raw.store.url,
+                        pgdata.display()
+                    );
+                    return Ok(());
+                }
+                return Err(Refused(format!(
+                    "preseed refuses {}: it is empty and the store ({}) holds no cluster, so there is \
+                     nothing to restore. If store.url is right and this is the first deployment, \
+                     run preseed once with --allow-new so PostgreSQL can initdb; otherwise fix store.url",
+                    pgdata.display(),
+                    cfg.raw.store.url
+                ))
+                .into());
+            }
             let req = RestoreRequest {
                 pgdata: pgdata.clone(),
                 backup: None,
@@ -242,7 +278,7 @@ pub async fn run(
                 action: "promote".into(),
                 force: false,
                 delta: false,
-                restore_command: format!("{fetch_prefix} fetch %f %p"),
+                restore_command: format!("{} fetch %f %p", opts.fetch_prefix),
                 from: RestoreFrom::Auto,
                 owner: Some(owner),
             };
