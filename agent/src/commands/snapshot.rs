@@ -103,7 +103,7 @@ pub async fn take_snapshot(cfg: &Config) -> anyhow::Result<SnapshotRecord> {
     let mut failure = None;
     for d in &datasets {
         let name = snapshot_name(d, &id);
-        match zfs.snapshot(d, &name[d.len() + 1..], &[(ID_PROPERTY, &id)]) {
+        match zfs.snapshot(&name, &[(ID_PROPERTY, &id)]) {
             Ok(()) => made.push(name),
             Err(e) => {
                 failure = Some(e);

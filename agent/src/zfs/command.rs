@@ -134,20 +134,15 @@ impl Zfs {
             .map(drop)
     }
 
-    /// Snapshots `dataset` and its descendants (`zfs snapshot -r -o …`) as `dataset@name`.
-    pub fn snapshot(
-        &self,
-        dataset: &str,
-        name: &str,
-        props: &[(&str, &str)],
-    ) -> Result<(), ZfsError> {
+    /// Takes `snapshot` (`dataset@name`) of the dataset and its descendants
+    /// (`zfs snapshot -r -o k=v …`).
+    pub fn snapshot(&self, snapshot: &str, props: &[(&str, &str)]) -> Result<(), ZfsError> {
         let opts: Vec<String> = props.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let target = format!("{dataset}@{name}");
         let mut args = vec!["snapshot", "-r"];
         for o in &opts {
             args.extend(["-o", o.as_str()]);
         }
-        args.push(&target);
+        args.push(snapshot);
         self.run(&args).map(drop)
     }
 
