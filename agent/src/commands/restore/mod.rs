@@ -154,7 +154,7 @@ pub async fn run(cfg: &Config, req: &RestoreRequest) -> anyhow::Result<()> {
 /// Restores per `req` from the first tier that can serve: a local snapshot (unless
 /// `--from bucket`), then the bucket (unless `--from snapshot`).
 ///
-/// Errors: [`Refused`] (exit 3) for a non-empty data directory without `--force` or a
+/// Errors: [`crate::exit::Refused`] (exit 3) for a non-empty data directory without `--force` or a
 /// running server in it; no snapshot (with `--from snapshot`) or backup can reach the
 /// target; store, `zfs`, verification or I/O errors.
 pub async fn restore(cfg: &Config, req: &RestoreRequest) -> anyhow::Result<Served> {

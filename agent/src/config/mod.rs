@@ -1,0 +1,102 @@
+//! Configuration, in two steps (raw → validated).
+//!
+//! Raw values come from, lowest precedence first: built-in defaults, the TOML file
+//! (`--config`, else `/etc/pgagent/pgagent.toml`, else `./pgagent.toml`), environment
+//! variables `PGAGENT_<SECTION>_<KEY>` (e.g. `PGAGENT_STORE_URL`), and command-line flags.
+//! [`RawConfig::validate`] then checks every value and builds the [`Config`] the commands use.
+//! The PostgreSQL connection also honours the libpq environment (`PGHOST`, `PGUSER`, …),
+//! filled in by the replication client for whatever `postgres.conninfo` leaves out.
+
+mod load;
+mod sections;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+pub use load::Overrides;
+pub use sections::*;
+pub use validate::validate_slot_name;
+
+/// Sections of the file; also the prefixes of the environment variables.
+pub const SECTIONS: &[&str] = &[
+    "postgres", "staging", "store", "wal", "fetch", "backup", "zfs", "metrics", "alerts",
+];
+
+/// Default configuration file locations, tried in order when `--config` is not given.
+pub const DEFAULT_CONFIG_PATHS: &[&str] = &["/etc/pgagent/pgagent.toml", "pgagent.toml"];
+
+/// A string that never appears in logs or `Debug` output.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+/// A configuration error: exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(pub String);
+
+/// Everything read from defaults, file, environment and flags, before validation.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawConfig {
+    /// `[postgres]`
+    pub postgres: PostgresSection,
+    /// `[staging]`
+    pub staging: StagingSection,
+    /// `[store]`
+    pub store: StoreSection,
+    /// `[wal]`
+    pub wal: WalSection,
+    /// `[fetch]`
+    pub fetch: FetchSection,
+    /// `[backup]`
+    pub backup: BackupSection,
+    /// `[zfs]`
+    pub zfs: ZfsSection,
+    /// `[metrics]`
+    pub metrics: MetricsSection,
+    /// `[alerts]`
+    pub alerts: AlertsSection,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// All values, checked.
+    pub raw: RawConfig,
+    /// Parsed `metrics.listen`; `None` disables the endpoint.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+impl Config {
+    /// The staging directory.
+    pub fn staging_dir(&self) -> &Path {
+        &self.raw.staging.dir
+    }
+
+    /// Options for opening the store.
+    pub fn store_options(&self) -> pgagent_storage::StoreOptions {
+        let s = &self.raw.store;
+        pgagent_storage::StoreOptions {
+            upload_concurrency: s.upload_concurrency,
+            part_size: s.part_size.as_u64(),
+            access_key_id: s.access_key_id.as_ref().map(|k| k.0.clone()),
+            secret_access_key: s.secret_access_key.as_ref().map(|k| k.0.clone()),
+            request_timeout: s.request_timeout,
+            ..Default::default()
+        }
+    }
+}

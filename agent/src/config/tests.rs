@@ -1,0 +1,177 @@
+//! Unit tests of loading, precedence, validation and the README reference.
+
+use std::path::Path;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use figment::providers::Env;
+
+use super::*;
+
+fn load(toml: &str, env: &[(&str, &str)], ov: Overrides) -> Result<RawConfig, ConfigError> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pgagent.toml");
+    std::fs::write(&path, toml).unwrap();
+    // A unique prefix keeps tests independent of the process environment.
+    let prefix = format!("PGAGENT_T{}_", std::process::id());
+    for (k, v) in env {
+        std::env::set_var(format!("{prefix}{k}"), v);
+    }
+    let r = RawConfig::load_with_env(Some(&path), &ov, Env::prefixed(&prefix));
+    for (k, _) in env {
+        std::env::remove_var(format!("{prefix}{k}"));
+    }
+    r
+}
+
+#[test]
+fn precedence_is_flag_env_file_default() {
+    let toml = "[store]\nurl = \"file:///from/file\"\nupload_concurrency = 3\n[wal]\nconfirm = \"staging\"\n";
+    let raw = load(toml, &[], Overrides::default()).unwrap();
+    assert_eq!(raw.store.url, "file:///from/file");
+    assert_eq!(raw.store.upload_concurrency, 3);
+    assert_eq!(raw.wal.confirm, Confirm::Staging);
+    assert_eq!(raw.postgres.slot, "pgagent", "default kept");
+
+    let raw = load(
+        toml,
+        &[
+            ("STORE_URL", "file:///from/env"),
+            ("STORE_UPLOAD_CONCURRENCY", "5"),
+        ],
+        Overrides::default(),
+    )
+    .unwrap();
+    assert_eq!(raw.store.url, "file:///from/env");
+    assert_eq!(raw.store.upload_concurrency, 5);
+
+    let ov = Overrides {
+        store_url: Some("file:///from/flag".into()),
+        ..Default::default()
+    };
+    let raw = load(toml, &[("STORE_URL", "file:///from/env")], ov).unwrap();
+    assert_eq!(raw.store.url, "file:///from/flag");
+}
+
+#[test]
+fn durations_and_sizes_parse_from_human_text() {
+    let raw = load(
+        "[staging]\nquota = \"2GiB\"\n[wal]\npartial_interval = \"250ms\"\n",
+        &[("FETCH_TIMEOUT", "90s")],
+        Overrides::default(),
+    )
+    .unwrap();
+    assert_eq!(raw.staging.quota, ByteSize::gib(2));
+    assert_eq!(raw.wal.partial_interval, Duration::from_millis(250));
+    assert_eq!(raw.fetch.timeout, Duration::from_secs(90));
+}
+
+#[test]
+fn unknown_keys_are_errors() {
+    let err = load("[store]\nulr = \"x\"\n", &[], Overrides::default()).unwrap_err();
+    assert!(err.to_string().contains("ulr"), "{err}");
+}
+
+#[test]
+fn validation_rejects_bad_values() {
+    let mut raw = RawConfig::default();
+    raw.postgres.slot = "Bad-Slot".into();
+    assert!(raw.clone().validate().is_err());
+    raw.postgres.slot = "ok_slot".into();
+    raw.wal.compression_level = 40;
+    let err = raw.clone().validate().unwrap_err();
+    assert!(err.to_string().contains("compression_level"), "{err}");
+    raw.wal.compression_level = 3;
+    raw.metrics.listen = "nope".into();
+    assert!(raw.clone().validate().is_err());
+    raw.metrics.listen = String::new();
+    assert!(raw.validate().unwrap().metrics_listen.is_none());
+}
+
+#[test]
+fn secrets_stay_out_of_debug() {
+    let mut raw = RawConfig::default();
+    raw.store.secret_access_key = Some(Secret("hunter2".into()));
+    assert!(!format!("{raw:?}").contains("hunter2"));
+}
+
+#[test]
+fn the_shipped_example_config_is_valid() {
+    let raw = load(
+        include_str!("../../../docker/pgagent.toml"),
+        &[],
+        Overrides::default(),
+    )
+    .unwrap();
+    assert_eq!(raw.store.upload_concurrency, 4);
+    raw.validate().unwrap();
+}
+
+/// Every key of the configuration, `section.key`, from the defaults.
+fn all_keys() -> Vec<String> {
+    let v = serde_json::to_value(RawConfig::default()).unwrap();
+    let mut keys = Vec::new();
+    for (section, table) in v.as_object().unwrap() {
+        for key in table.as_object().unwrap().keys() {
+            keys.push(format!("{section}.{key}"));
+        }
+    }
+    keys
+}
+
+/// The README's configuration reference is checked against the code both ways: every
+/// key is in the table with its environment variable and default, and every key the
+/// table names exists.
+#[test]
+fn the_readme_reference_matches_the_code() {
+    let readme = include_str!("../../../README.md");
+    let rows: Vec<&str> = readme
+        .lines()
+        .skip_while(|l| !l.starts_with("| key | environment | default | meaning |"))
+        .take_while(|l| l.starts_with('|'))
+        .skip(2)
+        .collect();
+    let keys = all_keys();
+    assert!(keys.len() > 30, "{keys:?}");
+    for key in &keys {
+        let (section, name) = key.split_once('.').unwrap();
+        let env = format!(
+            "`PGAGENT_{}_{}`",
+            section.to_uppercase(),
+            name.to_uppercase()
+        );
+        let row = rows
+            .iter()
+            .find(|r| r.split(" | ").next().unwrap().contains(&format!("`{key}`")));
+        let row = row.unwrap_or_else(|| panic!("README's configuration table lacks `{key}`"));
+        assert!(row.contains(&env), "README row of {key} lacks {env}: {row}");
+        assert!(row.split(" | ").count() >= 4, "{row}");
+    }
+    for row in &rows {
+        let first = row.split(" | ").next().unwrap();
+        for part in first.split('`').skip(1).step_by(2) {
+            if part.contains('.') && !part.starts_with("--") {
+                assert!(
+                    keys.contains(&part.to_string()),
+                    "README names unknown key {part}"
+                );
+            }
+        }
+    }
+    for section in SECTIONS {
+        assert!(
+            keys.iter().any(|k| k.starts_with(&format!("{section}."))),
+            "{section}"
+        );
+    }
+}
+
+#[test]
+fn missing_explicit_file_is_an_error() {
+    let err = RawConfig::load(
+        Some(Path::new("/nonexistent/x.toml")),
+        &Overrides::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("does not exist"));
+}
