@@ -67,6 +67,29 @@ fn utc_now(pg: &PgServer) -> String {
         .to_string()
 }
 
+/// A cluster whose PGDATA is `data/` on a new dataset `<pool>/pg`, with the rights a
+/// snapshot needs granted; returns (dataset, PGDATA, server).
+fn primary_on_zfs(pool: &ZfsPool) -> (String, PathBuf, PgServer) {
+    let (dataset, mnt) = dataset_for_postgres(pool, "pg", postgres_ids());
+    let pgdata = mnt.join("data");
+    let primary = PgServer::start(PgOptions {
+        data_dir: Some(pgdata.clone()),
+        ..Default::default()
+    })
+    .expect("PostgreSQL on ZFS");
+    grant_snapshot_rights(&primary);
+    (dataset, pgdata, primary)
+}
+
+/// A server, not started, for a data directory a restore fills.
+fn server_for(pgdata: &Path) -> PgServer {
+    PgServer::without_cluster(PgOptions {
+        data_dir: Some(pgdata.to_path_buf()),
+        ..Default::default()
+    })
+    .unwrap()
+}
+
 /// Waits until the WAL up to the current position is in the store.
 fn flush_to_store(rig: &Rig, agent: &pgagent_tests::AgentProcess, pg: &PgServer) {
     let switch = lsn(&pg.switch_wal().unwrap());
@@ -77,17 +100,9 @@ fn flush_to_store(rig: &Rig, agent: &pgagent_tests::AgentProcess, pg: &PgServer)
 #[tokio::test(flavor = "multi_thread")]
 async fn a_snapshot_under_load_restores_to_a_target_time() {
     let pool = ZfsPool::create(1024).expect("ZFS pool");
-    let ids = postgres_ids();
-    let (dataset, mnt) = dataset_for_postgres(&pool, "pg", ids);
-    let pgdata = mnt.join("data");
+    let (dataset, _pgdata, primary) = primary_on_zfs(&pool);
     let garage = Garage::start().expect("start Garage");
     let rig = Rig::s3(garage.store_url("zfs"), garage.s3_env());
-    let primary = PgServer::start(PgOptions {
-        data_dir: Some(pgdata.clone()),
-        ..Default::default()
-    })
-    .expect("PostgreSQL on ZFS");
-    grant_snapshot_rights(&primary);
     let mut agent = rig.spawn_caught_up(&primary);
     primary.pgbench_init(2).unwrap();
     create_table_t(&primary);
@@ -159,11 +174,7 @@ async fn a_snapshot_under_load_restores_to_a_target_time() {
     );
     assert!(restored_pgdata.join("backup_label").exists());
     assert!(!restored_pgdata.join("postmaster.pid").exists());
-    let mut restored = PgServer::without_cluster(PgOptions {
-        data_dir: Some(restored_pgdata.clone()),
-        ..Default::default()
-    })
-    .unwrap();
+    let mut restored = server_for(&restored_pgdata);
     restored.start_server().unwrap();
     let log = wait_promoted(&restored, Duration::from_secs(120));
     assert!(log.contains("recovery stopping before"), "{log}");
@@ -179,17 +190,9 @@ async fn a_snapshot_under_load_restores_to_a_target_time() {
 #[tokio::test(flavor = "multi_thread")]
 async fn retention_keeps_the_right_snapshots_and_rollback_undoes_a_bad_change() {
     let pool = ZfsPool::create(768).expect("ZFS pool");
-    let ids = postgres_ids();
-    let (dataset, mnt) = dataset_for_postgres(&pool, "pg", ids);
-    let pgdata = mnt.join("data");
+    let (dataset, pgdata, mut primary) = primary_on_zfs(&pool);
     let garage = Garage::start().expect("start Garage");
     let rig = Rig::s3(garage.store_url("rollback"), garage.s3_env());
-    let mut primary = PgServer::start(PgOptions {
-        data_dir: Some(pgdata.clone()),
-        ..Default::default()
-    })
-    .expect("PostgreSQL on ZFS");
-    grant_snapshot_rights(&primary);
     let mut agent = rig.spawn_caught_up(&primary);
     create_table_t(&primary);
     load(&primary, "first", 300);
@@ -427,11 +430,7 @@ async fn preseed_is_not_fooled_by_a_layered_mount_or_a_stale_marker() {
     );
     let marker = std::fs::read_to_string(place.join(".data.pgagent-preseed.json")).unwrap();
     assert!(marker.contains("\"tier\": \"bucket\""), "{marker}");
-    let mut restored = PgServer::without_cluster(PgOptions {
-        data_dir: Some(pgdata.clone()),
-        ..Default::default()
-    })
-    .unwrap();
+    let mut restored = server_for(&pgdata);
     restored.start_server().unwrap();
     wait_promoted(&restored, Duration::from_secs(120));
     assert_eq!(state(&restored), expected, "{}", restored.log_tail());
@@ -549,14 +548,8 @@ async fn doctor_checks_staging_and_create_staging_makes_it_right() {
 #[tokio::test(flavor = "multi_thread")]
 async fn run_takes_scheduled_snapshots_and_keeps_retention() {
     let pool = ZfsPool::create(512).expect("ZFS pool");
-    let (dataset, mnt) = dataset_for_postgres(&pool, "pg", postgres_ids());
+    let (dataset, _pgdata, primary) = primary_on_zfs(&pool);
     let rig = Rig::fs();
-    let primary = PgServer::start(PgOptions {
-        data_dir: Some(mnt.join("data")),
-        ..Default::default()
-    })
-    .expect("PostgreSQL on ZFS");
-    grant_snapshot_rights(&primary);
     let metrics = pgagent_tests::free_addr().unwrap();
     let mut agent = rig.spawn_with(
         &primary,
