@@ -258,10 +258,7 @@ async fn bucket_rights(store: &dyn ObjectStore, r: &mut Report) {
                 if let Some(t) = m.last_modified {
                     // The store stamps the object with its clock, in whole seconds.
                     let mid = before + after.duration_since(before).unwrap_or_default() / 2;
-                    let skew = t
-                        .duration_since(mid)
-                        .or_else(|e| Ok::<_, ()>(e.duration()))
-                        .unwrap_or_default();
+                    let skew = t.duration_since(mid).unwrap_or_else(|e| e.duration());
                     let skew = skew.saturating_sub(Duration::from_secs(1));
                     let level = clock_skew_level(skew);
                     r.add(

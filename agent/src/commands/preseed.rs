@@ -17,15 +17,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use super::restore::{restore, RecoveryTarget, RestoreFrom, RestoreRequest};
+use super::restore::{restore, RecoveryTarget, RestoreFrom, RestoreRequest, RESTORING_FILE};
 use crate::config::Config;
 use crate::exit::Refused;
 use crate::zfs::mounts::{layout_problems, read_mounts};
 use crate::zfs::Zfs;
-
-/// A file a restore keeps in the data directory while it writes, so an interrupted restore
-/// is never taken for a cluster.
-pub const RESTORING_FILE: &str = "pgagent.restoring";
 
 /// What a data directory holds.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -115,6 +115,10 @@ pub struct RestoreRequest {
     pub owner: Option<(u32, u32)>,
 }
 
+/// A file a bucket restore keeps in the data directory while it writes, so an interrupted
+/// restore is never taken for a cluster (preseed refuses a directory holding it).
+pub const RESTORING_FILE: &str = "pgagent.restoring";
+
 /// Which tier served a restore, and why the ones before it did not.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Served {
@@ -227,7 +231,7 @@ async fn from_bucket(
     let manifest = choose_backup(store.as_ref(), req).await?;
     prepare_pgdata(&req.pgdata, req.force && !req.delta, req.delta)?;
     // Until the end, the directory says it is not a cluster yet (see preseed).
-    let restoring = req.pgdata.join(super::preseed::RESTORING_FILE);
+    let restoring = req.pgdata.join(RESTORING_FILE);
     std::fs::write(&restoring, b"").with_context(|| format!("write {}", restoring.display()))?;
     tracing::info!(
         backup = manifest.id,
