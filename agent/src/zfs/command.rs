@@ -165,12 +165,6 @@ impl Zfs {
         self.retry_busy(&["destroy", "-r", snapshot])
     }
 
-    /// Destroys a file system dataset (a clone), unmounting it first.
-    pub fn destroy_dataset(&self, dataset: &str) -> Result<(), ZfsError> {
-        let _ = self.run(&["umount", dataset]);
-        self.retry_busy(&["destroy", dataset])
-    }
-
     fn retry_busy(&self, args: &[&str]) -> Result<(), ZfsError> {
         let mut tries = 0;
         loop {
