@@ -16,6 +16,7 @@ pub mod logging;
 pub mod metrics;
 pub mod pipeline;
 pub mod progress;
+pub mod retry;
 pub mod staging;
 pub mod statusfile;
 pub mod tracker;

@@ -143,7 +143,7 @@ async fn store_chunk(
     let sealed = tokio::task::spawn_blocking(move || envelope::seal(&data, level)).await?;
     let body: Bytes = sealed.body;
     let key = chunk_key(hash);
-    let mut delays = crate::pipeline::backoff(Duration::from_millis(200), Duration::from_secs(10));
+    let mut delays = crate::retry::delays(crate::retry::Policy::CHUNK);
     let mut attempt = 0;
     loop {
         attempt += 1;

@@ -37,15 +37,12 @@ use pgagent_storage::{envelope, ObjectStore, StoreError};
 
 use crate::config::Config;
 use crate::fetch::resolve::{Fill, Resolved, Source};
+use crate::retry::{GaveUp, Policy};
 
 /// Default log filter of `pgagent fetch` when `PGAGENT_LOG` is unset: PostgreSQL copies the
 /// command's stderr into its log for every file restored, so only warnings, errors and the
 /// notice that a partial segment was served are shown.
 pub const LOG_FILTER: &str = "warn,pgagent::fetch=info";
-
-/// Retry delays for transient store errors: from 100 ms, doubling, capped at 5 s.
-const RETRY_MIN: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Why a fetch did not deliver; each variant has its own exit status
 /// ([`FetchError::exit_code`]).
@@ -277,47 +274,41 @@ impl From<StoreError> for DeliverError {
     }
 }
 
-/// Runs `op` until it succeeds, fails with a non-transient error, or `deadline` passes.
+/// Runs `op` until it succeeds, fails with a non-transient error, or `deadline` passes
+/// ([`crate::retry::until`] with [`Policy::FETCH`]).
 ///
-/// Transient errors ([`StoreError::is_transient`]) are retried with capped exponential
-/// backoff; each attempt is cut at the deadline, so a store that never answers (packets
-/// dropped) ends the wait on time. The first transient error is logged once as a warning.
+/// The first transient error is logged once as a warning.
 async fn retry<T, F, Fut>(
     store: &str,
     what: &str,
     deadline: Instant,
-    mut op: F,
+    op: F,
 ) -> Result<T, FetchError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, StoreError>>,
 {
-    let mut delays = crate::pipeline::backoff(RETRY_MIN, RETRY_MAX);
-    let mut last: Option<String> = None;
-    loop {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let err = match tokio::time::timeout(remaining, op()).await {
-            Ok(Ok(v)) => return Ok(v),
-            Ok(Err(e)) if e.is_transient() => e.to_string(),
-            Ok(Err(e)) => return Err(abort(format!("store {store}: {what}: {e}"))),
-            Err(_) => last
-                .clone()
-                .unwrap_or_else(|| "no answer from the store".to_string()),
-        };
-        if last.is_none() {
-            tracing::warn!("store {store}: {what}: {err}; retrying until fetch.timeout");
+    let mut warned = false;
+    let notify = |e: &StoreError, _| {
+        if !std::mem::replace(&mut warned, true) {
+            tracing::warn!("store {store}: {what}: {e}; retrying until fetch.timeout");
         }
-        last = Some(err);
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() {
-            return Err(abort(format!(
-                "store {store}: {what}: still failing when fetch.timeout ran out: {}",
-                last.unwrap_or_default()
-            )));
-        }
-        let delay = delays.next().unwrap_or(RETRY_MAX).min(remaining);
-        tokio::time::sleep(delay).await;
-    }
+    };
+    crate::retry::until(
+        Policy::FETCH,
+        deadline.into(),
+        StoreError::is_transient,
+        notify,
+        op,
+    )
+    .await
+    .map_err(|gave_up| match gave_up {
+        GaveUp::Permanent(e) => abort(format!("store {store}: {what}: {e}")),
+        GaveUp::Deadline(last) => abort(format!(
+            "store {store}: {what}: still failing when fetch.timeout ran out: {}",
+            last.map_or_else(|| "no answer from the store".to_string(), |e| e.to_string())
+        )),
+    })
 }
 
 /// Fetches `file` into `path` with a store connection of its own (no daemon, no prefetch).

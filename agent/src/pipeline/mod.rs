@@ -22,7 +22,6 @@ pub use startup::{check_staging, explain, ServerInfo};
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use pgagent_protocol::{ConnConfig, Lsn, ReplicationClient, ReplicationStream, TimelineId};
 use pgagent_storage::ObjectStore;
 use tokio::sync::mpsc;
@@ -353,18 +352,8 @@ async fn stream(
     }
 }
 
-/// Endless capped exponential backoff with jitter, between `min` and `max`.
-pub(crate) fn backoff(min: Duration, max: Duration) -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_min_delay(min)
-        .with_max_delay(max)
-        .with_jitter()
-        .without_max_times()
-        .build()
-}
-
 fn reconnect_backoff() -> impl Iterator<Item = Duration> {
-    backoff(Duration::from_millis(500), Duration::from_secs(30))
+    crate::retry::delays(crate::retry::Policy::RECONNECT)
 }
 
 async fn wait_retry(

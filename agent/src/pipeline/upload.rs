@@ -41,10 +41,6 @@ enum Outcome {
     AlreadyPresent,
 }
 
-fn backoff() -> impl Iterator<Item = Duration> {
-    super::backoff(Duration::from_millis(200), Duration::from_secs(30))
-}
-
 impl Uploader {
     /// An uploader with at most `concurrency` uploads in flight. Once `shutdown` is
     /// cancelled, an object in conflict is left in staging instead of retried (a clean stop
@@ -110,7 +106,7 @@ impl Uploader {
         let key = job.object.key(seg);
         let kind = job.object.kind();
         let m = &self.shared.metrics;
-        let mut delays = backoff();
+        let mut delays = crate::retry::delays(crate::retry::Policy::UPLOAD);
         let mut conflict_counted = false;
         let outcome = loop {
             match self.attempt(&key, &job).await {
