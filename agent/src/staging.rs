@@ -218,13 +218,20 @@ impl StagingWriter {
     fn open_segment(&mut self, tli: TimelineId, segno: SegNo) -> Result<(), StagingError> {
         let name = segment_file_name(tli, segno, self.seg);
         let path = self.wal_dir.join(format!("{name}{PARTIAL_SUFFIX}"));
+        // A segment is always rewritten from its start, into a new file (a new inode): bytes
+        // a previous session left past the new write position must not survive as if they
+        // were WAL, and a `.partial` upload still reading the previous file through its own
+        // handle (a `PartialView`) must keep reading the bytes it was promised, not zeros.
+        // Truncating the old file in place would break both.
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("remove", &path)(e)),
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .create(true)
-            // A segment is always rewritten from its start; bytes a previous run left past
-            // the new write position must not survive as if they were WAL.
-            .truncate(true)
+            .create_new(true)
             .open(&path)
             .map_err(io_err("create", &path))?;
         // Preallocate (zero-filled) like pg_receivewal, so the file always has the segment
@@ -426,5 +433,20 @@ mod tests {
             StagingScan::read(&dir.path().join("none"), seg()).unwrap(),
             StagingScan::default()
         );
+    }
+
+    #[test]
+    fn a_view_taken_before_a_rewrite_keeps_reading_its_own_bytes() {
+        // A reconnect rewrites the segment being filled from its start while the previous
+        // session's last `.partial` view may still be queued for upload.
+        let dir = tempfile::tempdir().unwrap();
+        let start = SegNo(2).start_lsn(seg());
+        let mut w = StagingWriter::new(dir.path(), seg()).unwrap();
+        w.write(TimelineId(1), start, &[9; 300]).unwrap();
+        let view = w.close_partial().unwrap().unwrap();
+        w.write(TimelineId(1), start, &[5; 100]).unwrap();
+        let mut buf = [0u8; 300];
+        view.file.read_exact_at(&mut buf, 0).unwrap();
+        assert_eq!(buf, [9; 300], "the queued view read another session's file");
     }
 }
