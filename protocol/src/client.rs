@@ -75,7 +75,7 @@ pub fn is_valid_slot_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
-fn check_slot_name(name: &str) -> Result<(), Error> {
+pub(crate) fn check_slot_name(name: &str) -> Result<(), Error> {
     if is_valid_slot_name(name) {
         Ok(())
     } else {

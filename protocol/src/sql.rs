@@ -3,9 +3,10 @@
 //! in the session that started it (PostgreSQL docs, "Making a Base Backup Using the Low
 //! Level API", 26.3.3), which a walsender cannot run.
 
-use crate::client::ReplicationClient;
+use crate::client::{check_slot_name, ReplicationClient, SlotPosition};
 use crate::conninfo::ConnConfig;
 use crate::error::Error;
+use crate::lsn::Lsn;
 use crate::startup::{self, SessionKind};
 
 /// An authenticated SQL session on database `dbname` of the connection settings (default
@@ -42,6 +43,38 @@ impl SqlSession {
             .next()
             .and_then(|row| row.into_iter().next().flatten())
             .ok_or_else(|| Error::protocol(format!("{sql:?} returned no value")))
+    }
+
+    /// The position of physical replication slot `name` from `pg_replication_slots`, for
+    /// servers before 15 that have no `READ_REPLICATION_SLOT` (PostgreSQL docs, "System
+    /// Views", `pg_replication_slots`). The view has no timeline column, so
+    /// `restart_tli` is `None`; `None` when there is no such physical slot.
+    ///
+    /// Errors: an invalid slot name (checked before anything is sent); the query's.
+    pub async fn replication_slot(&mut self, name: &str) -> Result<Option<SlotPosition>, Error> {
+        check_slot_name(name)?;
+        // The name is [a-z0-9_]{1,63}: it cannot break out of the literal.
+        let rows = self
+            .query(&format!(
+                "SELECT restart_lsn FROM pg_catalog.pg_replication_slots \
+                 WHERE slot_name = '{name}' AND slot_type = 'physical'"
+            ))
+            .await?;
+        let Some(row) = rows.into_iter().next() else {
+            return Ok(None);
+        };
+        let restart_lsn = match row.into_iter().next().flatten() {
+            Some(text) => Some(text.parse::<Lsn>().map_err(|_| {
+                Error::protocol(format!(
+                    "pg_replication_slots.restart_lsn {text:?} is not an LSN"
+                ))
+            })?),
+            None => None,
+        };
+        Ok(Some(SlotPosition {
+            restart_lsn,
+            restart_tli: None,
+        }))
     }
 
     /// A ParameterStatus value the server reported (e.g. `server_version`).

@@ -74,6 +74,21 @@ async fn authentication_and_commands() {
     assert!(restart > Lsn::INVALID && restart <= c.identify_system().await.unwrap().xlogpos);
     assert_eq!(slot.restart_tli, Some(TimelineId(1)));
     assert_eq!(c.read_replication_slot("no_such_slot").await.unwrap(), None);
+    // Before 15 the same position comes from pg_replication_slots over a SQL session; it
+    // must agree with READ_REPLICATION_SLOT.
+    let mut sql =
+        pgagent_protocol::SqlSession::connect(&config(&format!("{sock} dbname=postgres")))
+            .await
+            .unwrap();
+    let by_sql = sql.replication_slot("agent_slot").await.unwrap().unwrap();
+    assert_eq!(by_sql.restart_lsn, Some(restart));
+    assert_eq!(sql.replication_slot("no_such_slot").await.unwrap(), None);
+    assert!(sql
+        .replication_slot("x'; drop")
+        .await
+        .unwrap_err()
+        .is_config());
+    sql.close().await.unwrap();
     // Timeline 1 has no history file: a server error, and the connection stays usable.
     let e = c.timeline_history(TimelineId(1)).await.unwrap_err();
     assert!(e.code().is_some(), "{e}");
