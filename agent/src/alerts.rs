@@ -2,7 +2,7 @@
 //! once when it ends, each with the event in environment variables.
 //!
 //! An incident is any of: not connected to PostgreSQL, RPO above `metrics.max_rpo_seconds`,
-//! staging at its quota. It starts once a problem has lasted `alerts.grace` and ends when
+//! staging at its quota, a gap in the bucket's WAL. It starts once a problem has lasted `alerts.grace` and ends when
 //! none is left. Failure hooks are rate-limited: a new incident within `alerts.min_interval`
 //! of the last reported one is logged, not reported (nor is its recovery). [`Incidents`] is
 //! the pure state machine; [`run_hook`] the process at the edge.
@@ -20,6 +20,8 @@ pub enum Problem {
     RpoHigh,
     /// Staging reached its quota; the slot holds WAL on the server.
     StagingFull,
+    /// WAL is missing from the bucket and gone from the server.
+    WalGap,
 }
 
 impl Problem {
@@ -29,6 +31,7 @@ impl Problem {
             Problem::Disconnected => "disconnected",
             Problem::RpoHigh => "rpo",
             Problem::StagingFull => "staging_full",
+            Problem::WalGap => "wal_gap",
         }
     }
 }
@@ -44,6 +47,9 @@ pub fn problems(s: &DaemonStatus, max_rpo_seconds: f64) -> Vec<Problem> {
     }
     if s.staging_full {
         p.push(Problem::StagingFull);
+    }
+    if s.wal_gap.is_some() {
+        p.push(Problem::WalGap);
     }
     p
 }

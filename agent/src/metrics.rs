@@ -33,6 +33,9 @@ pub struct Metrics {
     /// `pgagent_staging_quota_bytes`: `staging.quota`, so alerts can compare
     /// `pgagent_staging_bytes` with it.
     pub staging_quota_bytes: IntGauge,
+    /// `pgagent_wal_gap_bytes`: bytes of WAL that are neither in the bucket nor on the server
+    /// (found at start); a recovery from the bucket cannot pass them. 0 when none.
+    pub wal_gap_bytes: IntGauge,
     /// `pgagent_uploads_total{kind}`: objects uploaded (`segment`, `partial`, `history`).
     pub uploads_total: IntCounterVec,
     /// `pgagent_upload_errors_total{kind}`: failed upload attempts.
@@ -151,6 +154,10 @@ impl Metrics {
                 "pgagent_staging_quota_bytes",
                 "staging.quota: bytes of WAL not yet in the store at which receiving pauses.",
             ),
+            wal_gap_bytes: int_gauge(
+                "pgagent_wal_gap_bytes",
+                "Bytes of WAL missing from the bucket that the server no longer has: a recovery cannot pass them.",
+            ),
             uploads_total: counter_vec(
                 "pgagent_uploads_total",
                 "Objects uploaded, by kind (segment, partial, history).",
@@ -248,6 +255,14 @@ pub fn readiness(m: &Metrics, max_rpo: f64) -> (StatusCode, String) {
             format!(
                 "RPO {:.0} s above metrics.max_rpo_seconds = {max_rpo}",
                 m.rpo_seconds.get()
+            ),
+        )
+    } else if m.wal_gap_bytes.get() > 0 {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{} bytes of WAL missing from the store: take a new base backup",
+                m.wal_gap_bytes.get()
             ),
         )
     } else if m.staging_full.get() == 1 {

@@ -42,6 +42,10 @@ pub struct DaemonStatus {
     pub staging_full: bool,
     /// Last error worth an operator's attention.
     pub last_error: Option<String>,
+    /// WAL missing from the bucket that the server no longer has, as `from-to` LSNs: a
+    /// recovery from the bucket cannot pass it.
+    #[serde(default)]
+    pub wal_gap: Option<String>,
 }
 
 fn path(staging_dir: &Path) -> PathBuf {

@@ -11,15 +11,26 @@
 //! contiguous complete segments from the start position, extended by the newest uploaded
 //! `.partial` object when it belongs to the first segment not yet complete.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use pgagent_protocol::{Lsn, SegNo, WalSegmentSize};
+use pgagent_protocol::{Lsn, SegNo, TimelineId, WalSegmentSize};
+
+/// Something that must be in the bucket before WAL past a position may be confirmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Hold {
+    /// A complete segment a previous run left in staging, below the start, queued for upload
+    /// again: the frontier stays at its start until it lands.
+    Segment(SegNo),
+    /// The history file of a timeline: WAL after the switch to it is useless to a recovery
+    /// without it (`recovery_target_timeline` follows history files), so the frontier stays
+    /// at the switch point until it lands.
+    History(TimelineId),
+}
 
 /// Bookkeeping of what is durable in staging and in the bucket.
 ///
-/// Invariants: `staged <= received`; `bucket_frontier() <= staged` is *not* required (a
-/// partial upload is taken from fsynced staging data, so it holds in practice), and the value
-/// reported as `flush` never goes below `floor`.
+/// Invariants: `staged <= received`; the value reported as `flush` never goes below `floor`
+/// and never passes the bucket frontier when the frontier is above the floor.
 #[derive(Debug, Clone)]
 pub struct FlushTracker {
     seg: WalSegmentSize,
@@ -30,11 +41,14 @@ pub struct FlushTracker {
     next_needed: SegNo,
     /// Complete segments uploaded ahead of `next_needed` (out-of-order completions).
     ahead: BTreeSet<SegNo>,
-    /// Newest `.partial` upload: its segment and the end of the bytes it holds.
+    /// Newest `.partial` content in the bucket, as far as the frontier is concerned: its
+    /// segment and the end of the bytes it holds.
     partial: Option<(SegNo, Lsn)>,
-    /// Complete segments a previous run left in staging, below the start, not yet known to
-    /// be in the bucket: the frontier stays below the lowest of them until they land.
-    leftovers: BTreeSet<SegNo>,
+    /// The newest `.partial` object the bucket holds (timeline, segment, end of its WAL): a
+    /// partial upload that is not longer would replace WAL the bucket holds with less.
+    stored_partial: Option<(TimelineId, SegNo, Lsn)>,
+    /// What must land before the frontier may pass a position (see [`Hold`]).
+    holds: BTreeMap<Hold, Lsn>,
     /// End of WAL received from the server (`write`).
     received: Lsn,
     /// End of WAL fsynced in staging.
@@ -51,7 +65,8 @@ impl FlushTracker {
             next_needed: start.segment_number(seg),
             ahead: BTreeSet::new(),
             partial: None,
-            leftovers: BTreeSet::new(),
+            stored_partial: None,
+            holds: BTreeMap::new(),
             received: start,
             staged: start,
         }
@@ -60,8 +75,20 @@ impl FlushTracker {
     /// Holds the frontier below `segnos` (segments left in staging by a previous run and
     /// queued for upload again) until each of them has landed.
     pub fn hold_for_leftovers(&mut self, segnos: impl IntoIterator<Item = SegNo>) {
-        self.leftovers
-            .extend(segnos.into_iter().filter(|s| *s < self.next_needed));
+        for s in segnos.into_iter().filter(|s| *s < self.next_needed) {
+            self.holds.insert(Hold::Segment(s), s.start_lsn(self.seg));
+        }
+    }
+
+    /// Holds the frontier at `switch_point` until the history file of `tli` has landed.
+    pub fn hold_for_history(&mut self, tli: TimelineId, switch_point: Lsn) {
+        let at = self.holds.entry(Hold::History(tli)).or_insert(switch_point);
+        *at = (*at).min(switch_point);
+    }
+
+    /// Records that the history file of `tli` is durable in the bucket.
+    pub fn history_uploaded(&mut self, tli: TimelineId) {
+        self.holds.remove(&Hold::History(tli));
     }
 
     /// Records WAL received up to `end` (exclusive).
@@ -77,7 +104,7 @@ impl FlushTracker {
 
     /// Records that complete segment `segno` is durable in the bucket.
     pub fn segment_uploaded(&mut self, segno: SegNo) {
-        self.leftovers.remove(&segno);
+        self.holds.remove(&Hold::Segment(segno));
         if segno < self.next_needed {
             return;
         }
@@ -87,12 +114,46 @@ impl FlushTracker {
         }
     }
 
-    /// Records that the bucket holds segment `segno` from its start up to `end` as a
-    /// `.partial` object.
-    pub fn partial_uploaded(&mut self, segno: SegNo, end: Lsn) {
+    /// Records that the bucket holds segment `segno` of timeline `tli` from its start up to
+    /// `end` as a `.partial` object (uploaded now, or found there at start).
+    pub fn partial_uploaded(&mut self, tli: TimelineId, segno: SegNo, end: Lsn) {
         match self.partial {
             Some((s, e)) if s > segno || (s == segno && e >= end) => {}
             _ => self.partial = Some((segno, end)),
+        }
+        if self.partial_is_news(tli, segno, end) {
+            self.stored_partial = Some((tli, segno, end));
+        }
+    }
+
+    /// Records that the bucket may hold segment `segno` of `tli` up to `end` as `.partial`
+    /// (the store could not be asked): uploads of that object must not go below `end`. The
+    /// frontier does not count it.
+    pub fn assume_stored_partial(&mut self, tli: TimelineId, segno: SegNo, end: Lsn) {
+        self.stored_partial = Some((tli, segno, end));
+    }
+
+    /// Starts over at `start` (a segment start) with `start` as the confirmed position: the
+    /// WAL before it is lost to this run (the server no longer has it), and what was
+    /// tracked below it never completes.
+    pub fn rebase(&mut self, start: Lsn) {
+        *self = FlushTracker {
+            stored_partial: self.stored_partial,
+            received: self.received.max(start),
+            staged: self.staged.max(start),
+            ..FlushTracker::new(self.seg, start, start)
+        };
+    }
+
+    /// Whether a `.partial` upload of `tli`/`segno` holding WAL up to `end` would add to what
+    /// the bucket holds. False when the bucket already holds that object at least as long:
+    /// the upload would replace WAL the bucket holds with less (after a restart, a segment is
+    /// received again from its start), which DESIGN.md forbids ("the bucket never goes
+    /// backwards").
+    pub fn partial_is_news(&self, tli: TimelineId, segno: SegNo, end: Lsn) -> bool {
+        match self.stored_partial {
+            Some((t, s, e)) if t == tli && s == segno => end > e,
+            _ => true,
         }
     }
 
@@ -114,21 +175,14 @@ impl FlushTracker {
         self.received
     }
 
-    /// End of WAL fsynced in staging.
-    pub fn staged_lsn(&self) -> Lsn {
-        self.staged
-    }
-
     /// End of the WAL that is contiguous and durable in the bucket.
     pub fn bucket_frontier(&self) -> Lsn {
-        if let Some(lowest) = self.leftovers.first() {
-            return lowest.start_lsn(self.seg);
-        }
         let complete = self.next_needed.start_lsn(self.seg);
-        match self.partial {
+        let frontier = match self.partial {
             Some((s, e)) if s == self.next_needed => complete.max(e),
             _ => complete,
-        }
+        };
+        self.holds.values().fold(frontier, |f, at| f.min(*at))
     }
 
     /// The position to report as `flush`: the bucket frontier (or staging when `bucket` is
@@ -244,7 +298,7 @@ mod tests {
     fn partial_counts_only_on_the_first_missing_segment() {
         let mut t = FlushTracker::new(seg(), lsn_of(10, 0), lsn_of(10, 0));
         t.staged(lsn_of(11, 100));
-        t.partial_uploaded(SegNo(11), lsn_of(11, 100));
+        t.partial_uploaded(TimelineId(1), SegNo(11), lsn_of(11, 100));
         assert_eq!(
             t.bucket_frontier(),
             lsn_of(10, 0),
@@ -259,8 +313,8 @@ mod tests {
     fn an_older_partial_never_moves_the_frontier_back() {
         let mut t = FlushTracker::new(seg(), lsn_of(10, 0), lsn_of(10, 0));
         t.staged(lsn_of(10, 900));
-        t.partial_uploaded(SegNo(10), lsn_of(10, 800));
-        t.partial_uploaded(SegNo(10), lsn_of(10, 300));
+        t.partial_uploaded(TimelineId(1), SegNo(10), lsn_of(10, 800));
+        t.partial_uploaded(TimelineId(1), SegNo(10), lsn_of(10, 300));
         assert_eq!(t.bucket_frontier(), lsn_of(10, 800));
     }
 
@@ -270,7 +324,7 @@ mod tests {
         assert_eq!(t.flush_lsn(true), lsn_of(10, 500));
         t.staged(lsn_of(10, 700));
         assert_eq!(t.flush_lsn(false), lsn_of(10, 700));
-        t.partial_uploaded(SegNo(10), lsn_of(10, 600));
+        t.partial_uploaded(TimelineId(1), SegNo(10), lsn_of(10, 600));
         assert_eq!(t.flush_lsn(true), lsn_of(10, 600));
     }
 
@@ -289,7 +343,7 @@ mod tests {
         let mut t = FlushTracker::new(seg(), lsn_of(7, 0), lsn_of(5, 0));
         t.hold_for_leftovers([SegNo(5)]);
         t.staged(lsn_of(7, 100));
-        t.partial_uploaded(SegNo(7), lsn_of(7, 100));
+        t.partial_uploaded(TimelineId(1), SegNo(7), lsn_of(7, 100));
         assert_eq!(t.bucket_frontier(), lsn_of(5, 0), "5 is only in staging");
         assert_eq!(t.flush_lsn(true), lsn_of(5, 0));
         t.segment_uploaded(SegNo(5));
@@ -300,8 +354,65 @@ mod tests {
     fn partial_of_an_ended_timeline_is_cut_at_the_switch_point() {
         let mut t = FlushTracker::new(seg(), lsn_of(5, 0), lsn_of(5, 0));
         t.staged(lsn_of(5, 9000));
-        t.partial_uploaded(SegNo(5), lsn_of(5, 9000));
+        t.partial_uploaded(TimelineId(1), SegNo(5), lsn_of(5, 9000));
         t.timeline_switched(lsn_of(5, 4000));
         assert_eq!(t.bucket_frontier(), lsn_of(5, 4000));
+    }
+
+    #[test]
+    fn a_shorter_partial_of_the_same_object_is_not_news() {
+        // A restart re-receives segment 10 from its start; the bucket already holds 800 bytes.
+        let mut t = FlushTracker::new(seg(), lsn_of(10, 0), lsn_of(10, 800));
+        let tli = TimelineId(1);
+        t.partial_uploaded(tli, SegNo(10), lsn_of(10, 800));
+        assert!(!t.partial_is_news(tli, SegNo(10), lsn_of(10, 300)));
+        assert!(!t.partial_is_news(tli, SegNo(10), lsn_of(10, 800)));
+        assert!(t.partial_is_news(tli, SegNo(10), lsn_of(10, 801)));
+        assert!(t.partial_is_news(tli, SegNo(11), lsn_of(11, 1)));
+        assert!(
+            t.partial_is_news(TimelineId(2), SegNo(10), lsn_of(10, 100)),
+            "another timeline's object is another object"
+        );
+        t.received(lsn_of(10, 300));
+        assert_eq!(
+            t.bucket_frontier(),
+            lsn_of(10, 800),
+            "found at start, it counts"
+        );
+    }
+
+    #[test]
+    fn wal_after_a_switch_waits_for_the_history_file() {
+        let mut t = FlushTracker::new(seg(), lsn_of(5, 0), lsn_of(5, 0));
+        t.staged(lsn_of(6, 100));
+        t.hold_for_history(TimelineId(2), lsn_of(5, 4000));
+        t.segment_uploaded(SegNo(5));
+        t.partial_uploaded(TimelineId(2), SegNo(6), lsn_of(6, 100));
+        assert_eq!(t.bucket_frontier(), lsn_of(5, 4000));
+        assert_eq!(t.flush_lsn(true), lsn_of(5, 4000));
+        t.history_uploaded(TimelineId(2));
+        assert_eq!(t.flush_lsn(true), lsn_of(6, 100));
+    }
+
+    #[test]
+    fn an_unknown_stored_partial_blocks_partial_uploads_without_moving_the_frontier() {
+        let mut t = FlushTracker::new(seg(), lsn_of(10, 0), lsn_of(10, 0));
+        t.assume_stored_partial(TimelineId(1), SegNo(10), lsn_of(11, 0));
+        t.staged(lsn_of(10, 500));
+        assert!(!t.partial_is_news(TimelineId(1), SegNo(10), lsn_of(10, 500)));
+        assert_eq!(t.bucket_frontier(), lsn_of(10, 0));
+        t.segment_uploaded(SegNo(10));
+        assert_eq!(t.bucket_frontier(), lsn_of(11, 0));
+    }
+
+    #[test]
+    fn a_rebase_forgets_what_can_no_longer_complete() {
+        let mut t = FlushTracker::new(seg(), lsn_of(5, 0), lsn_of(5, 0));
+        t.staged(lsn_of(5, 100));
+        t.rebase(lsn_of(8, 0));
+        assert_eq!(t.flush_lsn(true), lsn_of(8, 0));
+        t.staged(lsn_of(8, 10));
+        t.partial_uploaded(TimelineId(1), SegNo(8), lsn_of(8, 10));
+        assert_eq!(t.flush_lsn(true), lsn_of(8, 10));
     }
 }

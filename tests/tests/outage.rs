@@ -122,3 +122,63 @@ async fn offsite_lag_of_a_trickle_is_about_two_partial_intervals() {
     );
     assert!(agent.terminate().success(), "{}", agent.output_text());
 }
+
+/// A stop during a bucket outage is prompt (`wal.stop_timeout`), confirms nothing it could
+/// not upload, and the next start uploads what staging kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_during_an_outage_is_prompt_and_loses_nothing() {
+    let garage = Garage::start().expect("start Garage");
+    let proxy = Proxy::start(garage.s3_addr());
+    let pg = PgServer::start(PgOptions::default()).unwrap();
+    let rig = Rig::s3(
+        garage.store_url_via("stop", &proxy.http_endpoint()),
+        garage.s3_env(),
+    );
+    let direct = open_store(&garage.store_url("stop"), &garage.s3_env()).await;
+    let env = [
+        ("PGAGENT_STORE_REQUEST_TIMEOUT", "2s".into()),
+        ("PGAGENT_WAL_STOP_TIMEOUT", "3s".into()),
+    ];
+    let mut agent = rig.spawn_with(&pg, &env);
+    let start = lsn(&pg.switch_wal().unwrap());
+    rig.wait_uploaded(&agent, start, Duration::from_secs(60));
+
+    proxy.set_mode(ProxyMode::Refuse);
+    pg.pgbench_init(1).unwrap();
+    let cut_end = lsn(&pg.switch_wal().unwrap());
+    assert!(
+        wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
+            rig.status_lsn("received_lsn").is_some_and(|l| l >= cut_end)
+        }),
+        "the agent stopped receiving while the bucket was away"
+    );
+    let asked = Instant::now();
+    assert!(agent.terminate().success(), "{}", agent.output_text());
+    let took = asked.elapsed();
+    assert!(
+        took < Duration::from_secs(15),
+        "a stop during an outage took {took:?} (wal.stop_timeout = 3s)"
+    );
+    let restart = slot_restart_lsn(&pg).expect("slot");
+    let frontier = bucket_frontier(
+        &wal_objects(direct.as_ref()).await,
+        start.segment_number(seg()),
+    );
+    assert!(
+        restart <= frontier,
+        "restart_lsn {restart} passed the store's frontier {frontier}"
+    );
+    let staged = std::fs::read_dir(rig.staging().join("wal"))
+        .unwrap()
+        .count();
+    assert!(staged > 0, "staging kept nothing of what was not uploaded");
+
+    proxy.set_mode(ProxyMode::Pass);
+    let mut agent = rig.spawn_with(&pg, &env);
+    let target = cut_end.segment_number(seg()).start_lsn(seg());
+    rig.wait_uploaded(&agent, target, Duration::from_secs(120));
+    assert!(agent.terminate().success(), "{}", agent.output_text());
+    let objects = wal_objects(direct.as_ref()).await;
+    assert_no_gap(&objects);
+    assert!(assert_identical_to_server(&objects, &pg) >= 2);
+}

@@ -156,6 +156,15 @@ pub fn render(s: &DaemonStatus, age: u64) -> String {
         "staging",
         format!("{}{full}", bytesize::ByteSize(s.staging_bytes)),
     );
+    if let Some(gap) = &s.wal_gap {
+        line(
+            &mut out,
+            "WAL GAP",
+            format!(
+                "{gap} is missing from the store: recovery cannot pass it; take a new base backup"
+            ),
+        );
+    }
     if let Some(e) = &s.last_error {
         line(&mut out, "last error", e.clone());
     }
@@ -178,5 +187,11 @@ mod tests {
         assert!(fresh.contains("streaming (pid 9)"), "{fresh}");
         assert!(fresh.contains("upload wal/x: timeout"));
         assert!(render(&s, 60).contains("not running?"));
+        let gap = DaemonStatus {
+            wal_gap: Some("0/5000000-0/8000000".into()),
+            ..s
+        };
+        let text = render(&gap, 1);
+        assert!(text.contains("0/5000000-0/8000000 is missing"), "{text}");
     }
 }

@@ -106,6 +106,10 @@ pub struct WalSection {
     /// Longest time between two standby status updates.
     #[serde(with = "humantime_serde")]
     pub status_interval: Duration,
+    /// How long a clean stop waits for the last uploads; past it (the bucket is away) the
+    /// rest stays in staging, unconfirmed, and the next start uploads it.
+    #[serde(with = "humantime_serde")]
+    pub stop_timeout: Duration,
     /// Synchronous-standby mode: upload the partial segment as soon as WAL arrives (one
     /// upload in flight, the next one batching what came meanwhile), so that with
     /// `synchronous_standby_names` naming the agent a commit returns only once its WAL is in
@@ -121,6 +125,7 @@ impl Default for WalSection {
             compression_level: 3,
             compress_threads: 2,
             status_interval: Duration::from_secs(10),
+            stop_timeout: Duration::from_secs(30),
             synchronous: false,
         }
     }

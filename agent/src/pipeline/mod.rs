@@ -11,8 +11,11 @@
 //! the server, close. A second signal exits at once (see `main`).
 
 mod compress;
+mod continuity;
 mod jobs;
+mod mailbox;
 mod receiver;
+mod resume;
 mod shared;
 pub mod startup;
 mod upload;
@@ -22,7 +25,7 @@ pub use startup::{check_staging, explain, ServerInfo};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgagent_protocol::{ConnConfig, Lsn, ReplicationClient, ReplicationStream, TimelineId};
+use pgagent_protocol::{ConnConfig, Lsn, ReplicationClient, ReplicationStream, SegNo, TimelineId};
 use pgagent_storage::ObjectStore;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -30,11 +33,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Confirm};
 use crate::metrics::Metrics;
-use crate::staging::{StagingScan, StagingWriter};
+use crate::staging::StagingWriter;
 use crate::statusfile::{self, DaemonStatus};
 use crate::tracker::FlushTracker;
 use jobs::{CompressJob, RawSource, WalObject};
+use mailbox::PartialMailbox;
 use receiver::{Outlets, Receiver, SessionEnd};
+use resume::StoredPartial;
 use shared::Shared;
 
 /// Runs the daemon until `shutdown` is cancelled and everything received is uploaded.
@@ -132,31 +137,37 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     if client.create_physical_slot(&slot).await.map_err(wrap)? {
         tracing::info!(slot, "created physical replication slot");
     }
-    // READ_REPLICATION_SLOT exists from PostgreSQL 15 on; before that, staging or the
-    // server's position decide where streaming starts.
-    let slot_pos = if server.version_num >= 150000 {
-        client
-            .read_replication_slot(&slot)
-            .await
-            .map_err(wrap)?
-            .and_then(|p| p.restart_lsn.map(|l| (l, p.restart_tli)))
-    } else {
-        None
-    };
-    let scan = StagingScan::read(&staging_dir, server.seg)?;
-    let plan = startup::plan_resume(&scan, slot_pos, &server);
+    let resume = resume::prepare(
+        &mut client,
+        &conn,
+        &server,
+        &slot,
+        &staging_dir,
+        store.as_ref(),
+    )
+    .await?;
+    let plan = resume.plan;
     tracing::info!(timeline = %plan.tli, start = %plan.start, confirmed = %plan.floor, "streaming resumes");
 
     let seg = server.seg;
     // Complete segments a previous run left in staging below the resume point go up again
     // (a no-op when the bucket already has them); streaming rewrites the rest.
-    let leftovers: Vec<_> = scan
-        .complete
-        .iter()
-        .filter(|s| s.segno < plan.start.segment_number(seg))
-        .collect();
+    let leftovers = resume.leftovers;
     let mut tracker = FlushTracker::new(seg, plan.start, plan.floor);
     tracker.hold_for_leftovers(leftovers.iter().map(|s| s.segno));
+    let start_segno = plan.start.segment_number(seg);
+    match resume.stored_partial {
+        StoredPartial::None => {}
+        StoredPartial::Holds(end) => {
+            tracing::info!(held = %end, "the store holds the resume segment up to here; no shorter .partial replaces it");
+            tracker.partial_uploaded(plan.tli, start_segno, end);
+        }
+        StoredPartial::Unknown => tracker.assume_stored_partial(
+            plan.tli,
+            start_segno,
+            SegNo(start_segno.0 + 1).start_lsn(seg),
+        ),
+    }
     let shared = Arc::new(Shared::new(
         seg,
         cfg.raw.wal.confirm == Confirm::Bucket,
@@ -165,11 +176,13 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     ));
 
     // Pipeline: receiver → compress pool → immutable uploader; receiver → partial uploader.
-    let (seg_tx, seg_rx) = crossbeam_channel::bounded::<CompressJob>(4);
-    // Small queues: a sealed segment is megabytes, and memory is bounded by what waits here
+    // The receiver never waits on this queue: a job names a segment durable in staging, so
+    // during a bucket outage staging grows (up to its quota) while streaming goes on.
+    let (seg_tx, seg_rx) = crossbeam_channel::unbounded::<CompressJob>();
+    // A small queue: a sealed segment is megabytes, and memory is bounded by what waits here
     // plus `upload_concurrency` uploads in flight.
     let (upload_tx, upload_rx) = mpsc::channel(2);
-    let (partial_tx, partial_rx) = mpsc::channel::<CompressJob>(1);
+    let partials = Arc::new(PartialMailbox::new());
     let (fatal_tx, mut fatal_rx) = mpsc::unbounded_channel();
     let level = cfg.raw.wal.compression_level;
     let pool = compress::CompressPool::start(
@@ -186,7 +199,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         shutdown.clone(),
     );
     let imm_task = tokio::spawn(uploader.clone().run_immutable(upload_rx));
-    let partial_task = tokio::spawn(uploader.run_partials(partial_rx, level));
+    let partial_task = tokio::spawn(uploader.run_partials(partials.clone(), level));
     let publisher = spawn_publisher(
         shared.clone(),
         staging_dir.clone(),
@@ -195,19 +208,23 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         &cfg,
     );
 
-    // The channel is bounded: sending may wait for the workers, off the async threads.
-    tokio::task::block_in_place(|| {
-        leftovers.iter().try_for_each(|s| {
-            seg_tx.send(CompressJob {
-                object: WalObject::Segment {
-                    tli: s.tli,
-                    segno: s.segno,
-                },
-                source: RawSource::Path(s.path.clone()),
-            })
-        })
-    })?;
-    queue_histories(&mut client, store.as_ref(), &seg_tx, server.timeline).await?;
+    for s in &leftovers {
+        seg_tx.send(CompressJob {
+            object: WalObject::Segment {
+                tli: s.tli,
+                segno: s.segno,
+            },
+            source: RawSource::Path(s.path.clone()),
+        })?;
+    }
+    let pending_histories = queue_histories(
+        &mut client,
+        store.as_ref(),
+        &seg_tx,
+        &shared,
+        server.timeline,
+    )
+    .await?;
 
     let writer = StagingWriter::new(&staging_dir, seg)?;
     shared
@@ -216,15 +233,23 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         .set(i64::try_from(cfg.raw.staging.quota.as_u64()).unwrap_or(i64::MAX));
     let outlets = Outlets {
         segments: seg_tx,
-        partials: partial_tx,
+        partials: partials.clone(),
         partial_interval: cfg.raw.wal.partial_interval,
         status_interval: cfg.raw.wal.status_interval,
         quota: cfg.raw.staging.quota.as_u64(),
         synchronous: cfg.raw.wal.synchronous,
     };
     let mut receiver = Receiver::new(shared.clone(), writer, outlets, plan.start);
+    let session = Session {
+        conn: &conn,
+        slot: &slot,
+        tli: plan.tli,
+        start: plan.start,
+        fallback: resume.fallback,
+        pending_histories,
+    };
     let streamed = tokio::select! {
-        r = stream(&mut receiver, client, &conn, &slot, plan.tli, plan.start, &shutdown) => r,
+        r = stream(&mut receiver, client, session, &shutdown) => r,
         Some(e) = fatal_rx.recv() => Err(e),
     };
     let last_stream = match streamed {
@@ -236,9 +261,18 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     };
 
     // Clean shutdown: the segment being filled goes up as .partial, then everything drains.
-    receiver.close_partial().await?;
+    receiver.close_partial()?;
     drop(receiver);
-    drain(shared.clone(), last_stream, pool, imm_task, partial_task).await;
+    partials.close();
+    drain(
+        shared.clone(),
+        last_stream,
+        pool,
+        imm_task,
+        partial_task,
+        cfg.raw.wal.stop_timeout,
+    )
+    .await;
     publisher.abort();
     publish(
         &shared,
@@ -257,29 +291,44 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     Ok(())
 }
 
+/// Where and how streaming starts.
+struct Session<'a> {
+    conn: &'a ConnConfig,
+    slot: &'a str,
+    tli: TimelineId,
+    start: Lsn,
+    /// Set when streaming starts at the store's end to fill a gap: the original start, to
+    /// fall back to if the server no longer has the WAL in between.
+    fallback: Option<Lsn>,
+    /// Timelines whose history file could not be had yet (retried at each connection).
+    pending_histories: Vec<TimelineId>,
+}
+
 /// Streams across reconnects and timeline switches until shutdown; returns the open stream
 /// (for the last status update), if there is one.
+///
+/// After a session that streamed, the next connection is tried at once and the backoff
+/// starts over: one dropped connection costs a reconnect, not a wait that grew over the
+/// life of the process. Only attempts that fail in a row wait longer and longer.
 async fn stream(
     receiver: &mut Receiver,
     client: ReplicationClient,
-    conn: &ConnConfig,
-    slot: &str,
-    mut tli: TimelineId,
-    mut start: Lsn,
+    mut s: Session<'_>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<ReplicationStream>> {
+    let conn = s.conn;
     let mut client = Some(client);
     let mut delays = reconnect_backoff();
     loop {
         if shutdown.is_cancelled() {
             return Ok(None);
         }
-        let c = match client.take() {
+        let mut c = match client.take() {
             Some(c) => c,
             None => match ReplicationClient::connect(conn).await {
                 Ok(mut c) => {
                     // The slot may have been dropped while we were away; recreate it.
-                    if let Err(e) = c.create_physical_slot(slot).await {
+                    if let Err(e) = c.create_physical_slot(s.slot).await {
                         tracing::warn!(error = %explain(conn, &e), "cannot ensure the replication slot");
                     }
                     c
@@ -290,47 +339,47 @@ async fn stream(
                 }
             },
         };
-        let stream = match c.start_replication(Some(slot), start, tli).await {
-            Ok(s) => s,
+        fetch_pending_histories(&mut c, receiver, &mut s.pending_histories).await?;
+        let stream = match c.start_replication(Some(s.slot), s.start, s.tli).await {
+            Ok(st) => st,
             Err(e) => {
-                wait_retry(
-                    receiver,
-                    &mut delays,
-                    format!(
-                        "START_REPLICATION at {start} on timeline {tli}: {}",
-                        explain(conn, &e)
-                    ),
-                    shutdown,
-                )
-                .await;
+                let msg = format!(
+                    "START_REPLICATION at {} on timeline {}: {}",
+                    s.start,
+                    s.tli,
+                    explain(conn, &e)
+                );
+                if fall_back(receiver, &mut s, &msg) {
+                    continue;
+                }
+                wait_retry(receiver, &mut delays, msg, shutdown).await;
                 continue;
             }
         };
-        tracing::info!(timeline = %tli, start = %start, "streaming");
-        match receiver.session(stream, tli, shutdown).await {
+        tracing::info!(timeline = %s.tli, start = %s.start, "streaming");
+        match receiver.session(stream, s.tli, shutdown).await {
             Ok(SessionEnd::Shutdown(stream)) => return Ok(Some(stream)),
             Ok(SessionEnd::TimelineEnded {
                 stream,
                 next_tli,
                 next_tli_start,
             }) => {
-                tracing::info!(timeline = %tli, next = %next_tli, at = %next_tli_start, "timeline ended; following the switch");
-                receiver.close_partial().await?;
-                receiver
-                    .shared()
-                    .tracker()
-                    .timeline_switched(next_tli_start);
-                let mut c = stream.into_client();
-                match startup::fetch_history(&mut c, next_tli).await {
-                    Ok(content) => receiver.queue_history(next_tli, content)?,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "history file not fetched; retried at the next start")
-                    }
+                tracing::info!(timeline = %s.tli, next = %next_tli, at = %next_tli_start, "timeline ended; following the switch");
+                receiver.close_partial()?;
+                {
+                    let mut t = receiver.shared().tracker();
+                    // WAL of the new timeline is confirmed only once its history file is in
+                    // the bucket too.
+                    t.hold_for_history(next_tli, next_tli_start);
+                    t.timeline_switched(next_tli_start);
                 }
-                tli = next_tli;
+                s.pending_histories.push(next_tli);
+                let mut c = stream.into_client();
+                fetch_pending_histories(&mut c, receiver, &mut s.pending_histories).await?;
+                s.tli = next_tli;
                 let seg = receiver.shared().seg;
-                start = next_tli_start.segment_number(seg).start_lsn(seg);
-                receiver.set_position(start);
+                s.start = next_tli_start.segment_number(seg).start_lsn(seg);
+                receiver.set_position(s.start);
                 client = Some(c);
                 delays = reconnect_backoff();
             }
@@ -338,18 +387,49 @@ async fn stream(
                 if e.downcast_ref::<crate::staging::StagingError>().is_some() {
                     return Err(e.context("staging"));
                 }
-                receiver.close_partial().await?;
-                start = receiver.resume_point();
-                wait_retry(
-                    receiver,
-                    &mut delays,
-                    format!("replication connection lost: {e:#}"),
-                    shutdown,
-                )
-                .await;
+                receiver.close_partial()?;
+                let streamed = receiver.take_streamed();
+                if streamed {
+                    s.fallback = None;
+                }
+                s.start = receiver.resume_point();
+                let msg = format!("replication connection lost: {e:#}");
+                if !streamed && fall_back(receiver, &mut s, &msg) {
+                    continue;
+                }
+                if streamed {
+                    tracing::warn!("{msg}; reconnecting");
+                    receiver.shared().set_error(msg);
+                    delays = reconnect_backoff();
+                } else {
+                    wait_retry(receiver, &mut delays, msg, shutdown).await;
+                }
             }
         }
     }
+}
+
+/// When streaming started at the store's end to fill a gap and the server no longer has
+/// that WAL (`requested WAL segment … has already been removed`), goes back to the original
+/// start and reports the gap: the WAL in between is lost to the bucket. Returns whether it
+/// did.
+fn fall_back(receiver: &mut Receiver, s: &mut Session<'_>, msg: &str) -> bool {
+    let Some(to) = s.fallback else { return false };
+    if !msg.contains("has already been removed") {
+        return false;
+    }
+    s.fallback = None;
+    let from = s.start;
+    tracing::error!(
+        from = %from,
+        to = %to,
+        "WAL GAP: the store lacks this WAL and the server no longer has it ({msg}); a recovery from the store cannot pass it: take a new base backup"
+    );
+    receiver.shared().report_gap(from, to);
+    receiver.shared().tracker().rebase(to);
+    receiver.set_position(to);
+    s.start = to;
+    true
 }
 
 fn reconnect_backoff() -> impl Iterator<Item = Duration> {
@@ -371,13 +451,17 @@ async fn wait_retry(
     }
 }
 
-/// Queues the history files of every timeline up to `current` that the store lacks.
+/// Queues the history files of every timeline up to `current` that the store lacks, holding
+/// the flush frontier at each switch point until its file lands. Returns the timelines whose
+/// file the server could not give now (retried at the next connection).
 async fn queue_histories(
     client: &mut ReplicationClient,
     store: &dyn ObjectStore,
     out: &crossbeam_channel::Sender<CompressJob>,
+    shared: &Shared,
     current: TimelineId,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<TimelineId>> {
+    let mut pending = Vec::new();
     for t in 2..=current.0 {
         let tli = TimelineId(t);
         let key = pgagent_storage::layout::wal_key(&pgagent_protocol::history_file_name(tli));
@@ -385,26 +469,67 @@ async fn queue_histories(
             continue;
         }
         match startup::fetch_history(client, tli).await {
-            Ok(content) => tokio::task::block_in_place(|| {
+            Ok(content) => {
+                let switch = switch_point(&content, tli).unwrap_or(Lsn::INVALID);
+                shared.tracker().hold_for_history(tli, switch);
                 out.send(CompressJob {
                     object: WalObject::History { tli },
                     source: RawSource::Bytes(content),
-                })
-            })?,
+                })?;
+            }
             // A server keeps the history of its own ancestry; older branches may be gone.
-            Err(e) => tracing::debug!(timeline = t, error = %e, "history file not available"),
+            Err(e) if tli != current => {
+                tracing::debug!(timeline = t, error = %e, "history file not available")
+            }
+            Err(e) => {
+                tracing::warn!(timeline = t, error = %e, "history file not available yet; WAL is not confirmed until it is in the store");
+                shared.tracker().hold_for_history(tli, Lsn::INVALID);
+                pending.push(tli);
+            }
         }
     }
+    Ok(pending)
+}
+
+/// Where `tli` branched off its parent, from its history file's last line.
+fn switch_point(content: &[u8], tli: TimelineId) -> Option<Lsn> {
+    let text = std::str::from_utf8(content).ok()?;
+    let history = pgagent_protocol::TimelineHistory::parse(text).ok()?;
+    history.check_child(tli).ok()?;
+    history.entries.last().map(|e| e.switch_point)
+}
+
+/// Fetches and queues the history files still missing; those the server cannot give stay
+/// pending (and keep the frontier held).
+async fn fetch_pending_histories(
+    client: &mut ReplicationClient,
+    receiver: &Receiver,
+    pending: &mut Vec<TimelineId>,
+) -> anyhow::Result<()> {
+    let mut still = Vec::new();
+    for tli in pending.drain(..) {
+        match startup::fetch_history(client, tli).await {
+            Ok(content) => receiver.queue_history(tli, content)?,
+            Err(e) => {
+                tracing::warn!(timeline = %tli, error = %e, "history file not fetched; retried at the next connection");
+                still.push(tli);
+            }
+        }
+    }
+    *pending = still;
     Ok(())
 }
 
-/// Waits until the compress workers and uploaders have finished, keeping the server informed.
+/// Waits until the compress workers and uploaders have finished, keeping the server
+/// informed, for at most `stop_timeout`: past it (the bucket is away), what is not uploaded
+/// stays in staging, nothing of it was confirmed, and the next start uploads it.
 async fn drain(
     shared: Arc<Shared>,
     mut stream: Option<ReplicationStream>,
     pool: compress::CompressPool,
     imm_task: JoinHandle<()>,
     partial_task: JoinHandle<()>,
+    stop_timeout: Duration,
 ) {
     let all = async move {
         let _ = tokio::task::spawn_blocking(move || pool.join()).await;
@@ -412,10 +537,19 @@ async fn drain(
         let _ = partial_task.await;
     };
     tokio::pin!(all);
+    let give_up = tokio::time::sleep(stop_timeout);
+    tokio::pin!(give_up);
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
         tokio::select! {
             _ = &mut all => break,
+            _ = &mut give_up => {
+                tracing::warn!(
+                    lag_bytes = shared.tracker().upload_lag_bytes(),
+                    "wal.stop_timeout passed with uploads still failing: stopping; staging keeps the WAL and the next start uploads it"
+                );
+                break;
+            }
             _ = tick.tick() => {
                 tracing::info!(lag_bytes = shared.tracker().upload_lag_bytes(), "waiting for uploads to finish (signal again to stop at once)");
                 if let Some(s) = stream.as_mut() {
@@ -526,6 +660,7 @@ fn publish(
         staging_bytes,
         staging_full: m.staging_full.get() == 1,
         last_error: live.last_error,
+        wal_gap: live.wal_gap.map(|(from, to)| format!("{from}-{to}")),
     };
     if let Err(e) = statusfile::write(staging_dir, &status) {
         tracing::debug!(error = %e, "cannot write status.json");

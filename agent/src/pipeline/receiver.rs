@@ -15,10 +15,10 @@ use pgagent_protocol::{
     pg_epoch_micros, Lsn, ReplicationStream, SegNo, StandbyStatusUpdate, StreamEvent, TimelineId,
     WalSegmentSize,
 };
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::jobs::{CompressJob, RawSource, WalObject};
+use super::mailbox::PartialMailbox;
 use super::shared::Shared;
 use crate::staging::{PartialView, StagingWriter};
 
@@ -41,10 +41,12 @@ pub enum SessionEnd {
 /// Channels and settings the receiver feeds.
 #[derive(Debug, Clone)]
 pub struct Outlets {
-    /// Complete segments and history files, to the compress workers.
+    /// Complete segments and history files, to the compress workers. Unbounded, and never
+    /// waited on: a job names a file durable in staging, so the queue costs a path per
+    /// segment while the data waits on disk, up to the staging quota.
     pub segments: crossbeam_channel::Sender<CompressJob>,
-    /// `.partial` views, to the sequential partial uploader.
-    pub partials: mpsc::Sender<CompressJob>,
+    /// `.partial` views, to the sequential partial uploader (never waited on either).
+    pub partials: Arc<PartialMailbox>,
     /// How often the partial segment is uploaded while it changes.
     pub partial_interval: Duration,
     /// Longest silence between two status updates.
@@ -69,6 +71,8 @@ pub struct Receiver {
     last_end: Lsn,
     /// The server's end of WAL, as its last message said.
     server_end: Lsn,
+    /// WAL arrived since the last [`Receiver::take_streamed`].
+    streamed: bool,
 }
 
 fn block<T>(f: impl FnOnce() -> T) -> T {
@@ -86,7 +90,14 @@ impl Receiver {
             reported_flush: Lsn::INVALID,
             last_end: start,
             server_end: Lsn::INVALID,
+            streamed: false,
         }
+    }
+
+    /// Whether WAL arrived since the last call (a session that streamed, as opposed to one
+    /// that failed at once).
+    pub fn take_streamed(&mut self) -> bool {
+        std::mem::take(&mut self.streamed)
     }
 
     /// Where streaming must resume after this session: the start of the segment holding the
@@ -180,6 +191,7 @@ impl Receiver {
         let end = start + data.len() as u64;
         let done = block(|| self.writer.write(tli, start, data))?;
         self.last_end = end;
+        self.streamed = true;
         self.shared.tracker().received(end);
         self.shared.rpo().received(end, Instant::now());
         for segment in done {
@@ -192,8 +204,11 @@ impl Receiver {
                 },
                 source: RawSource::Path(segment.path),
             };
-            // Bounded: when the workers fall behind, receiving waits (backpressure).
-            block(|| self.out.segments.send(job))
+            // Never waits: when the bucket is away, segments pile up in staging (bounded by
+            // the staging quota), while the session goes on answering the server.
+            self.out
+                .segments
+                .send(job)
                 .map_err(|_| anyhow::anyhow!("compress workers stopped"))?;
         }
         Ok(())
@@ -211,9 +226,9 @@ impl Receiver {
         if self.server_end.0 >= pos.0 + self.shared.seg.bytes() {
             return Ok(());
         }
-        // One partial at a time: while the previous is still uploading, wait for the next
-        // tick (or, in synchronous mode, for it to land).
-        if self.out.partials.capacity() == 0 {
+        // One partial waiting at a time: while one is queued behind an upload, the next tick
+        // (or, in synchronous mode, its landing) sends a newer view.
+        if !self.out.partials.is_empty() {
             return Ok(());
         }
         let staged = block(|| self.writer.sync())?;
@@ -223,28 +238,34 @@ impl Receiver {
         let Some(view) = self.writer.partial_view()? else {
             return Ok(());
         };
-        let (job, end) = partial_job(view, self.shared.seg);
-        if self.out.partials.try_send(job).is_ok() {
-            self.partial_sent = end;
-        }
+        self.post_partial(view);
         Ok(())
     }
 
-    /// Ends the segment being filled without completing it (timeline end or shutdown) and
-    /// queues its final `.partial` upload.
-    pub async fn close_partial(&mut self) -> anyhow::Result<()> {
+    /// Posts a view for upload unless the bucket already holds that much of the object.
+    fn post_partial(&mut self, view: PartialView) {
+        let (job, end) = partial_job(view, self.shared.seg);
+        let WalObject::Partial { tli, segno, .. } = job.object else {
+            return;
+        };
+        if end <= self.partial_sent || !self.shared.tracker().partial_is_news(tli, segno, end) {
+            return;
+        }
+        if self.out.partials.post(job) {
+            self.partial_sent = end;
+        }
+    }
+
+    /// Ends the segment being filled without completing it (timeline end, a lost
+    /// connection, shutdown) and queues its final `.partial` upload. Never waits for the
+    /// bucket.
+    pub fn close_partial(&mut self) -> anyhow::Result<()> {
         let view = block(|| self.writer.close_partial())?;
         if let Some(view) = view {
-            let len = view.len;
-            let (job, end) = partial_job(view, self.shared.seg);
+            let end = view.segno.start_lsn(self.shared.seg) + view.len;
             self.shared.tracker().staged(end);
-            if len > 0 && end > self.partial_sent {
-                self.out
-                    .partials
-                    .send(job)
-                    .await
-                    .map_err(|_| anyhow::anyhow!("partial uploader stopped"))?;
-                self.partial_sent = end;
+            if view.len > 0 {
+                self.post_partial(view);
             }
         }
         Ok(())
@@ -256,7 +277,9 @@ impl Receiver {
             object: WalObject::History { tli },
             source: RawSource::Bytes(content),
         };
-        block(|| self.out.segments.send(job))
+        self.out
+            .segments
+            .send(job)
             .map_err(|_| anyhow::anyhow!("compress workers stopped"))
     }
 

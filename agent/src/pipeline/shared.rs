@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use pgagent_protocol::{TimelineId, WalSegmentSize};
+use pgagent_protocol::{Lsn, TimelineId, WalSegmentSize};
 use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
@@ -17,6 +17,8 @@ pub struct LiveStatus {
     pub timeline: Option<TimelineId>,
     /// Last error worth showing to an operator (connection, upload, conflict).
     pub last_error: Option<String>,
+    /// WAL that is neither in the bucket nor on the server any more: (from, to).
+    pub wal_gap: Option<(Lsn, Lsn)>,
 }
 
 /// State shared by the pipeline's tasks.
@@ -67,6 +69,18 @@ impl Shared {
     /// The RPO clock.
     pub fn rpo(&self) -> MutexGuard<'_, RpoClock> {
         self.rpo.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a gap in the WAL the bucket holds, for `status`, `/readyz` and
+    /// `pgagent_wal_gap_bytes`. It stays reported for the life of the process.
+    pub fn report_gap(&self, from: Lsn, to: Lsn) {
+        self.live().wal_gap = Some((from, to));
+        self.metrics
+            .wal_gap_bytes
+            .set(i64::try_from(to.0.saturating_sub(from.0)).unwrap_or(i64::MAX));
+        self.set_error(format!(
+            "WAL gap in the store from {from} to {to}: take a new base backup"
+        ));
     }
 
     /// Records an error for `pgagent status`.

@@ -21,7 +21,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::compress::seal_job;
-use super::jobs::{CompressJob, UploadJob, WalObject};
+use super::jobs::{UploadJob, WalObject};
+use super::mailbox::PartialMailbox;
 use super::shared::Shared;
 
 /// Uploads sealed WAL objects.
@@ -81,10 +82,16 @@ impl Uploader {
         while tasks.join_next().await.is_some() {}
     }
 
-    /// Seals and uploads `.partial` objects one at a time, in order. Returns when the channel
+    /// Seals and uploads `.partial` objects one at a time, in order. Returns when the mailbox
     /// is closed and the last one has landed.
-    pub async fn run_partials(self, mut rx: mpsc::Receiver<CompressJob>, level: i32) {
-        while let Some(job) = rx.recv().await {
+    ///
+    /// A view that would not add to what the bucket holds of its object is skipped, checked
+    /// again right before the PUT: a `.partial` is replaced only by a longer one.
+    pub async fn run_partials(self, mailbox: Arc<PartialMailbox>, level: i32) {
+        while let Some(job) = mailbox.next().await {
+            if !self.is_news(&job.object) {
+                continue;
+            }
             let sealed = tokio::task::spawn_blocking(move || seal_job(job, level))
                 .await
                 .expect("seal task panicked");
@@ -97,7 +104,19 @@ impl Uploader {
                 }
             };
             let _permit = self.concurrency.acquire().await.expect("never closed");
+            if !self.is_news(&job.object) {
+                continue;
+            }
             self.upload(job).await;
+        }
+    }
+
+    fn is_news(&self, object: &WalObject) -> bool {
+        match *object {
+            WalObject::Partial { tli, segno, end } => {
+                self.shared.tracker().partial_is_news(tli, segno, end)
+            }
+            _ => true,
         }
     }
 
@@ -192,10 +211,10 @@ impl Uploader {
                 };
                 self.remove_superseded(&partial.key(self.shared.seg)).await;
             }
-            WalObject::Partial { segno, end, .. } => {
-                self.shared.tracker().partial_uploaded(segno, end);
+            WalObject::Partial { tli, segno, end } => {
+                self.shared.tracker().partial_uploaded(tli, segno, end);
             }
-            WalObject::History { .. } => {}
+            WalObject::History { tli } => self.shared.tracker().history_uploaded(tli),
         }
         self.shared.frontier_moved.notify_one();
     }

@@ -1,0 +1,253 @@
+//! Continuity at start: what the bucket already holds around the resume point.
+//!
+//! Streaming resumes where staging, the slot or the server say (`startup::plan_resume`).
+//! Two facts about the bucket change what happens next:
+//!
+//! - the `.partial` object of the resume segment: the new session receives that segment
+//!   again from its start, and a partial upload shorter than the stored one would replace
+//!   WAL the bucket holds with less (DESIGN.md: "the bucket never goes backwards"), so its
+//!   length seeds the flush tracker;
+//! - the end of the WAL the bucket holds below the resume point: when it stops short of the
+//!   resume point (the agent was away without its staging directory, the slot was dropped
+//!   and created anew, or PostgreSQL 13/14 gave no slot position), the WAL in between is in
+//!   neither place. Streaming then starts at the bucket's end if the server still has that
+//!   WAL, and otherwise the gap is reported loudly (metric, `status`, `/readyz`), never
+//!   jumped in silence.
+//!
+//! The decision is pure ([`tail_of`], [`judge`]); [`read_tail`] does the store I/O: one LIST
+//! per WAL "log" (the first 16 hex digits of a segment name) of the two before the resume
+//! point, and one ranged GET per `.partial` header.
+
+use pgagent_protocol::{segment_file_name, Lsn, SegNo, TimelineId, WalFileName, WalSegmentSize};
+use pgagent_storage::envelope::{Header, HEADER_LEN};
+use pgagent_storage::layout::wal_key;
+use pgagent_storage::{ObjectStore, StoreError};
+
+/// The WAL objects of one timeline near the resume point, from a listing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listed {
+    /// Complete segments.
+    pub complete: Vec<SegNo>,
+    /// Segments held as `.partial`.
+    pub partial: Vec<SegNo>,
+}
+
+impl Listed {
+    /// Sorts the names under `wal/` of a listing that belong to timeline `tli`.
+    pub fn from_keys<'a>(
+        keys: impl IntoIterator<Item = &'a str>,
+        tli: TimelineId,
+        seg: WalSegmentSize,
+    ) -> Self {
+        let mut out = Listed::default();
+        for key in keys {
+            let Some(name) = key.strip_prefix("wal/") else {
+                continue;
+            };
+            match WalFileName::parse(name, seg) {
+                Some(WalFileName::Segment { tli: t, segno }) if t == tli => {
+                    out.complete.push(segno)
+                }
+                Some(WalFileName::Partial { tli: t, segno }) if t == tli => out.partial.push(segno),
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+/// What has to be read next to know where the bucket's WAL ends below `start`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tail {
+    /// The bucket's WAL ends exactly here (a complete segment ends there).
+    EndsAt(Lsn),
+    /// The newest object below the resume segment is this segment's `.partial`: its length
+    /// says where the WAL ends.
+    Partial(SegNo),
+    /// Nothing below the resume point in the listing.
+    Nothing,
+}
+
+/// Where the WAL the bucket holds below `start_seg` ends, from a listing of its timeline:
+/// the newest object below the resume segment decides.
+pub fn tail_of(listed: &Listed, start_seg: SegNo, seg: WalSegmentSize) -> Tail {
+    let complete = listed.complete.iter().filter(|s| **s < start_seg).max();
+    let partial = listed.partial.iter().filter(|s| **s < start_seg).max();
+    match (complete, partial) {
+        (Some(c), Some(p)) if p > c => Tail::Partial(*p),
+        (Some(c), _) => Tail::EndsAt(SegNo(c.0 + 1).start_lsn(seg)),
+        (None, Some(p)) => Tail::Partial(*p),
+        (None, None) => Tail::Nothing,
+    }
+}
+
+/// How the bucket meets the resume point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Continuity {
+    /// The bucket's WAL reaches the resume point (or staging holds what is in between).
+    Contiguous,
+    /// The bucket holds no WAL of this timeline near the resume point (a new store, or an
+    /// agent away for more than two WAL logs): nothing to compare with.
+    Unknown,
+    /// WAL from `from` to `to` is neither in the bucket nor in staging.
+    Gap {
+        /// End of the WAL the bucket holds.
+        from: Lsn,
+        /// The resume point.
+        to: Lsn,
+    },
+}
+
+/// Judges continuity: `bucket_end` is where the bucket's WAL below `start` ends (`None`:
+/// nothing found), `staged_from` the lowest complete segment staging still holds below
+/// `start`, which will be uploaded before anything is confirmed.
+pub fn judge(start: Lsn, bucket_end: Option<Lsn>, staged_from: Option<Lsn>) -> Continuity {
+    let Some(end) = bucket_end else {
+        return Continuity::Unknown;
+    };
+    // Staging leftovers run from their lowest segment up to `start` (older ones were
+    // uploaded and removed in order of completion).
+    let reach = match staged_from {
+        Some(s) if s <= end => start,
+        _ => end,
+    };
+    if reach >= start {
+        Continuity::Contiguous
+    } else {
+        Continuity::Gap {
+            from: end,
+            to: start,
+        }
+    }
+}
+
+/// The end of the WAL held by the `.partial` object `key`, or `None` when there is none.
+///
+/// Reads only the envelope header (a ranged GET of [`HEADER_LEN`] bytes).
+pub async fn stored_partial_end(
+    store: &dyn ObjectStore,
+    tli: TimelineId,
+    segno: SegNo,
+    seg: WalSegmentSize,
+) -> Result<Option<Lsn>, StoreError> {
+    let key = wal_key(&format!("{}.partial", segment_file_name(tli, segno, seg)));
+    match store.get_range(&key, 0, HEADER_LEN as u64).await {
+        Ok(bytes) => Ok(Some(segno.start_lsn(seg) + Header::parse(&bytes)?.raw_len)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Where the WAL of timeline `tli` that the bucket holds below `start` ends, looking in the
+/// WAL log of the segment before `start` and the log before that. `None`: nothing there.
+pub async fn read_tail(
+    store: &dyn ObjectStore,
+    tli: TimelineId,
+    start: Lsn,
+    seg: WalSegmentSize,
+) -> Result<Option<Lsn>, StoreError> {
+    let start_seg = start.segment_number(seg);
+    let Some(prev) = start_seg.0.checked_sub(1).map(SegNo) else {
+        return Ok(None);
+    };
+    let per_log = seg.segments_per_xlogid();
+    let log = prev.0 / per_log;
+    let mut keys = Vec::new();
+    for l in [Some(log), log.checked_sub(1)].into_iter().flatten() {
+        // `TTTTTTTTLLLLLLLL`: the first 16 hex digits of every segment of that log.
+        let name = segment_file_name(tli, SegNo(l * per_log), seg);
+        let listed = store.list(&wal_key(&name[..16])).await?;
+        let found = !listed.is_empty();
+        keys.extend(listed.into_iter().map(|m| m.key));
+        if found {
+            break;
+        }
+    }
+    let listed = Listed::from_keys(keys.iter().map(String::as_str), tli, seg);
+    Ok(match tail_of(&listed, start_seg, seg) {
+        Tail::EndsAt(l) => Some(l),
+        Tail::Nothing => None,
+        Tail::Partial(p) => match stored_partial_end(store, tli, p, seg).await? {
+            Some(end) => Some(end),
+            // Completed (and its .partial removed) between the LIST and the GET.
+            None => Some(SegNo(p.0 + 1).start_lsn(seg)),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg() -> WalSegmentSize {
+        WalSegmentSize::new(16 << 20).unwrap()
+    }
+
+    fn name(tli: u32, segno: u64) -> String {
+        format!(
+            "wal/{}",
+            segment_file_name(TimelineId(tli), SegNo(segno), seg())
+        )
+    }
+
+    #[test]
+    fn a_listing_keeps_its_timeline_only() {
+        let keys = [
+            name(1, 5),
+            name(2, 6),
+            format!("{}.partial", name(1, 7)),
+            "wal/00000002.history".to_string(),
+            "wal/junk".to_string(),
+        ];
+        let l = Listed::from_keys(keys.iter().map(String::as_str), TimelineId(1), seg());
+        assert_eq!(l.complete, vec![SegNo(5)]);
+        assert_eq!(l.partial, vec![SegNo(7)]);
+    }
+
+    #[test]
+    fn the_newest_object_below_the_resume_segment_decides_the_tail() {
+        let s = seg();
+        let l = Listed {
+            complete: vec![SegNo(3), SegNo(4), SegNo(9)],
+            partial: vec![SegNo(5), SegNo(9)],
+        };
+        assert_eq!(
+            tail_of(&l, SegNo(5), s),
+            Tail::EndsAt(SegNo(5).start_lsn(s))
+        );
+        assert_eq!(tail_of(&l, SegNo(7), s), Tail::Partial(SegNo(5)));
+        assert_eq!(tail_of(&l, SegNo(3), s), Tail::Nothing);
+        assert_eq!(
+            tail_of(&l, SegNo(10), s),
+            Tail::EndsAt(SegNo(10).start_lsn(s))
+        );
+    }
+
+    #[test]
+    fn a_gap_is_named_unless_staging_fills_it() {
+        let s = seg();
+        let at = |n: u64, off: u64| SegNo(n).start_lsn(s) + off;
+        assert_eq!(
+            judge(at(8, 0), Some(at(8, 0)), None),
+            Continuity::Contiguous
+        );
+        assert_eq!(judge(at(8, 0), None, None), Continuity::Unknown);
+        assert_eq!(
+            judge(at(8, 0), Some(at(5, 100)), None),
+            Continuity::Gap {
+                from: at(5, 100),
+                to: at(8, 0)
+            }
+        );
+        // Staging still holds 5, 6 and 7 from a previous run: they go up first.
+        assert_eq!(
+            judge(at(8, 0), Some(at(5, 100)), Some(at(5, 0))),
+            Continuity::Contiguous
+        );
+        // Staging holds only 7: 5's tail and 6 are missing.
+        assert!(matches!(
+            judge(at(8, 0), Some(at(5, 100)), Some(at(7, 0))),
+            Continuity::Gap { .. }
+        ));
+    }
+}

@@ -1,0 +1,205 @@
+//! Where `pgagent run` resumes streaming, and what the bucket already holds there.
+//!
+//! The start comes from staging, else the slot's `restart_lsn`, else the server's position
+//! ([`startup::plan_resume`]). The slot position is read with `READ_REPLICATION_SLOT` from
+//! PostgreSQL 15 on, and from `pg_replication_slots` over a SQL session before (its timeline
+//! then comes from the server's history file, as `READ_REPLICATION_SLOT` computes it). Then
+//! the bucket is read around the start ([`continuity`]): the stored `.partial` of the resume
+//! segment, and whether the bucket's WAL reaches the start.
+
+use std::path::Path;
+use std::time::Duration;
+
+use pgagent_protocol::{
+    ConnConfig, Lsn, ReplicationClient, SqlSession, TimelineHistory, TimelineId,
+};
+use pgagent_storage::ObjectStore;
+
+use super::continuity::{self, Continuity};
+use super::startup::{self, explain, ResumePlan, ServerInfo};
+use crate::retry::{self, Policy};
+use crate::staging::{StagedSegment, StagingScan};
+
+/// How long start-up waits for the store to answer the continuity reads before going on
+/// without them (safely: see [`StoredPartial::Unknown`]).
+const STORE_READ_DEADLINE: Duration = Duration::from_secs(15);
+
+/// What the bucket holds of the resume segment's `.partial` object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredPartial {
+    /// No such object.
+    None,
+    /// WAL up to this position.
+    Holds(Lsn),
+    /// The store did not answer: no `.partial` of that segment is uploaded by this run (the
+    /// complete segment covers it), so a shorter one can never replace a longer one.
+    Unknown,
+}
+
+/// The resume decision.
+#[derive(Debug)]
+pub struct Resume {
+    /// Timeline, start (a segment start) and the position already confirmed.
+    pub plan: ResumePlan,
+    /// Complete segments a previous run left in staging below the start.
+    pub leftovers: Vec<StagedSegment>,
+    /// The stored `.partial` of the start segment on the plan's timeline.
+    pub stored_partial: StoredPartial,
+    /// When the bucket's WAL ends before the start: streaming begins at the bucket's end
+    /// instead, and this is the original start to fall back to if the server no longer has
+    /// that WAL (then the gap is reported).
+    pub fallback: Option<Lsn>,
+}
+
+/// Reads the slot, staging and the bucket, and decides where streaming resumes.
+pub async fn prepare(
+    client: &mut ReplicationClient,
+    conn: &ConnConfig,
+    server: &ServerInfo,
+    slot: &str,
+    staging_dir: &Path,
+    store: &dyn ObjectStore,
+) -> anyhow::Result<Resume> {
+    let seg = server.seg;
+    let slot_pos = slot_position(client, conn, server, slot).await?;
+    let scan = StagingScan::read(staging_dir, seg)?;
+    let mut plan = startup::plan_resume(&scan, slot_pos, server);
+    let leftovers: Vec<StagedSegment> = scan
+        .complete
+        .into_iter()
+        .filter(|s| s.segno < plan.start.segment_number(seg))
+        .collect();
+
+    // The timeline the segment before the start belongs to (a parent, right after a switch).
+    let prev_tli = match plan.start.0.checked_sub(1).map(Lsn) {
+        Some(prev) if plan.tli.0 > 1 => history(client, plan.tli)
+            .await
+            .map_or(plan.tli, |h| h.timeline_for_lsn(plan.tli, prev)),
+        _ => plan.tli,
+    };
+    let tail = read_with_deadline("the end of its WAL", || {
+        continuity::read_tail(store, prev_tli, plan.start, seg)
+    })
+    .await
+    .flatten();
+    let staged_from = leftovers.first().map(|s| s.segno.start_lsn(seg));
+    let mut fallback = None;
+    match continuity::judge(plan.start, tail, staged_from) {
+        Continuity::Contiguous => {}
+        Continuity::Unknown => tracing::info!(
+            start = %plan.start,
+            "the store holds no WAL of timeline {prev_tli} just below the resume point (a new store?)"
+        ),
+        Continuity::Gap { from, to } => {
+            tracing::warn!(
+                bucket_end = %from,
+                resume_point = %to,
+                "the store's WAL ends before the resume point: streaming the WAL in between from the server"
+            );
+            fallback = Some(plan.start);
+            plan = ResumePlan {
+                tli: prev_tli,
+                start: from.segment_number(seg).start_lsn(seg),
+                // Confirming anything past the store's end would let the server drop the
+                // WAL this run is about to read.
+                floor: plan.floor.min(from),
+            };
+        }
+    }
+    let segno = plan.start.segment_number(seg);
+    let stored_partial = match read_with_deadline("the resume segment's .partial", || {
+        continuity::stored_partial_end(store, plan.tli, segno, seg)
+    })
+    .await
+    {
+        Some(Some(end)) => StoredPartial::Holds(end),
+        Some(None) => StoredPartial::None,
+        None => StoredPartial::Unknown,
+    };
+    Ok(Resume {
+        plan,
+        leftovers,
+        stored_partial,
+        fallback,
+    })
+}
+
+/// Runs a store read with transient errors retried up to [`STORE_READ_DEADLINE`]; `None`
+/// (logged) when it did not succeed.
+async fn read_with_deadline<T, F, Fut>(what: &str, op: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, pgagent_storage::StoreError>>,
+{
+    let deadline = tokio::time::Instant::now() + STORE_READ_DEADLINE;
+    match retry::until(
+        Policy::FETCH,
+        deadline,
+        pgagent_storage::StoreError::is_transient,
+        |_, _| {},
+        op,
+    )
+    .await
+    {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::warn!(error = ?e, "cannot read {what} from the store; going on without it");
+            None
+        }
+    }
+}
+
+/// The slot's `restart_lsn` and its timeline, if the slot reserves WAL.
+async fn slot_position(
+    client: &mut ReplicationClient,
+    conn: &ConnConfig,
+    server: &ServerInfo,
+    slot: &str,
+) -> anyhow::Result<Option<(Lsn, Option<TimelineId>)>> {
+    let wrap = |e: pgagent_protocol::Error| anyhow::anyhow!(explain(conn, &e));
+    if server.version_num >= 150000 {
+        return Ok(client
+            .read_replication_slot(slot)
+            .await
+            .map_err(wrap)?
+            .and_then(|p| p.restart_lsn.map(|l| (l, p.restart_tli))));
+    }
+    // READ_REPLICATION_SLOT is new in 15: before, ask pg_replication_slots. Without it a
+    // restart without staging would begin at the server's current position and skip the WAL
+    // the slot kept while the agent was away.
+    let mut sql = SqlSession::connect(conn).await.map_err(|e| {
+        anyhow::anyhow!(
+            "{}; pgagent reads the slot's position from pg_replication_slots on PostgreSQL {} (a SQL session as {})",
+            explain(conn, &e),
+            server.version_num / 10000,
+            conn.user
+        )
+    })?;
+    let pos = sql.replication_slot(slot).await.map_err(wrap)?;
+    let _ = sql.close().await;
+    let Some(restart) = pos.and_then(|p| p.restart_lsn) else {
+        return Ok(None);
+    };
+    let tli = if server.timeline.0 > 1 {
+        history(client, server.timeline)
+            .await
+            .map(|h| h.timeline_for_lsn(server.timeline, restart))
+    } else {
+        Some(server.timeline)
+    };
+    Ok(Some((restart, tli)))
+}
+
+/// The parsed history of `tli` from the server, or `None` (logged) if it cannot be had.
+async fn history(client: &mut ReplicationClient, tli: TimelineId) -> Option<TimelineHistory> {
+    let content = match startup::fetch_history(client, tli).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(timeline = %tli, error = %e, "history file not available");
+            return None;
+        }
+    };
+    String::from_utf8(content)
+        .ok()
+        .and_then(|text| TimelineHistory::parse(&text).ok())
+}
