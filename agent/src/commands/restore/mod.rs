@@ -8,12 +8,11 @@
 
 mod pgdata;
 pub mod snapshot;
+mod target;
 
 use std::path::PathBuf;
-use std::time::SystemTime;
 
 use anyhow::{bail, Context};
-use pgagent_protocol::Lsn;
 use pgagent_storage::cluster::{read_cluster, ClusterInfo};
 use pgagent_storage::manifest::{BackupManifest, BackupStatus};
 
@@ -21,75 +20,8 @@ use crate::backup::catalog;
 use crate::backup::materialize::{materialize, Mode};
 pub use crate::cli::RestoreFrom;
 use crate::config::Config;
-use pgdata::{give_to_owner, prepare_pgdata, quote, write_recovery_settings};
-
-/// Where recovery stops.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RecoveryTarget {
-    /// The end of the WAL in the store, on the latest timeline.
-    Latest,
-    /// `recovery_target_time`, as given, and parsed (UTC when no zone is given).
-    Time(String, SystemTime),
-    /// `recovery_target_xid`.
-    Xid(String),
-    /// `recovery_target_name` (a restore point).
-    Name(String),
-    /// `recovery_target_lsn`.
-    Lsn(Lsn),
-}
-
-impl RecoveryTarget {
-    /// Parses `--target-time`.
-    ///
-    /// Errors: not an RFC 3339 timestamp (`2026-11-21T10:54:32Z`, or with a space and no
-    /// zone, read as UTC).
-    pub fn time(text: &str) -> anyhow::Result<RecoveryTarget> {
-        let t = humantime::parse_rfc3339_weak(text.trim_end_matches(['Z', 'z'])).map_err(|e| {
-            anyhow::anyhow!("--target-time {text:?}: {e}; use UTC like 2026-11-21T10:54:32Z")
-        })?;
-        Ok(RecoveryTarget::Time(
-            format!(
-                "{} UTC",
-                humantime::format_rfc3339_seconds(t)
-                    .to_string()
-                    .trim_end_matches('Z')
-                    .replace('T', " ")
-            ),
-            t,
-        ))
-    }
-
-    /// Whether a recovery from `m` can stop at this target: the backup must have ended
-    /// before it (a recovery cannot stop before the backup's stop LSN).
-    fn reachable_from(&self, m: &BackupManifest) -> bool {
-        match self {
-            RecoveryTarget::Time(_, t) => m
-                .finished_at
-                .as_deref()
-                .and_then(|f| humantime::parse_rfc3339(f).ok())
-                .is_some_and(|f| f <= *t),
-            RecoveryTarget::Lsn(l) => m.stop().ok().flatten().is_some_and(|(s, _)| s <= *l),
-            RecoveryTarget::Latest | RecoveryTarget::Xid(_) | RecoveryTarget::Name(_) => true,
-        }
-    }
-
-    /// The `postgresql.auto.conf` lines for this target.
-    fn settings(&self, action: &str) -> Vec<String> {
-        let mut lines = vec!["recovery_target_timeline = 'latest'".to_string()];
-        let target = match self {
-            RecoveryTarget::Latest => None,
-            RecoveryTarget::Time(t, _) => Some(format!("recovery_target_time = {}", quote(t))),
-            RecoveryTarget::Xid(x) => Some(format!("recovery_target_xid = {}", quote(x))),
-            RecoveryTarget::Name(n) => Some(format!("recovery_target_name = {}", quote(n))),
-            RecoveryTarget::Lsn(l) => Some(format!("recovery_target_lsn = '{l}'")),
-        };
-        if let Some(t) = target {
-            lines.push(t);
-            lines.push(format!("recovery_target_action = {}", quote(action)));
-        }
-        lines
-    }
-}
+use pgdata::{give_to_owner, prepare_pgdata, write_recovery_settings};
+pub use target::RecoveryTarget;
 
 /// What `pgagent restore` was asked.
 #[derive(Debug, Clone)]
@@ -331,26 +263,4 @@ async fn choose_backup(
         describe(&req.target),
         ids.len()
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn target_settings() {
-        let t = RecoveryTarget::time("2026-11-21T10:54:32Z").unwrap();
-        assert_eq!(
-            t.settings("promote"),
-            [
-                "recovery_target_timeline = 'latest'",
-                "recovery_target_time = '2026-11-21 10:54:32 UTC'",
-                "recovery_target_action = 'promote'"
-            ]
-        );
-        assert_eq!(RecoveryTarget::Latest.settings("promote").len(), 1);
-        let n = RecoveryTarget::Name("it's".into()).settings("pause");
-        assert_eq!(n[1], "recovery_target_name = 'it''s'");
-        assert!(RecoveryTarget::time("yesterday").is_err());
-    }
 }

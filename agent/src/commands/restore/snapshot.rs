@@ -49,7 +49,7 @@ pub enum Action {
 pub fn reaches(r: &SnapshotRecord, target: &RecoveryTarget) -> bool {
     match target {
         RecoveryTarget::Time(_, t) => {
-            humantime::parse_rfc3339(&r.finished_at).is_ok_and(|f| f <= *t)
+            super::target::latest_instant(&r.finished_at).is_some_and(|f| f <= *t)
         }
         RecoveryTarget::Lsn(l) => r.positions().is_ok_and(|(_, stop, _)| stop <= *l),
         RecoveryTarget::Latest | RecoveryTarget::Xid(_) | RecoveryTarget::Name(_) => true,
