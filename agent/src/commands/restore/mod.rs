@@ -6,6 +6,7 @@
 //! `postgresql.auto.conf` (PostgreSQL docs, "Recovery Target" 20.5.5, and
 //! "Archive Recovery" 20.5.4). Starting PostgreSQL is left to the caller.
 
+mod autoconf;
 mod pgdata;
 pub mod snapshot;
 mod target;
@@ -60,6 +61,9 @@ pub struct Served {
     pub tier: &'static str,
     /// Why the snapshot tier did not serve, when the bucket did.
     pub passed_over: Option<String>,
+    /// Recovery settings the restored files carried (an earlier restore's target,
+    /// `restore_command`), taken out of effect: `<file>: <line>`.
+    pub removed_settings: Vec<String>,
 }
 
 /// `pgagent restore`: restores per `req` and prints which tier served.
@@ -69,6 +73,9 @@ pub async fn run(cfg: &Config, req: &RestoreRequest) -> anyhow::Result<()> {
     let served = restore(cfg, req).await?;
     if let Some(why) = &served.passed_over {
         println!("tier snapshot not used: {why}");
+    }
+    for line in &served.removed_settings {
+        println!("removed a recovery setting the restored files carried: {line}");
     }
     println!(
         "tier {}: restored {} into {}; recovery to {} is set up: start PostgreSQL",
@@ -106,7 +113,7 @@ pub async fn restore(cfg: &Config, req: &RestoreRequest) -> anyhow::Result<Serve
                 if let Err(e) = &opened {
                     tracing::warn!("the store cannot be read now ({e:#}); recovery will need it for WAL past the snapshot");
                 }
-                snapshot::execute(cfg, req, &plan)?;
+                let removed_settings = snapshot::execute(cfg, req, &plan)?;
                 let how = match &plan.action {
                     snapshot::Action::Clone { dataset, .. } => format!("cloned to {dataset}"),
                     snapshot::Action::Rollback { .. } => "rolled back in place".to_string(),
@@ -115,6 +122,7 @@ pub async fn restore(cfg: &Config, req: &RestoreRequest) -> anyhow::Result<Serve
                     source: format!("snapshot {} ({how})", plan.record.id),
                     tier: "snapshot",
                     passed_over: None,
+                    removed_settings,
                 });
             }
             Err(why) if req.from == RestoreFrom::Snapshot => {
@@ -129,11 +137,12 @@ pub async fn restore(cfg: &Config, req: &RestoreRequest) -> anyhow::Result<Serve
         }
     }
     let (store, cluster) = opened?;
-    let source = from_bucket(cfg, req, store, &cluster).await?;
+    let (source, removed_settings) = from_bucket(cfg, req, store, &cluster).await?;
     Ok(Served {
         source,
         tier: "bucket",
         passed_over,
+        removed_settings,
     })
 }
 
@@ -153,13 +162,14 @@ async fn open_store(
     Ok((store, cluster))
 }
 
-/// The bucket tier: the newest complete base backup that can reach the target.
+/// The bucket tier: the newest complete base backup that can reach the target. Returns what
+/// was restored and the recovery settings taken out of effect.
 async fn from_bucket(
     cfg: &Config,
     req: &RestoreRequest,
     store: std::sync::Arc<dyn pgagent_storage::ObjectStore>,
     cluster: &ClusterInfo,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<(String, Vec<String>)> {
     let manifest = choose_backup(store.as_ref(), req).await?;
     prepare_pgdata(&req.pgdata, req.force && !req.delta, req.delta)?;
     // Until the end, the directory says it is not a cluster yet (see preseed).
@@ -196,7 +206,7 @@ async fn from_bucket(
         )
     })?;
     progress.finish();
-    write_recovery_settings(&req.pgdata, &format!("backup {}", manifest.id), req)?;
+    let removed = write_recovery_settings(&req.pgdata, &format!("backup {}", manifest.id), req)?;
     let tablespaces: Vec<PathBuf> = manifest
         .tablespaces
         .iter()
@@ -209,14 +219,15 @@ async fn from_bucket(
         }
         _ => {}
     }
-    Ok(format!(
+    let source = format!(
         "backup {} ({} files written, {}; {} unchanged, {} removed)",
         manifest.id,
         written.files,
         bytesize::ByteSize(written.bytes),
         written.unchanged,
         written.removed
-    ))
+    );
+    Ok((source, removed))
 }
 
 pub(crate) fn describe(t: &RecoveryTarget) -> String {

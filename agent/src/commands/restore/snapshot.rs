@@ -248,10 +248,16 @@ fn rollback_action(zfs: &Zfs, r: &SnapshotRecord, req: &RestoreRequest) -> Resul
     Ok(Action::Rollback { snapshots })
 }
 
-/// Brings the snapshot back and prepares the data directory for recovery to the target.
+/// Brings the snapshot back and prepares the data directory for recovery to the target,
+/// with the same recovery settings as a bucket restore. Returns the recovery settings the
+/// snapshot carried and that were taken out of effect (`<file>: <line>`).
 ///
 /// Errors: `zfs` or I/O failures.
-pub fn execute(cfg: &Config, req: &RestoreRequest, plan: &SnapshotPlan) -> anyhow::Result<()> {
+pub fn execute(
+    cfg: &Config,
+    req: &RestoreRequest,
+    plan: &SnapshotPlan,
+) -> anyhow::Result<Vec<String>> {
     let zfs = Zfs::new(&cfg.raw.zfs.command);
     match &plan.action {
         Action::Clone {

@@ -8,7 +8,7 @@ use chrono::{DateTime, FixedOffset, NaiveDateTime, SubsecRound, Utc};
 use pgagent_protocol::Lsn;
 use pgagent_storage::manifest::BackupManifest;
 
-use super::pgdata::quote;
+use super::autoconf::quote;
 
 /// A `--target-time` every form of which PostgreSQL reads the same way.
 const EXAMPLE: &str = "2026-11-30 05:37:48.984061+00";
