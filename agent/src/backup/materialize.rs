@@ -489,21 +489,36 @@ mod tests {
         let manifest = stored_backup(store.clone()).await;
         let victim = manifest.files[1].chunks[1].clone();
 
+        // Read as a restore reads, retrying transient errors for a minute: a damaged or
+        // missing chunk is no transient error, it fails at once.
+        let patient = crate::retrying_store::RetryingReads::wrap(
+            store.clone(),
+            crate::retry::Policy::CHUNK,
+            Duration::from_secs(60),
+            "fetch.timeout",
+        );
+        let started = std::time::Instant::now();
+
         // A chunk whose content does not match its name.
         let other = manifest.files[2].chunks[0].clone();
         let body = store.get(&chunk_key(&other)).await.unwrap();
         store.put(&chunk_key(&victim), body).await.unwrap();
         let pgdata = dir.path().join("a");
         fs::create_dir(&pgdata).unwrap();
-        let err = fresh(store.clone(), &manifest, &pgdata).await.unwrap_err();
-        assert!(format!("{err:#}").contains(&victim), "{err:#}");
+        let err = fresh(patient.clone(), &manifest, &pgdata)
+            .await
+            .unwrap_err();
+        let err = format!("{err:#}");
+        assert!(err.contains(&victim) && err.contains("base/1259"), "{err}");
 
         // A missing chunk.
         store.delete(&chunk_key(&victim)).await.unwrap();
         let pgdata = dir.path().join("b");
         fs::create_dir(&pgdata).unwrap();
-        let err = fresh(store.clone(), &manifest, &pgdata).await.unwrap_err();
-        assert!(format!("{err:#}").contains(&victim), "{err:#}");
+        let err = fresh(patient, &manifest, &pgdata).await.unwrap_err();
+        let err = format!("{err:#}");
+        assert!(err.contains(&victim) && err.contains("base/1259"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
 
         // A symlink planted where a file goes is not written through.
         let pgdata = dir.path().join("c");

@@ -21,6 +21,8 @@ use crate::backup::catalog;
 use crate::backup::materialize::{materialize, Mode};
 pub use crate::cli::RestoreFrom;
 use crate::config::Config;
+use crate::retry::Policy;
+use crate::retrying_store::RetryingReads;
 use pgdata::{give_to_owner, prepare_pgdata, write_recovery_settings};
 pub use target::RecoveryTarget;
 
@@ -101,7 +103,9 @@ pub async fn run(cfg: &Config, req: &RestoreRequest) -> anyhow::Result<()> {
 /// running server in it; no snapshot (with `--from snapshot`) or backup can reach the
 /// target; store, `zfs`, verification or I/O errors.
 pub async fn restore(cfg: &Config, req: &RestoreRequest) -> anyhow::Result<Served> {
-    let opened = open_store(cfg).await;
+    // The snapshot tier only asks which cluster the store holds, and must not wait for a
+    // store that is away: one attempt. The bucket tier waits for it (`fetch.timeout`).
+    let opened = open_store(cfg, req.from == RestoreFrom::Bucket).await;
     let mut passed_over = None;
     if req.from != RestoreFrom::Bucket {
         let system_identifier = opened
@@ -136,7 +140,13 @@ pub async fn restore(cfg: &Config, req: &RestoreRequest) -> anyhow::Result<Serve
             }
         }
     }
-    let (store, cluster) = opened?;
+    let (store, cluster) = match opened {
+        Ok(opened) => opened,
+        Err(e) => {
+            tracing::info!("reading the store again, retrying for up to fetch.timeout: {e:#}");
+            open_store(cfg, true).await?
+        }
+    };
     let (source, removed_settings) = from_bucket(cfg, req, store, &cluster).await?;
     Ok(Served {
         source,
@@ -146,14 +156,28 @@ pub async fn restore(cfg: &Config, req: &RestoreRequest) -> anyhow::Result<Serve
     })
 }
 
+/// The store of `cfg` and the cluster it holds. Reads through the returned store retry
+/// transient errors for up to `fetch.timeout` ([`RetryingReads`]): a restore reads thousands
+/// of objects, and one that fails once must not end it. `cluster.json` is read that way when
+/// `patient`, else with one attempt.
+///
+/// Errors: the store cannot be opened or read, or holds no `cluster.json`.
 async fn open_store(
     cfg: &Config,
+    patient: bool,
 ) -> anyhow::Result<(
     std::sync::Arc<dyn pgagent_storage::ObjectStore>,
     ClusterInfo,
 )> {
-    let store = pgagent_storage::open(&cfg.raw.store.url, &cfg.store_options()).await?;
-    let cluster = read_cluster(store.as_ref()).await?.with_context(|| {
+    let raw = pgagent_storage::open(&cfg.raw.store.url, &cfg.store_options()).await?;
+    let store = RetryingReads::wrap(
+        raw.clone(),
+        Policy::CHUNK,
+        cfg.raw.fetch.timeout,
+        "fetch.timeout",
+    );
+    let reader = if patient { &store } else { &raw };
+    let cluster = read_cluster(reader.as_ref()).await?.with_context(|| {
         format!(
             "{} holds no cluster.json: not a pgagent store",
             store.describe()
