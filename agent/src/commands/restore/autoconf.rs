@@ -99,71 +99,79 @@ pub(super) fn is_recovery_setting(name: &str) -> bool {
     name.starts_with("recovery_target") || name == "restore_command"
 }
 
-/// A file's new text and the lines taken out of effect, as they were.
+/// A file's new content and the lines taken out of effect, as they were.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Rewritten {
-    /// The new content.
-    pub text: String,
+    /// The new content: the bytes of every line kept, as they were (a configuration file
+    /// need not be UTF-8).
+    pub text: Vec<u8>,
     /// Recovery settings removed or commented out.
     pub removed: Vec<String>,
+}
+
+/// Whether `line` is blank.
+fn is_blank(line: &[u8]) -> bool {
+    line.iter().all(u8::is_ascii_whitespace)
+}
+
+/// The recovery setting `line` (with or without its newline) holds, if it holds one, as
+/// text for messages.
+fn recovery_setting(line: &[u8]) -> Option<String> {
+    let line = String::from_utf8_lossy(line.strip_suffix(b"\n").unwrap_or(line));
+    match parse_line(&line) {
+        Line::Setting { name, .. } if is_recovery_setting(&name) => Some(line.trim().to_string()),
+        _ => None,
+    }
 }
 
 /// `postgresql.auto.conf` for a restore: `existing` without recovery settings and without the
 /// comment lines of earlier restores (and the blank lines before them, and at the end), then
 /// a blank line, `header` (a comment starting with [`MARKER`]) and `settings`, one per line.
-pub(super) fn rewrite_auto_conf(existing: &str, header: &str, settings: &[String]) -> Rewritten {
-    let mut kept = Vec::new();
+pub(super) fn rewrite_auto_conf(existing: &[u8], header: &str, settings: &[String]) -> Rewritten {
+    let mut kept: Vec<&[u8]> = Vec::new();
     let mut removed = Vec::new();
-    for line in existing.lines() {
-        if line.trim_start().starts_with(MARKER) {
+    for line in existing.split(|b| *b == b'\n') {
+        if line.trim_ascii_start().starts_with(MARKER.as_bytes()) {
             // With the blank line written before it.
-            while kept.last().is_some_and(|l: &&str| l.trim().is_empty()) {
+            while kept.last().is_some_and(|l| is_blank(l)) {
                 kept.pop();
             }
             continue;
         }
-        match parse_line(line) {
-            Line::Setting { name, .. } if is_recovery_setting(&name) => {
-                removed.push(line.trim().to_string())
-            }
-            _ => kept.push(line),
+        match recovery_setting(line) {
+            Some(setting) => removed.push(setting),
+            None => kept.push(line),
         }
     }
-    while kept.last().is_some_and(|l| l.trim().is_empty()) {
+    while kept.last().is_some_and(|l| is_blank(l)) {
         kept.pop();
     }
-    let mut text = String::new();
-    for line in kept {
-        text.push_str(line);
-        text.push('\n');
+    let mut text = Vec::with_capacity(existing.len() + 512);
+    for line in &kept {
+        text.extend_from_slice(line);
+        text.push(b'\n');
     }
     if !text.is_empty() {
-        text.push('\n');
+        text.push(b'\n');
     }
-    text.push_str(header);
-    text.push('\n');
-    for s in settings {
-        text.push_str(s);
-        text.push('\n');
+    for line in std::iter::once(header).chain(settings.iter().map(String::as_str)) {
+        text.extend_from_slice(line.as_bytes());
+        text.push(b'\n');
     }
     Rewritten { text, removed }
 }
 
 /// `postgresql.conf` for a restore: each recovery setting in `existing` turned into a comment
 /// that says so (the file is the user's; nothing is deleted). `None` when it holds none.
-pub(super) fn disable_in_conf(existing: &str) -> Option<Rewritten> {
-    let mut text = String::with_capacity(existing.len());
+pub(super) fn disable_in_conf(existing: &[u8]) -> Option<Rewritten> {
+    let mut text = Vec::with_capacity(existing.len() + 128);
     let mut removed = Vec::new();
-    for line in existing.split_inclusive('\n') {
-        let content = line.trim_end_matches(['\n', '\r']);
-        match parse_line(content) {
-            Line::Setting { name, .. } if is_recovery_setting(&name) => {
-                removed.push(content.trim().to_string());
-                text.push_str(DISABLED);
-            }
-            _ => {}
+    for line in existing.split_inclusive(|b| *b == b'\n') {
+        if let Some(setting) = recovery_setting(line) {
+            removed.push(setting);
+            text.extend_from_slice(DISABLED.as_bytes());
         }
-        text.push_str(line);
+        text.extend_from_slice(line);
     }
     (!removed.is_empty()).then_some(Rewritten { text, removed })
 }
@@ -370,9 +378,9 @@ primary_conninfo = 'host=a'
             "restore_command = 'pgagent fetch %f %p'".to_string(),
             "recovery_target_timeline = 'latest'".to_string(),
         ];
-        let r = rewrite_auto_conf(CARRIED, &header, &ours);
+        let r = rewrite_auto_conf(CARRIED.as_bytes(), &header, &ours);
         assert_eq!(
-            r.text,
+            String::from_utf8(r.text.clone()).unwrap(),
             "\
 # Do not edit this file manually!
 # It will be overwritten by the ALTER SYSTEM command.
@@ -398,9 +406,9 @@ recovery_target_timeline = 'latest'
         let again = rewrite_auto_conf(&r.text, &header, &ours);
         assert_eq!(again.text, r.text);
         assert_eq!(again.removed.len(), 2);
-        let recovery_lines = |text: &str| {
-            text.lines()
-                .filter(|l| matches!(parse_line(l), Line::Setting { name, .. } if is_recovery_setting(&name)))
+        let recovery_lines = |text: &[u8]| {
+            text.split(|b| *b == b'\n')
+                .filter(|l| recovery_setting(l).is_some())
                 .count()
         };
         assert_eq!(recovery_lines(&again.text), ours.len());
@@ -409,21 +417,39 @@ recovery_target_timeline = 'latest'
     #[test]
     fn an_empty_or_missing_file_gets_the_settings_alone() {
         let r = rewrite_auto_conf(
-            "",
+            b"",
             "# pgagent restore of x",
             &["restore_command = 'c'".into()],
         );
-        assert_eq!(r.text, "# pgagent restore of x\nrestore_command = 'c'\n");
+        assert_eq!(r.text, b"# pgagent restore of x\nrestore_command = 'c'\n");
         assert!(r.removed.is_empty());
     }
 
     #[test]
-    fn postgresql_conf_keeps_its_lines_as_comments() {
-        let conf = "port = 5433\r\nrestore_command = 'cp /a/%f %p'\n#recovery_target_time = 'x'\nrecovery_target_xid 1234";
+    fn bytes_that_are_not_utf8_are_kept_as_they_were() {
+        // A Latin-1 comment and value, as an old installation may have them.
+        let conf =
+            b"# r\xe9sum\xe9\nlc_messages = 'fran\xe7ais'\nrecovery_target_name = 'caf\xe9'\n";
+        let r = rewrite_auto_conf(conf, "# pgagent restore of x", &[]);
+        assert_eq!(
+            r.text,
+            b"# r\xe9sum\xe9\nlc_messages = 'fran\xe7ais'\n\n# pgagent restore of x\n"
+        );
+        assert_eq!(r.removed, ["recovery_target_name = 'caf\u{fffd}'"]);
         let r = disable_in_conf(conf).unwrap();
         assert_eq!(
             r.text,
-            "port = 5433\r\n# disabled by pgagent restore: restore_command = 'cp /a/%f %p'\n#recovery_target_time = 'x'\n# disabled by pgagent restore: recovery_target_xid 1234"
+            b"# r\xe9sum\xe9\nlc_messages = 'fran\xe7ais'\n# disabled by pgagent restore: recovery_target_name = 'caf\xe9'\n"
+        );
+    }
+
+    #[test]
+    fn postgresql_conf_keeps_its_lines_as_comments() {
+        let conf = b"port = 5433\r\nrestore_command = 'cp /a/%f %p'\r\n#recovery_target_time = 'x'\nrecovery_target_xid 1234";
+        let r = disable_in_conf(conf).unwrap();
+        assert_eq!(
+            String::from_utf8(r.text.clone()).unwrap(),
+            "port = 5433\r\n# disabled by pgagent restore: restore_command = 'cp /a/%f %p'\r\n#recovery_target_time = 'x'\n# disabled by pgagent restore: recovery_target_xid 1234"
         );
         assert_eq!(
             r.removed,
@@ -433,7 +459,7 @@ recovery_target_timeline = 'latest'
             ]
         );
         assert_eq!(disable_in_conf(&r.text), None);
-        assert_eq!(disable_in_conf("port = 5433\n"), None);
+        assert_eq!(disable_in_conf(b"port = 5433\n"), None);
     }
 
     #[test]

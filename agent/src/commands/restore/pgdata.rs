@@ -88,7 +88,7 @@ pub(super) fn write_recovery_settings(
     let conf = pgdata.join("postgresql.conf");
     match fs::symlink_metadata(&conf) {
         Ok(m) if m.file_type().is_symlink() => {
-            if let Ok(text) = fs::read_to_string(&conf) {
+            if let Ok(text) = fs::read(&conf) {
                 if let Some(r) = disable_in_conf(&text) {
                     tracing::warn!(
                         "{} (a symlink out of the data directory) sets {}: recovery will use them; comment them out there",
@@ -99,8 +99,7 @@ pub(super) fn write_recovery_settings(
             }
         }
         Ok(_) => {
-            let text =
-                fs::read_to_string(&conf).with_context(|| format!("read {}", conf.display()))?;
+            let text = fs::read(&conf).with_context(|| format!("read {}", conf.display()))?;
             if let Some(r) = disable_in_conf(&text) {
                 replace_file(&conf, &r.text)?;
                 removed.extend(r.removed.iter().map(|l| format!("postgresql.conf: {l}")));
@@ -111,9 +110,9 @@ pub(super) fn write_recovery_settings(
     }
 
     let auto = pgdata.join("postgresql.auto.conf");
-    let existing = match fs::read_to_string(&auto) {
+    let existing = match fs::read(&auto) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(e).with_context(|| format!("read {}", auto.display())),
     };
     let mut settings = vec![format!("restore_command = {}", quote(&req.restore_command))];
@@ -136,7 +135,7 @@ pub(super) fn write_recovery_settings(
 /// `ALTER SYSTEM`).
 ///
 /// Errors: I/O errors, naming the file.
-fn replace_file(path: &Path, text: &str) -> anyhow::Result<()> {
+fn replace_file(path: &Path, text: &[u8]) -> anyhow::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let (mode, owner) = match fs::metadata(path) {
         Ok(m) => (m.mode() & 0o7777, (m.uid(), m.gid())),
@@ -152,7 +151,7 @@ fn replace_file(path: &Path, text: &str) -> anyhow::Result<()> {
         .tempfile_in(dir)
         .with_context(|| format!("create a temporary file in {}", dir.display()))?;
     let write = |f: &mut fs::File| -> std::io::Result<()> {
-        f.write_all(text.as_bytes())?;
+        f.write_all(text)?;
         f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
         if rustix::process::geteuid().as_raw() == 0 {
             std::os::unix::fs::fchown(&*f, Some(owner.0), Some(owner.1))?;

@@ -93,8 +93,14 @@ impl RecoveryTarget {
 fn parse_time(text: &str) -> anyhow::Result<DateTime<Utc>> {
     let trimmed = text.trim();
     // `UTC` is the one zone name accepted; `%#z` reads `Z` and numeric offsets.
-    let zoned = match trimmed.len().checked_sub(3).map(|i| trimmed.split_at(i)) {
-        Some((head, zone)) if zone.eq_ignore_ascii_case("utc") => format!("{}Z", head.trim_end()),
+    let zoned = match trimmed
+        .len()
+        .checked_sub(3)
+        .map(|i| trimmed.split_at_checked(i))
+    {
+        Some(Some((head, zone))) if zone.eq_ignore_ascii_case("utc") => {
+            format!("{}Z", head.trim_end())
+        }
         _ => trimmed.to_string(),
     };
     for layout in LAYOUTS {
@@ -204,6 +210,8 @@ mod tests {
             "2026-11-30 05:37:48 CET",
             "2026-11-30 05:37:48+5",
             "1764481068",
+            "ééé",
+            "2026-11-30 05:37:48 ü",
         ] {
             let e = RecoveryTarget::time(text).unwrap_err().to_string();
             assert!(e.contains(EXAMPLE), "{text}: {e}");
