@@ -163,7 +163,8 @@ pub struct RestoreArgs {
     /// Backup id, or "latest": the newest complete backup that can reach the target.
     #[arg(long, value_name = "ID", default_value = "latest")]
     pub backup: String,
-    /// Recover to this time (UTC, e.g. 2026-11-21T10:54:32Z).
+    /// Recover to this time, with a zone: 2026-11-30 05:37:48.984061+00 (as `select now()`
+    /// prints it), 2026-11-30T05:37:48Z, 2026-11-30 11:07:48+05:30.
     #[arg(long, value_name = "TS", group = "recovery_target")]
     pub target_time: Option<String>,
     /// Recover up to this transaction id.

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod progress;
 pub mod retry;
+pub mod retrying_store;
 pub mod staging;
 pub mod statusfile;
 pub mod tracker;

@@ -6,7 +6,7 @@
 //! backoff with full jitter, so a fleet of agents that lost the same bucket does not come back
 //! in lockstep. What differs between callers is only the [`Policy`] (first and longest wait)
 //! and when they give up: at a deadline ([`until`], e.g. `fetch.timeout` for
-//! `restore_command`, or a restore's chunk deadline) or never ([`delays`], for the daemon,
+//! `restore_command` and for each read of a restore) or never ([`delays`], for the daemon,
 //! whose slot keeps the WAL on the server until the bucket is back).
 
 use std::future::Future;

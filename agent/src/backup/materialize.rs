@@ -7,7 +7,9 @@
 //! created with `O_EXCL | O_NOFOLLOW`, so an existing file or a planted symlink is never
 //! written through. Files of tablespace `oid` (`pg_tblspc/<oid>/…`) go to the tablespace's
 //! directory, which must be missing or empty, and `pg_tblspc/<oid>` becomes a symlink to it,
-//! as PostgreSQL expects (PostgreSQL docs, "Tablespaces").
+//! as PostgreSQL expects (PostgreSQL docs, "Tablespaces"). In delta mode the directories
+//! may hold files already; what the backup does not hold is removed first, in a tablespace
+//! only inside the backup's own version directory (see `backup/delta.rs`).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -46,7 +48,9 @@ pub enum Mode {
     /// The directory is empty: create everything.
     Fresh,
     /// Keep files whose chunks already match, rewrite the others, remove what the backup
-    /// does not hold (`pgagent restore --delta`).
+    /// does not hold: anything in the data directory, and in a tablespace directory only
+    /// what is inside the backup's `PG_<major>_<catalog>` directory
+    /// (`pgagent restore --delta`).
     Delta,
 }
 
@@ -71,25 +75,10 @@ pub async fn materialize(
 ) -> anyhow::Result<Written> {
     manifest.check()?;
     let places = Places::new(manifest, pgdata, tablespace_dir, mode)?;
-    let mut removed = 0;
-    if mode == Mode::Delta {
-        let wanted: std::collections::HashSet<PathBuf> = manifest
-            .files
-            .iter()
-            .chain(manifest.pg_manifest.iter())
-            .map(|e| places.resolve(&e.path))
-            .chain(
-                places
-                    .tablespaces
-                    .iter()
-                    .map(|(oid, _)| pgdata.join(format!("pg_tblspc/{oid}"))),
-            )
-            .collect();
-        removed += remove_unwanted(pgdata, &wanted)?;
-        for (_, dir) in &places.tablespaces {
-            removed += remove_unwanted(dir, &wanted)?;
-        }
-    }
+    let removed = match mode {
+        Mode::Delta => super::delta::remove_unwanted(manifest, &places)?,
+        Mode::Fresh => 0,
+    };
     let mut files = Vec::new();
     for entry in manifest.files.iter().chain(manifest.pg_manifest.iter()) {
         let target = places.resolve(&entry.path);
@@ -148,13 +137,19 @@ pub async fn materialize(
 }
 
 /// Maps manifest paths to places on disk.
-struct Places<'a> {
-    pgdata: &'a Path,
-    tablespaces: Vec<(u32, PathBuf)>,
+pub(super) struct Places<'a> {
+    /// The data directory.
+    pub(super) pgdata: &'a Path,
+    /// Each tablespace's OID and the directory its files go to.
+    pub(super) tablespaces: Vec<(u32, PathBuf)>,
 }
 
 impl<'a> Places<'a> {
-    fn new(
+    /// The places of `manifest`'s tablespaces (see [`TablespaceDir`]), each made if missing.
+    ///
+    /// Errors: a tablespace directory that is relative, inside the data directory, or (with
+    /// [`Mode::Fresh`]) not empty.
+    pub(super) fn new(
         manifest: &BackupManifest,
         pgdata: &'a Path,
         tablespace_dir: &TablespaceDir,
@@ -203,7 +198,7 @@ impl<'a> Places<'a> {
     }
 
     /// Where a (checked) manifest path goes.
-    fn resolve(&self, path: &str) -> PathBuf {
+    pub(super) fn resolve(&self, path: &str) -> PathBuf {
         if let Some(rest) = path.strip_prefix("pg_tblspc/") {
             if let Some((oid, inner)) = rest.split_once('/') {
                 if let Some(dir) = oid.parse().ok().and_then(|o| self.tablespace(o)) {
@@ -223,33 +218,6 @@ fn make_dir(path: &Path, mode: u32) -> anyhow::Result<()> {
     }
     fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o7777))
         .with_context(|| format!("chmod {}", path.display()))
-}
-
-/// Removes what is under `dir` but not in `wanted` (not following symlinks: a symlink
-/// not wanted is removed as a link). Returns how many entries were removed.
-fn remove_unwanted(dir: &Path, wanted: &std::collections::HashSet<PathBuf>) -> anyhow::Result<u64> {
-    let mut removed = 0;
-    let Ok(entries) = fs::read_dir(dir) else {
-        return Ok(0);
-    };
-    for e in entries {
-        let path = e?.path();
-        let meta = fs::symlink_metadata(&path)?;
-        let keep = wanted.contains(&path)
-            || (meta.is_dir() && wanted.iter().any(|w| w.starts_with(&path)));
-        if !keep {
-            if meta.is_dir() {
-                fs::remove_dir_all(&path)
-            } else {
-                fs::remove_file(&path)
-            }
-            .with_context(|| format!("remove {}", path.display()))?;
-            removed += 1;
-        } else if meta.is_dir() {
-            removed += remove_unwanted(&path, wanted)?;
-        }
-    }
-    Ok(removed)
 }
 
 /// Whether `target` is a regular file (not a symlink) whose chunks hash as `entry` says;
@@ -521,21 +489,36 @@ mod tests {
         let manifest = stored_backup(store.clone()).await;
         let victim = manifest.files[1].chunks[1].clone();
 
+        // Read as a restore reads, retrying transient errors for a minute: a damaged or
+        // missing chunk is no transient error, it fails at once.
+        let patient = crate::retrying_store::RetryingReads::wrap(
+            store.clone(),
+            crate::retry::Policy::CHUNK,
+            Duration::from_secs(60),
+            "fetch.timeout",
+        );
+        let started = std::time::Instant::now();
+
         // A chunk whose content does not match its name.
         let other = manifest.files[2].chunks[0].clone();
         let body = store.get(&chunk_key(&other)).await.unwrap();
         store.put(&chunk_key(&victim), body).await.unwrap();
         let pgdata = dir.path().join("a");
         fs::create_dir(&pgdata).unwrap();
-        let err = fresh(store.clone(), &manifest, &pgdata).await.unwrap_err();
-        assert!(format!("{err:#}").contains(&victim), "{err:#}");
+        let err = fresh(patient.clone(), &manifest, &pgdata)
+            .await
+            .unwrap_err();
+        let err = format!("{err:#}");
+        assert!(err.contains(&victim) && err.contains("base/1259"), "{err}");
 
         // A missing chunk.
         store.delete(&chunk_key(&victim)).await.unwrap();
         let pgdata = dir.path().join("b");
         fs::create_dir(&pgdata).unwrap();
-        let err = fresh(store.clone(), &manifest, &pgdata).await.unwrap_err();
-        assert!(format!("{err:#}").contains(&victim), "{err:#}");
+        let err = fresh(patient, &manifest, &pgdata).await.unwrap_err();
+        let err = format!("{err:#}");
+        assert!(err.contains(&victim) && err.contains("base/1259"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
 
         // A symlink planted where a file goes is not written through.
         let pgdata = dir.path().join("c");

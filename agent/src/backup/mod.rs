@@ -4,6 +4,7 @@
 pub mod archive;
 pub mod catalog;
 pub mod chunks;
+mod delta;
 pub mod materialize;
 pub mod schedule;
 pub mod take;

@@ -218,7 +218,9 @@ pub async fn take_backup(cfg: &Config, req: &BackupRequest) -> anyhow::Result<Ba
     let mut manifest = announced;
     manifest.stop_lsn = Some(stop_lsn.to_string());
     manifest.stop_timeline = Some(stop_tli.0);
-    manifest.finished_at = Some(rfc3339(SystemTime::now()));
+    // To the microsecond: a recovery target time is compared with it (a backup that ended
+    // after the target cannot reach it).
+    manifest.finished_at = Some(humantime::format_rfc3339_micros(SystemTime::now()).to_string());
     manifest.backup_label = walked.backup_label.clone().unwrap_or_default();
     manifest.tablespace_map = walked.tablespace_map.clone();
     manifest.pg_manifest = pg_manifest_entry;

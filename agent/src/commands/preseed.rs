@@ -282,6 +282,9 @@ pub async fn run(cfg: &Config, pgdata: &Path, opts: &PreseedOptions) -> anyhow::
             if let Some(why) = &served.passed_over {
                 println!("preseed: tier snapshot not used: {why}");
             }
+            for line in &served.removed_settings {
+                println!("preseed: removed a recovery setting the restored files carried: {line}");
+            }
             println!(
                 "preseed: {} was empty; tier {}: restored {}; PostgreSQL will recover to the end of the WAL in the store",
                 pgdata.display(),

@@ -147,7 +147,7 @@ pub async fn take_snapshot(cfg: &Config) -> anyhow::Result<SnapshotRecord> {
         start_lsn,
         stop_lsn,
         started_at: humantime::format_rfc3339_seconds(started).to_string(),
-        finished_at: humantime::format_rfc3339_seconds(finished).to_string(),
+        finished_at: humantime::format_rfc3339_micros(finished).to_string(),
         backup_label,
         tablespace_map: col(2).filter(|m| !m.is_empty()),
         host: std::fs::read_to_string("/proc/sys/kernel/hostname")

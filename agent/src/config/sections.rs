@@ -137,7 +137,8 @@ impl Default for WalSection {
 pub struct FetchSection {
     /// Segments downloaded ahead of the one asked for.
     pub prefetch: usize,
-    /// How long transient store errors are retried before recovery is aborted.
+    /// How long transient store errors are retried: by `pgagent fetch` before recovery is
+    /// aborted, and by `pgagent restore` for each read before the restore fails.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     /// Bound of the prefetch cache: verified segments waiting to be asked for, in bytes.

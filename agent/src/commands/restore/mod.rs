@@ -6,14 +6,14 @@
 //! `postgresql.auto.conf` (PostgreSQL docs, "Recovery Target" 20.5.5, and
 //! "Archive Recovery" 20.5.4). Starting PostgreSQL is left to the caller.
 
+mod autoconf;
 mod pgdata;
 pub mod snapshot;
+mod target;
 
 use std::path::PathBuf;
-use std::time::SystemTime;
 
 use anyhow::{bail, Context};
-use pgagent_protocol::Lsn;
 use pgagent_storage::cluster::{read_cluster, ClusterInfo};
 use pgagent_storage::manifest::{BackupManifest, BackupStatus};
 
@@ -21,75 +21,10 @@ use crate::backup::catalog;
 use crate::backup::materialize::{materialize, Mode};
 pub use crate::cli::RestoreFrom;
 use crate::config::Config;
-use pgdata::{give_to_owner, prepare_pgdata, quote, write_recovery_settings};
-
-/// Where recovery stops.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RecoveryTarget {
-    /// The end of the WAL in the store, on the latest timeline.
-    Latest,
-    /// `recovery_target_time`, as given, and parsed (UTC when no zone is given).
-    Time(String, SystemTime),
-    /// `recovery_target_xid`.
-    Xid(String),
-    /// `recovery_target_name` (a restore point).
-    Name(String),
-    /// `recovery_target_lsn`.
-    Lsn(Lsn),
-}
-
-impl RecoveryTarget {
-    /// Parses `--target-time`.
-    ///
-    /// Errors: not an RFC 3339 timestamp (`2026-11-21T10:54:32Z`, or with a space and no
-    /// zone, read as UTC).
-    pub fn time(text: &str) -> anyhow::Result<RecoveryTarget> {
-        let t = humantime::parse_rfc3339_weak(text.trim_end_matches(['Z', 'z'])).map_err(|e| {
-            anyhow::anyhow!("--target-time {text:?}: {e}; use UTC like 2026-11-21T10:54:32Z")
-        })?;
-        Ok(RecoveryTarget::Time(
-            format!(
-                "{} UTC",
-                humantime::format_rfc3339_seconds(t)
-                    .to_string()
-                    .trim_end_matches('Z')
-                    .replace('T', " ")
-            ),
-            t,
-        ))
-    }
-
-    /// Whether a recovery from `m` can stop at this target: the backup must have ended
-    /// before it (a recovery cannot stop before the backup's stop LSN).
-    fn reachable_from(&self, m: &BackupManifest) -> bool {
-        match self {
-            RecoveryTarget::Time(_, t) => m
-                .finished_at
-                .as_deref()
-                .and_then(|f| humantime::parse_rfc3339(f).ok())
-                .is_some_and(|f| f <= *t),
-            RecoveryTarget::Lsn(l) => m.stop().ok().flatten().is_some_and(|(s, _)| s <= *l),
-            RecoveryTarget::Latest | RecoveryTarget::Xid(_) | RecoveryTarget::Name(_) => true,
-        }
-    }
-
-    /// The `postgresql.auto.conf` lines for this target.
-    fn settings(&self, action: &str) -> Vec<String> {
-        let mut lines = vec!["recovery_target_timeline = 'latest'".to_string()];
-        let target = match self {
-            RecoveryTarget::Latest => None,
-            RecoveryTarget::Time(t, _) => Some(format!("recovery_target_time = {}", quote(t))),
-            RecoveryTarget::Xid(x) => Some(format!("recovery_target_xid = {}", quote(x))),
-            RecoveryTarget::Name(n) => Some(format!("recovery_target_name = {}", quote(n))),
-            RecoveryTarget::Lsn(l) => Some(format!("recovery_target_lsn = '{l}'")),
-        };
-        if let Some(t) = target {
-            lines.push(t);
-            lines.push(format!("recovery_target_action = {}", quote(action)));
-        }
-        lines
-    }
-}
+use crate::retry::Policy;
+use crate::retrying_store::RetryingReads;
+use pgdata::{give_to_owner, prepare_pgdata, write_recovery_settings};
+pub use target::RecoveryTarget;
 
 /// What `pgagent restore` was asked.
 #[derive(Debug, Clone)]
@@ -128,6 +63,9 @@ pub struct Served {
     pub tier: &'static str,
     /// Why the snapshot tier did not serve, when the bucket did.
     pub passed_over: Option<String>,
+    /// Recovery settings the restored files carried (an earlier restore's target,
+    /// `restore_command`), taken out of effect: `<file>: <line>`.
+    pub removed_settings: Vec<String>,
 }
 
 /// `pgagent restore`: restores per `req` and prints which tier served.
@@ -137,6 +75,9 @@ pub async fn run(cfg: &Config, req: &RestoreRequest) -> anyhow::Result<()> {
     let served = restore(cfg, req).await?;
     if let Some(why) = &served.passed_over {
         println!("tier snapshot not used: {why}");
+    }
+    for line in &served.removed_settings {
+        println!("removed a recovery setting the restored files carried: {line}");
     }
     println!(
         "tier {}: restored {} into {}; recovery to {} is set up: start PostgreSQL",
@@ -162,7 +103,9 @@ pub async fn run(cfg: &Config, req: &RestoreRequest) -> anyhow::Result<()> {
 /// running server in it; no snapshot (with `--from snapshot`) or backup can reach the
 /// target; store, `zfs`, verification or I/O errors.
 pub async fn restore(cfg: &Config, req: &RestoreRequest) -> anyhow::Result<Served> {
-    let opened = open_store(cfg).await;
+    // The snapshot tier only asks which cluster the store holds, and must not wait for a
+    // store that is away: one attempt. The bucket tier waits for it (`fetch.timeout`).
+    let opened = open_store(cfg, req.from == RestoreFrom::Bucket).await;
     let mut passed_over = None;
     if req.from != RestoreFrom::Bucket {
         let system_identifier = opened
@@ -174,7 +117,7 @@ pub async fn restore(cfg: &Config, req: &RestoreRequest) -> anyhow::Result<Serve
                 if let Err(e) = &opened {
                     tracing::warn!("the store cannot be read now ({e:#}); recovery will need it for WAL past the snapshot");
                 }
-                snapshot::execute(cfg, req, &plan)?;
+                let removed_settings = snapshot::execute(cfg, req, &plan)?;
                 let how = match &plan.action {
                     snapshot::Action::Clone { dataset, .. } => format!("cloned to {dataset}"),
                     snapshot::Action::Rollback { .. } => "rolled back in place".to_string(),
@@ -183,6 +126,7 @@ pub async fn restore(cfg: &Config, req: &RestoreRequest) -> anyhow::Result<Serve
                     source: format!("snapshot {} ({how})", plan.record.id),
                     tier: "snapshot",
                     passed_over: None,
+                    removed_settings,
                 });
             }
             Err(why) if req.from == RestoreFrom::Snapshot => {
@@ -196,23 +140,44 @@ pub async fn restore(cfg: &Config, req: &RestoreRequest) -> anyhow::Result<Serve
             }
         }
     }
-    let (store, cluster) = opened?;
-    let source = from_bucket(cfg, req, store, &cluster).await?;
+    let (store, cluster) = match opened {
+        Ok(opened) => opened,
+        Err(e) => {
+            tracing::info!("reading the store again, retrying for up to fetch.timeout: {e:#}");
+            open_store(cfg, true).await?
+        }
+    };
+    let (source, removed_settings) = from_bucket(cfg, req, store, &cluster).await?;
     Ok(Served {
         source,
         tier: "bucket",
         passed_over,
+        removed_settings,
     })
 }
 
+/// The store of `cfg` and the cluster it holds. Reads through the returned store retry
+/// transient errors for up to `fetch.timeout` ([`RetryingReads`]): a restore reads thousands
+/// of objects, and one that fails once must not end it. `cluster.json` is read that way when
+/// `patient`, else with one attempt.
+///
+/// Errors: the store cannot be opened or read, or holds no `cluster.json`.
 async fn open_store(
     cfg: &Config,
+    patient: bool,
 ) -> anyhow::Result<(
     std::sync::Arc<dyn pgagent_storage::ObjectStore>,
     ClusterInfo,
 )> {
-    let store = pgagent_storage::open(&cfg.raw.store.url, &cfg.store_options()).await?;
-    let cluster = read_cluster(store.as_ref()).await?.with_context(|| {
+    let raw = pgagent_storage::open(&cfg.raw.store.url, &cfg.store_options()).await?;
+    let store = RetryingReads::wrap(
+        raw.clone(),
+        Policy::CHUNK,
+        cfg.raw.fetch.timeout,
+        "fetch.timeout",
+    );
+    let reader = if patient { &store } else { &raw };
+    let cluster = read_cluster(reader.as_ref()).await?.with_context(|| {
         format!(
             "{} holds no cluster.json: not a pgagent store",
             store.describe()
@@ -221,13 +186,14 @@ async fn open_store(
     Ok((store, cluster))
 }
 
-/// The bucket tier: the newest complete base backup that can reach the target.
+/// The bucket tier: the newest complete base backup that can reach the target. Returns what
+/// was restored and the recovery settings taken out of effect.
 async fn from_bucket(
     cfg: &Config,
     req: &RestoreRequest,
     store: std::sync::Arc<dyn pgagent_storage::ObjectStore>,
     cluster: &ClusterInfo,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<(String, Vec<String>)> {
     let manifest = choose_backup(store.as_ref(), req).await?;
     prepare_pgdata(&req.pgdata, req.force && !req.delta, req.delta)?;
     // Until the end, the directory says it is not a cluster yet (see preseed).
@@ -264,7 +230,7 @@ async fn from_bucket(
         )
     })?;
     progress.finish();
-    write_recovery_settings(&req.pgdata, &format!("backup {}", manifest.id), req)?;
+    let removed = write_recovery_settings(&req.pgdata, &format!("backup {}", manifest.id), req)?;
     let tablespaces: Vec<PathBuf> = manifest
         .tablespaces
         .iter()
@@ -277,14 +243,15 @@ async fn from_bucket(
         }
         _ => {}
     }
-    Ok(format!(
+    let source = format!(
         "backup {} ({} files written, {}; {} unchanged, {} removed)",
         manifest.id,
         written.files,
         bytesize::ByteSize(written.bytes),
         written.unchanged,
         written.removed
-    ))
+    );
+    Ok((source, removed))
 }
 
 pub(crate) fn describe(t: &RecoveryTarget) -> String {
@@ -331,26 +298,4 @@ async fn choose_backup(
         describe(&req.target),
         ids.len()
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn target_settings() {
-        let t = RecoveryTarget::time("2026-11-21T10:54:32Z").unwrap();
-        assert_eq!(
-            t.settings("promote"),
-            [
-                "recovery_target_timeline = 'latest'",
-                "recovery_target_time = '2026-11-21 10:54:32 UTC'",
-                "recovery_target_action = 'promote'"
-            ]
-        );
-        assert_eq!(RecoveryTarget::Latest.settings("promote").len(), 1);
-        let n = RecoveryTarget::Name("it's".into()).settings("pause");
-        assert_eq!(n[1], "recovery_target_name = 'it''s'");
-        assert!(RecoveryTarget::time("yesterday").is_err());
-    }
 }

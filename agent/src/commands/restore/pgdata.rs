@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use pgagent_storage::snapshot::SnapshotRecord;
 
+use super::autoconf::{disable_in_conf, quote, rewrite_auto_conf, MARKER};
 use super::{describe, RestoreRequest};
 use crate::exit::Refused;
 
@@ -64,29 +65,106 @@ pub(super) fn prepare_pgdata(pgdata: &Path, force: bool, delta: bool) -> anyhow:
     Ok(())
 }
 
-/// `recovery.signal` and the recovery settings, appended to `postgresql.auto.conf` (read
-/// after `postgresql.conf`, so they win).
+/// `recovery.signal` and one clean set of recovery settings: `postgresql.auto.conf` (read
+/// after `postgresql.conf`, so its settings win) rewritten by [`rewrite_auto_conf`] with
+/// `restore_command` and the target, and the recovery settings of `postgresql.conf`
+/// commented out ([`disable_in_conf`]; left alone, with a warning, when it is a symlink: a
+/// restore writes nothing outside the data directory). `source` names what was restored,
+/// for the comment above the settings. Each file is replaced atomically, keeping its mode and
+/// owner ([`replace_file`]).
+///
+/// Returns the lines taken out of effect, each as `<file>: <line>`.
+///
+/// Errors: I/O errors, naming the file.
 pub(super) fn write_recovery_settings(
     pgdata: &Path,
     source: &str,
     req: &RestoreRequest,
-) -> anyhow::Result<()> {
-    fs::write(pgdata.join("recovery.signal"), b"")?;
-    let mut conf = fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(pgdata.join("postgresql.auto.conf"))?;
-    writeln!(
-        conf,
-        "\n# pgagent restore of {source} ({})",
-        describe(&req.target)
-    )?;
-    writeln!(conf, "restore_command = {}", quote(&req.restore_command))?;
-    for line in req.target.settings(&req.action) {
-        writeln!(conf, "{line}")?;
+) -> anyhow::Result<Vec<String>> {
+    let signal = pgdata.join("recovery.signal");
+    fs::write(&signal, b"").with_context(|| format!("write {}", signal.display()))?;
+    let mut removed = Vec::new();
+
+    let conf = pgdata.join("postgresql.conf");
+    match fs::symlink_metadata(&conf) {
+        Ok(m) if m.file_type().is_symlink() => {
+            if let Ok(text) = fs::read(&conf) {
+                if let Some(r) = disable_in_conf(&text) {
+                    tracing::warn!(
+                        "{} (a symlink out of the data directory) sets {}: recovery will use them; comment them out there",
+                        conf.display(),
+                        r.removed.join(", ")
+                    );
+                }
+            }
+        }
+        Ok(_) => {
+            let text = fs::read(&conf).with_context(|| format!("read {}", conf.display()))?;
+            if let Some(r) = disable_in_conf(&text) {
+                replace_file(&conf, &r.text)?;
+                removed.extend(r.removed.iter().map(|l| format!("postgresql.conf: {l}")));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("read {}", conf.display())),
     }
-    conf.sync_all()?;
-    Ok(())
+
+    let auto = pgdata.join("postgresql.auto.conf");
+    let existing = match fs::read(&auto) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e).with_context(|| format!("read {}", auto.display())),
+    };
+    let mut settings = vec![format!("restore_command = {}", quote(&req.restore_command))];
+    settings.extend(req.target.settings(&req.action));
+    let header = format!("{MARKER}{source} ({})", describe(&req.target));
+    let r = rewrite_auto_conf(&existing, &header, &settings);
+    replace_file(&auto, &r.text)?;
+    removed.extend(
+        r.removed
+            .iter()
+            .map(|l| format!("postgresql.auto.conf: {l}")),
+    );
+    Ok(removed)
+}
+
+/// Replaces `path` with `text` atomically: a temporary file in the same directory, written
+/// and fsynced, given the mode and owner of the file it replaces (else 0600 and the
+/// directory's owner), renamed over `path`, then the directory fsynced, so a crash leaves
+/// the old file or the new one, never a mix (as PostgreSQL's `durable_rename` does for
+/// `ALTER SYSTEM`).
+///
+/// Errors: I/O errors, naming the file.
+fn replace_file(path: &Path, text: &[u8]) -> anyhow::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let (mode, owner) = match fs::metadata(path) {
+        Ok(m) => (m.mode() & 0o7777, (m.uid(), m.gid())),
+        Err(_) => {
+            let d = fs::metadata(dir).with_context(|| format!("read {}", dir.display()))?;
+            (0o600, (d.uid(), d.gid()))
+        }
+    };
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".pgagent-tmp")
+        .tempfile_in(dir)
+        .with_context(|| format!("create a temporary file in {}", dir.display()))?;
+    let write = |f: &mut fs::File| -> std::io::Result<()> {
+        f.write_all(text)?;
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+        if rustix::process::geteuid().as_raw() == 0 {
+            std::os::unix::fs::fchown(&*f, Some(owner.0), Some(owner.1))?;
+        }
+        f.sync_all()
+    };
+    write(tmp.as_file_mut()).with_context(|| format!("write {}", tmp.path().display()))?;
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("replace {}", path.display()))?;
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("fsync {}", dir.display()))
 }
 
 /// When run as root, hands the restored tree and the tablespace directories to `owner`
@@ -127,11 +205,6 @@ fn chown_tree(path: &Path, uid: u32, gid: u32) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// A PostgreSQL configuration string literal.
-pub(super) fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 /// The pid in `pgdata/postmaster.pid` when that process is alive.
@@ -288,6 +361,65 @@ mod tests {
         );
         let mode = fs::metadata(pgdata.join("backup_label")).unwrap().mode() & 0o777;
         assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn recovery_settings_replace_what_the_files_carried() {
+        let d = tempfile::tempdir().unwrap();
+        let pgdata = d.path();
+        fs::write(
+            pgdata.join("postgresql.conf"),
+            "port = 5433\nrestore_command = 'cp /archive/%f %p'\n",
+        )
+        .unwrap();
+        let auto = pgdata.join("postgresql.auto.conf");
+        fs::write(
+            &auto,
+            "work_mem = '64MB'\n\n# pgagent restore of backup A (time x)\nrestore_command = 'old'\nrecovery_target_time = '2026-11-21 10:54:32 UTC'\n",
+        )
+        .unwrap();
+        fs::set_permissions(&auto, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+        let req = RestoreRequest {
+            pgdata: pgdata.to_path_buf(),
+            backup: None,
+            target: super::super::RecoveryTarget::Latest,
+            action: "promote".into(),
+            force: false,
+            delta: false,
+            restore_command: "pgagent fetch %f %p".into(),
+            from: super::super::RestoreFrom::Bucket,
+            owner: None,
+        };
+        let removed = write_recovery_settings(pgdata, "backup B", &req).unwrap();
+        assert_eq!(
+            removed,
+            [
+                "postgresql.conf: restore_command = 'cp /archive/%f %p'",
+                "postgresql.auto.conf: restore_command = 'old'",
+                "postgresql.auto.conf: recovery_target_time = '2026-11-21 10:54:32 UTC'",
+            ]
+        );
+        assert_eq!(
+            fs::read_to_string(&auto).unwrap(),
+            "work_mem = '64MB'\n\n# pgagent restore of backup B (the end of the WAL in the store)\n\
+             restore_command = 'pgagent fetch %f %p'\nrecovery_target_timeline = 'latest'\n"
+        );
+        assert_eq!(fs::metadata(&auto).unwrap().mode() & 0o777, 0o640);
+        assert!(fs::read_to_string(pgdata.join("postgresql.conf"))
+            .unwrap()
+            .contains("# disabled by pgagent restore: restore_command"));
+        assert!(pgdata.join("recovery.signal").exists());
+        let names: Vec<_> = fs::read_dir(pgdata)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.contains("tmp"))
+            .collect();
+        assert!(names.is_empty(), "{names:?}");
+        // Again over the result: nothing more to remove, the same file.
+        let before = fs::read_to_string(&auto).unwrap();
+        let removed = write_recovery_settings(pgdata, "backup B", &req).unwrap();
+        assert_eq!(removed.len(), 2, "{removed:?}");
+        assert_eq!(fs::read_to_string(&auto).unwrap(), before);
     }
 
     #[test]

@@ -49,7 +49,7 @@ pub enum Action {
 pub fn reaches(r: &SnapshotRecord, target: &RecoveryTarget) -> bool {
     match target {
         RecoveryTarget::Time(_, t) => {
-            humantime::parse_rfc3339(&r.finished_at).is_ok_and(|f| f <= *t)
+            super::target::latest_instant(&r.finished_at).is_some_and(|f| f <= *t)
         }
         RecoveryTarget::Lsn(l) => r.positions().is_ok_and(|(_, stop, _)| stop <= *l),
         RecoveryTarget::Latest | RecoveryTarget::Xid(_) | RecoveryTarget::Name(_) => true,
@@ -248,10 +248,16 @@ fn rollback_action(zfs: &Zfs, r: &SnapshotRecord, req: &RestoreRequest) -> Resul
     Ok(Action::Rollback { snapshots })
 }
 
-/// Brings the snapshot back and prepares the data directory for recovery to the target.
+/// Brings the snapshot back and prepares the data directory for recovery to the target,
+/// with the same recovery settings as a bucket restore. Returns the recovery settings the
+/// snapshot carried and that were taken out of effect (`<file>: <line>`).
 ///
 /// Errors: `zfs` or I/O failures.
-pub fn execute(cfg: &Config, req: &RestoreRequest, plan: &SnapshotPlan) -> anyhow::Result<()> {
+pub fn execute(
+    cfg: &Config,
+    req: &RestoreRequest,
+    plan: &SnapshotPlan,
+) -> anyhow::Result<Vec<String>> {
     let zfs = Zfs::new(&cfg.raw.zfs.command);
     match &plan.action {
         Action::Clone {

@@ -1,0 +1,202 @@
+//! A store whose reads ride out a bucket that goes away for a while.
+//!
+//! A restore reads thousands of objects (`cluster.json`, the backup listing, manifests,
+//! chunks); the S3 client's own few attempts cover a glitch of a second or two, not a load
+//! balancer restart or a dropped connection in the middle of a body. [`RetryingReads`] wraps
+//! a store so that every read (`get`, `get_range`, `head`, `list`) that fails with a
+//! transient error ([`StoreError::is_transient`]) is tried again with backoff
+//! ([`crate::retry::until`]) until it succeeds or `timeout` has passed since the read began,
+//! as `pgagent fetch` does for `restore_command`. Other errors — absent, denied, corrupt —
+//! come back at once, and writes pass through unchanged.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pgagent_storage::{ObjectMeta, ObjectStore, Op, PutOutcome, StoreError};
+use tokio::time::Instant;
+
+use crate::retry::{GaveUp, Policy};
+
+/// `inner` with reads retried on transient errors (see the module documentation).
+#[derive(Debug)]
+pub struct RetryingReads {
+    inner: Arc<dyn ObjectStore>,
+    policy: Policy,
+    timeout: Duration,
+    /// The setting `timeout` comes from, for messages (`fetch.timeout`).
+    setting: &'static str,
+}
+
+impl RetryingReads {
+    /// Wraps `inner`: each read is retried with `policy` for up to `timeout`, the value of
+    /// `setting` (named in warnings and in the error given when time runs out).
+    pub fn wrap(
+        inner: Arc<dyn ObjectStore>,
+        policy: Policy,
+        timeout: Duration,
+        setting: &'static str,
+    ) -> Arc<dyn ObjectStore> {
+        Arc::new(RetryingReads {
+            inner,
+            policy,
+            timeout,
+            setting,
+        })
+    }
+
+    /// Runs the read `op` of `key` until it succeeds, fails for good, or the time is up.
+    ///
+    /// Errors: a permanent error as it came; at the deadline the last transient error with
+    /// the time spent added, or a transient error saying no answer came.
+    async fn read<T, F, Fut>(&self, what: Op, key: &str, op: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let mut warned = false;
+        let notify = |e: &StoreError, wait: Duration| {
+            if !std::mem::replace(&mut warned, true) {
+                tracing::warn!(
+                    "{e}; retrying for up to {} ({})",
+                    self.setting,
+                    humantime::format_duration(self.timeout)
+                );
+            } else {
+                tracing::debug!("{e}; next attempt in {wait:?}");
+            }
+        };
+        let deadline = Instant::now() + self.timeout;
+        crate::retry::until(self.policy, deadline, StoreError::is_transient, notify, op)
+            .await
+            .map_err(|gave_up| {
+                let spent = format!(
+                    "still failing when {} ({}) ran out",
+                    self.setting,
+                    humantime::format_duration(self.timeout)
+                );
+                match gave_up {
+                    GaveUp::Permanent(e) => e,
+                    GaveUp::Deadline(Some(StoreError::Transient {
+                        key,
+                        op,
+                        detail,
+                        source,
+                    })) => StoreError::Transient {
+                        key,
+                        op,
+                        detail: format!("{detail}; {spent}"),
+                        source,
+                    },
+                    GaveUp::Deadline(Some(e)) => e,
+                    GaveUp::Deadline(None) => StoreError::Transient {
+                        key: key.to_string(),
+                        op: what,
+                        detail: format!("no answer; {spent}"),
+                        source: None,
+                    },
+                }
+            })
+    }
+}
+
+#[async_trait]
+impl ObjectStore for RetryingReads {
+    async fn put(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
+        self.inner.put(key, body).await
+    }
+
+    async fn put_if_absent(&self, key: &str, body: Bytes) -> Result<PutOutcome, StoreError> {
+        self.inner.put_if_absent(key, body).await
+    }
+
+    async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        self.read(Op::Get, key, || self.inner.get(key)).await
+    }
+
+    async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Bytes, StoreError> {
+        self.read(Op::Get, key, || self.inner.get_range(key, start, len))
+            .await
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
+        self.read(Op::Head, key, || self.inner.head(key)).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        self.read(Op::List, prefix, || self.inner.list(prefix))
+            .await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.delete(key).await
+    }
+
+    fn enforces_conditional_put(&self) -> bool {
+        self.inner.enforces_conditional_put()
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const QUICK: Policy = Policy::new(Duration::from_millis(10), Duration::from_millis(50));
+
+    /// An S3 store at an address where nothing listens: every request is a connection
+    /// error, which is transient.
+    async fn unreachable() -> Arc<dyn ObjectStore> {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let url = format!("s3://b/p?endpoint=http://127.0.0.1:{port}&region=r&path_style=true");
+        let opts = pgagent_storage::StoreOptions {
+            access_key_id: Some("k".into()),
+            secret_access_key: Some("s".into()),
+            ..Default::default()
+        };
+        pgagent_storage::open(&url, &opts).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_read_that_keeps_failing_gives_up_at_the_timeout_naming_it() {
+        let store = RetryingReads::wrap(
+            unreachable().await,
+            QUICK,
+            Duration::from_secs(2),
+            "fetch.timeout",
+        );
+        let started = std::time::Instant::now();
+        let e = store.get("chunks/ab/abcd").await.unwrap_err();
+        let spent = started.elapsed();
+        assert!(e.is_transient(), "{e}");
+        assert!(e.to_string().contains("fetch.timeout (2s) ran out"), "{e}");
+        assert!(
+            spent >= Duration::from_millis(1900) && spent < Duration::from_secs(10),
+            "{spent:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn absent_objects_and_writes_are_not_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dir.path().display());
+        let fs = pgagent_storage::open(&url, &Default::default())
+            .await
+            .unwrap();
+        let store = RetryingReads::wrap(fs, QUICK, Duration::from_secs(60), "fetch.timeout");
+        let started = std::time::Instant::now();
+        assert!(store.get("cluster.json").await.unwrap_err().is_not_found());
+        assert!(store.head("cluster.json").await.unwrap().is_none());
+        store.put("a/b", Bytes::from_static(b"x")).await.unwrap();
+        assert_eq!(store.get("a/b").await.unwrap(), Bytes::from_static(b"x"));
+        assert_eq!(store.list("a/").await.unwrap().len(), 1);
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+}
