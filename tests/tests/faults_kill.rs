@@ -45,7 +45,7 @@ fn twenty_kill9_of_the_agent_under_load_lose_nothing() {
         agent,
         watcher,
         Expect {
-            min_rounds: 40,
+            min_rounds: 20,
             min_compared: 20,
         },
     );

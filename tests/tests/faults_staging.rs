@@ -62,7 +62,7 @@ fn back_without_its_staging_directory_the_agent_leaves_no_gap() {
         agent,
         watcher,
         Expect {
-            min_rounds: 15,
+            min_rounds: 10,
             min_compared: 5,
         },
     );
