@@ -218,7 +218,7 @@ impl Checker {
             Err(e) => {
                 self.violation(ViolationKind::Unreadable {
                     key: key.to_owned(),
-                    error: e.to_string(),
+                    error: plain(&e),
                 });
                 return Ok(());
             }
@@ -293,7 +293,7 @@ impl Checker {
         {
             self.violation(ViolationKind::Unreadable {
                 key: key.to_owned(),
-                error: e.to_string(),
+                error: plain(e),
             });
         }
     }
@@ -370,4 +370,9 @@ fn read_prefix(path: &std::path::Path, len: usize) -> std::io::Result<Option<Vec
     let mut out = Vec::with_capacity(len);
     file.take(len as u64).read_to_end(&mut out)?;
     Ok(Some(out))
+}
+
+/// A store error's text without the empty key prefix envelope errors carry (`": corrupt…"`).
+fn plain(e: &StoreError) -> String {
+    e.to_string().trim_start_matches(": ").to_owned()
 }
