@@ -300,8 +300,8 @@ impl Checker {
 
     /// Records a `.partial`'s length; a shorter one than before is a violation.
     fn note_length(&mut self, key: &str, len: u64) {
-        let high = self.partial_last.entry(key.to_owned()).or_insert(len);
-        let before = std::mem::replace(high, len);
+        let last = self.partial_last.entry(key.to_owned()).or_insert(len);
+        let before = std::mem::replace(last, len);
         if len < before {
             self.violation(ViolationKind::Backwards {
                 key: key.to_owned(),
