@@ -8,6 +8,10 @@
 //! - [`Proxy`]: a TCP proxy that can refuse, hang or slow connections ([`ProxyMode`]).
 //! - [`AgentProcess`] / [`run_pgagent`]: the `pgagent` binary as a daemon or a one-shot command.
 //! - [`ZfsPool`]: a file-backed ZFS pool (zfs-fuse) with datasets and snapshots.
+//! - [`watcher::Watcher`]: reads the bucket during a fault scenario and checks that its WAL
+//!   matches the server's and that the slot never passes it.
+//! - [`load::Load`]: pgbench in the background; [`sql::SqlClient`]: a blocking SQL session
+//!   for fast polling.
 //!
 //! Environment: `PGAGENT_TEST_PG_BIN` (PostgreSQL `bin` directory), `PGAGENT_TEST_PG_USER`
 //! (OS user PostgreSQL runs as when the tests run as root, default `postgres`),
@@ -17,11 +21,14 @@
 
 pub mod agent;
 pub mod garage;
+pub mod load;
 mod osuser;
 pub mod pg;
 mod postmaster;
 pub mod proxy;
+pub mod sql;
 pub mod util;
+pub mod watcher;
 pub mod zfs;
 
 pub use agent::{pgagent_bin, run_pgagent, AgentProcess};

@@ -462,7 +462,7 @@ impl PgServer {
     }
 
     /// A PostgreSQL client program connecting as the superuser over the unix socket.
-    fn client_command(&self, program: &str) -> Command {
+    pub(crate) fn client_command(&self, program: &str) -> Command {
         let mut cmd = self.pg_command(program);
         cmd.arg("-h")
             .arg(self.socket_dir())
