@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use super::compress::seal_job;
 use super::jobs::{CompressJob, UploadJob, WalObject};
 use super::shared::Shared;
+use crate::metrics::ByteStage;
 
 /// Uploads sealed WAL objects.
 #[derive(Debug, Clone)]
@@ -112,7 +113,7 @@ impl Uploader {
             match self.attempt(&key, &job).await {
                 Ok(o) => break o,
                 Err(e) => {
-                    m.upload_errors_total.with_label_values(&[kind]).inc();
+                    m.upload_errors(kind).inc();
                     let delay = if e.is_conflict() {
                         if !conflict_counted {
                             m.conflicts_total.inc();
@@ -142,12 +143,9 @@ impl Uploader {
             }
         };
         if outcome == Outcome::Created {
-            m.uploads_total.with_label_values(&[kind]).inc();
-            m.upload_bytes_total
-                .with_label_values(&["raw"])
-                .inc_by(job.sealed.raw_len);
-            m.upload_bytes_total
-                .with_label_values(&["stored"])
+            m.uploads(kind).inc();
+            m.upload_bytes(ByteStage::Raw).inc_by(job.sealed.raw_len);
+            m.upload_bytes(ByteStage::Stored)
                 .inc_by(job.sealed.body.len() as u64);
             tracing::debug!(
                 key,
