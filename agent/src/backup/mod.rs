@@ -4,6 +4,7 @@
 pub mod archive;
 pub mod catalog;
 pub mod chunks;
+pub mod guard;
 pub mod materialize;
 pub mod schedule;
 pub mod take;
