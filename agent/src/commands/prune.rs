@@ -8,17 +8,25 @@
 //! 2. chunks no manifest references are deleted, under a prune marker and only if no backup
 //!    is running when the manifests are read again after the marker is written
 //!    ([`crate::backup::guard`] explains why a backup starting meanwhile is safe);
-//! 3. WAL segments (and `.partial`s) before the oldest kept backup's start segment are
-//!    deleted; history files stay (they are small and recovery reads them).
+//! 3. WAL segments (and `.partial`s, `.backup` files) before the oldest segment a kept backup
+//!    or a ZFS snapshot record in the store starts in ([`wal_floor`]) are deleted; history
+//!    files stay (they are small and recovery reads them).
+//!
+//! Snapshots have their own retention (`zfs.keep_*`, applied where they are taken, which
+//! deletes the record of each snapshot it destroys), and a weekly snapshot outlives
+//! `keep_backups` daily backups: restoring it replays WAL from its start LSN, so every record
+//! in the store holds WAL back. Everything is read before anything is deleted, and a record or
+//! manifest that cannot be read stops prune.
 //!
 //! Only this command deletes: `pgagent run` and `pgagent backup` need no delete right.
 
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
-use pgagent_protocol::WalFileName;
+use pgagent_protocol::{SegNo, WalFileName, WalSegmentSize};
 use pgagent_storage::layout::{backup_manifest_key, CHUNK_PREFIX, WAL_PREFIX};
 use pgagent_storage::manifest::{BackupManifest, BackupStatus};
+use pgagent_storage::snapshot::SnapshotRecord;
 use pgagent_storage::{ObjectMeta, ObjectStore};
 
 use crate::backup::catalog;
@@ -124,6 +132,29 @@ pub fn unreferenced<'a>(listed: &'a [ObjectMeta], referenced: &HashSet<String>) 
         .collect()
 }
 
+/// The oldest WAL segment that a restore of a kept complete backup (`kept`) or of a
+/// snapshot with a record in the store (`records`) replays from: the segment of its start
+/// LSN, whatever the timeline (WAL of any timeline before it is needed by none). Returned
+/// with what needs it, e.g. `"snapshot 20261025T100000Z"`; `None` when nothing does.
+pub fn wal_floor(
+    kept: &[&BackupManifest],
+    records: &[SnapshotRecord],
+    seg: WalSegmentSize,
+) -> Option<(SegNo, String)> {
+    let backups = kept
+        .iter()
+        .filter(|m| m.status == BackupStatus::Complete)
+        .filter_map(|m| {
+            let (lsn, _) = m.start().ok()?;
+            Some((lsn.segment_number(seg), format!("backup {}", m.id)))
+        });
+    let snapshots = records.iter().filter_map(|r| {
+        let (start, _, _) = r.positions().ok()?;
+        Some((start.segment_number(seg), format!("snapshot {}", r.id)))
+    });
+    backups.chain(snapshots).min_by_key(|(segno, _)| *segno)
+}
+
 /// Every manifest in the store, oldest first.
 ///
 /// Errors: the store cannot be read, or a manifest is damaged (deleting around it could
@@ -145,6 +176,7 @@ async fn manifests(store: &dyn ObjectStore) -> anyhow::Result<Vec<BackupManifest
 pub async fn run(cfg: &Config, dry_run: bool) -> anyhow::Result<()> {
     let (store, _cluster, seg) = super::open_cluster_store(cfg).await?;
     let manifests_before = manifests(store.as_ref()).await?;
+    let records = super::snapshot::all_store_records(store.as_ref()).await?;
     let b = &cfg.raw.backup;
     let p = plan(
         &manifests_before,
@@ -190,13 +222,8 @@ pub async fn run(cfg: &Config, dry_run: bool) -> anyhow::Result<()> {
         swept?;
     }
 
-    let oldest_start = kept
-        .iter()
-        .filter(|m| m.status == BackupStatus::Complete)
-        .filter_map(|m| m.start().ok())
-        .map(|(lsn, _)| lsn.segment_number(seg))
-        .min()
-        .expect("a complete backup is kept");
+    let (oldest_start, needed_by) =
+        wal_floor(&kept, &records, seg).expect("a complete backup is kept");
     let mut wal = 0u64;
     for o in store.list(WAL_PREFIX).await? {
         let name = o.key.strip_prefix(WAL_PREFIX).unwrap_or_default();
@@ -215,8 +242,11 @@ pub async fn run(cfg: &Config, dry_run: bool) -> anyhow::Result<()> {
         }
     }
     println!(
-        "{verb} {wal} WAL objects before the oldest kept backup; kept {} backups",
-        p.keep.len()
+        "{verb} {wal} WAL objects before {} (the segment {needed_by} starts in); kept {} \
+         backups and {} snapshot records",
+        oldest_start.start_lsn(seg),
+        p.keep.len(),
+        records.len()
     );
     Ok(())
 }
@@ -342,6 +372,61 @@ mod tests {
             Chunks::Sweep {
                 referenced: HashSet::from(["aa".to_string(), "bb".to_string()])
             }
+        );
+    }
+
+    fn record(id: &str, start_lsn: &str) -> SnapshotRecord {
+        SnapshotRecord {
+            format: pgagent_storage::snapshot::SNAPSHOT_FORMAT_VERSION,
+            id: id.into(),
+            system_identifier: 1,
+            pg_version: 150000,
+            snapshots: vec![format!("tank/pg@pgagent-{id}")],
+            mountpoints: vec!["/var/lib/postgresql".into()],
+            pgdata: "/var/lib/postgresql/15/main".into(),
+            timeline: 2,
+            start_lsn: start_lsn.into(),
+            stop_lsn: start_lsn.into(),
+            started_at: "2026-11-01T00:00:00Z".into(),
+            finished_at: "2026-11-01T00:00:01Z".into(),
+            backup_label: "x".into(),
+            tablespace_map: None,
+            host: "db1".into(),
+        }
+    }
+
+    #[test]
+    fn the_wal_floor_is_the_oldest_start_of_a_kept_backup_or_a_snapshot() {
+        use BackupStatus::*;
+        let seg = WalSegmentSize::DEFAULT;
+        let mut old = m("old", "2026-11-10T03:00:00Z", Complete);
+        old.start_lsn = "0/8000028".into();
+        let mut new = m("new", "2026-11-20T03:00:00Z", Complete);
+        new.start_lsn = "0/C000028".into();
+        let mut running = m("run", "2026-11-21T03:00:00Z", Running);
+        running.start_lsn = "0/1000028".into();
+        let kept = [&old, &new, &running];
+        // Backups only: the oldest complete one (a running one restores nothing).
+        assert_eq!(
+            wal_floor(&kept, &[], seg),
+            Some((SegNo(8), "backup old".into()))
+        );
+        // A weekly snapshot older than every kept backup holds the WAL back to its start.
+        let weekly = record("20261101T000000Z", "0/5123456");
+        let daily = record("20261119T000000Z", "0/B000000");
+        assert_eq!(
+            wal_floor(&kept, &[weekly.clone(), daily.clone()], seg),
+            Some((SegNo(5), "snapshot 20261101T000000Z".into()))
+        );
+        // A snapshot newer than the oldest kept backup changes nothing.
+        assert_eq!(
+            wal_floor(&kept, &[daily], seg),
+            Some((SegNo(8), "backup old".into()))
+        );
+        assert_eq!(wal_floor(&[&running], &[], seg), None);
+        assert_eq!(
+            wal_floor(&[], &[weekly], seg),
+            Some((SegNo(5), "snapshot 20261101T000000Z".into()))
         );
     }
 
