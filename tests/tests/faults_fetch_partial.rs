@@ -1,9 +1,10 @@
 //! `pgagent fetch` serves a segment's `.partial` only when it is the newest WAL of its
 //! timeline (DESIGN.md, "fetch"): a `.partial` left behind newer WAL of its timeline, or one
-//! of a timeline that a later timeline forked off inside that segment, is not the segment,
-//! and replaying it zero-padded would end recovery in the middle of the WAL or replay a
-//! branch the cluster left. Such a request is answered 1 (not found), through the fetch
-//! server and without one, while the newest segment's `.partial` is still served.
+//! holding WAL past the point where a later timeline forked off its timeline, is not the
+//! segment, and replaying it zero-padded would end recovery in the middle of the WAL or
+//! replay a branch the cluster left. Such a request is answered 1 (not found), through the
+//! fetch server and without one, while the newest segment's `.partial` is still served, also
+//! when a later timeline starts exactly where it ends.
 
 mod common;
 
@@ -29,10 +30,12 @@ fn raw(name: &str, len: u64) -> Vec<u8> {
     (0..len).map(|i| ((i ^ seed) % 251) as u8).collect()
 }
 
-/// A file:// store of a cluster that switched from timeline 1 to 2 inside segment 3:
-/// timeline 1 has segments 1-2 complete and the old primary's `.partial` of 3; timeline 2
-/// has 3 and 5 complete, a stale `.partial` of 4 (behind 5), and the `.partial` of 6 being
-/// filled.
+/// A file:// store of a cluster that failed over from timeline 1 to 2 at 0/3200000: timeline
+/// 1 has segments 1-2 complete and the old primary's `.partial` of 3, holding WAL up to
+/// 0/3300000, past the switch. Timeline 2 has 3 and 5 complete, a stale `.partial` of 4
+/// (behind 5), and the `.partial` of 6 holding WAL up to 0/6300000, where timeline 3 begins
+/// (a standby promoted at the end of the WAL in the store; nothing of timeline 3 uploaded
+/// yet but its history file).
 fn store(dir: &Path) -> String {
     let store = dir.join("store");
     std::fs::create_dir_all(store.join("wal")).unwrap();
@@ -61,7 +64,12 @@ fn store(dir: &Path) -> String {
     }
     put(
         "00000002.history".into(),
-        b"1\t0/3800000\tno recovery target specified\n".to_vec(),
+        b"1\t0/3200000\tno recovery target specified\n".to_vec(),
+    );
+    put(
+        "00000003.history".into(),
+        b"1\t0/3200000\tno recovery target specified\n2\t0/6300000\tno recovery target specified\n"
+            .to_vec(),
     );
     format!("file://{}", store.display())
 }
@@ -72,7 +80,8 @@ fn fetch(env: &[(&str, String)], file: &str, dest: &Path) -> Output {
 
 fn check(env: &[(&str, String)], dir: &Path, how: &str) {
     let dest = dir.join("RECOVERYXLOG");
-    // The newest segment of timeline 2 exists only as .partial: served, zero-padded.
+    // The newest segment of timeline 2 exists only as .partial, whole WAL of timeline 2 up to
+    // where timeline 3 begins: served, zero-padded.
     let newest = name(2, 6);
     let out = fetch(env, &newest, &dest);
     assert_eq!(out.status.code(), Some(0), "{how}: {}", text(&out));
@@ -85,14 +94,14 @@ fn check(env: &[(&str, String)], dir: &Path, how: &str) {
     assert!(got[partial.len()..].iter().all(|&b| b == 0), "{how}");
     std::fs::remove_file(&dest).unwrap();
 
-    // A .partial behind newer WAL of its timeline, and the old timeline's .partial past
-    // the switch point: not found, nothing written.
+    // A .partial behind newer WAL of its timeline, and the old primary's .partial holding
+    // WAL past the switch point: not found, nothing written.
     for (stale, why) in [
         (
             name(2, 4),
             "later WAL of timeline 2 (000000020000000000000005)",
         ),
-        (name(1, 3), "timeline 2 forked off timeline 1 at 0/3800000"),
+        (name(1, 3), "timeline 2 forked off timeline 1 at 0/3200000"),
     ] {
         let out = fetch(env, &stale, &dest);
         assert_eq!(out.status.code(), Some(1), "{how}: {stale}: {}", text(&out));

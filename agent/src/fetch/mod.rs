@@ -36,7 +36,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use pgagent_protocol::{
-    history_file_name, segment_file_name, TimelineHistory, TimelineId, WalFileName, WalSegmentSize,
+    history_file_name, segment_file_name, Lsn, TimelineHistory, TimelineId, WalFileName,
+    WalSegmentSize,
 };
 use pgagent_storage::layout::wal_file_name;
 use pgagent_storage::{envelope, ObjectStore, StoreError};
@@ -209,7 +210,7 @@ impl Fetcher {
                     return Ok(Some(found));
                 }
                 if let Some(found) = p? {
-                    match self.superseded(&resolved.name, deadline).await? {
+                    match self.superseded(&resolved.name, &found, deadline).await? {
                         None => return Ok(Some(found)),
                         Some(why) => tracing::info!(
                             "{}: not serving {}: {why}; it is not the newest WAL of its timeline",
@@ -223,16 +224,22 @@ impl Fetcher {
         }
     }
 
-    /// Why the `.partial` of segment `name` must not stand in for it (see [`newest`]), or
-    /// `None` when it is the newest WAL of its timeline.
+    /// Why `partial`, the `.partial` of segment `name`, must not stand in for it (see
+    /// [`newest`]), or `None` when it is the newest WAL of its timeline.
     async fn superseded(
         &self,
         name: &WalFileName,
+        partial: &Found,
         deadline: Instant,
     ) -> Result<Option<String>, FetchError> {
         let WalFileName::Segment { tli, segno } = *name else {
             return Ok(None);
         };
+        // The length its header declares; a header that lies fails verification on delivery.
+        let Ok(header) = envelope::Header::parse(&partial.body) else {
+            return Ok(None);
+        };
+        let partial_end = Lsn(segno.start_lsn(self.seg).0.saturating_add(header.raw_len));
         let seg = self.seg;
         let key = format!(
             "{}{}.partial",
@@ -260,9 +267,10 @@ impl Fetcher {
                     let Some(history) = self.history(t, deadline).await? else {
                         break;
                     };
-                    if let Some(at) = newest::forks_within(&history, tli, segno, seg) {
+                    if let Some(at) = newest::forks_before(&history, tli, partial_end) {
                         return Ok(Some(format!(
-                            "timeline {t} forked off timeline {tli} at {at} ({})",
+                            "timeline {t} forked off timeline {tli} at {at} ({}), before the \
+                             end of its WAL ({partial_end})",
                             history_file_name(t)
                         )));
                     }

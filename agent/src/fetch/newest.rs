@@ -9,13 +9,16 @@
 //! - a later segment of the same timeline is in the store (complete, `.partial` or a
 //!   `.backup` file): the `.partial` is a leftover behind newer WAL, and padding it would
 //!   end recovery in the middle of the timeline;
-//! - a later timeline forked off this one at or before the segment's end (its history
-//!   file says so: `readTimeLineHistory`, `src/backend/access/transam/timeline.c`): WAL
-//!   past the switch point belongs to a branch the cluster left, such as an old primary's
-//!   last seconds before a failover. PostgreSQL asks for the old timeline's segment when the
-//!   new timeline's is missing (`XLogFileReadAnyTLI` in
+//! - a later timeline forked off this one before the `.partial`'s end (its history file says
+//!   so: `readTimeLineHistory`, `src/backend/access/transam/timeline.c`): the `.partial` holds
+//!   WAL past the switch point, a branch the cluster left, such as an old primary's last
+//!   seconds before a failover. PostgreSQL asks for the old timeline's segment when the new
+//!   timeline's is missing (`XLogFileReadAnyTLI` in
 //!   `src/backend/access/transam/xlogrecovery.c` tries every timeline of the history, newest
-//!   first), and would replay that branch.
+//!   first), and would replay that branch. A fork at or after the `.partial`'s end leaves it
+//!   whole WAL of its timeline: the usual case of a standby promoted at the end of the WAL
+//!   the bucket held, whose own timeline then starts exactly there; a recovery pinned to the
+//!   old timeline (`recovery_target_timeline`) needs that `.partial` to reach its end.
 //!
 //! What a fetch learns cheaply ([`super::Fetcher`] does the I/O): the first WAL object after
 //! the `.partial` in `wal/` (one bounded LIST: names sort by timeline, then segment, so every
@@ -56,17 +59,11 @@ pub fn next_key(tli: TimelineId, segno: SegNo, next: Option<&str>, seg: WalSegme
     }
 }
 
-/// The switch point where `child`'s history says it left `tli`, if that is at or before
-/// the end of segment `segno` (the start of the next one): then WAL of `tli` in that
-/// segment may lie past the fork.
-pub fn forks_within(
-    history: &TimelineHistory,
-    tli: TimelineId,
-    segno: SegNo,
-    seg: WalSegmentSize,
-) -> Option<Lsn> {
-    let end = SegNo(segno.0 + 1).start_lsn(seg);
-    history.switch_point_of(tli).filter(|&x| x <= end)
+/// The switch point where a later timeline, whose history is `history`, left `tli`, if it
+/// lies before `partial_end` (the LSN just past the WAL a `.partial` of `tli` holds): then
+/// that `.partial` holds WAL of a branch the cluster left.
+pub fn forks_before(history: &TimelineHistory, tli: TimelineId, partial_end: Lsn) -> Option<Lsn> {
+    history.switch_point_of(tli).filter(|&x| x < partial_end)
 }
 
 #[cfg(test)]
@@ -112,18 +109,19 @@ mod tests {
     }
 
     #[test]
-    fn a_fork_inside_or_at_the_end_of_the_segment_counts() {
+    fn only_a_fork_before_the_partials_end_counts() {
         let h = TimelineHistory::parse("1\t0/3800000\tpromoted\n2\t0/9000000\tx\n").unwrap();
-        let fork = |tli: u32, segno: u64| forks_within(&h, TimelineId(tli), SegNo(segno), seg());
-        // Timeline 1 left inside segment 3: its segment 3 and later are past the fork.
-        assert_eq!(fork(1, 3), Some(Lsn(0x380_0000)));
-        assert_eq!(fork(1, 4), Some(Lsn(0x380_0000)));
-        assert_eq!(fork(1, 2), None);
-        // Timeline 2 left exactly at the end of segment 8.
-        assert_eq!(fork(2, 8), Some(Lsn(0x900_0000)));
-        assert_eq!(fork(2, 7), None);
+        let fork = |tli: u32, end: u64| forks_before(&h, TimelineId(tli), Lsn(end));
+        // Timeline 1 left at 0/3800000: a .partial of it holding WAL up to 0/3A00000 (or a
+        // later segment's) holds WAL past the fork.
+        assert_eq!(fork(1, 0x3A0_0000), Some(Lsn(0x380_0000)));
+        assert_eq!(fork(1, 0x420_0000), Some(Lsn(0x380_0000)));
+        // A .partial ending at the switch point, or before it, is whole WAL of timeline 1.
+        assert_eq!(fork(1, 0x380_0000), None);
+        assert_eq!(fork(1, 0x310_0000), None);
+        assert_eq!(fork(2, 0x900_0001), Some(Lsn(0x900_0000)));
         // Timeline 3 (the history's own) and unrelated timelines have no switch point here.
-        assert_eq!(fork(3, 20), None);
-        assert_eq!(fork(7, 20), None);
+        assert_eq!(fork(3, 0xFFFF_0000), None);
+        assert_eq!(fork(7, 0xFFFF_0000), None);
     }
 }
