@@ -19,6 +19,19 @@ pub const REFUSED: u8 = 3;
 /// status above 125, `RestoreArchivedFile` in `src/backend/access/transam/xlogarchive.c`).
 pub const FETCH_ABORT: u8 = 255;
 
+/// Runs `f` and returns its exit code, or `on_panic` if it panics (the panic hook has printed
+/// the message by then).
+///
+/// `pgagent fetch` runs under it with [`FETCH_ABORT`]: Rust's own status for a panic, 101, is
+/// below 126, which PostgreSQL takes from `restore_command` for "file not found"
+/// (`RestoreArchivedFile` in `src/backend/access/transam/xlogarchive.c`) and so ends recovery
+/// early instead of stopping it. A process killed by a signal (or built with
+/// `panic = "abort"`, which ends in SIGABRT) needs nothing: PostgreSQL stops recovery on a
+/// signal other than SIGTERM, and on SIGTERM it is shutting down anyway.
+pub fn unless_panic(on_panic: u8, f: impl FnOnce() -> u8) -> u8 {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(on_panic)
+}
+
 /// The exit code for an error that ended a command.
 pub fn code_for(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
@@ -43,6 +56,16 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_panic_becomes_the_given_code() {
+        assert_eq!(
+            unless_panic(FETCH_ABORT, || panic!("an invariant broke")),
+            255
+        );
+        assert_eq!(unless_panic(FETCH_ABORT, || FAILURE), FAILURE);
+        assert_eq!(unless_panic(FETCH_ABORT, || OK), OK);
+    }
 
     #[test]
     fn codes_follow_the_cause_chain() {

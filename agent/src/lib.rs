@@ -23,6 +23,8 @@ pub mod statusfile;
 pub mod tracker;
 pub mod zfs;
 
+use std::io::Write;
+
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
@@ -47,10 +49,21 @@ pub fn main_entry() -> u8 {
         _ => logging::DEFAULT_FILTER,
     };
     logging::init_with_default(cli.log_format, default_filter);
-    match run(cli) {
+    if let Command::Fetch { .. } = cli.command {
+        // A panic must stop recovery like any other unexpected failure (exit::unless_panic).
+        return exit::unless_panic(exit::FETCH_ABORT, || finish(run(cli)));
+    }
+    finish(run(cli))
+}
+
+/// The exit code of a finished command; an error is also written to stderr. A stderr that
+/// cannot be written (a pipe whose reader is gone) loses the message, never the code:
+/// `eprintln!` would panic there instead.
+fn finish(result: anyhow::Result<()>) -> u8 {
+    match result {
         Ok(()) => exit::OK,
         Err(e) => {
-            eprintln!("pgagent: {e:#}");
+            let _ = writeln!(std::io::stderr(), "pgagent: {e:#}");
             exit::code_for(&e)
         }
     }

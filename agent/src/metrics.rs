@@ -12,7 +12,64 @@ use prometheus::{
 };
 use tokio_util::sync::CancellationToken;
 
+/// The `kind` label of `pgagent_uploads_total` and `pgagent_upload_errors_total`: the kinds
+/// of WAL object the pipeline uploads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadKind {
+    /// A complete segment.
+    Segment,
+    /// A `.partial` segment.
+    Partial,
+    /// A timeline history file.
+    History,
+}
+
+impl UploadKind {
+    /// Every kind: each series exists, at 0, from the start.
+    pub const ALL: [UploadKind; 3] = [
+        UploadKind::Segment,
+        UploadKind::Partial,
+        UploadKind::History,
+    ];
+
+    /// The label value.
+    pub const fn label(self) -> &'static str {
+        match self {
+            UploadKind::Segment => "segment",
+            UploadKind::Partial => "partial",
+            UploadKind::History => "history",
+        }
+    }
+}
+
+/// The `stage` label of `pgagent_upload_bytes_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ByteStage {
+    /// Bytes before compression.
+    Raw,
+    /// Bytes stored (the envelope: header and zstd frame).
+    Stored,
+}
+
+impl ByteStage {
+    /// Every stage: each series exists, at 0, from the start.
+    pub const ALL: [ByteStage; 2] = [ByteStage::Raw, ByteStage::Stored];
+
+    /// The label value.
+    pub const fn label(self) -> &'static str {
+        match self {
+            ByteStage::Raw => "raw",
+            ByteStage::Stored => "stored",
+        }
+    }
+}
+
 /// Everything the daemon reports.
+///
+/// Labelled counters are reached through typed accessors ([`Metrics::uploads`]…), whose label
+/// types list every value; each series is created at 0 when the registry is, so an alert on
+/// `increase(…) > 0` sees the first event too (DESIGN.md, "Metrics": "Labelled counters start
+/// at 0 for every known label").
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Registry,
@@ -36,12 +93,13 @@ pub struct Metrics {
     /// `pgagent_wal_gap_bytes`: bytes of WAL that are neither in the bucket nor on the server
     /// (found at start); a recovery from the bucket cannot pass them. 0 when none.
     pub wal_gap_bytes: IntGauge,
-    /// `pgagent_uploads_total{kind}`: objects uploaded (`segment`, `partial`, `history`).
-    pub uploads_total: IntCounterVec,
-    /// `pgagent_upload_errors_total{kind}`: failed upload attempts.
-    pub upload_errors_total: IntCounterVec,
-    /// `pgagent_upload_bytes_total{stage}`: bytes before (`raw`) and after (`stored`) compression.
-    pub upload_bytes_total: IntCounterVec,
+    /// `pgagent_uploads_total{kind}`: objects uploaded; see [`Metrics::uploads`].
+    uploads_total: IntCounterVec,
+    /// `pgagent_upload_errors_total{kind}`: failed upload attempts; see
+    /// [`Metrics::upload_errors`].
+    upload_errors_total: IntCounterVec,
+    /// `pgagent_upload_bytes_total{stage}`: bytes uploaded; see [`Metrics::upload_bytes`].
+    upload_bytes_total: IntCounterVec,
     /// `pgagent_conflicts_total`: an immutable object exists with different content.
     pub conflicts_total: IntCounter,
     /// `pgagent_up`: 1 while the replication connection streams.
@@ -125,7 +183,7 @@ impl Metrics {
         registry
             .register(Box::new(conflicts_total.clone()))
             .expect("unique");
-        Metrics {
+        let m = Metrics {
             wal_received_lsn: int_gauge(
                 "pgagent_wal_received_lsn",
                 "End of WAL received from the server, as a byte position.",
@@ -205,7 +263,30 @@ impl Metrics {
             rpo_seconds,
             conflicts_total,
             registry,
+        };
+        for kind in UploadKind::ALL {
+            m.uploads(kind);
+            m.upload_errors(kind);
         }
+        for stage in ByteStage::ALL {
+            m.upload_bytes(stage);
+        }
+        m
+    }
+
+    /// `pgagent_uploads_total{kind}`: objects of `kind` uploaded.
+    pub fn uploads(&self, kind: UploadKind) -> IntCounter {
+        self.uploads_total.with_label_values(&[kind.label()])
+    }
+
+    /// `pgagent_upload_errors_total{kind}`: failed attempts to upload an object of `kind`.
+    pub fn upload_errors(&self, kind: UploadKind) -> IntCounter {
+        self.upload_errors_total.with_label_values(&[kind.label()])
+    }
+
+    /// `pgagent_upload_bytes_total{stage}`: bytes uploaded, counted at `stage`.
+    pub fn upload_bytes(&self, stage: ByteStage) -> IntCounter {
+        self.upload_bytes_total.with_label_values(&[stage.label()])
     }
 
     /// The text exposition format of every metric.
@@ -287,11 +368,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn labelled_counters_start_at_zero_for_every_known_label() {
+        let text = Metrics::new().render();
+        for series in [
+            "pgagent_uploads_total{kind=\"segment\"} 0",
+            "pgagent_uploads_total{kind=\"partial\"} 0",
+            "pgagent_uploads_total{kind=\"history\"} 0",
+            "pgagent_upload_errors_total{kind=\"segment\"} 0",
+            "pgagent_upload_errors_total{kind=\"partial\"} 0",
+            "pgagent_upload_errors_total{kind=\"history\"} 0",
+            "pgagent_upload_bytes_total{stage=\"raw\"} 0",
+            "pgagent_upload_bytes_total{stage=\"stored\"} 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == series),
+                "{series} missing from\n{text}"
+            );
+        }
+    }
+
+    #[test]
     fn contract_names_are_exposed() {
         let m = Metrics::new();
-        m.uploads_total.with_label_values(&["segment"]).inc();
-        m.upload_errors_total.with_label_values(&["segment"]).inc();
-        m.upload_bytes_total.with_label_values(&["raw"]).inc_by(10);
+        m.uploads(UploadKind::Segment).inc();
+        m.upload_errors(UploadKind::Segment).inc();
+        m.upload_bytes(ByteStage::Raw).inc_by(10);
         m.wal_received_lsn.set(42);
         let text = m.render();
         for name in [

@@ -8,6 +8,7 @@
 //! chunks/ab/ab34…e1                     content-addressed chunk (key = blake3 hex)
 //! backups/<id>/manifest.json            base backup manifest
 //! snapshots/<id>.json                   ZFS snapshot record
+//! prune/<id>.json                       marker of a `pgagent prune` deleting chunks
 //! ```
 //!
 //! Keys are relative to the store URL's prefix and `/`-separated.
@@ -24,6 +25,9 @@ pub const CHUNK_PREFIX: &str = "chunks/";
 pub const BACKUP_PREFIX: &str = "backups/";
 /// Prefix of ZFS snapshot records.
 pub const SNAPSHOT_PREFIX: &str = "snapshots/";
+/// Prefix of the markers a `pgagent prune` writes while it may delete chunks, so that a
+/// starting base backup waits before it lists them.
+pub const PRUNE_PREFIX: &str = "prune/";
 /// Suffix PostgreSQL gives a segment that is still being filled (`xlog_internal.h`,
 /// `IsPartialXLogFileName`).
 pub const PARTIAL_SUFFIX: &str = ".partial";
@@ -55,6 +59,11 @@ pub fn backup_manifest_key(id: &str) -> String {
 /// Key of a ZFS snapshot record: `snapshots/<id>.json`.
 pub fn snapshot_key(id: &str) -> String {
     format!("{SNAPSHOT_PREFIX}{id}.json")
+}
+
+/// Key of a prune marker: `prune/<id>.json`.
+pub fn prune_marker_key(id: &str) -> String {
+    format!("{PRUNE_PREFIX}{id}.json")
 }
 
 /// Name prefix of temporary files of the fs backend; reserved, refused in keys.
@@ -155,11 +164,13 @@ mod tests {
             "backups/20240101T030000Z/manifest.json"
         );
         assert_eq!(snapshot_key("s1"), "snapshots/s1.json");
+        assert_eq!(prune_marker_key("p1"), "prune/p1.json");
         for k in [
             wal_key("000000010000000A000000FE"),
             chunk_key(&h),
             backup_manifest_key("b"),
             snapshot_key("s"),
+            prune_marker_key("p"),
             CLUSTER_KEY.to_string(),
         ] {
             validate_key(&k).unwrap();

@@ -103,6 +103,28 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     /// the whole store. `prefix` must pass [`validate_prefix`].
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError>;
 
+    /// Returns, in key order, the first `limit` objects whose key starts with `prefix` and
+    /// sorts strictly after `after` in byte order (`after` need not exist): a bounded look
+    /// at what follows a key, e.g. the next WAL object after a segment. The S3 backend sends
+    /// one `ListObjectsV2` request (`StartAfter`, `MaxKeys`) for a `limit` up to 1000, where
+    /// [`ObjectStore::list`] pages through the whole prefix. `prefix` and `after` must pass
+    /// [`validate_prefix`].
+    ///
+    /// The default filters [`ObjectStore::list`], which is as cheap as it gets for a local
+    /// directory.
+    async fn list_after(
+        &self,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<ObjectMeta>, StoreError> {
+        validate_prefix(after)?;
+        let mut listed = self.list(prefix).await?;
+        listed.retain(|m| m.key.as_str() > after);
+        listed.truncate(limit);
+        Ok(listed)
+    }
+
     /// Deletes `key`. Succeeds if the object does not exist (idempotent).
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
 

@@ -110,6 +110,26 @@ impl ObjectStore for PrefixedStore {
             .collect())
     }
 
+    async fn list_after(
+        &self,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<ObjectMeta>, StoreError> {
+        validate_prefix(prefix)?;
+        validate_prefix(after)?;
+        let full = format!("{}{prefix}", self.prefix);
+        let after = format!("{}{after}", self.prefix);
+        let items = self.inner.list_after(&full, &after, limit).await?;
+        Ok(items
+            .into_iter()
+            .filter_map(|m| {
+                let key = m.key.strip_prefix(&self.prefix)?.to_string();
+                Some(ObjectMeta { key, ..m })
+            })
+            .collect())
+    }
+
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let full = self.full(key)?;
         self.inner.delete(&full).await.map_err(|e| self.strip(e))

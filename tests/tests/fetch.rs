@@ -296,3 +296,56 @@ async fn recovery_to_the_end_through_restore_command() {
         restore.log_tail()
     );
 }
+
+/// PostgreSQL's stderr may be a pipe whose reader is gone (a logging collector that died):
+/// writing the error message then fails. The exit status must still say what happened, and
+/// never be Rust's 101 for a panic, which PostgreSQL reads as "not found" and so ends
+/// recovery early.
+#[test]
+fn the_exit_status_survives_a_broken_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let staging = dir.path().join("staging");
+    std::fs::create_dir(&staging).unwrap();
+    let dest = dir.path().join("RECOVERYXLOG");
+    let fetch_into_broken_pipe = |store: &Path, file: &str| {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        Command::new(pgagent_tests::pgagent_bin())
+            .args(["fetch", file, dest.to_str().unwrap()])
+            .env_clear()
+            .env("PGAGENT_STORE_URL", format!("file://{}", store.display()))
+            .env("PGAGENT_STAGING_DIR", &staging)
+            .env("PGAGENT_FETCH_TIMEOUT", "5s")
+            .env("PGAGENT_FETCH_IDLE_TIMEOUT", "1s")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(writer)
+            .status()
+            .unwrap()
+    };
+
+    // A store without cluster.json is a wrong store.url: recovery must stop.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let status = fetch_into_broken_pipe(&empty, &name(SegNo(1)));
+    assert_eq!(status.code(), Some(255), "{status:?}");
+
+    // This cluster's store without the segment: confirmed absent.
+    let store = dir.path().join("store");
+    std::fs::create_dir(&store).unwrap();
+    let info = ClusterInfo {
+        format_version: pgagent_storage::cluster::STORE_FORMAT_VERSION,
+        system_identifier: "7000000000000000003".into(),
+        pg_version_num: 150000,
+        wal_segment_size: SEG,
+        created_at: "2024-01-01T00:00:00Z".into(),
+    };
+    std::fs::write(
+        store.join("cluster.json"),
+        serde_json::to_vec(&info).unwrap(),
+    )
+    .unwrap();
+    let status = fetch_into_broken_pipe(&store, &name(SegNo(1)));
+    assert_eq!(status.code(), Some(1), "{status:?}");
+    assert!(!dest.exists());
+}

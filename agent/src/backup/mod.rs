@@ -5,6 +5,7 @@ pub mod archive;
 pub mod catalog;
 pub mod chunks;
 mod delta;
+pub mod guard;
 pub mod materialize;
 pub mod schedule;
 pub mod take;

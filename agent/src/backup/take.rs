@@ -1,11 +1,17 @@
 //! `pgagent backup`: one base backup, from `BASE_BACKUP` to a complete manifest.
 //!
 //! 1. Connect, check the store belongs to this cluster, take the local backup lock.
-//! 2. `BASE_BACKUP` (no WAL: the stream covers it, DESIGN.md "Base backups"); each archive
-//!    is walked on a blocking thread ([`super::archive`]) while the stream is read, its
-//!    chunks deduplicated and uploaded in parallel ([`super::chunks`]).
-//! 3. The manifest is written as `running`, then — once every WAL segment from the start
-//!    to the stop LSN is in the store — as `complete`.
+//! 2. `BASE_BACKUP` (no WAL: the stream covers it, DESIGN.md "Base backups"). Once it has
+//!    started, the backup announces itself with a `running` manifest, waits for any prune
+//!    that may not have seen it, and only then lists the chunks in the store
+//!    ([`super::guard`]: the order keeps a concurrent prune from deleting a chunk the backup
+//!    will not upload again).
+//! 3. Each archive is walked on a blocking thread ([`super::archive`]) while the stream is
+//!    read, its chunks deduplicated against that listing and uploaded in parallel
+//!    ([`super::chunks`]).
+//! 4. The manifest is written with its files, still `running`, then — once every WAL segment
+//!    from the start to the stop LSN is in the store — as `complete`. A backup running longer
+//!    than [`BACKUP_LIMIT`] gives up: prune takes a manifest that old for a dead backup's.
 
 use std::fs::File;
 use std::path::Path;
@@ -28,6 +34,7 @@ use tokio::task::JoinHandle;
 use super::archive::{walk_archive, ArchiveError, ChannelReader, ChunkSink, Walked};
 use super::catalog;
 use super::chunks::{known_chunks, upload_chunks, ChunkStats, StoreSink};
+use super::guard::{self, BACKUP_LIMIT};
 use crate::config::Config;
 use crate::pipeline::startup;
 
@@ -56,12 +63,9 @@ pub async fn take_backup(cfg: &Config, req: &BackupRequest) -> anyhow::Result<Ba
     let _lock = BackupLock::take(cfg.staging_dir())?;
 
     let started = SystemTime::now();
+    let begun = Instant::now();
     let id = catalog::new_id(started);
     let chunk_size = cfg.raw.backup.chunk_size.as_u64();
-    let known = known_chunks(store.as_ref())
-        .await
-        .map_err(|e| anyhow::anyhow!("list chunks: {e}"))?;
-    tracing::info!(id, known_chunks = known.len(), "base backup starting");
 
     let mut opts = BaseBackupOptions::new(format!("pgagent {id}"));
     opts.fast_checkpoint = req.fast;
@@ -90,7 +94,7 @@ pub async fn take_backup(cfg: &Config, req: &BackupRequest) -> anyhow::Result<Ba
         .sum::<u64>()
         * 1024;
     let progress = crate::progress::Progress::new(&format!("backup {id}"), total);
-    // Announce the backup, so that a prune elsewhere leaves the chunks it is writing alone.
+    // Announce the backup before listing the chunks it will not upload again (guard).
     let announced = BackupManifest {
         format_version: MANIFEST_FORMAT_VERSION,
         id: id.clone(),
@@ -113,6 +117,11 @@ pub async fn take_backup(cfg: &Config, req: &BackupRequest) -> anyhow::Result<Ba
         stats: BackupStats::default(),
     };
     catalog::put_manifest(store.as_ref(), &announced).await?;
+    guard::wait_for_prunes(store.as_ref(), guard::PRUNE_LEASE + guard::DELETE_SETTLE).await?;
+    let known = known_chunks(store.as_ref())
+        .await
+        .map_err(|e| anyhow::anyhow!("list chunks: {e}"))?;
+    tracing::info!(id, known_chunks = known.len(), "base backup starting");
 
     let stats = Arc::new(Mutex::new(ChunkStats::default()));
     let concurrency = cfg.raw.store.upload_concurrency;
@@ -233,6 +242,7 @@ pub async fn take_backup(cfg: &Config, req: &BackupRequest) -> anyhow::Result<Ba
     };
     manifest.files = std::mem::take(&mut walked.entries);
     manifest.check().context("the backup's own manifest")?;
+    within_limit(&id, begun)?;
     catalog::put_manifest(store.as_ref(), &manifest).await?;
     tracing::info!(
         id,
@@ -244,15 +254,18 @@ pub async fn take_backup(cfg: &Config, req: &BackupRequest) -> anyhow::Result<Ba
         stored = manifest.stats.new_stored_bytes,
         "files stored; waiting for the WAL up to the stop LSN"
     );
+    let left = BACKUP_LIMIT.saturating_sub(begun.elapsed());
+    let wal_wait = Some(req.wal_wait.map_or(left, |w| w.min(left)));
     if wait_for_wal(
         store.as_ref(),
         (start_lsn, start_tli),
         (stop_lsn, stop_tli),
         server.seg,
-        req.wal_wait,
+        wal_wait,
     )
     .await?
     {
+        within_limit(&id, begun)?;
         manifest.status = BackupStatus::Complete;
         catalog::put_manifest(store.as_ref(), &manifest).await?;
         tracing::info!(id, "base backup complete");
@@ -264,6 +277,19 @@ pub async fn take_backup(cfg: &Config, req: &BackupRequest) -> anyhow::Result<Ba
         );
     }
     Ok(manifest)
+}
+
+/// Fails once the backup has run for [`BACKUP_LIMIT`]: past [`guard::RUNNING_GRACE`], prune
+/// drops its `running` manifest and may delete the chunks it uploaded.
+fn within_limit(id: &str, begun: Instant) -> anyhow::Result<()> {
+    if begun.elapsed() < BACKUP_LIMIT {
+        return Ok(());
+    }
+    bail!(
+        "backup {id} ran for more than {}: pgagent prune takes a backup running that long \
+         for a dead one and may delete its chunks, so it is abandoned; take it again",
+        humantime::format_duration(BACKUP_LIMIT)
+    )
 }
 
 /// One archive being walked on a blocking thread.

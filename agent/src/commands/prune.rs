@@ -2,28 +2,37 @@
 //!
 //! A complete backup is kept if it is one of the newest `keep_backups` or younger than
 //! `keep_days` days (0: no age rule); the newest complete backup is always kept, and so is
-//! a running one started less than [`RUNNING_GRACE`] ago (older ones failed). Then, in this
+//! a running one started less than [`RUNNING_GRACE`] ago (older ones died). Then, in this
 //! order, so that no kept manifest ever points at a missing object:
 //! 1. the manifests of the other backups are deleted;
-//! 2. chunks no kept manifest references are deleted — unless a backup is running: it
-//!    writes a manifest when it starts, and its chunks are only listed at its end;
-//! 3. WAL segments (and `.partial`s) before the oldest kept backup's start segment are
-//!    deleted; history files stay (they are small and recovery reads them).
+//! 2. chunks no manifest references are deleted, under a prune marker and only if no backup
+//!    is running when the manifests are read again after the marker is written
+//!    ([`crate::backup::guard`] explains why a backup starting meanwhile is safe);
+//! 3. WAL segments (and `.partial`s, `.backup` files) before the oldest segment a kept backup
+//!    or a ZFS snapshot record in the store starts in ([`wal_floor`]) are deleted; history
+//!    files stay (they are small and recovery reads them).
+//!
+//! Snapshots have their own retention (`zfs.keep_*`, applied where they are taken, which
+//! deletes the record of each snapshot it destroys), and a weekly snapshot outlives
+//! `keep_backups` daily backups: restoring it replays WAL from its start LSN, so every record
+//! in the store holds WAL back. Everything is read before anything is deleted, and a record or
+//! manifest that cannot be read stops prune.
 //!
 //! Only this command deletes: `pgagent run` and `pgagent backup` need no delete right.
 
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
-use pgagent_protocol::WalFileName;
+use pgagent_protocol::{SegNo, WalFileName, WalSegmentSize};
 use pgagent_storage::layout::{backup_manifest_key, CHUNK_PREFIX, WAL_PREFIX};
 use pgagent_storage::manifest::{BackupManifest, BackupStatus};
+use pgagent_storage::snapshot::SnapshotRecord;
+use pgagent_storage::{ObjectMeta, ObjectStore};
 
 use crate::backup::catalog;
+use crate::backup::guard::PruneMarker;
+pub use crate::backup::guard::RUNNING_GRACE;
 use crate::config::Config;
-
-/// A running backup older than this is taken as failed and dropped.
-pub const RUNNING_GRACE: Duration = Duration::from_secs(24 * 3600);
 
 /// What retention keeps and drops.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -51,19 +60,13 @@ pub fn plan(
         .take(keep_backups.max(1))
         .map(|m| m.id.as_str())
         .collect();
-    let younger = |m: &BackupManifest, limit: Duration| {
-        humantime::parse_rfc3339(&m.started_at)
-            .ok()
-            .map(|t| now.duration_since(t).unwrap_or_default())
-            .is_some_and(|age| age < limit)
-    };
     let mut p = Plan::default();
     for m in manifests {
         let kept = match m.status {
-            BackupStatus::Running => younger(m, RUNNING_GRACE),
+            BackupStatus::Running => younger(m, RUNNING_GRACE, now),
             BackupStatus::Complete => {
                 newest.contains(m.id.as_str())
-                    || (keep_days > 0 && younger(m, Duration::from_secs(keep_days * 86_400)))
+                    || (keep_days > 0 && younger(m, Duration::from_secs(keep_days * 86_400), now))
             }
         };
         if kept {
@@ -75,22 +78,113 @@ pub fn plan(
     p
 }
 
+fn younger(m: &BackupManifest, limit: Duration, now: SystemTime) -> bool {
+    humantime::parse_rfc3339(&m.started_at)
+        .ok()
+        .map(|t| now.duration_since(t).unwrap_or_default())
+        .is_some_and(|age| age < limit)
+}
+
+/// What may happen to the chunks, given every manifest in the store.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Chunks {
+    /// A backup is running (started less than [`RUNNING_GRACE`] ago): no chunk is deleted,
+    /// since it may reference any chunk it found in its listing.
+    Keep {
+        /// The running backup.
+        running: String,
+    },
+    /// Chunks not in `referenced` (hashes) may be deleted.
+    Sweep {
+        /// Every chunk hash some manifest references.
+        referenced: HashSet<String>,
+    },
+}
+
+/// Decides about the chunks from `manifests`, all the manifests in the store, at `now`.
+pub fn chunk_plan<'a>(
+    manifests: impl IntoIterator<Item = &'a BackupManifest>,
+    now: SystemTime,
+) -> Chunks {
+    let mut referenced = HashSet::new();
+    for m in manifests {
+        if m.status == BackupStatus::Running && younger(m, RUNNING_GRACE, now) {
+            return Chunks::Keep {
+                running: m.id.clone(),
+            };
+        }
+        referenced.extend(
+            m.files
+                .iter()
+                .chain(m.pg_manifest.iter())
+                .flat_map(|f| f.chunks.iter().cloned()),
+        );
+    }
+    Chunks::Sweep { referenced }
+}
+
+/// The keys among `listed` (a listing of `chunks/`) whose hash is not in `referenced`.
+pub fn unreferenced<'a>(listed: &'a [ObjectMeta], referenced: &HashSet<String>) -> Vec<&'a str> {
+    listed
+        .iter()
+        .map(|o| o.key.as_str())
+        .filter(|k| !referenced.contains(k.rsplit('/').next().unwrap_or_default()))
+        .collect()
+}
+
+/// The oldest WAL segment that a restore of a kept complete backup (`kept`) or of a
+/// snapshot with a record in the store (`records`) replays from: the segment of its start
+/// LSN, whatever the timeline (WAL of any timeline before it is needed by none). Returned
+/// with what needs it, e.g. `"snapshot 20261025T100000Z"`; `None` when nothing does.
+pub fn wal_floor(
+    kept: &[&BackupManifest],
+    records: &[SnapshotRecord],
+    seg: WalSegmentSize,
+) -> Option<(SegNo, String)> {
+    let backups = kept
+        .iter()
+        .filter(|m| m.status == BackupStatus::Complete)
+        .filter_map(|m| {
+            let (lsn, _) = m.start().ok()?;
+            Some((lsn.segment_number(seg), format!("backup {}", m.id)))
+        });
+    let snapshots = records.iter().filter_map(|r| {
+        let (start, _, _) = r.positions().ok()?;
+        Some((start.segment_number(seg), format!("snapshot {}", r.id)))
+    });
+    backups.chain(snapshots).min_by_key(|(segno, _)| *segno)
+}
+
+/// Every manifest in the store, oldest first.
+///
+/// Errors: the store cannot be read, or a manifest is damaged (deleting around it could
+/// lose what it needs).
+async fn manifests(store: &dyn ObjectStore) -> anyhow::Result<Vec<BackupManifest>> {
+    let mut out = Vec::new();
+    for id in catalog::backup_ids(store).await? {
+        if let Some(m) = catalog::get_manifest(store, &id).await? {
+            out.push(m);
+        }
+    }
+    Ok(out)
+}
+
 /// Applies retention (or, with `dry_run`, prints what it would delete).
 ///
 /// Errors: the store cannot be read, or a delete fails (what was deleted before stays
 /// deleted; a rerun finishes the job).
 pub async fn run(cfg: &Config, dry_run: bool) -> anyhow::Result<()> {
     let (store, _cluster, seg) = super::open_cluster_store(cfg).await?;
-    let mut manifests = Vec::new();
-    for id in catalog::backup_ids(store.as_ref()).await? {
-        // A damaged manifest stops prune: deleting around it could lose what it needs.
-        if let Some(m) = catalog::get_manifest(store.as_ref(), &id).await? {
-            manifests.push(m);
-        }
-    }
+    let manifests_before = manifests(store.as_ref()).await?;
+    let records = super::snapshot::all_store_records(store.as_ref()).await?;
     let b = &cfg.raw.backup;
-    let p = plan(&manifests, b.keep_backups, b.keep_days, SystemTime::now());
-    let kept: Vec<&BackupManifest> = manifests
+    let p = plan(
+        &manifests_before,
+        b.keep_backups,
+        b.keep_days,
+        SystemTime::now(),
+    );
+    let kept: Vec<&BackupManifest> = manifests_before
         .iter()
         .filter(|m| p.keep.contains(&m.id))
         .collect();
@@ -107,35 +201,29 @@ pub async fn run(cfg: &Config, dry_run: bool) -> anyhow::Result<()> {
         println!("{verb} backup {id}");
     }
 
-    if kept.iter().any(|m| m.status == BackupStatus::Running) {
-        println!("a backup is running: chunks are left for the next prune");
-    } else {
-        let referenced: HashSet<&str> = kept
-            .iter()
-            .flat_map(|m| m.files.iter().chain(m.pg_manifest.iter()))
-            .flat_map(|f| f.chunks.iter().map(String::as_str))
-            .collect();
-        let mut chunks = 0u64;
-        for o in store.list(CHUNK_PREFIX).await? {
-            let hash = o.key.rsplit('/').next().unwrap_or_default();
-            if referenced.contains(hash) {
-                continue;
+    if dry_run {
+        match chunk_plan(kept.iter().copied(), SystemTime::now()) {
+            Chunks::Keep { running } => {
+                println!("backup {running} is running: chunks are left for the next prune")
             }
-            if !dry_run {
-                store.delete(&o.key).await?;
+            Chunks::Sweep { referenced } => {
+                let listed = store.list(CHUNK_PREFIX).await?;
+                let n = unreferenced(&listed, &referenced).len();
+                println!("{verb} {n} chunks no kept backup needs");
             }
-            chunks += 1;
         }
-        println!("{verb} {chunks} chunks no kept backup needs");
+    } else {
+        let marker = PruneMarker::write(store.as_ref()).await?;
+        let key = marker.key().to_string();
+        let swept = sweep_chunks(store.as_ref(), &marker).await;
+        if let Err(e) = marker.remove(store.as_ref()).await {
+            tracing::warn!("prune marker {key} stays: {e}; a backup starting soon waits for it");
+        }
+        swept?;
     }
 
-    let oldest_start = kept
-        .iter()
-        .filter(|m| m.status == BackupStatus::Complete)
-        .filter_map(|m| m.start().ok())
-        .map(|(lsn, _)| lsn.segment_number(seg))
-        .min()
-        .expect("a complete backup is kept");
+    let (oldest_start, needed_by) =
+        wal_floor(&kept, &records, seg).expect("a complete backup is kept");
     let mut wal = 0u64;
     for o in store.list(WAL_PREFIX).await? {
         let name = o.key.strip_prefix(WAL_PREFIX).unwrap_or_default();
@@ -154,16 +242,49 @@ pub async fn run(cfg: &Config, dry_run: bool) -> anyhow::Result<()> {
         }
     }
     println!(
-        "{verb} {wal} WAL objects before the oldest kept backup; kept {} backups",
-        p.keep.len()
+        "{verb} {wal} WAL objects before {} (the segment {needed_by} starts in); kept {} \
+         backups and {} snapshot records",
+        oldest_start.start_lsn(seg),
+        p.keep.len(),
+        records.len()
     );
+    Ok(())
+}
+
+/// Deletes the chunks no manifest references, holding `marker`: the manifests are read
+/// again now that the marker is in the store, and nothing is deleted while a backup runs.
+///
+/// Errors: the store's; what was deleted stays deleted.
+async fn sweep_chunks(store: &dyn ObjectStore, marker: &PruneMarker) -> anyhow::Result<()> {
+    let referenced = match chunk_plan(&manifests(store).await?, SystemTime::now()) {
+        Chunks::Keep { running } => {
+            println!("backup {running} is running: chunks are left for the next prune");
+            return Ok(());
+        }
+        Chunks::Sweep { referenced } => referenced,
+    };
+    let listed = store.list(CHUNK_PREFIX).await?;
+    let doomed = unreferenced(&listed, &referenced);
+    let mut deleted = 0usize;
+    for key in &doomed {
+        if !marker.may_delete() {
+            println!(
+                "deleted {deleted} of {} chunks no backup needs; the next prune deletes the rest",
+                doomed.len()
+            );
+            return Ok(());
+        }
+        store.delete(key).await?;
+        deleted += 1;
+    }
+    println!("deleted {deleted} chunks no backup needs");
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pgagent_storage::manifest::{BackupStats, MANIFEST_FORMAT_VERSION};
+    use pgagent_storage::manifest::{BackupStats, EntryKind, FileEntry, MANIFEST_FORMAT_VERSION};
 
     fn m(id: &str, started: &str, status: BackupStatus) -> BackupManifest {
         BackupManifest {
@@ -189,6 +310,23 @@ mod tests {
         }
     }
 
+    fn with_chunks(mut b: BackupManifest, chunks: &[&str]) -> BackupManifest {
+        b.files.push(FileEntry {
+            path: "base/1/1".into(),
+            kind: EntryKind::File,
+            mode: 0o600,
+            size: 1,
+            mtime: 0,
+            chunks: chunks.iter().map(|c| c.to_string()).collect(),
+            target: None,
+        });
+        b
+    }
+
+    fn now() -> SystemTime {
+        humantime::parse_rfc3339("2026-11-21T12:00:00Z").unwrap()
+    }
+
     #[test]
     fn count_age_running_and_the_newest_complete() {
         use BackupStatus::*;
@@ -200,14 +338,112 @@ mod tests {
             m("old", "2026-11-02T03:00:00Z", Running),
             m("e", "2026-11-21T03:00:00Z", Complete),
         ];
-        let now = humantime::parse_rfc3339("2026-11-21T12:00:00Z").unwrap();
-        let p = plan(&list, 2, 0, now);
+        let p = plan(&list, 2, 0, now());
         assert_eq!(p.keep, ["c", "d", "e"]);
         assert_eq!(p.drop, ["a", "b", "old"]);
-        let p = plan(&list, 1, 14, now);
+        let p = plan(&list, 1, 14, now());
         assert_eq!(p.keep, ["b", "c", "d", "e"]);
         // keep_backups = 0 still keeps the newest complete backup.
-        let p = plan(&list, 0, 0, now);
+        let p = plan(&list, 0, 0, now());
         assert_eq!(p.keep, ["d", "e"]);
+    }
+
+    #[test]
+    fn a_running_backup_keeps_every_chunk() {
+        use BackupStatus::*;
+        let list = [
+            with_chunks(m("a", "2026-11-20T03:00:00Z", Complete), &["aa"]),
+            m("b", "2026-11-21T11:00:00Z", Running),
+        ];
+        assert_eq!(
+            chunk_plan(&list, now()),
+            Chunks::Keep {
+                running: "b".into()
+            }
+        );
+        // A running manifest past RUNNING_GRACE is a dead backup's: it holds nothing back,
+        // but what it lists stays referenced while its manifest exists.
+        let list = [
+            with_chunks(m("a", "2026-11-20T03:00:00Z", Complete), &["aa"]),
+            with_chunks(m("old", "2026-11-19T03:00:00Z", Running), &["bb"]),
+        ];
+        assert_eq!(
+            chunk_plan(&list, now()),
+            Chunks::Sweep {
+                referenced: HashSet::from(["aa".to_string(), "bb".to_string()])
+            }
+        );
+    }
+
+    fn record(id: &str, start_lsn: &str) -> SnapshotRecord {
+        SnapshotRecord {
+            format: pgagent_storage::snapshot::SNAPSHOT_FORMAT_VERSION,
+            id: id.into(),
+            system_identifier: 1,
+            pg_version: 150000,
+            snapshots: vec![format!("tank/pg@pgagent-{id}")],
+            mountpoints: vec!["/var/lib/postgresql".into()],
+            pgdata: "/var/lib/postgresql/15/main".into(),
+            timeline: 2,
+            start_lsn: start_lsn.into(),
+            stop_lsn: start_lsn.into(),
+            started_at: "2026-11-01T00:00:00Z".into(),
+            finished_at: "2026-11-01T00:00:01Z".into(),
+            backup_label: "x".into(),
+            tablespace_map: None,
+            host: "db1".into(),
+        }
+    }
+
+    #[test]
+    fn the_wal_floor_is_the_oldest_start_of_a_kept_backup_or_a_snapshot() {
+        use BackupStatus::*;
+        let seg = WalSegmentSize::DEFAULT;
+        let mut old = m("old", "2026-11-10T03:00:00Z", Complete);
+        old.start_lsn = "0/8000028".into();
+        let mut new = m("new", "2026-11-20T03:00:00Z", Complete);
+        new.start_lsn = "0/C000028".into();
+        let mut running = m("run", "2026-11-21T03:00:00Z", Running);
+        running.start_lsn = "0/1000028".into();
+        let kept = [&old, &new, &running];
+        // Backups only: the oldest complete one (a running one restores nothing).
+        assert_eq!(
+            wal_floor(&kept, &[], seg),
+            Some((SegNo(8), "backup old".into()))
+        );
+        // A weekly snapshot older than every kept backup holds the WAL back to its start.
+        let weekly = record("20261101T000000Z", "0/5123456");
+        let daily = record("20261119T000000Z", "0/B000000");
+        assert_eq!(
+            wal_floor(&kept, &[weekly.clone(), daily.clone()], seg),
+            Some((SegNo(5), "snapshot 20261101T000000Z".into()))
+        );
+        // A snapshot newer than the oldest kept backup changes nothing.
+        assert_eq!(
+            wal_floor(&kept, &[daily], seg),
+            Some((SegNo(8), "backup old".into()))
+        );
+        assert_eq!(wal_floor(&[&running], &[], seg), None);
+        assert_eq!(
+            wal_floor(&[], &[weekly], seg),
+            Some((SegNo(5), "snapshot 20261101T000000Z".into()))
+        );
+    }
+
+    #[test]
+    fn only_chunks_no_manifest_references_are_swept() {
+        let listed: Vec<ObjectMeta> = ["chunks/aa/aa1", "chunks/bb/bb2", "chunks/cc/cc3"]
+            .iter()
+            .map(|k| ObjectMeta {
+                key: k.to_string(),
+                size: 1,
+                last_modified: None,
+            })
+            .collect();
+        let referenced = HashSet::from(["bb2".to_string()]);
+        assert_eq!(
+            unreferenced(&listed, &referenced),
+            ["chunks/aa/aa1", "chunks/cc/cc3"]
+        );
     }
 }

@@ -13,12 +13,14 @@
 //! (`pgagent run`), else a restore-mode server it starts ([`restore_mode`]); both serve from
 //! a prefetch cache kept ahead of recovery ([`server`], [`cache`], [`plan`]). When no server
 //! can answer, it fetches from the store itself ([`fetch_standalone`]). The store side is
-//! shared: [`resolve`] (which keys answer a name, pure), [`Fetcher`] (store access with
-//! retries up to a deadline), [`deliver_verified`] (envelope check, padding, atomic write).
+//! shared: [`resolve`] (which keys answer a name, pure), [`newest`] (whether a `.partial` may
+//! answer for its segment, pure), [`Fetcher`] (store access with retries up to a deadline),
+//! [`deliver_verified`] (envelope check, padding, atomic write).
 
 pub mod cache;
 pub mod client;
 pub mod deliver;
+pub mod newest;
 pub mod paths;
 pub mod plan;
 pub mod resolve;
@@ -26,13 +28,18 @@ pub mod restore_mode;
 pub mod server;
 pub mod wire;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use pgagent_protocol::{WalFileName, WalSegmentSize};
+use pgagent_protocol::{
+    history_file_name, segment_file_name, Lsn, TimelineHistory, TimelineId, WalFileName,
+    WalSegmentSize,
+};
+use pgagent_storage::layout::wal_file_name;
 use pgagent_storage::{envelope, ObjectStore, StoreError};
 
 use crate::config::Config;
@@ -98,12 +105,18 @@ pub struct Delivered {
     pub file_len: u64,
 }
 
+/// How many keys after a `.partial` one LIST returns when deciding whether it is the newest
+/// WAL of its timeline (the first WAL file name among them decides; more only skip strays).
+const NEXT_KEYS: usize = 16;
+
 /// Store access for fetches: the store, the cluster's segment size, retries to a deadline.
+/// Clones share what was learnt (the history files read), so a fetch server reads each once.
 #[derive(Debug, Clone)]
 pub struct Fetcher {
     store: Arc<dyn ObjectStore>,
     seg: WalSegmentSize,
     system_identifier: String,
+    histories: Arc<Mutex<HashMap<TimelineId, Arc<TimelineHistory>>>>,
 }
 
 impl Fetcher {
@@ -137,6 +150,7 @@ impl Fetcher {
             store,
             seg,
             system_identifier: info.system_identifier,
+            histories: Arc::default(),
         })
     }
 
@@ -174,9 +188,13 @@ impl Fetcher {
     /// `deadline`; `None` when every source is confirmed absent.
     ///
     /// A segment's complete and `.partial` objects are read at the same time (one round
-    /// trip, not two), the complete one preferred. When both are absent, the complete object
-    /// is read once more: a running agent may have uploaded the completed segment and removed
-    /// its `.partial` between the two reads.
+    /// trip, not two), the complete one preferred. The `.partial` answers only if it is the
+    /// newest WAL of its timeline ([`newest`]; one more LIST, and history files the first
+    /// time). Otherwise, or when both are absent, the complete object is read once more: a
+    /// running agent may have uploaded the completed segment and removed its `.partial`
+    /// between the two reads.
+    ///
+    /// Errors: as [`Fetcher::get`]; a later timeline's history file that is not one.
     pub async fn find(
         &self,
         resolved: &Resolved,
@@ -192,11 +210,117 @@ impl Fetcher {
                     return Ok(Some(found));
                 }
                 if let Some(found) = p? {
-                    return Ok(Some(found));
+                    match self.superseded(&resolved.name, &found, deadline).await? {
+                        None => return Ok(Some(found)),
+                        Some(why) => tracing::info!(
+                            "{}: not serving {}: {why}; it is not the newest WAL of its timeline",
+                            resolved.name.file_name(self.seg),
+                            partial.key
+                        ),
+                    }
                 }
                 self.get(complete, deadline).await
             }
         }
+    }
+
+    /// Why `partial`, the `.partial` of segment `name`, must not stand in for it (see
+    /// [`newest`]), or `None` when it is the newest WAL of its timeline.
+    async fn superseded(
+        &self,
+        name: &WalFileName,
+        partial: &Found,
+        deadline: Instant,
+    ) -> Result<Option<String>, FetchError> {
+        let WalFileName::Segment { tli, segno } = *name else {
+            return Ok(None);
+        };
+        // The length its header declares; a header that lies fails verification on delivery.
+        let Ok(header) = envelope::Header::parse(&partial.body) else {
+            return Ok(None);
+        };
+        let partial_end = Lsn(segno.start_lsn(self.seg).0.saturating_add(header.raw_len));
+        let seg = self.seg;
+        let key = format!(
+            "{}{}.partial",
+            resolve::WAL_PREFIX,
+            segment_file_name(tli, segno, seg)
+        );
+        let store = &self.store;
+        let listed = retry(&store.describe(), "list wal/", deadline, || {
+            store.list_after(resolve::WAL_PREFIX, &key, NEXT_KEYS)
+        })
+        .await?;
+        let next = listed
+            .iter()
+            .filter_map(|m| wal_file_name(&m.key))
+            .find(|n| WalFileName::parse(n, seg).is_some());
+        match newest::next_key(tli, segno, next, seg) {
+            newest::NextKey::Nothing => Ok(None),
+            newest::NextKey::LaterOnTimeline(_) => Ok(Some(format!(
+                "the store holds later WAL of timeline {tli} ({})",
+                next.unwrap_or_default()
+            ))),
+            newest::NextKey::LaterTimeline(first) => {
+                let mut child = Some(first);
+                while let Some(t) = child {
+                    let Some(history) = self.history(t, deadline).await? else {
+                        break;
+                    };
+                    if let Some(at) = newest::forks_before(&history, tli, partial_end) {
+                        return Ok(Some(format!(
+                            "timeline {t} forked off timeline {tli} at {at} ({}), before the \
+                             end of its WAL ({partial_end})",
+                            history_file_name(t)
+                        )));
+                    }
+                    child = t.0.checked_add(1).map(TimelineId);
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// The history file of timeline `tli`, verified and parsed; `None` if the store has none.
+    /// Kept once read: history files never change.
+    ///
+    /// Errors: as [`Fetcher::get`]; a corrupt object or a file that is not a history file
+    /// for `tli` ([`FetchError::Abort`]).
+    async fn history(
+        &self,
+        tli: TimelineId,
+        deadline: Instant,
+    ) -> Result<Option<Arc<TimelineHistory>>, FetchError> {
+        let cached = self
+            .histories
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&tli)
+            .cloned();
+        if cached.is_some() {
+            return Ok(cached);
+        }
+        let source = Source {
+            key: format!("{}{}", resolve::WAL_PREFIX, history_file_name(tli)),
+            fill: Fill::AsIs,
+        };
+        let Some(found) = self.get(&source, deadline).await? else {
+            return Ok(None);
+        };
+        let key = &found.source.key;
+        let raw = envelope::open(&found.body)
+            .map_err(|e| abort(format!("verification failed: {}", e.with_key(key))))?;
+        let history = String::from_utf8(raw)
+            .map_err(|e| e.to_string())
+            .and_then(|text| TimelineHistory::parse(&text).map_err(|e| e.to_string()))
+            .and_then(|h| h.check_child(tli).map(|()| h).map_err(|e| e.to_string()))
+            .map_err(|e| abort(format!("{key}: not a valid history file: {e}")))?;
+        let history = Arc::new(history);
+        self.histories
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(tli, history.clone());
+        Ok(Some(history))
     }
 
     async fn get(&self, source: &Source, deadline: Instant) -> Result<Option<Found>, FetchError> {

@@ -3,6 +3,7 @@
 use std::fs::File;
 use std::path::PathBuf;
 
+use crate::metrics::UploadKind;
 use pgagent_protocol::{
     history_file_name, segment_file_name, Lsn, SegNo, TimelineId, WalSegmentSize,
 };
@@ -54,11 +55,11 @@ impl WalObject {
     }
 
     /// The `kind` label of the upload metrics.
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> UploadKind {
         match self {
-            WalObject::Segment { .. } => "segment",
-            WalObject::Partial { .. } => "partial",
-            WalObject::History { .. } => "history",
+            WalObject::Segment { .. } => UploadKind::Segment,
+            WalObject::Partial { .. } => UploadKind::Partial,
+            WalObject::History { .. } => UploadKind::History,
         }
     }
 

@@ -24,6 +24,7 @@ use super::compress::seal_job;
 use super::jobs::{UploadJob, WalObject};
 use super::mailbox::PartialMailbox;
 use super::shared::Shared;
+use crate::metrics::ByteStage;
 
 /// Uploads sealed WAL objects.
 #[derive(Debug, Clone)]
@@ -131,7 +132,7 @@ impl Uploader {
             match self.attempt(&key, &job).await {
                 Ok(o) => break o,
                 Err(e) => {
-                    m.upload_errors_total.with_label_values(&[kind]).inc();
+                    m.upload_errors(kind).inc();
                     let delay = if e.is_conflict() {
                         if !conflict_counted {
                             m.conflicts_total.inc();
@@ -161,12 +162,9 @@ impl Uploader {
             }
         };
         if outcome == Outcome::Created {
-            m.uploads_total.with_label_values(&[kind]).inc();
-            m.upload_bytes_total
-                .with_label_values(&["raw"])
-                .inc_by(job.sealed.raw_len);
-            m.upload_bytes_total
-                .with_label_values(&["stored"])
+            m.uploads(kind).inc();
+            m.upload_bytes(ByteStage::Raw).inc_by(job.sealed.raw_len);
+            m.upload_bytes(ByteStage::Stored)
                 .inc_by(job.sealed.body.len() as u64);
             tracing::debug!(
                 key,

@@ -25,8 +25,8 @@ pub use integrity::{
     cluster_identity, immutable_puts, immutable_race_different, immutable_race_same, large_object,
 };
 pub use objects::{
-    delete_idempotent, empty_object, get_missing, get_range, invalid_keys, list_prefixes,
-    overwrite, put_get_round_trip, put_if_absent, special_keys,
+    delete_idempotent, empty_object, get_missing, get_range, invalid_keys, list_after,
+    list_prefixes, overwrite, put_get_round_trip, put_if_absent, special_keys,
 };
 
 use crate::{ObjectStore, PrefixedStore};
@@ -80,6 +80,7 @@ pub async fn run_all_with(store: Arc<dyn ObjectStore>, opts: &SuiteOptions) {
     get_range(&sub(&scratch, "range")).await;
     delete_idempotent(&sub(&scratch, "delete")).await;
     list_prefixes(&sub(&scratch, "list"), opts.list_keys).await;
+    list_after(&sub(&scratch, "list-after")).await;
     immutable_puts(&sub(&scratch, "immutable")).await;
     immutable_race_same(&sub(&scratch, "race-same")).await;
     immutable_race_different(&sub(&scratch, "race-diff")).await;

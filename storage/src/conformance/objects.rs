@@ -301,3 +301,43 @@ pub async fn list_prefixes(store: &dyn ObjectStore, n: usize) {
         "{d}: missing prefix"
     );
 }
+
+/// `list_after` returns the first keys after a given one under a prefix, in order, never the
+/// key itself nor keys outside the prefix.
+pub async fn list_after(store: &dyn ObjectStore) {
+    let d = store.describe();
+    for k in ["la/c", "la/a", "la/b", "la/b.x", "lax", "la0"] {
+        store.put(k, b(b"1")).await.expect("put for list_after");
+    }
+    let keys = |v: Vec<crate::ObjectMeta>| v.into_iter().map(|m| m.key).collect::<Vec<_>>();
+    let after = |prefix: &'static str, after: &'static str, limit: usize| async move {
+        keys(
+            store
+                .list_after(prefix, after, limit)
+                .await
+                .expect("list_after"),
+        )
+    };
+    assert_eq!(after("la/", "la/a", 1).await, ["la/b"], "{d}: the next key");
+    assert_eq!(
+        after("la/", "la/a", 10).await,
+        ["la/b", "la/b.x", "la/c"],
+        "{d}: every later key, in order"
+    );
+    assert_eq!(
+        after("la/", "la/b0", 10).await,
+        ["la/c"],
+        "{d}: after a missing key"
+    );
+    assert_eq!(after("la/", "la/", 2).await, ["la/a", "la/b"], "{d}: limit");
+    assert!(
+        after("la/", "la/c", 10).await.is_empty(),
+        "{d}: nothing after the last key"
+    );
+    assert!(after("la/", "la/b", 0).await.is_empty(), "{d}: limit 0");
+    assert_eq!(
+        after("la", "la/c", 10).await,
+        ["la0", "lax"],
+        "{d}: string prefix"
+    );
+}

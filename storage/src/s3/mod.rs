@@ -281,6 +281,51 @@ impl ObjectStore for S3Store {
         Ok(out)
     }
 
+    async fn list_after(
+        &self,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<ObjectMeta>, StoreError> {
+        validate_prefix(prefix)?;
+        validate_prefix(after)?;
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        while out.len() < limit {
+            // MaxKeys above 1000 is cut to 1000 by S3; a larger limit takes more pages.
+            let want = i32::try_from((limit - out.len()).min(1000)).unwrap_or(1000);
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.loc.bucket)
+                .prefix(self.full_key(prefix))
+                .start_after(self.full_key(after))
+                .max_keys(want)
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| map_sdk(prefix, Op::List, e))?;
+            for obj in page.contents() {
+                let Some(key) = obj.key().and_then(|k| k.strip_prefix(&self.key_prefix)) else {
+                    continue;
+                };
+                out.push(ObjectMeta {
+                    key: key.to_string(),
+                    size: obj.size().unwrap_or(0).max(0) as u64,
+                    last_modified: to_system_time(obj.last_modified()),
+                });
+            }
+            match page.next_continuation_token() {
+                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_string()),
+                _ => break,
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        out.retain(|m| m.key.as_str() > after);
+        out.truncate(limit);
+        Ok(out)
+    }
+
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         validate_key(key)?;
         let r = self
