@@ -129,6 +129,19 @@ impl ObjectStore for RetryingReads {
             .await
     }
 
+    async fn list_after(
+        &self,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<ObjectMeta>, StoreError> {
+        // Forwarded, so the bounded listing of the backend (one request on S3) is kept.
+        self.read(Op::List, prefix, || {
+            self.inner.list_after(prefix, after, limit)
+        })
+        .await
+    }
+
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.inner.delete(key).await
     }
