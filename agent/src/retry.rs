@@ -31,6 +31,8 @@ impl Policy {
     pub const CHUNK: Policy = Policy::new(Duration::from_millis(200), Duration::from_secs(10));
     /// `restore_command` reads: short waits, a recovery is waiting on each one.
     pub const FETCH: Policy = Policy::new(Duration::from_millis(100), Duration::from_secs(5));
+    /// A ZFS command that found the dataset busy (zfs-fuse unmounting): a few short waits.
+    pub const ZFS_BUSY: Policy = Policy::new(Duration::from_millis(200), Duration::from_secs(1));
     /// The replication connection, after a session that never streamed.
     pub const RECONNECT: Policy = Policy::new(Duration::from_millis(500), Duration::from_secs(30));
 
@@ -39,7 +41,9 @@ impl Policy {
         Policy { min, max }
     }
 
-    fn builder(self) -> ExponentialBuilder {
+    /// The backoff of this policy, endless, for backon's [`Retryable`] where a caller needs
+    /// more than [`until`] offers (its own conditions to stop, another wait for some errors).
+    pub fn backoff(self) -> ExponentialBuilder {
         ExponentialBuilder::default()
             .with_min_delay(self.min)
             .with_max_delay(self.max)
@@ -51,7 +55,7 @@ impl Policy {
 /// The endless sequence of waits of `policy` (jittered, capped at `policy.max`), for a loop
 /// that retries until it succeeds or is cancelled.
 pub fn delays(policy: Policy) -> impl Iterator<Item = Duration> {
-    policy.builder().build()
+    policy.backoff().build()
 }
 
 /// Why [`until`] gave up.
@@ -90,7 +94,7 @@ where
         }
     };
     let result = attempt
-        .retry(policy.builder())
+        .retry(policy.backoff())
         .sleep(tokio::time::sleep)
         .when(|e: &Option<E>| e.as_ref().is_none_or(&transient))
         .adjust(|_, delay| {

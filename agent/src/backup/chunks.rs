@@ -18,9 +18,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::archive::ChunkSink;
+use crate::retry::{GaveUp, Policy};
 
-/// Attempts per chunk before the backup fails (transient errors only).
-const ATTEMPTS: u32 = 8;
+/// How long a chunk's transient store errors are retried before the backup fails.
+const CHUNK_DEADLINE: Duration = Duration::from_secs(120);
 
 /// The hashes of every chunk in the store: one listing of `chunks/`.
 ///
@@ -143,19 +144,24 @@ async fn store_chunk(
     let sealed = tokio::task::spawn_blocking(move || envelope::seal(&data, level)).await?;
     let body: Bytes = sealed.body;
     let key = chunk_key(hash);
-    let mut delays = crate::retry::delays(crate::retry::Policy::CHUNK);
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match store.put_if_absent(&key, body.clone()).await {
-            Ok(_) => return Ok(body.len() as u64),
-            Err(e) if e.is_transient() && attempt < ATTEMPTS => {
-                tracing::debug!("chunk {key}: {e}; retrying");
-                tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(10))).await;
-            }
-            Err(e) => return Err(anyhow::anyhow!("store chunk {key}: {e}")),
+    let deadline = tokio::time::Instant::now() + CHUNK_DEADLINE;
+    crate::retry::until(
+        Policy::CHUNK,
+        deadline,
+        StoreError::is_transient,
+        |e, d| tracing::debug!("chunk {key}: {e}; retrying in {d:?}"),
+        || store.put_if_absent(&key, body.clone()),
+    )
+    .await
+    .map(|_| body.len() as u64)
+    .map_err(|gave_up| match gave_up {
+        GaveUp::Permanent(e) | GaveUp::Deadline(Some(e)) => {
+            anyhow::anyhow!("store chunk {key}: {e}")
         }
-    }
+        GaveUp::Deadline(None) => {
+            anyhow::anyhow!("store chunk {key}: no answer from the store in {CHUNK_DEADLINE:?}")
+        }
+    })
 }
 
 #[cfg(test)]

@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::Retryable;
+
 use pgagent_storage::immutable::{put_immutable, ImmutablePut};
 use pgagent_storage::{ObjectStore, StoreError};
 use tokio::sync::{mpsc, Semaphore};
@@ -25,6 +27,10 @@ use super::jobs::{UploadJob, WalObject};
 use super::mailbox::PartialMailbox;
 use super::shared::Shared;
 use crate::metrics::ByteStage;
+use crate::retry::Policy;
+
+/// Wait between two attempts at an object in conflict: an operator has to act first.
+const CONFLICT_RETRY: Duration = Duration::from_secs(60);
 
 /// Uploads sealed WAL objects.
 #[derive(Debug, Clone)]
@@ -126,39 +132,34 @@ impl Uploader {
         let key = job.object.key(seg);
         let kind = job.object.kind();
         let m = &self.shared.metrics;
-        let mut delays = crate::retry::delays(crate::retry::Policy::UPLOAD);
         let mut conflict_counted = false;
-        let outcome = loop {
-            match self.attempt(&key, &job).await {
-                Ok(o) => break o,
-                Err(e) => {
-                    m.upload_errors(kind).inc();
-                    let delay = if e.is_conflict() {
-                        if !conflict_counted {
-                            m.conflicts_total.inc();
-                            conflict_counted = true;
-                        }
-                        tracing::error!(key, error = %e, "WAL object conflict: the store holds different content under this name; it is never overwritten, and WAL past it is not confirmed to the server");
-                        if self.shutdown.is_cancelled() {
-                            tracing::error!(
-                                key,
-                                "stopping with the conflicting object left in staging"
-                            );
-                            return;
-                        }
-                        Duration::from_secs(60)
-                    } else {
-                        let d = delays.next().unwrap_or(Duration::from_secs(30));
-                        tracing::warn!(key, error = %e, retry_in = ?d, "upload failed");
-                        d
-                    };
-                    self.shared.set_error(format!("upload {key}: {e}"));
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        // A conflict is re-examined at once on shutdown; the rest retry on.
-                        _ = self.shutdown.cancelled(), if e.is_conflict() => {}
+        let attempt = || self.attempt(&key, &job);
+        let shutdown = self.shutdown.clone();
+        let outcome = attempt
+            .retry(Policy::UPLOAD.backoff())
+            .sleep(move |d| pause(d, shutdown.clone()))
+            // A clean stop does not wait for an operator to resolve a conflict.
+            .when(|e: &StoreError| !(e.is_conflict() && self.shutdown.is_cancelled()))
+            .adjust(|e, d| if e.is_conflict() { Some(CONFLICT_RETRY) } else { d })
+            .notify(|e, d| {
+                m.upload_errors(kind).inc();
+                if e.is_conflict() {
+                    if !std::mem::replace(&mut conflict_counted, true) {
+                        m.conflicts_total.inc();
                     }
+                    tracing::error!(key, error = %e, "WAL object conflict: the store holds different content under this name; it is never overwritten, and WAL past it is not confirmed to the server");
+                } else {
+                    tracing::warn!(key, error = %e, retry_in = ?d, "upload failed");
                 }
+                self.shared.set_error(format!("upload {key}: {e}"));
+            })
+            .await;
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                m.upload_errors(kind).inc();
+                tracing::error!(key, error = %e, "stopping with the conflicting object left in staging");
+                return;
             }
         };
         if outcome == Outcome::Created {
@@ -231,5 +232,20 @@ impl Uploader {
             }
             Err(e) => tracing::debug!(key, error = %e, "could not remove superseded .partial"),
         }
+    }
+}
+
+/// Waits `d` before the next upload attempt. The wait after a conflict (exactly
+/// [`CONFLICT_RETRY`], see `adjust` in `Uploader::upload`) ends at shutdown, so the conflict
+/// is looked at once more and the stop goes on; other waits run out (a retry without a wait
+/// would hammer a store that is down).
+async fn pause(d: Duration, shutdown: CancellationToken) {
+    if d == CONFLICT_RETRY {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => {}
+            _ = shutdown.cancelled() => {}
+        }
+    } else {
+        tokio::time::sleep(d).await
     }
 }

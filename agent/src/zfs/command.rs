@@ -166,16 +166,13 @@ impl Zfs {
     }
 
     fn retry_busy(&self, args: &[&str]) -> Result<(), ZfsError> {
-        let mut tries = 0;
-        loop {
-            match self.run(args) {
-                Err(ZfsError::Failed { stderr, .. }) if stderr.contains("busy") && tries < 5 => {
-                    tries += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(200 * tries));
-                }
-                r => return r.map(drop),
-            }
-        }
+        use backon::BlockingRetryable;
+        (|| self.run(args))
+            .retry(crate::retry::Policy::ZFS_BUSY.backoff().with_max_times(5))
+            .sleep(std::thread::sleep)
+            .when(|e| matches!(e, ZfsError::Failed { stderr, .. } if stderr.contains("busy")))
+            .call()
+            .map(drop)
     }
 
     /// `zfs clone -o mountpoint=… snapshot target`.

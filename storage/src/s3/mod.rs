@@ -121,6 +121,49 @@ impl S3Store {
         &self.client
     }
 
+    /// `ListObjectsV2` pages under `prefix` (after `after`, when given) until `limit` keys
+    /// or the end, sorted by key. MaxKeys above 1000 is cut to 1000 by S3, so a larger limit
+    /// takes more pages.
+    async fn list_pages(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ObjectMeta>, StoreError> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        while out.len() < limit {
+            let want = i32::try_from((limit - out.len()).min(1000)).unwrap_or(1000);
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.loc.bucket)
+                .prefix(self.full_key(prefix))
+                .set_start_after(after.map(|a| self.full_key(a)))
+                .max_keys(want)
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| map_sdk(prefix, Op::List, e))?;
+            for obj in page.contents() {
+                let Some(key) = obj.key().and_then(|k| k.strip_prefix(&self.key_prefix)) else {
+                    continue;
+                };
+                out.push(ObjectMeta {
+                    key: key.to_string(),
+                    size: obj.size().unwrap_or(0).max(0) as u64,
+                    last_modified: to_system_time(obj.last_modified()),
+                });
+            }
+            match page.next_continuation_token() {
+                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_string()),
+                _ => break,
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
     fn full_key(&self, key: &str) -> String {
         format!("{}{key}", self.key_prefix)
     }
@@ -250,35 +293,7 @@ impl ObjectStore for S3Store {
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
         validate_prefix(prefix)?;
-        let mut out = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let page = self
-                .client
-                .list_objects_v2()
-                .bucket(&self.loc.bucket)
-                .prefix(self.full_key(prefix))
-                .set_continuation_token(token.take())
-                .send()
-                .await
-                .map_err(|e| map_sdk(prefix, Op::List, e))?;
-            for obj in page.contents() {
-                let Some(key) = obj.key().and_then(|k| k.strip_prefix(&self.key_prefix)) else {
-                    continue;
-                };
-                out.push(ObjectMeta {
-                    key: key.to_string(),
-                    size: obj.size().unwrap_or(0).max(0) as u64,
-                    last_modified: to_system_time(obj.last_modified()),
-                });
-            }
-            match page.next_continuation_token() {
-                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_string()),
-                _ => break,
-            }
-        }
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(out)
+        self.list_pages(prefix, None, usize::MAX).await
     }
 
     async fn list_after(
@@ -289,38 +304,7 @@ impl ObjectStore for S3Store {
     ) -> Result<Vec<ObjectMeta>, StoreError> {
         validate_prefix(prefix)?;
         validate_prefix(after)?;
-        let mut out = Vec::new();
-        let mut token: Option<String> = None;
-        while out.len() < limit {
-            // MaxKeys above 1000 is cut to 1000 by S3; a larger limit takes more pages.
-            let want = i32::try_from((limit - out.len()).min(1000)).unwrap_or(1000);
-            let page = self
-                .client
-                .list_objects_v2()
-                .bucket(&self.loc.bucket)
-                .prefix(self.full_key(prefix))
-                .start_after(self.full_key(after))
-                .max_keys(want)
-                .set_continuation_token(token.take())
-                .send()
-                .await
-                .map_err(|e| map_sdk(prefix, Op::List, e))?;
-            for obj in page.contents() {
-                let Some(key) = obj.key().and_then(|k| k.strip_prefix(&self.key_prefix)) else {
-                    continue;
-                };
-                out.push(ObjectMeta {
-                    key: key.to_string(),
-                    size: obj.size().unwrap_or(0).max(0) as u64,
-                    last_modified: to_system_time(obj.last_modified()),
-                });
-            }
-            match page.next_continuation_token() {
-                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_string()),
-                _ => break,
-            }
-        }
-        out.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut out = self.list_pages(prefix, Some(after), limit).await?;
         out.retain(|m| m.key.as_str() > after);
         out.truncate(limit);
         Ok(out)
