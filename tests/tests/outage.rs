@@ -175,8 +175,7 @@ async fn a_stop_during_an_outage_is_prompt_and_loses_nothing() {
 
     proxy.set_mode(ProxyMode::Pass);
     let mut agent = rig.spawn_with(&pg, &env);
-    let target = cut_end.segment_number(seg()).start_lsn(seg());
-    rig.wait_uploaded(&agent, target, Duration::from_secs(120));
+    rig.wait_uploaded(&agent, cut_end, Duration::from_secs(120));
     assert!(agent.terminate().success(), "{}", agent.output_text());
     let objects = wal_objects(direct.as_ref()).await;
     assert_no_gap(&objects);

@@ -104,10 +104,15 @@ impl Rig {
             .and_then(|s| Lsn::from_str(s).ok())
     }
 
-    /// Waits until the agent reports WAL up to `target` durable in the bucket.
+    /// Waits until the agent reports WAL up to `target` durable in the bucket. Only `agent`'s
+    /// own status counts: after a restart the file holds the previous process's last word
+    /// until the new one writes.
     pub fn wait_uploaded(&self, agent: &AgentProcess, target: Lsn, timeout: Duration) {
         let ok = wait_until(timeout, Duration::from_millis(200), || {
-            self.status_lsn("uploaded_lsn").is_some_and(|l| l >= target)
+            let mine = self
+                .status()
+                .is_some_and(|s| s["pid"].as_u64() == Some(u64::from(agent.pid())));
+            mine && self.status_lsn("uploaded_lsn").is_some_and(|l| l >= target)
         });
         assert!(
             ok,
