@@ -12,23 +12,6 @@ use common::*;
 use pgagent_protocol::SegNo;
 use pgagent_tests::{run_pgagent, Garage, OsUser, PgOptions, PgServer};
 
-/// `pgagent --config <config> restore --pgdata <pgdata> <extra…>`.
-fn restore(
-    config: &std::path::Path,
-    pgdata: &std::path::Path,
-    extra: &[&str],
-) -> std::process::Output {
-    let mut args = vec![
-        "--config",
-        config.to_str().unwrap(),
-        "restore",
-        "--pgdata",
-        pgdata.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    run_pgagent(&args, &[])
-}
-
 /// `pg_verifybackup --no-parse-wal` on a restored directory, as the PostgreSQL OS user.
 fn assert_verifybackup(pg: &PgServer) {
     let mut verify = Command::new(pg.bin_dir().join("pg_verifybackup"));
@@ -98,7 +81,7 @@ async fn dr_drill_restores_a_point_in_time_from_the_bucket_alone() {
     let fetch = fetch_config(&rig.store_url, &garage.s3_env());
     let mut restored = PgServer::without_cluster(PgOptions::default()).unwrap();
     let pgdata = restored.data_dir();
-    let out = restore(&fetch.config, &pgdata, &["--target-time", t.trim()]);
+    let out = run_restore(&fetch.config, &pgdata, &["--target-time", t.trim()]);
     assert!(out.status.success(), "{}", text(&out));
     let conf = std::fs::read_to_string(pgdata.join("postgresql.auto.conf")).unwrap();
     assert!(
@@ -118,13 +101,13 @@ async fn dr_drill_restores_a_point_in_time_from_the_bucket_alone() {
 
     // A non-empty data directory is refused (exit 3) and left as it is.
     restored.stop().unwrap();
-    let out = restore(&fetch.config, &pgdata, &[]);
+    let out = run_restore(&fetch.config, &pgdata, &[]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert!(pgdata.join("PG_VERSION").exists());
 
     // --delta over the used directory: matching files stay, the rest is rewritten or
     // removed, and recovery to the end of the WAL gives the primary's last state.
-    let out = restore(&fetch.config, &pgdata, &["--delta"]);
+    let out = run_restore(&fetch.config, &pgdata, &["--delta"]);
     assert!(out.status.success(), "{}", text(&out));
     let unchanged: u64 = text(&out)
         .split(" unchanged")
@@ -295,7 +278,7 @@ async fn a_tablespace_comes_back_at_its_location() {
     let fetch = fetch_config(&rig.store_url, &[]);
     let mut restored = PgServer::without_cluster(PgOptions::default()).unwrap();
     let pgdata = restored.data_dir();
-    let out = restore(&fetch.config, &pgdata, &[]);
+    let out = run_restore(&fetch.config, &pgdata, &[]);
     assert!(out.status.success(), "{}", text(&out));
     let tablespaces: Vec<_> = std::fs::read_dir(pgdata.join("pg_tblspc"))
         .unwrap()

@@ -25,15 +25,7 @@ use pgagent_tests::{run_pgagent, Garage, PgOptions, PgServer};
 /// `pgagent --config <config> restore --pgdata <pgdata> <extra…>`; asserts success and
 /// returns the output.
 fn restore(config: &Path, pgdata: &Path, extra: &[&str]) -> String {
-    let mut args = vec![
-        "--config",
-        config.to_str().unwrap(),
-        "restore",
-        "--pgdata",
-        pgdata.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    let out = run_pgagent(&args, &[]);
+    let out = run_restore(config, pgdata, extra);
     assert!(out.status.success(), "{}", text(&out));
     text(&out)
 }

@@ -243,3 +243,16 @@ pub fn restored_count(pg: &PgServer) -> usize {
         .matches("restored log file \"")
         .count()
 }
+
+/// `pgagent --config <config> restore --pgdata <pgdata> <extra…>`.
+pub fn run_restore(config: &Path, pgdata: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "--config",
+        config.to_str().unwrap(),
+        "restore",
+        "--pgdata",
+        pgdata.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    pgagent_tests::run_pgagent(&args, &[])
+}
