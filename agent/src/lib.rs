@@ -18,8 +18,10 @@ pub mod pipeline;
 pub mod progress;
 pub mod retry;
 pub mod retrying_store;
+pub mod server;
 pub mod staging;
 pub mod statusfile;
+pub mod store;
 pub mod tracker;
 pub mod zfs;
 

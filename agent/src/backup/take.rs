@@ -36,7 +36,7 @@ use super::catalog;
 use super::chunks::{known_chunks, upload_chunks, ChunkStats, StoreSink};
 use super::guard::{self, BACKUP_LIMIT};
 use crate::config::Config;
-use crate::pipeline::startup;
+use crate::server;
 
 /// How a backup is taken.
 #[derive(Debug, Clone)]
@@ -57,9 +57,9 @@ pub async fn take_backup(cfg: &Config, req: &BackupRequest) -> anyhow::Result<Ba
         .map_err(|e| anyhow::anyhow!("postgres.conninfo: {e}"))?;
     conn.application_name
         .get_or_insert_with(|| "pgagent backup".to_string());
-    let (client, server) = startup::connect(&conn).await?;
+    let (client, server) = server::connect(&conn).await?;
     let store = pgagent_storage::open(&cfg.raw.store.url, &cfg.store_options()).await?;
-    startup::claim_store(store.as_ref(), &server).await?;
+    crate::store::claim_store(store.as_ref(), &server).await?;
     let _lock = BackupLock::take(cfg.staging_dir())?;
 
     let started = SystemTime::now();
@@ -74,7 +74,7 @@ pub async fn take_backup(cfg: &Config, req: &BackupRequest) -> anyhow::Result<Ba
     let mut stream = client
         .base_backup(&opts)
         .await
-        .map_err(|e| anyhow::anyhow!(startup::explain(&conn, &e)))?;
+        .map_err(|e| anyhow::anyhow!(server::explain(&conn, &e)))?;
     let (start_lsn, start_tli) = (stream.start_lsn(), stream.start_timeline());
     let tablespaces: Vec<TablespaceEntry> = stream
         .tablespaces()
@@ -141,7 +141,7 @@ pub async fn take_backup(cfg: &Config, req: &BackupRequest) -> anyhow::Result<Ba
         while let Some(event) = stream
             .next()
             .await
-            .map_err(|e| anyhow::anyhow!(startup::explain(&conn, &e)))?
+            .map_err(|e| anyhow::anyhow!(server::explain(&conn, &e)))?
         {
             match event {
                 BaseBackupEvent::Archive { name, tablespace } => {

@@ -22,7 +22,7 @@ use pgagent_storage::ObjectStore;
 use crate::backup::catalog::new_id;
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
-use crate::pipeline::startup;
+use crate::server;
 use crate::zfs::snapshots::{apply_retention, snapshot_name};
 use crate::zfs::{Zfs, ID_PROPERTY, RECORD_PROPERTY};
 
@@ -50,10 +50,10 @@ pub async fn take_snapshot(cfg: &Config) -> anyhow::Result<SnapshotRecord> {
         .map_err(|e| anyhow::anyhow!("postgres.conninfo: {e}"))?;
     conn.application_name
         .get_or_insert_with(|| "pgagent snapshot".to_string());
-    let (client, server) = startup::connect(&conn).await?;
+    let (client, server) = server::connect(&conn).await?;
     let _ = client.close().await;
     let store = pgagent_storage::open(&cfg.raw.store.url, &cfg.store_options()).await?;
-    startup::claim_store(store.as_ref(), &server).await?;
+    crate::store::claim_store(store.as_ref(), &server).await?;
 
     let zfs = zfs_of(cfg);
     let mountpoints = datasets
@@ -67,12 +67,12 @@ pub async fn take_snapshot(cfg: &Config) -> anyhow::Result<SnapshotRecord> {
         })
         .collect::<Result<Vec<_>, crate::zfs::ZfsError>>()?;
 
-    let sql_err = |e: pgagent_protocol::Error| anyhow::anyhow!(startup::explain(&conn, &e));
+    let sql_err = |e: pgagent_protocol::Error| anyhow::anyhow!(server::explain(&conn, &e));
     let mut sql = SqlSession::connect(&conn).await.map_err(sql_err)?;
     let pgdata = sql.query_one("SHOW data_directory").await.map_err(|e| {
         anyhow::anyhow!(
             "{}; fix: GRANT pg_read_all_settings TO {} (pgagent reads data_directory)",
-            startup::explain(&conn, &e),
+            server::explain(&conn, &e),
             conn.user
         )
     })?;
@@ -88,7 +88,7 @@ pub async fn take_snapshot(cfg: &Config) -> anyhow::Result<SnapshotRecord> {
     let start_lsn = sql.query_one(&start_sql).await.map_err(|e| {
         anyhow::anyhow!(
             "{}; fix: run as a superuser or GRANT EXECUTE ON FUNCTION pg_backup_start, pg_backup_stop TO {}",
-            startup::explain(&conn, &e),
+            server::explain(&conn, &e),
             conn.user
         )
     })?;

@@ -17,10 +17,7 @@ mod mailbox;
 mod receiver;
 mod resume;
 mod shared;
-pub mod startup;
 mod upload;
-
-pub use startup::{check_staging, explain, ServerInfo};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +30,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Confirm};
 use crate::metrics::Metrics;
+use crate::server::explain;
+use crate::staging::check_staging;
 use crate::staging::StagingWriter;
 use crate::statusfile::{self, DaemonStatus};
 use crate::tracker::FlushTracker;
@@ -101,7 +100,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     // The name `synchronous_standby_names` and pg_stat_replication know the agent by.
     conn.application_name
         .get_or_insert_with(|| "pgagent".to_string());
-    let (mut client, server) = startup::connect(&conn).await?;
+    let (mut client, server) = crate::server::connect(&conn).await?;
     tracing::info!(
         system_identifier = server.system_id,
         timeline = %server.timeline,
@@ -111,7 +110,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         conn.redacted()
     );
     let store = pgagent_storage::open(&cfg.raw.store.url, &cfg.store_options()).await?;
-    startup::claim_store(store.as_ref(), &server).await?;
+    crate::store::claim_store(store.as_ref(), &server).await?;
     // The backup and snapshot gauges start from what the store holds, not from zero, so a
     // restart does not look like "no backup for a day".
     {
@@ -468,7 +467,7 @@ async fn queue_histories(
         if store.head(&key).await?.is_some() {
             continue;
         }
-        match startup::fetch_history(client, tli).await {
+        match crate::server::fetch_history(client, tli).await {
             Ok(content) => {
                 let switch = switch_point(&content, tli).unwrap_or(Lsn::INVALID);
                 shared.tracker().hold_for_history(tli, switch);
@@ -508,7 +507,7 @@ async fn fetch_pending_histories(
 ) -> anyhow::Result<()> {
     let mut still = Vec::new();
     for tli in pending.drain(..) {
-        match startup::fetch_history(client, tli).await {
+        match crate::server::fetch_history(client, tli).await {
             Ok(content) => receiver.queue_history(tli, content)?,
             Err(e) => {
                 tracing::warn!(timeline = %tli, error = %e, "history file not fetched; retried at the next connection");
