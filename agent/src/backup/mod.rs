@@ -2,7 +2,6 @@
 //! its tar archives cut into content-addressed chunks, and a manifest per backup.
 
 pub mod archive;
-pub mod catalog;
 pub mod chunks;
 mod delta;
 pub mod guard;

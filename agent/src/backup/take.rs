@@ -32,11 +32,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::archive::{walk_archive, ArchiveError, ChannelReader, ChunkSink, Walked};
-use super::catalog;
 use super::chunks::{known_chunks, upload_chunks, ChunkStats, StoreSink};
 use super::guard::{self, BACKUP_LIMIT};
 use crate::config::Config;
 use crate::server;
+use crate::store::catalog;
 
 /// How a backup is taken.
 #[derive(Debug, Clone)]

@@ -22,9 +22,9 @@ use pgagent_storage::layout::{chunk_key, WAL_PREFIX};
 use pgagent_storage::manifest::{BackupManifest, BackupStatus};
 use pgagent_storage::{envelope, ObjectStore};
 
-use crate::backup::catalog;
 use crate::config::Config;
 use crate::fetch::plan::TimelinePlan;
+use crate::store::catalog;
 
 /// Runs the checks and prints the report.
 ///

@@ -75,7 +75,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
             datasets = cfg.raw.zfs.datasets.join(","),
             "ZFS snapshots scheduled (UTC)"
         );
-        tokio::spawn(crate::commands::snapshot::scheduled(
+        tokio::spawn(crate::zfs::take::scheduled(
             cfg.clone(),
             cron,
             metrics.clone(),
@@ -116,7 +116,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     {
         let (store, metrics) = (store.clone(), metrics.clone());
         tokio::spawn(async move {
-            use crate::commands::status::{last_points, unix_seconds};
+            use crate::store::{last_points, unix_seconds};
             match last_points(store.as_ref()).await {
                 Ok(p) => {
                     if let Some(t) = p.last_backup.and_then(|(_, at)| unix_seconds(&at)) {
