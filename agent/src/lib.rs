@@ -10,6 +10,7 @@ pub mod backup;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod daemon;
 pub mod exit;
 pub mod fetch;
 pub mod logging;
@@ -18,6 +19,7 @@ pub mod pipeline;
 pub mod progress;
 pub mod retry;
 pub mod retrying_store;
+pub mod schedule;
 pub mod server;
 pub mod staging;
 pub mod statusfile;
@@ -94,7 +96,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Run => {
                 let shutdown = CancellationToken::new();
                 tokio::spawn(watch_signals(shutdown.clone()));
-                pipeline::run(cfg, shutdown).await
+                daemon::run(cfg, shutdown).await
             }
             Command::Fetch { .. } | Command::FetchServer => {
                 unreachable!("handled before the runtime starts")

@@ -6,5 +6,4 @@ pub mod chunks;
 mod delta;
 pub mod guard;
 pub mod materialize;
-pub mod schedule;
 pub mod take;

@@ -8,7 +8,6 @@
 //! the LSNs and the data directory's place go onto the snapshots (ZFS user property) and
 //! into the store (`snapshots/<id>.json`); then retention runs.
 
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use anyhow::Context;
@@ -20,7 +19,6 @@ use pgagent_storage::ObjectStore;
 use super::snapshots::{apply_retention, snapshot_name};
 use super::{Zfs, ID_PROPERTY, RECORD_PROPERTY};
 use crate::config::{Config, ConfigError};
-use crate::metrics::Metrics;
 use crate::server;
 use crate::store::catalog::new_id;
 use crate::store::snapshots::put_record;
@@ -202,35 +200,6 @@ pub async fn retention(cfg: &Config, store: &dyn ObjectStore) -> anyhow::Result<
         }
     }
     Ok(destroyed)
-}
-
-/// Takes snapshots on `zfs.snapshot_schedule` inside `pgagent run` until `shutdown`.
-pub async fn scheduled(
-    cfg: Config,
-    cron: croner::Cron,
-    metrics: Arc<Metrics>,
-    shutdown: tokio_util::sync::CancellationToken,
-) {
-    crate::backup::schedule::every(cron, "snapshot", shutdown, || async {
-        match take_snapshot(&cfg).await {
-            Ok(_) => metrics
-                .snapshot_last_success_timestamp_seconds
-                .set(chrono::Utc::now().timestamp() as f64),
-            Err(e) => {
-                tracing::error!("scheduled snapshot failed: {e:#}");
-                return;
-            }
-        }
-        match pgagent_storage::open(&cfg.raw.store.url, &cfg.store_options()).await {
-            Ok(store) => {
-                if let Err(e) = retention(&cfg, store.as_ref()).await {
-                    tracing::error!("snapshot retention failed: {e:#}");
-                }
-            }
-            Err(e) => tracing::error!("snapshot retention: {e:#}"),
-        }
-    })
-    .await;
 }
 
 #[cfg(test)]
