@@ -6,4 +6,5 @@ pub mod chunks;
 mod delta;
 pub mod guard;
 pub mod materialize;
+mod places;
 pub mod take;

@@ -72,17 +72,6 @@ pub enum FetchError {
     Abort(String),
 }
 
-impl FetchError {
-    /// The process exit status for this error: 1, 2 or 255 (DESIGN.md, "Exit codes").
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            FetchError::NotFound { .. } => crate::exit::FAILURE,
-            FetchError::InvalidName(_) => crate::exit::USAGE,
-            FetchError::Abort(_) => crate::exit::FETCH_ABORT,
-        }
-    }
-}
-
 fn abort(msg: impl Into<String>) -> FetchError {
     FetchError::Abort(msg.into())
 }
