@@ -35,13 +35,6 @@ pub struct StagedSegment {
     pub path: PathBuf,
 }
 
-impl StagedSegment {
-    /// The segment's file name (`XLogFileName`).
-    pub fn file_name(&self, seg: WalSegmentSize) -> String {
-        segment_file_name(self.tli, self.segno, seg)
-    }
-}
-
 /// The segment being filled.
 #[derive(Debug)]
 struct OpenSegment {
