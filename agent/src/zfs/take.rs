@@ -193,7 +193,13 @@ fn destroy_all(zfs: &Zfs, names: &[String]) {
 ///
 /// Errors: `zfs` failures.
 pub async fn retention(cfg: &Config, store: &dyn ObjectStore) -> anyhow::Result<Vec<String>> {
-    let destroyed = apply_retention(&zfs_of(cfg), &cfg.raw.zfs.datasets, cfg.raw.zfs.retention())?;
+    let z = &cfg.raw.zfs;
+    let policy = super::retention::Policy {
+        hourly: z.keep_hourly,
+        daily: z.keep_daily,
+        weekly: z.keep_weekly,
+    };
+    let destroyed = apply_retention(&zfs_of(cfg), &z.datasets, policy)?;
     for id in &destroyed {
         if let Err(e) = store.delete(&snapshot_key(id)).await {
             tracing::info!("snapshot record {id} stays in the store: {e}");
