@@ -1,4 +1,5 @@
-//! One module per command (besides `run`, which is the `pipeline`).
+//! One module per command (besides `run`, which is [`crate::daemon`], and `fetch`, which is
+//! [`crate::fetch`]).
 
 pub mod backup;
 pub mod doctor;
