@@ -174,7 +174,7 @@ async fn manifests(store: &dyn ObjectStore) -> anyhow::Result<Vec<BackupManifest
 /// Errors: the store cannot be read, or a delete fails (what was deleted before stays
 /// deleted; a rerun finishes the job).
 pub async fn run(cfg: &Config, dry_run: bool) -> anyhow::Result<()> {
-    let (store, _cluster, seg) = super::open_cluster_store(cfg).await?;
+    let (store, _cluster, seg) = crate::store::open_cluster(cfg).await?;
     let manifests_before = manifests(store.as_ref()).await?;
     let records = crate::store::snapshots::all_store_records(store.as_ref()).await?;
     let b = &cfg.raw.backup;

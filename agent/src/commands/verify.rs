@@ -30,7 +30,7 @@ use crate::store::catalog;
 ///
 /// Errors: a problem was found (after the report), or the store cannot be read.
 pub async fn run(cfg: &Config, backup: Option<&str>, wal: bool) -> anyhow::Result<()> {
-    let (store, _cluster, seg) = super::open_cluster_store(cfg).await?;
+    let (store, _cluster, seg) = crate::store::open_cluster(cfg).await?;
     let ids = match backup {
         Some(id) => vec![id.to_string()],
         None => catalog::backup_ids(store.as_ref()).await?,

@@ -1,14 +1,18 @@
-//! The store as every command meets it: claim its prefix for this cluster before writing,
-//! the catalog of base backups, the ZFS snapshot records, and the newest of each.
+//! The store as every command meets it: claim its prefix for this cluster before writing
+//! (or, to read, open it and read which cluster it holds), the catalog of base backups, the
+//! ZFS snapshot records, and the newest of each.
 
 pub mod catalog;
 pub mod snapshots;
 
-use pgagent_storage::cluster::{ensure_cluster, ClusterInfo};
+use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
+use pgagent_protocol::WalSegmentSize;
+use pgagent_storage::cluster::{ensure_cluster, read_cluster, ClusterInfo};
 use pgagent_storage::ObjectStore;
 
+use crate::config::Config;
 use crate::exit::Refused;
 use crate::server::ServerInfo;
 
@@ -33,6 +37,26 @@ pub async fn claim_store(
         .into()),
         Err(e) => Err(anyhow::Error::new(e).context(format!("store {}", store.describe()))),
     }
+}
+
+/// The store of `cfg`, the cluster it holds and that cluster's segment size: what every
+/// command reading a store needs first.
+///
+/// Errors: the store cannot be opened or read, holds no `cluster.json`, or declares an
+/// invalid segment size.
+pub async fn open_cluster(
+    cfg: &Config,
+) -> anyhow::Result<(Arc<dyn ObjectStore>, ClusterInfo, WalSegmentSize)> {
+    let store = pgagent_storage::open(&cfg.raw.store.url, &cfg.store_options()).await?;
+    let cluster = read_cluster(store.as_ref()).await?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "{} holds no cluster.json: nothing has been stored there yet (check store.url)",
+            store.describe()
+        )
+    })?;
+    let seg = WalSegmentSize::new(cluster.wal_segment_size)
+        .map_err(|e| anyhow::anyhow!("cluster.json: {e}"))?;
+    Ok((store, cluster, seg))
 }
 
 /// The newest complete base backup and the newest snapshot record in the store, each as
