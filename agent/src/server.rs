@@ -6,6 +6,8 @@
 use anyhow::Context;
 use pgagent_protocol::{ConnConfig, Lsn, ReplicationClient, TimelineId, WalSegmentSize};
 
+use crate::config::Config;
+
 /// What the server told us about itself.
 #[derive(Debug, Clone)]
 pub struct ServerInfo {
@@ -40,6 +42,19 @@ pub fn explain(conn: &ConnConfig, e: &pgagent_protocol::Error) -> String {
     } else {
         format!("PostgreSQL ({target}): {msg}; fix: {fix}")
     }
+}
+
+/// The connection settings of `postgres.conninfo`, with `application_name` (the name
+/// `synchronous_standby_names` and `pg_stat_replication` know the connection by) unless the
+/// conninfo sets one.
+///
+/// Errors: a conninfo that does not parse, named.
+pub fn conn_config(cfg: &Config, application_name: &str) -> anyhow::Result<ConnConfig> {
+    let mut conn = ConnConfig::parse(&cfg.raw.postgres.conninfo)
+        .map_err(|e| anyhow::anyhow!("postgres.conninfo: {e}"))?;
+    conn.application_name
+        .get_or_insert_with(|| application_name.to_string());
+    Ok(conn)
 }
 
 /// Connects and asks the server who it is.

@@ -157,10 +157,7 @@ async fn connect(
     ServerInfo,
     Arc<dyn ObjectStore>,
 )> {
-    let mut conn = ConnConfig::parse(&cfg.raw.postgres.conninfo)
-        .map_err(|e| anyhow::anyhow!("postgres.conninfo: {e}"))?;
-    conn.application_name
-        .get_or_insert_with(|| "pgagent backup".to_string());
+    let conn = server::conn_config(cfg, "pgagent backup")?;
     let (client, server) = server::connect(&conn).await?;
     let store = pgagent_storage::open(&cfg.raw.store.url, &cfg.store_options()).await?;
     crate::store::claim_store(store.as_ref(), &server).await?;

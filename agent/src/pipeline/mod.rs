@@ -64,11 +64,7 @@ pub struct Connected {
 /// Errors: the connection's (explained, naming the fix); the store's; a store that holds
 /// another cluster ([`crate::exit::Refused`]).
 pub async fn connect(cfg: &Config) -> anyhow::Result<Connected> {
-    let mut conn = ConnConfig::parse(&cfg.raw.postgres.conninfo)
-        .map_err(|e| anyhow::anyhow!("postgres.conninfo: {e}"))?;
-    // The name `synchronous_standby_names` and pg_stat_replication know the agent by.
-    conn.application_name
-        .get_or_insert_with(|| "pgagent".to_string());
+    let conn = crate::server::conn_config(cfg, "pgagent")?;
     let (client, server) = crate::server::connect(&conn).await?;
     tracing::info!(
         system_identifier = server.system_id,

@@ -11,7 +11,7 @@
 use std::time::SystemTime;
 
 use anyhow::Context;
-use pgagent_protocol::{ConnConfig, SqlSession};
+use pgagent_protocol::SqlSession;
 use pgagent_storage::layout::snapshot_key;
 use pgagent_storage::snapshot::{SnapshotRecord, SNAPSHOT_FORMAT_VERSION};
 use pgagent_storage::ObjectStore;
@@ -43,10 +43,7 @@ pub async fn take_snapshot(cfg: &Config) -> anyhow::Result<SnapshotRecord> {
         )
         .into());
     }
-    let mut conn = ConnConfig::parse(&cfg.raw.postgres.conninfo)
-        .map_err(|e| anyhow::anyhow!("postgres.conninfo: {e}"))?;
-    conn.application_name
-        .get_or_insert_with(|| "pgagent snapshot".to_string());
+    let conn = server::conn_config(cfg, "pgagent snapshot")?;
     let (client, server) = server::connect(&conn).await?;
     let _ = client.close().await;
     let store = pgagent_storage::open(&cfg.raw.store.url, &cfg.store_options()).await?;
