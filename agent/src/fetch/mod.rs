@@ -52,7 +52,7 @@ use crate::retry::{GaveUp, Policy};
 pub const LOG_FILTER: &str = "warn,pgagent::fetch=info";
 
 /// Why a fetch did not deliver; each variant has its own exit status
-/// ([`crate::exit::code_for`]).
+/// (decided with the other exit codes, in `exit.rs`).
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     /// The file is confirmed absent from the store (exit 1). Normal: PostgreSQL probes for
