@@ -113,8 +113,9 @@ impl StagingWriter {
         })
     }
 
-    /// The directory holding staged segments.
-    pub fn wal_dir(&self) -> &Path {
+    /// The directory holding staged segments (for the tests).
+    #[cfg(test)]
+    fn wal_dir(&self) -> &Path {
         &self.wal_dir
     }
 
