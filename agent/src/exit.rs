@@ -1,6 +1,7 @@
 //! Exit codes, decided in one place (DESIGN.md, "Exit codes").
 
 use crate::config::ConfigError;
+use crate::fetch::FetchError;
 
 /// Refused for safety (exit 3): a foreign cluster in the store prefix, a non-empty PGDATA…
 #[derive(Debug, thiserror::Error)]
@@ -35,8 +36,8 @@ pub fn unless_panic(on_panic: u8, f: impl FnOnce() -> u8) -> u8 {
 /// The exit code for an error that ended a command.
 pub fn code_for(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
-        if let Some(e) = cause.downcast_ref::<crate::fetch::FetchError>() {
-            return e.exit_code();
+        if let Some(e) = cause.downcast_ref::<FetchError>() {
+            return fetch_code(e);
         }
         if cause.is::<Refused>() {
             return REFUSED;
@@ -51,6 +52,16 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
         }
     }
     FAILURE
+}
+
+/// The exit status of a `pgagent fetch` failure: 1 (confirmed not found), 2 (not a WAL file
+/// name) or 255 (recovery must stop).
+fn fetch_code(e: &FetchError) -> u8 {
+    match e {
+        FetchError::NotFound { .. } => FAILURE,
+        FetchError::InvalidName(_) => USAGE,
+        FetchError::Abort(_) => FETCH_ABORT,
+    }
 }
 
 #[cfg(test)]

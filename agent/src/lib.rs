@@ -3,13 +3,33 @@
 //! It streams WAL over a physical replication connection into local staging and a bucket
 //! (zstd-compressed, blake3-verified), so that a machine with nothing but the bucket can come
 //! back to any point in time. See DESIGN.md for the contracts; `main.rs` only calls
-//! [`main_entry`].
+//! [`main_entry`], which parses the command line ([`cli`]) and runs one command.
+//!
+//! Dependencies point down only:
+//!
+//! ```text
+//! main_entry ─► commands/   one module per command: backup, restore, prune, verify, …
+//!           ├─► daemon/     `pgagent run`: metrics server, fetch server, schedules,
+//!           │               status publisher and the pipeline, on one shutdown token
+//!           └─► fetch/      `pgagent fetch`, PostgreSQL's restore_command
+//!                  │
+//!   pipeline/ (streaming WAL only)  fetch/  backup/ (base backups)  zfs/ (snapshots)
+//!                  │
+//!   server (connect, explain, ServerInfo)  store/ (claim, catalogs)  staging  tracker
+//!   retry (backoff policy)  retrying_store  schedule (cron)  metrics  statusfile  alerts
+//!                  │
+//!   config/  (raw, then validated)          exit (exit codes)  logging  progress
+//! ```
+//!
+//! So "what does `pgagent run` start?" is [`daemon::run`]; "how do we connect?" is
+//! [`server::connect`] and [`store::claim_store`]; "how do we retry?" is [`retry`].
 
 pub mod alerts;
 pub mod backup;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod daemon;
 pub mod exit;
 pub mod fetch;
 pub mod logging;
@@ -18,8 +38,11 @@ pub mod pipeline;
 pub mod progress;
 pub mod retry;
 pub mod retrying_store;
+pub mod schedule;
+pub mod server;
 pub mod staging;
 pub mod statusfile;
+pub mod store;
 pub mod tracker;
 pub mod zfs;
 
@@ -92,7 +115,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Run => {
                 let shutdown = CancellationToken::new();
                 tokio::spawn(watch_signals(shutdown.clone()));
-                pipeline::run(cfg, shutdown).await
+                daemon::run(cfg, shutdown).await
             }
             Command::Fetch { .. } | Command::FetchServer => {
                 unreachable!("handled before the runtime starts")

@@ -16,11 +16,6 @@ pub enum LogFormat {
 /// Filter used when `PGAGENT_LOG` is unset.
 pub const DEFAULT_FILTER: &str = "info";
 
-/// Installs the global subscriber, writing to stderr.
-pub fn init(format: LogFormat) {
-    init_with_default(format, DEFAULT_FILTER);
-}
-
 /// Installs the global subscriber, writing to stderr, with `default_filter` (an `EnvFilter`
 /// directive) when `PGAGENT_LOG` is unset.
 pub fn init_with_default(format: LogFormat, default_filter: &str) {

@@ -35,13 +35,6 @@ pub struct StagedSegment {
     pub path: PathBuf,
 }
 
-impl StagedSegment {
-    /// The segment's file name (`XLogFileName`).
-    pub fn file_name(&self, seg: WalSegmentSize) -> String {
-        segment_file_name(self.tli, self.segno, seg)
-    }
-}
-
 /// The segment being filled.
 #[derive(Debug)]
 struct OpenSegment {
@@ -120,8 +113,9 @@ impl StagingWriter {
         })
     }
 
-    /// The directory holding staged segments.
-    pub fn wal_dir(&self) -> &Path {
+    /// The directory holding staged segments (for the tests).
+    #[cfg(test)]
+    fn wal_dir(&self) -> &Path {
         &self.wal_dir
     }
 
@@ -337,6 +331,31 @@ pub fn staging_bytes(staging_dir: &Path) -> u64 {
         .filter_map(|e| e.ok()?.metadata().ok())
         .map(|m| m.len())
         .sum()
+}
+
+/// Checks that the staging directory exists (creating it) and takes a durable write.
+pub fn check_staging(dir: &Path) -> anyhow::Result<()> {
+    let fix = |what: &str, e: std::io::Error| {
+        anyhow::anyhow!(
+            "staging directory {}: cannot {what}: {e}; fix: create it and make it writable by this user (uid {})",
+            dir.display(),
+            current_uid()
+        )
+    };
+    std::fs::create_dir_all(dir.join("wal")).map_err(|e| fix("create", e))?;
+    let probe = dir.join(".pgagent-write-probe");
+    std::fs::write(&probe, b"probe")
+        .and_then(|()| std::fs::File::open(&probe)?.sync_all())
+        .map_err(|e| fix("write", e))?;
+    std::fs::remove_file(&probe).map_err(|e| fix("remove files in", e))?;
+    Ok(())
+}
+
+fn current_uid() -> u32 {
+    // The owner of /proc/self is the process's effective uid.
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]

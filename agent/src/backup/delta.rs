@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use pgagent_storage::manifest::BackupManifest;
 
-use super::materialize::Places;
+use super::places::Places;
 
 /// Removes what `manifest` does not hold from the data directory, and from the version
 /// directory the backup owns in each tablespace directory; returns how many entries were

@@ -40,7 +40,7 @@ use pgagent_storage::layout::{prune_marker_key, PRUNE_PREFIX};
 use pgagent_storage::{ObjectStore, StoreError};
 use tokio::time::Instant;
 
-use super::catalog;
+use crate::store::catalog;
 
 /// A `running` manifest older than this (by its `started_at`) is taken for a backup that
 /// died: prune drops it, and keeps no chunk for it.

@@ -13,8 +13,8 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -24,7 +24,10 @@ use pgagent_storage::layout::chunk_key;
 use pgagent_storage::manifest::{BackupManifest, EntryKind, FileEntry};
 use pgagent_storage::{envelope, ObjectStore};
 
+use super::places::{make_dir, Places};
 use crate::progress::Progress;
+
+pub use super::places::{Mode, TablespaceDir};
 
 /// Chunks of one file downloaded ahead of the one being written.
 const CHUNKS_AHEAD: usize = 4;
@@ -41,21 +44,6 @@ pub struct Written {
     /// Entries removed because the backup does not hold them (delta mode).
     pub removed: u64,
 }
-
-/// How to treat what is already in the data directory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// The directory is empty: create everything.
-    Fresh,
-    /// Keep files whose chunks already match, rewrite the others, remove what the backup
-    /// does not hold: anything in the data directory, and in a tablespace directory only
-    /// what is inside the backup's `PG_<major>_<catalog>` directory
-    /// (`pgagent restore --delta`).
-    Delta,
-}
-
-/// Where the files of tablespace `oid` go; by default its original location.
-pub type TablespaceDir = dyn Fn(u32, &str) -> PathBuf + Send + Sync;
 
 /// Writes every entry of `manifest` (and PostgreSQL's `backup_manifest`) into `pgdata`,
 /// which must exist; `concurrency` files are assembled at a time.
@@ -134,90 +122,6 @@ pub async fn materialize(
             .with_context(|| format!("create symlink {}", link.display()))?;
     }
     Ok(written)
-}
-
-/// Maps manifest paths to places on disk.
-pub(super) struct Places<'a> {
-    /// The data directory.
-    pub(super) pgdata: &'a Path,
-    /// Each tablespace's OID and the directory its files go to.
-    pub(super) tablespaces: Vec<(u32, PathBuf)>,
-}
-
-impl<'a> Places<'a> {
-    /// The places of `manifest`'s tablespaces (see [`TablespaceDir`]), each made if missing.
-    ///
-    /// Errors: a tablespace directory that is relative, inside the data directory, or (with
-    /// [`Mode::Fresh`]) not empty.
-    pub(super) fn new(
-        manifest: &BackupManifest,
-        pgdata: &'a Path,
-        tablespace_dir: &TablespaceDir,
-        mode: Mode,
-    ) -> anyhow::Result<Self> {
-        let mut tablespaces = Vec::new();
-        for t in &manifest.tablespaces {
-            let dir = tablespace_dir(t.oid, &t.location);
-            if !dir.is_absolute() {
-                bail!(
-                    "tablespace {}: {} is not an absolute path",
-                    t.oid,
-                    dir.display()
-                );
-            }
-            if dir.starts_with(pgdata) && !dir.starts_with(pgdata.join("pg_tblspc")) {
-                bail!(
-                    "tablespace {}: {} is inside the data directory",
-                    t.oid,
-                    dir.display()
-                );
-            }
-            match fs::read_dir(&dir).map(|mut d| d.next().is_none()) {
-                Ok(false) if mode == Mode::Fresh => bail!(
-                    "tablespace {}: {} is not empty; restore it elsewhere or empty it",
-                    t.oid,
-                    dir.display()
-                ),
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => make_dir(&dir, 0o700)?,
-                Err(e) => return Err(e).with_context(|| format!("read {}", dir.display())),
-            }
-            tablespaces.push((t.oid, dir));
-        }
-        Ok(Places {
-            pgdata,
-            tablespaces,
-        })
-    }
-
-    fn tablespace(&self, oid: u32) -> Option<&Path> {
-        self.tablespaces
-            .iter()
-            .find(|(o, _)| *o == oid)
-            .map(|(_, d)| d.as_path())
-    }
-
-    /// Where a (checked) manifest path goes.
-    pub(super) fn resolve(&self, path: &str) -> PathBuf {
-        if let Some(rest) = path.strip_prefix("pg_tblspc/") {
-            if let Some((oid, inner)) = rest.split_once('/') {
-                if let Some(dir) = oid.parse().ok().and_then(|o| self.tablespace(o)) {
-                    return dir.join(inner);
-                }
-            }
-        }
-        self.pgdata.join(path)
-    }
-}
-
-fn make_dir(path: &Path, mode: u32) -> anyhow::Result<()> {
-    match fs::DirBuilder::new().mode(mode & 0o7777).create(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => {}
-        Err(e) => return Err(e).with_context(|| format!("create directory {}", path.display())),
-    }
-    fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o7777))
-        .with_context(|| format!("chmod {}", path.display()))
 }
 
 /// Whether `target` is a regular file (not a symlink) whose chunks hash as `entry` says;
@@ -333,6 +237,7 @@ mod tests {
     use crate::backup::chunks::{upload_chunks, ChunkStats, StoreSink};
     use pgagent_storage::manifest::{BackupStats, BackupStatus, MANIFEST_FORMAT_VERSION};
     use std::collections::HashSet;
+    use std::path::PathBuf;
     use std::sync::Mutex;
 
     async fn fs_store(dir: &Path) -> Arc<dyn ObjectStore> {

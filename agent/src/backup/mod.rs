@@ -2,10 +2,9 @@
 //! its tar archives cut into content-addressed chunks, and a manifest per backup.
 
 pub mod archive;
-pub mod catalog;
 pub mod chunks;
 mod delta;
 pub mod guard;
 pub mod materialize;
-pub mod schedule;
+mod places;
 pub mod take;

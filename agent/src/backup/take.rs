@@ -13,6 +13,7 @@
 //!    from the start to the stop LSN is in the store — as `complete`. A backup running longer
 //!    than [`BACKUP_LIMIT`] gives up: prune takes a manifest that old for a dead backup's.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -20,8 +21,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
-use pgagent_protocol::basebackup::{BaseBackupEvent, BaseBackupOptions};
-use pgagent_protocol::{segment_file_name, ConnConfig, Lsn, SegNo, TimelineId, WalSegmentSize};
+use pgagent_protocol::basebackup::{BaseBackupEvent, BaseBackupOptions, BaseBackupStream};
+use pgagent_protocol::{
+    segment_file_name, ConnConfig, Lsn, ReplicationClient, SegNo, TimelineId, WalSegmentSize,
+};
 use pgagent_storage::layout::wal_key;
 use pgagent_storage::manifest::{
     BackupManifest, BackupStats, BackupStatus, EntryKind, FileEntry, TablespaceEntry,
@@ -32,11 +35,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::archive::{walk_archive, ArchiveError, ChannelReader, ChunkSink, Walked};
-use super::catalog;
 use super::chunks::{known_chunks, upload_chunks, ChunkStats, StoreSink};
 use super::guard::{self, BACKUP_LIMIT};
 use crate::config::Config;
-use crate::pipeline::startup;
+use crate::server::{self, ServerInfo};
+use crate::store::catalog;
 
 /// How a backup is taken.
 #[derive(Debug, Clone)]
@@ -53,13 +56,7 @@ pub struct BackupRequest {
 /// Errors: connection, store or archive errors; another backup running on this machine;
 /// [`crate::exit::Refused`] when the store holds another cluster.
 pub async fn take_backup(cfg: &Config, req: &BackupRequest) -> anyhow::Result<BackupManifest> {
-    let mut conn = ConnConfig::parse(&cfg.raw.postgres.conninfo)
-        .map_err(|e| anyhow::anyhow!("postgres.conninfo: {e}"))?;
-    conn.application_name
-        .get_or_insert_with(|| "pgagent backup".to_string());
-    let (client, server) = startup::connect(&conn).await?;
-    let store = pgagent_storage::open(&cfg.raw.store.url, &cfg.store_options()).await?;
-    startup::claim_store(store.as_ref(), &server).await?;
+    let (conn, client, server, store) = connect(cfg).await?;
     let _lock = BackupLock::take(cfg.staging_dir())?;
 
     let started = SystemTime::now();
@@ -74,8 +71,111 @@ pub async fn take_backup(cfg: &Config, req: &BackupRequest) -> anyhow::Result<Ba
     let mut stream = client
         .base_backup(&opts)
         .await
-        .map_err(|e| anyhow::anyhow!(startup::explain(&conn, &e)))?;
+        .map_err(|e| anyhow::anyhow!(server::explain(&conn, &e)))?;
+    let total: u64 = stream
+        .tablespaces()
+        .iter()
+        .filter_map(|t| t.size_kib)
+        .sum::<u64>()
+        * 1024;
+    let progress = crate::progress::Progress::new(&format!("backup {id}"), total);
+    let announced = announce(
+        store.as_ref(),
+        &server,
+        &stream,
+        &id,
+        &opts.label,
+        started,
+        chunk_size,
+    )
+    .await?;
+    let known = known_after_prunes(store.as_ref()).await?;
+    tracing::info!(id, known_chunks = known.len(), "base backup starting");
+
+    let stored = store_files(
+        &mut stream,
+        &conn,
+        &store,
+        cfg,
+        known,
+        chunk_size,
+        &progress,
+    )
+    .await
+    .map_err(|e| e.context(format!("base backup {id}")))?;
     let (start_lsn, start_tli) = (stream.start_lsn(), stream.start_timeline());
+    let (stop_lsn, stop_tli) = stream
+        .end()
+        .ok_or_else(|| anyhow::anyhow!("the server sent no end position"))?;
+    let stored = stored.finish(chunk_size).await?;
+    let mut manifest = files_manifest(announced, stored, (stop_lsn, stop_tli));
+    manifest.check().context("the backup's own manifest")?;
+    within_limit(&id, begun)?;
+    catalog::put_manifest(store.as_ref(), &manifest).await?;
+    tracing::info!(
+        id,
+        start = %start_lsn,
+        stop = %stop_lsn,
+        files = manifest.stats.files,
+        bytes = manifest.stats.raw_bytes,
+        new_chunks = manifest.stats.new_chunks,
+        stored = manifest.stats.new_stored_bytes,
+        "files stored; waiting for the WAL up to the stop LSN"
+    );
+    let left = BACKUP_LIMIT.saturating_sub(begun.elapsed());
+    let wal_wait = Some(req.wal_wait.map_or(left, |w| w.min(left)));
+    if wait_for_wal(
+        store.as_ref(),
+        (start_lsn, start_tli),
+        (stop_lsn, stop_tli),
+        server.seg,
+        wal_wait,
+    )
+    .await?
+    {
+        within_limit(&id, begun)?;
+        manifest.status = BackupStatus::Complete;
+        catalog::put_manifest(store.as_ref(), &manifest).await?;
+        tracing::info!(id, "base backup complete");
+    } else {
+        tracing::warn!(
+            id,
+            "the WAL up to {stop_lsn} is not in the store yet: the backup stays 'running' \
+             (is pgagent run streaming this server?)"
+        );
+    }
+    Ok(manifest)
+}
+
+/// Step 1: connects (application name `pgagent backup` unless set), opens the store and
+/// claims it for the server's cluster.
+async fn connect(
+    cfg: &Config,
+) -> anyhow::Result<(
+    ConnConfig,
+    ReplicationClient,
+    ServerInfo,
+    Arc<dyn ObjectStore>,
+)> {
+    let conn = server::conn_config(cfg, "pgagent backup")?;
+    let (client, server) = server::connect(&conn).await?;
+    let store = pgagent_storage::open(&cfg.raw.store.url, &cfg.store_options()).await?;
+    crate::store::claim_store(store.as_ref(), &server).await?;
+    Ok((conn, client, server, store))
+}
+
+/// Step 2: once `BASE_BACKUP` has started, writes the `running` manifest that announces the
+/// backup (before the chunks it will not upload again are listed: [`super::guard`]) and
+/// returns it.
+async fn announce(
+    store: &dyn ObjectStore,
+    server: &ServerInfo,
+    stream: &BaseBackupStream,
+    id: &str,
+    label: &str,
+    started: SystemTime,
+    chunk_size: u64,
+) -> anyhow::Result<BackupManifest> {
     let tablespaces: Vec<TablespaceEntry> = stream
         .tablespaces()
         .iter()
@@ -86,24 +186,15 @@ pub async fn take_backup(cfg: &Config, req: &BackupRequest) -> anyhow::Result<Ba
             })
         })
         .collect();
-
-    let total: u64 = stream
-        .tablespaces()
-        .iter()
-        .filter_map(|t| t.size_kib)
-        .sum::<u64>()
-        * 1024;
-    let progress = crate::progress::Progress::new(&format!("backup {id}"), total);
-    // Announce the backup before listing the chunks it will not upload again (guard).
     let announced = BackupManifest {
         format_version: MANIFEST_FORMAT_VERSION,
-        id: id.clone(),
+        id: id.to_string(),
         status: BackupStatus::Running,
         system_identifier: server.system_id.to_string(),
         pg_version_num: server.version_num,
-        label: opts.label.clone(),
-        start_lsn: start_lsn.to_string(),
-        start_timeline: start_tli.0,
+        label: label.to_string(),
+        start_lsn: stream.start_lsn().to_string(),
+        start_timeline: stream.start_timeline().0,
         stop_lsn: None,
         stop_timeline: None,
         started_at: rfc3339(started),
@@ -112,17 +203,45 @@ pub async fn take_backup(cfg: &Config, req: &BackupRequest) -> anyhow::Result<Ba
         backup_label: String::new(),
         tablespace_map: None,
         pg_manifest: None,
-        tablespaces: tablespaces.clone(),
+        tablespaces,
         files: Vec::new(),
         stats: BackupStats::default(),
     };
-    catalog::put_manifest(store.as_ref(), &announced).await?;
-    guard::wait_for_prunes(store.as_ref(), guard::PRUNE_LEASE + guard::DELETE_SETTLE).await?;
-    let known = known_chunks(store.as_ref())
-        .await
-        .map_err(|e| anyhow::anyhow!("list chunks: {e}"))?;
-    tracing::info!(id, known_chunks = known.len(), "base backup starting");
+    catalog::put_manifest(store, &announced).await?;
+    Ok(announced)
+}
 
+/// Step 3: waits for any prune that may not have seen the announced backup, then lists the
+/// chunks already in the store.
+async fn known_after_prunes(store: &dyn ObjectStore) -> anyhow::Result<HashSet<String>> {
+    guard::wait_for_prunes(store, guard::PRUNE_LEASE + guard::DELETE_SETTLE).await?;
+    known_chunks(store)
+        .await
+        .map_err(|e| anyhow::anyhow!("list chunks: {e}"))
+}
+
+/// What step 4 stored: the walked archives, PostgreSQL's `backup_manifest` (not yet cut
+/// into chunks), and the chunk uploader still running.
+struct Stored {
+    walked: Walked,
+    pg_manifest: Vec<u8>,
+    sink: Option<StoreSink>,
+    uploader: JoinHandle<anyhow::Result<()>>,
+    stats: Arc<Mutex<ChunkStats>>,
+}
+
+/// Step 4: walks each archive of the stream on a blocking thread while it is read, its
+/// chunks deduplicated against `known` and uploaded in parallel. On an error the uploader
+/// is waited for before it is returned.
+async fn store_files(
+    stream: &mut BaseBackupStream,
+    conn: &ConnConfig,
+    store: &Arc<dyn ObjectStore>,
+    cfg: &Config,
+    known: HashSet<String>,
+    chunk_size: u64,
+    progress: &crate::progress::Progress,
+) -> anyhow::Result<Stored> {
     let stats = Arc::new(Mutex::new(ChunkStats::default()));
     let concurrency = cfg.raw.store.upload_concurrency;
     let (chunk_tx, chunk_rx) = mpsc::channel(concurrency * 2);
@@ -141,7 +260,7 @@ pub async fn take_backup(cfg: &Config, req: &BackupRequest) -> anyhow::Result<Ba
         while let Some(event) = stream
             .next()
             .await
-            .map_err(|e| anyhow::anyhow!(startup::explain(&conn, &e)))?
+            .map_err(|e| anyhow::anyhow!(server::explain(conn, &e)))?
         {
             match event {
                 BaseBackupEvent::Archive { name, tablespace } => {
@@ -182,44 +301,79 @@ pub async fn take_backup(cfg: &Config, req: &BackupRequest) -> anyhow::Result<Ba
         drop(sink);
         drop(walker);
         let _ = uploader.await;
-        return Err(e.context(format!("base backup {id}")));
+        return Err(e);
     }
-    let (stop_lsn, stop_tli) = stream
-        .end()
-        .ok_or_else(|| anyhow::anyhow!("the server sent no end position"))?;
-    let pg_manifest_entry = if pg_manifest.is_empty() {
-        None
-    } else {
-        let mtime = unix_seconds(SystemTime::now());
-        let size = pg_manifest.len() as u64;
-        let mut sink = sink.take().context("no chunk sink")?;
-        let (entry, back) = tokio::task::spawn_blocking(move || {
-            let chunks: anyhow::Result<Vec<String>> = pg_manifest
-                .chunks(chunk_size as usize)
-                .map(|c| sink.put(c.to_vec()))
-                .collect();
-            (chunks, sink)
-        })
-        .await?;
-        drop(back);
-        Some(FileEntry {
-            path: "backup_manifest".into(),
-            kind: EntryKind::File,
-            mode: 0o600,
-            size,
-            mtime,
-            chunks: entry?,
-            target: None,
-        })
-    };
-    drop(sink);
-    uploader.await??;
+    Ok(Stored {
+        walked,
+        pg_manifest,
+        sink,
+        uploader,
+        stats,
+    })
+}
 
-    let (chunks, new_chunks, new_stored_bytes) = {
-        let s = stats.lock().unwrap_or_else(|e| e.into_inner());
-        (s.chunks, s.new_chunks, s.new_stored_bytes)
-    };
-    let files: Vec<&FileEntry> = walked
+/// What the files of a backup came to.
+struct Files {
+    walked: Walked,
+    pg_manifest: Option<FileEntry>,
+    /// Chunks referenced, chunks uploaded, bytes uploaded.
+    chunks: (u64, u64, u64),
+}
+
+impl Stored {
+    /// Step 5: cuts PostgreSQL's `backup_manifest` into chunks as one more file, and waits
+    /// for the uploader to store every chunk.
+    async fn finish(mut self, chunk_size: u64) -> anyhow::Result<Files> {
+        let pg_manifest = std::mem::take(&mut self.pg_manifest);
+        let pg_manifest_entry = if pg_manifest.is_empty() {
+            None
+        } else {
+            let mtime = unix_seconds(SystemTime::now());
+            let size = pg_manifest.len() as u64;
+            let mut sink = self.sink.take().context("no chunk sink")?;
+            let (entry, back) = tokio::task::spawn_blocking(move || {
+                let chunks: anyhow::Result<Vec<String>> = pg_manifest
+                    .chunks(chunk_size as usize)
+                    .map(|c| sink.put(c.to_vec()))
+                    .collect();
+                (chunks, sink)
+            })
+            .await?;
+            drop(back);
+            Some(FileEntry {
+                path: "backup_manifest".into(),
+                kind: EntryKind::File,
+                mode: 0o600,
+                size,
+                mtime,
+                chunks: entry?,
+                target: None,
+            })
+        };
+        drop(self.sink);
+        self.uploader.await??;
+        let chunks = {
+            let s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+            (s.chunks, s.new_chunks, s.new_stored_bytes)
+        };
+        Ok(Files {
+            walked: self.walked,
+            pg_manifest: pg_manifest_entry,
+            chunks,
+        })
+    }
+}
+
+/// Step 6: the announced manifest with the stop position, the files and their counts
+/// (still `running`).
+fn files_manifest(
+    announced: BackupManifest,
+    mut files: Files,
+    (stop_lsn, stop_tli): (Lsn, TimelineId),
+) -> BackupManifest {
+    let (chunks, new_chunks, new_stored_bytes) = files.chunks;
+    let regular: Vec<&FileEntry> = files
+        .walked
         .entries
         .iter()
         .filter(|e| e.kind == EntryKind::File)
@@ -230,53 +384,18 @@ pub async fn take_backup(cfg: &Config, req: &BackupRequest) -> anyhow::Result<Ba
     // To the microsecond: a recovery target time is compared with it (a backup that ended
     // after the target cannot reach it).
     manifest.finished_at = Some(humantime::format_rfc3339_micros(SystemTime::now()).to_string());
-    manifest.backup_label = walked.backup_label.clone().unwrap_or_default();
-    manifest.tablespace_map = walked.tablespace_map.clone();
-    manifest.pg_manifest = pg_manifest_entry;
+    manifest.backup_label = files.walked.backup_label.clone().unwrap_or_default();
+    manifest.tablespace_map = files.walked.tablespace_map.clone();
+    manifest.pg_manifest = files.pg_manifest;
     manifest.stats = BackupStats {
-        files: files.len() as u64,
-        raw_bytes: files.iter().map(|f| f.size).sum(),
+        files: regular.len() as u64,
+        raw_bytes: regular.iter().map(|f| f.size).sum(),
         chunks,
         new_chunks,
         new_stored_bytes,
     };
-    manifest.files = std::mem::take(&mut walked.entries);
-    manifest.check().context("the backup's own manifest")?;
-    within_limit(&id, begun)?;
-    catalog::put_manifest(store.as_ref(), &manifest).await?;
-    tracing::info!(
-        id,
-        start = %start_lsn,
-        stop = %stop_lsn,
-        files = manifest.stats.files,
-        bytes = manifest.stats.raw_bytes,
-        new_chunks = manifest.stats.new_chunks,
-        stored = manifest.stats.new_stored_bytes,
-        "files stored; waiting for the WAL up to the stop LSN"
-    );
-    let left = BACKUP_LIMIT.saturating_sub(begun.elapsed());
-    let wal_wait = Some(req.wal_wait.map_or(left, |w| w.min(left)));
-    if wait_for_wal(
-        store.as_ref(),
-        (start_lsn, start_tli),
-        (stop_lsn, stop_tli),
-        server.seg,
-        wal_wait,
-    )
-    .await?
-    {
-        within_limit(&id, begun)?;
-        manifest.status = BackupStatus::Complete;
-        catalog::put_manifest(store.as_ref(), &manifest).await?;
-        tracing::info!(id, "base backup complete");
-    } else {
-        tracing::warn!(
-            id,
-            "the WAL up to {stop_lsn} is not in the store yet: the backup stays 'running' \
-             (is pgagent run streaming this server?)"
-        );
-    }
-    Ok(manifest)
+    manifest.files = std::mem::take(&mut files.walked.entries);
+    manifest
 }
 
 /// Fails once the backup has run for [`BACKUP_LIMIT`]: past [`guard::RUNNING_GRACE`], prune

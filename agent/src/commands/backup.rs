@@ -3,9 +3,9 @@
 use pgagent_storage::manifest::{BackupManifest, BackupStatus};
 use serde::Serialize;
 
-use crate::backup::catalog;
 use crate::backup::take::{take_backup, BackupRequest};
 use crate::config::Config;
+use crate::store::catalog;
 
 /// Takes a base backup now. Without `wait`, gives the WAL up to the stop LSN
 /// `backup.wal_timeout` to reach the store; with it, waits as long as it takes.

@@ -15,7 +15,7 @@ use pgagent_storage::cluster::read_cluster;
 use pgagent_storage::ObjectStore;
 
 use crate::config::Config;
-use crate::pipeline::startup;
+use crate::server;
 use crate::zfs::staging::{findings, staging_place, StagingPlace};
 use crate::zfs::Zfs;
 
@@ -98,7 +98,7 @@ async fn postgres_checks(cfg: &Config, r: &mut Report) -> Option<PathBuf> {
             return None;
         }
     };
-    let (mut client, server) = match startup::connect(&conn).await {
+    let (mut client, server) = match server::connect(&conn).await {
         Ok(x) => x,
         Err(e) => {
             r.add(Level::Fail, "postgres", format!("{e:#}"));
@@ -164,7 +164,7 @@ async fn postgres_checks(cfg: &Config, r: &mut Report) -> Option<PathBuf> {
                 "sql session",
                 format!(
                     "{}; snapshots need one (pg_backup_start)",
-                    startup::explain(&conn, &e)
+                    server::explain(&conn, &e)
                 ),
             );
             return None;
@@ -304,7 +304,7 @@ async fn bucket_rights(store: &dyn ObjectStore, r: &mut Report) {
 
 fn staging_checks(cfg: &Config, r: &mut Report) {
     let dir = cfg.staging_dir();
-    match startup::check_staging(dir) {
+    match crate::staging::check_staging(dir) {
         Ok(()) => r.add(
             Level::Ok,
             "staging",

@@ -110,7 +110,7 @@ pub async fn run(cfg: &Config, what: ListWhat, json: bool) -> anyhow::Result<()>
         ListWhat::Snapshots => return crate::commands::snapshot::list(cfg, json).await,
         ListWhat::Wal | ListWhat::Timelines => {}
     }
-    let (store, cluster, seg) = super::open_cluster_store(cfg).await?;
+    let (store, cluster, seg) = crate::store::open_cluster(cfg).await?;
     let objects = store.list(WAL_PREFIX).await?;
     let wal = summarize(&objects, seg);
     if json {

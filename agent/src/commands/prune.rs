@@ -29,10 +29,10 @@ use pgagent_storage::manifest::{BackupManifest, BackupStatus};
 use pgagent_storage::snapshot::SnapshotRecord;
 use pgagent_storage::{ObjectMeta, ObjectStore};
 
-use crate::backup::catalog;
 use crate::backup::guard::PruneMarker;
 pub use crate::backup::guard::RUNNING_GRACE;
 use crate::config::Config;
+use crate::store::catalog;
 
 /// What retention keeps and drops.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -174,9 +174,9 @@ async fn manifests(store: &dyn ObjectStore) -> anyhow::Result<Vec<BackupManifest
 /// Errors: the store cannot be read, or a delete fails (what was deleted before stays
 /// deleted; a rerun finishes the job).
 pub async fn run(cfg: &Config, dry_run: bool) -> anyhow::Result<()> {
-    let (store, _cluster, seg) = super::open_cluster_store(cfg).await?;
+    let (store, _cluster, seg) = crate::store::open_cluster(cfg).await?;
     let manifests_before = manifests(store.as_ref()).await?;
-    let records = super::snapshot::all_store_records(store.as_ref()).await?;
+    let records = crate::store::snapshots::all_store_records(store.as_ref()).await?;
     let b = &cfg.raw.backup;
     let p = plan(
         &manifests_before,

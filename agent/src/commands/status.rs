@@ -4,53 +4,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::Config;
 use crate::statusfile::{self, DaemonStatus};
+use crate::store::last_points;
 
 /// Seconds after which a published status counts as stale (the daemon writes every second).
 pub const STALE_AFTER_SECS: u64 = 10;
-
-/// The newest complete base backup and the newest snapshot record in the store, each as
-/// (id, end time RFC 3339).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct LastPoints {
-    /// The newest complete base backup.
-    pub last_backup: Option<(String, String)>,
-    /// The newest ZFS snapshot recorded in the store.
-    pub last_snapshot: Option<(String, String)>,
-}
-
-/// Reads [`LastPoints`] from `store` (newest first: one manifest or record read each, plus
-/// the listings).
-///
-/// Errors: the store's.
-pub async fn last_points(store: &dyn pgagent_storage::ObjectStore) -> anyhow::Result<LastPoints> {
-    let mut points = LastPoints::default();
-    for id in crate::backup::catalog::backup_ids(store)
-        .await?
-        .iter()
-        .rev()
-    {
-        if let Some(m) = crate::backup::catalog::get_manifest(store, id).await? {
-            if m.status == pgagent_storage::manifest::BackupStatus::Complete {
-                points.last_backup =
-                    Some((m.id.clone(), m.finished_at.clone().unwrap_or_default()));
-                break;
-            }
-        }
-    }
-    points.last_snapshot = crate::commands::snapshot::store_records(store)
-        .await?
-        .pop()
-        .map(|r| (r.id, r.finished_at));
-    Ok(points)
-}
-
-/// Unix seconds of an RFC 3339 time.
-pub fn unix_seconds(rfc3339: &str) -> Option<f64> {
-    humantime::parse_rfc3339(rfc3339)
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map(|d| d.as_secs_f64())
-}
 
 /// Prints the daemon's status (and, from the store, the last backup and snapshot); fails
 /// when there is no status.

@@ -22,15 +22,15 @@ use pgagent_storage::layout::{chunk_key, WAL_PREFIX};
 use pgagent_storage::manifest::{BackupManifest, BackupStatus};
 use pgagent_storage::{envelope, ObjectStore};
 
-use crate::backup::catalog;
 use crate::config::Config;
 use crate::fetch::plan::TimelinePlan;
+use crate::store::catalog;
 
 /// Runs the checks and prints the report.
 ///
 /// Errors: a problem was found (after the report), or the store cannot be read.
 pub async fn run(cfg: &Config, backup: Option<&str>, wal: bool) -> anyhow::Result<()> {
-    let (store, _cluster, seg) = super::open_cluster_store(cfg).await?;
+    let (store, _cluster, seg) = crate::store::open_cluster(cfg).await?;
     let ids = match backup {
         Some(id) => vec![id.to_string()],
         None => catalog::backup_ids(store.as_ref()).await?,

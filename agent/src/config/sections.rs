@@ -244,17 +244,6 @@ impl Default for ZfsSection {
     }
 }
 
-impl ZfsSection {
-    /// The retention policy.
-    pub fn retention(&self) -> crate::zfs::retention::Policy {
-        crate::zfs::retention::Policy {
-            hourly: self.keep_hourly,
-            daily: self.keep_daily,
-            weekly: self.keep_weekly,
-        }
-    }
-}
-
 /// `[metrics]`: the HTTP endpoint.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -37,7 +37,8 @@ impl RawConfig {
         if self.wal.compress_threads == 0 {
             return bad("wal.compress_threads must be at least 1".into());
         }
-        crate::backup::schedule::parse("backup.schedule", &self.backup.schedule)?;
+        crate::schedule::parse("backup.schedule", &self.backup.schedule)
+            .map_err(|e| ConfigError(e.0))?;
         for d in &self.zfs.datasets {
             validate_dataset("zfs.datasets", d)?;
         }
@@ -49,7 +50,8 @@ impl RawConfig {
                 "zfs.create_staging needs zfs.staging_dataset (the dataset to create)".into(),
             );
         }
-        if crate::backup::schedule::parse("zfs.snapshot_schedule", &self.zfs.snapshot_schedule)?
+        if crate::schedule::parse("zfs.snapshot_schedule", &self.zfs.snapshot_schedule)
+            .map_err(|e| ConfigError(e.0))?
             .is_some()
             && self.zfs.datasets.is_empty()
         {

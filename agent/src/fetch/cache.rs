@@ -213,8 +213,9 @@ impl Cache {
         }
     }
 
-    /// Bytes reserved or held, and the number of loading entries.
-    pub fn usage(&self) -> (u64, usize) {
+    /// Bytes reserved or held, and the number of loading entries (for the tests).
+    #[cfg(test)]
+    fn usage(&self) -> (u64, usize) {
         let inner = self.lock();
         let loading = inner
             .entries

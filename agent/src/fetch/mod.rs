@@ -52,7 +52,7 @@ use crate::retry::{GaveUp, Policy};
 pub const LOG_FILTER: &str = "warn,pgagent::fetch=info";
 
 /// Why a fetch did not deliver; each variant has its own exit status
-/// ([`FetchError::exit_code`]).
+/// (decided with the other exit codes, in `exit.rs`).
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     /// The file is confirmed absent from the store (exit 1). Normal: PostgreSQL probes for
@@ -70,17 +70,6 @@ pub enum FetchError {
     /// Recovery must stop (exit 255): the file may exist but cannot be delivered verified.
     #[error("{0}; recovery must not continue without it")]
     Abort(String),
-}
-
-impl FetchError {
-    /// The process exit status for this error: 1, 2 or 255 (DESIGN.md, "Exit codes").
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            FetchError::NotFound { .. } => crate::exit::FAILURE,
-            FetchError::InvalidName(_) => crate::exit::USAGE,
-            FetchError::Abort(_) => crate::exit::FETCH_ABORT,
-        }
-    }
 }
 
 fn abort(msg: impl Into<String>) -> FetchError {

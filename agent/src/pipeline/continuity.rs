@@ -1,6 +1,6 @@
 //! Continuity at start: what the bucket already holds around the resume point.
 //!
-//! Streaming resumes where staging, the slot or the server say (`startup::plan_resume`).
+//! Streaming resumes where staging, the slot or the server say (`resume::plan_resume`).
 //! Two facts about the bucket change what happens next:
 //!
 //! - the `.partial` object of the resume segment: the new session receives that segment

@@ -1,7 +1,7 @@
 //! Where `pgagent run` resumes streaming, and what the bucket already holds there.
 //!
 //! The start comes from staging, else the slot's `restart_lsn`, else the server's position
-//! ([`startup::plan_resume`]). The slot position is read with `READ_REPLICATION_SLOT` from
+//! ([`plan_resume`]). The slot position is read with `READ_REPLICATION_SLOT` from
 //! PostgreSQL 15 on, and from `pg_replication_slots` over a SQL session before (its timeline
 //! then comes from the server's history file, as `READ_REPLICATION_SLOT` computes it). Then
 //! the bucket is read around the start ([`continuity`]): the stored `.partial` of the resume
@@ -16,8 +16,8 @@ use pgagent_protocol::{
 use pgagent_storage::ObjectStore;
 
 use super::continuity::{self, Continuity};
-use super::startup::{self, explain, ResumePlan, ServerInfo};
 use crate::retry::{self, Policy};
+use crate::server::{self, explain, ServerInfo};
 use crate::staging::{StagedSegment, StagingScan};
 
 /// How long start-up waits for the store to answer the continuity reads before going on
@@ -63,7 +63,7 @@ pub async fn prepare(
     let seg = server.seg;
     let slot_pos = slot_position(client, conn, server, slot).await?;
     let scan = StagingScan::read(staging_dir, seg)?;
-    let mut plan = startup::plan_resume(&scan, slot_pos, server);
+    let mut plan = plan_resume(&scan, slot_pos, server);
     let leftovers: Vec<StagedSegment> = scan
         .complete
         .into_iter()
@@ -192,7 +192,7 @@ async fn slot_position(
 
 /// The parsed history of `tli` from the server, or `None` (logged) if it cannot be had.
 async fn history(client: &mut ReplicationClient, tli: TimelineId) -> Option<TimelineHistory> {
-    let content = match startup::fetch_history(client, tli).await {
+    let content = match server::fetch_history(client, tli).await {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(timeline = %tli, error = %e, "history file not available");
@@ -202,4 +202,93 @@ async fn history(client: &mut ReplicationClient, tli: TimelineId) -> Option<Time
     String::from_utf8(content)
         .ok()
         .and_then(|text| TimelineHistory::parse(&text).ok())
+}
+/// Where streaming starts and what was already confirmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResumePlan {
+    /// Timeline to stream.
+    pub tli: TimelineId,
+    /// Start position (a segment start).
+    pub start: Lsn,
+    /// Position the server already holds as confirmed (reported until passed).
+    pub floor: Lsn,
+}
+
+/// Chooses the start: staging first (what it holds is ours), else the slot's
+/// `restart_lsn`, else the server's current position.
+pub fn plan_resume(
+    scan: &StagingScan,
+    slot: Option<(Lsn, Option<TimelineId>)>,
+    server: &ServerInfo,
+) -> ResumePlan {
+    let seg = server.seg;
+    let seg_start = |l: Lsn| l.segment_number(seg).start_lsn(seg);
+    if let Some((tli, start)) = scan.resume_point(seg) {
+        let floor = slot.map(|s| s.0).filter(|l| *l <= start).unwrap_or(start);
+        return ResumePlan { tli, start, floor };
+    }
+    if let Some((restart, tli)) = slot.filter(|s| s.0 != Lsn::INVALID) {
+        return ResumePlan {
+            tli: tli.unwrap_or(server.timeline),
+            start: seg_start(restart),
+            floor: restart,
+        };
+    }
+    ResumePlan {
+        tli: server.timeline,
+        start: seg_start(server.xlogpos),
+        floor: seg_start(server.xlogpos),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgagent_protocol::{SegNo, WalSegmentSize};
+
+    fn server() -> ServerInfo {
+        ServerInfo {
+            system_id: 1,
+            timeline: TimelineId(3),
+            xlogpos: Lsn(0x5_123_456),
+            seg: WalSegmentSize::new(16 << 20).unwrap(),
+            version_num: 150000,
+        }
+    }
+
+    #[test]
+    fn fresh_start_uses_the_server_position() {
+        let p = plan_resume(&StagingScan::default(), None, &server());
+        assert_eq!(p.tli, TimelineId(3));
+        assert_eq!(p.start, Lsn(0x5_000_000));
+    }
+
+    #[test]
+    fn slot_wins_over_server_position() {
+        let p = plan_resume(
+            &StagingScan::default(),
+            Some((Lsn(0x3_000_100), Some(TimelineId(2)))),
+            &server(),
+        );
+        assert_eq!(
+            (p.tli, p.start, p.floor),
+            (TimelineId(2), Lsn(0x3_000_000), Lsn(0x3_000_100))
+        );
+    }
+
+    #[test]
+    fn staging_wins_over_slot() {
+        let seg = server().seg;
+        let scan = StagingScan {
+            complete: vec![],
+            partials: vec![(TimelineId(3), SegNo(4), "x".into())],
+        };
+        let p = plan_resume(
+            &scan,
+            Some((Lsn(0x3_000_100), Some(TimelineId(3)))),
+            &server(),
+        );
+        assert_eq!(p.start, SegNo(4).start_lsn(seg));
+        assert_eq!(p.floor, Lsn(0x3_000_100));
+    }
 }

@@ -12,6 +12,7 @@ pub mod props;
 pub mod retention;
 pub mod snapshots;
 pub mod staging;
+pub mod take;
 
 pub use command::{Zfs, ZfsError};
 

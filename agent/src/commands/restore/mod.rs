@@ -17,12 +17,12 @@ use anyhow::{bail, Context};
 use pgagent_storage::cluster::{read_cluster, ClusterInfo};
 use pgagent_storage::manifest::{BackupManifest, BackupStatus};
 
-use crate::backup::catalog;
 use crate::backup::materialize::{materialize, Mode};
 pub use crate::cli::RestoreFrom;
 use crate::config::Config;
 use crate::retry::Policy;
 use crate::retrying_store::RetryingReads;
+use crate::store::catalog;
 use pgdata::{give_to_owner, prepare_pgdata, write_recovery_settings};
 pub use target::RecoveryTarget;
 

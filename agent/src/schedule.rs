@@ -1,25 +1,25 @@
-//! Base backups on a schedule inside `pgagent run` (`backup.schedule`, cron syntax).
+//! Cron schedules (`backup.schedule`, `zfs.snapshot_schedule`): parsing and the loop that
+//! runs a job at each time. The jobs themselves are started by the daemon
+//! (`daemon::schedules`).
 //!
 //! Five fields (minute hour day-of-month month day-of-week, UTC) or six with seconds first;
-//! an empty schedule disables it. A scheduled backup that fails is logged and counted; the
-//! next one is taken at its time. A backup started by hand (`pgagent backup`) while a
-//! scheduled one runs is refused by the backup lock, and the other way round.
+//! an empty schedule disables it.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use croner::Cron;
 use tokio_util::sync::CancellationToken;
 
-use super::take::{take_backup, BackupRequest};
-use crate::config::{Config, ConfigError};
-use crate::metrics::Metrics;
+/// A schedule that does not parse: the key, the value and why, as one line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ScheduleError(pub String);
 
 /// Parses the schedule of configuration key `key`; `None` when it is empty.
 ///
-/// Errors: [`ConfigError`] naming the key.
-pub fn parse(key: &str, schedule: &str) -> Result<Option<Cron>, ConfigError> {
+/// Errors: [`ScheduleError`] naming the key.
+pub fn parse(key: &str, schedule: &str) -> Result<Option<Cron>, ScheduleError> {
     if schedule.trim().is_empty() {
         return Ok(None);
     }
@@ -27,7 +27,7 @@ pub fn parse(key: &str, schedule: &str) -> Result<Option<Cron>, ConfigError> {
         .with_seconds_optional()
         .parse()
         .map(Some)
-        .map_err(|e| ConfigError(format!("{key} = {schedule:?}: {e}")))
+        .map_err(|e| ScheduleError(format!("{key} = {schedule:?}: {e}")))
 }
 
 /// The first time after `now` the schedule fires.
@@ -59,39 +59,6 @@ where
             () = shutdown.cancelled() => return,
         }
     }
-}
-
-/// Takes a backup at each time of the schedule until `shutdown`.
-pub async fn run(cfg: Config, cron: Cron, metrics: Arc<Metrics>, shutdown: CancellationToken) {
-    every(cron, "base backup", shutdown, || async {
-        let started = Instant::now();
-        let req = BackupRequest {
-            fast: false,
-            wal_wait: Some(cfg.raw.backup.wal_timeout),
-        };
-        match take_backup(&cfg, &req).await {
-            Ok(m) if m.status == pgagent_storage::manifest::BackupStatus::Complete => {
-                metrics
-                    .backup_duration_seconds
-                    .set(started.elapsed().as_secs_f64());
-                metrics
-                    .backup_last_success_timestamp_seconds
-                    .set(Utc::now().timestamp() as f64);
-                let s = m.stats;
-                if s.chunks > 0 {
-                    metrics
-                        .backup_dedup_ratio
-                        .set(1.0 - s.new_chunks as f64 / s.chunks as f64);
-                }
-            }
-            Ok(m) => tracing::warn!(
-                id = m.id,
-                "scheduled base backup not complete: its WAL did not reach the store"
-            ),
-            Err(e) => tracing::error!("scheduled base backup failed: {e:#}"),
-        }
-    })
-    .await;
 }
 
 #[cfg(test)]

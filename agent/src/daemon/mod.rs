@@ -1,0 +1,124 @@
+//! `pgagent run`: the services the daemon hosts, started with one cancellation token and
+//! joined on shutdown.
+//!
+//! ```text
+//! metrics/health server ─┐
+//! fetch server ──────────┤
+//! schedules ─────────────┼── shutdown token ── first SIGTERM/SIGINT (see `lib.rs`)
+//! streaming pipeline ────┤
+//! status publisher ──────┘
+//! ```
+//!
+//! In order: the metrics server binds, staging is checked, the fetch server and the
+//! schedules start, the pipeline connects and claims the store, the backup and snapshot
+//! gauges are read from the store, the pipeline starts its workers, the status publisher
+//! starts, and the pipeline streams until shutdown. Then the status is published one last
+//! time (`stopped`) and the servers are joined.
+
+mod schedules;
+mod status;
+
+use std::sync::Arc;
+
+use pgagent_storage::ObjectStore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::pipeline;
+
+/// Runs the daemon until `shutdown` is cancelled and everything received is uploaded.
+///
+/// Errors: a metrics address that cannot be bound, a staging directory that cannot be
+/// written, a schedule that does not parse, and the pipeline's (see [`pipeline`]).
+pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let metrics_task = serve_metrics(&cfg, &metrics, &shutdown).await?;
+    check_staging(&cfg)?;
+    let fetch_task =
+        crate::fetch::server::spawn_daemon_server(&cfg, metrics.clone(), shutdown.clone());
+    let schedule_tasks = schedules::start(&cfg, &metrics, &shutdown)?;
+
+    let connected = pipeline::connect(&cfg).await?;
+    spawn_last_points(connected.store().clone(), metrics.clone());
+    let running = connected.start(&cfg, metrics.clone(), &shutdown).await?;
+    let staging_dir = cfg.staging_dir().to_path_buf();
+    let system_id = running.server().system_id;
+    let store = running.store().describe();
+    let progress = running.progress();
+    let publisher = status::spawn_publisher(
+        progress.clone(),
+        metrics.clone(),
+        staging_dir.clone(),
+        running.store().as_ref(),
+        system_id,
+        &cfg,
+    );
+    running.stream(&shutdown).await?;
+
+    publisher.abort();
+    status::publish(&progress, &metrics, &staging_dir, &store, system_id, true);
+    if let Some(t) = metrics_task {
+        let _ = t.await;
+    }
+    if let Some(t) = fetch_task {
+        let _ = t.await;
+    }
+    for t in schedule_tasks {
+        let _ = t.await;
+    }
+    tracing::info!(flushed = %progress.positions().flushed, "stopped cleanly");
+    Ok(())
+}
+
+/// Binds `metrics.listen` (when set) and serves `/metrics`, `/healthz` and `/readyz` until
+/// `shutdown`.
+async fn serve_metrics(
+    cfg: &Config,
+    metrics: &Arc<Metrics>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<JoinHandle<std::io::Result<()>>>> {
+    let Some(addr) = cfg.metrics_listen else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!(
+            "metrics.listen {addr}: {e}; fix: choose a free address or set metrics.listen = \"\""
+        )
+    })?;
+    tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+    Ok(Some(tokio::spawn(crate::metrics::serve(
+        listener,
+        metrics.clone(),
+        cfg.raw.metrics.max_rpo_seconds,
+        shutdown.clone(),
+    ))))
+}
+
+/// The staging dataset's ZFS properties (warnings) and a durable write into staging.
+fn check_staging(cfg: &Config) -> anyhow::Result<()> {
+    for line in crate::zfs::staging::startup_check(cfg)? {
+        tracing::warn!("{line}");
+    }
+    crate::staging::check_staging(cfg.staging_dir())
+}
+
+/// The backup and snapshot gauges start from what the store holds, not from zero, so a
+/// restart does not look like "no backup for a day".
+fn spawn_last_points(store: Arc<dyn ObjectStore>, metrics: Arc<Metrics>) {
+    tokio::spawn(async move {
+        use crate::store::{last_points, unix_seconds};
+        match last_points(store.as_ref()).await {
+            Ok(p) => {
+                if let Some(t) = p.last_backup.and_then(|(_, at)| unix_seconds(&at)) {
+                    metrics.backup_last_success_timestamp_seconds.set(t);
+                }
+                if let Some(t) = p.last_snapshot.and_then(|(_, at)| unix_seconds(&at)) {
+                    metrics.snapshot_last_success_timestamp_seconds.set(t);
+                }
+            }
+            Err(e) => tracing::warn!("cannot read the last backup from the store: {e:#}"),
+        }
+    });
+}

@@ -1,0 +1,119 @@
+//! The schedules `pgagent run` keeps: base backups (`backup.schedule`) and ZFS snapshots
+//! (`zfs.snapshot_schedule`), each a cron loop ([`crate::schedule::every`]) stopped by the
+//! shared cancellation token.
+//!
+//! A scheduled job that fails is logged and counted; the next one is taken at its time. A
+//! backup started by hand (`pgagent backup`) while a scheduled one runs is refused by the
+//! backup lock, and the other way round.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::Utc;
+use croner::Cron;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::backup::take::{take_backup, BackupRequest};
+use crate::config::{Config, ConfigError};
+use crate::metrics::Metrics;
+use crate::schedule::{every, parse};
+use crate::zfs::take::{retention, take_snapshot};
+
+/// Starts the configured schedules (snapshots first, then backups); returns their tasks.
+///
+/// Errors: a schedule that does not parse ([`ConfigError`] naming the key).
+pub fn start(
+    cfg: &Config,
+    metrics: &Arc<Metrics>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Vec<JoinHandle<()>>> {
+    let mut tasks = Vec::new();
+    if let Some(cron) = parse("zfs.snapshot_schedule", &cfg.raw.zfs.snapshot_schedule)
+        .map_err(|e| ConfigError(e.0))?
+    {
+        tracing::info!(
+            schedule = cfg.raw.zfs.snapshot_schedule,
+            datasets = cfg.raw.zfs.datasets.join(","),
+            "ZFS snapshots scheduled (UTC)"
+        );
+        tasks.push(tokio::spawn(snapshots(
+            cfg.clone(),
+            cron,
+            metrics.clone(),
+            shutdown.clone(),
+        )));
+    }
+    if let Some(cron) =
+        parse("backup.schedule", &cfg.raw.backup.schedule).map_err(|e| ConfigError(e.0))?
+    {
+        tracing::info!(
+            schedule = cfg.raw.backup.schedule,
+            "base backups scheduled (UTC)"
+        );
+        tasks.push(tokio::spawn(backups(
+            cfg.clone(),
+            cron,
+            metrics.clone(),
+            shutdown.clone(),
+        )));
+    }
+    Ok(tasks)
+}
+
+/// Takes a backup at each time of the schedule until `shutdown`.
+async fn backups(cfg: Config, cron: Cron, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    every(cron, "base backup", shutdown, || async {
+        let started = Instant::now();
+        let req = BackupRequest {
+            fast: false,
+            wal_wait: Some(cfg.raw.backup.wal_timeout),
+        };
+        match take_backup(&cfg, &req).await {
+            Ok(m) if m.status == pgagent_storage::manifest::BackupStatus::Complete => {
+                metrics
+                    .backup_duration_seconds
+                    .set(started.elapsed().as_secs_f64());
+                metrics
+                    .backup_last_success_timestamp_seconds
+                    .set(Utc::now().timestamp() as f64);
+                let s = m.stats;
+                if s.chunks > 0 {
+                    metrics
+                        .backup_dedup_ratio
+                        .set(1.0 - s.new_chunks as f64 / s.chunks as f64);
+                }
+            }
+            Ok(m) => tracing::warn!(
+                id = m.id,
+                "scheduled base backup not complete: its WAL did not reach the store"
+            ),
+            Err(e) => tracing::error!("scheduled base backup failed: {e:#}"),
+        }
+    })
+    .await;
+}
+
+/// Takes snapshots on `zfs.snapshot_schedule` inside `pgagent run` until `shutdown`.
+async fn snapshots(cfg: Config, cron: Cron, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    every(cron, "snapshot", shutdown, || async {
+        match take_snapshot(&cfg).await {
+            Ok(_) => metrics
+                .snapshot_last_success_timestamp_seconds
+                .set(Utc::now().timestamp() as f64),
+            Err(e) => {
+                tracing::error!("scheduled snapshot failed: {e:#}");
+                return;
+            }
+        }
+        match pgagent_storage::open(&cfg.raw.store.url, &cfg.store_options()).await {
+            Ok(store) => {
+                if let Err(e) = retention(&cfg, store.as_ref()).await {
+                    tracing::error!("snapshot retention failed: {e:#}");
+                }
+            }
+            Err(e) => tracing::error!("snapshot retention: {e:#}"),
+        }
+    })
+    .await;
+}

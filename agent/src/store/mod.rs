@@ -1,0 +1,100 @@
+//! The store as every command meets it: claim its prefix for this cluster before writing
+//! (or, to read, open it and read which cluster it holds), the catalog of base backups, the
+//! ZFS snapshot records, and the newest of each.
+
+pub mod catalog;
+pub mod snapshots;
+
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use pgagent_protocol::WalSegmentSize;
+use pgagent_storage::cluster::{ensure_cluster, read_cluster, ClusterInfo};
+use pgagent_storage::ObjectStore;
+
+use crate::config::Config;
+use crate::exit::Refused;
+use crate::server::ServerInfo;
+
+/// Claims the store prefix for this cluster, or refuses (exit 3) when it holds another.
+pub async fn claim_store(
+    store: &dyn ObjectStore,
+    server: &ServerInfo,
+) -> anyhow::Result<ClusterInfo> {
+    let info = ClusterInfo {
+        format_version: 1,
+        system_identifier: server.system_id.to_string(),
+        pg_version_num: server.version_num,
+        wal_segment_size: server.seg.bytes(),
+        created_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+    };
+    match ensure_cluster(store, &info).await {
+        Ok(found) => Ok(found),
+        Err(e) if e.is_foreign_cluster() => Err(Refused(format!(
+            "{}: {e}; fix: point store.url at an empty prefix for this cluster (two clusters never share one)",
+            store.describe()
+        ))
+        .into()),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("store {}", store.describe()))),
+    }
+}
+
+/// The store of `cfg`, the cluster it holds and that cluster's segment size: what every
+/// command reading a store needs first.
+///
+/// Errors: the store cannot be opened or read, holds no `cluster.json`, or declares an
+/// invalid segment size.
+pub async fn open_cluster(
+    cfg: &Config,
+) -> anyhow::Result<(Arc<dyn ObjectStore>, ClusterInfo, WalSegmentSize)> {
+    let store = pgagent_storage::open(&cfg.raw.store.url, &cfg.store_options()).await?;
+    let cluster = read_cluster(store.as_ref()).await?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "{} holds no cluster.json: nothing has been stored there yet (check store.url)",
+            store.describe()
+        )
+    })?;
+    let seg = WalSegmentSize::new(cluster.wal_segment_size)
+        .map_err(|e| anyhow::anyhow!("cluster.json: {e}"))?;
+    Ok((store, cluster, seg))
+}
+
+/// The newest complete base backup and the newest snapshot record in the store, each as
+/// (id, end time RFC 3339).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LastPoints {
+    /// The newest complete base backup.
+    pub last_backup: Option<(String, String)>,
+    /// The newest ZFS snapshot recorded in the store.
+    pub last_snapshot: Option<(String, String)>,
+}
+
+/// Reads [`LastPoints`] from `store` (newest first: one manifest or record read each, plus
+/// the listings).
+///
+/// Errors: the store's.
+pub async fn last_points(store: &dyn pgagent_storage::ObjectStore) -> anyhow::Result<LastPoints> {
+    let mut points = LastPoints::default();
+    for id in catalog::backup_ids(store).await?.iter().rev() {
+        if let Some(m) = catalog::get_manifest(store, id).await? {
+            if m.status == pgagent_storage::manifest::BackupStatus::Complete {
+                points.last_backup =
+                    Some((m.id.clone(), m.finished_at.clone().unwrap_or_default()));
+                break;
+            }
+        }
+    }
+    points.last_snapshot = snapshots::store_records(store)
+        .await?
+        .pop()
+        .map(|r| (r.id, r.finished_at));
+    Ok(points)
+}
+
+/// Unix seconds of an RFC 3339 time.
+pub fn unix_seconds(rfc3339: &str) -> Option<f64> {
+    humantime::parse_rfc3339(rfc3339)
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_secs_f64())
+}

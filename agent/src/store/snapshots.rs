@@ -1,0 +1,86 @@
+//! ZFS snapshot records in the store (`snapshots/<id>.json`, sealed envelopes).
+
+use pgagent_storage::envelope;
+use pgagent_storage::layout::{snapshot_key, SNAPSHOT_PREFIX};
+use pgagent_storage::snapshot::SnapshotRecord;
+use pgagent_storage::ObjectStore;
+
+/// Writes the sealed record to `snapshots/<id>.json` (once; an equal record already there
+/// is fine).
+///
+/// Errors: the store's.
+pub async fn put_record(store: &dyn ObjectStore, r: &SnapshotRecord) -> anyhow::Result<()> {
+    let json = serde_json::to_vec_pretty(r)?;
+    let key = snapshot_key(&r.id);
+    store
+        .put(&key, envelope::seal(&json, 3).body)
+        .await
+        .map_err(|e| anyhow::anyhow!("store {key}: {e}"))
+}
+
+/// Every record in the store, oldest first; unreadable ones are logged and skipped.
+///
+/// Errors: the listing fails, or a record cannot be fetched.
+pub async fn store_records(store: &dyn ObjectStore) -> anyhow::Result<Vec<SnapshotRecord>> {
+    let mut out = Vec::new();
+    for r in read_records(store).await? {
+        match r {
+            Ok(r) => out.push(r),
+            Err(e) => tracing::warn!("skipping snapshot record: {e}"),
+        }
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(out)
+}
+
+/// Every record in the store, oldest first, each one checked to be usable
+/// ([`SnapshotRecord::positions`]), for callers that must not overlook one (`pgagent prune`
+/// keeps WAL for all of them).
+///
+/// Errors: the listing fails, or a record cannot be fetched, opened or read (named, with
+/// what to do about it).
+pub async fn all_store_records(store: &dyn ObjectStore) -> anyhow::Result<Vec<SnapshotRecord>> {
+    let mut out = Vec::new();
+    for r in read_records(store).await? {
+        let r = r.and_then(|r| match r.positions() {
+            Ok(_) => Ok(r),
+            Err(e) => Err(format!("{}: {}", snapshot_key(&r.id), e.reason)),
+        });
+        out.push(r.map_err(|e| {
+            anyhow::anyhow!(
+                "{e}: this snapshot record cannot be read; delete it if that snapshot is gone \
+                 (pgagent list snapshots shows the snapshots on this machine)"
+            )
+        })?);
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(out)
+}
+
+/// The records under `snapshots/`: each one, or why it cannot be read (a message starting
+/// with its key).
+async fn read_records(
+    store: &dyn ObjectStore,
+) -> anyhow::Result<Vec<Result<SnapshotRecord, String>>> {
+    let mut listed = store
+        .list(SNAPSHOT_PREFIX)
+        .await
+        .map_err(|e| anyhow::anyhow!("list {SNAPSHOT_PREFIX}: {e}"))?;
+    listed.retain(|m| m.key.ends_with(".json"));
+    let mut out = Vec::new();
+    for m in &listed {
+        let body = store
+            .get(&m.key)
+            .await
+            .map_err(|e| anyhow::anyhow!("read {}: {e}", m.key))?;
+        out.push(
+            envelope::open(&body)
+                .map_err(|e| e.with_key(&m.key).to_string())
+                .and_then(|j| {
+                    serde_json::from_slice::<SnapshotRecord>(&j)
+                        .map_err(|e| format!("{}: {e}", m.key))
+                }),
+        );
+    }
+    Ok(out)
+}
