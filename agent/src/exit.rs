@@ -1,12 +1,33 @@
 //! Exit codes, decided in one place (DESIGN.md, "Exit codes").
 
 use crate::config::ConfigError;
-use crate::fetch::FetchError;
 
 /// Refused for safety (exit 3): a foreign cluster in the store prefix, a non-empty PGDATA…
 #[derive(Debug, thiserror::Error)]
 #[error("refused: {0}")]
 pub struct Refused(pub String);
+
+/// An error that carries its own exit code: `pgagent fetch`'s, whose codes PostgreSQL reads
+/// (1 "not found", 255 "stop recovery"). Display and source are the inner error's.
+#[derive(Debug)]
+pub struct Coded {
+    /// The exit code.
+    pub code: u8,
+    /// What went wrong.
+    pub error: Box<dyn std::error::Error + Send + Sync + 'static>,
+}
+
+impl std::fmt::Display for Coded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for Coded {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.error.source()
+    }
+}
 
 /// Success.
 pub const OK: u8 = 0;
@@ -36,8 +57,8 @@ pub fn unless_panic(on_panic: u8, f: impl FnOnce() -> u8) -> u8 {
 /// The exit code for an error that ended a command.
 pub fn code_for(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
-        if let Some(e) = cause.downcast_ref::<FetchError>() {
-            return fetch_code(e);
+        if let Some(e) = cause.downcast_ref::<Coded>() {
+            return e.code;
         }
         if cause.is::<Refused>() {
             return REFUSED;
@@ -52,16 +73,6 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
         }
     }
     FAILURE
-}
-
-/// The exit status of a `pgagent fetch` failure: 1 (confirmed not found), 2 (not a WAL file
-/// name) or 255 (recovery must stop).
-fn fetch_code(e: &FetchError) -> u8 {
-    match e {
-        FetchError::NotFound { .. } => FAILURE,
-        FetchError::InvalidName(_) => USAGE,
-        FetchError::Abort(_) => FETCH_ABORT,
-    }
 }
 
 #[cfg(test)]
@@ -87,18 +98,14 @@ mod tests {
     }
 
     #[test]
-    fn fetch_errors_decide_their_own_code() {
-        use crate::fetch::FetchError;
-        let abort = anyhow::Error::new(FetchError::Abort("x".into())).context("outer");
-        assert_eq!(code_for(&abort), FETCH_ABORT);
-        let absent = FetchError::NotFound {
-            file: "00000002.history".into(),
-            store: "file:///s".into(),
+    fn an_error_with_its_own_code_keeps_it_and_its_message() {
+        let inner = std::io::Error::other("the store said no");
+        let coded = Coded {
+            code: FETCH_ABORT,
+            error: Box::new(inner),
         };
-        assert_eq!(code_for(&absent.into()), FAILURE);
-        assert_eq!(
-            code_for(&FetchError::InvalidName("../x".into()).into()),
-            USAGE
-        );
+        let e = anyhow::Error::new(coded).context("outer");
+        assert_eq!(code_for(&e), FETCH_ABORT);
+        assert_eq!(format!("{e:#}"), "outer: the store said no");
     }
 }

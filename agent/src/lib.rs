@@ -8,9 +8,9 @@
 //! Dependencies point down only:
 //!
 //! ```text
-//! main_entry ─► commands/   one module per command: backup, restore, prune, verify, …
-//!           ├─► daemon/     `pgagent run`: metrics server, fetch server, schedules,
-//!           │               status publisher and the pipeline, on one shutdown token
+//! main_entry ─► commands/   one module per command: run, backup, restore, prune, …
+//!           │      └─► daemon/  `pgagent run`: metrics server, fetch server, schedules,
+//!           │                   status publisher and the pipeline, on one shutdown token
 //!           └─► fetch/      `pgagent fetch`, PostgreSQL's restore_command
 //!                  │
 //!   pipeline/ (streaming WAL only)  fetch/  backup/ (base backups)  zfs/ (snapshots)
@@ -49,7 +49,6 @@ pub mod zfs;
 use std::io::Write;
 
 use clap::Parser;
-use tokio_util::sync::CancellationToken;
 
 use crate::cli::{Cli, Command};
 use crate::config::{Config, RawConfig};
@@ -99,7 +98,8 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Fetch { file, path } = &cli.command {
-        return Ok(fetch::run(load_config(&cli), file, path, &launch(&cli))?);
+        return fetch::run(load_config(&cli), file, path, &launch(&cli))
+            .map_err(|e| exit::Coded::from(e).into());
     }
     let cfg = load_config(&cli)?;
     if let Command::FetchServer = cli.command {
@@ -112,11 +112,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Run => {
-                let shutdown = CancellationToken::new();
-                tokio::spawn(watch_signals(shutdown.clone()));
-                daemon::run(cfg, shutdown).await
-            }
+            Command::Run => commands::run::run(cfg).await,
             Command::Fetch { .. } | Command::FetchServer => {
                 unreachable!("handled before the runtime starts")
             }
@@ -236,33 +232,4 @@ fn restore_request(
         from: a.from,
         owner: None,
     })
-}
-
-/// First SIGTERM/SIGINT: cancel `shutdown` (flush, upload, stop). Second: exit at once.
-async fn watch_signals(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
-    let mut count = 0;
-    loop {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        count += 1;
-        if count == 1 {
-            tracing::info!(
-                "shutting down: uploading what was received (signal again to stop at once)"
-            );
-            shutdown.cancel();
-        } else {
-            tracing::warn!("second signal: stopping now; staging keeps what is not uploaded");
-            std::process::exit(i32::from(exit::FAILURE));
-        }
-    }
 }

@@ -1,5 +1,5 @@
-//! One module per command (besides `run`, which is [`crate::daemon`], and `fetch`, which is
-//! [`crate::fetch`]).
+//! One module per command (besides `fetch`, which is [`crate::fetch`], and the restore-mode
+//! fetch server). `run` starts [`crate::daemon`].
 
 pub mod backup;
 pub mod doctor;
@@ -7,6 +7,7 @@ pub mod list;
 pub mod preseed;
 pub mod prune;
 pub mod restore;
+pub mod run;
 pub mod snapshot;
 pub mod status;
 pub mod verify;

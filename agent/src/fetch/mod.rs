@@ -72,6 +72,27 @@ pub enum FetchError {
     Abort(String),
 }
 
+impl FetchError {
+    /// The exit status of `pgagent fetch` for this error: 1 (confirmed not found), 2 (not a
+    /// WAL file name) or 255 (recovery must stop).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            FetchError::NotFound { .. } => crate::exit::FAILURE,
+            FetchError::InvalidName(_) => crate::exit::USAGE,
+            FetchError::Abort(_) => crate::exit::FETCH_ABORT,
+        }
+    }
+}
+
+impl From<FetchError> for crate::exit::Coded {
+    fn from(e: FetchError) -> Self {
+        crate::exit::Coded {
+            code: e.exit_code(),
+            error: Box::new(e),
+        }
+    }
+}
+
 fn abort(msg: impl Into<String>) -> FetchError {
     FetchError::Abort(msg.into())
 }
@@ -183,7 +204,7 @@ impl Fetcher {
     /// running agent may have uploaded the completed segment and removed its `.partial`
     /// between the two reads.
     ///
-    /// Errors: as [`Fetcher::get`]; a later timeline's history file that is not one.
+    /// Errors: as `Fetcher::get`; a later timeline's history file that is not one.
     pub async fn find(
         &self,
         resolved: &Resolved,
@@ -559,4 +580,26 @@ fn through_server(
         why.join("; ")
     );
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exit::{code_for, FAILURE, FETCH_ABORT, USAGE};
+
+    #[test]
+    fn fetch_errors_decide_their_own_code() {
+        let coded = |e: FetchError| anyhow::Error::new(crate::exit::Coded::from(e));
+        let abort = coded(FetchError::Abort("x".into())).context("outer");
+        assert_eq!(code_for(&abort), FETCH_ABORT);
+        let absent = FetchError::NotFound {
+            file: "00000002.history".into(),
+            store: "file:///s".into(),
+        };
+        assert_eq!(code_for(&coded(absent)), FAILURE);
+        assert_eq!(
+            code_for(&coded(FetchError::InvalidName("../x".into()))),
+            USAGE
+        );
+    }
 }
