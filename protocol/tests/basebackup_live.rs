@@ -23,6 +23,16 @@ async fn connect(conninfo: &str) -> ReplicationClient {
         .unwrap_or_else(|e| panic!("connecting with {conninfo:?}: {e}"))
 }
 
+/// How a `backup_manifest` of a `major` server begins: version 2 (with the system identifier)
+/// from PostgreSQL 17 (`src/backend/backup/backup_manifest.c`), version 1 before.
+fn manifest_start(major: u32) -> &'static str {
+    if major >= 17 {
+        "{ \"PostgreSQL-Backup-Manifest-Version\": 2,"
+    } else {
+        "{ \"PostgreSQL-Backup-Manifest-Version\": 1,"
+    }
+}
+
 /// One archive as received.
 struct Archive {
     name: String,
@@ -206,19 +216,20 @@ async fn base_backup_with_tablespace() {
     assert!(label.contains("LABEL: pgagent's test\n"), "{label}");
     let map = String::from_utf8(entry(&base, "tablespace_map").to_vec()).unwrap();
     assert_eq!(map, format!("{oid} {ts_location}\n"));
-    assert!(entry(&base, "PG_VERSION").starts_with(b"15"));
+    let major = pg.server_major();
+    assert_eq!(entry(&base, "PG_VERSION"), format!("{major}\n").as_bytes());
     assert_eq!(entry(&base, "global/pg_control").len(), 8192);
     let ts_entries = tar_entries(&received.archives[0].bytes);
     assert!(
         ts_entries
             .iter()
-            .any(|(n, c)| n.starts_with("PG_15_") && c.len() >= 8192),
+            .any(|(n, c)| n.starts_with(&format!("PG_{major}_")) && c.len() >= 8192),
         "no table file in the tablespace archive"
     );
 
     let manifest = String::from_utf8(received.manifest.clone()).unwrap();
     assert!(
-        manifest.starts_with("{ \"PostgreSQL-Backup-Manifest-Version\": 1,"),
+        manifest.starts_with(manifest_start(major)),
         "{}",
         &manifest[..80.min(manifest.len())]
     );
@@ -246,12 +257,20 @@ async fn base_backup_with_tablespace() {
         );
     }
     std::fs::write(restored.join("backup_manifest"), &received.manifest).unwrap();
-    run(
-        "pg_verifybackup",
-        Command::new(pg.bin.join("pg_verifybackup"))
-            .args(["--no-parse-wal", "--quiet"])
-            .arg(&restored),
-    );
+    if major >= 17 && pg.client_major() < 17 {
+        // Manifest version 2: the packaged pg_verifybackup reads version 1 only.
+        eprintln!(
+            "pg_verifybackup {} cannot read a version 2 manifest: not run",
+            pg.client_major()
+        );
+    } else {
+        run(
+            "pg_verifybackup",
+            Command::new(pg.bin.join("pg_verifybackup"))
+                .args(["--no-parse-wal", "--quiet"])
+                .arg(&restored),
+        );
+    }
 
     // Back in command mode after the end.
     assert_eq!(stream.next().await.unwrap(), None);
@@ -302,7 +321,7 @@ async fn concurrent_backups_cancel_and_terminate() {
     tar_entries(&received.archives[0].bytes);
     assert!(received
         .manifest
-        .starts_with(b"{ \"PostgreSQL-Backup-Manifest-Version\": 1,"));
+        .starts_with(manifest_start(pg.server_major()).as_bytes()));
     assert!(full.end().unwrap().0 >= full.start_lsn());
     full.into_client().identify_system().await.unwrap();
     assert_eq!(

@@ -1,5 +1,7 @@
 //! Live tests against a real PostgreSQL started by `pg::Cluster`.
 
+// The harness serves several test files; not all of them use every helper.
+#[allow(dead_code)]
 mod pg;
 
 use std::time::{Duration, Instant, SystemTime};

@@ -27,6 +27,7 @@ use anyhow::{anyhow, bail, Context};
 use tempfile::TempDir;
 
 use crate::osuser::OsUser;
+mod copy;
 mod install;
 mod setup;
 

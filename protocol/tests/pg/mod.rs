@@ -256,6 +256,28 @@ impl Cluster {
         cluster
     }
 
+    /// The server's major version (`server_version_num / 10000`).
+    pub fn server_major(&self) -> u32 {
+        self.psql("SHOW server_version_num").parse::<u32>().unwrap() / 10_000
+    }
+
+    /// The major version of the client programs (`psql --version`).
+    pub fn client_major(&self) -> u32 {
+        let out = check(
+            "psql --version",
+            Command::new(self.bin.join("psql"))
+                .arg("--version")
+                .output(),
+        );
+        // "psql (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .nth(2)
+            .and_then(|v| v.split('.').next())
+            .and_then(|m| m.parse().ok())
+            .expect("psql --version")
+    }
+
     pub fn data(&self) -> PathBuf {
         self.dir.path().join("data")
     }
