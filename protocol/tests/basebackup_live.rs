@@ -23,6 +23,16 @@ async fn connect(conninfo: &str) -> ReplicationClient {
         .unwrap_or_else(|e| panic!("connecting with {conninfo:?}: {e}"))
 }
 
+/// How a `backup_manifest` of a `major` server begins: version 2 (with the system identifier)
+/// from PostgreSQL 17 (`src/backend/backup/backup_manifest.c`), version 1 before.
+fn manifest_start(major: u32) -> &'static str {
+    if major >= 17 {
+        "{ \"PostgreSQL-Backup-Manifest-Version\": 2,"
+    } else {
+        "{ \"PostgreSQL-Backup-Manifest-Version\": 1,"
+    }
+}
+
 /// One archive as received.
 struct Archive {
     name: String,
@@ -191,10 +201,12 @@ async fn base_backup_with_tablespace() {
     assert_eq!(received.archives[0].tablespace.as_ref(), Some(&spaces[0]));
     assert_eq!(received.archives[1].tablespace, None);
 
-    // Progress counts all archive bytes and ends at their total.
+    // Progress (15+; 13 and 14 send none) counts all archive bytes and ends at their total.
+    let major = pg.server_major();
     let total: usize = received.archives.iter().map(|a| a.bytes.len()).sum();
     assert!(received.progress.windows(2).all(|w| w[0] <= w[1]));
-    assert_eq!(received.progress.last().copied(), Some(total as u64));
+    let expected_progress = (major >= 15).then_some(total as u64);
+    assert_eq!(received.progress.last().copied(), expected_progress);
 
     let base = tar_entries(&received.archives[1].bytes);
     let label = String::from_utf8(entry(&base, "backup_label").to_vec()).unwrap();
@@ -206,19 +218,19 @@ async fn base_backup_with_tablespace() {
     assert!(label.contains("LABEL: pgagent's test\n"), "{label}");
     let map = String::from_utf8(entry(&base, "tablespace_map").to_vec()).unwrap();
     assert_eq!(map, format!("{oid} {ts_location}\n"));
-    assert!(entry(&base, "PG_VERSION").starts_with(b"15"));
+    assert_eq!(entry(&base, "PG_VERSION"), format!("{major}\n").as_bytes());
     assert_eq!(entry(&base, "global/pg_control").len(), 8192);
     let ts_entries = tar_entries(&received.archives[0].bytes);
     assert!(
         ts_entries
             .iter()
-            .any(|(n, c)| n.starts_with("PG_15_") && c.len() >= 8192),
+            .any(|(n, c)| n.starts_with(&format!("PG_{major}_")) && c.len() >= 8192),
         "no table file in the tablespace archive"
     );
 
     let manifest = String::from_utf8(received.manifest.clone()).unwrap();
     assert!(
-        manifest.starts_with("{ \"PostgreSQL-Backup-Manifest-Version\": 1,"),
+        manifest.starts_with(manifest_start(major)),
         "{}",
         &manifest[..80.min(manifest.len())]
     );
@@ -246,12 +258,20 @@ async fn base_backup_with_tablespace() {
         );
     }
     std::fs::write(restored.join("backup_manifest"), &received.manifest).unwrap();
-    run(
-        "pg_verifybackup",
-        Command::new(pg.bin.join("pg_verifybackup"))
-            .args(["--no-parse-wal", "--quiet"])
-            .arg(&restored),
-    );
+    if major >= 17 && pg.client_major() < 17 {
+        // Manifest version 2: the packaged pg_verifybackup reads version 1 only.
+        eprintln!(
+            "pg_verifybackup {} cannot read a version 2 manifest: not run",
+            pg.client_major()
+        );
+    } else {
+        run(
+            "pg_verifybackup",
+            Command::new(pg.bin.join("pg_verifybackup"))
+                .args(["--no-parse-wal", "--quiet"])
+                .arg(&restored),
+        );
+    }
 
     // Back in command mode after the end.
     assert_eq!(stream.next().await.unwrap(), None);
@@ -302,7 +322,7 @@ async fn concurrent_backups_cancel_and_terminate() {
     tar_entries(&received.archives[0].bytes);
     assert!(received
         .manifest
-        .starts_with(b"{ \"PostgreSQL-Backup-Manifest-Version\": 1,"));
+        .starts_with(manifest_start(pg.server_major()).as_bytes()));
     assert!(full.end().unwrap().0 >= full.start_lsn());
     full.into_client().identify_system().await.unwrap();
     assert_eq!(

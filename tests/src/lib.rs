@@ -13,7 +13,10 @@
 //! - [`load::Load`]: pgbench in the background; [`sql::SqlClient`]: a blocking SQL session
 //!   for fast polling.
 //!
-//! Environment: `PGAGENT_TEST_PG_BIN` (PostgreSQL `bin` directory), `PGAGENT_TEST_PG_USER`
+//! Environment: `PGAGENT_TEST_PG` (server major version, 13…18; default the packaged one, see
+//! [`pg::PgInstall`]), `PGAGENT_TEST_PG_ROOT` (where `scripts/install-deps` unpacks the other
+//! majors, default `/opt/pgagent-test/pg`), `PGAGENT_TEST_PG_BIN` (packaged PostgreSQL `bin`
+//! directory: the client tools, and the default server), `PGAGENT_TEST_PG_USER`
 //! (OS user PostgreSQL runs as when the tests run as root, default `postgres`),
 //! `PGAGENT_TEST_GARAGE` (garage binary), `PGAGENT_BIN` (pgagent binary),
 //! `PGAGENT_TEST_KEEP=1` (keep temporary directories and print their paths).

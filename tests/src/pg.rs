@@ -27,8 +27,11 @@ use anyhow::{anyhow, bail, Context};
 use tempfile::TempDir;
 
 use crate::osuser::OsUser;
+mod copy;
+mod install;
 mod setup;
 
+pub use install::{PgInstall, DEFAULT_PG_ROOT, PG_MAJOR_ENV, PG_ROOT_ENV};
 pub use setup::pg_bin_dir;
 use setup::{run_checked, settings, HBA_CONF};
 
@@ -91,7 +94,7 @@ impl Default for PgOptions {
 pub struct PgServer {
     dir: Option<TempDir>,
     root: PathBuf,
-    bin_dir: PathBuf,
+    install: PgInstall,
     os_user: Option<OsUser>,
     opts: PgOptions,
     port: u16,
@@ -107,7 +110,7 @@ impl PgServer {
     /// Errors carry the failing command's output or the tail of the server log.
     pub fn start(opts: PgOptions) -> anyhow::Result<PgServer> {
         let mut server = PgServer::without_cluster(opts)?;
-        let mut initdb = server.pg_command("initdb");
+        let mut initdb = server.server_command("initdb");
         initdb
             .arg("-D")
             .arg(server.data_dir())
@@ -131,7 +134,7 @@ impl PgServer {
     /// user, sets its mode to 0700 and appends the harness settings (port, socket directory)
     /// to the restored `postgresql.conf`. No roles are created.
     pub fn without_cluster(opts: PgOptions) -> anyhow::Result<PgServer> {
-        let bin_dir = pg_bin_dir()?;
+        let install = PgInstall::from_env()?;
         let os_user = OsUser::for_postgres()?;
         let dir = tempfile::Builder::new()
             .prefix("pgagent-pg-")
@@ -149,7 +152,7 @@ impl PgServer {
         Ok(PgServer {
             dir: Some(dir),
             root,
-            bin_dir,
+            install,
             os_user,
             opts,
             port: 0,
@@ -199,9 +202,15 @@ impl PgServer {
         &self.root
     }
 
-    /// PostgreSQL `bin` directory in use.
+    /// `bin` directory of the client programs (`psql`, `pgbench`, `pg_basebackup`,
+    /// `pg_verifybackup`): the packaged installation, whatever the server's version.
     pub fn bin_dir(&self) -> &Path {
-        &self.bin_dir
+        &self.install.client_bin
+    }
+
+    /// The server programs in use (`PGAGENT_TEST_PG`, see [`PgInstall::from_env`]).
+    pub fn install(&self) -> &PgInstall {
+        &self.install
     }
 
     /// Server log file (stderr of the postmaster), for failure messages.
@@ -434,7 +443,7 @@ impl PgServer {
         if self.postmaster.is_some() {
             bail!("server is already running");
         }
-        let cmd = self.pg_command("postgres");
+        let cmd = self.server_command("postgres");
         self.postmaster = Some(Postmaster::start(cmd, &self.data_dir(), &self.log_file())?);
         Ok(())
     }
@@ -470,11 +479,27 @@ impl PgServer {
         cmd
     }
 
-    /// `program` from the bin directory, run as the PostgreSQL OS user inside the temporary
-    /// directory, with no libpq connection variables inherited from the caller.
+    /// Server `program` (`initdb`, `postgres`) of the chosen major, like
+    /// [`PgServer::pg_command`], with `LD_LIBRARY_PATH` set to the installation's `lib`
+    /// directory when it is not a packaged one.
+    fn server_command(&self, program: &str) -> Command {
+        let mut cmd = self.command(&self.install.server_bin, program);
+        if let Some(lib) = &self.install.server_lib {
+            cmd.env("LD_LIBRARY_PATH", lib);
+        }
+        cmd
+    }
+
+    /// Client `program` from the packaged bin directory, run as the PostgreSQL OS user inside
+    /// the temporary directory, with no libpq connection variables inherited from the caller.
     fn pg_command(&self, program: &str) -> Command {
-        let mut cmd = Command::new(self.bin_dir.join(program));
-        cmd.current_dir(&self.root)
+        self.command(&self.install.client_bin, program)
+    }
+
+    fn command(&self, bin: &Path, program: &str) -> Command {
+        let mut cmd = Command::new(bin.join(program));
+        cmd.env_remove("LD_LIBRARY_PATH")
+            .current_dir(&self.root)
             .env("HOME", &self.root)
             .env("LC_ALL", "C");
         for var in LIBPQ_ENV {

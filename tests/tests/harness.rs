@@ -135,6 +135,15 @@ fn postgres_starts_on_a_prepared_data_dir() {
     source.psql("CREATE TABLE copied AS SELECT 7 AS v").unwrap();
     let mut copy = PgServer::without_cluster(PgOptions::default()).unwrap();
     assert!(!copy.is_running());
+    if !source.pg_basebackup_works().unwrap() {
+        // A newer server than the packaged pg_basebackup: pgagent's BASE_BACKUP client.
+        source
+            .base_backup_over_protocol(&copy.data_dir(), true)
+            .unwrap();
+        copy.start_server().unwrap();
+        assert_eq!(copy.psql("SELECT v FROM copied").unwrap(), "7");
+        return;
+    }
     // pg_basebackup runs as the test user here, like a restore would.
     let output = Command::new(source.bin_dir().join("pg_basebackup"))
         .arg("-D")

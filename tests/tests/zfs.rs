@@ -42,14 +42,19 @@ fn add_zfs_section(config: &Path, lines: &[String]) {
     std::fs::write(config, toml).unwrap();
 }
 
-/// What `pg_backup_start`/`pg_backup_stop` and `SHOW data_directory` need for the
-/// replication role (what doctor tells an operator to grant).
+/// What `pg_backup_start`/`pg_backup_stop` (`pg_start_backup`/`pg_stop_backup` before 15)
+/// and `SHOW data_directory` need for the replication role (what doctor tells an operator to
+/// grant).
 fn grant_snapshot_rights(pg: &PgServer) {
-    pg.psql(
-        "GRANT EXECUTE ON FUNCTION pg_backup_start(text, boolean) TO pgagent; \
-         GRANT EXECUTE ON FUNCTION pg_backup_stop(boolean) TO pgagent; \
-         GRANT pg_read_all_settings TO pgagent",
-    )
+    let functions = if pg.server_version_num().unwrap() >= 150_000 {
+        "pg_backup_start(text, boolean), pg_backup_stop(boolean)"
+    } else {
+        "pg_start_backup(text, boolean, boolean), pg_stop_backup(boolean, boolean)"
+    };
+    pg.psql(&format!(
+        "GRANT EXECUTE ON FUNCTION {functions} TO pgagent; \
+         GRANT pg_read_all_settings TO pgagent"
+    ))
     .unwrap();
 }
 

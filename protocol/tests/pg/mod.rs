@@ -12,8 +12,12 @@
 //! | `md5user` | md5 (password stored as MD5) | `md5-pw` |
 //! | `norepl` | trust, but the role lacks REPLICATION | – |
 //!
-//! The binaries come from `PGAGENT_TEST_PG_BIN`, else the highest
-//! `/usr/lib/postgresql/*/bin`; a missing installation fails the test.
+//! The client binaries (`psql`) come from `PGAGENT_TEST_PG_BIN`, else the highest
+//! `/usr/lib/postgresql/*/bin`; the server's (`initdb`, `pg_ctl`) from there too, unless
+//! `PGAGENT_TEST_PG=<major>` chooses another major: `/usr/lib/postgresql/<major>/bin`, else
+//! `$PGAGENT_TEST_PG_ROOT/<major>/bin` (default root `/opt/pgagent-test/pg`, as
+//! `scripts/install-deps` unpacks them) run with `LD_LIBRARY_PATH=<root>/<major>/lib`. A missing
+//! installation fails the test.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -21,8 +25,35 @@ use std::process::{Command, Output};
 
 pub struct Cluster {
     pub dir: tempfile::TempDir,
+    /// Client programs (`psql`).
     pub bin: PathBuf,
+    /// Server programs (`initdb`, `pg_ctl`, `postgres`) and their `lib` directory, if any.
+    pub server: (PathBuf, Option<PathBuf>),
     pub port: u16,
+}
+
+/// The server programs of `PGAGENT_TEST_PG` (see the module docs), else `client`.
+fn server_dirs(client: &Path) -> (PathBuf, Option<PathBuf>) {
+    let Some(major) = std::env::var_os("PGAGENT_TEST_PG") else {
+        return (client.to_path_buf(), None);
+    };
+    let major = major.to_string_lossy();
+    let packaged = Path::new("/usr/lib/postgresql").join(&*major).join("bin");
+    if packaged.join("initdb").exists() {
+        return (packaged, None);
+    }
+    let root = std::env::var_os("PGAGENT_TEST_PG_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/pgagent-test/pg"));
+    let dir = root.join(&*major);
+    assert!(
+        dir.join("bin/initdb").exists(),
+        "PGAGENT_TEST_PG={major}: PostgreSQL {major} is not installed (no {} nor {}); \
+         run scripts/install-deps as root",
+        packaged.display(),
+        dir.join("bin").display()
+    );
+    (dir.join("bin"), Some(dir.join("lib")))
 }
 
 fn bin_dir() -> PathBuf {
@@ -52,14 +83,22 @@ fn is_root() -> bool {
 
 /// Runs a PostgreSQL binary as the `postgres` OS user when we are root.
 fn pg_command(bin: &Path, program: &str) -> Command {
-    let path = bin.join(program);
+    server_command(&(bin.to_path_buf(), None), program)
+}
+
+/// Like [`pg_command`] for a server program, with `LD_LIBRARY_PATH` set to its `lib`
+/// directory (for that program and the processes it starts only).
+fn server_command(server: &(PathBuf, Option<PathBuf>), program: &str) -> Command {
+    let mut c = Command::new(if is_root() { "runuser" } else { "env" });
     if is_root() {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(path);
-        c
-    } else {
-        Command::new(path)
+        c.args(["-u", "postgres", "--", "env"]);
     }
+    c.arg("-u").arg("LD_LIBRARY_PATH");
+    if let Some(lib) = &server.1 {
+        c.arg(format!("LD_LIBRARY_PATH={}", lib.display()));
+    }
+    c.arg(server.0.join(program));
+    c
 }
 
 fn check(what: &str, out: std::io::Result<Output>) -> Output {
@@ -86,6 +125,7 @@ impl Cluster {
     /// Creates, configures and starts a cluster.
     pub fn start() -> Cluster {
         let bin = bin_dir();
+        let server = server_dirs(&bin);
         let dir = tempfile::Builder::new()
             .prefix("pgagent-protocol-")
             .tempdir()
@@ -166,7 +206,7 @@ impl Cluster {
         );
         check(
             "initdb",
-            pg_command(&bin, "initdb")
+            server_command(&server, "initdb")
                 .args(["-A", "trust", "-U", "postgres", "-N", "-D"])
                 .arg(&data)
                 .output(),
@@ -198,7 +238,12 @@ impl Cluster {
              host all all 127.0.0.1/32 trust\n",
         )
         .unwrap();
-        let cluster = Cluster { dir, bin, port };
+        let cluster = Cluster {
+            dir,
+            bin,
+            server,
+            port,
+        };
         cluster.pg_ctl(&["start", "-w", "-l"], Some(&root.join("server.log")));
         cluster.psql(
             "CREATE ROLE trustuser LOGIN REPLICATION; \
@@ -209,6 +254,28 @@ impl Cluster {
              CREATE ROLE md5user LOGIN REPLICATION PASSWORD 'md5-pw';",
         );
         cluster
+    }
+
+    /// The server's major version (`server_version_num / 10000`).
+    pub fn server_major(&self) -> u32 {
+        self.psql("SHOW server_version_num").parse::<u32>().unwrap() / 10_000
+    }
+
+    /// The major version of the client programs (`psql --version`).
+    pub fn client_major(&self) -> u32 {
+        let out = check(
+            "psql --version",
+            Command::new(self.bin.join("psql"))
+                .arg("--version")
+                .output(),
+        );
+        // "psql (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .nth(2)
+            .and_then(|v| v.split('.').next())
+            .and_then(|m| m.parse().ok())
+            .expect("psql --version")
     }
 
     pub fn data(&self) -> PathBuf {
@@ -226,7 +293,7 @@ impl Cluster {
 
     /// Runs `pg_ctl <args> [log]` against this cluster.
     pub fn pg_ctl(&self, args: &[&str], log: Option<&Path>) {
-        let mut c = pg_command(&self.bin, "pg_ctl");
+        let mut c = server_command(&self.server, "pg_ctl");
         c.arg("-D").arg(self.data()).args(args);
         if let Some(log) = log {
             c.arg(log);
@@ -273,7 +340,7 @@ fn append(path: &Path, text: &str) {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let _ = pg_command(&self.bin, "pg_ctl")
+        let _ = server_command(&self.server, "pg_ctl")
             .arg("-D")
             .arg(self.data())
             .args(["stop", "-m", "immediate", "-w"])

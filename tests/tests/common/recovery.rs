@@ -42,8 +42,14 @@ pub fn load(pg: &PgServer, tag: &str, n: u32) {
     .unwrap();
 }
 
-/// Takes `pg_basebackup -X none -c fast` of `primary` into `dest` as the PostgreSQL OS user.
+/// Takes `pg_basebackup -X none -c fast` of `primary` into `dest` as the PostgreSQL OS user;
+/// the same through pgagent's `BASE_BACKUP` client when the server is newer than the packaged
+/// `pg_basebackup`.
 pub fn base_backup(primary: &PgServer, dest: &Path) {
+    if !primary.pg_basebackup_works().unwrap() {
+        primary.base_backup_over_protocol(dest, false).unwrap();
+        return;
+    }
     let mut cmd = Command::new(primary.bin_dir().join("pg_basebackup"));
     cmd.arg("-D").arg(dest).args([
         "-X",
