@@ -64,6 +64,8 @@ pub async fn connect(conn: &ConnConfig) -> anyhow::Result<(ReplicationClient, Se
     let id = client.identify_system().await.map_err(wrap)?;
     let seg = client.wal_segment_size().await.map_err(wrap)?;
     let version_num = client.server_version_num().await.map_err(wrap)?;
+    check_supported(version_num)
+        .map_err(|e| anyhow::anyhow!("PostgreSQL ({}): {e}", conn.redacted()))?;
     Ok((
         client,
         ServerInfo {
@@ -86,4 +88,40 @@ pub async fn fetch_history(
         .await
         .with_context(|| format!("TIMELINE_HISTORY {tli}"))?;
     Ok(content.to_vec())
+}
+
+/// The PostgreSQL majors pgagent supports, each proven by the test matrix.
+pub const SUPPORTED_MAJORS: std::ops::RangeInclusive<u32> = 13..=18;
+
+/// Refuses a server outside [`SUPPORTED_MAJORS`] (`server_version_num`, e.g. 150018): an
+/// older one lacks what the agent relies on (physical slots with `RESERVE_WAL`, the backup
+/// manifest), and a newer one may change the protocol or file formats under it.
+pub fn check_supported(version_num: u32) -> Result<(), String> {
+    let major = version_num / 10000;
+    if SUPPORTED_MAJORS.contains(&major) {
+        Ok(())
+    } else {
+        Err(format!(
+            "server version {major} ({version_num}) is not supported: pgagent supports PostgreSQL {} to {}",
+            SUPPORTED_MAJORS.start(),
+            SUPPORTED_MAJORS.end()
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn majors_outside_13_to_18_are_refused_by_name() {
+        for ok in [130000, 130023, 140012, 150018, 160004, 170000, 180004] {
+            assert_eq!(check_supported(ok), Ok(()), "{ok}");
+        }
+        for bad in [120022, 110000, 190000, 200001] {
+            let e = check_supported(bad).unwrap_err();
+            assert!(e.contains("pgagent supports PostgreSQL 13 to 18"), "{e}");
+            assert!(e.contains(&(bad / 10000).to_string()), "{e}");
+        }
+    }
 }
