@@ -14,7 +14,6 @@ use std::process::Output;
 use bytes::Bytes;
 use common::*;
 use pgagent_protocol::{segment_file_name, SegNo, TimelineId};
-use pgagent_storage::cluster::ClusterInfo;
 use pgagent_storage::envelope;
 use pgagent_tests::run_pgagent;
 
@@ -39,18 +38,7 @@ fn raw(name: &str, len: u64) -> Vec<u8> {
 fn store(dir: &Path) -> String {
     let store = dir.join("store");
     std::fs::create_dir_all(store.join("wal")).unwrap();
-    let info = ClusterInfo {
-        format_version: pgagent_storage::cluster::STORE_FORMAT_VERSION,
-        system_identifier: "7000000000000000004".into(),
-        pg_version_num: 150000,
-        wal_segment_size: SEG,
-        created_at: "2024-01-01T00:00:00Z".into(),
-    };
-    std::fs::write(
-        store.join("cluster.json"),
-        serde_json::to_vec(&info).unwrap(),
-    )
-    .unwrap();
+    write_cluster_json(&store, "7000000000000000004");
     let put = |file: String, body: Vec<u8>| {
         let sealed: Bytes = envelope::seal(&body, 1).body;
         std::fs::write(store.join("wal").join(file), &sealed).unwrap();

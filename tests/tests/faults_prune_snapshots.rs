@@ -11,7 +11,6 @@ use std::path::Path;
 use bytes::Bytes;
 use common::*;
 use pgagent_protocol::{segment_file_name, SegNo, TimelineId};
-use pgagent_storage::cluster::ClusterInfo;
 use pgagent_storage::envelope;
 use pgagent_storage::manifest::{
     BackupManifest, BackupStats, BackupStatus, MANIFEST_FORMAT_VERSION,
@@ -74,18 +73,7 @@ fn record(id: &str, start_lsn: &str) -> SnapshotRecord {
 fn store(dir: &Path) -> std::path::PathBuf {
     let store = dir.join("store");
     std::fs::create_dir_all(&store).unwrap();
-    let info = ClusterInfo {
-        format_version: pgagent_storage::cluster::STORE_FORMAT_VERSION,
-        system_identifier: "7000000000000000005".into(),
-        pg_version_num: 150000,
-        wal_segment_size: SEG,
-        created_at: "2026-10-01T00:00:00Z".into(),
-    };
-    std::fs::write(
-        store.join("cluster.json"),
-        serde_json::to_vec(&info).unwrap(),
-    )
-    .unwrap();
+    write_cluster_json(&store, "7000000000000000005");
     for n in 1..=10 {
         put_sealed(&store.join("wal").join(seg_name(n)), b"wal");
     }

@@ -13,7 +13,6 @@ use bytes::Bytes;
 use common::recovery::base_backup;
 use common::*;
 use pgagent_protocol::{segment_file_name, SegNo, TimelineId};
-use pgagent_storage::cluster::ClusterInfo;
 use pgagent_storage::envelope;
 use pgagent_tests::{
     run_pgagent, wait_until, AgentProcess, Garage, PgOptions, PgServer, Proxy, ProxyMode,
@@ -144,17 +143,10 @@ async fn fetch_from_a_store_written_by_run() {
 async fn unreachable_store_aborts_after_the_timeout_or_recovers() {
     let garage = Garage::start().expect("start Garage");
     let store = open_store(&garage.store_url("fetch"), &garage.s3_env()).await;
-    let info = ClusterInfo {
-        format_version: pgagent_storage::cluster::STORE_FORMAT_VERSION,
-        system_identifier: "7000000000000000001".into(),
-        pg_version_num: 150000,
-        wal_segment_size: SEG,
-        created_at: "2024-01-01T00:00:00Z".into(),
-    };
     store
         .put(
             "cluster.json",
-            Bytes::from(serde_json::to_vec(&info).unwrap()),
+            Bytes::from(cluster_json("7000000000000000001")),
         )
         .await
         .unwrap();
@@ -333,18 +325,7 @@ fn the_exit_status_survives_a_broken_stderr() {
     // This cluster's store without the segment: confirmed absent.
     let store = dir.path().join("store");
     std::fs::create_dir(&store).unwrap();
-    let info = ClusterInfo {
-        format_version: pgagent_storage::cluster::STORE_FORMAT_VERSION,
-        system_identifier: "7000000000000000003".into(),
-        pg_version_num: 150000,
-        wal_segment_size: SEG,
-        created_at: "2024-01-01T00:00:00Z".into(),
-    };
-    std::fs::write(
-        store.join("cluster.json"),
-        serde_json::to_vec(&info).unwrap(),
-    )
-    .unwrap();
+    write_cluster_json(&store, "7000000000000000003");
     let status = fetch_into_broken_pipe(&store, &name(SegNo(1)));
     assert_eq!(status.code(), Some(1), "{status:?}");
     assert!(!dest.exists());

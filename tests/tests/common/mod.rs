@@ -282,3 +282,20 @@ pub fn text(out: &std::process::Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// The `cluster.json` of a made-up cluster with `system_identifier`, 16 MiB segments.
+pub fn cluster_json(system_identifier: &str) -> Vec<u8> {
+    let info = pgagent_storage::cluster::ClusterInfo {
+        format_version: pgagent_storage::cluster::STORE_FORMAT_VERSION,
+        system_identifier: system_identifier.into(),
+        pg_version_num: 150000,
+        wal_segment_size: SEG,
+        created_at: "2024-01-01T00:00:00Z".into(),
+    };
+    serde_json::to_vec(&info).unwrap()
+}
+
+/// Writes that `cluster.json` into the `file://` store directory `store`.
+pub fn write_cluster_json(store: &Path, system_identifier: &str) {
+    std::fs::write(store.join("cluster.json"), cluster_json(system_identifier)).unwrap();
+}
