@@ -1,4 +1,5 @@
-//! Atomic delivery of a restored file to the path PostgreSQL gave (`%p`).
+//! Atomic delivery of a restored file to the path PostgreSQL gave (`%p`), and of a WAL file
+//! from its verified envelope ([`deliver_verified`]).
 //!
 //! The content is written to a temporary file in the directory of `%p` and renamed over `%p`
 //! only once the writer has finished without error (for WAL: after the envelope's length and
@@ -14,6 +15,11 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use pgagent_storage::{envelope, StoreError};
+
+use super::resolve::{self, Fill};
+use super::{abort, FetchError, Found};
 
 /// Distinguishes temporary files of concurrent deliveries within one process.
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -141,6 +147,72 @@ impl Drop for TempFile {
         if let Some(path) = self.path.take() {
             let _ = fs::remove_file(path);
         }
+    }
+}
+
+/// What [`deliver_verified`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    /// Raw bytes taken from the object.
+    pub raw_len: u64,
+    /// Bytes of the delivered file (the segment size when a partial was padded).
+    pub file_len: u64,
+}
+
+/// Verifies the envelope of `found` (length and blake3, DESIGN.md "Object envelope"), applies
+/// its [`Fill`], and writes the result atomically at `path` (see [`write_atomically`]).
+///
+/// Blocking (decompression and file I/O): call it from a blocking thread in async code.
+///
+/// Errors: [`FetchError::Abort`] naming the key on a corrupt object or a partial segment
+/// longer than the segment size, and on any local I/O error. Nothing is left at `path`.
+pub fn deliver_verified(found: &Found, path: &Path) -> Result<Delivered, FetchError> {
+    let key = &found.source.key;
+    let r = write_atomically(path, |mut out| -> Result<Delivered, DeliverError> {
+        let raw_len = envelope::open_into(&found.body, &mut out).map_err(|e| e.with_key(key))?;
+        let file_len = match found.source.fill {
+            Fill::AsIs => raw_len,
+            Fill::PadToSegment { segment_size, .. } => {
+                if raw_len > segment_size {
+                    return Err(DeliverError::Store(StoreError::Corrupt {
+                        key: key.clone(),
+                        detail: format!(
+                            "partial segment holds {raw_len} bytes, more than the segment size {segment_size}"
+                        ),
+                    }));
+                }
+                pad_with_zeros(out, raw_len, segment_size)?;
+                segment_size
+            }
+        };
+        Ok(Delivered { raw_len, file_len })
+    });
+    r.map_err(|e| match e {
+        DeliverError::Store(e) if e.is_corrupt() => abort(format!(
+            "{}: verification failed, not delivered: {e}",
+            key.trim_start_matches(resolve::WAL_PREFIX)
+        )),
+        DeliverError::Store(e) => abort(format!("{} to {}: {e}", key, path.display())),
+        DeliverError::Io(e) => abort(format!("write {}: {e}", path.display())),
+    })
+}
+
+/// Errors inside [`deliver_verified`]'s writer.
+#[derive(Debug)]
+enum DeliverError {
+    Store(StoreError),
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for DeliverError {
+    fn from(e: std::io::Error) -> Self {
+        DeliverError::Io(e)
+    }
+}
+
+impl From<StoreError> for DeliverError {
+    fn from(e: StoreError) -> Self {
+        DeliverError::Store(e)
     }
 }
 
