@@ -165,6 +165,33 @@ pub enum ManifestError {
 }
 
 impl BackupManifest {
+    /// The manifest a backup announces itself with before it stores any file: `running`,
+    /// the current format, its id, and nothing else yet. Callers fill in what they know with
+    /// struct update syntax (`BackupManifest { start_lsn, ..BackupManifest::announced(id) }`).
+    pub fn announced(id: &str) -> Self {
+        BackupManifest {
+            format_version: MANIFEST_FORMAT_VERSION,
+            id: id.to_string(),
+            status: BackupStatus::Running,
+            system_identifier: String::new(),
+            pg_version_num: 0,
+            label: String::new(),
+            start_lsn: String::new(),
+            start_timeline: 0,
+            stop_lsn: None,
+            stop_timeline: None,
+            started_at: String::new(),
+            finished_at: None,
+            chunk_size: 0,
+            backup_label: String::new(),
+            tablespace_map: None,
+            pg_manifest: None,
+            tablespaces: Vec::new(),
+            files: Vec::new(),
+            stats: BackupStats::default(),
+        }
+    }
+
     /// Start LSN and timeline.
     ///
     /// Errors: [`ManifestError::Format`] if `start_lsn` is not `X/X`.

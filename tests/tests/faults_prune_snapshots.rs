@@ -12,9 +12,7 @@ use bytes::Bytes;
 use common::*;
 use pgagent_protocol::{segment_file_name, SegNo, TimelineId};
 use pgagent_storage::envelope;
-use pgagent_storage::manifest::{
-    BackupManifest, BackupStats, BackupStatus, MANIFEST_FORMAT_VERSION,
-};
+use pgagent_storage::manifest::{BackupManifest, BackupStatus};
 use pgagent_storage::snapshot::{SnapshotRecord, SNAPSHOT_FORMAT_VERSION};
 use pgagent_tests::run_pgagent;
 
@@ -26,8 +24,6 @@ fn put_sealed(path: &Path, raw: &[u8]) {
 
 fn manifest(id: &str, start_lsn: &str) -> BackupManifest {
     BackupManifest {
-        format_version: MANIFEST_FORMAT_VERSION,
-        id: id.into(),
         status: BackupStatus::Complete,
         system_identifier: "7000000000000000005".into(),
         pg_version_num: 150000,
@@ -40,11 +36,7 @@ fn manifest(id: &str, start_lsn: &str) -> BackupManifest {
         finished_at: Some("2026-11-01T03:01:00Z".into()),
         chunk_size: 1 << 20,
         backup_label: "START WAL LOCATION: x\n".into(),
-        tablespace_map: None,
-        pg_manifest: None,
-        tablespaces: vec![],
-        files: vec![],
-        stats: BackupStats::default(),
+        ..BackupManifest::announced(id)
     }
 }
 

@@ -105,9 +105,7 @@ fn remove_not_wanted(dir: &Path, wanted: &HashSet<PathBuf>) -> anyhow::Result<u6
 mod tests {
     use super::*;
     use crate::backup::materialize::Mode;
-    use pgagent_storage::manifest::{
-        BackupStats, BackupStatus, EntryKind, FileEntry, TablespaceEntry, MANIFEST_FORMAT_VERSION,
-    };
+    use pgagent_storage::manifest::{BackupStatus, EntryKind, FileEntry, TablespaceEntry};
 
     fn entry(path: &str, kind: EntryKind) -> FileEntry {
         FileEntry {
@@ -125,22 +123,11 @@ mod tests {
     fn manifest(location: &Path) -> BackupManifest {
         use EntryKind::{Dir, File};
         BackupManifest {
-            format_version: MANIFEST_FORMAT_VERSION,
-            id: "t".into(),
             status: BackupStatus::Complete,
-            system_identifier: "1".into(),
             pg_version_num: 150004,
-            label: "t".into(),
             start_lsn: "0/2000028".into(),
             start_timeline: 1,
-            stop_lsn: None,
-            stop_timeline: None,
-            started_at: String::new(),
-            finished_at: None,
             chunk_size: 1000,
-            backup_label: String::new(),
-            tablespace_map: None,
-            pg_manifest: None,
             tablespaces: vec![TablespaceEntry {
                 oid: 16390,
                 location: location.display().to_string(),
@@ -152,7 +139,7 @@ mod tests {
                 entry("pg_tblspc/16390/PG_15_202209061/5", Dir),
                 entry("pg_tblspc/16390/PG_15_202209061/5/16391", File),
             ],
-            stats: BackupStats::default(),
+            ..BackupManifest::announced("t")
         }
     }
 

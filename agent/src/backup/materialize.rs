@@ -235,7 +235,7 @@ mod tests {
     use super::*;
     use crate::backup::archive::walk_archive;
     use crate::backup::chunks::{upload_chunks, ChunkStats, StoreSink};
-    use pgagent_storage::manifest::{BackupStats, BackupStatus, MANIFEST_FORMAT_VERSION};
+    use pgagent_storage::manifest::BackupStatus;
     use std::collections::HashSet;
     use std::path::PathBuf;
     use std::sync::Mutex;
@@ -279,25 +279,13 @@ mod tests {
         .unwrap();
         up.await.unwrap().unwrap();
         BackupManifest {
-            format_version: MANIFEST_FORMAT_VERSION,
-            id: "t".into(),
             status: BackupStatus::Complete,
-            system_identifier: "1".into(),
             pg_version_num: 150000,
-            label: "t".into(),
             start_lsn: "0/2000028".into(),
             start_timeline: 1,
-            stop_lsn: None,
-            stop_timeline: None,
-            started_at: String::new(),
-            finished_at: None,
             chunk_size: 1000,
-            backup_label: String::new(),
-            tablespace_map: None,
-            pg_manifest: None,
-            tablespaces: vec![],
             files: walked.entries,
-            stats: BackupStats::default(),
+            ..BackupManifest::announced("t")
         }
     }
 

@@ -28,7 +28,6 @@ use pgagent_protocol::{
 use pgagent_storage::layout::wal_key;
 use pgagent_storage::manifest::{
     BackupManifest, BackupStats, BackupStatus, EntryKind, FileEntry, TablespaceEntry,
-    MANIFEST_FORMAT_VERSION,
 };
 use pgagent_storage::ObjectStore;
 use tokio::sync::mpsc;
@@ -187,25 +186,15 @@ async fn announce(
         })
         .collect();
     let announced = BackupManifest {
-        format_version: MANIFEST_FORMAT_VERSION,
-        id: id.to_string(),
-        status: BackupStatus::Running,
         system_identifier: server.system_id.to_string(),
         pg_version_num: server.version_num,
         label: label.to_string(),
         start_lsn: stream.start_lsn().to_string(),
         start_timeline: stream.start_timeline().0,
-        stop_lsn: None,
-        stop_timeline: None,
         started_at: rfc3339(started),
-        finished_at: None,
         chunk_size,
-        backup_label: String::new(),
-        tablespace_map: None,
-        pg_manifest: None,
         tablespaces,
-        files: Vec::new(),
-        stats: BackupStats::default(),
+        ..BackupManifest::announced(id)
     };
     catalog::put_manifest(store, &announced).await?;
     Ok(announced)

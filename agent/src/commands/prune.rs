@@ -284,29 +284,18 @@ async fn sweep_chunks(store: &dyn ObjectStore, marker: &PruneMarker) -> anyhow::
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pgagent_storage::manifest::{BackupStats, EntryKind, FileEntry, MANIFEST_FORMAT_VERSION};
+    use pgagent_storage::manifest::{EntryKind, FileEntry};
 
     fn m(id: &str, started: &str, status: BackupStatus) -> BackupManifest {
         BackupManifest {
-            format_version: MANIFEST_FORMAT_VERSION,
-            id: id.into(),
             status,
             system_identifier: "1".into(),
             pg_version_num: 150000,
-            label: String::new(),
             start_lsn: "0/2000028".into(),
             start_timeline: 1,
-            stop_lsn: None,
-            stop_timeline: None,
             started_at: started.into(),
-            finished_at: None,
             chunk_size: 1 << 20,
-            backup_label: String::new(),
-            tablespace_map: None,
-            pg_manifest: None,
-            tablespaces: vec![],
-            files: vec![],
-            stats: BackupStats::default(),
+            ..BackupManifest::announced(id)
         }
     }
 

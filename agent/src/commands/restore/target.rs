@@ -238,25 +238,14 @@ mod tests {
     fn a_backup_reaches_targets_after_it_ended_to_the_microsecond() {
         let at = |t: &str| RecoveryTarget::time(t).unwrap();
         let ended = |finished: &str| BackupManifest {
-            format_version: pgagent_storage::manifest::MANIFEST_FORMAT_VERSION,
-            id: "b".into(),
             status: pgagent_storage::manifest::BackupStatus::Complete,
-            system_identifier: "1".into(),
-            pg_version_num: 150000,
-            label: String::new(),
             start_lsn: "0/2000028".into(),
             start_timeline: 1,
             stop_lsn: Some("0/2000100".into()),
             stop_timeline: Some(1),
             started_at: "2026-11-30T05:37:40Z".into(),
             finished_at: Some(finished.into()),
-            chunk_size: 1 << 20,
-            backup_label: String::new(),
-            tablespace_map: None,
-            pg_manifest: None,
-            tablespaces: vec![],
-            files: vec![],
-            stats: Default::default(),
+            ..BackupManifest::announced("b")
         };
         let precise = ended("2026-11-30T05:37:48.500000Z");
         assert!(at("2026-11-30 05:37:48.500000+00").reachable_from(&precise));
