@@ -61,7 +61,19 @@ pub async fn prepare(
     store: &dyn ObjectStore,
 ) -> anyhow::Result<Resume> {
     let seg = server.seg;
-    let slot_pos = slot_position(client, conn, server, slot).await?;
+    // The server's history covers every timeline it descends from: read once, it places
+    // both the slot's position (before 15) and the segment before the start.
+    let lineage = if server.timeline.0 > 1 {
+        history(client, server.timeline).await
+    } else {
+        None
+    };
+    let on_lineage = |lsn: Lsn| {
+        lineage
+            .as_ref()
+            .map(|h| h.timeline_for_lsn(server.timeline, lsn))
+    };
+    let slot_pos = slot_position(client, conn, server, slot, on_lineage).await?;
     let scan = StagingScan::read(staging_dir, seg)?;
     let mut plan = plan_resume(&scan, slot_pos, server);
     let leftovers: Vec<StagedSegment> = scan
@@ -72,9 +84,7 @@ pub async fn prepare(
 
     // The timeline the segment before the start belongs to (a parent, right after a switch).
     let prev_tli = match plan.start.0.checked_sub(1).map(Lsn) {
-        Some(prev) if plan.tli.0 > 1 => history(client, plan.tli)
-            .await
-            .map_or(plan.tli, |h| h.timeline_for_lsn(plan.tli, prev)),
+        Some(prev) if plan.tli.0 > 1 => on_lineage(prev).map_or(plan.tli, |t| t.min(plan.tli)),
         _ => plan.tli,
     };
     let tail = read_with_deadline("the end of its WAL", || {
@@ -155,6 +165,7 @@ async fn slot_position(
     conn: &ConnConfig,
     server: &ServerInfo,
     slot: &str,
+    on_lineage: impl Fn(Lsn) -> Option<TimelineId>,
 ) -> anyhow::Result<Option<(Lsn, Option<TimelineId>)>> {
     let wrap = |e: pgagent_protocol::Error| anyhow::anyhow!(explain(conn, &e));
     if server.version_num >= 150000 {
@@ -181,9 +192,7 @@ async fn slot_position(
         return Ok(None);
     };
     let tli = if server.timeline.0 > 1 {
-        history(client, server.timeline)
-            .await
-            .map(|h| h.timeline_for_lsn(server.timeline, restart))
+        on_lineage(restart)
     } else {
         Some(server.timeline)
     };
