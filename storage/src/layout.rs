@@ -3,7 +3,11 @@
 //! ```text
 //! cluster.json                          written once: system identifier, segment size, …
 //! wal/000000010000000A000000FE          a complete segment
-//! wal/000000010000000A000000FF.partial  the segment being filled
+//! wal/000000010000000A000000FF.partial.d/00000000-0001A000
+//!                                       the segment being filled: deltas of new WAL
+//!                                       (byte offsets in the segment, see `crate::deltas`)
+//! wal/000000010000000A000000FF.partial  the segment being filled, as stores written
+//!                                       before deltas hold it (read, never written)
 //! wal/00000002.history                  timeline history file
 //! chunks/ab/ab34…e1                     content-addressed chunk (key = blake3 hex)
 //! backups/<id>/manifest.json            base backup manifest

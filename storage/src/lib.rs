@@ -5,7 +5,8 @@
 //!   (`s3://bucket/prefix?endpoint=…`, any S3-compatible service). [`open`] picks one from a
 //!   store URL.
 //! - [`envelope`]: the self-verifying object format (zstd + blake3).
-//! - [`layout`]: where each kind of object lives in the store.
+//! - [`layout`]: where each kind of object lives in the store; [`deltas`]: how the segment
+//!   being filled is stored as deltas, and how they are put back together.
 //! - [`immutable::put_immutable`]: the write path for WAL and chunks, which never overwrites
 //!   different content.
 //! - [`cluster`]: `cluster.json`, which keeps two clusters from mixing in one prefix.
@@ -14,6 +15,7 @@
 pub mod cluster;
 pub mod config;
 pub mod conformance;
+pub mod deltas;
 pub mod envelope;
 pub mod error;
 pub mod fs;
