@@ -8,8 +8,8 @@
 //!
 //! [`FlushTracker`] is the pure bookkeeping behind that rule. Uploads finish out of order (the
 //! uploader runs several at once), so the bucket frontier is the end of the longest run of
-//! contiguous complete segments from the start position, extended by the newest uploaded
-//! `.partial` object when it belongs to the first segment not yet complete.
+//! contiguous complete segments from the start position, extended by the run of deltas
+//! (partial uploads, `storage::deltas`) of the first segment not yet complete.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -41,11 +41,11 @@ pub struct FlushTracker {
     next_needed: SegNo,
     /// Complete segments uploaded ahead of `next_needed` (out-of-order completions).
     ahead: BTreeSet<SegNo>,
-    /// Newest `.partial` content in the bucket, as far as the frontier is concerned: its
-    /// segment and the end of the bytes it holds.
+    /// How far the bucket holds the segment being filled, as far as the frontier is
+    /// concerned: its segment and the end of the run of its deltas from the segment start.
     partial: Option<(SegNo, Lsn)>,
-    /// The newest `.partial` object the bucket holds (timeline, segment, end of its WAL): a
-    /// partial upload that is not longer would replace WAL the bucket holds with less.
+    /// The segment whose deltas the bucket holds (timeline, segment, end of their run from
+    /// the segment start): where the next delta starts.
     stored_partial: Option<(TimelineId, SegNo, Lsn)>,
     /// What must land before the frontier may pass a position (see [`Hold`]).
     holds: BTreeMap<Hold, Lsn>,
@@ -114,23 +114,30 @@ impl FlushTracker {
         }
     }
 
-    /// Records that the bucket holds segment `segno` of timeline `tli` from its start up to
-    /// `end` as a `.partial` object (uploaded now, or found there at start).
-    pub fn partial_uploaded(&mut self, tli: TimelineId, segno: SegNo, end: Lsn) {
+    /// Records that WAL of segment `segno` of timeline `tli` from `start` to `end` is durable
+    /// in the bucket as a delta (uploaded now; or, with `start` at the segment start, the run
+    /// of deltas found there at start). It counts only when it continues the run the bucket
+    /// holds from the segment start: a delta past a hole counts for nothing.
+    pub fn partial_uploaded(&mut self, tli: TimelineId, segno: SegNo, start: Lsn, end: Lsn) {
+        let held = self.stored_partial_end(tli, segno);
+        let continues = start == segno.start_lsn(self.seg) || held.is_some_and(|h| h >= start);
+        if !continues || !self.partial_is_news(tli, segno, end) {
+            return;
+        }
         match self.partial {
             Some((s, e)) if s > segno || (s == segno && e >= end) => {}
             _ => self.partial = Some((segno, end)),
         }
-        if self.partial_is_news(tli, segno, end) {
-            self.stored_partial = Some((tli, segno, end));
-        }
+        self.stored_partial = Some((tli, segno, end));
     }
 
-    /// Records that the bucket may hold segment `segno` of `tli` up to `end` as `.partial`
-    /// (the store could not be asked): uploads of that object must not go below `end`. The
-    /// frontier does not count it.
-    pub fn assume_stored_partial(&mut self, tli: TimelineId, segno: SegNo, end: Lsn) {
-        self.stored_partial = Some((tli, segno, end));
+    /// End of the run of WAL the bucket holds from the start of segment `segno` of `tli`, if
+    /// that is the segment being filled: where its next delta starts.
+    pub fn stored_partial_end(&self, tli: TimelineId, segno: SegNo) -> Option<Lsn> {
+        match self.stored_partial {
+            Some((t, s, e)) if (t, s) == (tli, segno) => Some(e),
+            _ => None,
+        }
     }
 
     /// Starts over at `start` (a segment start) with `start` as the confirmed position: the
@@ -145,15 +152,18 @@ impl FlushTracker {
         };
     }
 
-    /// Whether a `.partial` upload of `tli`/`segno` holding WAL up to `end` would add to what
-    /// the bucket holds. False when the bucket already holds that object at least as long:
-    /// the upload would replace WAL the bucket holds with less (after a restart, a segment is
-    /// received again from its start), which DESIGN.md forbids ("the bucket never goes
-    /// backwards").
+    /// Whether a delta of `tli`/`segno` ending at `end` would add to what the bucket holds:
+    /// false when the segment is complete in the bucket, when the bucket's run of that
+    /// segment already reaches `end` (after a restart a segment is received again from its
+    /// start), and for a segment before the one whose deltas the bucket holds (a view queued
+    /// before a newer segment's delta landed).
     pub fn partial_is_news(&self, tli: TimelineId, segno: SegNo, end: Lsn) -> bool {
+        if segno < self.next_needed || self.ahead.contains(&segno) {
+            return false;
+        }
         match self.stored_partial {
-            Some((t, s, e)) if t == tli && s == segno => end > e,
-            _ => true,
+            Some((t, s, e)) => (tli, segno, end) > (t, s, e),
+            None => true,
         }
     }
 
@@ -298,7 +308,7 @@ mod tests {
     fn partial_counts_only_on_the_first_missing_segment() {
         let mut t = FlushTracker::new(seg(), lsn_of(10, 0), lsn_of(10, 0));
         t.staged(lsn_of(11, 100));
-        t.partial_uploaded(TimelineId(1), SegNo(11), lsn_of(11, 100));
+        t.partial_uploaded(TimelineId(1), SegNo(11), lsn_of(11, 0), lsn_of(11, 100));
         assert_eq!(
             t.bucket_frontier(),
             lsn_of(10, 0),
@@ -313,8 +323,8 @@ mod tests {
     fn an_older_partial_never_moves_the_frontier_back() {
         let mut t = FlushTracker::new(seg(), lsn_of(10, 0), lsn_of(10, 0));
         t.staged(lsn_of(10, 900));
-        t.partial_uploaded(TimelineId(1), SegNo(10), lsn_of(10, 800));
-        t.partial_uploaded(TimelineId(1), SegNo(10), lsn_of(10, 300));
+        t.partial_uploaded(TimelineId(1), SegNo(10), lsn_of(10, 0), lsn_of(10, 800));
+        t.partial_uploaded(TimelineId(1), SegNo(10), lsn_of(10, 0), lsn_of(10, 300));
         assert_eq!(t.bucket_frontier(), lsn_of(10, 800));
     }
 
@@ -324,7 +334,7 @@ mod tests {
         assert_eq!(t.flush_lsn(true), lsn_of(10, 500));
         t.staged(lsn_of(10, 700));
         assert_eq!(t.flush_lsn(false), lsn_of(10, 700));
-        t.partial_uploaded(TimelineId(1), SegNo(10), lsn_of(10, 600));
+        t.partial_uploaded(TimelineId(1), SegNo(10), lsn_of(10, 0), lsn_of(10, 600));
         assert_eq!(t.flush_lsn(true), lsn_of(10, 600));
     }
 
@@ -343,7 +353,7 @@ mod tests {
         let mut t = FlushTracker::new(seg(), lsn_of(7, 0), lsn_of(5, 0));
         t.hold_for_leftovers([SegNo(5)]);
         t.staged(lsn_of(7, 100));
-        t.partial_uploaded(TimelineId(1), SegNo(7), lsn_of(7, 100));
+        t.partial_uploaded(TimelineId(1), SegNo(7), lsn_of(7, 0), lsn_of(7, 100));
         assert_eq!(t.bucket_frontier(), lsn_of(5, 0), "5 is only in staging");
         assert_eq!(t.flush_lsn(true), lsn_of(5, 0));
         t.segment_uploaded(SegNo(5));
@@ -354,7 +364,7 @@ mod tests {
     fn partial_of_an_ended_timeline_is_cut_at_the_switch_point() {
         let mut t = FlushTracker::new(seg(), lsn_of(5, 0), lsn_of(5, 0));
         t.staged(lsn_of(5, 9000));
-        t.partial_uploaded(TimelineId(1), SegNo(5), lsn_of(5, 9000));
+        t.partial_uploaded(TimelineId(1), SegNo(5), lsn_of(5, 0), lsn_of(5, 9000));
         t.timeline_switched(lsn_of(5, 4000));
         assert_eq!(t.bucket_frontier(), lsn_of(5, 4000));
     }
@@ -364,7 +374,7 @@ mod tests {
         // A restart re-receives segment 10 from its start; the bucket already holds 800 bytes.
         let mut t = FlushTracker::new(seg(), lsn_of(10, 0), lsn_of(10, 800));
         let tli = TimelineId(1);
-        t.partial_uploaded(tli, SegNo(10), lsn_of(10, 800));
+        t.partial_uploaded(tli, SegNo(10), lsn_of(10, 0), lsn_of(10, 800));
         assert!(!t.partial_is_news(tli, SegNo(10), lsn_of(10, 300)));
         assert!(!t.partial_is_news(tli, SegNo(10), lsn_of(10, 800)));
         assert!(t.partial_is_news(tli, SegNo(10), lsn_of(10, 801)));
@@ -387,7 +397,7 @@ mod tests {
         t.staged(lsn_of(6, 100));
         t.hold_for_history(TimelineId(2), lsn_of(5, 4000));
         t.segment_uploaded(SegNo(5));
-        t.partial_uploaded(TimelineId(2), SegNo(6), lsn_of(6, 100));
+        t.partial_uploaded(TimelineId(2), SegNo(6), lsn_of(6, 0), lsn_of(6, 100));
         assert_eq!(t.bucket_frontier(), lsn_of(5, 4000));
         assert_eq!(t.flush_lsn(true), lsn_of(5, 4000));
         t.history_uploaded(TimelineId(2));
@@ -395,14 +405,34 @@ mod tests {
     }
 
     #[test]
-    fn an_unknown_stored_partial_blocks_partial_uploads_without_moving_the_frontier() {
+    fn a_delta_counts_only_when_it_continues_the_run() {
         let mut t = FlushTracker::new(seg(), lsn_of(10, 0), lsn_of(10, 0));
-        t.assume_stored_partial(TimelineId(1), SegNo(10), lsn_of(11, 0));
-        t.staged(lsn_of(10, 500));
-        assert!(!t.partial_is_news(TimelineId(1), SegNo(10), lsn_of(10, 500)));
-        assert_eq!(t.bucket_frontier(), lsn_of(10, 0));
+        let tli = TimelineId(1);
+        t.staged(lsn_of(10, 900));
+        t.partial_uploaded(tli, SegNo(10), lsn_of(10, 0), lsn_of(10, 300));
+        assert_eq!(t.stored_partial_end(tli, SegNo(10)), Some(lsn_of(10, 300)));
+        t.partial_uploaded(tli, SegNo(10), lsn_of(10, 400), lsn_of(10, 600));
+        assert_eq!(t.bucket_frontier(), lsn_of(10, 300), "a hole at 300..400");
+        t.partial_uploaded(tli, SegNo(10), lsn_of(10, 300), lsn_of(10, 500));
+        assert_eq!(t.bucket_frontier(), lsn_of(10, 500));
+        t.partial_uploaded(tli, SegNo(10), lsn_of(10, 250), lsn_of(10, 700));
+        assert_eq!(t.bucket_frontier(), lsn_of(10, 700), "an overlap continues it");
+        assert_eq!(t.stored_partial_end(tli, SegNo(10)), Some(lsn_of(10, 700)));
+        assert_eq!(t.stored_partial_end(tli, SegNo(11)), None);
+    }
+
+    #[test]
+    fn views_of_complete_or_older_segments_are_not_news() {
+        let mut t = FlushTracker::new(seg(), lsn_of(10, 0), lsn_of(10, 0));
+        let tli = TimelineId(1);
+        t.staged(lsn_of(12, 100));
         t.segment_uploaded(SegNo(10));
-        assert_eq!(t.bucket_frontier(), lsn_of(11, 0));
+        t.segment_uploaded(SegNo(12));
+        assert!(!t.partial_is_news(tli, SegNo(10), lsn_of(10, 5)), "complete");
+        assert!(!t.partial_is_news(tli, SegNo(12), lsn_of(12, 5)), "complete, ahead");
+        t.partial_uploaded(tli, SegNo(13), lsn_of(13, 0), lsn_of(13, 50));
+        assert!(!t.partial_is_news(tli, SegNo(11), lsn_of(11, 5)), "older");
+        assert!(t.partial_is_news(tli, SegNo(13), lsn_of(13, 51)));
     }
 
     #[test]
@@ -412,7 +442,7 @@ mod tests {
         t.rebase(lsn_of(8, 0));
         assert_eq!(t.flush_lsn(true), lsn_of(8, 0));
         t.staged(lsn_of(8, 10));
-        t.partial_uploaded(TimelineId(1), SegNo(8), lsn_of(8, 10));
+        t.partial_uploaded(TimelineId(1), SegNo(8), lsn_of(8, 0), lsn_of(8, 10));
         assert_eq!(t.flush_lsn(true), lsn_of(8, 10));
     }
 }

@@ -5,7 +5,10 @@
 //!
 //! [`put_immutable`] relies on the envelope header (which carries the blake3 hash of the raw
 //! content) rather than on ETags, which differ between multipart and single uploads and
-//! between services. The sequence is:
+//! between services. On a store that enforces `If-None-Match: *`
+//! ([`ObjectStore::enforces_conditional_put`]: fs, AWS S3, R2, MinIO) it is one request in the
+//! usual case: `put_if_absent`, and only when that answers `Exists`, a read of the existing
+//! header to compare (step 1). Elsewhere (Garage) the sequence is:
 //!
 //! 1. read the existing header (a ranged GET of [`HEADER_LEN`] bytes): same hash → nothing to
 //!    do; different hash → [`StoreError::Conflict`];
@@ -47,6 +50,16 @@ pub async fn put_immutable(
     key: &str,
     sealed: &Sealed,
 ) -> Result<ImmutablePut, StoreError> {
+    if store.enforces_conditional_put() {
+        return match store.put_if_absent(key, sealed.body.clone()).await? {
+            PutOutcome::Created => Ok(ImmutablePut::Created),
+            PutOutcome::Exists => match check_existing(store, key, sealed).await? {
+                Existing::Same => Ok(ImmutablePut::AlreadyPresent),
+                // Deleted between the write and the read (a prune racing): the caller retries.
+                Existing::Absent => Err(vanished(key)),
+            },
+        };
+    }
     if check_existing(store, key, sealed).await? == Existing::Same {
         return Ok(ImmutablePut::AlreadyPresent);
     }
@@ -55,12 +68,16 @@ pub async fn put_immutable(
         (PutOutcome::Exists, Existing::Same) => Ok(ImmutablePut::AlreadyPresent),
         (PutOutcome::Created, Existing::Same) => Ok(ImmutablePut::Created),
         // Deleted between the write and the read (a prune racing): the caller retries.
-        (_, Existing::Absent) => Err(StoreError::Transient {
-            key: key.to_string(),
-            op: crate::Op::Put,
-            detail: "object vanished between its conditional put and the read-back".to_string(),
-            source: None,
-        }),
+        (_, Existing::Absent) => Err(vanished(key)),
+    }
+}
+
+fn vanished(key: &str) -> StoreError {
+    StoreError::Transient {
+        key: key.to_string(),
+        op: crate::Op::Put,
+        detail: "object vanished between its conditional put and the read-back".to_string(),
+        source: None,
     }
 }
 

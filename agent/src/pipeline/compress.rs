@@ -10,17 +10,17 @@ use tokio::sync::mpsc;
 
 use super::jobs::{CompressJob, RawSource, UploadJob};
 
-/// Reads `len` bytes of a file from its start with positional reads, leaving the file
-/// offset alone (the receiver keeps writing the same file with `pwrite`).
-struct PrefixReader<'a> {
+/// Reads bytes `[pos, end)` of a file with positional reads, leaving the file offset alone
+/// (the receiver keeps writing the same file with `pwrite`).
+struct RangeReader<'a> {
     file: &'a std::fs::File,
     pos: u64,
-    len: u64,
+    end: u64,
 }
 
-impl std::io::Read for PrefixReader<'_> {
+impl std::io::Read for RangeReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let want = (self.len - self.pos).min(buf.len() as u64) as usize;
+        let want = self.end.saturating_sub(self.pos).min(buf.len() as u64) as usize;
         if want == 0 {
             return Ok(0);
         }
@@ -42,13 +42,13 @@ pub fn seal_job(job: CompressJob, level: i32) -> std::io::Result<UploadJob> {
             let len = file.metadata()?.len();
             envelope::seal_reader(file, Some(len), level)?
         }
-        RawSource::Prefix { file, len } => envelope::seal_reader(
-            PrefixReader {
+        RawSource::Range { file, from, to } => envelope::seal_reader(
+            RangeReader {
                 file,
-                pos: 0,
-                len: *len,
+                pos: *from,
+                end: *to,
             },
-            Some(*len),
+            Some(to - from),
             level,
         )?,
         RawSource::Bytes(b) => envelope::seal_reader(&b[..], Some(b.len() as u64), level)?,

@@ -3,10 +3,10 @@
 //! Streaming resumes where staging, the slot or the server say (`resume::plan_resume`).
 //! Two facts about the bucket change what happens next:
 //!
-//! - the `.partial` object of the resume segment: the new session receives that segment
-//!   again from its start, and a partial upload shorter than the stored one would replace
-//!   WAL the bucket holds with less (DESIGN.md: "the bucket never goes backwards"), so its
-//!   length seeds the flush tracker;
+//! - the deltas of the resume segment (`storage::deltas`; or the `.partial` object an older
+//!   version wrote): the new session receives that segment again from its start, and goes
+//!   on uploading deltas from the end of the run the bucket holds, so that WAL is neither
+//!   uploaded twice nor counted before it is there; that end seeds the flush tracker;
 //! - the end of the WAL the bucket holds below the resume point: when it stops short of the
 //!   resume point (the agent was away without its staging directory, the slot was dropped
 //!   and created anew, or PostgreSQL 13/14 gave no slot position), the WAL in between is in
@@ -16,11 +16,13 @@
 //!
 //! The decision is pure ([`tail_of`], [`judge`]); [`read_tail`] does the store I/O: one LIST
 //! per WAL "log" (the first 16 hex digits of a segment name) of the two before the resume
-//! point, and one ranged GET per `.partial` header.
+//! point, and for a segment held as deltas one LIST of them and one ranged GET of an older
+//! `.partial` header.
 
 use pgagent_protocol::{segment_file_name, Lsn, SegNo, TimelineId, WalFileName, WalSegmentSize};
+use pgagent_storage::deltas::{assemble, deltas_prefix, Delta, Piece};
 use pgagent_storage::envelope::{Header, HEADER_LEN};
-use pgagent_storage::layout::wal_key;
+use pgagent_storage::layout::{wal_key, PARTIAL_SUFFIX};
 use pgagent_storage::{ObjectStore, StoreError};
 
 /// The WAL objects of one timeline near the resume point, from a listing.
@@ -28,7 +30,7 @@ use pgagent_storage::{ObjectStore, StoreError};
 pub struct Listed {
     /// Complete segments.
     pub complete: Vec<SegNo>,
-    /// Segments held as `.partial`.
+    /// Segments held as deltas or `.partial` (each once).
     pub partial: Vec<SegNo>,
 }
 
@@ -41,6 +43,12 @@ impl Listed {
     ) -> Self {
         let mut out = Listed::default();
         for key in keys {
+            if let Some(d) = Delta::parse_key(key, seg) {
+                if d.tli == tli {
+                    out.partial.push(d.segno);
+                }
+                continue;
+            }
             let Some(name) = key.strip_prefix("wal/") else {
                 continue;
             };
@@ -52,6 +60,8 @@ impl Listed {
                 _ => {}
             }
         }
+        out.partial.sort();
+        out.partial.dedup();
         out
     }
 }
@@ -121,21 +131,43 @@ pub fn judge(start: Lsn, bucket_end: Option<Lsn>, staged_from: Option<Lsn>) -> C
     }
 }
 
-/// The end of the WAL held by the `.partial` object `key`, or `None` when there is none.
+/// The end of the run of WAL the bucket holds of segment `segno` of `tli` as deltas (and a
+/// `.partial` object an older version wrote), or `None` when that run is empty.
 ///
-/// Reads only the envelope header (a ranged GET of [`HEADER_LEN`] bytes).
+/// One LIST of the segment's deltas and, at the same time, a ranged GET of [`HEADER_LEN`]
+/// bytes of the `.partial` object.
 pub async fn stored_partial_end(
     store: &dyn ObjectStore,
     tli: TimelineId,
     segno: SegNo,
     seg: WalSegmentSize,
 ) -> Result<Option<Lsn>, StoreError> {
-    let key = wal_key(&format!("{}.partial", segment_file_name(tli, segno, seg)));
-    match store.get_range(&key, 0, HEADER_LEN as u64).await {
-        Ok(bytes) => Ok(Some(segno.start_lsn(seg) + Header::parse(&bytes)?.raw_len)),
-        Err(e) if e.is_not_found() => Ok(None),
-        Err(e) => Err(e),
+    let legacy = wal_key(&format!(
+        "{}{PARTIAL_SUFFIX}",
+        segment_file_name(tli, segno, seg)
+    ));
+    let prefix = deltas_prefix(tli, segno, seg);
+    let (listed, header) = tokio::join!(
+        store.list(&prefix),
+        store.get_range(&legacy, 0, HEADER_LEN as u64)
+    );
+    let mut pieces: Vec<Piece> = listed?
+        .iter()
+        .filter_map(|m| Delta::parse_key(&m.key, seg))
+        .filter(|d| (d.tli, d.segno) == (tli, segno))
+        .map(|d| Piece::delta(&d, seg))
+        .collect();
+    match header {
+        Ok(bytes) => pieces.push(Piece {
+            key: legacy,
+            start: 0,
+            end: Header::parse(&bytes)?.raw_len,
+        }),
+        Err(e) if e.is_not_found() => {}
+        Err(e) => return Err(e),
     }
+    let run = assemble(&pieces).end;
+    Ok((run > 0).then(|| segno.start_lsn(seg) + run))
 }
 
 /// Where the WAL of timeline `tli` that the bucket holds below `start` ends, looking in the
@@ -163,16 +195,25 @@ pub async fn read_tail(
             break;
         }
     }
-    let listed = Listed::from_keys(keys.iter().map(String::as_str), tli, seg);
-    Ok(match tail_of(&listed, start_seg, seg) {
-        Tail::EndsAt(l) => Some(l),
-        Tail::Nothing => None,
-        Tail::Partial(p) => match stored_partial_end(store, tli, p, seg).await? {
-            Some(end) => Some(end),
-            // Completed (and its .partial removed) between the LIST and the GET.
-            None => Some(SegNo(p.0 + 1).start_lsn(seg)),
-        },
-    })
+    let mut listed = Listed::from_keys(keys.iter().map(String::as_str), tli, seg);
+    loop {
+        match tail_of(&listed, start_seg, seg) {
+            Tail::EndsAt(l) => return Ok(Some(l)),
+            Tail::Nothing => return Ok(None),
+            Tail::Partial(p) => {
+                if let Some(end) = stored_partial_end(store, tli, p, seg).await? {
+                    return Ok(Some(end));
+                }
+                let complete = wal_key(&segment_file_name(tli, p, seg));
+                if store.head(&complete).await?.is_some() {
+                    // Completed (and its deltas removed) between the two listings.
+                    return Ok(Some(SegNo(p.0 + 1).start_lsn(seg)));
+                }
+                // Only deltas past a hole: that segment adds nothing; look below it.
+                listed.partial.retain(|s| *s != p);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -196,12 +237,69 @@ mod tests {
             name(1, 5),
             name(2, 6),
             format!("{}.partial", name(1, 7)),
+            format!("{}.partial.d/00000000-00001000", name(1, 7)),
+            format!("{}.partial.d/00000000-00001000", name(1, 8)),
+            format!("{}.partial.d/00001000-00002000", name(1, 8)),
+            format!("{}.partial.d/00000000-00001000", name(2, 9)),
             "wal/00000002.history".to_string(),
             "wal/junk".to_string(),
         ];
         let l = Listed::from_keys(keys.iter().map(String::as_str), TimelineId(1), seg());
         assert_eq!(l.complete, vec![SegNo(5)]);
-        assert_eq!(l.partial, vec![SegNo(7)]);
+        assert_eq!(l.partial, vec![SegNo(7), SegNo(8)]);
+    }
+
+    async fn put(store: &dyn ObjectStore, key: &str, raw: &[u8]) {
+        let sealed = pgagent_storage::envelope::seal(raw, 1);
+        store.put(key, sealed.body).await.unwrap();
+    }
+
+    fn delta(segno: u64, start: u64, end: u64) -> String {
+        format!("{}.partial.d/{start:08X}-{end:08X}", name(1, segno))
+    }
+
+    #[tokio::test]
+    async fn the_stored_run_of_deltas_ends_at_the_first_hole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = pgagent_storage::fs::FsStore::open(dir.path().into())
+            .await
+            .unwrap();
+        let (tli, s) = (TimelineId(1), seg());
+        let at = |n: u64, off: u64| SegNo(n).start_lsn(s) + off;
+        assert_eq!(stored_partial_end(&store, tli, SegNo(7), s).await.unwrap(), None);
+        put(&store, &delta(7, 0x100, 0x200), &[1; 0x100]).await;
+        assert_eq!(
+            stored_partial_end(&store, tli, SegNo(7), s).await.unwrap(),
+            None,
+            "only WAL past a hole"
+        );
+        put(&store, &delta(7, 0, 0x80), &[1; 0x80]).await;
+        assert_eq!(
+            stored_partial_end(&store, tli, SegNo(7), s).await.unwrap(),
+            Some(at(7, 0x80))
+        );
+        // An older version's whole-prefix .partial fills the hole.
+        put(&store, &format!("{}.partial", name(1, 7)), &[1; 0x120]).await;
+        assert_eq!(
+            stored_partial_end(&store, tli, SegNo(7), s).await.unwrap(),
+            Some(at(7, 0x200))
+        );
+    }
+
+    #[tokio::test]
+    async fn the_tail_skips_a_segment_with_only_deltas_past_a_hole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = pgagent_storage::fs::FsStore::open(dir.path().into())
+            .await
+            .unwrap();
+        let (tli, s) = (TimelineId(1), seg());
+        put(&store, &name(1, 5), &[0; 16]).await;
+        put(&store, &delta(6, 0x100, 0x200), &[1; 0x100]).await;
+        let end = read_tail(&store, tli, SegNo(8).start_lsn(s), s).await.unwrap();
+        assert_eq!(end, Some(SegNo(6).start_lsn(s)));
+        put(&store, &delta(6, 0, 0x100), &[1; 0x100]).await;
+        let end = read_tail(&store, tli, SegNo(8).start_lsn(s), s).await.unwrap();
+        assert_eq!(end, Some(SegNo(6).start_lsn(s) + 0x200));
     }
 
     #[test]

@@ -7,6 +7,7 @@ use crate::metrics::UploadKind;
 use pgagent_protocol::{
     history_file_name, segment_file_name, Lsn, SegNo, TimelineId, WalSegmentSize,
 };
+use pgagent_storage::deltas::Delta;
 use pgagent_storage::envelope::Sealed;
 use pgagent_storage::layout::wal_key;
 
@@ -20,13 +21,17 @@ pub enum WalObject {
         /// Segment number.
         segno: SegNo,
     },
-    /// The segment being filled, holding WAL from the segment start up to `end`: re-uploaded
-    /// (overwritten) as it grows.
+    /// New WAL of the segment being filled, from `start` to `end` (both inside segment
+    /// `segno`): an immutable delta (`storage::deltas`). The receiver posts views from the
+    /// segment start; the partial uploader moves `start` up to what the bucket already
+    /// holds, so each delta carries only new WAL.
     Partial {
         /// Timeline.
         tli: TimelineId,
         /// Segment number.
         segno: SegNo,
+        /// Position of its first byte.
+        start: Lsn,
         /// End of the WAL it holds.
         end: Lsn,
     },
@@ -38,20 +43,28 @@ pub enum WalObject {
 }
 
 impl WalObject {
-    /// The PostgreSQL file name (what `restore_command` is asked for, plus `.partial`).
-    pub fn file_name(&self, seg: WalSegmentSize) -> String {
-        match *self {
-            WalObject::Segment { tli, segno } => segment_file_name(tli, segno, seg),
-            WalObject::Partial { tli, segno, .. } => {
-                format!("{}.partial", segment_file_name(tli, segno, seg))
-            }
-            WalObject::History { tli } => history_file_name(tli),
-        }
-    }
-
-    /// The store key.
+    /// The store key: `wal/` and the PostgreSQL file name (what `restore_command` is
+    /// asked for), or for a delta `wal/<segment>.partial.d/<start>-<end>`.
     pub fn key(&self, seg: WalSegmentSize) -> String {
-        wal_key(&self.file_name(seg))
+        match *self {
+            WalObject::Segment { tli, segno } => wal_key(&segment_file_name(tli, segno, seg)),
+            WalObject::Partial {
+                tli,
+                segno,
+                start,
+                end,
+            } => {
+                let base = segno.start_lsn(seg).0;
+                Delta {
+                    tli,
+                    segno,
+                    start: start.0 - base,
+                    end: end.0 - base,
+                }
+                .key(seg)
+            }
+            WalObject::History { tli } => wal_key(&history_file_name(tli)),
+        }
     }
 
     /// The `kind` label of the upload metrics.
@@ -63,10 +76,6 @@ impl WalObject {
         }
     }
 
-    /// Whether an existing object must never be replaced by different content.
-    pub fn is_immutable(&self) -> bool {
-        !matches!(self, WalObject::Partial { .. })
-    }
 }
 
 /// Where the raw bytes of an object come from.
@@ -74,12 +83,14 @@ impl WalObject {
 pub enum RawSource {
     /// A whole staged file.
     Path(PathBuf),
-    /// The first `len` bytes of an open file (a `.partial` being filled).
-    Prefix {
+    /// Bytes `[from, to)` of an open file (the `.partial` being filled).
+    Range {
         /// The file.
         file: File,
-        /// Bytes from its start.
-        len: u64,
+        /// Offset of the first byte.
+        from: u64,
+        /// Offset just past the last byte.
+        to: u64,
     },
     /// Bytes in memory (history files).
     Bytes(Vec<u8>),

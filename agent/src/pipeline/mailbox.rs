@@ -31,7 +31,9 @@ struct Inner {
 /// (timeline, segment, end) of a `.partial` job.
 fn identity(job: &CompressJob) -> Option<(u32, u64, u64)> {
     match job.object {
-        WalObject::Partial { tli, segno, end } => Some((tli.0, segno.0, end.0)),
+        WalObject::Partial {
+            tli, segno, end, ..
+        } => Some((tli.0, segno.0, end.0)),
         _ => None,
     }
 }
@@ -112,6 +114,7 @@ mod tests {
             object: WalObject::Partial {
                 tli: TimelineId(tli),
                 segno: SegNo(segno),
+                start: Lsn(0),
                 end: Lsn(end),
             },
             source: RawSource::Bytes(vec![]),

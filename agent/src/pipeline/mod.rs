@@ -31,7 +31,7 @@ pub use shared::LiveStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgagent_protocol::{ConnConfig, Lsn, ReplicationClient, ReplicationStream, SegNo};
+use pgagent_protocol::{ConnConfig, Lsn, ReplicationClient, ReplicationStream};
 use pgagent_storage::ObjectStore;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -130,6 +130,10 @@ impl Connected {
             metrics,
         ));
         let workers = Workers::start(cfg, &store, &shared, shutdown)?;
+        if resume.stored_partial != StoredPartial::None {
+            let segno = plan.start.segment_number(server.seg);
+            workers.uploader.may_have_deltas(plan.tli, segno);
+        }
         Ok(Running {
             cfg: cfg.clone(),
             conn,
@@ -145,24 +149,16 @@ impl Connected {
 }
 
 /// The tracker at the resume point: complete segments a previous run left in staging below
-/// it hold the frontier until they are up again, and the stored `.partial` of the resume
-/// segment counts as uploaded as far as it goes.
+/// it hold the frontier until they are up again, and the run of deltas the bucket holds of
+/// the resume segment counts as uploaded as far as it goes (the next delta starts there).
 fn tracker_for(resume: &Resume, seg: pgagent_protocol::WalSegmentSize) -> FlushTracker {
     let plan = resume.plan;
     let mut tracker = FlushTracker::new(seg, plan.start, plan.floor);
     tracker.hold_for_leftovers(resume.leftovers.iter().map(|s| s.segno));
     let start_segno = plan.start.segment_number(seg);
-    match resume.stored_partial {
-        StoredPartial::None => {}
-        StoredPartial::Holds(end) => {
-            tracing::info!(held = %end, "the store holds the resume segment up to here; no shorter .partial replaces it");
-            tracker.partial_uploaded(plan.tli, start_segno, end);
-        }
-        StoredPartial::Unknown => tracker.assume_stored_partial(
-            plan.tli,
-            start_segno,
-            SegNo(start_segno.0 + 1).start_lsn(seg),
-        ),
+    if let StoredPartial::Holds(end) = resume.stored_partial {
+        tracing::info!(held = %end, "the store holds the resume segment up to here; its deltas continue from there");
+        tracker.partial_uploaded(plan.tli, start_segno, plan.start, end);
     }
     tracker
 }
@@ -175,6 +171,7 @@ struct Workers {
     pool: compress::CompressPool,
     imm_task: JoinHandle<()>,
     partial_task: JoinHandle<()>,
+    uploader: upload::Uploader,
 }
 
 impl Workers {
@@ -209,7 +206,7 @@ impl Workers {
             shutdown.clone(),
         );
         let imm_task = tokio::spawn(uploader.clone().run_immutable(upload_rx));
-        let partial_task = tokio::spawn(uploader.run_partials(partials.clone(), level));
+        let partial_task = tokio::spawn(uploader.clone().run_partials(partials.clone(), level));
         Ok(Workers {
             seg_tx,
             partials,
@@ -217,6 +214,7 @@ impl Workers {
             pool,
             imm_task,
             partial_task,
+            uploader,
         })
     }
 }
@@ -275,6 +273,7 @@ impl Running {
             pool,
             imm_task,
             partial_task,
+            uploader: _,
         } = workers;
         let plan = resume.plan;
         for s in &resume.leftovers {

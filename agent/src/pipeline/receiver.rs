@@ -294,18 +294,22 @@ impl Receiver {
     }
 }
 
-/// The `.partial` upload of a staged view, and the end of the WAL it holds.
+/// The partial upload of a staged view (WAL from the segment start; the uploader narrows it
+/// to what the bucket lacks), and the end of the WAL it holds.
 fn partial_job(view: PartialView, seg: WalSegmentSize) -> (CompressJob, Lsn) {
-    let end = view.segno.start_lsn(seg) + view.len;
+    let start = view.segno.start_lsn(seg);
+    let end = start + view.len;
     let job = CompressJob {
         object: WalObject::Partial {
             tli: view.tli,
             segno: view.segno,
+            start,
             end,
         },
-        source: RawSource::Prefix {
+        source: RawSource::Range {
             file: view.file,
-            len: view.len,
+            from: 0,
+            to: view.len,
         },
     };
     (job, end)

@@ -4,7 +4,7 @@
 //! ([`plan_resume`]). The slot position is read with `READ_REPLICATION_SLOT` from
 //! PostgreSQL 15 on, and from `pg_replication_slots` over a SQL session before (its timeline
 //! then comes from the server's history file, as `READ_REPLICATION_SLOT` computes it). Then
-//! the bucket is read around the start ([`continuity`]): the stored `.partial` of the resume
+//! the bucket is read around the start ([`continuity`]): the stored deltas of the resume
 //! segment, and whether the bucket's WAL reaches the start.
 
 use std::path::Path;
@@ -24,15 +24,15 @@ use crate::staging::{StagedSegment, StagingScan};
 /// without them (safely: see [`StoredPartial::Unknown`]).
 const STORE_READ_DEADLINE: Duration = Duration::from_secs(15);
 
-/// What the bucket holds of the resume segment's `.partial` object.
+/// What the bucket holds of the resume segment as deltas (or an older `.partial` object).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoredPartial {
-    /// No such object.
+    /// Nothing from the segment start.
     None,
-    /// WAL up to this position.
+    /// A run of WAL from the segment start up to this position.
     Holds(Lsn),
-    /// The store did not answer: no `.partial` of that segment is uploaded by this run (the
-    /// complete segment covers it), so a shorter one can never replace a longer one.
+    /// The store did not answer: this run uploads that segment's deltas from its start.
+    /// Nothing the bucket holds is replaced (deltas are immutable); some WAL may go up twice.
     Unknown,
 }
 
@@ -43,7 +43,7 @@ pub struct Resume {
     pub plan: ResumePlan,
     /// Complete segments a previous run left in staging below the start.
     pub leftovers: Vec<StagedSegment>,
-    /// The stored `.partial` of the start segment on the plan's timeline.
+    /// The run of deltas the bucket holds of the start segment on the plan's timeline.
     pub stored_partial: StoredPartial,
     /// When the bucket's WAL ends before the start: streaming begins at the bucket's end
     /// instead, and this is the original start to fall back to if the server no longer has
@@ -117,7 +117,7 @@ pub async fn prepare(
         }
     }
     let segno = plan.start.segment_number(seg);
-    let stored_partial = match read_with_deadline("the resume segment's .partial", || {
+    let stored_partial = match read_with_deadline("the resume segment's deltas", || {
         continuity::stored_partial_end(store, plan.tli, segno, seg)
     })
     .await

@@ -1,29 +1,36 @@
 //! The uploader: sealed objects into the store, with bounded concurrency and retries.
 //!
-//! Complete segments and history files are immutable (`put_immutable`: same hash is a
-//! no-op, a different hash is a conflict that is never overwritten). `.partial` objects are
-//! overwritten as the segment grows, one at a time and in order, so an older partial can
-//! never land after a newer one.
+//! Every WAL object is immutable (`put_immutable`: same hash is a no-op, a different hash is
+//! a conflict that is never overwritten): complete segments, history files, and the deltas
+//! of the segment being filled (`storage::deltas`). Deltas go up one at a time and in
+//! order, each holding the WAL from the end of the run the bucket already holds to the
+//! newest view, so the run never has a hole this process made and each WAL byte of a
+//! segment is compressed and uploaded once as a delta and once in the complete segment.
+//! Once a segment is complete in the bucket its deltas are garbage: removed here when the
+//! credentials allow it, else by `pgagent prune`.
 //!
 //! Every failure is retried with capped exponential backoff: the bucket coming back is the
 //! normal end of an outage, and until then nothing is confirmed to the server, so the slot
 //! keeps the WAL. A conflict is retried too (slowly), since an operator may remove the
 //! offending object; it raises `pgagent_conflicts_total` once per object.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backon::Retryable;
 
+use pgagent_protocol::{segment_file_name, SegNo, TimelineId};
 use pgagent_storage::immutable::{put_immutable, ImmutablePut};
+use pgagent_storage::layout::{wal_key, PARTIAL_SUFFIX};
 use pgagent_storage::{ObjectStore, StoreError};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::compress::seal_job;
-use super::jobs::{UploadJob, WalObject};
+use super::jobs::{CompressJob, RawSource, UploadJob, WalObject};
 use super::mailbox::PartialMailbox;
 use super::shared::Shared;
 use crate::metrics::ByteStage;
@@ -39,6 +46,10 @@ pub struct Uploader {
     shared: Arc<Shared>,
     concurrency: Arc<Semaphore>,
     delete_denied: Arc<AtomicBool>,
+    /// Segments that may have deltas in the bucket, removed once the segment is complete.
+    with_deltas: Arc<Mutex<HashSet<(TimelineId, SegNo)>>>,
+    /// Held by the one cleanup of superseded deltas that runs at a time.
+    cleanup: Arc<tokio::sync::Mutex<()>>,
     shutdown: CancellationToken,
 }
 
@@ -64,6 +75,8 @@ impl Uploader {
             shared,
             concurrency: Arc::new(Semaphore::new(concurrency.max(1))),
             delete_denied: Arc::new(AtomicBool::new(false)),
+            with_deltas: Arc::default(),
+            cleanup: Arc::default(),
             shutdown,
         }
     }
@@ -89,16 +102,16 @@ impl Uploader {
         while tasks.join_next().await.is_some() {}
     }
 
-    /// Seals and uploads `.partial` objects one at a time, in order. Returns when the mailbox
-    /// is closed and the last one has landed.
+    /// Seals and uploads deltas one at a time, in order. Returns when the mailbox is closed
+    /// and the last one has landed.
     ///
-    /// A view that would not add to what the bucket holds of its object is skipped, checked
-    /// again right before the PUT: a `.partial` is replaced only by a longer one.
+    /// Each view is narrowed to the WAL the bucket lacks (see [`Uploader::narrow`]); a view
+    /// that adds nothing is skipped.
     pub async fn run_partials(self, mailbox: Arc<PartialMailbox>, level: i32) {
         while let Some(job) = mailbox.next().await {
-            if !self.is_news(&job.object) {
+            let Some(job) = self.narrow(job) else {
                 continue;
-            }
+            };
             let sealed = tokio::task::spawn_blocking(move || seal_job(job, level))
                 .await
                 .expect("seal task panicked");
@@ -111,20 +124,45 @@ impl Uploader {
                 }
             };
             let _permit = self.concurrency.acquire().await.expect("never closed");
-            if !self.is_news(&job.object) {
-                continue;
+            if let WalObject::Partial { tli, segno, .. } = job.object {
+                self.may_have_deltas(tli, segno);
             }
             self.upload(job).await;
         }
     }
 
-    fn is_news(&self, object: &WalObject) -> bool {
-        match *object {
-            WalObject::Partial { tli, segno, end } => {
-                self.shared.tracker().partial_is_news(tli, segno, end)
-            }
-            _ => true,
+    /// Cuts a view (WAL from its segment's start) down to a delta of the WAL past the run
+    /// the bucket holds of that segment; `None` when that adds nothing. Only this task
+    /// uploads deltas, one at a time, so the run cannot move while the delta is sealed.
+    fn narrow(&self, mut job: CompressJob) -> Option<CompressJob> {
+        let WalObject::Partial {
+            tli,
+            segno,
+            ref mut start,
+            end,
+        } = job.object
+        else {
+            return Some(job);
+        };
+        let tracker = self.shared.tracker();
+        if !tracker.partial_is_news(tli, segno, end) {
+            return None;
         }
+        let base = segno.start_lsn(self.shared.seg);
+        *start = tracker.stored_partial_end(tli, segno).unwrap_or(base);
+        if let RawSource::Range { from, .. } = &mut job.source {
+            *from = start.0 - base.0;
+        }
+        Some(job)
+    }
+
+    /// Notes that segment `segno` of `tli` may have deltas in the bucket (this run uploads
+    /// one, or found some at start), so that they are removed once it is complete.
+    pub fn may_have_deltas(&self, tli: TimelineId, segno: SegNo) {
+        self.with_deltas
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((tli, segno));
     }
 
     async fn upload(&self, job: UploadJob) {
@@ -180,17 +218,12 @@ impl Uploader {
     }
 
     async fn attempt(&self, key: &str, job: &UploadJob) -> Result<Outcome, StoreError> {
-        if job.object.is_immutable() {
-            Ok(
-                match put_immutable(self.store.as_ref(), key, &job.sealed).await? {
-                    ImmutablePut::Created => Outcome::Created,
-                    ImmutablePut::AlreadyPresent => Outcome::AlreadyPresent,
-                },
-            )
-        } else {
-            self.store.put(key, job.sealed.body.clone()).await?;
-            Ok(Outcome::Created)
-        }
+        Ok(
+            match put_immutable(self.store.as_ref(), key, &job.sealed).await? {
+                ImmutablePut::Created => Outcome::Created,
+                ImmutablePut::AlreadyPresent => Outcome::AlreadyPresent,
+            },
+        )
     }
 
     /// Bookkeeping once an object is durable in the bucket.
@@ -203,34 +236,61 @@ impl Uploader {
                         tracing::warn!(path = %path.display(), error = %e, "cannot remove uploaded segment from staging");
                     }
                 }
-                let partial = WalObject::Partial {
-                    tli,
-                    segno,
-                    end: segno.start_lsn(self.shared.seg),
-                };
-                self.remove_superseded(&partial.key(self.shared.seg)).await;
+                let had_deltas = self
+                    .with_deltas
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&(tli, segno));
+                if had_deltas && !self.delete_denied.load(Ordering::Relaxed) {
+                    tokio::spawn(self.clone().remove_superseded(tli, segno));
+                }
             }
-            WalObject::Partial { tli, segno, end } => {
-                self.shared.tracker().partial_uploaded(tli, segno, end);
-            }
+            WalObject::Partial {
+                tli,
+                segno,
+                start,
+                end,
+            } => self
+                .shared
+                .tracker()
+                .partial_uploaded(tli, segno, start, end),
             WalObject::History { tli } => self.shared.tracker().history_uploaded(tli),
         }
         self.shared.frontier_moved.notify_one();
     }
 
-    /// Best effort: the `.partial` of a segment that is now complete is no longer needed.
-    /// Credentials without delete rights are fine (`pgagent prune` removes leftovers).
-    async fn remove_superseded(&self, key: &str) {
-        if self.delete_denied.load(Ordering::Relaxed) {
-            return;
-        }
-        match self.store.delete(key).await {
-            Ok(()) => {}
-            Err(e) if e.is_permission() => {
-                self.delete_denied.store(true, Ordering::Relaxed);
-                tracing::info!("the store credentials cannot delete; superseded .partial objects are left for `pgagent prune`");
+    /// Best effort, in the background: the deltas of a segment that is now complete in the
+    /// bucket are no longer needed, nor a `.partial` object an older version wrote for it
+    /// (one listing of `wal/<segment>.partial` finds both). Credentials without delete
+    /// rights are fine: `pgagent prune` removes leftovers. One cleanup runs at a time.
+    async fn remove_superseded(self, tli: TimelineId, segno: SegNo) {
+        let _one = self.cleanup.lock().await;
+        let prefix = wal_key(&format!(
+            "{}{PARTIAL_SUFFIX}",
+            segment_file_name(tli, segno, self.shared.seg)
+        ));
+        let listed = match self.store.list(&prefix).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::debug!(prefix, error = %e, "cannot list superseded deltas");
+                return;
             }
-            Err(e) => tracing::debug!(key, error = %e, "could not remove superseded .partial"),
+        };
+        for meta in listed {
+            if self.shutdown.is_cancelled() {
+                return;
+            }
+            match self.store.delete(&meta.key).await {
+                Ok(()) => {}
+                Err(e) if e.is_permission() => {
+                    self.delete_denied.store(true, Ordering::Relaxed);
+                    tracing::info!("the store credentials cannot delete; deltas of complete segments are left for `pgagent prune`");
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(key = meta.key, error = %e, "could not remove a superseded delta")
+                }
+            }
         }
     }
 }
