@@ -416,7 +416,11 @@ mod tests {
         t.partial_uploaded(tli, SegNo(10), lsn_of(10, 300), lsn_of(10, 500));
         assert_eq!(t.bucket_frontier(), lsn_of(10, 500));
         t.partial_uploaded(tli, SegNo(10), lsn_of(10, 250), lsn_of(10, 700));
-        assert_eq!(t.bucket_frontier(), lsn_of(10, 700), "an overlap continues it");
+        assert_eq!(
+            t.bucket_frontier(),
+            lsn_of(10, 700),
+            "an overlap continues it"
+        );
         assert_eq!(t.stored_partial_end(tli, SegNo(10)), Some(lsn_of(10, 700)));
         assert_eq!(t.stored_partial_end(tli, SegNo(11)), None);
     }
@@ -428,8 +432,14 @@ mod tests {
         t.staged(lsn_of(12, 100));
         t.segment_uploaded(SegNo(10));
         t.segment_uploaded(SegNo(12));
-        assert!(!t.partial_is_news(tli, SegNo(10), lsn_of(10, 5)), "complete");
-        assert!(!t.partial_is_news(tli, SegNo(12), lsn_of(12, 5)), "complete, ahead");
+        assert!(
+            !t.partial_is_news(tli, SegNo(10), lsn_of(10, 5)),
+            "complete"
+        );
+        assert!(
+            !t.partial_is_news(tli, SegNo(12), lsn_of(12, 5)),
+            "complete, ahead"
+        );
         t.partial_uploaded(tli, SegNo(13), lsn_of(13, 0), lsn_of(13, 50));
         assert!(!t.partial_is_news(tli, SegNo(11), lsn_of(11, 5)), "older");
         assert!(t.partial_is_news(tli, SegNo(13), lsn_of(13, 51)));

@@ -62,17 +62,21 @@ async fn follows_a_promotion_to_the_next_timeline() {
     assert!(history.starts_with("1\t"), "{history}");
     let mut tli2 = Vec::new();
     let mut tli1_partial = false;
-    for name in objects.keys() {
-        match WalFileName::parse(name, seg()) {
-            Some(WalFileName::Segment { tli, segno }) if tli.0 == 2 => tli2.push(segno),
-            Some(WalFileName::Partial { tli, .. }) if tli.0 == 1 => tli1_partial = true,
-            _ => {}
+    for (name, raw) in &objects {
+        if stored_piece(name, raw).is_some() {
+            tli1_partial |= name.starts_with("00000001");
+            continue;
+        }
+        if let Some(WalFileName::Segment { tli, segno }) = WalFileName::parse(name, seg()) {
+            if tli.0 == 2 {
+                tli2.push(segno);
+            }
         }
     }
     assert!(!tli2.is_empty(), "no complete segment on timeline 2");
     assert!(
         tli1_partial,
-        "the old timeline's last segment is kept as .partial: {:?}",
+        "the old timeline's last segment is kept as deltas: {:?}",
         objects.keys()
     );
     for w in tli2.windows(2) {
@@ -133,12 +137,10 @@ async fn synchronous_mode_puts_committed_wal_in_the_bucket_before_commit_returns
 
 fn inserted_segment(objects: &std::collections::BTreeMap<String, Vec<u8>>) -> SegNo {
     objects
-        .keys()
-        .filter_map(|n| match WalFileName::parse(n, seg()) {
-            Some(WalFileName::Segment { segno, .. } | WalFileName::Partial { segno, .. }) => {
-                Some(segno)
-            }
-            _ => None,
+        .iter()
+        .filter_map(|(n, raw)| match WalFileName::parse(n, seg()) {
+            Some(WalFileName::Segment { segno, .. }) => Some(segno),
+            _ => stored_piece(n, raw).map(|(segno, _)| segno),
         })
         .min()
         .expect("some WAL in the store")

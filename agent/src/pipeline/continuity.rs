@@ -266,7 +266,10 @@ mod tests {
             .unwrap();
         let (tli, s) = (TimelineId(1), seg());
         let at = |n: u64, off: u64| SegNo(n).start_lsn(s) + off;
-        assert_eq!(stored_partial_end(&store, tli, SegNo(7), s).await.unwrap(), None);
+        assert_eq!(
+            stored_partial_end(&store, tli, SegNo(7), s).await.unwrap(),
+            None
+        );
         put(&store, &delta(7, 0x100, 0x200), &[1; 0x100]).await;
         assert_eq!(
             stored_partial_end(&store, tli, SegNo(7), s).await.unwrap(),
@@ -295,10 +298,14 @@ mod tests {
         let (tli, s) = (TimelineId(1), seg());
         put(&store, &name(1, 5), &[0; 16]).await;
         put(&store, &delta(6, 0x100, 0x200), &[1; 0x100]).await;
-        let end = read_tail(&store, tli, SegNo(8).start_lsn(s), s).await.unwrap();
+        let end = read_tail(&store, tli, SegNo(8).start_lsn(s), s)
+            .await
+            .unwrap();
         assert_eq!(end, Some(SegNo(6).start_lsn(s)));
         put(&store, &delta(6, 0, 0x100), &[1; 0x100]).await;
-        let end = read_tail(&store, tli, SegNo(8).start_lsn(s), s).await.unwrap();
+        let end = read_tail(&store, tli, SegNo(8).start_lsn(s), s)
+            .await
+            .unwrap();
         assert_eq!(end, Some(SegNo(6).start_lsn(s) + 0x200));
     }
 

@@ -75,7 +75,6 @@ impl WalObject {
             WalObject::History { .. } => UploadKind::History,
         }
     }
-
 }
 
 /// Where the raw bytes of an object come from.

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pgagent_protocol::{Lsn, SegNo, WalFileName, WalSegmentSize};
+use pgagent_storage::deltas::{assemble, Delta, Piece};
 use pgagent_storage::{envelope, ObjectStore, StoreOptions};
 use pgagent_tests::{wait_until, AgentProcess, PgServer};
 use tempfile::TempDir;
@@ -154,56 +155,75 @@ pub async fn wal_objects(store: &dyn ObjectStore) -> BTreeMap<String, Vec<u8>> {
 }
 
 /// End of the WAL in the store that is contiguous from `first` (complete segments, then the
-/// `.partial` of the next one), computed from the objects themselves.
+/// run of deltas, or the older `.partial`, of the next one), computed from the objects
+/// themselves.
 pub fn bucket_frontier(objects: &BTreeMap<String, Vec<u8>>, first: SegNo) -> Lsn {
-    let mut complete = std::collections::BTreeSet::new();
-    let mut partials = BTreeMap::new();
-    for (name, raw) in objects {
-        match WalFileName::parse(name, seg()) {
-            Some(WalFileName::Segment { segno, .. }) => {
-                complete.insert(segno);
-            }
-            Some(WalFileName::Partial { segno, .. }) => {
-                partials.insert(segno, raw.len() as u64);
-            }
-            _ => {}
-        }
-    }
+    let complete: std::collections::BTreeSet<SegNo> =
+        complete_segments(objects).into_iter().collect();
     let mut next = first;
     while complete.contains(&next) {
         next = SegNo(next.0 + 1);
     }
-    next.start_lsn(seg()) + partials.get(&next).copied().unwrap_or(0)
+    let pieces: Vec<Piece> = objects
+        .iter()
+        .filter_map(|(name, raw)| match stored_piece(name, raw)? {
+            (segno, piece) if segno == next => Some(piece),
+            _ => None,
+        })
+        .collect();
+    next.start_lsn(seg()) + assemble(&pieces).end
+}
+
+/// A delta, or an older whole-prefix `.partial`, as the segment it belongs to and the piece
+/// of it that it holds (`name` is the key without `wal/`).
+pub fn stored_piece(name: &str, raw: &[u8]) -> Option<(SegNo, Piece)> {
+    if let Some(d) = Delta::parse_key(&format!("wal/{name}"), seg()) {
+        return Some((d.segno, Piece::delta(&d, seg())));
+    }
+    match WalFileName::parse(name, seg()) {
+        Some(WalFileName::Partial { segno, .. }) => Some((
+            segno,
+            Piece {
+                key: format!("wal/{name}"),
+                start: 0,
+                end: raw.len() as u64,
+            },
+        )),
+        _ => None,
+    }
 }
 
 /// Asserts that every segment in the store is byte-identical to the server's own copy in
-/// `pg_wal`, and every `.partial` to the same prefix of it. Returns the number of complete
-/// segments compared.
+/// `pg_wal`, and every delta (or older `.partial`) to the same bytes of it. Returns the
+/// number of complete segments compared.
 pub fn assert_identical_to_server(objects: &BTreeMap<String, Vec<u8>>, pg: &PgServer) -> usize {
     let mut compared = 0;
     for (name, raw) in objects {
-        match WalFileName::parse(name, seg()) {
-            Some(WalFileName::Segment { .. }) => {
-                let server = pg
-                    .wal_file(name)
-                    .unwrap_or_else(|| panic!("{name} is no longer in the server's pg_wal"));
-                assert_eq!(raw.len(), server.len(), "{name}: size differs");
+        if let Some((segno, piece)) = stored_piece(name, raw) {
+            let stem = pgagent_protocol::segment_file_name(
+                pgagent_protocol::TimelineId(u32::from_str_radix(&name[..8], 16).unwrap()),
+                segno,
+                seg(),
+            );
+            if let Some(server) = pg.wal_file(&stem) {
+                let (from, to) = (piece.start as usize, piece.end as usize);
                 assert!(
-                    raw == &server,
-                    "{name}: content differs from the server's pg_wal"
+                    raw.len() == to - from && to <= server.len() && raw[..] == server[from..to],
+                    "{name}: differs from the server's {stem}"
                 );
-                compared += 1;
             }
-            Some(WalFileName::Partial { .. }) => {
-                let stem = name.trim_end_matches(".partial");
-                if let Some(server) = pg.wal_file(stem) {
-                    assert!(
-                        raw.len() <= server.len() && raw[..] == server[..raw.len()],
-                        "{name}: differs from the server's {stem}"
-                    );
-                }
-            }
-            _ => {}
+            continue;
+        }
+        if let Some(WalFileName::Segment { .. }) = WalFileName::parse(name, seg()) {
+            let server = pg
+                .wal_file(name)
+                .unwrap_or_else(|| panic!("{name} is no longer in the server's pg_wal"));
+            assert_eq!(raw.len(), server.len(), "{name}: size differs");
+            assert!(
+                raw == &server,
+                "{name}: content differs from the server's pg_wal"
+            );
+            compared += 1;
         }
     }
     compared
