@@ -25,7 +25,7 @@ pub async fn run(cfg: &Config, json: bool) -> anyhow::Result<()> {
         .map_or(0, |d| d.as_secs());
     let age = now.saturating_sub(status.updated_unix);
     let points = async {
-        let store = pgagent_storage::open(&cfg.raw.store.url, &cfg.store_options()).await?;
+        let store = crate::store::open(cfg).await?;
         last_points(store.as_ref()).await
     };
     let points = match tokio::time::timeout(std::time::Duration::from_secs(10), points).await {
