@@ -7,6 +7,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
+use pgagent_storage::{RequestCounts, RequestOp, RequestTotals};
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
@@ -121,6 +124,9 @@ pub struct Metrics {
     pub prefetch_hits_total: IntCounter,
     /// `pgagent_prefetch_misses_total`: segment requests that had to be fetched on demand.
     pub prefetch_misses_total: IntCounter,
+    /// `pgagent_store_requests_total{op}`: requests sent to the store, read from these
+    /// counters at each scrape; see [`Metrics::store_requests`].
+    store_requests: Arc<RequestCounts>,
 }
 
 impl Default for Metrics {
@@ -130,8 +136,14 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Creates and registers every metric.
+    /// Creates and registers every metric; `pgagent_store_requests_total` reports the
+    /// requests of every store this process opened ([`crate::store::requests`]).
     pub fn new() -> Self {
+        Self::counting_store_requests(crate::store::requests().clone())
+    }
+
+    /// [`Metrics::new`] with `pgagent_store_requests_total` read from `store_requests`.
+    pub fn counting_store_requests(store_requests: Arc<RequestCounts>) -> Self {
         let registry = Registry::new();
         let int_gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid metric");
@@ -182,6 +194,9 @@ impl Metrics {
         .expect("valid metric");
         registry
             .register(Box::new(conflicts_total.clone()))
+            .expect("unique");
+        registry
+            .register(Box::new(StoreRequests::new(store_requests.clone())))
             .expect("unique");
         let m = Metrics {
             wal_received_lsn: int_gauge(
@@ -262,6 +277,7 @@ impl Metrics {
             fetch_seconds,
             rpo_seconds,
             conflicts_total,
+            store_requests,
             registry,
         };
         for kind in UploadKind::ALL {
@@ -289,6 +305,11 @@ impl Metrics {
         self.upload_bytes_total.with_label_values(&[stage.label()])
     }
 
+    /// `pgagent_store_requests_total{op}` now: requests sent to the store, by operation.
+    pub fn store_requests(&self) -> RequestTotals {
+        self.store_requests.totals()
+    }
+
     /// The text exposition format of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
@@ -296,6 +317,52 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut buf)
             .expect("text encoding cannot fail");
         String::from_utf8(buf).expect("exposition format is UTF-8")
+    }
+}
+
+/// `pgagent_store_requests_total{op}`: a counter family read, at each scrape, from the
+/// atomic counters the store wrapper ([`pgagent_storage::CountedStore`]) adds to, so the
+/// storage crate needs no metrics library. The `op` label is a [`RequestOp`] (`put`, `get`,
+/// `list`, `delete`, `head`; what one request is: [`pgagent_storage::requests`]); every `op`
+/// is present, from 0.
+struct StoreRequests {
+    counts: Arc<RequestCounts>,
+    opts: Opts,
+    /// Describes the family to the registry; never holds values.
+    described: IntCounterVec,
+}
+
+impl StoreRequests {
+    const LABEL: &'static str = "op";
+
+    fn new(counts: Arc<RequestCounts>) -> StoreRequests {
+        let opts = Opts::new(
+            "pgagent_store_requests_total",
+            "Requests sent to the object store, by operation (put, get, list, delete, head); failed ones included.",
+        );
+        let described = IntCounterVec::new(opts.clone(), &[Self::LABEL]).expect("valid metric");
+        StoreRequests {
+            counts,
+            opts,
+            described,
+        }
+    }
+}
+
+impl Collector for StoreRequests {
+    fn desc(&self) -> Vec<&Desc> {
+        self.described.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        // A fresh family per scrape: concurrent scrapes cannot add a value twice.
+        let family = IntCounterVec::new(self.opts.clone(), &[Self::LABEL]).expect("valid metric");
+        for op in RequestOp::ALL {
+            family
+                .with_label_values(&[op.label()])
+                .inc_by(self.counts.get(op));
+        }
+        family.collect()
     }
 }
 
@@ -369,7 +436,7 @@ mod tests {
 
     #[test]
     fn labelled_counters_start_at_zero_for_every_known_label() {
-        let text = Metrics::new().render();
+        let text = Metrics::counting_store_requests(Arc::default()).render();
         for series in [
             "pgagent_uploads_total{kind=\"segment\"} 0",
             "pgagent_uploads_total{kind=\"partial\"} 0",
@@ -379,6 +446,11 @@ mod tests {
             "pgagent_upload_errors_total{kind=\"history\"} 0",
             "pgagent_upload_bytes_total{stage=\"raw\"} 0",
             "pgagent_upload_bytes_total{stage=\"stored\"} 0",
+            "pgagent_store_requests_total{op=\"put\"} 0",
+            "pgagent_store_requests_total{op=\"get\"} 0",
+            "pgagent_store_requests_total{op=\"list\"} 0",
+            "pgagent_store_requests_total{op=\"delete\"} 0",
+            "pgagent_store_requests_total{op=\"head\"} 0",
         ] {
             assert!(
                 text.lines().any(|l| l == series),
@@ -389,7 +461,9 @@ mod tests {
 
     #[test]
     fn contract_names_are_exposed() {
-        let m = Metrics::new();
+        let requests = Arc::new(RequestCounts::new());
+        let m = Metrics::counting_store_requests(requests.clone());
+        requests.add(RequestOp::List, 3);
         m.uploads(UploadKind::Segment).inc();
         m.upload_errors(UploadKind::Segment).inc();
         m.upload_bytes(ByteStage::Raw).inc_by(10);
@@ -415,8 +489,24 @@ mod tests {
             "pgagent_snapshot_last_success_timestamp_seconds",
             "pgagent_prefetch_hits_total",
             "pgagent_prefetch_misses_total",
+            "pgagent_store_requests_total{op=\"list\"} 3",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }
+        assert_eq!(m.store_requests().get(RequestOp::List), 3);
+    }
+
+    #[test]
+    fn store_requests_follow_the_counters_at_each_scrape() {
+        let requests = Arc::new(RequestCounts::new());
+        let m = Metrics::counting_store_requests(requests.clone());
+        let put = "pgagent_store_requests_total{op=\"put\"}";
+        assert!(m.render().contains(&format!("{put} 0")));
+        requests.add(RequestOp::Put, 2);
+        assert!(m.render().contains(&format!("{put} 2")));
+        requests.add(RequestOp::Put, 5);
+        // Scraping twice does not add twice.
+        let _ = m.render();
+        assert!(m.render().contains(&format!("{put} 7")), "{}", m.render());
     }
 }

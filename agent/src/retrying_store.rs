@@ -156,6 +156,7 @@ impl ObjectStore for RetryingReads {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // scratch stores: their requests need no counting
 mod tests {
     use super::*;
 
@@ -194,6 +195,20 @@ mod tests {
             spent >= Duration::from_millis(1900) && spent < Duration::from_secs(10),
             "{spent:?}"
         );
+    }
+
+    /// The counter sits below the retries (as `crate::store::open` places it): each attempt
+    /// is a request sent, and billed, so each one counts.
+    #[tokio::test]
+    async fn each_retry_is_a_counted_request() {
+        use pgagent_storage::{CountedStore, RequestCounts, RequestOp};
+        let counts = Arc::new(RequestCounts::new());
+        let counted = CountedStore::wrap(unreachable().await, counts.clone());
+        let store = RetryingReads::wrap(counted, QUICK, Duration::from_secs(2), "fetch.timeout");
+        assert!(store.head("wal/x").await.unwrap_err().is_transient());
+        let sent = counts.get(RequestOp::Head);
+        assert!(sent > 1, "one read, {sent} requests counted");
+        assert_eq!(counts.totals().total(), sent);
     }
 
     #[tokio::test]

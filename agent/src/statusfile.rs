@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use pgagent_storage::RequestOp;
 use serde::{Deserialize, Serialize};
 
 /// File name under the staging directory.
@@ -46,6 +47,76 @@ pub struct DaemonStatus {
     /// recovery from the bucket cannot pass it.
     #[serde(default)]
     pub wal_gap: Option<String>,
+    /// Store requests and upload volume over the last hour (or since the daemon started
+    /// streaming, when that is shorter); `None` in the first second.
+    #[serde(default)]
+    pub usage: Option<Usage>,
+}
+
+/// Store traffic over a window (`usage` in `status.json` and `pgagent status --json`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Length of the window in seconds: 3600 once the daemon has run an hour (give or take
+    /// the minute between samples), the time since it started streaming before.
+    pub window_seconds: f64,
+    /// Requests sent to the store in the window, by operation
+    /// (`pgagent_store_requests_total`).
+    pub requests: ByOp<u64>,
+    /// Requests per hour over the window, every operation together.
+    pub requests_per_hour: f64,
+    /// Requests per hour over the window, by operation.
+    pub requests_per_hour_by_op: ByOp<f64>,
+    /// Bytes of WAL received from the server in the window (the received LSN's advance).
+    pub wal_bytes: u64,
+    /// Bytes of WAL objects uploaded in the window before compression
+    /// (`pgagent_upload_bytes_total{stage="raw"}`); each `.partial` upload counts in full.
+    pub raw_bytes: u64,
+    /// Bytes stored by those uploads (`pgagent_upload_bytes_total{stage="stored"}`).
+    pub stored_bytes: u64,
+    /// `stored_bytes / wal_bytes`: bytes uploaded per byte of WAL; `None` when no WAL came.
+    pub stored_per_wal_byte: Option<f64>,
+    /// `raw_bytes / wal_bytes`: bytes compressed per byte of WAL; `None` when no WAL came.
+    pub raw_per_wal_byte: Option<f64>,
+}
+
+/// One value per store operation, as a JSON object with the keys `put`, `get`, `list`,
+/// `delete`, `head`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct ByOp<T> {
+    /// Writes (`put`).
+    pub put: T,
+    /// Object reads (`get`).
+    pub get: T,
+    /// Listings (`list`).
+    pub list: T,
+    /// Deletions (`delete`).
+    pub delete: T,
+    /// Metadata reads (`head`).
+    pub head: T,
+}
+
+impl<T> ByOp<T> {
+    /// The value of each operation from `f`.
+    pub fn from_fn(mut f: impl FnMut(RequestOp) -> T) -> ByOp<T> {
+        ByOp {
+            put: f(RequestOp::Put),
+            get: f(RequestOp::Get),
+            list: f(RequestOp::List),
+            delete: f(RequestOp::Delete),
+            head: f(RequestOp::Head),
+        }
+    }
+
+    /// The value of `op`.
+    pub fn get(&self, op: RequestOp) -> &T {
+        match op {
+            RequestOp::Put => &self.put,
+            RequestOp::Get => &self.get,
+            RequestOp::List => &self.list,
+            RequestOp::Delete => &self.delete,
+            RequestOp::Head => &self.head,
+        }
+    }
 }
 
 fn path(staging_dir: &Path) -> PathBuf {
@@ -80,9 +151,57 @@ mod tests {
             pid: 7,
             received_lsn: "0/3000000".into(),
             rpo_seconds: 1.5,
+            usage: Some(Usage {
+                window_seconds: 600.0,
+                requests: ByOp::from_fn(|_| 3),
+                requests_per_hour: 90.0,
+                stored_per_wal_byte: Some(0.5),
+                ..Default::default()
+            }),
             ..Default::default()
         };
         write(dir.path(), &s).unwrap();
         assert_eq!(read(dir.path()).unwrap(), Some(s));
+    }
+
+    #[test]
+    fn usage_fields_as_documented() {
+        let u = Usage {
+            requests: ByOp {
+                put: 1,
+                get: 2,
+                list: 3,
+                delete: 4,
+                head: 5,
+            },
+            ..Default::default()
+        };
+        let v = serde_json::to_value(&u).unwrap();
+        assert_eq!(
+            v["requests"],
+            serde_json::json!({"put": 1, "get": 2, "list": 3, "delete": 4, "head": 5})
+        );
+        for key in [
+            "window_seconds",
+            "requests_per_hour",
+            "requests_per_hour_by_op",
+            "wal_bytes",
+            "raw_bytes",
+            "stored_bytes",
+            "stored_per_wal_byte",
+            "raw_per_wal_byte",
+        ] {
+            assert!(v.get(key).is_some(), "{key} missing from {v}");
+        }
+        assert_eq!(*u.requests.get(RequestOp::Head), 5);
+        // A status written before these fields existed still reads.
+        let old: DaemonStatus = serde_json::from_str(
+            r#"{"pid":1,"updated_unix":2,"system_identifier":"3","store":"s","connected":true,
+               "timeline":1,"received_lsn":"0/1","flushed_lsn":"0/1","uploaded_lsn":"0/1",
+               "upload_lag_bytes":0,"rpo_seconds":0.0,"staging_bytes":0,"staging_full":false,
+               "last_error":null}"#,
+        )
+        .unwrap();
+        assert_eq!(old.usage, None);
     }
 }

@@ -11,6 +11,7 @@
 //!   different content.
 //! - [`cluster`]: `cluster.json`, which keeps two clusters from mixing in one prefix.
 //! - [`conformance`]: the behaviour every backend must show, runnable against any store.
+//! - [`requests`]: [`CountedStore`], which counts the requests a store sends, by operation.
 
 pub mod cluster;
 pub mod config;
@@ -23,6 +24,7 @@ pub mod immutable;
 pub mod layout;
 pub mod manifest;
 pub mod prefixed;
+pub mod requests;
 pub mod s3;
 pub mod snapshot;
 
@@ -36,6 +38,7 @@ pub use crate::error::{ErrorKind, Op, StoreError};
 pub use crate::immutable::{put_immutable, ImmutablePut};
 pub use crate::layout::{validate_key, validate_prefix};
 pub use crate::prefixed::PrefixedStore;
+pub use crate::requests::{CountedStore, RequestCounts, RequestOp, RequestTotals};
 
 /// Metadata of one stored object.
 #[derive(Debug, Clone, PartialEq, Eq)]

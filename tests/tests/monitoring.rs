@@ -1,6 +1,7 @@
 //! Monitoring while streaming: `/metrics` moves as WAL moves, the RPO gauge and `/readyz`
 //! follow the bucket going away and coming back, the failure hook fires once per incident
-//! and the recovery hook once, and the node_exporter textfile is written.
+//! and the recovery hook once, and the node_exporter textfile is written; store requests are
+//! counted and `pgagent status` reports them per hour.
 
 mod common;
 
@@ -180,5 +181,102 @@ async fn status_and_gauges_know_the_last_backup() {
             && scrape(addr, "pgagent_backup_last_success_timestamp_seconds") > 1.7e9
     });
     assert!(known, "{}", http_get(addr, "/metrics"));
+    assert!(agent.terminate().success(), "{}", agent.output_text());
+}
+
+/// The WAL objects in the bucket under `prefix`, listed with a plain `ListObjectsV2` (not
+/// through the agent's store code).
+async fn wal_keys_in_bucket(garage: &Garage, prefix: &str) -> usize {
+    let pgagent_storage::StoreUrl::S3(loc) =
+        pgagent_storage::StoreUrl::parse(&garage.store_url(prefix)).unwrap()
+    else {
+        unreachable!("an s3:// URL")
+    };
+    let opts = pgagent_storage::StoreOptions {
+        access_key_id: Some(garage.access_key_id().to_string()),
+        secret_access_key: Some(garage.secret_access_key().to_string()),
+        ..Default::default()
+    };
+    let s3 = pgagent_storage::s3::S3Store::open(loc, &opts)
+        .await
+        .unwrap();
+    let page = s3
+        .client()
+        .list_objects_v2()
+        .bucket(garage.bucket())
+        .prefix(format!("{prefix}/wal/"))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(page.is_truncated(), Some(true), "more than one page of WAL");
+    page.contents().len()
+}
+
+/// The daemon counts its store requests: `/metrics` shows at least one PUT per WAL object
+/// in the bucket, and `pgagent status` gives requests per hour by operation and bytes
+/// uploaded per WAL byte over the time it has run.
+#[tokio::test(flavor = "multi_thread")]
+async fn store_requests_are_counted_and_reported_per_hour() {
+    let garage = Garage::start().expect("start Garage");
+    let pg = PgServer::start(PgOptions::default()).unwrap();
+    let rig = Rig::s3(garage.store_url("requests"), garage.s3_env());
+    let addr = free_addr().unwrap();
+    let mut agent = rig.spawn_with(&pg, &[("PGAGENT_METRICS_LISTEN", addr.to_string())]);
+    let caught_up = lsn(&pg.current_wal_lsn().unwrap());
+    rig.wait_uploaded(&agent, caught_up, Duration::from_secs(30));
+
+    // Some WAL while the daemon measures: two complete segments and a partial one.
+    pg.psql("CREATE TABLE t AS SELECT g, md5(g::text) AS m FROM generate_series(1, 20000) g")
+        .unwrap();
+    pg.switch_wal().unwrap();
+    pg.psql("INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 20000) g")
+        .unwrap();
+    pg.switch_wal().unwrap();
+    pg.psql("INSERT INTO t VALUES (0, 'last')").unwrap();
+    let end = lsn(&pg.current_wal_lsn().unwrap());
+    rig.wait_uploaded(&agent, end, Duration::from_secs(30));
+    let measured = wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
+        rig.status().is_some_and(|s| {
+            s["usage"]["wal_bytes"].as_u64() > Some(0)
+                && s["usage"]["stored_per_wal_byte"].as_f64() > Some(0.0)
+        })
+    });
+    assert!(measured, "{:?}\n{}", rig.status(), agent.output_text());
+
+    // Listed first, scraped second: every object listed was PUT before the scrape.
+    let objects = wal_keys_in_bucket(&garage, "requests").await;
+    assert!(objects >= 3, "{objects} WAL objects");
+    let puts = scrape(addr, "pgagent_store_requests_total{op=\"put\"}");
+    assert!(
+        puts >= objects as f64,
+        "{puts} PUTs counted for {objects} WAL objects\n{}",
+        http_get(addr, "/metrics")
+    );
+    for op in ["get", "list", "delete", "head"] {
+        let name = format!("pgagent_store_requests_total{{op=\"{op}\"}}");
+        assert!(scrape(addr, &name) >= 0.0);
+    }
+
+    let env = rig.env(&pg);
+    let out = pgagent_tests::run_pgagent(&["status", "--json"], &env);
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let u = &v["usage"];
+    let window = u["window_seconds"].as_f64().unwrap_or_default();
+    assert!(window > 0.0 && window < 120.0, "{u}");
+    assert!(u["requests_per_hour"].as_f64() > Some(0.0), "{u}");
+    assert!(u["requests"]["put"].as_u64() > Some(0), "{u}");
+    assert!(
+        u["requests_per_hour_by_op"]["put"].as_f64() > Some(0.0),
+        "{u}"
+    );
+    for ratio in ["stored_per_wal_byte", "raw_per_wal_byte"] {
+        let r = u[ratio].as_f64().unwrap_or_default();
+        assert!(r > 0.0 && r.is_finite(), "{ratio}: {u}");
+    }
+    let out = pgagent_tests::run_pgagent(&["status"], &env);
+    let human = text(&out);
+    assert!(human.contains("/h over the last"), "{human}");
+    assert!(human.contains("raw) per WAL byte over the last"), "{human}");
     assert!(agent.terminate().success(), "{}", agent.output_text());
 }

@@ -218,7 +218,8 @@ fn fetch_via_path(env: &[(&str, String)], file: &str, dest: &Path) -> Output {
 }
 
 /// Concurrent first calls through `PATH` start exactly one restore-mode server; every call
-/// delivers the right bytes; a later call is answered from the prefetch cache.
+/// delivers the right bytes; a later call is answered from the prefetch cache. The server,
+/// which has no metrics endpoint, logs the store requests it sent when it stops.
 #[test]
 fn concurrent_first_calls_start_one_server() {
     let dir = tempfile::tempdir().unwrap();
@@ -275,6 +276,13 @@ fn concurrent_first_calls_start_one_server() {
     assert_eq!(log.matches("listening on").count(), 1, "{log}");
     assert!(log.contains("served=4"), "{log}");
     assert!(!log.contains("prefetch_hits=0"), "{log}");
+    // Reads only, at least one GET per segment delivered.
+    let sent = log.split("store_requests=").nth(1).unwrap_or_default();
+    let gets = sent
+        .strip_prefix("put 0, get ")
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(gets >= Some(4), "{log}");
     // Stopped cleanly: no socket and no cache left.
     let left: Vec<_> = std::fs::read_dir(&staging)
         .unwrap()

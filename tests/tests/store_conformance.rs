@@ -52,3 +52,81 @@ async fn a_key_without_write_rights_gets_a_permission_error() {
     assert!(err.is_permission(), "{err}");
     assert!(!err.is_transient(), "{err}");
 }
+
+/// A `CountedStore` on the S3 backend counts HTTP requests as the provider bills them: each
+/// list page, each request of a multipart upload, the HEAD behind an empty range read, each
+/// attempt of the SDK's own retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_http_request_is_counted_on_s3() {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use pgagent_storage::{CountedStore, RequestCounts, RequestOp, RequestTotals};
+    use pgagent_tests::{Proxy, ProxyMode};
+
+    let garage = Garage::start().expect("start Garage");
+    let proxy = Proxy::start(garage.s3_addr());
+    let opts = StoreOptions {
+        part_size: pgagent_storage::config::MIN_PART_SIZE,
+        access_key_id: Some(garage.access_key_id().to_string()),
+        secret_access_key: Some(garage.secret_access_key().to_string()),
+        ..StoreOptions::default()
+    };
+    let url = garage.store_url_via("counted", &proxy.http_endpoint());
+    let backend = pgagent_storage::open(&url, &opts).await.unwrap();
+    let counts = Arc::new(RequestCounts::new());
+    let store = CountedStore::wrap(backend, counts.clone());
+    let expect = |put, get, list, delete, head| {
+        RequestTotals::from_fn(|op| match op {
+            RequestOp::Put => put,
+            RequestOp::Get => get,
+            RequestOp::List => list,
+            RequestOp::Delete => delete,
+            RequestOp::Head => head,
+        })
+    };
+
+    // 1,001 small objects: one PUT each; listing them takes two pages.
+    let mut puts = tokio::task::JoinSet::new();
+    for i in 0..1001 {
+        let store = store.clone();
+        puts.spawn(async move {
+            let key = format!("many/{i:04}");
+            store.put(&key, Bytes::from_static(b"x")).await
+        });
+        if puts.len() >= 16 {
+            puts.join_next().await.unwrap().unwrap().unwrap();
+        }
+    }
+    while let Some(put) = puts.join_next().await {
+        put.unwrap().unwrap();
+    }
+    assert_eq!(store.list("many/").await.unwrap().len(), 1001);
+    assert_eq!(counts.totals(), expect(1001, 0, 2, 0, 0));
+
+    // 11 MiB in 5 MiB parts: create, three parts, complete.
+    let big = Bytes::from(vec![7u8; 11 << 20]);
+    store.put("big", big).await.unwrap();
+    assert_eq!(counts.get(RequestOp::Put), 1001 + 5);
+
+    // A bounded listing is one page; an empty range read is a HEAD; a miss is still a request.
+    assert_eq!(
+        store
+            .list_after("many/", "many/0990", 5)
+            .await
+            .unwrap()
+            .len(),
+        5
+    );
+    assert!(store.get_range("big", 0, 0).await.unwrap().is_empty());
+    assert!(store.head("absent").await.unwrap().is_none());
+    assert_eq!(store.get_range("big", 0, 4).await.unwrap().len(), 4);
+    store.delete("big").await.unwrap();
+    assert_eq!(counts.totals(), expect(1006, 1, 3, 1, 2));
+
+    // The bucket looks down: the SDK's three attempts are three requests.
+    proxy.set_mode(ProxyMode::Refuse);
+    let e = store.get("many/0001").await.unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    assert_eq!(counts.totals(), expect(1006, 4, 3, 1, 2));
+}

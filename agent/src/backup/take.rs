@@ -158,7 +158,7 @@ async fn connect(
 )> {
     let conn = server::conn_config(cfg, "pgagent backup")?;
     let (client, server) = server::connect(&conn).await?;
-    let store = pgagent_storage::open(&cfg.raw.store.url, &cfg.store_options()).await?;
+    let store = crate::store::open(cfg).await?;
     crate::store::claim_store(store.as_ref(), &server).await?;
     Ok((conn, client, server, store))
 }

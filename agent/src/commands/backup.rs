@@ -113,7 +113,7 @@ fn summary_text(m: &BackupManifest, s: &BackupSummary) -> String {
 ///
 /// Errors: the store cannot be listed or a manifest is damaged.
 pub async fn list(cfg: &Config, json: bool) -> anyhow::Result<()> {
-    let store = pgagent_storage::open(&cfg.raw.store.url, &cfg.store_options()).await?;
+    let store = crate::store::open(cfg).await?;
     let mut manifests = Vec::new();
     for id in catalog::backup_ids(store.as_ref()).await? {
         if let Some(m) = catalog::get_manifest(store.as_ref(), &id).await? {

@@ -201,7 +201,7 @@ async fn postgres_checks(cfg: &Config, r: &mut Report) -> Option<PathBuf> {
 
 /// The store's cluster, bucket rights and the clock against the bucket's.
 async fn store_checks(cfg: &Config, r: &mut Report) {
-    let store = match pgagent_storage::open(&cfg.raw.store.url, &cfg.store_options()).await {
+    let store = match crate::store::open(cfg).await {
         Ok(s) => s,
         Err(e) => {
             r.add(Level::Fail, "store", format!("{e}"));

@@ -197,7 +197,7 @@ pub struct PreseedOptions {
 
 /// Whether the store holds a cluster at all; a store that cannot be read is an error.
 async fn store_has_cluster(cfg: &Config) -> anyhow::Result<bool> {
-    let store = pgagent_storage::open(&cfg.raw.store.url, &cfg.store_options()).await?;
+    let store = crate::store::open(cfg).await?;
     Ok(pgagent_storage::cluster::read_cluster(store.as_ref())
         .await?
         .is_some())

@@ -20,7 +20,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<()> {
         r.start_lsn,
         r.stop_lsn
     );
-    let store = pgagent_storage::open(&cfg.raw.store.url, &cfg.store_options()).await?;
+    let store = crate::store::open(cfg).await?;
     for id in retention(cfg, store.as_ref()).await? {
         println!("destroyed snapshot {id} (retention)");
     }
@@ -48,7 +48,7 @@ pub struct SnapshotListing {
 ///
 /// Errors: the store cannot be listed; `zfs` fails while `zfs.datasets` is set.
 pub async fn list(cfg: &Config, json: bool) -> anyhow::Result<()> {
-    let store = pgagent_storage::open(&cfg.raw.store.url, &cfg.store_options()).await?;
+    let store = crate::store::open(cfg).await?;
     let mut rows: std::collections::BTreeMap<String, SnapshotListing> = Default::default();
     for r in store_records(store.as_ref()).await? {
         rows.insert(

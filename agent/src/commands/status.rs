@@ -2,8 +2,10 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use pgagent_storage::RequestOp;
+
 use crate::config::Config;
-use crate::statusfile::{self, DaemonStatus};
+use crate::statusfile::{self, DaemonStatus, Usage};
 use crate::store::last_points;
 
 /// Seconds after which a published status counts as stale (the daemon writes every second).
@@ -25,7 +27,7 @@ pub async fn run(cfg: &Config, json: bool) -> anyhow::Result<()> {
         .map_or(0, |d| d.as_secs());
     let age = now.saturating_sub(status.updated_unix);
     let points = async {
-        let store = pgagent_storage::open(&cfg.raw.store.url, &cfg.store_options()).await?;
+        let store = crate::store::open(cfg).await?;
         last_points(store.as_ref()).await
     };
     let points = match tokio::time::timeout(std::time::Duration::from_secs(10), points).await {
@@ -122,10 +124,77 @@ pub fn render(s: &DaemonStatus, age: u64) -> String {
             ),
         );
     }
+    if let Some(u) = &s.usage {
+        let (requests, uploaded) = usage_lines(u);
+        line(&mut out, "requests", requests);
+        line(&mut out, "uploaded", uploaded);
+    }
     if let Some(e) = &s.last_error {
         line(&mut out, "last error", e.clone());
     }
     out
+}
+
+/// The `requests` and `uploaded` lines: `3,480/h over the last 60 min (put 3,420, get 2,
+/// list 58, delete 0, head 0)` and `0.41 stored bytes (2.0 raw) per WAL byte over the last
+/// 60 min`.
+fn usage_lines(u: &Usage) -> (String, String) {
+    let over = format!("over the last {}", window(u.window_seconds));
+    let by_op = RequestOp::ALL
+        .map(|op| {
+            let n = *u.requests_per_hour_by_op.get(op);
+            format!("{op} {}", thousands(n.round() as u64))
+        })
+        .join(", ");
+    let requests = format!(
+        "{}/h {over} ({by_op})",
+        thousands(u.requests_per_hour.round() as u64)
+    );
+    let uploaded = match (u.stored_per_wal_byte, u.raw_per_wal_byte) {
+        (Some(stored), Some(raw)) => format!(
+            "{} stored bytes ({} raw) per WAL byte {over}",
+            ratio(stored),
+            ratio(raw)
+        ),
+        _ => format!(
+            "{} stored, no WAL received {over}",
+            bytesize::ByteSize(u.stored_bytes)
+        ),
+    };
+    (requests, uploaded)
+}
+
+/// `45 s` under 90 seconds, else whole minutes: `12 min`, `60 min`.
+fn window(seconds: f64) -> String {
+    if seconds < 90.0 {
+        format!("{} s", seconds.round() as u64)
+    } else {
+        format!("{} min", (seconds / 60.0).round() as u64)
+    }
+}
+
+/// `1,234,567`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Two significant digits, enough to compare: `0.41`, `2.0`, `13`.
+fn ratio(x: f64) -> String {
+    if x >= 10.0 {
+        format!("{x:.0}")
+    } else if x >= 1.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
 }
 
 #[cfg(test)]
@@ -150,5 +219,72 @@ mod tests {
         };
         let text = render(&gap, 1);
         assert!(text.contains("0/5000000-0/8000000 is missing"), "{text}");
+        assert!(!text.contains("requests"), "no usage yet: {text}");
+    }
+
+    #[test]
+    fn render_shows_requests_per_hour_and_bytes_per_wal_byte() {
+        use crate::statusfile::ByOp;
+        let per_hour = ByOp {
+            put: 3420.0,
+            get: 2.0,
+            list: 58.0,
+            delete: 0.0,
+            head: 0.4,
+        };
+        let s = DaemonStatus {
+            usage: Some(Usage {
+                window_seconds: 3590.0,
+                requests_per_hour: 3480.4,
+                requests_per_hour_by_op: per_hour,
+                stored_per_wal_byte: Some(0.4149),
+                raw_per_wal_byte: Some(2.0),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let text = render(&s, 1);
+        assert!(
+            text.contains(
+                "requests          3,480/h over the last 60 min \
+                 (put 3,420, get 2, list 58, delete 0, head 0)\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "uploaded          0.41 stored bytes (2.0 raw) per WAL byte over the last 60 min\n"
+            ),
+            "{text}"
+        );
+        let young = DaemonStatus {
+            usage: Some(Usage {
+                window_seconds: 42.0,
+                stored_bytes: 2048,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let text = render(&young, 1);
+        assert!(
+            text.contains("uploaded          2.0 KiB stored, no WAL received over the last 42 s"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn numbers_read_easily() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+        assert_eq!(
+            (ratio(0.41), ratio(2.04), ratio(13.4)),
+            ("0.41".into(), "2.0".into(), "13".into())
+        );
+        assert_eq!(
+            (window(59.6), window(90.0), window(3599.0)),
+            ("60 s".into(), "2 min".into(), "60 min".into())
+        );
     }
 }

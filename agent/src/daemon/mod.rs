@@ -17,8 +17,9 @@
 
 mod schedules;
 mod status;
+pub mod usage;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use pgagent_storage::ObjectStore;
 use tokio::task::JoinHandle;
@@ -47,6 +48,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let system_id = running.server().system_id;
     let store = running.store().describe();
     let progress = running.progress();
+    let usage = Arc::new(Mutex::new(usage::Window::last_hour()));
     let publisher = status::spawn_publisher(
         progress.clone(),
         metrics.clone(),
@@ -54,11 +56,20 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         running.store().as_ref(),
         system_id,
         &cfg,
+        usage.clone(),
     );
     running.stream(&shutdown).await?;
 
     publisher.abort();
-    status::publish(&progress, &metrics, &staging_dir, &store, system_id, true);
+    status::publish(
+        &progress,
+        &metrics,
+        &usage,
+        &staging_dir,
+        &store,
+        system_id,
+        true,
+    );
     if let Some(t) = metrics_task {
         let _ = t.await;
     }

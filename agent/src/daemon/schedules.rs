@@ -106,7 +106,7 @@ async fn snapshots(cfg: Config, cron: Cron, metrics: Arc<Metrics>, shutdown: Can
                 return;
             }
         }
-        match pgagent_storage::open(&cfg.raw.store.url, &cfg.store_options()).await {
+        match crate::store::open(&cfg).await {
             Ok(store) => {
                 if let Err(e) = retention(&cfg, store.as_ref()).await {
                     tracing::error!("snapshot retention failed: {e:#}");

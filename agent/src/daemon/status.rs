@@ -1,19 +1,22 @@
 //! The status the daemon publishes every second: the gauges, `<staging>/status.json`
-//! (read by `pgagent status`), the metrics textfile, and the alert hooks.
+//! (read by `pgagent status`, with the last hour's store traffic from [`super::usage`]), the
+//! metrics textfile, and the alert hooks.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use pgagent_storage::ObjectStore;
 use tokio::task::JoinHandle;
 
+use super::usage::{Counters, Window};
 use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::metrics::{ByteStage, Metrics};
 use crate::pipeline::{Positions, Progress};
 use crate::statusfile::DaemonStatus;
 
-/// Every second: gauges, `status.json`, the textfile, and the alert hooks.
+/// Every second: gauges, `status.json`, the textfile, and the alert hooks. `usage` holds the
+/// samples of the last hour (shared with the last [`publish`] at shutdown).
 pub fn spawn_publisher(
     progress: Progress,
     metrics: Arc<Metrics>,
@@ -21,6 +24,7 @@ pub fn spawn_publisher(
     store: &dyn ObjectStore,
     system_id: u64,
     cfg: &Config,
+    usage: Arc<Mutex<Window>>,
 ) -> JoinHandle<()> {
     let store = store.describe();
     let alerts = cfg.raw.alerts.clone();
@@ -33,7 +37,15 @@ pub fn spawn_publisher(
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
-            let status = publish(&progress, &metrics, &staging_dir, &store, system_id, false);
+            let status = publish(
+                &progress,
+                &metrics,
+                &usage,
+                &staging_dir,
+                &store,
+                system_id,
+                false,
+            );
             if let Some(dir) = &textfile_dir {
                 match crate::metrics::write_textfile(&metrics, dir) {
                     Ok(()) => textfile_failed = false,
@@ -63,10 +75,11 @@ pub fn spawn_publisher(
     })
 }
 
-/// Updates the gauges and `status.json`.
+/// Updates the gauges and `status.json`, and samples the counters into `usage`.
 pub fn publish(
     progress: &Progress,
     m: &Metrics,
+    usage: &Mutex<Window>,
     staging_dir: &Path,
     store: &str,
     system_id: u64,
@@ -85,6 +98,16 @@ pub fn publish(
     m.upload_lag_bytes.set(lag as i64);
     m.rpo_seconds.set(rpo);
     m.staging_bytes.set(staging_bytes as i64);
+    let counters = Counters {
+        requests: m.store_requests(),
+        raw_bytes: m.upload_bytes(ByteStage::Raw).get(),
+        stored_bytes: m.upload_bytes(ByteStage::Stored).get(),
+        received,
+    };
+    let usage = usage
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .observe(Instant::now(), counters);
     let live = progress.live();
     let status = DaemonStatus {
         pid: std::process::id(),
@@ -105,6 +128,7 @@ pub fn publish(
         staging_full: m.staging_full.get() == 1,
         last_error: live.last_error,
         wal_gap: live.wal_gap.map(|(from, to)| format!("{from}-{to}")),
+        usage,
     };
     if let Err(e) = crate::statusfile::write(staging_dir, &status) {
         tracing::debug!(error = %e, "cannot write status.json");

@@ -53,11 +53,7 @@ impl Fetcher {
     /// declares an invalid segment size.
     pub async fn connect(cfg: &Config, deadline: Instant) -> Result<Fetcher, FetchError> {
         let url = &cfg.raw.store.url;
-        let opts = cfg.store_options();
-        let store = retry(url, "open the store", deadline, || {
-            pgagent_storage::open(url, &opts)
-        })
-        .await?;
+        let store = retry(url, "open the store", deadline, || crate::store::open(cfg)).await?;
         let info = retry(&store.describe(), "read cluster.json", deadline, || {
             pgagent_storage::cluster::read_cluster(store.as_ref())
         })

@@ -4,7 +4,8 @@
 //! starts this server in the background and later calls reuse it, so each
 //! `restore_command` call costs a local copy instead of a store connection. It holds
 //! `fetch-<id>.lock` while it runs (a second one waits briefly for it, then leaves) and
-//! exits after `fetch.idle_timeout` without a request.
+//! exits after `fetch.idle_timeout` without a request, logging what it served and the
+//! requests it sent to the store, by operation.
 
 use std::fs::{File, TryLockError};
 use std::sync::Arc;
@@ -81,10 +82,12 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         tokio::spawn(stop_on_signal(shutdown.clone()));
         anyhow::Ok(server.run(shutdown).await)
     })?;
+    // No metrics endpoint here: the store requests it sent are in its last log line.
     tracing::info!(
         served = summary.served,
         prefetch_hits = summary.prefetch_hits,
         prefetch_misses = summary.prefetch_misses,
+        store_requests = %crate::store::requests().totals(),
         "fetch server stopped"
     );
     drop(lock);

@@ -74,7 +74,7 @@ pub async fn connect(cfg: &Config) -> anyhow::Result<Connected> {
         "connected to {}",
         conn.redacted()
     );
-    let store = pgagent_storage::open(&cfg.raw.store.url, &cfg.store_options()).await?;
+    let store = crate::store::open(cfg).await?;
     crate::store::claim_store(store.as_ref(), &server).await?;
     Ok(Connected {
         conn,

@@ -1,20 +1,40 @@
-//! The store as every command meets it: claim its prefix for this cluster before writing
-//! (or, to read, open it and read which cluster it holds), the catalog of base backups, the
-//! ZFS snapshot records, and the newest of each.
+//! The store as every command meets it: open it with its requests counted, claim its
+//! prefix for this cluster before writing (or, to read, open it and read which cluster it
+//! holds), the catalog of base backups, the ZFS snapshot records, and the newest of each.
 
 pub mod catalog;
 pub mod snapshots;
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::UNIX_EPOCH;
 
 use pgagent_protocol::WalSegmentSize;
 use pgagent_storage::cluster::{ensure_cluster, read_cluster, ClusterInfo};
-use pgagent_storage::ObjectStore;
+use pgagent_storage::{CountedStore, ObjectStore, RequestCounts, StoreError};
 
 use crate::config::Config;
 use crate::exit::Refused;
 use crate::server::ServerInfo;
+
+/// The requests this process has sent to its store, by operation: every store opened with
+/// [`open`] counts into it. `pgagent run` exports it as `pgagent_store_requests_total` and
+/// in `status.json`; the restore-mode fetch server logs it when it exits.
+pub fn requests() -> &'static Arc<RequestCounts> {
+    static REQUESTS: LazyLock<Arc<RequestCounts>> = LazyLock::new(Arc::default);
+    &REQUESTS
+}
+
+/// Opens the store of `cfg` (`store.url` and its options) with every request it sends
+/// counted in [`requests`]: the one way the agent opens its store, so no request goes
+/// uncounted. The counter sits right on the backend, below any wrapper a caller adds
+/// ([`crate::retrying_store::RetryingReads`]), so each retry is a counted request.
+///
+/// Errors: as [`pgagent_storage::open`].
+pub async fn open(cfg: &Config) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    #[allow(clippy::disallowed_methods)] // the one place that may
+    let backend = pgagent_storage::open(&cfg.raw.store.url, &cfg.store_options()).await?;
+    Ok(CountedStore::wrap(backend, requests().clone()))
+}
 
 /// Claims the store prefix for this cluster, or refuses (exit 3) when it holds another.
 pub async fn claim_store(
@@ -47,7 +67,7 @@ pub async fn claim_store(
 pub async fn open_cluster(
     cfg: &Config,
 ) -> anyhow::Result<(Arc<dyn ObjectStore>, ClusterInfo, WalSegmentSize)> {
-    let store = pgagent_storage::open(&cfg.raw.store.url, &cfg.store_options()).await?;
+    let store = open(cfg).await?;
     let cluster = read_cluster(store.as_ref()).await?.ok_or_else(|| {
         anyhow::anyhow!(
             "{} holds no cluster.json: nothing has been stored there yet (check store.url)",

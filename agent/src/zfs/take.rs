@@ -46,7 +46,7 @@ pub async fn take_snapshot(cfg: &Config) -> anyhow::Result<SnapshotRecord> {
     let conn = server::conn_config(cfg, "pgagent snapshot")?;
     let (client, server) = server::connect(&conn).await?;
     let _ = client.close().await;
-    let store = pgagent_storage::open(&cfg.raw.store.url, &cfg.store_options()).await?;
+    let store = crate::store::open(cfg).await?;
     crate::store::claim_store(store.as_ref(), &server).await?;
 
     let zfs = zfs_of(cfg);

@@ -9,9 +9,12 @@
 //!   backoff above it for longer outages.
 //! - bodies above `part_size` are uploaded as multipart with bounded parallelism.
 //! - HTTPS uses rustls with the ring provider, the same TLS stack as the replication client.
+//! - every HTTP request sent (each list page, multipart part and retry attempt) is reported
+//!   to [`crate::CountedStore`], which counts requests as the provider bills them.
 //!
 //! Keys are stored as `<prefix>/<key>` in the bucket.
 
+mod counting;
 mod errors;
 mod multipart;
 
@@ -88,6 +91,7 @@ impl S3Store {
         let sdk = loader.load().await;
         let mut conf = aws_sdk_s3::config::Builder::from(&sdk)
             .force_path_style(loc.path_style)
+            .interceptor(counting::CountRequests)
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
         if sdk.region().is_none() {

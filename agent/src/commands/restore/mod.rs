@@ -169,7 +169,7 @@ async fn open_store(
     std::sync::Arc<dyn pgagent_storage::ObjectStore>,
     ClusterInfo,
 )> {
-    let raw = pgagent_storage::open(&cfg.raw.store.url, &cfg.store_options()).await?;
+    let raw = crate::store::open(cfg).await?;
     let store = RetryingReads::wrap(
         raw.clone(),
         Policy::CHUNK,
