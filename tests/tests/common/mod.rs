@@ -12,7 +12,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgagent_protocol::{Lsn, SegNo, WalFileName, WalSegmentSize};
+use pgagent_protocol::{segment_file_name, Lsn, SegNo, WalFileName, WalSegmentSize};
+use pgagent_storage::deltas::{assemble, Delta, Piece};
 use pgagent_storage::{envelope, ObjectStore, StoreOptions};
 use pgagent_tests::{wait_until, AgentProcess, PgServer};
 use tempfile::TempDir;
@@ -153,35 +154,85 @@ pub async fn wal_objects(store: &dyn ObjectStore) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
+/// The partial pieces of segment `segno` among `objects` (file name → raw bytes, as
+/// [`wal_objects`] returns): its `.partial` (a store written before deltas) and its deltas.
+fn pieces_of(objects: &BTreeMap<String, Vec<u8>>, segno: SegNo) -> Vec<(Piece, &[u8])> {
+    let mut out = Vec::new();
+    for (name, raw) in objects {
+        if let Some(d) = Delta::parse_key(&format!("wal/{name}"), seg()) {
+            if d.segno == segno {
+                out.push((Piece::delta(&d, seg()), &raw[..]));
+            }
+        } else if let Some(WalFileName::Partial { segno: s, .. }) = WalFileName::parse(name, seg())
+        {
+            if s == segno {
+                let piece = Piece {
+                    key: name.clone(),
+                    start: 0,
+                    end: raw.len() as u64,
+                };
+                out.push((piece, &raw[..]));
+            }
+        }
+    }
+    out
+}
+
+/// The WAL the store holds of segment `segno` without a complete object: its pieces
+/// (deltas, `.partial`) put together from its start up to the first hole
+/// (`pgagent_storage::deltas::assemble`, the rule fetch serves by). Empty when it has none.
+pub fn partial_content(objects: &BTreeMap<String, Vec<u8>>, segno: SegNo) -> Vec<u8> {
+    let pieces = pieces_of(objects, segno);
+    let listed: Vec<Piece> = pieces.iter().map(|(p, _)| p.clone()).collect();
+    let mut out = Vec::new();
+    for t in assemble(&listed).takes {
+        let (p, raw) = pieces
+            .iter()
+            .find(|(p, _)| *p == t.piece)
+            .expect("a take is one of the pieces");
+        out.extend_from_slice(&raw[(t.from - p.start) as usize..(t.to - p.start) as usize]);
+    }
+    out
+}
+
 /// End of the WAL in the store that is contiguous from `first` (complete segments, then the
-/// `.partial` of the next one), computed from the objects themselves.
+/// partial pieces of the next one), computed from the objects themselves.
 pub fn bucket_frontier(objects: &BTreeMap<String, Vec<u8>>, first: SegNo) -> Lsn {
     let mut complete = std::collections::BTreeSet::new();
-    let mut partials = BTreeMap::new();
-    for (name, raw) in objects {
-        match WalFileName::parse(name, seg()) {
-            Some(WalFileName::Segment { segno, .. }) => {
-                complete.insert(segno);
-            }
-            Some(WalFileName::Partial { segno, .. }) => {
-                partials.insert(segno, raw.len() as u64);
-            }
-            _ => {}
+    for name in objects.keys() {
+        if let Some(WalFileName::Segment { segno, .. }) = WalFileName::parse(name, seg()) {
+            complete.insert(segno);
         }
     }
     let mut next = first;
     while complete.contains(&next) {
         next = SegNo(next.0 + 1);
     }
-    next.start_lsn(seg()) + partials.get(&next).copied().unwrap_or(0)
+    next.start_lsn(seg()) + partial_content(objects, next).len() as u64
 }
 
 /// Asserts that every segment in the store is byte-identical to the server's own copy in
-/// `pg_wal`, and every `.partial` to the same prefix of it. Returns the number of complete
-/// segments compared.
+/// `pg_wal`, every `.partial` to the same prefix of it, and every delta to its bytes at the
+/// delta's offsets. Returns the number of complete segments compared.
 pub fn assert_identical_to_server(objects: &BTreeMap<String, Vec<u8>>, pg: &PgServer) -> usize {
     let mut compared = 0;
     for (name, raw) in objects {
+        if let Some(d) = Delta::parse_key(&format!("wal/{name}"), seg()) {
+            let stem = segment_file_name(d.tli, d.segno, seg());
+            assert_eq!(
+                raw.len() as u64,
+                d.len(),
+                "{name}: length differs from its name"
+            );
+            if let Some(server) = pg.wal_file(&stem) {
+                let at = d.start as usize..d.end as usize;
+                assert!(
+                    server.len() >= d.end as usize && raw[..] == server[at],
+                    "{name}: differs from the server's {stem}"
+                );
+            }
+            continue;
+        }
         match WalFileName::parse(name, seg()) {
             Some(WalFileName::Segment { .. }) => {
                 let server = pg
