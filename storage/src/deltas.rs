@@ -234,8 +234,8 @@ mod tests {
         let after = after_deltas(d.tli, d.segno, seg());
         crate::layout::validate_prefix(&after).unwrap();
         assert!(after > later.key(seg()));
-        assert!(after < "wal/000000010000000B00000000".to_string());
-        assert!(after < "wal/00000002.history".to_string());
+        assert!(after.as_str() < "wal/000000010000000B00000000");
+        assert!(after.as_str() < "wal/00000002.history");
     }
 
     #[test]
