@@ -165,7 +165,8 @@ impl Fetcher {
             if assembly.end == 0 {
                 if assembly.beyond_hole {
                     tracing::warn!(
-                        "{file}: the store holds deltas of it, but none from its start;                          they are not served"
+                        "{file}: the store holds deltas of it, but none from its start: \
+                         they are not served"
                     );
                 }
             } else {
