@@ -202,3 +202,65 @@ pub(super) async fn read(
         beyond_hole: assembly.beyond_hole,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use pgagent_protocol::{SegNo, TimelineId, WalSegmentSize};
+    use pgagent_storage::deltas::assemble;
+    use pgagent_storage::{envelope, ObjectStore};
+
+    use super::*;
+    use crate::fetch::resolve::resolve;
+    use crate::fetch::Found;
+
+    #[tokio::test]
+    async fn a_piece_pruned_after_the_listing_is_vanished_not_absent() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = pgagent_storage::fs::FsStore::open(dir.path().to_path_buf())
+            .await
+            .unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(fs);
+        let seg = WalSegmentSize::DEFAULT;
+        let fetcher = Fetcher::on_store(store.clone(), seg);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let delta = |start, end| Delta {
+            tli: TimelineId(1),
+            segno: SegNo(3),
+            start,
+            end,
+        };
+        for d in [delta(0, 0x100), delta(0x100, 0x200)] {
+            let body = envelope::seal(&vec![3u8; d.len() as usize], 1).body;
+            store.put(&d.key(seg), body).await.unwrap();
+        }
+        let resolved = resolve("000000010000000000000003", seg).unwrap();
+        let src = resolved.partial.clone().unwrap();
+        let listed = list(&fetcher, &src, deadline).await.unwrap();
+        assert_eq!(listed.pieces.len(), 2);
+        // Pruned between the listing and the read (the segment was completed meanwhile).
+        let gone = delta(0x100, 0x200).key(seg);
+        store.delete(&gone).await.unwrap();
+        let assembly = assemble(&listed.pieces);
+        match read(&fetcher, &src, None, assembly, deadline)
+            .await
+            .unwrap()
+        {
+            Read::Vanished(key) => assert_eq!(key, gone),
+            Read::Done(a) => panic!("read a piece that is gone: {a:?}"),
+        }
+        // Looked up again, the complete segment the agent uploaded answers.
+        let complete = envelope::seal(&vec![3u8; seg.bytes() as usize], 1).body;
+        store
+            .put("wal/000000010000000000000003", complete)
+            .await
+            .unwrap();
+        let found = fetcher.find(&resolved, deadline).await.unwrap();
+        assert!(
+            matches!(found, Some(Found::Whole { ref key, .. }) if key == "wal/000000010000000000000003"),
+            "{found:?}"
+        );
+    }
+}

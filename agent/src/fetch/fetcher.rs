@@ -98,6 +98,17 @@ impl Fetcher {
         })
     }
 
+    /// A fetcher on `store` without reading `cluster.json` (for the tests).
+    #[cfg(test)]
+    pub(super) fn on_store(store: Arc<dyn ObjectStore>, seg: WalSegmentSize) -> Fetcher {
+        Fetcher {
+            store,
+            seg,
+            system_identifier: String::new(),
+            histories: Arc::default(),
+        }
+    }
+
     /// `system_identifier` of the cluster in the store (decimal, from `cluster.json`).
     pub fn system_identifier(&self) -> &str {
         &self.system_identifier
