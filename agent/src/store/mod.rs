@@ -1,6 +1,6 @@
 //! The store as every command meets it: claim its prefix for this cluster before writing
 //! (or, to read, open it and read which cluster it holds), the catalog of base backups, the
-//! ZFS snapshot records, and the newest of each; the WAL it holds ([`wal`]).
+//! ZFS snapshot records, and the newest of each.
 
 pub mod catalog;
 pub mod snapshots;

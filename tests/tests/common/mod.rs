@@ -12,7 +12,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgagent_protocol::{segment_file_name, Lsn, SegNo, WalFileName, WalSegmentSize};
+use pgagent_protocol::{Lsn, SegNo, WalFileName, WalSegmentSize};
 use pgagent_storage::deltas::{assemble, Delta, Piece};
 use pgagent_storage::{envelope, ObjectStore, StoreOptions};
 use pgagent_tests::{wait_until, AgentProcess, PgServer};
@@ -154,107 +154,76 @@ pub async fn wal_objects(store: &dyn ObjectStore) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
-/// The partial pieces of segment `segno` among `objects` (file name → raw bytes, as
-/// [`wal_objects`] returns): its `.partial` (a store written before deltas) and its deltas.
-fn pieces_of(objects: &BTreeMap<String, Vec<u8>>, segno: SegNo) -> Vec<(Piece, &[u8])> {
-    let mut out = Vec::new();
-    for (name, raw) in objects {
-        if let Some(d) = Delta::parse_key(&format!("wal/{name}"), seg()) {
-            if d.segno == segno {
-                out.push((Piece::delta(&d, seg()), &raw[..]));
-            }
-        } else if let Some(WalFileName::Partial { segno: s, .. }) = WalFileName::parse(name, seg())
-        {
-            if s == segno {
-                let piece = Piece {
-                    key: name.clone(),
-                    start: 0,
-                    end: raw.len() as u64,
-                };
-                out.push((piece, &raw[..]));
-            }
-        }
-    }
-    out
-}
-
-/// The WAL the store holds of segment `segno` without a complete object: its pieces
-/// (deltas, `.partial`) put together from its start up to the first hole
-/// (`pgagent_storage::deltas::assemble`, the rule fetch serves by). Empty when it has none.
-pub fn partial_content(objects: &BTreeMap<String, Vec<u8>>, segno: SegNo) -> Vec<u8> {
-    let pieces = pieces_of(objects, segno);
-    let listed: Vec<Piece> = pieces.iter().map(|(p, _)| p.clone()).collect();
-    let mut out = Vec::new();
-    for t in assemble(&listed).takes {
-        let (p, raw) = pieces
-            .iter()
-            .find(|(p, _)| *p == t.piece)
-            .expect("a take is one of the pieces");
-        out.extend_from_slice(&raw[(t.from - p.start) as usize..(t.to - p.start) as usize]);
-    }
-    out
-}
-
 /// End of the WAL in the store that is contiguous from `first` (complete segments, then the
-/// partial pieces of the next one), computed from the objects themselves.
+/// run of deltas, or the older `.partial`, of the next one), computed from the objects
+/// themselves.
 pub fn bucket_frontier(objects: &BTreeMap<String, Vec<u8>>, first: SegNo) -> Lsn {
-    let mut complete = std::collections::BTreeSet::new();
-    for name in objects.keys() {
-        if let Some(WalFileName::Segment { segno, .. }) = WalFileName::parse(name, seg()) {
-            complete.insert(segno);
-        }
-    }
+    let complete: std::collections::BTreeSet<SegNo> =
+        complete_segments(objects).into_iter().collect();
     let mut next = first;
     while complete.contains(&next) {
         next = SegNo(next.0 + 1);
     }
-    next.start_lsn(seg()) + partial_content(objects, next).len() as u64
+    let pieces: Vec<Piece> = objects
+        .iter()
+        .filter_map(|(name, raw)| match stored_piece(name, raw)? {
+            (segno, piece) if segno == next => Some(piece),
+            _ => None,
+        })
+        .collect();
+    next.start_lsn(seg()) + assemble(&pieces).end
+}
+
+/// A delta, or an older whole-prefix `.partial`, as the segment it belongs to and the piece
+/// of it that it holds (`name` is the key without `wal/`).
+pub fn stored_piece(name: &str, raw: &[u8]) -> Option<(SegNo, Piece)> {
+    if let Some(d) = Delta::parse_key(&format!("wal/{name}"), seg()) {
+        return Some((d.segno, Piece::delta(&d, seg())));
+    }
+    match WalFileName::parse(name, seg()) {
+        Some(WalFileName::Partial { segno, .. }) => Some((
+            segno,
+            Piece {
+                key: format!("wal/{name}"),
+                start: 0,
+                end: raw.len() as u64,
+            },
+        )),
+        _ => None,
+    }
 }
 
 /// Asserts that every segment in the store is byte-identical to the server's own copy in
-/// `pg_wal`, every `.partial` to the same prefix of it, and every delta to its bytes at the
-/// delta's offsets. Returns the number of complete segments compared.
+/// `pg_wal`, and every delta (or older `.partial`) to the same bytes of it. Returns the
+/// number of complete segments compared.
 pub fn assert_identical_to_server(objects: &BTreeMap<String, Vec<u8>>, pg: &PgServer) -> usize {
     let mut compared = 0;
     for (name, raw) in objects {
-        if let Some(d) = Delta::parse_key(&format!("wal/{name}"), seg()) {
-            let stem = segment_file_name(d.tli, d.segno, seg());
-            assert_eq!(
-                raw.len() as u64,
-                d.len(),
-                "{name}: length differs from its name"
+        if let Some((segno, piece)) = stored_piece(name, raw) {
+            let stem = pgagent_protocol::segment_file_name(
+                pgagent_protocol::TimelineId(u32::from_str_radix(&name[..8], 16).unwrap()),
+                segno,
+                seg(),
             );
             if let Some(server) = pg.wal_file(&stem) {
-                let at = d.start as usize..d.end as usize;
+                let (from, to) = (piece.start as usize, piece.end as usize);
                 assert!(
-                    server.len() >= d.end as usize && raw[..] == server[at],
+                    raw.len() == to - from && to <= server.len() && raw[..] == server[from..to],
                     "{name}: differs from the server's {stem}"
                 );
             }
             continue;
         }
-        match WalFileName::parse(name, seg()) {
-            Some(WalFileName::Segment { .. }) => {
-                let server = pg
-                    .wal_file(name)
-                    .unwrap_or_else(|| panic!("{name} is no longer in the server's pg_wal"));
-                assert_eq!(raw.len(), server.len(), "{name}: size differs");
-                assert!(
-                    raw == &server,
-                    "{name}: content differs from the server's pg_wal"
-                );
-                compared += 1;
-            }
-            Some(WalFileName::Partial { .. }) => {
-                let stem = name.trim_end_matches(".partial");
-                if let Some(server) = pg.wal_file(stem) {
-                    assert!(
-                        raw.len() <= server.len() && raw[..] == server[..raw.len()],
-                        "{name}: differs from the server's {stem}"
-                    );
-                }
-            }
-            _ => {}
+        if let Some(WalFileName::Segment { .. }) = WalFileName::parse(name, seg()) {
+            let server = pg
+                .wal_file(name)
+                .unwrap_or_else(|| panic!("{name} is no longer in the server's pg_wal"));
+            assert_eq!(raw.len(), server.len(), "{name}: size differs");
+            assert!(
+                raw == &server,
+                "{name}: content differs from the server's pg_wal"
+            );
+            compared += 1;
         }
     }
     compared
@@ -349,6 +318,30 @@ pub fn cluster_json(system_identifier: &str) -> Vec<u8> {
 /// Writes that `cluster.json` into the `file://` store directory `store`.
 pub fn write_cluster_json(store: &Path, system_identifier: &str) {
     std::fs::write(store.join("cluster.json"), cluster_json(system_identifier)).unwrap();
+}
+
+/// The WAL the store holds of segment `segno` without a complete object: its pieces
+/// (deltas, or an older `.partial`, see [`stored_piece`]) put together from its start up
+/// to the first hole (`pgagent_storage::deltas::assemble`, the rule fetch serves by).
+/// Empty when it has none.
+pub fn partial_content(objects: &BTreeMap<String, Vec<u8>>, segno: SegNo) -> Vec<u8> {
+    let pieces: Vec<(Piece, &[u8])> = objects
+        .iter()
+        .filter_map(|(name, raw)| match stored_piece(name, raw)? {
+            (s, piece) if s == segno => Some((piece, &raw[..])),
+            _ => None,
+        })
+        .collect();
+    let listed: Vec<Piece> = pieces.iter().map(|(p, _)| p.clone()).collect();
+    let mut out = Vec::new();
+    for t in assemble(&listed).takes {
+        let (p, raw) = pieces
+            .iter()
+            .find(|(p, _)| *p == t.piece)
+            .expect("a take is one of the pieces");
+        out.extend_from_slice(&raw[(t.from - p.start) as usize..(t.to - p.start) as usize]);
+    }
+    out
 }
 
 /// The manifest of a complete backup `id` of cluster `system_identifier` on timeline 1,
