@@ -235,7 +235,8 @@ impl Fetcher {
             newest::NextKey::Nothing => Ok(None),
             newest::NextKey::LaterOnTimeline(_) => Ok(Some(format!(
                 "the store holds later WAL of timeline {tli} ({})",
-                key.unwrap_or_default().trim_start_matches(resolve::WAL_PREFIX)
+                key.unwrap_or_default()
+                    .trim_start_matches(resolve::WAL_PREFIX)
             ))),
             newest::NextKey::LaterTimeline(first) => {
                 let mut child = Some(first);
