@@ -178,7 +178,9 @@ fn seg_wal(tli: u32, segno: u64) -> Vec<u8> {
 /// 4. a `.partial` of a store written before deltas, holding 0-0x5000, then deltas
 ///    continuing it: 0x5000-0x7000 and 0x6000-0x9000;
 /// 5. 0-0x1000, then 0x1000-0x2000 with a flipped byte in its payload;
-/// 6. 0-0x1000, followed by segment 3 of timeline 6 held only as 20 deltas (up to 0x14000).
+/// 6. 0-0x1000, followed by segment 3 of timeline 6 held only as 20 deltas (up to 0x14000);
+/// 7. the whole segment in two deltas (the agent stopped before the complete object landed),
+///    followed by a delta of segment 3 of timeline 7.
 async fn plant_deltas(store: &dyn ObjectStore) {
     store
         .put("cluster.json", cluster_json("7000000000000000006").into())
@@ -232,6 +234,10 @@ async fn plant_deltas(store: &dyn ObjectStore) {
     for i in 0..20 {
         put_delta(store, (6, 3), i * 0x1000, (i + 1) * 0x1000, &next).await;
     }
+    let wal = seg_wal(7, 2);
+    put_delta(store, (7, 2), 0, SEG / 2, &wal).await;
+    put_delta(store, (7, 2), SEG / 2, SEG, &wal).await;
+    put_delta(store, (7, 3), 0, 0x1000, &seg_wal(7, 3)).await;
 }
 
 /// Fetches `file` into `dest` and checks it is the first `end` bytes of `wal`, zero-padded
@@ -298,6 +304,8 @@ fn check_deltas(env: &[(&str, String)], dir: &Path, how: &str) {
         );
     }
     fetch_assembled(env, &name(6, 3), &dest, &seg_wal(6, 3), 0x14000);
+    // Unless its deltas cover it whole: then they are the segment.
+    fetch_assembled(env, &name(7, 2), &dest, &seg_wal(7, 2), SEG as usize);
 
     // Absent everywhere: 1.
     let out = fetch(env, &name(1, 7), &dest);

@@ -12,10 +12,11 @@
 //!    segment a kept backup or a ZFS snapshot record in the store starts in ([`wal_floor`])
 //!    are deleted; history files stay (they are small and recovery reads them);
 //! 4. the deltas and `.partial` objects of segments stored complete are deleted: the agent
-//!    uploads the segment being filled as deltas and the segment once complete, and never
-//!    deletes; those pieces are read by nothing once the complete segment is in the store
-//!    (a fetch that listed them and finds one gone looks again and finds the complete
-//!    segment). This happens even when no complete backup exists.
+//!    uploads the segment being filled as deltas and the segment once complete, and removes
+//!    the deltas only when its credentials may delete; those pieces are read by nothing once
+//!    the complete segment is in the store (a fetch that listed them and finds one gone
+//!    looks again and finds the complete segment). This happens even when no complete
+//!    backup exists.
 //!
 //! Snapshots have their own retention (`zfs.keep_*`, applied where they are taken, which
 //! deletes the record of each snapshot it destroys), and a weekly snapshot outlives
@@ -285,8 +286,9 @@ pub fn wal_to_delete(
 }
 
 /// Deletes (or with `dry_run` counts) the deltas and `.partial` objects of segments stored
-/// complete: the agent uploads them while a segment fills and never deletes (it needs no
-/// delete right); once the complete segment is in the store they are read by nothing.
+/// complete: the agent uploads them while a segment fills and leaves them when its
+/// credentials cannot delete (it needs no delete right); once the complete segment is in
+/// the store they are read by nothing.
 ///
 /// Errors: the store's; what was deleted stays deleted.
 async fn sweep_superseded(

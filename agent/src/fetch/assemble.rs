@@ -162,7 +162,7 @@ async fn piece(
 pub(super) enum Read {
     /// Every piece the assembly takes was read.
     Done(Assembled),
-    /// This piece was listed but is gone: the segment was completed and its pieces pruned
+    /// This piece was listed but is gone: the segment was completed and its pieces removed
     /// meanwhile (or the store changed under the fetch); look again.
     Vanished(String),
 }

@@ -146,10 +146,11 @@ impl Fetcher {
     /// at the same time (one round trip, not three), the complete object preferred. The
     /// partial content, assembled up to its first hole ([`super::assemble`]), answers only
     /// if it holds WAL and is the newest WAL of its timeline ([`newest`]; one more LIST,
-    /// and history files the first time), and its pieces are then read in parallel.
+    /// and history files the first time) or covers the whole segment, and its pieces are
+    /// then read in parallel.
     /// Otherwise the complete object is read once more: a running agent may have uploaded
     /// the completed segment meanwhile. A piece listed but gone when read (the segment was
-    /// completed and its pieces pruned meanwhile) starts the lookup again.
+    /// completed and its pieces removed meanwhile) starts the lookup again.
     ///
     /// Errors: as `Fetcher::get`; a corrupt `.partial` header; a later timeline's history
     /// file that is not one; pieces that keep vanishing.
@@ -182,7 +183,15 @@ impl Fetcher {
                 }
             } else {
                 let end = src.start + assembly.end;
-                match self.superseded(&resolved.name, end, deadline).await? {
+                // Pieces covering the whole segment are the segment, as its complete object
+                // would be (an agent stopped between its last delta and that upload).
+                let whole = assembly.end >= src.segment_size;
+                let why = if whole {
+                    None
+                } else {
+                    self.superseded(&resolved.name, end, deadline).await?
+                };
+                match why {
                     None => {
                         let legacy = listed.legacy.as_ref();
                         match assemble::read(self, src, legacy, assembly, deadline).await? {

@@ -11,6 +11,7 @@ use anyhow::Context;
 use pgagent_protocol::{segment_file_name, ConnConfig, Lsn, SegNo, SqlSession, WalFileName};
 use pgagent_storage::deltas::{deltas_prefix, Delta};
 use pgagent_storage::envelope::{self, Header, HEADER_LEN};
+use pgagent_storage::layout::wal_key;
 use pgagent_storage::{ObjectMeta, ObjectStore, StoreError};
 
 use super::frontier::{contiguous_end, parse_wal_key, WalListing};
@@ -198,7 +199,9 @@ impl Checker {
                 // A segment was completed meanwhile: list again.
                 continue;
             }
-            let lens = self.assembled_ends(&listing, &legacy);
+            let lens = self
+                .assembled_ends(store.as_ref(), &listing, &legacy)
+                .await?;
             let check = restart.map(|restart_lsn| {
                 let from = restart_lsn.segment_number(seg);
                 SlotCheck {
@@ -321,12 +324,16 @@ impl Checker {
     /// How far the pieces of each segment holding some reach (`legacy`: the raw length of
     /// each `.partial` read this round); for a segment without a complete object that has
     /// deltas, an end lower than the last round's is a violation: the bucket went backwards.
-    fn assembled_ends(
+    /// Unless the complete segment is in the bucket by now: the agent removes a segment's
+    /// deltas once it uploaded the complete object, and a listing (a directory walk, or
+    /// pages of an S3 listing) may have missed the one and seen the other half done.
+    async fn assembled_ends(
         &mut self,
+        store: &dyn ObjectStore,
         listing: &WalListing,
         legacy: &BTreeMap<SegNo, u64>,
-    ) -> BTreeMap<SegNo, u64> {
-        let seg = self.target.seg;
+    ) -> anyhow::Result<BTreeMap<SegNo, u64>> {
+        let (seg, tli) = (self.target.seg, self.target.timeline);
         let segments: Vec<SegNo> = listing
             .partials
             .keys()
@@ -341,15 +348,24 @@ impl Checker {
                 continue;
             }
             let before = std::mem::replace(self.assembled_last.entry(segno).or_insert(end), end);
-            if end < before {
+            if end >= before {
+                continue;
+            }
+            let complete = wal_key(&segment_file_name(tli, segno, seg));
+            let completed = store
+                .head(&complete)
+                .await
+                .with_context(|| format!("head {complete}"))?
+                .is_some();
+            if !completed {
                 self.violation(ViolationKind::Backwards {
-                    key: deltas_prefix(self.target.timeline, segno, seg),
+                    key: deltas_prefix(tli, segno, seg),
                     before,
                     now: end,
                 });
             }
         }
-        ends
+        Ok(ends)
     }
 
     /// Reads a delta first seen, or listed with another size or time than when it was
