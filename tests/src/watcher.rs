@@ -2,16 +2,23 @@
 //! crate, not the `pgagent` binary) and checks the promises of DESIGN.md "Store layout" and
 //! "Invariants to test" every round (default 300 ms):
 //!
-//! - **content**: every WAL object (`wal/<24 hex>` and `wal/<24 hex>.partial`) opens (length
-//!   and blake3 hash verified) to exactly the bytes of the server's own `pg_wal/<name>`, a
-//!   complete segment whole, a `.partial` as the same-length prefix. Objects whose server
-//!   file is gone (removed or recycled after the slot moved on) are counted and skipped. A
-//!   complete object is compared once (they are immutable; a changed size is compared
-//!   again); a `.partial` whenever its header (raw length, hash) changes.
-//! - **never backwards**: a `.partial` never comes back shorter than it was.
+//! - **content**: every WAL object (`wal/<24 hex>`, `wal/<24 hex>.partial.d/<start>-<end>`
+//!   deltas and, in buckets written before deltas, `wal/<24 hex>.partial`) opens (length and
+//!   blake3 hash verified) to exactly the bytes of the server's own `pg_wal/<name>`: a
+//!   complete segment whole, a delta at `[start, end)` (and as many bytes as its name says),
+//!   a `.partial` as the same-length prefix. Objects whose server file is gone (removed or
+//!   recycled after the slot moved on) are counted and skipped. A complete object is
+//!   compared once (they are immutable; a changed size is compared again), a delta once; a
+//!   `.partial` whenever its header (raw length, hash) changes.
+//! - **immutable deltas**: a delta listed with another size or modification time than when
+//!   it was read is read again, and its content must not have changed.
+//! - **never backwards**: a `.partial` never comes back shorter than it was, and the pieces
+//!   of a segment not yet complete (deltas, with its `.partial`), assembled from its start
+//!   up to the first hole, never reach less far than they did.
 //! - **slot behind the bucket**: the slot's `restart_lsn` (what the server may recycle up to,
 //!   moved by the agent's `flush` reports) never passes the end of the WAL the bucket holds
-//!   contiguously from the segment holding it ([`contiguous_end`]). The slot is read first
+//!   contiguously from the segment holding it ([`contiguous_end`]: complete segments, then
+//!   how far the next segment's pieces reach). The slot is read first
 //!   and the bucket listed after, so a bucket that only grows never gives a false alarm.
 //!
 //! Only the timeline the server is on when the watcher starts is checked. Violations are

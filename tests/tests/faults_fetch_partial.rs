@@ -5,6 +5,10 @@
 //! replay a branch the cluster left. Such a request is answered 1 (not found), through the
 //! fetch server and without one, while the newest segment's `.partial` is still served, also
 //! when a later timeline starts exactly where it ends.
+//!
+//! The segment being filled is held as deltas (or, in stores written before deltas, as one
+//! `.partial` object, which deltas may continue): fetch serves the run of WAL they hold from
+//! the segment start up to the first hole, zero-padded, and never WAL past a hole.
 
 mod common;
 
@@ -14,8 +18,9 @@ use std::process::Output;
 use bytes::Bytes;
 use common::*;
 use pgagent_protocol::{segment_file_name, SegNo, TimelineId};
-use pgagent_storage::envelope;
-use pgagent_tests::run_pgagent;
+use pgagent_storage::deltas::Delta;
+use pgagent_storage::{envelope, ObjectStore};
+use pgagent_tests::{run_pgagent, Garage};
 
 fn name(tli: u32, segno: u64) -> String {
     segment_file_name(TimelineId(tli), SegNo(segno), seg())
@@ -137,4 +142,214 @@ fn a_partial_is_served_only_as_the_newest_wal_of_its_timeline() {
         ("PGAGENT_FETCH_TIMEOUT", "10s".to_string()),
     ];
     check(&env, dir.path(), "standalone");
+}
+
+/// Seals `wal[start..end)` as the delta `[start, end)` of segment `(tli, segno)`.
+async fn put_delta(
+    store: &dyn ObjectStore,
+    (tli, segno): (u32, u64),
+    start: u64,
+    end: u64,
+    wal: &[u8],
+) -> String {
+    let d = Delta {
+        tli: TimelineId(tli),
+        segno: SegNo(segno),
+        start,
+        end,
+    };
+    let key = d.key(seg());
+    let body = envelope::seal(&wal[start as usize..end as usize], 1).body;
+    store.put(&key, body).await.unwrap();
+    key
+}
+
+/// The WAL of segment `(tli, segno)` in the stores of [`plant_deltas`].
+fn seg_wal(tli: u32, segno: u64) -> Vec<u8> {
+    raw(&name(tli, segno), SEG)
+}
+
+/// Segments held as deltas, each the newest WAL of its timeline unless said otherwise (no
+/// history file follows any of them), segment 2 of timeline:
+/// 1. four consecutive deltas, up to 0x9000;
+/// 2. deltas up to 0x6000, then a hole (0x6000-0x8000 never landed), then 0x8000-0xA000;
+/// 3. overlaps, as after a restart: 0-0x4000 and the 0x4000-0x8000 a killed process had in
+///    flight, which landed after the restarted agent wrote 0x4000-0x6000 and 0x6000-0xA000;
+/// 4. a `.partial` of a store written before deltas, holding 0-0x5000, then deltas
+///    continuing it: 0x5000-0x7000 and 0x6000-0x9000;
+/// 5. 0-0x1000, then 0x1000-0x2000 with a flipped byte in its payload;
+/// 6. 0-0x1000, followed by segment 3 of timeline 6 held only as 20 deltas (up to 0x14000);
+/// 7. the whole segment in two deltas (the agent stopped before the complete object landed),
+///    followed by a delta of segment 3 of timeline 7.
+async fn plant_deltas(store: &dyn ObjectStore) {
+    store
+        .put("cluster.json", cluster_json("7000000000000000006").into())
+        .await
+        .unwrap();
+    let plan: [(u32, &[(u64, u64)]); 4] = [
+        (
+            1,
+            &[
+                (0, 0x1000),
+                (0x1000, 0x5000),
+                (0x5000, 0x8000),
+                (0x8000, 0x9000),
+            ],
+        ),
+        (2, &[(0, 0x3000), (0x3000, 0x6000), (0x8000, 0xA000)]),
+        (
+            3,
+            &[
+                (0, 0x4000),
+                (0x4000, 0x6000),
+                (0x6000, 0xA000),
+                (0x4000, 0x8000),
+            ],
+        ),
+        (4, &[(0x5000, 0x7000), (0x6000, 0x9000)]),
+    ];
+    for (tli, ranges) in plan {
+        let wal = seg_wal(tli, 2);
+        for &(start, end) in ranges {
+            put_delta(store, (tli, 2), start, end, &wal).await;
+        }
+    }
+    let legacy = seg_wal(4, 2);
+    store
+        .put(
+            &format!("wal/{}.partial", name(4, 2)),
+            envelope::seal(&legacy[..0x5000], 1).body,
+        )
+        .await
+        .unwrap();
+    let wal = seg_wal(5, 2);
+    put_delta(store, (5, 2), 0, 0x1000, &wal).await;
+    let key = put_delta(store, (5, 2), 0x1000, 0x2000, &wal).await;
+    let mut body = store.get(&key).await.unwrap().to_vec();
+    let last = body.len() - 1;
+    body[last] ^= 0x55;
+    store.put(&key, body.into()).await.unwrap();
+    put_delta(store, (6, 2), 0, 0x1000, &seg_wal(6, 2)).await;
+    let next = seg_wal(6, 3);
+    for i in 0..20 {
+        put_delta(store, (6, 3), i * 0x1000, (i + 1) * 0x1000, &next).await;
+    }
+    let wal = seg_wal(7, 2);
+    put_delta(store, (7, 2), 0, SEG / 2, &wal).await;
+    put_delta(store, (7, 2), SEG / 2, SEG, &wal).await;
+    put_delta(store, (7, 3), 0, 0x1000, &seg_wal(7, 3)).await;
+}
+
+/// Fetches `file` into `dest` and checks it is the first `end` bytes of `wal`, zero-padded
+/// to the segment size.
+fn fetch_assembled(env: &[(&str, String)], file: &str, dest: &Path, wal: &[u8], end: usize) {
+    let out = fetch(env, file, dest);
+    assert_eq!(out.status.code(), Some(0), "{file}: {}", text(&out));
+    let got = std::fs::read(dest).unwrap();
+    assert_eq!(got.len() as u64, SEG, "{file}");
+    assert!(got[..end] == wal[..end], "{file}: the WAL differs");
+    assert!(
+        got[end..].iter().all(|&b| b == 0),
+        "{file}: not zeros after {end:#x}"
+    );
+    std::fs::remove_file(dest).unwrap();
+}
+
+fn check_deltas(env: &[(&str, String)], dir: &Path, how: &str) {
+    let dest = dir.join("RECOVERYXLOG");
+    let served = |tli: u32, end: usize| {
+        fetch_assembled(env, &name(tli, 2), &dest, &seg_wal(tli, 2), end);
+    };
+    served(1, 0x9000);
+    served(2, 0x6000);
+    served(3, 0xA000);
+    served(4, 0x9000);
+    // An explicit request for the .partial uses the same assembly.
+    let file = format!("{}.partial", name(1, 2));
+    fetch_assembled(env, &file, &dest, &seg_wal(1, 2), 0x9000);
+
+    // The info line says a partial segment was served, from how many pieces.
+    let out = fetch(env, &name(4, 2), &dest);
+    assert_eq!(out.status.code(), Some(0), "{how}: {}", text(&out));
+    assert!(
+        text(&out).contains("served the partial segment") && text(&out).contains("from 3 pieces"),
+        "{how}: {}",
+        text(&out)
+    );
+    std::fs::remove_file(&dest).unwrap();
+
+    // A corrupt delta: 255 naming it, nothing at %p.
+    let out = fetch(env, &name(5, 2), &dest);
+    assert_eq!(out.status.code(), Some(255), "{how}: {}", text(&out));
+    assert!(
+        text(&out).contains(&format!("{}.partial.d/00001000-00002000", name(5, 2))),
+        "{how}: {}",
+        text(&out)
+    );
+    assert!(!dest.exists(), "{how}");
+
+    // A segment whose next segment is held only as deltas is not the newest WAL of its
+    // timeline: not found. The next one is.
+    let out = fetch(env, &name(6, 2), &dest);
+    assert_eq!(out.status.code(), Some(1), "{how}: {}", text(&out));
+    assert!(!dest.exists(), "{how}");
+    if how == "standalone" {
+        assert!(
+            text(&out).contains(&format!(
+                "later WAL of timeline 6 ({}.partial.d/",
+                name(6, 3)
+            )),
+            "{}",
+            text(&out)
+        );
+    }
+    fetch_assembled(env, &name(6, 3), &dest, &seg_wal(6, 3), 0x14000);
+    // Unless its deltas cover it whole: then they are the segment.
+    fetch_assembled(env, &name(7, 2), &dest, &seg_wal(7, 2), SEG as usize);
+
+    // Absent everywhere: 1.
+    let out = fetch(env, &name(1, 7), &dest);
+    assert_eq!(out.status.code(), Some(1), "{how}: {}", text(&out));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_segment_held_as_deltas_is_served_assembled_up_to_its_first_hole() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", dir.path().join("store").display());
+    plant_deltas(open_store(&url, &[]).await.as_ref()).await;
+    let staging = dir.path().join("staging");
+    std::fs::create_dir(&staging).unwrap();
+    let env = vec![
+        ("PGAGENT_STORE_URL", url.clone()),
+        ("PGAGENT_STAGING_DIR", staging.display().to_string()),
+        ("PGAGENT_FETCH_TIMEOUT", "10s".to_string()),
+        ("PGAGENT_FETCH_IDLE_TIMEOUT", "2s".to_string()),
+    ];
+    check_deltas(&env, dir.path(), "fetch server");
+
+    let blocked = dir.path().join("not-a-dir");
+    std::fs::write(&blocked, "").unwrap();
+    let env = vec![
+        ("PGAGENT_STORE_URL", url),
+        ("PGAGENT_STAGING_DIR", blocked.display().to_string()),
+        ("XDG_RUNTIME_DIR", blocked.display().to_string()),
+        ("TMPDIR", blocked.display().to_string()),
+        ("PGAGENT_FETCH_TIMEOUT", "10s".to_string()),
+    ];
+    check_deltas(&env, dir.path(), "standalone");
+
+    // The same store on an S3 server, through a fetch server.
+    let garage = Garage::start().expect("start Garage");
+    let s3_url = garage.store_url("deltas");
+    plant_deltas(open_store(&s3_url, &garage.s3_env()).await.as_ref()).await;
+    let s3_staging = dir.path().join("s3-staging");
+    std::fs::create_dir(&s3_staging).unwrap();
+    let mut env = garage.s3_env();
+    env.extend([
+        ("PGAGENT_STORE_URL", s3_url),
+        ("PGAGENT_STAGING_DIR", s3_staging.display().to_string()),
+        ("PGAGENT_FETCH_TIMEOUT", "10s".to_string()),
+        ("PGAGENT_FETCH_IDLE_TIMEOUT", "2s".to_string()),
+    ]);
+    check_deltas(&env, dir.path(), "S3 fetch server");
 }

@@ -12,7 +12,6 @@ use bytes::Bytes;
 use common::*;
 use pgagent_protocol::{segment_file_name, SegNo, TimelineId};
 use pgagent_storage::envelope;
-use pgagent_storage::manifest::{BackupManifest, BackupStatus};
 use pgagent_storage::snapshot::{SnapshotRecord, SNAPSHOT_FORMAT_VERSION};
 use pgagent_tests::run_pgagent;
 
@@ -20,24 +19,6 @@ fn put_sealed(path: &Path, raw: &[u8]) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     let sealed: Bytes = envelope::seal(raw, 1).body;
     std::fs::write(path, &sealed).unwrap();
-}
-
-fn manifest(id: &str, start_lsn: &str) -> BackupManifest {
-    BackupManifest {
-        status: BackupStatus::Complete,
-        system_identifier: "7000000000000000005".into(),
-        pg_version_num: 150000,
-        label: format!("pgagent {id}"),
-        start_lsn: start_lsn.into(),
-        start_timeline: 1,
-        stop_lsn: Some(start_lsn.into()),
-        stop_timeline: Some(1),
-        started_at: "2026-11-01T03:00:00Z".into(),
-        finished_at: Some("2026-11-01T03:01:00Z".into()),
-        chunk_size: 1 << 20,
-        backup_label: "START WAL LOCATION: x\n".into(),
-        ..BackupManifest::announced(id)
-    }
 }
 
 fn record(id: &str, start_lsn: &str) -> SnapshotRecord {
@@ -83,7 +64,8 @@ fn store(dir: &Path) -> std::path::PathBuf {
         ("20261101T030000Z", "0/2000028"),
         ("20261108T030000Z", "0/8000028"),
     ] {
-        let json = serde_json::to_vec(&manifest(id, start)).unwrap();
+        let json =
+            serde_json::to_vec(&complete_manifest(id, start, "7000000000000000005")).unwrap();
         put_sealed(&store.join("backups").join(id).join("manifest.json"), &json);
     }
     let r = record("20261025T100000Z", "0/5000060");

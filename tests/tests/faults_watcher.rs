@@ -4,16 +4,20 @@
 //!   "The streaming pipeline" (2)); with the bucket cut off, the slot passes the bucket and
 //!   the watcher must report it.
 //! - A `.partial` whose bytes differ from the server's `pg_wal` and an object that does not
-//!   open, put into the bucket behind the agent's back, must be reported too.
+//!   open, put into the bucket behind the agent's back, must be reported too; so must a
+//!   delta whose bytes differ from the server's at its offsets, a delta written again with
+//!   other bytes, and the deltas of a segment reaching less far than they did.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::faults::*;
-use common::open_store;
+use common::{open_store, seg};
+use pgagent_protocol::{SegNo, TimelineId};
+use pgagent_storage::deltas::Delta;
 use pgagent_storage::envelope;
-use pgagent_tests::watcher::ViolationKind;
+use pgagent_tests::watcher::{ViolationKind, Watcher};
 use pgagent_tests::{PgOptions, ProxyMode};
 
 #[test]
@@ -48,19 +52,89 @@ fn the_watcher_reports_a_slot_past_the_bucket_and_foreign_bytes() {
             .unwrap();
     });
 
+    // Deltas of segment 1: one holding the server's bytes, then written again with other
+    // bytes once the watcher read it; one with a flipped byte. Deltas of a segment far
+    // ahead (no server file to compare), of which the last is then deleted: the segment's
+    // pieces reach less far than they did.
+    let delta = |segno: u64, start: u64, end: u64| {
+        Delta {
+            tli: TimelineId(1),
+            segno: SegNo(segno),
+            start,
+            end,
+        }
+        .key(seg())
+    };
+    let server = s.pg.wal_file("000000010000000000000001").unwrap();
+    let (changed, flipped) = (delta(1, 0, 0x1000), delta(1, 0x1000, 0x2000));
+    let ahead = [delta(0x50, 0, 0x1000), delta(0x50, 0x1000, 0x2000)];
+    rt.block_on(async {
+        let store = open_store(&s.direct_store_url(), &s.garage.s3_env()).await;
+        let put = |key: String, raw: Vec<u8>| {
+            let store = store.clone();
+            async move { store.put(&key, envelope::seal(&raw, 3).body).await.unwrap() }
+        };
+        put(changed.clone(), server[..0x1000].to_vec()).await;
+        let mut bytes = server[0x1000..0x2000].to_vec();
+        bytes[10] ^= 0xff;
+        put(flipped.clone(), bytes).await;
+        for key in &ahead {
+            put(key.clone(), vec![1; 0x1000]).await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let read = |r: pgagent_tests::watcher::WatchReport| {
+            r.deltas_compared >= 2 && r.partial_lens.get(&SegNo(0x50)) == Some(&0x2000)
+        };
+        while !read(watcher.snapshot()) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut other = server[..0x1000].to_vec();
+        other[0] ^= 0xff;
+        put(changed.clone(), other).await;
+        store.delete(&ahead[1]).await.unwrap();
+    });
+
     s.proxy.set_mode(ProxyMode::Refuse);
     s.pg.pgbench(&["-n", "-t", "500", "-c", "2"]).unwrap();
-    let seen = |w: &pgagent_tests::watcher::Watcher| {
-        let r = w.snapshot();
-        let has = |f: fn(&ViolationKind) -> bool| r.violations.iter().any(|v| f(&v.kind));
+    type Check = (&'static str, Box<dyn Fn(&ViolationKind) -> bool>);
+    let checks: Vec<Check> = vec![
         (
-            has(|k| matches!(k, ViolationKind::SlotAhead { .. })),
-            has(|k| matches!(k, ViolationKind::Content { key, .. } if key.ends_with("01.partial"))),
-            has(|k| matches!(k, ViolationKind::Unreadable { key, .. } if key.ends_with("01"))),
-        )
+            "no slot-past-the-bucket violation although the agent confirmed from staging with the bucket cut off",
+            Box::new(|k| matches!(k, ViolationKind::SlotAhead { .. })),
+        ),
+        (
+            "the .partial with a flipped byte was not reported",
+            Box::new(|k| matches!(k, ViolationKind::Content { key, .. } if key.ends_with("01.partial"))),
+        ),
+        (
+            "the object that does not open was not reported",
+            Box::new(|k| matches!(k, ViolationKind::Unreadable { key, .. } if key.ends_with("01"))),
+        ),
+        (
+            "the delta with a flipped byte was not reported",
+            Box::new(move |k| matches!(k, ViolationKind::Content { key, .. } if *key == flipped)),
+        ),
+        (
+            "the delta written again with other bytes was not reported",
+            Box::new(move |k| matches!(k, ViolationKind::Changed { key } if *key == changed)),
+        ),
+        (
+            "the deltas of a segment reaching less far than before were not reported",
+            Box::new(|k| {
+                matches!(k, ViolationKind::Backwards { key, before: 0x2000, now: 0x1000 } if key.ends_with("50.partial.d/"))
+            }),
+        ),
+    ];
+    let missing = |w: &Watcher| -> Vec<&'static str> {
+        let r = w.snapshot();
+        checks
+            .iter()
+            .filter(|(_, f)| !r.violations.iter().any(|v| f(&v.kind)))
+            .map(|(why, _)| *why)
+            .collect()
     };
     let deadline = Instant::now() + Duration::from_secs(30);
-    while seen(&watcher) != (true, true, true) && Instant::now() < deadline {
+    while !missing(&watcher).is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
     }
     s.proxy.set_mode(ProxyMode::Pass);
@@ -70,17 +144,9 @@ fn the_watcher_reports_a_slot_past_the_bucket_and_foreign_bytes() {
     for v in &report.violations {
         println!("[{}]   {v}", s.name);
     }
-    let kinds = |f: fn(&ViolationKind) -> bool| report.violations.iter().any(|v| f(&v.kind));
-    s.check(kinds(|k| matches!(k, ViolationKind::SlotAhead { .. })), || {
-        "no slot-past-the-bucket violation although the agent confirmed from staging with the bucket cut off".into()
-    });
-    s.check(
-        kinds(|k| matches!(k, ViolationKind::Content { key, .. } if key.ends_with("01.partial"))),
-        || "the .partial with a flipped byte was not reported".into(),
-    );
-    s.check(
-        kinds(|k| matches!(k, ViolationKind::Unreadable { key, .. } if key.ends_with("01"))),
-        || "the object that does not open was not reported".into(),
-    );
+    for (why, f) in &checks {
+        let seen = report.violations.iter().any(|v| f(&v.kind));
+        s.check(seen, || why.to_string());
+    }
     s.conclude();
 }

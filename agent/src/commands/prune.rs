@@ -8,9 +8,15 @@
 //! 2. chunks no manifest references are deleted, under a prune marker and only if no backup
 //!    is running when the manifests are read again after the marker is written
 //!    ([`crate::backup::guard`] explains why a backup starting meanwhile is safe);
-//! 3. WAL segments (and `.partial`s, `.backup` files) before the oldest segment a kept backup
-//!    or a ZFS snapshot record in the store starts in ([`wal_floor`]) are deleted; history
-//!    files stay (they are small and recovery reads them).
+//! 3. WAL segments (and their deltas and `.partial`s, `.backup` files) before the oldest
+//!    segment a kept backup or a ZFS snapshot record in the store starts in ([`wal_floor`])
+//!    are deleted; history files stay (they are small and recovery reads them);
+//! 4. the deltas and `.partial` objects of segments stored complete are deleted: the agent
+//!    uploads the segment being filled as deltas and the segment once complete, and removes
+//!    the deltas only when its credentials may delete; those pieces are read by nothing once
+//!    the complete segment is in the store (a fetch that listed them and finds one gone
+//!    looks again and finds the complete segment). This happens even when no complete
+//!    backup exists.
 //!
 //! Snapshots have their own retention (`zfs.keep_*`, applied where they are taken, which
 //! deletes the record of each snapshot it destroys), and a weekly snapshot outlives
@@ -23,8 +29,9 @@
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
-use pgagent_protocol::{SegNo, WalFileName, WalSegmentSize};
-use pgagent_storage::layout::{backup_manifest_key, CHUNK_PREFIX, WAL_PREFIX};
+use futures::{StreamExt, TryStreamExt};
+use pgagent_protocol::{segment_file_name, SegNo, WalSegmentSize};
+use pgagent_storage::layout::{backup_manifest_key, wal_key, CHUNK_PREFIX, WAL_PREFIX};
 use pgagent_storage::manifest::{BackupManifest, BackupStatus};
 use pgagent_storage::snapshot::SnapshotRecord;
 use pgagent_storage::{ObjectMeta, ObjectStore};
@@ -33,6 +40,7 @@ use crate::backup::guard::PruneMarker;
 pub use crate::backup::guard::RUNNING_GRACE;
 use crate::config::Config;
 use crate::store::catalog;
+use crate::store::wal::{SegmentId, WalIndex};
 
 /// What retention keeps and drops.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -188,9 +196,12 @@ pub async fn run(cfg: &Config, dry_run: bool) -> anyhow::Result<()> {
         .iter()
         .filter(|m| p.keep.contains(&m.id))
         .collect();
+    let concurrency = cfg.raw.store.upload_concurrency;
+    let wal_index = WalIndex::from_listing(&store.list(WAL_PREFIX).await?, seg);
     if kept.iter().all(|m| m.status != BackupStatus::Complete) {
-        println!("prune: no complete backup, nothing to prune");
-        return Ok(());
+        println!("prune: no complete backup: backups, chunks and WAL segments stay");
+        let superseded = wal_index.superseded_pieces(seg);
+        return sweep_superseded(store.as_ref(), &superseded, dry_run, concurrency).await;
     }
     let verb = if dry_run { "would delete" } else { "deleted" };
 
@@ -224,30 +235,96 @@ pub async fn run(cfg: &Config, dry_run: bool) -> anyhow::Result<()> {
 
     let (oldest_start, needed_by) =
         wal_floor(&kept, &records, seg).expect("a complete backup is kept");
-    let mut wal = 0u64;
-    for o in store.list(WAL_PREFIX).await? {
-        let name = o.key.strip_prefix(WAL_PREFIX).unwrap_or_default();
-        let old = match WalFileName::parse(name, seg) {
-            Some(WalFileName::Segment { segno, .. }) | Some(WalFileName::Partial { segno, .. }) => {
-                segno < oldest_start
-            }
-            Some(WalFileName::BackupHistory { segno, .. }) => segno < oldest_start,
-            _ => false,
-        };
-        if old {
-            if !dry_run {
-                store.delete(&o.key).await?;
-            }
-            wal += 1;
-        }
+    let (old, superseded) = wal_to_delete(&wal_index, oldest_start, seg);
+    if !dry_run {
+        delete_all(store.as_ref(), &old, concurrency).await?;
     }
     println!(
-        "{verb} {wal} WAL objects before {} (the segment {needed_by} starts in); kept {} \
+        "{verb} {} WAL objects before {} (the segment {needed_by} starts in); kept {} \
          backups and {} snapshot records",
+        old.len(),
         oldest_start.start_lsn(seg),
         p.keep.len(),
         records.len()
     );
+    sweep_superseded(store.as_ref(), &superseded, dry_run, concurrency).await
+}
+
+/// The WAL keys to delete given the index of `wal/`: those of segments before `floor`
+/// (complete segments, their deltas and `.partial` objects, `.backup` files; history files
+/// stay), then the deltas and `.partial` objects of the other segments stored complete,
+/// which nothing reads any more.
+pub fn wal_to_delete(
+    index: &WalIndex,
+    floor: SegNo,
+    seg: WalSegmentSize,
+) -> (Vec<String>, Vec<String>) {
+    let before = |id: &SegmentId| id.1 < floor;
+    let mut old: Vec<String> = index
+        .complete
+        .keys()
+        .filter(|id| before(id))
+        .map(|&(t, s)| wal_key(&segment_file_name(t, s, seg)))
+        .collect();
+    for (_, pieces) in index.pieces.iter().filter(|(id, _)| before(id)) {
+        old.extend(pieces.keys(seg));
+    }
+    old.extend(
+        index
+            .backup_histories
+            .iter()
+            .filter(|(_, id)| before(id))
+            .map(|(k, _)| k.clone()),
+    );
+    let superseded = index
+        .pieces
+        .iter()
+        .filter(|(id, _)| !before(id) && index.complete.contains_key(id))
+        .flat_map(|(_, p)| p.keys(seg))
+        .collect();
+    (old, superseded)
+}
+
+/// Deletes (or with `dry_run` counts) the deltas and `.partial` objects of segments stored
+/// complete: the agent uploads them while a segment fills and leaves them when its
+/// credentials cannot delete (it needs no delete right); once the complete segment is in
+/// the store they are read by nothing.
+///
+/// Errors: the store's; what was deleted stays deleted.
+async fn sweep_superseded(
+    store: &dyn ObjectStore,
+    keys: &[String],
+    dry_run: bool,
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    if !dry_run {
+        delete_all(store, keys, concurrency).await?;
+    }
+    println!(
+        "{} {} deltas and .partial objects of segments stored complete",
+        if dry_run { "would delete" } else { "deleted" },
+        keys.len()
+    );
+    Ok(())
+}
+
+/// Deletes `keys`, `concurrency` at a time.
+///
+/// Errors: the first delete that fails; the others already sent finish.
+async fn delete_all(
+    store: &dyn ObjectStore,
+    keys: &[String],
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    futures::stream::iter(keys.iter().map(|k| async move {
+        store
+            .delete(k)
+            .await
+            .map_err(|e| anyhow::Error::new(e).context(format!("delete {k}")))
+    }))
+    .buffer_unordered(concurrency.max(1))
+    .try_collect::<Vec<()>>()
+    .await?;
     Ok(())
 }
 
@@ -417,6 +494,39 @@ mod tests {
             wal_floor(&[], &[weekly], seg),
             Some((SegNo(5), "snapshot 20261101T000000Z".into()))
         );
+    }
+
+    #[test]
+    fn wal_before_the_floor_goes_and_pieces_of_complete_segments_too() {
+        let seg = WalSegmentSize::DEFAULT;
+        let keys = [
+            "wal/000000010000000000000003",
+            "wal/000000010000000000000003.00000028.backup",
+            "wal/000000010000000000000003.partial",
+            "wal/000000010000000000000003.partial.d/00000000-00001000",
+            "wal/000000010000000000000004.partial.d/00000000-00001000",
+            "wal/000000010000000000000005",
+            "wal/000000010000000000000005.partial.d/00000000-00001000",
+            "wal/000000010000000000000005.partial.d/00001000-00002000",
+            "wal/000000010000000000000006.partial",
+            "wal/000000010000000000000006.partial.d/00000000-00001000",
+            "wal/00000001.history",
+            "wal/00000002.history",
+        ];
+        let listed: Vec<ObjectMeta> = keys
+            .iter()
+            .map(|k| ObjectMeta {
+                key: k.to_string(),
+                size: 1,
+                last_modified: None,
+            })
+            .collect();
+        let index = WalIndex::from_listing(&listed, seg);
+        let (mut old, superseded) = wal_to_delete(&index, SegNo(5), seg);
+        old.sort();
+        assert_eq!(old, keys[..5]);
+        assert_eq!(superseded, keys[6..8]);
+        // Segment 6 is being filled: its pieces stay, and history files always do.
     }
 
     #[test]

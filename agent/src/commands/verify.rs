@@ -5,19 +5,21 @@
 //!   blake3 check, DESIGN.md "Object envelope").
 //! - WAL: for each complete backup, every segment from its start to the newest segment in
 //!   the store, on the timelines recovery follows (the newest history file, as
-//!   [`crate::fetch::plan`] reads it), is present; with `--wal`, every WAL object is also
-//!   downloaded and checked.
+//!   [`crate::fetch::plan`] reads it), is present; the newest segment may be held only as
+//!   partial pieces (deltas, or a `.partial` object in a store written before deltas), and
+//!   the WAL reaches their assembled end ([`crate::store::wal`]). With `--wal`, every WAL
+//!   object (deltas included) is also downloaded and checked.
 //!
 //! Prints one line per problem and a summary; any problem is exit 1.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use futures::StreamExt;
 use pgagent_protocol::{
-    history_file_name, segment_file_name, SegNo, TimelineHistory, TimelineId, WalFileName,
-    WalSegmentSize,
+    history_file_name, segment_file_name, Lsn, SegNo, TimelineHistory, TimelineId, WalSegmentSize,
 };
+use pgagent_storage::deltas::Delta;
 use pgagent_storage::layout::{chunk_key, WAL_PREFIX};
 use pgagent_storage::manifest::{BackupManifest, BackupStatus};
 use pgagent_storage::{envelope, ObjectStore};
@@ -25,6 +27,7 @@ use pgagent_storage::{envelope, ObjectStore};
 use crate::config::Config;
 use crate::fetch::plan::TimelinePlan;
 use crate::store::catalog;
+use crate::store::wal::{legacy_lengths, PartialSegment, SegmentId, WalIndex};
 
 /// Runs the checks and prints the report.
 ///
@@ -46,7 +49,7 @@ pub async fn run(cfg: &Config, backup: Option<&str>, wal: bool) -> anyhow::Resul
         }
     }
     for m in &manifests {
-        let found = check_backup(store.clone(), m, concurrency).await;
+        let found = check_backup(store.clone(), m, concurrency, seg).await;
         println!(
             "backup {}: {} chunks checked, {}",
             m.id,
@@ -60,33 +63,48 @@ pub async fn run(cfg: &Config, backup: Option<&str>, wal: bool) -> anyhow::Resul
         problems.extend(found.1);
     }
     let objects = store.list(WAL_PREFIX).await?;
-    let names: BTreeSet<String> = objects
-        .iter()
-        .filter_map(|o| o.key.strip_prefix(WAL_PREFIX).map(str::to_string))
-        .collect();
-    let plan = latest_plan(store.as_ref(), &names, seg).await?;
+    let index = WalIndex::from_listing(&objects, seg);
+    let (legacy, unreadable) = legacy_lengths(store.as_ref(), &index.legacy_to_read()).await?;
+    problems.extend(
+        unreadable
+            .into_iter()
+            .map(|(key, why)| format!("{key}: {why}")),
+    );
+    let partials = index.partial_segments(&legacy, seg);
+    for note in hole_notes(&index, &partials, seg) {
+        println!("NOTE {note}");
+    }
+    let plan = latest_plan(store.as_ref(), &index, seg).await?;
     for m in manifests
         .iter()
         .filter(|m| m.status == BackupStatus::Complete)
     {
         let (start, tli) = m.start()?;
-        match wal_gaps(&names, &plan, tli, start.segment_number(seg), seg) {
-            (last, gaps) if gaps.is_empty() => println!(
-                "backup {}: WAL continuous from {} to {last}",
+        let walk = wal_gaps(
+            &index,
+            &partials,
+            &plan,
+            tli,
+            start.segment_number(seg),
+            seg,
+        );
+        if walk.gaps.is_empty() {
+            println!(
+                "backup {}: WAL continuous from {} to {} (WAL up to {})",
                 m.id,
-                segment_file_name(tli, start.segment_number(seg), seg)
-            ),
-            (_, gaps) => {
-                for g in gaps {
-                    problems.push(format!("backup {}: WAL gap: {g} is missing", m.id));
-                }
-            }
+                segment_file_name(tli, start.segment_number(seg), seg),
+                walk.last,
+                walk.end
+            );
+        }
+        for g in walk.gaps {
+            problems.push(format!("backup {}: WAL gap: {g}", m.id));
         }
     }
     if wal {
         let keys: Vec<String> = objects.iter().map(|o| o.key.clone()).collect();
-        let (checked, bad) = check_objects(store.clone(), keys, None, concurrency).await;
-        println!("WAL: {checked} objects checked");
+        let (checked, bad) = check_objects(store.clone(), keys, None, concurrency, seg).await;
+        println!("WAL: {checked} objects checked (complete segments, deltas, history files)");
         problems.extend(bad);
     }
     for p in &problems {
@@ -105,6 +123,7 @@ async fn check_backup(
     store: Arc<dyn ObjectStore>,
     m: &BackupManifest,
     concurrency: usize,
+    seg: WalSegmentSize,
 ) -> (usize, Vec<String>) {
     if let Err(e) = m.check() {
         return (0, vec![format!("backup {}: {e}", m.id)]);
@@ -120,15 +139,17 @@ async fn check_backup(
         .iter()
         .map(|(h, p)| (chunk_key(h), format!("backup {} file {p}", m.id)))
         .collect();
-    check_objects(store, keys, Some(&by_key), concurrency).await
+    check_objects(store, keys, Some(&by_key), concurrency, seg).await
 }
 
-/// Downloads and opens each object; a chunk must also hold the hash its key names.
+/// Downloads and opens each object; a chunk must also hold the hash its key names, and a
+/// delta (of a cluster with `seg`-byte segments) as many bytes as its key says.
 async fn check_objects(
     store: Arc<dyn ObjectStore>,
     keys: Vec<String>,
     context: Option<&HashMap<String, String>>,
     concurrency: usize,
+    seg: WalSegmentSize,
 ) -> (usize, Vec<String>) {
     let total = keys.len();
     let results: Vec<Option<String>> = futures::stream::iter(keys.into_iter().map(|key| {
@@ -143,6 +164,15 @@ async fn check_objects(
             let verdict = tokio::task::spawn_blocking(move || {
                 let header = envelope::Header::parse(&body).map_err(|e| e.to_string())?;
                 envelope::open(&body).map_err(|e| e.with_key(&k).to_string())?;
+                if let Some(d) = Delta::parse_key(&k, seg) {
+                    if header.raw_len != d.len() {
+                        return Err(format!(
+                            "holds {} bytes, its name says {}",
+                            header.raw_len,
+                            d.len()
+                        ));
+                    }
+                }
                 match k.rsplit('/').next() {
                     Some(name)
                         if k.starts_with("chunks/") && header.hash.to_hex().as_str() != name =>
@@ -172,17 +202,12 @@ async fn check_objects(
 /// The plan of the newest timeline that has a history file in the store.
 async fn latest_plan(
     store: &dyn ObjectStore,
-    names: &BTreeSet<String>,
+    index: &WalIndex,
     seg: WalSegmentSize,
 ) -> anyhow::Result<Option<TimelinePlan>> {
-    let newest = names
-        .iter()
-        .filter_map(|n| match WalFileName::parse(n, seg) {
-            Some(WalFileName::History(t)) => Some(t),
-            _ => None,
-        })
-        .max();
-    let Some(tli) = newest else { return Ok(None) };
+    let Some(&tli) = index.histories.last() else {
+        return Ok(None);
+    };
     let key = format!("{WAL_PREFIX}{}", history_file_name(tli));
     let body = store.get(&key).await?;
     let text = envelope::open(&body).map_err(|e| e.with_key(&key))?;
@@ -191,74 +216,224 @@ async fn latest_plan(
     Ok(Some(TimelinePlan::new(tli, &history, seg)))
 }
 
-/// Walks from segment `first` on `tli` to the newest segment in `names`, on the timelines
-/// of `plan`; returns the last segment reached and the names missing on the way. A
-/// `.partial` counts for the newest segment only.
+/// A segment missing on the walk of [`wal_gaps`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gap {
+    /// Its file name.
+    pub segment: String,
+    /// When the store holds it only as partial pieces: where their WAL from its start ends.
+    pub partial_end: Option<Lsn>,
+}
+
+impl std::fmt::Display for Gap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} is missing", self.segment)?;
+        if let Some(end) = self.partial_end {
+            write!(
+                f,
+                " (the store holds it only as partial pieces, WAL up to {end}, and later WAL follows)"
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Where the walk of [`wal_gaps`] ended and what it missed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Walk {
+    /// The last segment reached.
+    pub last: String,
+    /// End of the WAL reached: the end of `last`, or of its WAL from its start when it is
+    /// held only as partial pieces.
+    pub end: Lsn,
+    /// Segments missing on the way.
+    pub gaps: Vec<Gap>,
+}
+
+/// Walks from segment `first` on `tli` to the newest segment in `index`, on the timelines
+/// of `plan`. A segment held only as partial pieces (`partials`) counts for the newest
+/// segment only, up to its assembled end; anywhere else it is a gap (later WAL exists, so
+/// the segment should be complete).
 pub fn wal_gaps(
-    names: &BTreeSet<String>,
+    index: &WalIndex,
+    partials: &BTreeMap<SegmentId, PartialSegment>,
     plan: &Option<TimelinePlan>,
     tli: TimelineId,
     first: SegNo,
     seg: WalSegmentSize,
-) -> (String, Vec<String>) {
+) -> Walk {
     let mut newest: BTreeMap<TimelineId, SegNo> = BTreeMap::new();
-    for n in names {
-        if let Some(WalFileName::Segment { tli, segno } | WalFileName::Partial { tli, segno }) =
-            WalFileName::parse(n, seg)
-        {
-            let e = newest.entry(tli).or_insert(segno);
-            *e = (*e).max(segno);
-        }
+    for &(t, s) in index.complete.keys().chain(partials.keys()) {
+        let e = newest.entry(t).or_insert(s);
+        *e = (*e).max(s);
     }
     let timeline_for = |s: SegNo| match plan {
         Some(p) if p.contains(tli) => p.timeline_for(s, tli),
         _ => tli,
     };
     let end = newest.values().copied().max().unwrap_or(first);
-    let mut gaps = Vec::new();
-    let mut last = segment_file_name(tli, first, seg);
+    let mut walk = Walk {
+        last: segment_file_name(tli, first, seg),
+        end: first.start_lsn(seg),
+        gaps: Vec::new(),
+    };
     let mut s = first;
     while s <= end {
         let t = timeline_for(s);
         let name = segment_file_name(t, s, seg);
         let is_last = newest.get(&t).is_some_and(|n| *n == s) && s == end;
-        if names.contains(&name) || (is_last && names.contains(&format!("{name}.partial"))) {
-            last = name;
+        let partial = partials.get(&(t, s));
+        if index.complete.contains_key(&(t, s)) {
+            walk.last = name;
+            walk.end = s.end_lsn(seg);
+        } else if let Some(p) = partial.filter(|_| is_last) {
+            walk.last = name;
+            walk.end = p.end_lsn(s, seg);
         } else if newest.get(&t).is_some_and(|n| *n >= s) {
-            gaps.push(name);
+            walk.gaps.push(Gap {
+                segment: name,
+                partial_end: partial.map(|p| p.end_lsn(s, seg)),
+            });
         } else {
             break;
         }
-        s = SegNo(s.0 + 1);
+        s = s.next();
     }
-    (last, gaps)
+    walk
+}
+
+/// Notes on segments held only as partial pieces with deltas past a hole, when no later
+/// WAL of their timeline is in the store: the newest WAL, still being uploaded. Such a hole
+/// is an upload in flight (deltas may land out of order), or WAL an agent that stopped
+/// sends again when it starts (it resumes from the end of the run without a hole, and its
+/// slot holds that WAL on the server); a recovery from the store alone stops at the hole
+/// meanwhile. Not a problem by itself: a hole in a segment behind later WAL shows as a gap
+/// of the backups whose WAL passes it ([`wal_gaps`]).
+pub fn hole_notes(
+    index: &WalIndex,
+    partials: &BTreeMap<SegmentId, PartialSegment>,
+    seg: WalSegmentSize,
+) -> Vec<String> {
+    partials
+        .iter()
+        .filter(|(_, p)| p.beyond_hole)
+        .filter(|((t, s), _)| {
+            let later = (*t, s.next())..=(*t, SegNo(u64::MAX));
+            index.complete.range(later.clone()).next().is_none()
+                && partials.range(later).next().is_none()
+        })
+        .map(|(&(t, s), p)| {
+            format!(
+                "{}: the newest WAL of timeline {t} is held as deltas with a hole at {}: an \
+                 upload in flight, or WAL the agent sends again when it restarts; a recovery \
+                 from the store alone stops there until it is filled",
+                segment_file_name(t, s, seg),
+                p.end_lsn(s, seg)
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pgagent_storage::ObjectMeta;
 
     fn seg() -> WalSegmentSize {
         WalSegmentSize::DEFAULT
     }
 
-    fn names(list: &[&str]) -> BTreeSet<String> {
-        list.iter().map(|s| s.to_string()).collect()
+    /// The index of `keys` and its partial segments (`.partial` objects hold 0x1000 bytes).
+    fn index(keys: &[&str]) -> (WalIndex, BTreeMap<SegmentId, PartialSegment>) {
+        let objects: Vec<ObjectMeta> = keys
+            .iter()
+            .map(|k| ObjectMeta {
+                key: format!("wal/{k}"),
+                size: 1,
+                last_modified: None,
+            })
+            .collect();
+        let index = WalIndex::from_listing(&objects, seg());
+        let legacy = index
+            .legacy_to_read()
+            .into_iter()
+            .map(|(id, _)| (id, 0x1000))
+            .collect();
+        let partials = index.partial_segments(&legacy, seg());
+        (index, partials)
+    }
+
+    fn walk(keys: &[&str], plan: &Option<TimelinePlan>, first: u64) -> Walk {
+        let (index, partials) = index(keys);
+        wal_gaps(&index, &partials, plan, TimelineId(1), SegNo(first), seg())
+    }
+
+    fn names(gaps: &[Gap]) -> Vec<&str> {
+        gaps.iter().map(|g| g.segment.as_str()).collect()
     }
 
     #[test]
     fn continuous_wal_and_a_gap() {
-        let n = names(&[
+        let keys = [
             "000000010000000000000002",
             "000000010000000000000003",
             "000000010000000000000005",
             "000000010000000000000006.partial",
-        ]);
-        let (last, gaps) = wal_gaps(&n, &None, TimelineId(1), SegNo(2), seg());
-        assert_eq!(gaps, ["000000010000000000000004"]);
-        assert_eq!(last, "000000010000000000000006");
-        let (_, gaps) = wal_gaps(&n, &None, TimelineId(1), SegNo(5), seg());
-        assert!(gaps.is_empty());
+        ];
+        let w = walk(&keys, &None, 2);
+        assert_eq!(names(&w.gaps), ["000000010000000000000004"]);
+        assert_eq!(w.gaps[0].partial_end, None);
+        assert_eq!(w.last, "000000010000000000000006");
+        assert_eq!(w.end, Lsn(0x600_1000));
+        assert!(walk(&keys, &None, 5).gaps.is_empty());
+    }
+
+    #[test]
+    fn the_newest_segment_held_as_deltas_reaches_their_assembled_end() {
+        let keys = [
+            "000000010000000000000002",
+            "000000010000000000000002.partial.d/00000000-00001000",
+            "000000010000000000000003.partial",
+            "000000010000000000000003.partial.d/00000800-00002000",
+            "000000010000000000000003.partial.d/00003000-00004000",
+        ];
+        let w = walk(&keys, &None, 2);
+        assert!(w.gaps.is_empty(), "{:?}", w.gaps);
+        assert_eq!(w.last, "000000010000000000000003");
+        assert_eq!(w.end, Lsn(0x300_2000), "legacy .partial, then a delta");
+        let (index, partials) = index(&keys);
+        let notes = hole_notes(&index, &partials, seg());
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(
+            notes[0].starts_with("000000010000000000000003: the newest WAL of timeline 1")
+                && notes[0].contains("a hole at 0/3002000"),
+            "{notes:?}"
+        );
+    }
+
+    #[test]
+    fn a_segment_held_as_deltas_behind_later_wal_is_a_gap() {
+        // Segment 3 never completed in the store, yet segment 4 did: 3's deltas reach
+        // 0/3002000 and the rest of it is missing.
+        let keys = [
+            "000000010000000000000002",
+            "000000010000000000000003.partial.d/00000000-00002000",
+            "000000010000000000000003.partial.d/00003000-00004000",
+            "000000010000000000000004",
+        ];
+        let w = walk(&keys, &None, 2);
+        assert_eq!(
+            w.gaps,
+            [Gap {
+                segment: "000000010000000000000003".into(),
+                partial_end: Some(Lsn(0x300_2000)),
+            }]
+        );
+        assert!(w.gaps[0].to_string().contains("WAL up to 0/3002000"));
+        assert_eq!(w.last, "000000010000000000000004");
+        // Its hole is part of that gap, not a note about the newest WAL.
+        let (index, partials) = index(&keys);
+        assert!(hole_notes(&index, &partials, seg()).is_empty());
     }
 
     #[test]
@@ -268,20 +443,20 @@ mod tests {
             &TimelineHistory::parse("1\t0/4800000\tpromoted\n").unwrap(),
             seg(),
         );
-        let n = names(&[
+        let mut keys = vec![
             "000000010000000000000002",
             "000000010000000000000003",
             "000000010000000000000004.partial",
+            "000000010000000000000004.partial.d/00001000-00002000",
             "000000020000000000000004",
             "000000020000000000000005",
             "00000002.history",
-        ]);
-        let (last, gaps) = wal_gaps(&n, &Some(plan.clone()), TimelineId(1), SegNo(2), seg());
-        assert!(gaps.is_empty(), "{gaps:?}");
-        assert_eq!(last, "000000020000000000000005");
-        let mut broken = n.clone();
-        broken.remove("000000020000000000000004");
-        let (_, gaps) = wal_gaps(&broken, &Some(plan), TimelineId(1), SegNo(2), seg());
-        assert_eq!(gaps, ["000000020000000000000004"]);
+        ];
+        let w = walk(&keys, &Some(plan.clone()), 2);
+        assert!(w.gaps.is_empty(), "{:?}", w.gaps);
+        assert_eq!(w.last, "000000020000000000000005");
+        keys.retain(|k| *k != "000000020000000000000004");
+        let w = walk(&keys, &Some(plan), 2);
+        assert_eq!(names(&w.gaps), ["000000020000000000000004"]);
     }
 }

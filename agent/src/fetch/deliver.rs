@@ -18,7 +18,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use pgagent_storage::{envelope, StoreError};
 
-use super::resolve::{self, Fill};
+use super::assemble::{Assembled, Part};
+use super::resolve;
 use super::{abort, FetchError, Found};
 
 /// Distinguishes temporary files of concurrent deliveries within one process.
@@ -153,47 +154,69 @@ impl Drop for TempFile {
 /// What [`deliver_verified`] wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Delivered {
-    /// Raw bytes taken from the object.
+    /// Raw bytes taken from the store.
     pub raw_len: u64,
-    /// Bytes of the delivered file (the segment size when a partial was padded).
+    /// Bytes of the delivered file (the segment size when a partial segment was padded).
     pub file_len: u64,
 }
 
-/// Verifies the envelope of `found` (length and blake3, DESIGN.md "Object envelope"), applies
-/// its [`Fill`], and writes the result atomically at `path` (see [`write_atomically`]).
+/// Verifies what `found` holds (each envelope's length and blake3, DESIGN.md "Object
+/// envelope"; for a partial segment also that each piece holds as many bytes as its name
+/// says), and writes it atomically at `path` (see [`write_atomically`]): a whole object as
+/// stored, a partial segment as the ranges its assembly takes, in order, zero-padded to the
+/// segment size.
 ///
 /// Blocking (decompression and file I/O): call it from a blocking thread in async code.
 ///
-/// Errors: [`FetchError::Abort`] naming the key on a corrupt object or a partial segment
-/// longer than the segment size, and on any local I/O error. Nothing is left at `path`.
+/// Errors: [`FetchError::Abort`] naming the key of a corrupt object or piece, and on any
+/// local I/O error. Nothing is left at `path`.
 pub fn deliver_verified(found: &Found, path: &Path) -> Result<Delivered, FetchError> {
-    let key = &found.source.key;
     let r = write_atomically(path, |mut out| -> Result<Delivered, DeliverError> {
-        let raw_len = envelope::open_into(&found.body, &mut out).map_err(|e| e.with_key(key))?;
-        let file_len = match found.source.fill {
-            Fill::AsIs => raw_len,
-            Fill::PadToSegment { segment_size, .. } => {
-                if raw_len > segment_size {
-                    return Err(DeliverError::Store(StoreError::Corrupt {
-                        key: key.clone(),
-                        detail: format!(
-                            "partial segment holds {raw_len} bytes, more than the segment size {segment_size}"
-                        ),
-                    }));
-                }
-                pad_with_zeros(out, raw_len, segment_size)?;
-                segment_size
+        match found {
+            Found::Whole { key, body } => {
+                let raw_len = envelope::open_into(body, &mut out).map_err(|e| e.with_key(key))?;
+                Ok(Delivered {
+                    raw_len,
+                    file_len: raw_len,
+                })
             }
-        };
-        Ok(Delivered { raw_len, file_len })
+            Found::Partial(a) => write_assembled(a, out),
+        }
     });
     r.map_err(|e| match e {
-        DeliverError::Store(e) if e.is_corrupt() => abort(format!(
-            "{}: verification failed, not delivered: {e}",
-            key.trim_start_matches(resolve::WAL_PREFIX)
-        )),
-        DeliverError::Store(e) => abort(format!("{} to {}: {e}", key, path.display())),
+        DeliverError::Store(e) if e.is_corrupt() => {
+            let key = e.key().unwrap_or_default();
+            abort(format!(
+                "{}: verification failed, not delivered: {e}",
+                key.trim_start_matches(resolve::WAL_PREFIX)
+            ))
+        }
+        DeliverError::Store(e) => abort(format!("{} to {}: {e}", found.describe(), path.display())),
         DeliverError::Io(e) => abort(format!("write {}: {e}", path.display())),
+    })
+}
+
+/// Opens each part of `a`, checks it holds its piece's length, and writes the range taken
+/// from it; then the zeros up to the segment size.
+fn write_assembled(a: &Assembled, out: &mut dyn Write) -> Result<Delivered, DeliverError> {
+    for Part { take, body } in &a.parts {
+        let key = &take.piece.key;
+        let raw = envelope::open(body).map_err(|e| e.with_key(key))?;
+        let want = take.piece.end - take.piece.start;
+        if raw.len() as u64 != want {
+            return Err(DeliverError::Store(StoreError::Corrupt {
+                key: key.clone(),
+                detail: format!("holds {} bytes, its name says {want}", raw.len()),
+            }));
+        }
+        let from = (take.from - take.piece.start) as usize;
+        let to = (take.to - take.piece.start) as usize;
+        out.write_all(&raw[from..to])?;
+    }
+    pad_with_zeros(out, a.end, a.segment_size)?;
+    Ok(Delivered {
+        raw_len: a.end,
+        file_len: a.segment_size.max(a.end),
     })
 }
 
@@ -292,6 +315,102 @@ mod tests {
         let err = copy_atomically(&short, &mut File::open(&src_path).unwrap(), 11).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
         assert_eq!(entries(dir.path()), ["RECOVERYXLOG", "src"]);
+    }
+
+    /// Raw WAL of a made-up 8 KiB segment, and a partial segment assembled from pieces of it
+    /// (`(key, start, end)`), each sealed from those bytes.
+    fn assembled(wal: &[u8], pieces: &[(&str, u64, u64)]) -> Assembled {
+        use pgagent_storage::deltas::{assemble, Piece};
+        let pieces: Vec<Piece> = pieces
+            .iter()
+            .map(|&(key, start, end)| Piece {
+                key: key.into(),
+                start,
+                end,
+            })
+            .collect();
+        let a = assemble(&pieces);
+        let parts = a
+            .takes
+            .iter()
+            .map(|t| Part {
+                take: t.clone(),
+                body: envelope::seal(&wal[t.piece.start as usize..t.piece.end as usize], 1).body,
+            })
+            .collect();
+        Assembled {
+            segment_size: 8192,
+            start: pgagent_protocol::Lsn(0x300_0000),
+            end: a.end,
+            parts,
+            beyond_hole: a.beyond_hole,
+        }
+    }
+
+    fn wal() -> Vec<u8> {
+        (0..8192u32).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn a_partial_segment_is_its_takes_in_order_then_zeros() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("RECOVERYXLOG");
+        let wal = wal();
+        // A legacy .partial, deltas continuing it with an overlap (a restart), and a delta
+        // past a hole, which is not served.
+        let a = assembled(
+            &wal,
+            &[
+                ("wal/S.partial", 0, 1000),
+                ("wal/S.partial.d/00000320-00000BB8", 800, 3000),
+                ("wal/S.partial.d/00000BB8-00001388", 3000, 5000),
+                ("wal/S.partial.d/00001400-00001500", 5120, 5376),
+            ],
+        );
+        assert_eq!((a.end, a.parts.len(), a.beyond_hole), (5000, 3, true));
+        let d = deliver_verified(&Found::Partial(a), &dest).unwrap();
+        assert_eq!(
+            d,
+            Delivered {
+                raw_len: 5000,
+                file_len: 8192
+            }
+        );
+        let got = fs::read(&dest).unwrap();
+        assert_eq!(got.len(), 8192);
+        assert!(got[..5000] == wal[..5000]);
+        assert!(got[5000..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn a_corrupt_or_short_piece_is_named_and_nothing_is_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("RECOVERYXLOG");
+        let wal = wal();
+        let pieces = [
+            ("wal/S.partial.d/00000000-00000800", 0, 2048),
+            ("wal/S.partial.d/00000800-00001000", 2048, 4096),
+        ];
+        let mut a = assembled(&wal, &pieces);
+        let mut body = a.parts[1].body.to_vec();
+        let last = body.len() - 1;
+        body[last] ^= 0x55;
+        a.parts[1].body = body.into();
+        let err = deliver_verified(&Found::Partial(a), &dest).unwrap_err();
+        assert!(matches!(err, FetchError::Abort(_)), "{err}");
+        assert!(
+            err.to_string().contains("S.partial.d/00000800-00001000"),
+            "{err}"
+        );
+        assert!(entries(dir.path()).is_empty());
+
+        // A delta holding fewer bytes than its name says.
+        let mut a = assembled(&wal, &pieces);
+        a.parts[1].body = envelope::seal(&wal[2048..4000], 1).body;
+        let err = deliver_verified(&Found::Partial(a), &dest).unwrap_err();
+        assert!(err.to_string().contains("00000800-00001000"), "{err}");
+        assert!(err.to_string().contains("1952 bytes"), "{err}");
+        assert!(entries(dir.path()).is_empty());
     }
 
     #[test]

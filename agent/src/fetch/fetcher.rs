@@ -1,7 +1,7 @@
 //! Store access for fetches ([`Fetcher`]): open the store and check its cluster, resolve a
 //! requested name to the objects that may answer it, read them with transient errors
-//! retried up to the request's deadline, and decide whether a `.partial` may answer for its
-//! segment ([`super::newest`]).
+//! retried up to the request's deadline, and decide whether a segment's partial content
+//! ([`super::assemble`]) may answer for it ([`super::newest`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -10,29 +10,48 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use pgagent_protocol::{
-    history_file_name, segment_file_name, Lsn, TimelineHistory, TimelineId, WalFileName,
-    WalSegmentSize,
+    history_file_name, Lsn, TimelineHistory, TimelineId, WalFileName, WalSegmentSize,
 };
-use pgagent_storage::layout::wal_file_name;
-use pgagent_storage::{envelope, ObjectStore, StoreError};
+use pgagent_storage::deltas::{self, after_deltas};
+use pgagent_storage::{envelope, ObjectMeta, ObjectStore, StoreError};
 
-use super::resolve::{self, Fill, Resolved, Source};
+use super::assemble::{self, Assembled};
+use super::resolve::{self, Resolved};
 use super::{abort, newest, FetchError};
 use crate::config::Config;
 use crate::retry::{GaveUp, Policy};
 
-/// What [`Fetcher::find`] returned: the verified-to-be-checked envelope and how to fill it.
+/// What [`Fetcher::find`] returned, not yet verified.
 #[derive(Debug)]
-pub struct Found {
-    /// The source that answered.
-    pub source: Source,
-    /// The stored body (an envelope, not yet verified).
-    pub body: Bytes,
+pub enum Found {
+    /// One object holding the whole file, delivered as stored.
+    Whole {
+        /// Its key.
+        key: String,
+        /// The stored body (an envelope).
+        body: Bytes,
+    },
+    /// A segment's partial content, delivered assembled and zero-padded.
+    Partial(Assembled),
 }
 
-/// How many keys after a `.partial` one LIST returns when deciding whether it is the newest
-/// WAL of its timeline (the first WAL file name among them decides; more only skip strays).
+impl Found {
+    /// What answered, for logs: a key, or how many pieces.
+    pub fn describe(&self) -> String {
+        match self {
+            Found::Whole { key, .. } => key.clone(),
+            Found::Partial(a) => format!("{} partial pieces", a.parts.len()),
+        }
+    }
+}
+
+/// How many keys after a segment's pieces LIST returns when deciding whether they are the
+/// newest WAL of its timeline (the first WAL object among them decides; more only skip
+/// strays).
 const NEXT_KEYS: usize = 16;
+
+/// How many times a request is looked up again when a piece it listed is gone when read.
+const LOOKUPS: usize = 3;
 
 /// Store access for fetches: the store, the cluster's segment size, retries to a deadline.
 /// Clones share what was learnt (the history files read), so a fetch server reads each once.
@@ -75,6 +94,17 @@ impl Fetcher {
         })
     }
 
+    /// A fetcher on `store` without reading `cluster.json` (for the tests).
+    #[cfg(test)]
+    pub(super) fn on_store(store: Arc<dyn ObjectStore>, seg: WalSegmentSize) -> Fetcher {
+        Fetcher {
+            store,
+            seg,
+            system_identifier: String::new(),
+            histories: Arc::default(),
+        }
+    }
+
     /// `system_identifier` of the cluster in the store (decimal, from `cluster.json`).
     pub fn system_identifier(&self) -> &str {
         &self.system_identifier
@@ -105,82 +135,113 @@ impl Fetcher {
         })
     }
 
-    /// Reads the first source of `resolved` that exists, retrying transient errors until
-    /// `deadline`; `None` when every source is confirmed absent.
+    /// Reads what answers `resolved`, retrying transient errors until `deadline`; `None`
+    /// when it is confirmed absent.
     ///
-    /// A segment's complete and `.partial` objects are read at the same time (one round
-    /// trip, not two), the complete one preferred. The `.partial` answers only if it is the
-    /// newest WAL of its timeline ([`newest`]; one more LIST, and history files the first
-    /// time). Otherwise, or when both are absent, the complete object is read once more: a
-    /// running agent may have uploaded the completed segment and removed its `.partial`
-    /// between the two reads.
+    /// A segment's complete object, its `.partial` and the listing of its deltas are read
+    /// at the same time (one round trip, not three), the complete object preferred. The
+    /// partial content, assembled up to its first hole ([`super::assemble`]), answers only
+    /// if it holds WAL and is the newest WAL of its timeline ([`newest`]; one more LIST,
+    /// and history files the first time) or covers the whole segment, and its pieces are
+    /// then read in parallel.
+    /// Otherwise the complete object is read once more: a running agent may have uploaded
+    /// the completed segment meanwhile. A piece listed but gone when read (the segment was
+    /// completed and its pieces removed meanwhile) starts the lookup again.
     ///
-    /// Errors: as `Fetcher::get`; a later timeline's history file that is not one.
+    /// Errors: as `Fetcher::get`; a corrupt `.partial` header; a later timeline's history
+    /// file that is not one; pieces that keep vanishing.
     pub async fn find(
         &self,
         resolved: &Resolved,
         deadline: Instant,
     ) -> Result<Option<Found>, FetchError> {
-        match resolved.sources.as_slice() {
-            [] => Ok(None),
-            [only] => self.get(only, deadline).await,
-            [complete, partial, ..] => {
-                let (c, p) =
-                    tokio::join!(self.get(complete, deadline), self.get(partial, deadline));
-                if let Some(found) = c? {
-                    return Ok(Some(found));
-                }
-                if let Some(found) = p? {
-                    match self.superseded(&resolved.name, &found, deadline).await? {
-                        None => return Ok(Some(found)),
-                        Some(why) => tracing::info!(
-                            "{}: not serving {}: {why}; it is not the newest WAL of its timeline",
-                            resolved.name.file_name(self.seg),
-                            partial.key
-                        ),
-                    }
-                }
-                self.get(complete, deadline).await
+        let Some(src) = &resolved.partial else {
+            return self.get_whole(resolved.whole.as_deref(), deadline).await;
+        };
+        let file = resolved.name.file_name(self.seg);
+        let mut gone = String::new();
+        for _ in 0..LOOKUPS {
+            let (whole, listed) = tokio::join!(
+                self.get_whole(resolved.whole.as_deref(), deadline),
+                assemble::list(self, src, deadline)
+            );
+            if let Some(found) = whole? {
+                return Ok(Some(found));
             }
+            let listed = listed?;
+            let assembly = deltas::assemble(&listed.pieces);
+            if assembly.end == 0 {
+                if assembly.beyond_hole {
+                    tracing::warn!(
+                        "{file}: the store holds deltas of it, but none from its start: \
+                         they are not served"
+                    );
+                }
+            } else {
+                let end = src.start + assembly.end;
+                // Pieces covering the whole segment are the segment, as its complete object
+                // would be (an agent stopped between its last delta and that upload).
+                let whole = assembly.end >= src.segment_size;
+                let why = if whole {
+                    None
+                } else {
+                    self.superseded(&resolved.name, end, deadline).await?
+                };
+                match why {
+                    None => {
+                        let legacy = listed.legacy.as_ref();
+                        match assemble::read(self, src, legacy, assembly, deadline).await? {
+                            assemble::Read::Done(a) => return Ok(Some(Found::Partial(a))),
+                            assemble::Read::Vanished(key) => {
+                                tracing::info!(
+                                    "{file}: {key} was listed but is gone; looking again"
+                                );
+                                gone = key;
+                                continue;
+                            }
+                        }
+                    }
+                    Some(why) => tracing::info!(
+                        "{file}: not serving its partial content (WAL up to {end}): {why}; \
+                         it is not the newest WAL of its timeline"
+                    ),
+                }
+            }
+            return self.get_whole(resolved.whole.as_deref(), deadline).await;
         }
+        Err(abort(format!(
+            "{file}: pieces of it vanished while it was read ({gone} the last), {LOOKUPS} \
+             times, and its complete object is not in store {}",
+            self.describe()
+        )))
     }
 
-    /// Why `partial`, the `.partial` of segment `name`, must not stand in for it (see
-    /// [`newest`]), or `None` when it is the newest WAL of its timeline.
+    /// Why the partial content of segment `name`, holding WAL up to `partial_end`, must not
+    /// stand in for it (see [`newest`]), or `None` when it is the newest WAL of its
+    /// timeline.
     async fn superseded(
         &self,
         name: &WalFileName,
-        partial: &Found,
+        partial_end: Lsn,
         deadline: Instant,
     ) -> Result<Option<String>, FetchError> {
         let WalFileName::Segment { tli, segno } = *name else {
             return Ok(None);
         };
-        // The length its header declares; a header that lies fails verification on delivery.
-        let Ok(header) = envelope::Header::parse(&partial.body) else {
-            return Ok(None);
-        };
-        let partial_end = Lsn(segno.start_lsn(self.seg).0.saturating_add(header.raw_len));
         let seg = self.seg;
-        let key = format!(
-            "{}{}.partial",
-            resolve::WAL_PREFIX,
-            segment_file_name(tli, segno, seg)
-        );
+        let after = after_deltas(tli, segno, seg);
         let store = &self.store;
         let listed = retry(&store.describe(), "list wal/", deadline, || {
-            store.list_after(resolve::WAL_PREFIX, &key, NEXT_KEYS)
+            store.list_after(resolve::WAL_PREFIX, &after, NEXT_KEYS)
         })
         .await?;
-        let next = listed
-            .iter()
-            .filter_map(|m| wal_file_name(&m.key))
-            .find(|n| WalFileName::parse(n, seg).is_some());
-        match newest::next_key(tli, segno, next, seg) {
+        let (next, key) = newest::next_key(tli, segno, listed.iter().map(|m| m.key.as_str()), seg);
+        match next {
             newest::NextKey::Nothing => Ok(None),
             newest::NextKey::LaterOnTimeline(_) => Ok(Some(format!(
                 "the store holds later WAL of timeline {tli} ({})",
-                next.unwrap_or_default()
+                key.unwrap_or_default()
+                    .trim_start_matches(resolve::WAL_PREFIX)
             ))),
             newest::NextKey::LaterTimeline(first) => {
                 let mut child = Some(first);
@@ -221,15 +282,11 @@ impl Fetcher {
         if cached.is_some() {
             return Ok(cached);
         }
-        let source = Source {
-            key: format!("{}{}", resolve::WAL_PREFIX, history_file_name(tli)),
-            fill: Fill::AsIs,
-        };
-        let Some(found) = self.get(&source, deadline).await? else {
+        let key = &format!("{}{}", resolve::WAL_PREFIX, history_file_name(tli));
+        let Some(body) = self.get(key, deadline).await? else {
             return Ok(None);
         };
-        let key = &found.source.key;
-        let raw = envelope::open(&found.body)
+        let raw = envelope::open(&body)
             .map_err(|e| abort(format!("verification failed: {}", e.with_key(key))))?;
         let history = String::from_utf8(raw)
             .map_err(|e| e.to_string())
@@ -244,25 +301,51 @@ impl Fetcher {
         Ok(Some(history))
     }
 
-    pub(super) async fn get(
+    /// The object `key` as a [`Found::Whole`] (`None` for no key, or a confirmed absence).
+    pub(super) async fn get_whole(
         &self,
-        source: &Source,
+        key: Option<&str>,
         deadline: Instant,
     ) -> Result<Option<Found>, FetchError> {
+        let Some(key) = key else { return Ok(None) };
+        Ok(self.get(key, deadline).await?.map(|body| Found::Whole {
+            key: key.to_string(),
+            body,
+        }))
+    }
+
+    /// The stored body of `key`, `None` when it is confirmed absent; transient errors are
+    /// retried until `deadline`.
+    pub(super) async fn get(
+        &self,
+        key: &str,
+        deadline: Instant,
+    ) -> Result<Option<Bytes>, FetchError> {
         let store = &self.store;
-        let key = source.key.as_str();
-        let body = retry(&store.describe(), key, deadline, || async move {
+        retry(&store.describe(), key, deadline, || async move {
             match store.get(key).await {
                 Ok(b) => Ok(Some(b)),
                 Err(e) if e.is_not_found() => Ok(None),
                 Err(e) => Err(e),
             }
         })
-        .await?;
-        Ok(body.map(|body| Found {
-            source: source.clone(),
-            body,
-        }))
+        .await
+    }
+
+    /// Every object under `prefix`, transient errors retried until `deadline`.
+    pub(super) async fn list(
+        &self,
+        prefix: &str,
+        deadline: Instant,
+    ) -> Result<Vec<ObjectMeta>, FetchError> {
+        let store = &self.store;
+        retry(
+            &store.describe(),
+            &format!("list {prefix}"),
+            deadline,
+            || store.list(prefix),
+        )
+        .await
     }
 }
 

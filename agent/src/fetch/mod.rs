@@ -13,10 +13,12 @@
 //! (`pgagent run`), else a restore-mode server it starts ([`restore_mode`]); both serve from
 //! a prefetch cache kept ahead of recovery ([`server`], [`cache`], [`plan`]). When no server
 //! can answer, it fetches from the store itself ([`fetch_standalone`]). The store side is
-//! shared: [`resolve`] (which keys answer a name, pure), [`newest`] (whether a `.partial` may
-//! answer for its segment, pure), [`Fetcher`] (`fetcher`: store access with retries up to a deadline),
-//! [`deliver_verified`] (in [`deliver`]: envelope check, padding, atomic write).
+//! shared: [`resolve`] (which keys answer a name, pure), [`newest`] (whether a segment's
+//! partial content may answer for it, pure), [`Fetcher`] (`fetcher`: store access with
+//! retries up to a deadline; `assemble`: a segment's deltas and `.partial` read and put
+//! together), [`deliver_verified`] (in [`deliver`]: envelope checks, padding, atomic write).
 
+mod assemble;
 pub mod cache;
 pub mod client;
 pub mod deliver;
@@ -29,6 +31,7 @@ pub mod restore_mode;
 pub mod server;
 pub mod wire;
 
+pub use assemble::{Assembled, Part};
 pub use deliver::{deliver_verified, Delivered};
 pub use fetcher::{Fetcher, Found};
 
@@ -38,7 +41,6 @@ use std::time::{Duration, Instant};
 use pgagent_protocol::WalFileName;
 
 use crate::config::Config;
-use crate::fetch::resolve::Fill;
 
 /// Default log filter of `pgagent fetch` when `PGAGENT_LOG` is unset: PostgreSQL copies the
 /// command's stderr into its log for every file restored, so only warnings, errors and the
@@ -115,22 +117,24 @@ pub async fn fetch_standalone(cfg: &Config, file: &str, path: &Path) -> Result<(
     .await
     .map_err(|e| abort(format!("delivery task failed: {e}")))?;
     let delivered = delivered?;
-    if let Fill::PadToSegment { start, .. } = found.source.fill {
-        if !matches!(resolved.name, WalFileName::Partial { .. }) {
-            tracing::info!(
-                "{file}: served the partial segment {} (WAL up to {}, zero-padded to {} bytes)",
-                found.source.key,
-                start + delivered.raw_len,
-                delivered.file_len
-            );
-        }
+    if let Some(note) = partial_note(file, &resolved.name, &found) {
+        tracing::info!("{note}");
     }
     tracing::debug!(
         "{file}: delivered {} bytes from {}",
         delivered.file_len,
-        found.source.key
+        found.describe()
     );
     Ok(())
+}
+
+/// The info line for a segment served from its partial content (not logged for a request
+/// that names a `.partial` itself: that one is expected to be partial).
+pub(crate) fn partial_note(file: &str, name: &WalFileName, found: &Found) -> Option<String> {
+    match (found, name) {
+        (_, WalFileName::Partial { .. }) | (Found::Whole { .. }, _) => None,
+        (Found::Partial(a), _) => Some(a.note(file)),
+    }
 }
 
 /// Entry point of the command: through a fetch server if one answers or can be started,

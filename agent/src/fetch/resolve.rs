@@ -4,9 +4,12 @@
 //! `restore_command`, PostgreSQL docs "Archive Recovery" and `RestoreArchivedFile` in
 //! `src/backend/access/transam/xlogarchive.c`): a segment, a timeline history file, a backup
 //! history file, or (rarely) a `.partial` segment. The store keeps them under `wal/`
-//! (DESIGN.md, "Store layout").
+//! (DESIGN.md, "Store layout"); the segment being filled as deltas or, in stores written
+//! before deltas, as a `.partial` object ([`PartialSources`]).
 
-use pgagent_protocol::{Lsn, WalFileName, WalSegmentSize};
+use pgagent_protocol::{segment_file_name, Lsn, SegNo, TimelineId, WalFileName, WalSegmentSize};
+use pgagent_storage::deltas::deltas_prefix;
+use pgagent_storage::layout::PARTIAL_SUFFIX;
 
 /// Prefix of WAL objects in the store.
 pub const WAL_PREFIX: &str = "wal/";
@@ -15,29 +18,25 @@ pub const WAL_PREFIX: &str = "wal/";
 /// low 8 hex digits of a segment name, so a name that fails with it fails with every size.
 const LOOSEST_SEGMENT_SIZE: u64 = 1 << 20;
 
-/// How the raw content of an object becomes the file PostgreSQL reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fill {
-    /// Delivered as stored.
-    AsIs,
-    /// WAL from the start of the segment up to the last upload: zero-padded to the segment
-    /// size in bytes, because PostgreSQL rejects a restored segment of another size
-    /// (`RestoreArchivedFile`: "archive file has wrong size").
-    PadToSegment {
-        /// Segment size in bytes.
-        segment_size: u64,
-        /// LSN of the first byte of the segment; plus the raw length, where the WAL served ends.
-        start: Lsn,
-    },
-}
-
-/// One object to try, in order.
+/// Where the partial content of a segment may be: the segment being filled, which the store
+/// holds as deltas, or (stores written before deltas) as one `.partial` object
+/// ([`pgagent_storage::deltas`]). Delivered assembled from offset 0 up to the first hole,
+/// zero-padded to the segment size, because PostgreSQL rejects a restored segment of another
+/// size (`RestoreArchivedFile`: "archive file has wrong size").
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Source {
-    /// Store key, e.g. `wal/000000010000000A000000FE`.
-    pub key: String,
-    /// How to turn its raw content into the delivered file.
-    pub fill: Fill,
+pub struct PartialSources {
+    /// Timeline of the segment.
+    pub tli: TimelineId,
+    /// The segment.
+    pub segno: SegNo,
+    /// Key of its `.partial` object, e.g. `wal/000000010000000A000000FF.partial`.
+    pub legacy: String,
+    /// Prefix of its deltas, e.g. `wal/000000010000000A000000FF.partial.d/`.
+    pub deltas_prefix: String,
+    /// Segment size in bytes.
+    pub segment_size: u64,
+    /// LSN of the first byte of the segment.
+    pub start: Lsn,
 }
 
 /// A validated request and the objects that may answer it.
@@ -45,8 +44,12 @@ pub struct Source {
 pub struct Resolved {
     /// What was asked for.
     pub name: WalFileName,
-    /// Objects to try in order; the first one found answers. All absent: the file is absent.
-    pub sources: Vec<Source>,
+    /// The object holding the whole file, delivered as stored: a complete segment, a
+    /// history or a backup history file; `None` for a `.partial` request.
+    pub whole: Option<String>,
+    /// For a segment or a `.partial`: its partial content, which answers when `whole` is
+    /// absent (a segment's only if it is the newest WAL of its timeline, [`super::newest`]).
+    pub partial: Option<PartialSources>,
 }
 
 /// Whether `file` can be a WAL file name for some segment size (syntax only).
@@ -60,10 +63,10 @@ pub fn is_wal_file_name(file: &str) -> bool {
         .is_some()
 }
 
-/// The objects to try for `file` in a store whose segments are `seg` bytes.
+/// The objects that may answer `file` in a store whose segments are `seg` bytes.
 ///
-/// - segment: the complete object, then the `.partial` of the same segment, zero-padded;
-/// - `.partial`: that object, zero-padded;
+/// - segment: the complete object, else its partial content;
+/// - `.partial`: the partial content of its segment;
 /// - `.history`, `.backup`: the object of the same name.
 ///
 /// Returns `None` if `file` is not a WAL file name for this segment size (such a key is
@@ -71,38 +74,28 @@ pub fn is_wal_file_name(file: &str) -> bool {
 pub fn resolve(file: &str, seg: WalSegmentSize) -> Option<Resolved> {
     let name = WalFileName::parse(file, seg)?;
     // Keys are built from the parsed name, never from the caller's string.
-    let canonical = name.file_name(seg);
-    let key = format!("{WAL_PREFIX}{canonical}");
-    let sources = match name {
-        WalFileName::Segment { segno, .. } => {
-            let pad = Fill::PadToSegment {
-                segment_size: seg.bytes(),
-                start: segno.start_lsn(seg),
-            };
-            vec![
-                Source {
-                    key: key.clone(),
-                    fill: Fill::AsIs,
-                },
-                Source {
-                    key: format!("{key}.partial"),
-                    fill: pad,
-                },
-            ]
-        }
-        WalFileName::Partial { segno, .. } => vec![Source {
-            key,
-            fill: Fill::PadToSegment {
-                segment_size: seg.bytes(),
-                start: segno.start_lsn(seg),
-            },
-        }],
-        WalFileName::History(_) | WalFileName::BackupHistory { .. } => vec![Source {
-            key,
-            fill: Fill::AsIs,
-        }],
+    let key = format!("{WAL_PREFIX}{}", name.file_name(seg));
+    let partial = |tli, segno: SegNo| PartialSources {
+        tli,
+        segno,
+        legacy: format!(
+            "{WAL_PREFIX}{}{PARTIAL_SUFFIX}",
+            segment_file_name(tli, segno, seg)
+        ),
+        deltas_prefix: deltas_prefix(tli, segno, seg),
+        segment_size: seg.bytes(),
+        start: segno.start_lsn(seg),
     };
-    Some(Resolved { name, sources })
+    let (whole, partial) = match name {
+        WalFileName::Segment { tli, segno } => (Some(key), Some(partial(tli, segno))),
+        WalFileName::Partial { tli, segno } => (None, Some(partial(tli, segno))),
+        WalFileName::History(_) | WalFileName::BackupHistory { .. } => (Some(key), None),
+    };
+    Some(Resolved {
+        name,
+        whole,
+        partial,
+    })
 }
 
 #[cfg(test)]
@@ -113,40 +106,41 @@ mod tests {
         WalSegmentSize::DEFAULT
     }
 
-    fn keys(r: &Resolved) -> Vec<&str> {
-        r.sources.iter().map(|s| s.key.as_str()).collect()
-    }
-
     #[test]
-    fn segment_tries_complete_then_partial() {
+    fn segment_tries_complete_then_its_partial_content() {
         let r = resolve("000000010000000A000000FE", seg16()).unwrap();
+        assert_eq!(r.whole.as_deref(), Some("wal/000000010000000A000000FE"));
         assert_eq!(
-            keys(&r),
-            [
-                "wal/000000010000000A000000FE",
-                "wal/000000010000000A000000FE.partial"
-            ]
-        );
-        assert_eq!(r.sources[0].fill, Fill::AsIs);
-        assert_eq!(
-            r.sources[1].fill,
-            Fill::PadToSegment {
+            r.partial,
+            Some(PartialSources {
+                tli: TimelineId(1),
+                segno: SegNo(0xAFE),
+                legacy: "wal/000000010000000A000000FE.partial".into(),
+                deltas_prefix: "wal/000000010000000A000000FE.partial.d/".into(),
                 segment_size: 16 << 20,
                 start: Lsn(0xA_FE00_0000)
-            }
+            })
         );
     }
 
     #[test]
-    fn history_backup_and_partial_map_to_their_own_key() {
+    fn history_backup_and_partial_map_to_their_own_objects() {
         let h = resolve("00000002.history", seg16()).unwrap();
-        assert_eq!(keys(&h), ["wal/00000002.history"]);
-        assert_eq!(h.sources[0].fill, Fill::AsIs);
+        assert_eq!(h.whole.as_deref(), Some("wal/00000002.history"));
+        assert_eq!(h.partial, None);
         let b = resolve("000000010000000000000002.00000028.backup", seg16()).unwrap();
-        assert_eq!(keys(&b), ["wal/000000010000000000000002.00000028.backup"]);
+        assert_eq!(
+            b.whole.as_deref(),
+            Some("wal/000000010000000000000002.00000028.backup")
+        );
         let p = resolve("000000010000000000000003.partial", seg16()).unwrap();
-        assert_eq!(keys(&p), ["wal/000000010000000000000003.partial"]);
-        assert!(matches!(p.sources[0].fill, Fill::PadToSegment { .. }));
+        assert_eq!(p.whole, None);
+        let sources = p.partial.unwrap();
+        assert_eq!(sources.legacy, "wal/000000010000000000000003.partial");
+        assert_eq!(
+            sources.deltas_prefix,
+            "wal/000000010000000000000003.partial.d/"
+        );
     }
 
     #[test]

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::cache::{Cache, Outcome};
 use super::plan::{self, TimelinePlan};
-use super::resolve::{self, Fill};
+use super::resolve;
 use super::wire::{self, Reply, Request};
 use super::{abort, deliver_verified, FetchError, Fetcher, Found};
 use crate::config::Config;
@@ -334,7 +334,7 @@ impl Shared {
                     file: file.to_string(),
                     store: fetcher.describe(),
                 })?;
-        let note = partial_note(file, &resolved.name, &found);
+        let note = super::partial_note(file, &resolved.name, &found);
         let path = self.cache.dir().join(format!(
             ".fg-{}-{file}",
             self.foreground_seq.fetch_add(1, Ordering::Relaxed)
@@ -343,7 +343,6 @@ impl Shared {
         let len = tokio::task::spawn_blocking(move || deliver_verified(&found, &written))
             .await
             .map_err(|e| abort(format!("delivery task failed: {e}")))??;
-        let note = note.map(|n| n(len.raw_len, len.file_len));
         if let WalFileName::History(tli) = resolved.name {
             self.learn_history(tli, &path, fetcher.segment_size());
         }
@@ -502,39 +501,16 @@ impl Handover {
     }
 }
 
-/// The complete object of segment `name` (never its `.partial`: a partial segment grows
-/// while the daemon streams, so it is always read fresh in the foreground).
+/// The complete object of segment `name` (never its partial content: that grows while the
+/// daemon streams, so it is always read fresh in the foreground).
 async fn fetch_complete(
     fetcher: &Fetcher,
     name: &str,
     timeout: Duration,
 ) -> Result<Option<Found>, FetchError> {
     let resolved = fetcher.resolve(name)?;
-    let source = resolved
-        .sources
-        .first()
-        .ok_or_else(|| abort(format!("{name}: no source")))?;
-    fetcher.get(source, Instant::now() + timeout).await
-}
-
-type NoteFn = Box<dyn FnOnce(u64, u64) -> String + Send>;
-
-/// The info line for a segment served from its `.partial` object.
-fn partial_note(file: &str, name: &WalFileName, found: &Found) -> Option<NoteFn> {
-    let Fill::PadToSegment { start, .. } = found.source.fill else {
-        return None;
-    };
-    if matches!(name, WalFileName::Partial { .. }) {
-        return None;
-    }
-    let file = file.to_string();
-    let key = found.source.key.clone();
-    Some(Box::new(move |raw, padded| {
-        format!(
-            "{file}: served the partial segment {key} (WAL up to {}, zero-padded to {padded} bytes)",
-            start + raw
-        )
-    }))
+    let deadline = Instant::now() + timeout;
+    fetcher.get_whole(resolved.whole.as_deref(), deadline).await
 }
 
 fn ready(len: u64, from: &str, note: Option<String>) -> Reply {

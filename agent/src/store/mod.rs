@@ -4,6 +4,7 @@
 
 pub mod catalog;
 pub mod snapshots;
+pub mod wal;
 
 use std::sync::{Arc, LazyLock};
 use std::time::UNIX_EPOCH;

@@ -1,23 +1,25 @@
 //! One round of the watcher: the slot, the listing, every object compared with the
-//! server's `pg_wal`, the frontier.
+//! server's `pg_wal` (complete segments, `.partial` objects, deltas), the frontier.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use anyhow::Context;
-use pgagent_protocol::{ConnConfig, Lsn, SegNo, SqlSession, WalFileName};
+use pgagent_protocol::{segment_file_name, ConnConfig, Lsn, SegNo, SqlSession, WalFileName};
+use pgagent_storage::deltas::{deltas_prefix, Delta};
 use pgagent_storage::envelope::{self, Header, HEADER_LEN};
-use pgagent_storage::{ObjectStore, StoreError};
+use pgagent_storage::layout::wal_key;
+use pgagent_storage::{ObjectMeta, ObjectStore, StoreError};
 
 use super::frontier::{contiguous_end, parse_wal_key, WalListing};
 use super::report::{SlotCheck, Violation, ViolationKind, WatchReport};
 use super::{lock, WatchTarget};
 
 /// Attempts at a round whose listing names an object that is gone when read (a segment was
-/// completed and its `.partial` removed meanwhile) before the round gives up.
+/// completed and its `.partial` or deltas removed meanwhile) before the round gives up.
 const LIST_ATTEMPTS: usize = 4;
 
 /// The watcher's memory between rounds.
@@ -33,9 +35,19 @@ pub(super) struct Checker {
     partials_done: HashMap<String, (u64, [u8; 32])>,
     /// Raw length of each `.partial` key when last read.
     partial_last: HashMap<String, u64>,
+    /// Deltas already compared: key → what the listing said of it then, and its content
+    /// hash (`None`: it did not open).
+    deltas_done: HashMap<String, (Listed, Option<[u8; 32]>)>,
+    /// How far the pieces of each segment without a complete object reached when last
+    /// assembled.
+    assembled_last: HashMap<SegNo, u64>,
 }
 
-/// A `.partial` read this round.
+/// What a listing says of an object: stored size and modification time. Either changes
+/// when an object is written again.
+type Listed = (u64, Option<SystemTime>);
+
+/// A `.partial` or a delta read this round.
 enum PartialRead {
     /// Its raw length (0 when it does not open).
     Len(u64),
@@ -58,6 +70,8 @@ impl Checker {
             segments_done: HashMap::new(),
             partials_done: HashMap::new(),
             partial_last: HashMap::new(),
+            deltas_done: HashMap::new(),
+            assembled_last: HashMap::new(),
         }
     }
 
@@ -150,12 +164,12 @@ impl Checker {
                         .await?;
                 }
             }
-            let mut lens = BTreeMap::new();
+            let mut legacy = BTreeMap::new();
             let mut gone = false;
             for (segno, key) in &listing.partials {
                 match self.check_partial(store.as_ref(), key).await? {
                     PartialRead::Len(len) => {
-                        lens.insert(*segno, len);
+                        legacy.insert(*segno, len);
                     }
                     PartialRead::Gone => {
                         gone = true;
@@ -163,10 +177,31 @@ impl Checker {
                     }
                 }
             }
+            let listed: HashMap<&str, &ObjectMeta> =
+                metas.iter().map(|m| (m.key.as_str(), m)).collect();
+            for d in listing.deltas.values().flatten() {
+                if gone {
+                    break;
+                }
+                let key = d.key(seg);
+                let Some(meta) = listed.get(key.as_str()) else {
+                    continue;
+                };
+                let now = (meta.size, meta.last_modified);
+                if self.deltas_done.get(&key).map(|(l, _)| *l) != Some(now) {
+                    gone = matches!(
+                        self.check_delta(store.as_ref(), d, &key, now).await?,
+                        PartialRead::Gone
+                    );
+                }
+            }
             if gone {
                 // A segment was completed meanwhile: list again.
                 continue;
             }
+            let lens = self
+                .assembled_ends(store.as_ref(), &listing, &legacy)
+                .await?;
             let check = restart.map(|restart_lsn| {
                 let from = restart_lsn.segment_number(seg);
                 SlotCheck {
@@ -178,8 +213,10 @@ impl Checker {
                 let at = listing.first_incomplete(c.restart_lsn.segment_number(seg));
                 let name = pgagent_protocol::segment_file_name(tli, at, seg);
                 let stopped_at = match lens.get(&at) {
-                    Some(len) => format!("{name} is missing; its .partial holds {len} bytes"),
-                    None => format!("neither {name} nor its .partial is in the bucket"),
+                    Some(len) => format!(
+                        "{name} is missing; its pieces (.partial, deltas) hold {len} bytes from its start"
+                    ),
+                    None => format!("neither {name} nor a .partial or delta of it is in the bucket"),
                 };
                 self.violation(ViolationKind::SlotAhead {
                     restart_lsn: c.restart_lsn,
@@ -284,6 +321,137 @@ impl Checker {
         Ok(PartialRead::Len(header.raw_len))
     }
 
+    /// How far the pieces of each segment holding some reach (`legacy`: the raw length of
+    /// each `.partial` read this round); for a segment without a complete object that has
+    /// deltas, an end lower than the last round's is a violation: the bucket went backwards.
+    /// Unless the complete segment is in the bucket by now: the agent removes a segment's
+    /// deltas once it uploaded the complete object, and a listing (a directory walk, or
+    /// pages of an S3 listing) may have missed the one and seen the other half done.
+    async fn assembled_ends(
+        &mut self,
+        store: &dyn ObjectStore,
+        listing: &WalListing,
+        legacy: &BTreeMap<SegNo, u64>,
+    ) -> anyhow::Result<BTreeMap<SegNo, u64>> {
+        let (seg, tli) = (self.target.seg, self.target.timeline);
+        let segments: Vec<SegNo> = listing
+            .partials
+            .keys()
+            .chain(listing.deltas.keys())
+            .copied()
+            .collect();
+        let mut ends = BTreeMap::new();
+        for segno in segments {
+            let end = listing.assembled_end(segno, legacy.get(&segno).copied(), seg);
+            ends.insert(segno, end);
+            if listing.complete.contains(&segno) || !listing.deltas.contains_key(&segno) {
+                continue;
+            }
+            let before = std::mem::replace(self.assembled_last.entry(segno).or_insert(end), end);
+            if end >= before {
+                continue;
+            }
+            let complete = wal_key(&segment_file_name(tli, segno, seg));
+            let completed = store
+                .head(&complete)
+                .await
+                .with_context(|| format!("head {complete}"))?
+                .is_some();
+            if !completed {
+                self.violation(ViolationKind::Backwards {
+                    key: deltas_prefix(tli, segno, seg),
+                    before,
+                    now: end,
+                });
+            }
+        }
+        Ok(ends)
+    }
+
+    /// Reads a delta first seen, or listed with another size or time than when it was
+    /// read: it must open, hold as many bytes as its name says, equal the server's file at
+    /// its offsets, and never change content once seen.
+    async fn check_delta(
+        &mut self,
+        store: &dyn ObjectStore,
+        d: &Delta,
+        key: &str,
+        listed: Listed,
+    ) -> anyhow::Result<PartialRead> {
+        let body = match store.get(key).await {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => return Ok(PartialRead::Gone),
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("get {key}"))),
+        };
+        let before = self.deltas_done.get(key).and_then(|(_, h)| *h);
+        let raw = match envelope::open(&body) {
+            Ok(raw) => raw,
+            Err(e) => {
+                if self
+                    .deltas_done
+                    .insert(key.to_owned(), (listed, None))
+                    .is_none()
+                {
+                    self.unreadable(key, &e);
+                }
+                return Ok(PartialRead::Len(0));
+            }
+        };
+        let hash = *Header::parse(&body).expect("opened above").hash.as_bytes();
+        let first = self
+            .deltas_done
+            .insert(key.to_owned(), (listed, Some(hash)))
+            .is_none();
+        if before.is_some_and(|h| h != hash) {
+            self.violation(ViolationKind::Changed {
+                key: key.to_owned(),
+            });
+        }
+        if !first {
+            return Ok(PartialRead::Len(raw.len() as u64));
+        }
+        if raw.len() as u64 != d.len() {
+            self.violation(ViolationKind::Content {
+                key: key.to_owned(),
+                detail: format!("holds {} bytes, its name says {}", raw.len(), d.len()),
+            });
+            return Ok(PartialRead::Len(0));
+        }
+        let name = segment_file_name(d.tli, d.segno, self.target.seg);
+        match read_range(&self.target.pg_wal.join(&name), d.start, raw.len()) {
+            Ok(Some(server)) if server == raw => {}
+            Ok(Some(server)) => {
+                let at = raw.iter().zip(&server).position(|(a, b)| a != b);
+                let detail = match at {
+                    Some(at) => format!(
+                        "differs from the server's pg_wal/{name} at byte {} (LSN {})",
+                        d.start + at as u64,
+                        d.segno.start_lsn(self.target.seg) + d.start + at as u64
+                    ),
+                    None => format!(
+                        "{} bytes from offset {}, more than the server's pg_wal/{name} holds",
+                        raw.len(),
+                        d.start
+                    ),
+                };
+                self.violation(ViolationKind::Content {
+                    key: key.to_owned(),
+                    detail,
+                });
+            }
+            Ok(None) => {
+                lock(&self.state).gone_from_server += 1;
+                return Ok(PartialRead::Len(raw.len() as u64));
+            }
+            Err(e) => self.violation(ViolationKind::Content {
+                key: key.to_owned(),
+                detail: format!("cannot read the server's {name}: {e}"),
+            }),
+        }
+        lock(&self.state).deltas_compared += 1;
+        Ok(PartialRead::Len(raw.len() as u64))
+    }
+
     fn unreadable(&mut self, key: &str, e: &StoreError) {
         // Counted once per key until it changes again.
         if self
@@ -362,11 +530,18 @@ impl Checker {
 
 /// The first `len` bytes of `path` (fewer if it is shorter); `None` if it does not exist.
 fn read_prefix(path: &std::path::Path, len: usize) -> std::io::Result<Option<Vec<u8>>> {
-    let file = match std::fs::File::open(path) {
+    read_range(path, 0, len)
+}
+
+/// `len` bytes of `path` from byte `start` (fewer if it is shorter); `None` if it does not
+/// exist.
+fn read_range(path: &std::path::Path, start: u64, len: usize) -> std::io::Result<Option<Vec<u8>>> {
+    let mut file = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
+    file.seek(SeekFrom::Start(start))?;
     let mut out = Vec::with_capacity(len);
     file.take(len as u64).read_to_end(&mut out)?;
     Ok(Some(out))

@@ -1,13 +1,16 @@
 //! The pure part of the bucket watcher: which WAL objects a listing of `wal/` holds, and how
 //! far the WAL in the bucket reaches contiguously from a given segment.
 //!
-//! The contiguous end (the "frontier") follows DESIGN.md "Store layout": complete segments
-//! `wal/<24 hex>`, then the `.partial` of the first missing one, whose raw length says how
-//! much of that segment the bucket holds.
+//! The contiguous end (the "frontier") follows DESIGN.md "Store layout" and the README's:
+//! complete segments `wal/<24 hex>`, then the pieces of the first missing one, its deltas
+//! (`wal/<24 hex>.partial.d/<start>-<end>`) and, in a bucket written before deltas, its
+//! `.partial`, assembled from its start up to the first hole
+//! ([`pgagent_storage::deltas::assemble`]): how much of that segment the bucket holds.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use pgagent_protocol::{Lsn, SegNo, TimelineId, WalFileName, WalSegmentSize};
+use pgagent_storage::deltas::{assemble, Delta, Piece};
 use pgagent_storage::layout::wal_file_name;
 
 /// A WAL object key, classified: `None` for keys outside `wal/`, history files, backup
@@ -26,11 +29,13 @@ pub struct WalListing {
     pub complete: BTreeSet<SegNo>,
     /// Segments present as `.partial` objects, with their keys.
     pub partials: BTreeMap<SegNo, String>,
+    /// Segments present as deltas, each segment's in key order.
+    pub deltas: BTreeMap<SegNo, Vec<Delta>>,
 }
 
 impl WalListing {
-    /// Sorts the keys of a listing into complete segments and `.partial` objects of `tli`;
-    /// other keys and timelines are left out.
+    /// Sorts the keys of a listing into complete segments, `.partial` objects and deltas of
+    /// `tli`; other keys and timelines are left out.
     pub fn from_keys<'a>(
         keys: impl IntoIterator<Item = &'a str>,
         tli: TimelineId,
@@ -38,6 +43,10 @@ impl WalListing {
     ) -> WalListing {
         let mut listing = WalListing::default();
         for key in keys {
+            if let Some(d) = Delta::parse_key(key, seg).filter(|d| d.tli == tli) {
+                listing.deltas.entry(d.segno).or_default().push(d);
+                continue;
+            }
             match parse_wal_key(key, seg) {
                 Some(WalFileName::Segment { tli: t, segno }) if t == tli => {
                     listing.complete.insert(segno);
@@ -51,18 +60,36 @@ impl WalListing {
         listing
     }
 
-    /// The lowest segment present, complete or partial.
+    /// The lowest segment present, complete, as `.partial` or as deltas.
     pub fn first_segment(&self) -> Option<SegNo> {
         let complete = self.complete.first().copied();
         let partial = self.partials.keys().next().copied();
-        match (complete, partial) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let deltas = self.deltas.keys().next().copied();
+        [complete, partial, deltas].into_iter().flatten().min()
     }
 
-    /// The segment whose `.partial` decides the frontier when the walk starts at `from`:
-    /// the first segment at or after `from` without a complete object.
+    /// How far the pieces of `segno` reach from its start without a hole: its deltas and,
+    /// when `legacy_len` gives the raw length of its `.partial`, that object.
+    pub fn assembled_end(&self, segno: SegNo, legacy_len: Option<u64>, seg: WalSegmentSize) -> u64 {
+        let legacy = self
+            .partials
+            .get(&segno)
+            .zip(legacy_len)
+            .map(|(key, end)| Piece {
+                key: key.clone(),
+                start: 0,
+                end,
+            });
+        let deltas = self.deltas.get(&segno).into_iter().flatten();
+        let pieces: Vec<Piece> = legacy
+            .into_iter()
+            .chain(deltas.map(|d| Piece::delta(d, seg)))
+            .collect();
+        assemble(&pieces).end
+    }
+
+    /// The segment whose pieces decide the frontier when the walk starts at `from`: the
+    /// first segment at or after `from` without a complete object.
     pub fn first_incomplete(&self, from: SegNo) -> SegNo {
         let mut next = from;
         while self.complete.contains(&next) {
@@ -73,9 +100,9 @@ impl WalListing {
 }
 
 /// End of the WAL the bucket holds contiguously from the start of segment `from`: walk the
-/// complete segments from `from` on; at the first missing one, add the raw length of its
-/// `.partial` when `partial_len` knows one (`partial_len` maps a segment to the raw length of
-/// its `.partial` object). The result is at least the start of `from`.
+/// complete segments from `from` on; at the first missing one, add how far its pieces
+/// reach when `partial_len` knows it (`partial_len` maps a segment to the assembled end of
+/// its pieces, [`WalListing::assembled_end`]). The result is at least the start of `from`.
 pub fn contiguous_end(
     listing: &WalListing,
     from: SegNo,
@@ -212,6 +239,37 @@ mod tests {
         ]);
         let lens = BTreeMap::from([(SegNo(1), 500), (SegNo(2), 20)]);
         assert_eq!(contiguous_end(&l, SegNo(1), &lens, s), Lsn(2 * SEG + 20));
+    }
+
+    #[test]
+    fn deltas_are_listed_and_reach_their_assembled_end() {
+        let s = seg();
+        let l = listing(&[
+            "wal/000000010000000000000002",
+            "wal/000000010000000000000003.partial",
+            "wal/000000010000000000000003.partial.d/00001000-00002000",
+            "wal/000000010000000000000003.partial.d/00002000-00003000",
+            "wal/000000010000000000000003.partial.d/00004000-00005000",
+            "wal/000000020000000000000003.partial.d/00000000-00009000",
+            "wal/000000010000000000000004.partial.d/00000000-00000100",
+        ]);
+        assert_eq!(l.deltas.len(), 2, "timeline 1 only");
+        assert_eq!(l.deltas[&SegNo(3)].len(), 3);
+        assert_eq!(l.complete.len(), 1, "deltas are not segments");
+        // The .partial holds 0x1800 bytes: continued by the deltas, up to the hole.
+        assert_eq!(l.assembled_end(SegNo(3), Some(0x1800), s), 0x3000);
+        // Its length unknown: the deltas start past a hole at 0.
+        assert_eq!(l.assembled_end(SegNo(3), None, s), 0);
+        assert_eq!(l.assembled_end(SegNo(4), None, s), 0x100);
+        let lens = BTreeMap::from([(SegNo(3), 0x3000)]);
+        assert_eq!(
+            contiguous_end(&l, SegNo(2), &lens, s),
+            Lsn(3 * SEG + 0x3000)
+        );
+        assert_eq!(
+            listing(&["wal/000000010000000000000007.partial.d/00000000-00000100"]).first_segment(),
+            Some(SegNo(7))
+        );
     }
 
     #[test]

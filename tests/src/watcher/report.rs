@@ -38,14 +38,20 @@ pub enum ViolationKind {
         /// The store's error.
         error: String,
     },
-    /// A `.partial` came back shorter than the bucket held before.
+    /// A `.partial` came back shorter than the bucket held before, or the pieces of a
+    /// segment (its deltas, with its `.partial`) reach less far than they did.
     Backwards {
-        /// Object key.
+        /// Object key (for pieces: the prefix of the segment's deltas).
         key: String,
         /// Raw length seen before, bytes.
         before: u64,
         /// Raw length now, bytes.
         now: u64,
+    },
+    /// A delta's content changed after it was first read (deltas are immutable).
+    Changed {
+        /// Object key.
+        key: String,
     },
     /// The slot's `restart_lsn` passed the end of the WAL the bucket held.
     SlotAhead {
@@ -67,6 +73,10 @@ impl fmt::Display for Violation {
             ViolationKind::Backwards { key, before, now } => write!(
                 f,
                 "{key} went backwards: {now} bytes after {before} (the bucket must never hold less)"
+            ),
+            ViolationKind::Changed { key } => write!(
+                f,
+                "{key} changed content after it was read (a delta is never written twice)"
             ),
             ViolationKind::SlotAhead {
                 restart_lsn,
@@ -102,6 +112,8 @@ pub struct WatchReport {
     pub segments_compared: u64,
     /// `.partial` versions compared byte for byte with the server's file.
     pub partials_compared: u64,
+    /// Deltas compared byte for byte with the server's file at their offsets.
+    pub deltas_compared: u64,
     /// Objects not compared because the server's file was gone.
     pub gone_from_server: u64,
     /// The violations seen (the first 50; the rest are only counted).
@@ -116,7 +128,8 @@ pub struct WatchReport {
     pub last_slot_check: Option<SlotCheck>,
     /// The bucket's WAL objects at the last round.
     pub listing: WalListing,
-    /// Raw lengths of the `.partial` objects at the last round.
+    /// How far the pieces (`.partial`, deltas) of each segment holding some reached from
+    /// its start at the last round ([`WalListing::assembled_end`]).
     pub partial_lens: BTreeMap<SegNo, u64>,
     /// Segment size the report's LSNs are computed with.
     pub seg: Option<WalSegmentSize>,
@@ -134,7 +147,8 @@ impl WatchReport {
 
     /// Panics unless no violation was seen, at least `min_rounds` rounds ran with a slot
     /// check, and at least `min_compared` objects (segments and partial versions) were
-    /// compared with the server: a watcher that checked nothing proves nothing.
+    /// compared with the server (segments, partial versions, deltas): a watcher that checked
+    /// nothing proves nothing.
     pub fn assert_clean(&self, min_rounds: u64, min_compared: u64) {
         let problems = self.problems(min_rounds, min_compared);
         assert!(problems.is_empty(), "{}", problems.join("\n"));
@@ -159,7 +173,7 @@ impl WatchReport {
                 self.slot_checks, self.errors
             ));
         }
-        let compared = self.segments_compared + self.partials_compared;
+        let compared = self.segments_compared + self.partials_compared + self.deltas_compared;
         if compared < min_compared {
             out.push(format!(
                 "bucket watcher compared only {compared} objects with pg_wal (wanted {min_compared})"
@@ -200,7 +214,7 @@ impl WatchReport {
             .map(|s| s.0)
             .collect();
         Err(format!(
-            "the bucket holds WAL contiguously from segment {:X} ({}) only up to {reached}, short of {end}: segment {:X} is missing as a complete object (its .partial holds {} bytes); later complete segments: {:X?}",
+            "the bucket holds WAL contiguously from segment {:X} ({}) only up to {reached}, short of {end}: segment {:X} is missing as a complete object (its pieces hold {} bytes from its start); later complete segments: {:X?}",
             first.0,
             first.start_lsn(seg),
             missing.0,
@@ -214,13 +228,14 @@ impl fmt::Display for WatchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} rounds in {:.1}s ({} slot checks, {} failed), {} segments and {} partial versions compared, {} gone from the server, {} violations",
+            "{} rounds in {:.1}s ({} slot checks, {} failed), {} segments, {} partial versions and {} deltas compared, {} gone from the server, {} violations",
             self.rounds,
             self.elapsed.as_secs_f64(),
             self.slot_checks,
             self.failed_rounds,
             self.segments_compared,
             self.partials_compared,
+            self.deltas_compared,
             self.gone_from_server,
             self.violations.len() as u64 + self.violations_dropped
         )?;
@@ -300,6 +315,8 @@ mod tests {
         assert_eq!(r.problems(3, 2), Vec::<String>::new());
         assert_eq!(r.problems(4, 2).len(), 1);
         assert_eq!(r.problems(3, 3).len(), 1);
+        r.deltas_compared = 1;
+        assert_eq!(r.problems(3, 3), Vec::<String>::new());
         r.push_violation(Violation {
             at: Duration::from_secs(1),
             kind: ViolationKind::SlotAhead {

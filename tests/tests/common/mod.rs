@@ -319,3 +319,53 @@ pub fn cluster_json(system_identifier: &str) -> Vec<u8> {
 pub fn write_cluster_json(store: &Path, system_identifier: &str) {
     std::fs::write(store.join("cluster.json"), cluster_json(system_identifier)).unwrap();
 }
+
+/// The WAL the store holds of segment `segno` without a complete object: its pieces
+/// (deltas, or an older `.partial`, see [`stored_piece`]) put together from its start up
+/// to the first hole (`pgagent_storage::deltas::assemble`, the rule fetch serves by).
+/// Empty when it has none.
+pub fn partial_content(objects: &BTreeMap<String, Vec<u8>>, segno: SegNo) -> Vec<u8> {
+    let pieces: Vec<(Piece, &[u8])> = objects
+        .iter()
+        .filter_map(|(name, raw)| match stored_piece(name, raw)? {
+            (s, piece) if s == segno => Some((piece, &raw[..])),
+            _ => None,
+        })
+        .collect();
+    let listed: Vec<Piece> = pieces.iter().map(|(p, _)| p.clone()).collect();
+    let mut out = Vec::new();
+    for t in assemble(&listed).takes {
+        let (p, raw) = pieces
+            .iter()
+            .find(|(p, _)| *p == t.piece)
+            .expect("a take is one of the pieces");
+        out.extend_from_slice(&raw[(t.from - p.start) as usize..(t.to - p.start) as usize]);
+    }
+    out
+}
+
+/// The manifest of a complete backup `id` of cluster `system_identifier` on timeline 1,
+/// starting (and stopping) at `start_lsn`, with no files: enough for the commands that read
+/// manifests for their WAL positions (prune, verify).
+pub fn complete_manifest(
+    id: &str,
+    start_lsn: &str,
+    system_identifier: &str,
+) -> pgagent_storage::manifest::BackupManifest {
+    use pgagent_storage::manifest::{BackupManifest, BackupStatus};
+    BackupManifest {
+        status: BackupStatus::Complete,
+        system_identifier: system_identifier.into(),
+        pg_version_num: 150000,
+        label: format!("pgagent {id}"),
+        start_lsn: start_lsn.into(),
+        start_timeline: 1,
+        stop_lsn: Some(start_lsn.into()),
+        stop_timeline: Some(1),
+        started_at: "2026-11-01T03:00:00Z".into(),
+        finished_at: Some("2026-11-01T03:01:00Z".into()),
+        chunk_size: 1 << 20,
+        backup_label: "START WAL LOCATION: x\n".into(),
+        ..BackupManifest::announced(id)
+    }
+}
