@@ -131,20 +131,75 @@ fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Creates `dir` and any missing parents below `root`, fsyncing each parent whose entries
-/// changed so the new directories survive a crash.
-fn create_dirs_durable(root: &Path, dir: &Path) -> io::Result<()> {
+/// Creates `dir` and any missing parents below `root`; returns the directories whose
+/// entries changed (the parents of those created), which must be fsynced for the new
+/// directories to survive a crash.
+fn create_dirs(root: &Path, dir: &Path, changed: &mut Vec<PathBuf>) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
     let parent = dir.parent().unwrap_or(root);
     if parent != root && parent.starts_with(root) {
-        create_dirs_durable(root, parent)?;
+        create_dirs(root, parent, changed)?;
     }
     match fs::create_dir(dir) {
-        Ok(()) => fsync_dir(parent),
+        Ok(()) => {
+            changed.push(parent.to_path_buf());
+            Ok(())
+        }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(e),
+    }
+}
+
+/// Removes `dir` and its parents below `root` while they are empty, as an object store has
+/// no directories: the deltas of a segment live under `<segment>.partial.d/`, which would
+/// otherwise stay behind, empty, once they are deleted. Stops at the first directory that
+/// is not empty (or any error). A writer that created one of these directories and finds it
+/// gone retries ([`create_temp_file`]); once its temporary file exists the directory is not
+/// empty, so it is never removed under a write.
+fn remove_empty_dirs(root: &Path, mut dir: &Path) {
+    while dir != root && dir.starts_with(root) {
+        if fs::remove_dir(dir).is_err() {
+            return;
+        }
+        match dir.parent() {
+            Some(parent) => dir = parent,
+            None => return,
+        }
+    }
+}
+
+/// How often a write creates its directory again when a delete removed it, empty, before
+/// the temporary file was created in it.
+const DIR_RACE_ATTEMPTS: usize = 100;
+
+/// Creates the directories of `tmp` and the file itself (new, write-only), then makes the
+/// new directories durable. The file is created before the slow fsyncs, so the directory
+/// is empty only for the moment between its creation and the file's.
+fn create_temp_file(root: &Path, dir: &Path, tmp: &Path) -> io::Result<File> {
+    let mut attempt = 0;
+    let mut changed = Vec::new();
+    loop {
+        let created = create_dirs(root, dir, &mut changed).and_then(|()| {
+            fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(tmp)
+        });
+        match created {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && attempt + 1 < DIR_RACE_ATTEMPTS => {
+                attempt += 1;
+            }
+            Ok(file) => {
+                changed.dedup();
+                for d in &changed {
+                    fsync_dir(d)?;
+                }
+                return Ok(file);
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -154,7 +209,6 @@ fn write_atomic(root: &Path, key: &str, body: &[u8], no_replace: bool) -> io::Re
         .parent()
         .expect("a key path has a parent")
         .to_path_buf();
-    create_dirs_durable(root, &dir)?;
     let name = path.file_name().expect("validated key").to_string_lossy();
     let tmp = dir.join(format!(
         "{TEMP_MARKER}{name}.{}.{}",
@@ -162,10 +216,7 @@ fn write_atomic(root: &Path, key: &str, body: &[u8], no_replace: bool) -> io::Re
         TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
     let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
+        let mut f = create_temp_file(root, &dir, &tmp)?;
         f.write_all(body)?;
         f.sync_all()?;
         drop(f);
@@ -319,12 +370,16 @@ impl ObjectStore for FsStore {
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         validate_key(key)?;
         let path = self.root.join(key);
+        let root = self.root.clone();
         let r = blocking(key, Op::Delete, &self.root, move || {
             if fs::metadata(&path)?.is_dir() {
                 return Ok(());
             }
             fs::remove_file(&path)?;
-            fsync_dir(path.parent().expect("a key path has a parent"))
+            let dir = path.parent().expect("a key path has a parent");
+            fsync_dir(dir)?;
+            remove_empty_dirs(&root, dir);
+            Ok(())
         })
         .await;
         match r {
@@ -345,6 +400,63 @@ impl ObjectStore for FsStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_delete_leaves_no_empty_directory_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path().to_path_buf()).await.unwrap();
+        store
+            .put("wal/s.partial.d/a", Bytes::from_static(b"1"))
+            .await
+            .unwrap();
+        store
+            .put("wal/s.partial.d/b", Bytes::from_static(b"2"))
+            .await
+            .unwrap();
+        store.put("wal/s", Bytes::from_static(b"3")).await.unwrap();
+        store.delete("wal/s.partial.d/a").await.unwrap();
+        assert!(
+            dir.path().join("wal/s.partial.d").is_dir(),
+            "b is still there"
+        );
+        store.delete("wal/s.partial.d/b").await.unwrap();
+        assert!(!dir.path().join("wal/s.partial.d").exists());
+        assert!(dir.path().join("wal").is_dir(), "wal/s is still there");
+        store.delete("wal/s").await.unwrap();
+        assert!(!dir.path().join("wal").exists());
+        assert!(dir.path().is_dir(), "the store's root stays");
+        // Writing into a directory a delete removed creates it again.
+        store
+            .put("wal/s.partial.d/c", Bytes::from_static(b"4"))
+            .await
+            .unwrap();
+        assert_eq!(store.get("wal/s.partial.d/c").await.unwrap(), &b"4"[..]);
+    }
+
+    #[test]
+    fn a_write_survives_its_directory_being_removed_under_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let sub = root.join("wal/x.partial.d");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let remover = {
+            let (root, sub, stop) = (root.to_path_buf(), sub.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    remove_empty_dirs(&root, &sub);
+                    std::thread::sleep(std::time::Duration::from_micros(200));
+                }
+            })
+        };
+        for i in 0..200 {
+            let key = format!("wal/x.partial.d/{i}");
+            write_atomic(root, &key, b"v", true).unwrap();
+            assert_eq!(fs::read(root.join(&key)).unwrap(), b"v");
+            fs::remove_file(root.join(&key)).unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        remover.join().unwrap();
+    }
 
     #[tokio::test]
     async fn layout_on_disk_and_temp_files_hidden() {
