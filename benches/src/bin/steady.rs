@@ -7,9 +7,9 @@
 //!
 //! Environment: `BENCH_LOAD_SECONDS` (pgbench `-T`, default 60), `BENCH_RATE` (pgbench `-R`,
 //! default 20), `BENCH_SCALE` (`pgbench -i -s`, default 1), `BENCH_WARMUP_SECONDS`
-//! (unthrottled pgbench after the checkpoint, before the window; default 20, 0 for a window
-//! full of full-page images), `BENCH_TRICKLE` (lone commits
-//! timed after the load, default 10), `BENCH_PARTIAL_INTERVAL_SECONDS` (the daemon's
+//! (unthrottled pgbench after the checkpoint, default 20), `BENCH_WINDOW_OFFSET_MIB` (where
+//! in its segment the window starts, default 8), `BENCH_TRICKLE` (lone commits timed after
+//! the load, default 10), `BENCH_PARTIAL_INTERVAL_SECONDS` (the daemon's
 //! `wal.partial_interval`, default its own 1 s), `PGAGENT_BIN` (default
 //! `target/release/pgagent`), and the harness's `PGAGENT_TEST_PG_BIN`, `PGAGENT_TEST_GARAGE`,
 //! `PGAGENT_TEST_KEEP=1`.

@@ -2,10 +2,12 @@
 //! WAL, PUT requests per minute, and the offsite RPO of lone commits.
 //!
 //! A scratch PostgreSQL cluster is streamed by the release `pgagent run` (its defaults, so
-//! `wal.partial_interval = 1s`) into a Garage bucket. After `pgbench -i`, a checkpoint and a
-//! short unthrottled pgbench (so that the window writes no full-page images), and once the
-//! bucket holds everything, a rate-limited pgbench (`-R 20 -c 1 -T 60` by default) runs; the
-//! window ends when the bucket holds all of its WAL. Over the window:
+//! `wal.partial_interval = 1s`) into a Garage bucket. After `pgbench -i`, a checkpoint, a
+//! short unthrottled pgbench (so that the window writes no full-page images), a segment
+//! switch and more unthrottled pgbench up to the middle of the new segment (so that the
+//! window starts where a segment is on average), and once the bucket holds everything, a
+//! rate-limited pgbench (`-R 20 -c 1 -T 60` by default) runs; the window ends when the bucket
+//! holds all of its WAL. Over the window:
 //!
 //! | figure | from |
 //! | --- | --- |
@@ -43,6 +45,11 @@ pub struct Settings {
     /// their pages already logged since the checkpoint and write no full-page images: the
     /// steady state between two checkpoints. 0 starts the window right after the checkpoint.
     pub warmup: Duration,
+    /// Where in its segment the window starts, bytes (`BENCH_WINDOW_OFFSET_MIB`, 0–15,
+    /// default 8): after the warm-up, `pg_switch_wal()` and unthrottled pgbench until the
+    /// insert position is this far into the new segment. How much a whole-prefix `.partial`
+    /// upload compresses grows with it; 8 MiB is its average over the life of a segment.
+    pub window_offset: u64,
     /// Commits in the trickle (`BENCH_TRICKLE`, 0–50, default 10).
     pub trickle: usize,
     /// `wal.partial_interval` given to the daemon (`BENCH_PARTIAL_INTERVAL_SECONDS`, 1–600),
@@ -68,6 +75,7 @@ impl Settings {
         let rate = var("BENCH_RATE").unwrap_or_else(|| "20".to_owned());
         let scale = var("BENCH_SCALE").unwrap_or_else(|| "1".to_owned());
         let warmup = var("BENCH_WARMUP_SECONDS").unwrap_or_else(|| "20".to_owned());
+        let offset = var("BENCH_WINDOW_OFFSET_MIB").unwrap_or_else(|| "8".to_owned());
         let trickle = var("BENCH_TRICKLE").unwrap_or_else(|| "10".to_owned());
         let partial_interval = var("BENCH_PARTIAL_INTERVAL_SECONDS")
             .map(|v| parse_in::<u64>(&v, 1, 600).context("BENCH_PARTIAL_INTERVAL_SECONDS"))
@@ -78,6 +86,8 @@ impl Settings {
             rate: parse_in(&rate, 1, 10_000).context("BENCH_RATE")?,
             scale: parse_in(&scale, 1, 100).context("BENCH_SCALE")?,
             warmup: Duration::from_secs(parse_in(&warmup, 0, 300).context("BENCH_WARMUP_SECONDS")?),
+            window_offset: parse_in::<u64>(&offset, 0, 15).context("BENCH_WINDOW_OFFSET_MIB")?
+                << 20,
             trickle: parse_in(&trickle, 0, 50).context("BENCH_TRICKLE")?,
             partial_interval,
             pgagent_bin: crate::pgagent_bin()?,
@@ -149,6 +159,7 @@ mod tests {
             rate: 20,
             scale: 1,
             warmup: Duration::from_secs(20),
+            window_offset: 8 << 20,
             trickle,
             partial_interval: interval.map(Duration::from_secs),
             pgagent_bin: PathBuf::new(),

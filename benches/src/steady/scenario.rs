@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use pgagent_protocol::Lsn;
+use pgagent_tests::load::Load;
 use pgagent_tests::sql::SqlClient;
 use pgagent_tests::{free_addr, wait_until, Garage, PgOptions, PgServer};
 
@@ -22,6 +23,8 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Attempts at finding a moment when no WAL is written between two reads.
 const SETTLE_ATTEMPTS: usize = 20;
+/// How long filling a segment to the window's offset may take.
+const FILL_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Everything one run measured.
 #[derive(Debug, Clone)]
@@ -90,6 +93,7 @@ pub fn run(settings: &Settings, garage: &Garage) -> anyhow::Result<Outcome> {
         pg.pgbench(&["-n", "-c", "2", "-j", "2", "-T", &warmup])?;
     }
     trickle::create_table(&mut sql)?;
+    fill_segment_to(&pg, &mut sql, seg_bytes, settings.window_offset)?;
     let (start, before) = settled(&mut sql, metrics_addr)?;
     eprintln!(
         "bucket caught up at {start} ({:.1} MiB into its segment)",
@@ -141,6 +145,43 @@ pub fn run(settings: &Settings, garage: &Garage) -> anyhow::Result<Outcome> {
         transactions,
         commits,
     })
+}
+
+/// Switches to a new segment, then runs unthrottled pgbench until the insert position is
+/// `offset` bytes into it (overshooting by what 50 ms of pgbench writes).
+///
+/// Errors: `offset` is not inside a segment, or pgbench does not get there in time.
+fn fill_segment_to(
+    pg: &PgServer,
+    sql: &mut SqlClient,
+    seg_bytes: u64,
+    offset: u64,
+) -> anyhow::Result<()> {
+    if offset >= seg_bytes {
+        bail!("a window offset of {offset} bytes is not inside a {seg_bytes}-byte segment");
+    }
+    pg.switch_wal()?;
+    if offset == 0 {
+        return Ok(());
+    }
+    eprintln!(
+        "filling the new segment to {} MiB with pgbench -n -c 2 -j 2",
+        offset >> 20
+    );
+    let load = Load::start(pg, &["-c", "2", "-j", "2"])?;
+    let mut position = Ok(Lsn::INVALID);
+    let reached = wait_until(FILL_TIMEOUT, Duration::from_millis(50), || {
+        position = server_lsn(sql, "pg_current_wal_insert_lsn");
+        position
+            .as_ref()
+            .map_or(true, |l| l.0 % seg_bytes >= offset)
+    });
+    load.stop(pg)?;
+    let position = position?;
+    if !reached {
+        bail!("pgbench did not reach {offset} bytes into the segment within {FILL_TIMEOUT:?} (at {position})");
+    }
+    Ok(())
 }
 
 /// Waits until the bucket holds all WAL written so far, and returns that end of WAL with the
