@@ -59,6 +59,18 @@ fn main() -> anyhow::Result<()> {
         f.uploaded.put_source.describe(),
         f.partial_interval
     );
+    if !f.uploaded.requests.is_empty() {
+        let ops: Vec<String> = f
+            .uploaded
+            .requests
+            .iter()
+            .map(|(op, n)| format!("{op} {n:.0}"))
+            .collect();
+        println!(
+            "Store requests over the window (pgagent_store_requests_total): {}.",
+            ops.join(", ")
+        );
+    }
     if !o.commits.is_empty() {
         let each: Vec<String> = o
             .commits

@@ -5,6 +5,7 @@
 //! Format: Prometheus docs, "Exposition formats", text-based format: one sample per line,
 //! `name{label="value",…} value [timestamp]`, comment lines starting with `#`.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
@@ -175,7 +176,7 @@ impl PutSource {
 }
 
 /// The upload counters at one moment.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Counters {
     /// `pgagent_upload_bytes_total{stage="raw"}`.
     pub raw_bytes: f64,
@@ -185,6 +186,9 @@ pub struct Counters {
     pub puts: f64,
     /// The metric `puts` comes from.
     pub put_source: PutSource,
+    /// `pgagent_store_requests_total` by `op` (`put`, `get`, `list`…); empty when the
+    /// daemon does not export it.
+    pub requests: BTreeMap<String, f64>,
 }
 
 impl Counters {
@@ -204,11 +208,18 @@ impl Counters {
                 PutSource::Uploads,
             ),
         };
+        let mut requests = BTreeMap::new();
+        for s in samples.iter().filter(|s| s.name == STORE_REQUESTS) {
+            if let Some(op) = s.label("op") {
+                *requests.entry(op.to_owned()).or_insert(0.0) += s.value;
+            }
+        }
         Ok(Counters {
             raw_bytes: bytes("raw")?,
             stored_bytes: bytes("stored")?,
             puts,
             put_source,
+            requests,
         })
     }
 
@@ -231,11 +242,17 @@ impl Counters {
             }
             Ok(now - then)
         };
+        let mut requests = BTreeMap::new();
+        for (op, now) in &self.requests {
+            let then = earlier.requests.get(op).copied().unwrap_or(0.0);
+            requests.insert(op.clone(), delta(*now, then, op)?);
+        }
         Ok(Counters {
             raw_bytes: delta(self.raw_bytes, earlier.raw_bytes, "raw bytes")?,
             stored_bytes: delta(self.stored_bytes, earlier.stored_bytes, "stored bytes")?,
             puts: delta(self.puts, earlier.puts, "PUTs")?,
             put_source: self.put_source,
+            requests,
         })
     }
 }
@@ -304,6 +321,11 @@ pgagent_wal_uploaded_lsn 4294967296
         let later = Counters::from_samples(&parse(&with_requests).unwrap()).unwrap();
         assert_eq!(later.put_source, PutSource::StoreRequests);
         assert_eq!(later.puts, 61.0);
+        assert_eq!(
+            later.requests,
+            BTreeMap::from([("get".to_owned(), 3.0), ("put".to_owned(), 61.0)])
+        );
+        assert!(today.requests.is_empty());
         assert!(Counters::from_samples(&parse("pgagent_up 1\n").unwrap()).is_err());
     }
 
@@ -314,15 +336,21 @@ pgagent_wal_uploaded_lsn 4294967296
             stored_bytes: 10.0,
             puts: 5.0,
             put_source: PutSource::Uploads,
+            requests: BTreeMap::from([("put".to_owned(), 5.0)]),
         };
         let after = Counters {
             raw_bytes: 350.0,
             stored_bytes: 30.0,
             puts: 8.0,
-            ..before
+            requests: BTreeMap::from([("put".to_owned(), 8.0), ("get".to_owned(), 4.0)]),
+            ..before.clone()
         };
         let d = after.since(&before).unwrap();
         assert_eq!((d.raw_bytes, d.stored_bytes, d.puts), (250.0, 20.0, 3.0));
+        assert_eq!(
+            d.requests,
+            BTreeMap::from([("get".to_owned(), 4.0), ("put".to_owned(), 3.0)])
+        );
         assert!(before.since(&after).is_err());
         let other = Counters {
             put_source: PutSource::StoreRequests,

@@ -123,6 +123,7 @@ mod tests {
                 stored_bytes: 38_000_000.0,
                 puts: 60.0,
                 put_source: PutSource::Uploads,
+                requests: Default::default(),
             },
             partial_interval: Duration::from_secs(1),
             trickle_rpo: vec![
