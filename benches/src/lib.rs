@@ -14,6 +14,10 @@
 //!   and restore with `pgagent backup`/`restore`, `pg_basebackup -Ft` and pgBackRest, and the
 //!   bytes a second `pgagent backup` stores after a small change; the scenario lives in
 //!   [`backupbench`].
+//! - `src/bin/steady.rs` (`cargo run --release -p pgagent-benches --bin steady`): what
+//!   streaming costs under a light, rate-limited pgbench load (bytes compressed and stored per
+//!   WAL byte, PUTs per minute) and how long lone commits wait to be in the bucket; the
+//!   scenario lives in [`steady`].
 //!
 //! Results and how to reproduce them: `docs/benchmarks.md`. Nothing here runs under
 //! `cargo test` except the unit tests of the pure helpers.
@@ -23,6 +27,7 @@ pub mod catchup;
 pub mod measure;
 pub mod replay;
 pub mod report;
+pub mod steady;
 pub mod walcache;
 
 /// The workspace's `target/` directory: `$CARGO_TARGET_DIR`, else `target/` next to this crate.

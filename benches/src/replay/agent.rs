@@ -20,8 +20,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(120);
 const POLL: Duration = Duration::from_millis(100);
 
 /// `pgagent run` streaming a cluster's WAL into a store (slot `pgagent`, created by the
-/// daemon with its defaults: zstd level 3, upload concurrency 8), metrics listener off.
-/// Dropping it kills the process.
+/// daemon with its defaults: zstd level 3, upload concurrency 8), metrics listener off unless
+/// the caller's environment turns it on. Dropping it kills the process.
 #[derive(Debug)]
 pub struct Streamer {
     child: Option<Child>,
@@ -30,7 +30,8 @@ pub struct Streamer {
 }
 
 impl Streamer {
-    /// Starts the daemon for `store_url` (with `store_env`, e.g. S3 credentials), its
+    /// Starts the daemon for `store_url` (with `env` added last, so it may override the
+    /// defaults here: S3 credentials, `PGAGENT_METRICS_LISTEN`, other settings), its
     /// staging directory and log under `dir`, and waits (up to
     /// 60 s) until its slot is active, so that any base backup taken afterwards starts at
     /// WAL the daemon streams.
@@ -40,7 +41,7 @@ impl Streamer {
         bin: &Path,
         pg: &PgServer,
         store_url: &str,
-        store_env: &[(&'static str, String)],
+        env: &[(&'static str, String)],
         dir: &Path,
     ) -> anyhow::Result<Streamer> {
         fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
@@ -61,7 +62,7 @@ impl Streamer {
             .env("PGAGENT_STORE_URL", store_url)
             .env("PGAGENT_METRICS_LISTEN", "")
             .env("PGAGENT_LOG", "warn")
-            .envs(store_env.iter().map(|(k, v)| (*k, v)));
+            .envs(env.iter().map(|(k, v)| (*k, v)));
         for var in LIBPQ_ENV {
             cmd.env_remove(var);
         }
