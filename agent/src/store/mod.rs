@@ -47,6 +47,7 @@ pub async fn claim_store(
         pg_version_num: server.version_num,
         wal_segment_size: server.seg.bytes(),
         created_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        encryption: None,
     };
     match ensure_cluster(store, &info).await {
         Ok(found) => Ok(found),
