@@ -119,3 +119,17 @@ pub fn unix_seconds(rfc3339: &str) -> Option<f64> {
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map(|d| d.as_secs_f64())
 }
+
+/// Who is making an access key, for `keys/<id>` and `pgagent key list`: this machine's host
+/// name and this process's user name (its uid when it has no name).
+pub fn key_origin() -> pgagent_storage::crypto::keys::KeyOrigin {
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let uid = nix::unistd::getuid();
+    let username = nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map_or_else(|| uid.to_string(), |u| u.name);
+    pgagent_storage::crypto::keys::KeyOrigin { hostname, username }
+}
