@@ -49,11 +49,11 @@ pub async fn add(
     )
     .await?;
     println!(
-        "added key {} ({}@{}); the store now has {} keys",
+        "added key {} ({}@{}); the store now has {}",
         info.id,
         info.username,
         info.hostname,
-        keys::list(store.as_ref()).await?.len()
+        count(keys::list(store.as_ref()).await?.len())
     );
     Ok(())
 }
@@ -140,8 +140,8 @@ pub async fn remove(cfg: &Config, id: &str) -> anyhow::Result<()> {
     let unlocked = unlock(cfg, store.as_ref()).await?;
     keys::remove(store.as_ref(), id, &unlocked).await?;
     println!(
-        "removed key {id}; the store now has {} keys",
-        keys::list(store.as_ref()).await?.len()
+        "removed key {id}; the store now has {}",
+        count(keys::list(store.as_ref()).await?.len())
     );
     Ok(())
 }
@@ -165,11 +165,23 @@ async fn unlock(cfg: &Config, store: &dyn ObjectStore) -> anyhow::Result<Unlocke
     Ok(keys::unlock(store, passphrase, expected).await?)
 }
 
-/// Refuses a store whose `cluster.json` says it is plaintext.
+/// Refuses a store whose `cluster.json` says it is plaintext (no passphrase configured).
 async fn refuse_plaintext(store: &dyn ObjectStore) -> anyhow::Result<()> {
     match read_cluster(store).await? {
-        Some(c) if !c.is_encrypted() => Err(not_encrypted().into()),
+        Some(c) if !c.is_encrypted() => Err(ConfigError(format!(
+            "{}: the store is not encrypted (cluster.json says so), so it has no keys; a \
+             store is encrypted from its first write, with a passphrase configured",
+            store.describe()
+        ))
+        .into()),
         _ => Ok(()),
+    }
+}
+
+fn count(keys: usize) -> String {
+    match keys {
+        1 => "1 key".to_string(),
+        n => format!("{n} keys"),
     }
 }
 
