@@ -152,6 +152,44 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Access keys (passphrases) of an encrypted store: add, list, remove.
+    ///
+    /// The store's passphrase comes from encryption.passphrase_file or
+    /// PGAGENT_ENCRYPTION_PASSPHRASE, as for every command.
+    Key {
+        /// What to do.
+        #[command(subcommand)]
+        action: KeyAction,
+    },
+}
+
+/// `pgagent key` actions.
+#[derive(Debug, Subcommand)]
+pub enum KeyAction {
+    /// Add an access key for a new passphrase (unlocking with the configured one).
+    ///
+    /// The new passphrase comes from --new-passphrase-file, else from the environment
+    /// variable PGAGENT_NEW_PASSPHRASE; never from a command-line value, which other users
+    /// can see in the process list.
+    Add {
+        /// File holding the new passphrase (one trailing newline is ignored).
+        #[arg(long, value_name = "FILE")]
+        new_passphrase_file: Option<PathBuf>,
+    },
+    /// List the access keys: id, when and where each was added; `*` marks the one the
+    /// configured passphrase opens.
+    List {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an access key. Refused (exit 3) for the key the configured passphrase opens,
+    /// and so for the last key: to rotate, add the new key, configure its passphrase, then
+    /// remove the old one.
+    Remove {
+        /// The key's id, as `pgagent key list` shows it.
+        id: String,
+    },
 }
 
 /// `pgagent restore` options (DESIGN.md, "Command line").
@@ -240,6 +278,30 @@ mod tests {
                 json: true
             }
         ));
+    }
+
+    #[test]
+    fn key_actions_parse_and_take_no_passphrase_value() {
+        let cli = Cli::try_parse_from(["pgagent", "key", "remove", "0a1b"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Key {
+                action: KeyAction::Remove { ref id }
+            } if id == "0a1b"
+        ));
+        let cli =
+            Cli::try_parse_from(["pgagent", "key", "add", "--new-passphrase-file", "/p"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Key {
+                action: KeyAction::Add {
+                    new_passphrase_file: Some(_)
+                }
+            }
+        ));
+        assert!(Cli::try_parse_from(["pgagent", "key", "add", "--new-passphrase", "x"]).is_err());
+        assert!(Cli::try_parse_from(["pgagent", "key", "list", "--json"]).is_ok());
+        assert!(Cli::try_parse_from(["pgagent", "key", "remove"]).is_err());
     }
 
     #[test]

@@ -1,5 +1,8 @@
 //! Exit codes, decided in one place (DESIGN.md, "Exit codes").
 
+use pgagent_storage::crypto::KeyError;
+use pgagent_storage::StoreError;
+
 use crate::config::ConfigError;
 
 /// Refused for safety (exit 3): a foreign cluster in the store prefix, a non-empty PGDATA…
@@ -66,13 +69,43 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
         if cause.is::<ConfigError>() {
             return USAGE;
         }
-        if let Some(e) = cause.downcast_ref::<pgagent_storage::StoreError>() {
-            if e.is_foreign_cluster() {
-                return REFUSED;
+        if let Some(e) = cause.downcast_ref::<KeyError>() {
+            return key_error_code(e);
+        }
+        if let Some(e) = cause.downcast_ref::<StoreError>() {
+            if let Some(code) = store_error_code(e) {
+                return code;
             }
         }
     }
     FAILURE
+}
+
+/// Store errors with a code of their own: another cluster's prefix is refused (3); a store
+/// whose encryption does not match the configuration is a configuration error (2).
+fn store_error_code(e: &StoreError) -> Option<u8> {
+    if e.is_foreign_cluster() {
+        Some(REFUSED)
+    } else if e.is_encryption_mismatch() {
+        Some(USAGE)
+    } else {
+        None
+    }
+}
+
+/// Key errors: a passphrase that opens nothing, a store without keys, an unknown key id are
+/// configuration or usage errors (2); removing the last key or the one in use is refused (3).
+fn key_error_code(e: &KeyError) -> u8 {
+    match e {
+        KeyError::NoMatchingKey { .. }
+        | KeyError::NoKeys
+        | KeyError::EmptyPassphrase
+        | KeyError::UnknownKey { .. }
+        | KeyError::AlreadyInitialized { .. } => USAGE,
+        KeyError::LastKey { .. } | KeyError::InUse { .. } => REFUSED,
+        KeyError::Store(s) => store_error_code(s).unwrap_or(FAILURE),
+        KeyError::Contended | KeyError::Corrupt { .. } => FAILURE,
+    }
 }
 
 #[cfg(test)]
@@ -95,6 +128,31 @@ mod tests {
         assert_eq!(code_for(&e), REFUSED);
         assert_eq!(code_for(&ConfigError("bad".into()).into()), USAGE);
         assert_eq!(code_for(&anyhow::anyhow!("other")), FAILURE);
+    }
+
+    #[test]
+    fn key_and_encryption_errors_have_their_codes() {
+        let wrong = KeyError::NoMatchingKey {
+            tried: 2,
+            skipped: Vec::new(),
+        };
+        assert_eq!(
+            code_for(&anyhow::Error::new(wrong).context("key list")),
+            USAGE
+        );
+        let last = KeyError::LastKey { id: "a".into() };
+        assert_eq!(code_for(&last.into()), REFUSED);
+        let in_use = KeyError::InUse { id: "a".into() };
+        assert_eq!(code_for(&in_use.into()), REFUSED);
+        let enc = StoreError::Encrypted {
+            key: "cluster.json".into(),
+        };
+        assert_eq!(code_for(&anyhow::Error::new(enc).context("fetch")), USAGE);
+        let plain = KeyError::Store(StoreError::NotEncrypted {
+            key: "cluster.json".into(),
+        });
+        assert_eq!(code_for(&plain.into()), USAGE);
+        assert_eq!(code_for(&KeyError::Contended.into()), FAILURE);
     }
 
     #[test]

@@ -141,6 +141,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Doctor { pgdata } => commands::doctor::run(&cfg, pgdata.as_deref()).await,
             Command::List { what, json } => commands::list::run(&cfg, what, json).await,
             Command::Status { json } => commands::status::run(&cfg, json).await,
+            Command::Key { action } => match action {
+                cli::KeyAction::Add {
+                    new_passphrase_file,
+                } => commands::key::add(&cfg, new_passphrase_file.as_deref()).await,
+                cli::KeyAction::List { json } => commands::key::list(&cfg, json).await,
+                cli::KeyAction::Remove { id } => commands::key::remove(&cfg, &id).await,
+            },
         }
     })
 }

@@ -4,7 +4,8 @@
 //! decide with predicates instead of string matching: retry [`StoreError::is_transient`],
 //! exit 1 on [`StoreError::is_not_found`] (confirmed absence), exit 255 / alarm on
 //! [`StoreError::is_corrupt`] or [`StoreError::is_conflict`], exit 3 on
-//! [`StoreError::is_foreign_cluster`].
+//! [`StoreError::is_foreign_cluster`]; a store whose encryption does not match the
+//! configuration is [`StoreError::is_encryption_mismatch`].
 
 use std::fmt;
 
@@ -115,6 +116,26 @@ pub enum StoreError {
         /// Which check failed.
         detail: String,
     },
+    /// The object (or the store, for `cluster.json`) is encrypted and no cipher was given.
+    #[error(
+        "{key}: encrypted, and no passphrase is configured: set encryption.passphrase_file or \
+         PGAGENT_ENCRYPTION_PASSPHRASE"
+    )]
+    Encrypted {
+        /// Key of the object.
+        key: String,
+    },
+    /// The object (or the store, for `cluster.json`) is plaintext but a cipher was given: a
+    /// store is all encrypted or all plaintext.
+    #[error(
+        "{key}: not encrypted, but a passphrase is configured (a store is all encrypted or all \
+         plaintext): unset encryption.passphrase_file and PGAGENT_ENCRYPTION_PASSPHRASE for \
+         this store, or point store.url at an empty prefix to start an encrypted one"
+    )]
+    NotEncrypted {
+        /// Key of the object.
+        key: String,
+    },
     /// The key is not a valid store key (see [`validate_key`](crate::validate_key)).
     #[error("invalid object key {key:?}: {reason}")]
     InvalidKey {
@@ -190,6 +211,10 @@ pub enum ErrorKind {
     Transient,
     /// See [`StoreError::Corrupt`].
     Corrupt,
+    /// See [`StoreError::Encrypted`].
+    Encrypted,
+    /// See [`StoreError::NotEncrypted`].
+    NotEncrypted,
     /// See [`StoreError::InvalidKey`].
     InvalidKey,
     /// See [`StoreError::InvalidUrl`].
@@ -213,6 +238,8 @@ impl fmt::Display for ErrorKind {
             ErrorKind::PermissionDenied => "permission_denied",
             ErrorKind::Transient => "transient",
             ErrorKind::Corrupt => "corrupt",
+            ErrorKind::Encrypted => "encrypted",
+            ErrorKind::NotEncrypted => "not_encrypted",
             ErrorKind::InvalidKey => "invalid_key",
             ErrorKind::InvalidUrl => "invalid_url",
             ErrorKind::Config => "config",
@@ -234,6 +261,8 @@ impl StoreError {
             StoreError::PermissionDenied { .. } => ErrorKind::PermissionDenied,
             StoreError::Transient { .. } => ErrorKind::Transient,
             StoreError::Corrupt { .. } => ErrorKind::Corrupt,
+            StoreError::Encrypted { .. } => ErrorKind::Encrypted,
+            StoreError::NotEncrypted { .. } => ErrorKind::NotEncrypted,
             StoreError::InvalidKey { .. } => ErrorKind::InvalidKey,
             StoreError::InvalidUrl { .. } => ErrorKind::InvalidUrl,
             StoreError::Config { .. } => ErrorKind::Config,
@@ -252,6 +281,8 @@ impl StoreError {
             | StoreError::PermissionDenied { key, .. }
             | StoreError::Transient { key, .. }
             | StoreError::Corrupt { key, .. }
+            | StoreError::Encrypted { key }
+            | StoreError::NotEncrypted { key }
             | StoreError::InvalidKey { key, .. }
             | StoreError::IncompatibleFormat { key, .. }
             | StoreError::Other { key, .. } => Some(key),
@@ -291,13 +322,37 @@ impl StoreError {
         matches!(self, StoreError::ForeignCluster { .. })
     }
 
-    /// Sets the key of a [`StoreError::Corrupt`] raised before the key was known (for example
-    /// by [`envelope::open`](crate::envelope::open)); other variants are returned unchanged.
+    /// The object or store is encrypted and no cipher was configured.
+    pub fn is_encrypted(&self) -> bool {
+        matches!(self, StoreError::Encrypted { .. })
+    }
+
+    /// The object or store is plaintext but a cipher was configured.
+    pub fn is_not_encrypted(&self) -> bool {
+        matches!(self, StoreError::NotEncrypted { .. })
+    }
+
+    /// The store's encryption does not match the configuration, either way
+    /// ([`StoreError::Encrypted`], [`StoreError::NotEncrypted`]): a configuration error,
+    /// and for `pgagent fetch` a reason to stop recovery.
+    pub fn is_encryption_mismatch(&self) -> bool {
+        self.is_encrypted() || self.is_not_encrypted()
+    }
+
+    /// Sets the key of a [`StoreError::Corrupt`], [`StoreError::Encrypted`] or
+    /// [`StoreError::NotEncrypted`] raised before the key was known (for example by
+    /// [`envelope::open`](crate::envelope::open)); other variants are returned unchanged.
     pub fn with_key(self, key: &str) -> Self {
         match self {
             StoreError::Corrupt { key: k, detail } if k.is_empty() => StoreError::Corrupt {
                 key: key.to_string(),
                 detail,
+            },
+            StoreError::Encrypted { key: k } if k.is_empty() => StoreError::Encrypted {
+                key: key.to_string(),
+            },
+            StoreError::NotEncrypted { key: k } if k.is_empty() => StoreError::NotEncrypted {
+                key: key.to_string(),
             },
             other => other,
         }

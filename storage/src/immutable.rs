@@ -4,14 +4,16 @@
 //! under the same name is an alarm (error + metric), never an overwrite."
 //!
 //! [`put_immutable`] relies on the envelope header (which carries the blake3 hash of the raw
-//! content) rather than on ETags, which differ between multipart and single uploads and
+//! content, keyed in an encrypted store, so equal content compares equal even though each
+//! encrypted body has its own nonce) rather than on ETags, which differ between multipart and single uploads and
 //! between services. On a store that enforces `If-None-Match: *`
 //! ([`ObjectStore::enforces_conditional_put`]: fs, AWS S3, R2, MinIO) it is one request in the
 //! usual case: `put_if_absent`, and only when that answers `Exists`, a read of the existing
 //! header to compare (step 1). Elsewhere (Garage) the sequence is:
 //!
-//! 1. read the existing header (a ranged GET of [`HEADER_LEN`] bytes): same hash → nothing to
-//!    do; different hash → [`StoreError::Conflict`];
+//! 1. read the existing header (a ranged GET of [`MAX_HEADER_LEN`] bytes: an encrypted
+//!    header, or a plaintext one and the start of its payload): same hash → nothing to do;
+//!    different hash → [`StoreError::Conflict`];
 //! 2. absent → `put_if_absent` (`If-None-Match: *` on S3): `Exists` → compare as in 1;
 //! 3. `Created` → read the header back and compare. This catches services that ignore
 //!    `If-None-Match` (Garage up to at least 2.5) when another writer's different content won
@@ -26,7 +28,7 @@
 
 use bytes::Bytes;
 
-use crate::envelope::{Header, Sealed, HEADER_LEN};
+use crate::envelope::{Header, Sealed, MAX_HEADER_LEN};
 use crate::error::StoreError;
 use crate::{ObjectStore, PutOutcome};
 
@@ -93,7 +95,7 @@ async fn check_existing(
     key: &str,
     sealed: &Sealed,
 ) -> Result<Existing, StoreError> {
-    let head = match store.get_range(key, 0, HEADER_LEN as u64).await {
+    let head = match store.get_range(key, 0, MAX_HEADER_LEN as u64).await {
         Ok(b) => b,
         Err(e) if e.is_not_found() => return Ok(Existing::Absent),
         Err(e) => return Err(e),

@@ -13,6 +13,8 @@
 //! backups/<id>/manifest.json            base backup manifest
 //! snapshots/<id>.json                   ZFS snapshot record
 //! prune/<id>.json                       marker of a `pgagent prune` deleting chunks
+//! keys/<id>                             encrypted stores only: the master key wrapped by one
+//!                                       access key (plain JSON, see `crate::crypto::keys`)
 //! ```
 //!
 //! Keys are relative to the store URL's prefix and `/`-separated.
@@ -32,6 +34,8 @@ pub const SNAPSHOT_PREFIX: &str = "snapshots/";
 /// Prefix of the markers a `pgagent prune` writes while it may delete chunks, so that a
 /// starting base backup waits before it lists them.
 pub const PRUNE_PREFIX: &str = "prune/";
+/// Prefix of the access keys of an encrypted store (see [`crate::crypto::keys`]).
+pub const KEY_PREFIX: &str = "keys/";
 /// Suffix PostgreSQL gives a segment that is still being filled (`xlog_internal.h`,
 /// `IsPartialXLogFileName`).
 pub const PARTIAL_SUFFIX: &str = ".partial";
@@ -68,6 +72,11 @@ pub fn snapshot_key(id: &str) -> String {
 /// Key of a prune marker: `prune/<id>.json`.
 pub fn prune_marker_key(id: &str) -> String {
     format!("{PRUNE_PREFIX}{id}.json")
+}
+
+/// Key of an access key file: `keys/<id>`.
+pub fn key_file_key(id: &str) -> String {
+    format!("{KEY_PREFIX}{id}")
 }
 
 /// Name prefix of temporary files of the fs backend; reserved, refused in keys.
@@ -169,7 +178,9 @@ mod tests {
         );
         assert_eq!(snapshot_key("s1"), "snapshots/s1.json");
         assert_eq!(prune_marker_key("p1"), "prune/p1.json");
+        assert_eq!(key_file_key("0a1b"), "keys/0a1b");
         for k in [
+            key_file_key("5f0c6a3e9b1d47a2c8e4f6b0a1d2c3e4"),
             wal_key("000000010000000A000000FE"),
             chunk_key(&h),
             backup_manifest_key("b"),

@@ -4,7 +4,9 @@
 //!   [`fs::FsStore`] (`file:///path`, the embedded default) and [`s3::S3Store`]
 //!   (`s3://bucket/prefix?endpoint=…`, any S3-compatible service). [`open`] picks one from a
 //!   store URL.
-//! - [`envelope`]: the self-verifying object format (zstd + blake3).
+//! - [`envelope`]: the self-verifying object format (zstd + blake3, optionally encrypted).
+//! - [`crypto`]: client-side encryption: the master key, the keys derived from it, and the
+//!   passphrase-wrapped access keys under `keys/`.
 //! - [`layout`]: where each kind of object lives in the store; [`deltas`]: how the segment
 //!   being filled is stored as deltas, and how they are put back together.
 //! - [`immutable::put_immutable`]: the write path for WAL and chunks, which never overwrites
@@ -16,6 +18,7 @@
 pub mod cluster;
 pub mod config;
 pub mod conformance;
+pub mod crypto;
 pub mod deltas;
 pub mod envelope;
 pub mod error;

@@ -179,6 +179,7 @@ fn store_with_segments(dir: &Path, count: u64) -> Vec<Vec<u8>> {
         pg_version_num: 150000,
         wal_segment_size: seg().bytes(),
         created_at: "2024-01-01T00:00:00Z".into(),
+        encryption: None,
     };
     std::fs::write(
         store.join("cluster.json"),

@@ -51,6 +51,23 @@ fn env_key(key: &figment::value::UncasedStr) -> Option<figment::value::Uncased<'
     })
 }
 
+/// `encryption.passphrase` comes from the environment only: a configuration file is often
+/// readable by others, and `encryption.passphrase_file` is the way to keep it in a file.
+fn refuse_passphrase_in_file(figment: &Figment) -> Result<(), ConfigError> {
+    let from_file = figment
+        .find_metadata("encryption.passphrase")
+        .is_some_and(|m| matches!(m.source, Some(figment::Source::File(_))));
+    if from_file {
+        return Err(ConfigError(
+            "encryption.passphrase is not read from the configuration file (often readable by \
+             others): put the passphrase in a file of its own and set \
+             encryption.passphrase_file, or set PGAGENT_ENCRYPTION_PASSPHRASE"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 impl RawConfig {
     /// Layers defaults, file, environment and flags. `path` is `--config`; when it is given
     /// the file must exist.
@@ -81,6 +98,7 @@ impl RawConfig {
             figment = figment.merge(Toml::file_exact(file));
         }
         figment = overrides.apply(figment.merge(env.filter_map(|k| env_key(k))));
+        refuse_passphrase_in_file(&figment)?;
         figment
             .extract()
             .map_err(|e| ConfigError(e.to_string().replace('\n', "; ")))

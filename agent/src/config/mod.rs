@@ -8,6 +8,7 @@
 //! filled in by the replication client for whatever `postgres.conninfo` leaves out.
 
 mod load;
+mod passphrase;
 mod sections;
 mod validate;
 
@@ -18,15 +19,26 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
 
+use pgagent_storage::crypto::Passphrase;
 use serde::{Deserialize, Serialize};
 
 pub use load::Overrides;
+pub use passphrase::{passphrase_from_env, read_passphrase_file};
 pub use sections::*;
 pub use validate::validate_slot_name;
 
 /// Sections of the file; also the prefixes of the environment variables.
 pub const SECTIONS: &[&str] = &[
-    "postgres", "staging", "store", "wal", "fetch", "backup", "zfs", "metrics", "alerts",
+    "postgres",
+    "staging",
+    "store",
+    "wal",
+    "fetch",
+    "backup",
+    "zfs",
+    "metrics",
+    "alerts",
+    "encryption",
 ];
 
 /// Default configuration file locations, tried in order when `--config` is not given.
@@ -70,6 +82,8 @@ pub struct RawConfig {
     pub metrics: MetricsSection,
     /// `[alerts]`
     pub alerts: AlertsSection,
+    /// `[encryption]`
+    pub encryption: EncryptionSection,
 }
 
 /// The validated configuration.
@@ -79,6 +93,9 @@ pub struct Config {
     pub raw: RawConfig,
     /// Parsed `metrics.listen`; `None` disables the endpoint.
     pub metrics_listen: Option<SocketAddr>,
+    /// The store's passphrase, read from `encryption.passphrase_file` or taken from
+    /// `PGAGENT_ENCRYPTION_PASSPHRASE` at start; `None`: no encryption configured.
+    pub passphrase: Option<Passphrase>,
 }
 
 impl Config {

@@ -297,3 +297,16 @@ impl Default for AlertsSection {
         }
     }
 }
+
+/// `[encryption]`: client-side encryption of the store (docs/security.md). Set one of the
+/// two to use an encrypted store; neither: a plaintext store.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EncryptionSection {
+    /// File holding the passphrase (one trailing newline is ignored), e.g. a systemd
+    /// credential; should be readable by pgagent's user only.
+    pub passphrase_file: Option<PathBuf>,
+    /// The passphrase itself, from the environment only (`PGAGENT_ENCRYPTION_PASSPHRASE`):
+    /// refused in the configuration file, which is often readable by others.
+    pub passphrase: Option<Secret>,
+}

@@ -175,3 +175,71 @@ fn missing_explicit_file_is_an_error() {
     .unwrap_err();
     assert!(err.to_string().contains("does not exist"));
 }
+
+#[test]
+fn the_passphrase_comes_from_a_file_or_the_environment() {
+    let raw = load(
+        "",
+        &[("ENCRYPTION_PASSPHRASE", "from env")],
+        Overrides::default(),
+    )
+    .unwrap();
+    let cfg = raw.validate().unwrap();
+    assert_eq!(cfg.passphrase.as_ref().unwrap().expose_bytes(), b"from env");
+    assert!(
+        !format!("{cfg:?}").contains("from env"),
+        "Debug shows no secret"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("passphrase");
+    std::fs::write(&file, "from file\n").unwrap();
+    let toml = format!(
+        "[encryption]\npassphrase_file = {:?}\n",
+        file.display().to_string()
+    );
+    let cfg = load(&toml, &[], Overrides::default())
+        .unwrap()
+        .validate()
+        .unwrap();
+    assert_eq!(cfg.passphrase.unwrap().expose_bytes(), b"from file");
+
+    // Both at once, an empty one, or none.
+    let err = load(
+        &toml,
+        &[("ENCRYPTION_PASSPHRASE", "x")],
+        Overrides::default(),
+    )
+    .unwrap()
+    .validate()
+    .unwrap_err();
+    assert!(err.to_string().contains("both"), "{err}");
+    let err = load("", &[("ENCRYPTION_PASSPHRASE", "")], Overrides::default())
+        .unwrap()
+        .validate()
+        .unwrap_err();
+    assert!(err.to_string().contains("empty"), "{err}");
+    std::fs::write(&file, "").unwrap();
+    let err = load(&toml, &[], Overrides::default())
+        .unwrap()
+        .validate()
+        .unwrap_err();
+    assert!(err.to_string().contains("empty"), "{err}");
+    assert!(RawConfig::default()
+        .validate()
+        .unwrap()
+        .passphrase
+        .is_none());
+}
+
+#[test]
+fn the_passphrase_itself_is_refused_in_the_file() {
+    let err = load(
+        "[encryption]\npassphrase = \"hunter2\"\n",
+        &[],
+        Overrides::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("passphrase_file"), "{err}");
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+}

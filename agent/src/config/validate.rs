@@ -3,7 +3,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::{Config, ConfigError, RawConfig};
+use pgagent_storage::crypto::Passphrase;
+
+use super::{passphrase_from_env, read_passphrase_file, Config, ConfigError, RawConfig};
 
 impl RawConfig {
     /// Checks every value and builds the runtime configuration.
@@ -89,10 +91,33 @@ impl RawConfig {
                 ConfigError(format!("metrics.listen = {:?}: {e}", self.metrics.listen))
             })?)
         };
+        let passphrase = self.passphrase()?;
         Ok(Config {
             metrics_listen,
+            passphrase,
             raw: self,
         })
+    }
+}
+
+impl RawConfig {
+    /// The configured passphrase: `encryption.passphrase_file` read now, or
+    /// `encryption.passphrase` (environment only, see [`RawConfig::load`]); never both, never
+    /// empty, so that a secret that failed to arrive never turns into a plaintext store.
+    fn passphrase(&self) -> Result<Option<Passphrase>, ConfigError> {
+        let e = &self.encryption;
+        match (&e.passphrase_file, &e.passphrase) {
+            (Some(_), Some(_)) => Err(ConfigError(
+                "encryption.passphrase_file and PGAGENT_ENCRYPTION_PASSPHRASE are both set: \
+                 keep one"
+                    .into(),
+            )),
+            (Some(path), None) => {
+                read_passphrase_file("encryption.passphrase_file", path).map(Some)
+            }
+            (None, Some(p)) => passphrase_from_env("PGAGENT_ENCRYPTION_PASSPHRASE", &p.0).map(Some),
+            (None, None) => Ok(None),
+        }
     }
 }
 

@@ -48,6 +48,7 @@ pub async fn claim_store(
         pg_version_num: server.version_num,
         wal_segment_size: server.seg.bytes(),
         created_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        encryption: None,
     };
     match ensure_cluster(store, &info).await {
         Ok(found) => Ok(found),
@@ -118,4 +119,18 @@ pub fn unix_seconds(rfc3339: &str) -> Option<f64> {
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map(|d| d.as_secs_f64())
+}
+
+/// Who is making an access key, for `keys/<id>` and `pgagent key list`: this machine's host
+/// name and this process's user name (its uid when it has no name).
+pub fn key_origin() -> pgagent_storage::crypto::keys::KeyOrigin {
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let uid = nix::unistd::getuid();
+    let username = nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map_or_else(|| uid.to_string(), |u| u.name);
+    pgagent_storage::crypto::keys::KeyOrigin { hostname, username }
 }

@@ -249,6 +249,7 @@ pub async fn cluster_identity(store: &dyn ObjectStore) {
         pg_version_num: 150004,
         wal_segment_size: 16 << 20,
         created_at: "2024-05-01T03:00:00Z".into(),
+        encryption: None,
     };
     let stored = ensure_cluster(store, &ours)
         .await

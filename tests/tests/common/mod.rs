@@ -311,6 +311,7 @@ pub fn cluster_json(system_identifier: &str) -> Vec<u8> {
         pg_version_num: 150000,
         wal_segment_size: SEG,
         created_at: "2024-01-01T00:00:00Z".into(),
+        encryption: None,
     };
     serde_json::to_vec(&info).unwrap()
 }
