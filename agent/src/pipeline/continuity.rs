@@ -21,7 +21,7 @@
 
 use pgagent_protocol::{segment_file_name, Lsn, SegNo, TimelineId, WalFileName, WalSegmentSize};
 use pgagent_storage::deltas::{assemble, deltas_prefix, Delta, Piece};
-use pgagent_storage::envelope::{Header, HEADER_LEN};
+use pgagent_storage::envelope::{Header, MAX_HEADER_LEN};
 use pgagent_storage::layout::{wal_key, PARTIAL_SUFFIX};
 use pgagent_storage::{ObjectStore, StoreError};
 
@@ -134,7 +134,7 @@ pub fn judge(start: Lsn, bucket_end: Option<Lsn>, staged_from: Option<Lsn>) -> C
 /// The end of the run of WAL the bucket holds of segment `segno` of `tli` as deltas (and a
 /// `.partial` object an older version wrote), or `None` when that run is empty.
 ///
-/// One LIST of the segment's deltas and, at the same time, a ranged GET of [`HEADER_LEN`]
+/// One LIST of the segment's deltas and, at the same time, a ranged GET of [`MAX_HEADER_LEN`]
 /// bytes of the `.partial` object.
 pub async fn stored_partial_end(
     store: &dyn ObjectStore,
@@ -149,7 +149,7 @@ pub async fn stored_partial_end(
     let prefix = deltas_prefix(tli, segno, seg);
     let (listed, header) = tokio::join!(
         store.list(&prefix),
-        store.get_range(&legacy, 0, HEADER_LEN as u64)
+        store.get_range(&legacy, 0, MAX_HEADER_LEN as u64)
     );
     let mut pieces: Vec<Piece> = listed?
         .iter()
