@@ -140,7 +140,7 @@ impl Fetcher {
     ///
     /// A segment's complete object, its `.partial` and the listing of its deltas are read
     /// at the same time (one round trip, not three), the complete object preferred. The
-    /// partial content, assembled up to its first hole ([`super::assemble`]), answers only
+    /// partial content, assembled up to its first hole (the `assemble` module), answers only
     /// if it holds WAL and is the newest WAL of its timeline ([`newest`]; one more LIST,
     /// and history files the first time) or covers the whole segment, and its pieces are
     /// then read in parallel.

@@ -20,7 +20,7 @@
 //! changed; a pgBackRest differential backup after the same change is the comparison.
 //!
 //! pgagent's backups need the WAL up to their stop LSN in the store, so a `pgagent run`
-//! ([`pgagent::Daemon`]) streams the primary into the same store while they run.
+//! streams the primary into the same store while they run.
 
 pub mod dedup;
 pub mod peers;

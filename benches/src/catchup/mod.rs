@@ -113,7 +113,7 @@ pub fn parse_gib(text: &str) -> anyhow::Result<u64> {
 }
 
 /// Runs per case: 1 to 5 (each run consumes its own three slots; the cluster has room for
-/// [`backlog::MAX_SLOTS`]).
+/// `backlog::MAX_SLOTS`).
 pub fn parse_runs(text: &str) -> anyhow::Result<usize> {
     let runs: usize = text
         .trim()

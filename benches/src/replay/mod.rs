@@ -1,7 +1,7 @@
 //! End-to-end replay of archived WAL through `restore_command`.
 //!
 //! One base backup (`pg_basebackup -X none -c fast`) and the WAL written after it (pgbench,
-//! about `BENCH_WAL_GIB` GiB) are prepared once ([`prepare`]); every case then copies the base
+//! about `BENCH_WAL_GIB` GiB) are prepared once ([`prepare()`]); every case then copies the base
 //! backup into a fresh data directory, starts PostgreSQL in archive recovery
 //! (`recovery.signal`, no recovery target: PostgreSQL replays until `restore_command` finds
 //! no further segment, then promotes; PostgreSQL docs, section 26.3.4 "Recovering Using a

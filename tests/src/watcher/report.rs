@@ -99,7 +99,7 @@ pub struct SlotCheck {
     pub frontier: Lsn,
 }
 
-/// Counts and findings of a watcher, as [`Watcher::stop`] returns them.
+/// Counts and findings of a watcher, as [`crate::watcher::Watcher::stop`] returns them.
 #[derive(Debug, Clone, Default)]
 pub struct WatchReport {
     /// How long the watcher ran.
