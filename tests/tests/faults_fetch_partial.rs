@@ -118,30 +118,41 @@ fn check(env: &[(&str, String)], dir: &Path, how: &str) {
 fn a_partial_is_served_only_as_the_newest_wal_of_its_timeline() {
     let dir = tempfile::tempdir().unwrap();
     let url = store(dir.path());
-    let staging = dir.path().join("staging");
+    for (how, env) in fetch_envs(dir.path(), &url) {
+        check(&env, dir.path(), how);
+    }
+}
+
+/// The environments of `pgagent fetch` from the store at `url`: through a restore-mode
+/// fetch server (the usual path), and standalone (no server can start: the staging
+/// directory and the runtime directories are not directories, so fetch reads the store
+/// itself).
+fn fetch_envs(dir: &Path, url: &str) -> [(&'static str, Vec<(&'static str, String)>); 2] {
+    let staging = dir.join("staging");
     std::fs::create_dir(&staging).unwrap();
-
-    // Through a restore-mode fetch server (the usual path).
-    let env = vec![
-        ("PGAGENT_STORE_URL", url.clone()),
-        ("PGAGENT_STAGING_DIR", staging.display().to_string()),
-        ("PGAGENT_FETCH_TIMEOUT", "10s".to_string()),
-        ("PGAGENT_FETCH_IDLE_TIMEOUT", "2s".to_string()),
-    ];
-    check(&env, dir.path(), "fetch server");
-
-    // Standalone: no server can start (the staging directory and the runtime directories
-    // are not directories), so fetch reads the store itself.
-    let blocked = dir.path().join("not-a-dir");
+    let blocked = dir.join("not-a-dir");
     std::fs::write(&blocked, "").unwrap();
-    let env = vec![
-        ("PGAGENT_STORE_URL", url),
-        ("PGAGENT_STAGING_DIR", blocked.display().to_string()),
-        ("XDG_RUNTIME_DIR", blocked.display().to_string()),
-        ("TMPDIR", blocked.display().to_string()),
-        ("PGAGENT_FETCH_TIMEOUT", "10s".to_string()),
-    ];
-    check(&env, dir.path(), "standalone");
+    [
+        (
+            "fetch server",
+            vec![
+                ("PGAGENT_STORE_URL", url.to_string()),
+                ("PGAGENT_STAGING_DIR", staging.display().to_string()),
+                ("PGAGENT_FETCH_TIMEOUT", "10s".to_string()),
+                ("PGAGENT_FETCH_IDLE_TIMEOUT", "2s".to_string()),
+            ],
+        ),
+        (
+            "standalone",
+            vec![
+                ("PGAGENT_STORE_URL", url.to_string()),
+                ("PGAGENT_STAGING_DIR", blocked.display().to_string()),
+                ("XDG_RUNTIME_DIR", blocked.display().to_string()),
+                ("TMPDIR", blocked.display().to_string()),
+                ("PGAGENT_FETCH_TIMEOUT", "10s".to_string()),
+            ],
+        ),
+    ]
 }
 
 /// Seals `wal[start..end)` as the delta `[start, end)` of segment `(tli, segno)`.
@@ -317,26 +328,9 @@ async fn a_segment_held_as_deltas_is_served_assembled_up_to_its_first_hole() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("file://{}", dir.path().join("store").display());
     plant_deltas(open_store(&url, &[]).await.as_ref()).await;
-    let staging = dir.path().join("staging");
-    std::fs::create_dir(&staging).unwrap();
-    let env = vec![
-        ("PGAGENT_STORE_URL", url.clone()),
-        ("PGAGENT_STAGING_DIR", staging.display().to_string()),
-        ("PGAGENT_FETCH_TIMEOUT", "10s".to_string()),
-        ("PGAGENT_FETCH_IDLE_TIMEOUT", "2s".to_string()),
-    ];
-    check_deltas(&env, dir.path(), "fetch server");
-
-    let blocked = dir.path().join("not-a-dir");
-    std::fs::write(&blocked, "").unwrap();
-    let env = vec![
-        ("PGAGENT_STORE_URL", url),
-        ("PGAGENT_STAGING_DIR", blocked.display().to_string()),
-        ("XDG_RUNTIME_DIR", blocked.display().to_string()),
-        ("TMPDIR", blocked.display().to_string()),
-        ("PGAGENT_FETCH_TIMEOUT", "10s".to_string()),
-    ];
-    check_deltas(&env, dir.path(), "standalone");
+    for (how, env) in fetch_envs(dir.path(), &url) {
+        check_deltas(&env, dir.path(), how);
+    }
 
     // The same store on an S3 server, through a fetch server.
     let garage = Garage::start().expect("start Garage");
