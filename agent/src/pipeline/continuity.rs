@@ -19,11 +19,13 @@
 //! point, and for a segment held as deltas one LIST of them and one ranged GET of an older
 //! `.partial` header.
 
-use pgagent_protocol::{segment_file_name, Lsn, SegNo, TimelineId, WalFileName, WalSegmentSize};
-use pgagent_storage::deltas::{assemble, deltas_prefix, Delta, Piece};
+use pgagent_protocol::{segment_file_name, Lsn, SegNo, TimelineId, WalSegmentSize};
+use pgagent_storage::deltas::{deltas_prefix, Delta};
 use pgagent_storage::envelope::{Header, MAX_HEADER_LEN};
 use pgagent_storage::layout::{wal_key, PARTIAL_SUFFIX};
 use pgagent_storage::{ObjectStore, StoreError};
+
+use crate::store::wal::{SegmentPieces, WalKey};
 
 /// The WAL objects of one timeline near the resume point, from a listing.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -43,20 +45,10 @@ impl Listed {
     ) -> Self {
         let mut out = Listed::default();
         for key in keys {
-            if let Some(d) = Delta::parse_key(key, seg) {
-                if d.tli == tli {
-                    out.partial.push(d.segno);
-                }
-                continue;
-            }
-            let Some(name) = key.strip_prefix("wal/") else {
-                continue;
-            };
-            match WalFileName::parse(name, seg) {
-                Some(WalFileName::Segment { tli: t, segno }) if t == tli => {
-                    out.complete.push(segno)
-                }
-                Some(WalFileName::Partial { tli: t, segno }) if t == tli => out.partial.push(segno),
+            match WalKey::parse(key, seg) {
+                Some(WalKey::Segment((t, segno))) if t == tli => out.complete.push(segno),
+                Some(WalKey::LegacyPartial((t, segno))) if t == tli => out.partial.push(segno),
+                Some(WalKey::Delta(d)) if d.tli == tli => out.partial.push(d.segno),
                 _ => {}
             }
         }
@@ -151,22 +143,20 @@ pub async fn stored_partial_end(
         store.list(&prefix),
         store.get_range(&legacy, 0, MAX_HEADER_LEN as u64)
     );
-    let mut pieces: Vec<Piece> = listed?
-        .iter()
-        .filter_map(|m| Delta::parse_key(&m.key, seg))
-        .filter(|d| (d.tli, d.segno) == (tli, segno))
-        .map(|d| Piece::delta(&d, seg))
-        .collect();
-    match header {
-        Ok(bytes) => pieces.push(Piece {
-            key: legacy,
-            start: 0,
-            end: Header::parse(&bytes)?.raw_len,
-        }),
-        Err(e) if e.is_not_found() => {}
+    let pieces = SegmentPieces {
+        legacy: Some(legacy),
+        deltas: listed?
+            .iter()
+            .filter_map(|m| Delta::parse_key(&m.key, seg))
+            .filter(|d| (d.tli, d.segno) == (tli, segno))
+            .collect(),
+    };
+    let legacy_len = match header {
+        Ok(bytes) => Some(Header::parse(&bytes)?.raw_len),
+        Err(e) if e.is_not_found() => None,
         Err(e) => return Err(e),
-    }
-    let run = assemble(&pieces).end;
+    };
+    let run = pieces.assemble(legacy_len, seg).end;
     Ok((run > 0).then(|| segno.start_lsn(seg) + run))
 }
 
