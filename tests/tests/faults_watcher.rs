@@ -13,9 +13,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::faults::*;
-use common::{open_store, seg};
-use pgagent_protocol::{SegNo, TimelineId};
-use pgagent_storage::deltas::Delta;
+use common::{delta_key, open_store};
+use pgagent_protocol::SegNo;
 use pgagent_storage::envelope;
 use pgagent_tests::watcher::{ViolationKind, Watcher};
 use pgagent_tests::{PgOptions, ProxyMode};
@@ -56,15 +55,7 @@ fn the_watcher_reports_a_slot_past_the_bucket_and_foreign_bytes() {
     // bytes once the watcher read it; one with a flipped byte. Deltas of a segment far
     // ahead (no server file to compare), of which the last is then deleted: the segment's
     // pieces reach less far than they did.
-    let delta = |segno: u64, start: u64, end: u64| {
-        Delta {
-            tli: TimelineId(1),
-            segno: SegNo(segno),
-            start,
-            end,
-        }
-        .key(seg())
-    };
+    let delta = delta_key;
     let server = s.pg.wal_file("000000010000000000000001").unwrap();
     let (changed, flipped) = (delta(1, 0, 0x1000), delta(1, 0x1000, 0x2000));
     let ahead = [delta(0x50, 0, 0x1000), delta(0x50, 0x1000, 0x2000)];

@@ -9,7 +9,6 @@ mod common;
 
 use common::*;
 use pgagent_protocol::{segment_file_name, SegNo, TimelineId};
-use pgagent_storage::deltas::Delta;
 use pgagent_storage::{envelope, ObjectStore};
 use pgagent_tests::run_pgagent;
 
@@ -17,16 +16,6 @@ const SYSTEM_ID: &str = "7000000000000000007";
 
 fn seg_name(n: u64) -> String {
     segment_file_name(TimelineId(1), SegNo(n), seg())
-}
-
-fn delta_key(segno: u64, start: u64, end: u64) -> String {
-    Delta {
-        tli: TimelineId(1),
-        segno: SegNo(segno),
-        start,
-        end,
-    }
-    .key(seg())
 }
 
 async fn put(store: &dyn ObjectStore, key: &str, raw: &[u8]) {

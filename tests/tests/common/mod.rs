@@ -174,6 +174,17 @@ pub fn bucket_frontier(objects: &BTreeMap<String, Vec<u8>>, first: SegNo) -> Lsn
     next.start_lsn(seg()) + assemble(&pieces).end
 }
 
+/// Key of the delta holding bytes `[start, end)` of segment `segno` of timeline 1.
+pub fn delta_key(segno: u64, start: u64, end: u64) -> String {
+    Delta {
+        tli: pgagent_protocol::TimelineId(1),
+        segno: SegNo(segno),
+        start,
+        end,
+    }
+    .key(seg())
+}
+
 /// A delta, or an older whole-prefix `.partial`, as the segment it belongs to and the piece
 /// of it that it holds (`name` is the key without `wal/`).
 pub fn stored_piece(name: &str, raw: &[u8]) -> Option<(SegNo, Piece)> {
