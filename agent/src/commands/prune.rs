@@ -513,14 +513,7 @@ mod tests {
             "wal/00000001.history",
             "wal/00000002.history",
         ];
-        let listed: Vec<ObjectMeta> = keys
-            .iter()
-            .map(|k| ObjectMeta {
-                key: k.to_string(),
-                size: 1,
-                last_modified: None,
-            })
-            .collect();
+        let listed = crate::store::wal::listing_of(keys, 1);
         let index = WalIndex::from_listing(&listed, seg);
         let (mut old, superseded) = wal_to_delete(&index, SegNo(5), seg);
         old.sort();
@@ -531,14 +524,8 @@ mod tests {
 
     #[test]
     fn only_chunks_no_manifest_references_are_swept() {
-        let listed: Vec<ObjectMeta> = ["chunks/aa/aa1", "chunks/bb/bb2", "chunks/cc/cc3"]
-            .iter()
-            .map(|k| ObjectMeta {
-                key: k.to_string(),
-                size: 1,
-                last_modified: None,
-            })
-            .collect();
+        let listed =
+            crate::store::wal::listing_of(["chunks/aa/aa1", "chunks/bb/bb2", "chunks/cc/cc3"], 1);
         let referenced = HashSet::from(["bb2".to_string()]);
         assert_eq!(
             unreferenced(&listed, &referenced),

@@ -337,7 +337,6 @@ pub fn hole_notes(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pgagent_storage::ObjectMeta;
 
     fn seg() -> WalSegmentSize {
         WalSegmentSize::DEFAULT
@@ -345,14 +344,7 @@ mod tests {
 
     /// The index of `keys` and its partial segments (`.partial` objects hold 0x1000 bytes).
     fn index(keys: &[&str]) -> (WalIndex, BTreeMap<SegmentId, PartialSegment>) {
-        let objects: Vec<ObjectMeta> = keys
-            .iter()
-            .map(|k| ObjectMeta {
-                key: format!("wal/{k}"),
-                size: 1,
-                last_modified: None,
-            })
-            .collect();
+        let objects = crate::store::wal::listing_of(keys.iter().map(|k| format!("wal/{k}")), 1);
         let index = WalIndex::from_listing(&objects, seg());
         let legacy = index
             .legacy_to_read()

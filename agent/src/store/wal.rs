@@ -238,6 +238,22 @@ pub async fn legacy_lengths(
     Ok((lens, bad))
 }
 
+/// A listing of `keys`, each of `size` bytes and without a modification time: input for
+/// the tests of the modules that read a listing of `wal/`.
+#[cfg(test)]
+pub fn listing_of<K: Into<String>>(
+    keys: impl IntoIterator<Item = K>,
+    size: u64,
+) -> Vec<ObjectMeta> {
+    keys.into_iter()
+        .map(|k| ObjectMeta {
+            key: k.into(),
+            size,
+            last_modified: None,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
