@@ -100,11 +100,10 @@ fn key_error_code(e: &KeyError) -> u8 {
         KeyError::NoMatchingKey { .. }
         | KeyError::NoKeys
         | KeyError::EmptyPassphrase
-        | KeyError::UnknownKey { .. }
-        | KeyError::AlreadyInitialized { .. } => USAGE,
+        | KeyError::UnknownKey { .. } => USAGE,
         KeyError::LastKey { .. } | KeyError::InUse { .. } => REFUSED,
         KeyError::Store(s) => store_error_code(s).unwrap_or(FAILURE),
-        KeyError::Contended | KeyError::Corrupt { .. } => FAILURE,
+        KeyError::Corrupt { .. } => FAILURE,
     }
 }
 
@@ -152,7 +151,11 @@ mod tests {
             key: "cluster.json".into(),
         });
         assert_eq!(code_for(&plain.into()), USAGE);
-        assert_eq!(code_for(&KeyError::Contended.into()), FAILURE);
+        let corrupt = KeyError::Corrupt {
+            key: "keys/a".into(),
+            detail: "x".into(),
+        };
+        assert_eq!(code_for(&corrupt.into()), FAILURE);
     }
 
     #[test]

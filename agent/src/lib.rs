@@ -94,19 +94,8 @@ fn finish(result: anyhow::Result<()>) -> u8 {
 fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     let raw = RawConfig::load(cli.config.as_deref(), &cli.overrides.clone().into())?;
     let cfg = raw.validate()?;
-    if cfg.passphrase.is_some() && !matches!(cli.command, Command::Key { .. }) {
-        // Until every object is sealed with the store's key, a configured passphrase would
-        // let a user believe the bucket holds ciphertext while plaintext is written.
-        return Err(config::ConfigError(UNSEALED_OBJECTS.to_string()).into());
-    }
     Ok(cfg)
 }
-
-/// Why a command other than `pgagent key` refuses a configured passphrase.
-const UNSEALED_OBJECTS: &str = "an encryption passphrase is configured \
-    (encryption.passphrase_file or PGAGENT_ENCRYPTION_PASSPHRASE), but this version \
-    encrypts only the access keys of `pgagent key`: WAL, backups and records would go to \
-    the store in plaintext. Unset the passphrase for every command but `pgagent key`";
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Fetch { file, path } = &cli.command {

@@ -1,7 +1,8 @@
 //! Content-addressed chunk storage for base backups.
 //!
 //! The archive walker (a blocking thread) hands each chunk to a [`StoreSink`]: it hashes the
-//! chunk (blake3), skips it if the store already holds that hash (the index is a listing of
+//! chunk (blake3, keyed with the store's content hash key in an encrypted store, see
+//! [`envelope::content_hash`]), skips it if the store already holds that hash (the index is a listing of
 //! `chunks/` taken when the backup starts, plus what this backup sent), and otherwise queues
 //! it for [`upload_chunks`], which seals (zstd) and stores `chunks/ab/ab…` with bounded
 //! parallelism. A chunk key names its content, so a second backup uploads only what changed
@@ -12,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use pgagent_storage::crypto::ObjectCipher;
 use pgagent_storage::layout::{chunk_key, CHUNK_PREFIX};
 use pgagent_storage::{envelope, ObjectStore, StoreError};
 use tokio::sync::mpsc;
@@ -49,25 +51,35 @@ pub struct ChunkStats {
 /// The blocking side: hashes, deduplicates, queues.
 #[derive(Debug)]
 pub struct StoreSink {
+    cipher: Option<ObjectCipher>,
     known: HashSet<String>,
     tx: mpsc::Sender<(String, Vec<u8>)>,
     stats: Arc<Mutex<ChunkStats>>,
 }
 
 impl StoreSink {
-    /// A sink that skips the hashes in `known` and queues the rest on `tx`.
+    /// A sink that names chunks by their hash under `cipher` (`None`: a plaintext store),
+    /// skips the hashes in `known` and queues the rest on `tx`.
     pub fn new(
+        cipher: Option<ObjectCipher>,
         known: HashSet<String>,
         tx: mpsc::Sender<(String, Vec<u8>)>,
         stats: Arc<Mutex<ChunkStats>>,
     ) -> Self {
-        StoreSink { known, tx, stats }
+        StoreSink {
+            cipher,
+            known,
+            tx,
+            stats,
+        }
     }
 }
 
 impl ChunkSink for StoreSink {
     fn put(&mut self, data: Vec<u8>) -> anyhow::Result<String> {
-        let hash = blake3::hash(&data).to_hex().to_string();
+        let hash = envelope::content_hash(&data, self.cipher.as_ref())
+            .to_hex()
+            .to_string();
         self.stats.lock().unwrap_or_else(|e| e.into_inner()).chunks += 1;
         if self.known.insert(hash.clone()) {
             self.tx
@@ -78,13 +90,14 @@ impl ChunkSink for StoreSink {
     }
 }
 
-/// Seals and stores every chunk received on `rx` until it closes, at most `concurrency` at
-/// a time, each retried on transient errors.
+/// Seals (with `cipher`, `None` for a plaintext store) and stores every chunk received on
+/// `rx` until it closes, at most `concurrency` at a time, each retried on transient errors.
 ///
 /// Errors: the first chunk that cannot be stored; the remaining uploads are cancelled and
 /// `rx` is closed, so the sink's next `put` fails too.
 pub async fn upload_chunks(
     store: Arc<dyn ObjectStore>,
+    cipher: Option<ObjectCipher>,
     mut rx: mpsc::Receiver<(String, Vec<u8>)>,
     concurrency: usize,
     level: i32,
@@ -99,7 +112,10 @@ pub async fn upload_chunks(
             next = rx.recv() => match next {
                 Some((hash, data)) => {
                     let store = store.clone();
-                    running.spawn(async move { store_chunk(store.as_ref(), &hash, data, level).await });
+                    let cipher = cipher.clone();
+                    running.spawn(async move {
+                        store_chunk(store.as_ref(), cipher, &hash, data, level).await
+                    });
                 }
                 None => break,
             },
@@ -137,13 +153,18 @@ fn reap(
 /// Seals one chunk and stores it under its hash; returns the stored size in bytes.
 async fn store_chunk(
     store: &dyn ObjectStore,
+    cipher: Option<ObjectCipher>,
     hash: &str,
     data: Vec<u8>,
     level: i32,
 ) -> anyhow::Result<u64> {
-    let sealed = tokio::task::spawn_blocking(move || envelope::seal(&data, level)).await?;
-    let body: Bytes = sealed.body;
     let key = chunk_key(hash);
+    let name = key.clone();
+    let sealed = tokio::task::spawn_blocking(move || {
+        envelope::seal_for(&data, level, cipher.as_ref(), &name)
+    })
+    .await?;
+    let body: Bytes = sealed.body;
     let deadline = tokio::time::Instant::now() + CHUNK_DEADLINE;
     crate::retry::until(
         Policy::CHUNK,
@@ -171,6 +192,22 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread")]
     async fn chunks_are_stored_once_under_their_hash() {
+        stored_once_under_their_hash(None).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn encrypted_chunks_are_stored_once_under_their_keyed_hash() {
+        let cipher = pgagent_storage::crypto::MasterKey::generate().cipher();
+        let hashes = stored_once_under_their_hash(Some(cipher)).await;
+        let plain = blake3::hash(&[1u8; 1000]).to_hex().to_string();
+        assert_ne!(hashes.0, plain, "the name reveals no plaintext hash");
+    }
+
+    /// Three chunks, two of them equal, through a sink and the uploader into a scratch
+    /// store: two objects, each named after its (keyed) hash and opening to its bytes.
+    async fn stored_once_under_their_hash(
+        cipher: Option<ObjectCipher>,
+    ) -> (String, String, String) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("file://{}", dir.path().display());
         let store: Arc<dyn ObjectStore> = pgagent_storage::open(&url, &Default::default())
@@ -178,10 +215,18 @@ mod tests {
             .unwrap();
         let stats = Arc::new(Mutex::new(ChunkStats::default()));
         let (tx, rx) = mpsc::channel(4);
-        let uploader = tokio::spawn(upload_chunks(store.clone(), rx, 2, 1, stats.clone()));
+        let uploader = tokio::spawn(upload_chunks(
+            store.clone(),
+            cipher.clone(),
+            rx,
+            2,
+            1,
+            stats.clone(),
+        ));
         let sink_stats = stats.clone();
+        let sink_cipher = cipher.clone();
         let hashes = tokio::task::spawn_blocking(move || {
-            let mut sink = StoreSink::new(HashSet::new(), tx, sink_stats);
+            let mut sink = StoreSink::new(sink_cipher, HashSet::new(), tx, sink_stats);
             let a = sink.put(vec![1u8; 1000]).unwrap();
             let b = sink.put(vec![2u8; 10]).unwrap();
             let a2 = sink.put(vec![1u8; 1000]).unwrap();
@@ -197,10 +242,13 @@ mod tests {
         };
         assert_eq!((chunks, new_chunks), (3, 2));
         assert!(stored > 0);
-        let body = store.get(&chunk_key(&hashes.0)).await.unwrap();
-        assert_eq!(envelope::open(&body).unwrap(), vec![1u8; 1000]);
+        let key = chunk_key(&hashes.0);
+        let body = store.get(&key).await.unwrap();
+        let opened = envelope::open_for(&body, cipher.as_ref(), &key).unwrap();
+        assert_eq!(opened, vec![1u8; 1000]);
         let known = known_chunks(store.as_ref()).await.unwrap();
         assert_eq!(known, HashSet::from([hashes.0.clone(), hashes.1.clone()]));
+        hashes
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -211,7 +259,7 @@ mod tests {
         let s2 = stats.clone();
         let h = hash.clone();
         tokio::task::spawn_blocking(move || {
-            let mut sink = StoreSink::new(HashSet::from([h]), tx, s2);
+            let mut sink = StoreSink::new(None, HashSet::from([h]), tx, s2);
             sink.put(vec![5u8; 3]).unwrap();
         })
         .await

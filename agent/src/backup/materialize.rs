@@ -15,17 +15,18 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context};
 use futures::{StreamExt, TryStreamExt};
+use pgagent_storage::crypto::ObjectCipher;
 use pgagent_storage::layout::chunk_key;
 use pgagent_storage::manifest::{BackupManifest, EntryKind, FileEntry};
 use pgagent_storage::{envelope, ObjectStore};
 
 use super::places::{make_dir, Places};
 use crate::progress::Progress;
+use crate::store::Bucket;
 
 pub use super::places::{Mode, TablespaceDir};
 
@@ -46,14 +47,15 @@ pub struct Written {
 }
 
 /// Writes every entry of `manifest` (and PostgreSQL's `backup_manifest`) into `pgdata`,
-/// which must exist; `concurrency` files are assembled at a time.
+/// which must exist, from the chunks of `bucket` (opened with its cipher); `concurrency`
+/// files are assembled at a time.
 ///
 /// Errors: the manifest fails its check, a chunk is missing or fails verification (the
 /// message names the chunk and the file), a tablespace directory is not empty, or any
 /// local I/O error. What was written so far stays (the caller reports it; a retry needs
 /// `--force` on a non-empty directory).
 pub async fn materialize(
-    store: Arc<dyn ObjectStore>,
+    bucket: &Bucket,
     manifest: &BackupManifest,
     pgdata: &Path,
     tablespace_dir: &TablespaceDir,
@@ -82,6 +84,7 @@ pub async fn materialize(
         removed,
         ..Written::default()
     };
+    let (store, cipher) = (&bucket.store, bucket.cipher());
     let written = futures::stream::iter(files.into_iter().map(|(entry, target)| {
         let store = store.clone();
         let chunk_size = manifest.chunk_size;
@@ -90,7 +93,7 @@ pub async fn materialize(
                 progress.add(entry.size);
                 return anyhow::Ok(None);
             }
-            write_file(store.as_ref(), &entry, &target, mode == Mode::Delta).await?;
+            write_file(store.as_ref(), cipher, &entry, &target, mode == Mode::Delta).await?;
             progress.add(entry.size);
             Ok(Some(entry.size))
         }
@@ -167,6 +170,7 @@ fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
 /// is removed first, never followed; without, anything there is an error.
 async fn write_file(
     store: &dyn ObjectStore,
+    cipher: Option<&ObjectCipher>,
     entry: &FileEntry,
     target: &Path,
     replace: bool,
@@ -198,6 +202,7 @@ async fn write_file(
         let (expected, key, body) = next?;
         let mut f = file.take().expect("returned after each chunk");
         let path = entry.path.clone();
+        let cipher = cipher.cloned();
         let (f, n) = tokio::task::spawn_blocking(move || -> anyhow::Result<(File, u64)> {
             let header = envelope::Header::parse(&body).map_err(|e| e.with_key(&key))?;
             if header.hash.to_hex().as_str() != expected {
@@ -206,7 +211,7 @@ async fn write_file(
                     header.hash.to_hex()
                 );
             }
-            let n = envelope::open_into(&body, &mut f)
+            let n = envelope::open_into_for(&body, cipher.as_ref(), &key, &mut f)
                 .map_err(|e| anyhow::anyhow!("{path}: {}", e.with_key(&key)))?;
             Ok((f, n))
         })
@@ -239,6 +244,7 @@ mod tests {
     use pgagent_storage::manifest::BackupStatus;
     use std::collections::HashSet;
     use std::path::PathBuf;
+    use std::sync::Arc;
     use std::sync::Mutex;
 
     async fn fs_store(dir: &Path) -> Arc<dyn ObjectStore> {
@@ -271,9 +277,9 @@ mod tests {
 
         let stats = Arc::new(Mutex::new(ChunkStats::default()));
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let up = tokio::spawn(upload_chunks(store, rx, 2, 1, stats.clone()));
+        let up = tokio::spawn(upload_chunks(store, None, rx, 2, 1, stats.clone()));
         let walked = tokio::task::spawn_blocking(move || {
-            let mut sink = StoreSink::new(HashSet::new(), tx, stats);
+            let mut sink = StoreSink::new(None, HashSet::new(), tx, stats);
             walk_archive(&tar[..], "", 1000, &mut sink).unwrap()
         })
         .await
@@ -301,7 +307,10 @@ mod tests {
     ) -> anyhow::Result<Written> {
         let progress = Progress::new("test", 0);
         materialize(
-            store,
+            &Bucket {
+                store,
+                cipher: None,
+            },
             manifest,
             pgdata,
             &original,
@@ -320,7 +329,10 @@ mod tests {
         let pgdata = dir.path().join("pgdata");
         fs::create_dir(&pgdata).unwrap();
         let w = materialize(
-            store.clone(),
+            &Bucket {
+                store: store.clone(),
+                cipher: None,
+            },
             &manifest,
             &pgdata,
             &original,
@@ -358,7 +370,10 @@ mod tests {
         let outside = tempfile::NamedTempFile::new().unwrap();
         std::os::unix::fs::symlink(outside.path(), pgdata.join("link")).unwrap();
         let w = materialize(
-            store,
+            &Bucket {
+                store,
+                cipher: None,
+            },
             &manifest,
             &pgdata,
             &original,
@@ -421,7 +436,10 @@ mod tests {
         fs::write(&outside, b"keep").unwrap();
         std::os::unix::fs::symlink(&outside, pgdata.join("PG_VERSION")).unwrap();
         assert!(materialize(
-            store.clone(),
+            &Bucket {
+                store: store.clone(),
+                cipher: None,
+            },
             &manifest,
             &pgdata,
             &original,

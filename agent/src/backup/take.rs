@@ -25,6 +25,7 @@ use pgagent_protocol::basebackup::{BaseBackupEvent, BaseBackupOptions, BaseBacku
 use pgagent_protocol::{
     segment_file_name, ConnConfig, Lsn, ReplicationClient, SegNo, TimelineId, WalSegmentSize,
 };
+use pgagent_storage::crypto::ObjectCipher;
 use pgagent_storage::layout::wal_key;
 use pgagent_storage::manifest::{
     BackupManifest, BackupStats, BackupStatus, EntryKind, FileEntry, TablespaceEntry,
@@ -38,7 +39,7 @@ use super::chunks::{known_chunks, upload_chunks, ChunkStats, StoreSink};
 use super::guard::{self, BACKUP_LIMIT};
 use crate::config::Config;
 use crate::server::{self, ServerInfo};
-use crate::store::catalog;
+use crate::store::{catalog, Bucket};
 
 /// How a backup is taken.
 #[derive(Debug, Clone)]
@@ -55,7 +56,7 @@ pub struct BackupRequest {
 /// Errors: connection, store or archive errors; another backup running on this machine;
 /// [`crate::exit::Refused`] when the store holds another cluster.
 pub async fn take_backup(cfg: &Config, req: &BackupRequest) -> anyhow::Result<BackupManifest> {
-    let (conn, client, server, store) = connect(cfg).await?;
+    let (conn, client, server, store, cipher) = connect(cfg).await?;
     let _lock = BackupLock::take(cfg.staging_dir())?;
 
     let started = SystemTime::now();
@@ -78,8 +79,12 @@ pub async fn take_backup(cfg: &Config, req: &BackupRequest) -> anyhow::Result<Ba
         .sum::<u64>()
         * 1024;
     let progress = crate::progress::Progress::new(&format!("backup {id}"), total);
+    let bucket = Bucket {
+        store: store.clone(),
+        cipher: cipher.clone(),
+    };
     let announced = announce(
-        store.as_ref(),
+        &bucket,
         &server,
         &stream,
         &id,
@@ -94,7 +99,7 @@ pub async fn take_backup(cfg: &Config, req: &BackupRequest) -> anyhow::Result<Ba
     let stored = store_files(
         &mut stream,
         &conn,
-        &store,
+        (&store, &cipher),
         cfg,
         known,
         chunk_size,
@@ -110,7 +115,7 @@ pub async fn take_backup(cfg: &Config, req: &BackupRequest) -> anyhow::Result<Ba
     let mut manifest = files_manifest(announced, stored, (stop_lsn, stop_tli));
     manifest.check().context("the backup's own manifest")?;
     within_limit(&id, begun)?;
-    catalog::put_manifest(store.as_ref(), &manifest).await?;
+    catalog::put_manifest(store.as_ref(), cipher.as_ref(), &manifest).await?;
     tracing::info!(
         id,
         start = %start_lsn,
@@ -134,7 +139,7 @@ pub async fn take_backup(cfg: &Config, req: &BackupRequest) -> anyhow::Result<Ba
     {
         within_limit(&id, begun)?;
         manifest.status = BackupStatus::Complete;
-        catalog::put_manifest(store.as_ref(), &manifest).await?;
+        catalog::put_manifest(store.as_ref(), cipher.as_ref(), &manifest).await?;
         tracing::info!(id, "base backup complete");
     } else {
         tracing::warn!(
@@ -147,7 +152,7 @@ pub async fn take_backup(cfg: &Config, req: &BackupRequest) -> anyhow::Result<Ba
 }
 
 /// Step 1: connects (application name `pgagent backup` unless set), opens the store and
-/// claims it for the server's cluster.
+/// claims it for the server's cluster; the last item is the store's cipher.
 async fn connect(
     cfg: &Config,
 ) -> anyhow::Result<(
@@ -155,19 +160,20 @@ async fn connect(
     ReplicationClient,
     ServerInfo,
     Arc<dyn ObjectStore>,
+    Option<ObjectCipher>,
 )> {
     let conn = server::conn_config(cfg, "pgagent backup")?;
     let (client, server) = server::connect(&conn).await?;
     let store = crate::store::open(cfg).await?;
-    crate::store::claim_store(store.as_ref(), &server).await?;
-    Ok((conn, client, server, store))
+    let cipher = crate::store::claim_store(store.as_ref(), &server, cfg).await?;
+    Ok((conn, client, server, store, cipher))
 }
 
 /// Step 2: once `BASE_BACKUP` has started, writes the `running` manifest that announces the
 /// backup (before the chunks it will not upload again are listed: [`super::guard`]) and
 /// returns it.
 async fn announce(
-    store: &dyn ObjectStore,
+    bucket: &Bucket,
     server: &ServerInfo,
     stream: &BaseBackupStream,
     id: &str,
@@ -196,7 +202,7 @@ async fn announce(
         tablespaces,
         ..BackupManifest::announced(id)
     };
-    catalog::put_manifest(store, &announced).await?;
+    catalog::put_manifest(bucket.store.as_ref(), bucket.cipher(), &announced).await?;
     Ok(announced)
 }
 
@@ -225,7 +231,7 @@ struct Stored {
 async fn store_files(
     stream: &mut BaseBackupStream,
     conn: &ConnConfig,
-    store: &Arc<dyn ObjectStore>,
+    (store, cipher): (&Arc<dyn ObjectStore>, &Option<ObjectCipher>),
     cfg: &Config,
     known: HashSet<String>,
     chunk_size: u64,
@@ -236,12 +242,18 @@ async fn store_files(
     let (chunk_tx, chunk_rx) = mpsc::channel(concurrency * 2);
     let uploader = tokio::spawn(upload_chunks(
         store.clone(),
+        cipher.clone(),
         chunk_rx,
         concurrency,
         cfg.raw.wal.compression_level,
         stats.clone(),
     ));
-    let mut sink = Some(StoreSink::new(known, chunk_tx, stats.clone()));
+    let mut sink = Some(StoreSink::new(
+        cipher.clone(),
+        known,
+        chunk_tx,
+        stats.clone(),
+    ));
     let mut walker: Option<Walker> = None;
     let mut walked = Walked::default();
     let mut pg_manifest = Vec::new();

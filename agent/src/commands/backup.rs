@@ -114,9 +114,10 @@ fn summary_text(m: &BackupManifest, s: &BackupSummary) -> String {
 /// Errors: the store cannot be listed or a manifest is damaged.
 pub async fn list(cfg: &Config, json: bool) -> anyhow::Result<()> {
     let store = crate::store::open(cfg).await?;
+    let cipher = crate::store::read_cipher(store.as_ref(), cfg).await?;
     let mut manifests = Vec::new();
     for id in catalog::backup_ids(store.as_ref()).await? {
-        if let Some(m) = catalog::get_manifest(store.as_ref(), &id).await? {
+        if let Some(m) = catalog::get_manifest(store.as_ref(), cipher.as_ref(), &id).await? {
             manifests.push(m);
         }
     }

@@ -208,7 +208,9 @@ async fn store_checks(cfg: &Config, r: &mut Report) {
             return;
         }
     };
-    match read_cluster(store.as_ref()).await {
+    let cluster = read_cluster(store.as_ref()).await;
+    let empty = matches!(cluster, Ok(None));
+    match cluster {
         Ok(Some(c)) => r.add(
             Level::Ok,
             "store",
@@ -221,7 +223,31 @@ async fn store_checks(cfg: &Config, r: &mut Report) {
         ),
         Err(e) => r.add(Level::Fail, "store", format!("{}: {e}", store.describe())),
     }
+    match crate::store::read_cipher(store.as_ref(), cfg).await {
+        Ok(Some(_)) => r.add(
+            Level::Ok,
+            "encryption",
+            "the store is encrypted and the configured passphrase opens its key",
+        ),
+        Ok(None) => r.add(Level::Ok, "encryption", "none (no passphrase configured)"),
+        Err(e) if empty && is_without_keys(&e) => r.add(
+            Level::Ok,
+            "encryption",
+            "the store is empty; pgagent run makes its key from the configured passphrase",
+        ),
+        Err(e) => r.add(Level::Fail, "encryption", format!("{e:#}")),
+    }
     bucket_rights(store.as_ref(), r).await;
+}
+
+/// Whether a reader's key error says the store has no keys (in an empty store: not yet).
+fn is_without_keys(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<pgagent_storage::crypto::KeyError>(),
+            Some(pgagent_storage::crypto::KeyError::NoKeys)
+        )
+    })
 }
 
 async fn bucket_rights(store: &dyn ObjectStore, r: &mut Report) {

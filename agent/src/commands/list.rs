@@ -228,7 +228,12 @@ pub async fn run(cfg: &Config, what: ListWhat, json: bool) -> anyhow::Result<()>
         ListWhat::Snapshots => return crate::commands::snapshot::list(cfg, json).await,
         ListWhat::Wal | ListWhat::Timelines => {}
     }
-    let (store, cluster, seg) = crate::store::open_cluster(cfg).await?;
+    let crate::store::Opened {
+        store,
+        cluster,
+        seg,
+        ..
+    } = crate::store::open_cluster(cfg).await?;
     let objects = store.list(WAL_PREFIX).await?;
     let index = WalIndex::from_listing(&objects, seg);
     let (legacy, unreadable) = legacy_lengths(store.as_ref(), &index.legacy_to_read()).await?;

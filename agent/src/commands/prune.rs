@@ -31,6 +31,7 @@ use std::time::{Duration, SystemTime};
 
 use futures::{StreamExt, TryStreamExt};
 use pgagent_protocol::{segment_file_name, SegNo, WalSegmentSize};
+use pgagent_storage::crypto::ObjectCipher;
 use pgagent_storage::layout::{backup_manifest_key, wal_key, CHUNK_PREFIX, WAL_PREFIX};
 use pgagent_storage::manifest::{BackupManifest, BackupStatus};
 use pgagent_storage::snapshot::SnapshotRecord;
@@ -167,10 +168,13 @@ pub fn wal_floor(
 ///
 /// Errors: the store cannot be read, or a manifest is damaged (deleting around it could
 /// lose what it needs).
-async fn manifests(store: &dyn ObjectStore) -> anyhow::Result<Vec<BackupManifest>> {
+async fn manifests(
+    store: &dyn ObjectStore,
+    cipher: Option<&ObjectCipher>,
+) -> anyhow::Result<Vec<BackupManifest>> {
     let mut out = Vec::new();
     for id in catalog::backup_ids(store).await? {
-        if let Some(m) = catalog::get_manifest(store, &id).await? {
+        if let Some(m) = catalog::get_manifest(store, cipher, &id).await? {
             out.push(m);
         }
     }
@@ -182,9 +186,12 @@ async fn manifests(store: &dyn ObjectStore) -> anyhow::Result<Vec<BackupManifest
 /// Errors: the store cannot be read, or a delete fails (what was deleted before stays
 /// deleted; a rerun finishes the job).
 pub async fn run(cfg: &Config, dry_run: bool) -> anyhow::Result<()> {
-    let (store, _cluster, seg) = crate::store::open_cluster(cfg).await?;
-    let manifests_before = manifests(store.as_ref()).await?;
-    let records = crate::store::snapshots::all_store_records(store.as_ref()).await?;
+    let crate::store::Opened {
+        store, seg, cipher, ..
+    } = crate::store::open_cluster(cfg).await?;
+    let manifests_before = manifests(store.as_ref(), cipher.as_ref()).await?;
+    let records =
+        crate::store::snapshots::all_store_records(store.as_ref(), cipher.as_ref()).await?;
     let b = &cfg.raw.backup;
     let p = plan(
         &manifests_before,
@@ -226,7 +233,7 @@ pub async fn run(cfg: &Config, dry_run: bool) -> anyhow::Result<()> {
     } else {
         let marker = PruneMarker::write(store.as_ref()).await?;
         let key = marker.key().to_string();
-        let swept = sweep_chunks(store.as_ref(), &marker).await;
+        let swept = sweep_chunks(store.as_ref(), cipher.as_ref(), &marker).await;
         if let Err(e) = marker.remove(store.as_ref()).await {
             tracing::warn!("prune marker {key} stays: {e}; a backup starting soon waits for it");
         }
@@ -332,8 +339,12 @@ async fn delete_all(
 /// again now that the marker is in the store, and nothing is deleted while a backup runs.
 ///
 /// Errors: the store's; what was deleted stays deleted.
-async fn sweep_chunks(store: &dyn ObjectStore, marker: &PruneMarker) -> anyhow::Result<()> {
-    let referenced = match chunk_plan(&manifests(store).await?, SystemTime::now()) {
+async fn sweep_chunks(
+    store: &dyn ObjectStore,
+    cipher: Option<&ObjectCipher>,
+    marker: &PruneMarker,
+) -> anyhow::Result<()> {
+    let referenced = match chunk_plan(&manifests(store, cipher).await?, SystemTime::now()) {
         Chunks::Keep { running } => {
             println!("backup {running} is running: chunks are left for the next prune");
             return Ok(());

@@ -49,8 +49,9 @@ pub struct SnapshotListing {
 /// Errors: the store cannot be listed; `zfs` fails while `zfs.datasets` is set.
 pub async fn list(cfg: &Config, json: bool) -> anyhow::Result<()> {
     let store = crate::store::open(cfg).await?;
+    let cipher = crate::store::read_cipher(store.as_ref(), cfg).await?;
     let mut rows: std::collections::BTreeMap<String, SnapshotListing> = Default::default();
-    for r in store_records(store.as_ref()).await? {
+    for r in store_records(store.as_ref(), cipher.as_ref()).await? {
         rows.insert(
             r.id.clone(),
             SnapshotListing {

@@ -28,7 +28,8 @@ pub async fn run(cfg: &Config, json: bool) -> anyhow::Result<()> {
     let age = now.saturating_sub(status.updated_unix);
     let points = async {
         let store = crate::store::open(cfg).await?;
-        last_points(store.as_ref()).await
+        let cipher = crate::store::read_cipher(store.as_ref(), cfg).await?;
+        last_points(store.as_ref(), cipher.as_ref()).await
     };
     let points = match tokio::time::timeout(std::time::Duration::from_secs(10), points).await {
         Ok(Ok(p)) => Ok(p),

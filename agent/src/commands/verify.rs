@@ -19,6 +19,7 @@ use futures::StreamExt;
 use pgagent_protocol::{
     history_file_name, segment_file_name, Lsn, SegNo, TimelineHistory, TimelineId, WalSegmentSize,
 };
+use pgagent_storage::crypto::ObjectCipher;
 use pgagent_storage::deltas::Delta;
 use pgagent_storage::layout::{chunk_key, WAL_PREFIX};
 use pgagent_storage::manifest::{BackupManifest, BackupStatus};
@@ -33,7 +34,9 @@ use crate::store::wal::{legacy_lengths, PartialSegment, SegmentId, WalIndex};
 ///
 /// Errors: a problem was found (after the report), or the store cannot be read.
 pub async fn run(cfg: &Config, backup: Option<&str>, wal: bool) -> anyhow::Result<()> {
-    let (store, _cluster, seg) = crate::store::open_cluster(cfg).await?;
+    let crate::store::Opened {
+        store, seg, cipher, ..
+    } = crate::store::open_cluster(cfg).await?;
     let ids = match backup {
         Some(id) => vec![id.to_string()],
         None => catalog::backup_ids(store.as_ref()).await?,
@@ -42,14 +45,14 @@ pub async fn run(cfg: &Config, backup: Option<&str>, wal: bool) -> anyhow::Resul
     let mut problems = Vec::new();
     let mut manifests = Vec::new();
     for id in &ids {
-        match catalog::get_manifest(store.as_ref(), id).await {
+        match catalog::get_manifest(store.as_ref(), cipher.as_ref(), id).await {
             Ok(Some(m)) => manifests.push(m),
             Ok(None) => problems.push(format!("backup {id}: no manifest")),
             Err(e) => problems.push(format!("backup {id}: {e:#}")),
         }
     }
     for m in &manifests {
-        let found = check_backup(store.clone(), m, concurrency, seg).await;
+        let found = check_backup(store.clone(), &cipher, m, concurrency, seg).await;
         println!(
             "backup {}: {} chunks checked, {}",
             m.id,
@@ -74,7 +77,7 @@ pub async fn run(cfg: &Config, backup: Option<&str>, wal: bool) -> anyhow::Resul
     for note in hole_notes(&index, &partials, seg) {
         println!("NOTE {note}");
     }
-    let plan = latest_plan(store.as_ref(), &index, seg).await?;
+    let plan = latest_plan(store.as_ref(), cipher.as_ref(), &index, seg).await?;
     for m in manifests
         .iter()
         .filter(|m| m.status == BackupStatus::Complete)
@@ -103,7 +106,8 @@ pub async fn run(cfg: &Config, backup: Option<&str>, wal: bool) -> anyhow::Resul
     }
     if wal {
         let keys: Vec<String> = objects.iter().map(|o| o.key.clone()).collect();
-        let (checked, bad) = check_objects(store.clone(), keys, None, concurrency, seg).await;
+        let (checked, bad) =
+            check_objects(store.clone(), &cipher, keys, None, concurrency, seg).await;
         println!("WAL: {checked} objects checked (complete segments, deltas, history files)");
         problems.extend(bad);
     }
@@ -121,6 +125,7 @@ pub async fn run(cfg: &Config, backup: Option<&str>, wal: bool) -> anyhow::Resul
 /// Checks every chunk of `m` once; returns the number checked and the problems.
 async fn check_backup(
     store: Arc<dyn ObjectStore>,
+    cipher: &Option<ObjectCipher>,
     m: &BackupManifest,
     concurrency: usize,
     seg: WalSegmentSize,
@@ -139,13 +144,16 @@ async fn check_backup(
         .iter()
         .map(|(h, p)| (chunk_key(h), format!("backup {} file {p}", m.id)))
         .collect();
-    check_objects(store, keys, Some(&by_key), concurrency, seg).await
+    check_objects(store, cipher, keys, Some(&by_key), concurrency, seg).await
 }
 
-/// Downloads and opens each object; a chunk must also hold the hash its key names, and a
-/// delta (of a cluster with `seg`-byte segments) as many bytes as its key says.
+/// Downloads and opens each object (with `cipher`, `None` for a plaintext store, so an
+/// encrypted object is authenticated under its own name); a chunk must also hold the hash
+/// its key names, and a delta (of a cluster with `seg`-byte segments) as many bytes as its
+/// key says.
 async fn check_objects(
     store: Arc<dyn ObjectStore>,
+    cipher: &Option<ObjectCipher>,
     keys: Vec<String>,
     context: Option<&HashMap<String, String>>,
     concurrency: usize,
@@ -154,6 +162,7 @@ async fn check_objects(
     let total = keys.len();
     let results: Vec<Option<String>> = futures::stream::iter(keys.into_iter().map(|key| {
         let store = store.clone();
+        let cipher = cipher.clone();
         async move {
             let body = match store.get(&key).await {
                 Ok(b) => b,
@@ -163,7 +172,7 @@ async fn check_objects(
             let k = key.clone();
             let verdict = tokio::task::spawn_blocking(move || {
                 let header = envelope::Header::parse(&body).map_err(|e| e.to_string())?;
-                envelope::open(&body).map_err(|e| e.with_key(&k).to_string())?;
+                envelope::open_for(&body, cipher.as_ref(), &k).map_err(|e| e.to_string())?;
                 if let Some(d) = Delta::parse_key(&k, seg) {
                     if header.raw_len != d.len() {
                         return Err(format!(
@@ -202,6 +211,7 @@ async fn check_objects(
 /// The plan of the newest timeline that has a history file in the store.
 async fn latest_plan(
     store: &dyn ObjectStore,
+    cipher: Option<&ObjectCipher>,
     index: &WalIndex,
     seg: WalSegmentSize,
 ) -> anyhow::Result<Option<TimelinePlan>> {
@@ -210,7 +220,7 @@ async fn latest_plan(
     };
     let key = format!("{WAL_PREFIX}{}", history_file_name(tli));
     let body = store.get(&key).await?;
-    let text = envelope::open(&body).map_err(|e| e.with_key(&key))?;
+    let text = envelope::open_for(&body, cipher, &key)?;
     let history = TimelineHistory::parse(&String::from_utf8_lossy(&text))
         .map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
     Ok(Some(TimelinePlan::new(tli, &history, seg)))

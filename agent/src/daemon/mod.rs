@@ -21,6 +21,7 @@ pub mod usage;
 
 use std::sync::{Arc, Mutex};
 
+use pgagent_storage::crypto::ObjectCipher;
 use pgagent_storage::ObjectStore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -42,7 +43,11 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let schedule_tasks = schedules::start(&cfg, &metrics, &shutdown)?;
 
     let connected = pipeline::connect(&cfg).await?;
-    spawn_last_points(connected.store().clone(), metrics.clone());
+    spawn_last_points(
+        connected.store().clone(),
+        connected.cipher().cloned(),
+        metrics.clone(),
+    );
     let running = connected.start(&cfg, metrics.clone(), &shutdown).await?;
     let staging_dir = cfg.staging_dir().to_path_buf();
     let system_id = running.server().system_id;
@@ -117,10 +122,14 @@ fn check_staging(cfg: &Config) -> anyhow::Result<()> {
 
 /// The backup and snapshot gauges start from what the store holds, not from zero, so a
 /// restart does not look like "no backup for a day".
-fn spawn_last_points(store: Arc<dyn ObjectStore>, metrics: Arc<Metrics>) {
+fn spawn_last_points(
+    store: Arc<dyn ObjectStore>,
+    cipher: Option<ObjectCipher>,
+    metrics: Arc<Metrics>,
+) {
     tokio::spawn(async move {
         use crate::store::{last_points, unix_seconds};
-        match last_points(store.as_ref()).await {
+        match last_points(store.as_ref(), cipher.as_ref()).await {
             Ok(p) => {
                 if let Some(t) = p.last_backup.and_then(|(_, at)| unix_seconds(&at)) {
                     metrics.backup_last_success_timestamp_seconds.set(t);

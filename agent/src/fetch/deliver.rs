@@ -16,6 +16,7 @@ use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use pgagent_storage::crypto::ObjectCipher;
 use pgagent_storage::{envelope, StoreError};
 
 use super::assemble::{Assembled, Part};
@@ -160,7 +161,8 @@ pub struct Delivered {
     pub file_len: u64,
 }
 
-/// Verifies what `found` holds (each envelope's length and blake3, DESIGN.md "Object
+/// Verifies what `found` holds (each envelope opened with `cipher`, `None` for a plaintext
+/// store: its authentication under its own key, length and blake3, DESIGN.md "Object
 /// envelope"; for a partial segment also that each piece holds as many bytes as its name
 /// says), and writes it atomically at `path` (see [`write_atomically`]): a whole object as
 /// stored, a partial segment as the ranges its assembly takes, in order, zero-padded to the
@@ -170,17 +172,21 @@ pub struct Delivered {
 ///
 /// Errors: [`FetchError::Abort`] naming the key of a corrupt object or piece, and on any
 /// local I/O error. Nothing is left at `path`.
-pub fn deliver_verified(found: &Found, path: &Path) -> Result<Delivered, FetchError> {
+pub fn deliver_verified(
+    found: &Found,
+    cipher: Option<&ObjectCipher>,
+    path: &Path,
+) -> Result<Delivered, FetchError> {
     let r = write_atomically(path, |mut out| -> Result<Delivered, DeliverError> {
         match found {
             Found::Whole { key, body } => {
-                let raw_len = envelope::open_into(body, &mut out).map_err(|e| e.with_key(key))?;
+                let raw_len = envelope::open_into_for(body, cipher, key, &mut out)?;
                 Ok(Delivered {
                     raw_len,
                     file_len: raw_len,
                 })
             }
-            Found::Partial(a) => write_assembled(a, out),
+            Found::Partial(a) => write_assembled(a, cipher, out),
         }
     });
     r.map_err(|e| match e {
@@ -198,10 +204,14 @@ pub fn deliver_verified(found: &Found, path: &Path) -> Result<Delivered, FetchEr
 
 /// Opens each part of `a`, checks it holds its piece's length, and writes the range taken
 /// from it; then the zeros up to the segment size.
-fn write_assembled(a: &Assembled, out: &mut dyn Write) -> Result<Delivered, DeliverError> {
+fn write_assembled(
+    a: &Assembled,
+    cipher: Option<&ObjectCipher>,
+    out: &mut dyn Write,
+) -> Result<Delivered, DeliverError> {
     for Part { take, body } in &a.parts {
         let key = &take.piece.key;
-        let raw = envelope::open(body).map_err(|e| e.with_key(key))?;
+        let raw = envelope::open_for(body, cipher, key)?;
         let want = take.piece.end - take.piece.start;
         if raw.len() as u64 != want {
             return Err(DeliverError::Store(StoreError::Corrupt {
@@ -368,7 +378,7 @@ mod tests {
             ],
         );
         assert_eq!((a.end, a.parts.len(), a.beyond_hole), (5000, 3, true));
-        let d = deliver_verified(&Found::Partial(a), &dest).unwrap();
+        let d = deliver_verified(&Found::Partial(a), None, &dest).unwrap();
         assert_eq!(
             d,
             Delivered {
@@ -396,7 +406,7 @@ mod tests {
         let last = body.len() - 1;
         body[last] ^= 0x55;
         a.parts[1].body = body.into();
-        let err = deliver_verified(&Found::Partial(a), &dest).unwrap_err();
+        let err = deliver_verified(&Found::Partial(a), None, &dest).unwrap_err();
         assert!(matches!(err, FetchError::Abort(_)), "{err}");
         assert!(
             err.to_string().contains("S.partial.d/00000800-00001000"),
@@ -407,7 +417,7 @@ mod tests {
         // A delta holding fewer bytes than its name says.
         let mut a = assembled(&wal, &pieces);
         a.parts[1].body = envelope::seal(&wal[2048..4000], 1).body;
-        let err = deliver_verified(&Found::Partial(a), &dest).unwrap_err();
+        let err = deliver_verified(&Found::Partial(a), None, &dest).unwrap_err();
         assert!(err.to_string().contains("00000800-00001000"), "{err}");
         assert!(err.to_string().contains("1952 bytes"), "{err}");
         assert!(entries(dir.path()).is_empty());

@@ -12,6 +12,8 @@ use bytes::Bytes;
 use pgagent_protocol::{
     history_file_name, Lsn, TimelineHistory, TimelineId, WalFileName, WalSegmentSize,
 };
+use pgagent_storage::crypto::access::reader_cipher;
+use pgagent_storage::crypto::{KeyError, ObjectCipher};
 use pgagent_storage::deltas::{self, after_deltas};
 use pgagent_storage::{envelope, ObjectMeta, ObjectStore, StoreError};
 
@@ -53,23 +55,28 @@ const NEXT_KEYS: usize = 16;
 /// How many times a request is looked up again when a piece it listed is gone when read.
 const LOOKUPS: usize = 3;
 
-/// Store access for fetches: the store, the cluster's segment size, retries to a deadline.
-/// Clones share what was learnt (the history files read), so a fetch server reads each once.
+/// Store access for fetches: the store, the cluster's segment size, the cipher of its
+/// objects, retries to a deadline. Clones share what was learnt (the history files read), so
+/// a fetch server reads each once (and derives the key from the passphrase once).
 #[derive(Debug, Clone)]
 pub struct Fetcher {
     store: Arc<dyn ObjectStore>,
+    cipher: Option<ObjectCipher>,
     seg: WalSegmentSize,
     system_identifier: String,
     histories: Arc<Mutex<HashMap<TimelineId, Arc<TimelineHistory>>>>,
 }
 
 impl Fetcher {
-    /// Opens the store of `cfg` and reads `cluster.json`, retrying transient errors until
+    /// Opens the store of `cfg`, reads `cluster.json` and unlocks the store's key with the
+    /// configured passphrase when it is encrypted, retrying transient errors until
     /// `deadline`.
     ///
     /// Errors: [`FetchError::Abort`] if the store cannot be opened, stays unreachable, has no
-    /// `cluster.json` (wrong `store.url` or a store never written by `pgagent run`), or
-    /// declares an invalid segment size.
+    /// `cluster.json` (wrong `store.url` or a store never written by `pgagent run`),
+    /// declares an invalid segment size, or its encryption does not match the configuration
+    /// (an encrypted store without a passphrase, a plaintext one with a passphrase, a
+    /// passphrase that opens no key): recovery must stop, not end early.
     pub async fn connect(cfg: &Config, deadline: Instant) -> Result<Fetcher, FetchError> {
         let url = &cfg.raw.store.url;
         let store = retry(url, "open the store", deadline, || crate::store::open(cfg)).await?;
@@ -86,8 +93,18 @@ impl Fetcher {
         })?;
         let seg = WalSegmentSize::new(info.wal_segment_size)
             .map_err(|e| abort(format!("store {}: cluster.json: {e}", store.describe())))?;
+        let cipher = retry(&store.describe(), "read keys/", deadline, || async {
+            match reader_cipher(store.as_ref(), cfg.passphrase.as_ref()).await {
+                Ok(cipher) => Ok(Ok(cipher)),
+                Err(KeyError::Store(e)) if e.is_transient() => Err(e),
+                Err(e) => Ok(Err(e)),
+            }
+        })
+        .await?
+        .map_err(|e| abort(format!("store {}: {e}", store.describe())))?;
         Ok(Fetcher {
             store,
+            cipher,
             seg,
             system_identifier: info.system_identifier,
             histories: Arc::default(),
@@ -99,6 +116,7 @@ impl Fetcher {
     pub(super) fn on_store(store: Arc<dyn ObjectStore>, seg: WalSegmentSize) -> Fetcher {
         Fetcher {
             store,
+            cipher: None,
             seg,
             system_identifier: String::new(),
             histories: Arc::default(),
@@ -108,6 +126,11 @@ impl Fetcher {
     /// `system_identifier` of the cluster in the store (decimal, from `cluster.json`).
     pub fn system_identifier(&self) -> &str {
         &self.system_identifier
+    }
+
+    /// The cipher the store's objects are opened with (`None`: a plaintext store).
+    pub fn cipher(&self) -> Option<&ObjectCipher> {
+        self.cipher.as_ref()
     }
 
     /// Segment size of the cluster in the store.
@@ -286,8 +309,8 @@ impl Fetcher {
         let Some(body) = self.get(key, deadline).await? else {
             return Ok(None);
         };
-        let raw = envelope::open(&body)
-            .map_err(|e| abort(format!("verification failed: {}", e.with_key(key))))?;
+        let raw = envelope::open_for(&body, self.cipher(), key)
+            .map_err(|e| abort(format!("verification failed: {e}")))?;
         let history = String::from_utf8(raw)
             .map_err(|e| e.to_string())
             .and_then(|text| TimelineHistory::parse(&text).map_err(|e| e.to_string()))

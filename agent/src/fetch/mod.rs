@@ -110,8 +110,9 @@ pub async fn fetch_standalone(cfg: &Config, file: &str, path: &Path) -> Result<(
         });
     };
     let target = path.to_path_buf();
+    let cipher = fetcher.cipher().cloned();
     let (found, delivered) = tokio::task::spawn_blocking(move || {
-        let r = deliver_verified(&found, &target);
+        let r = deliver_verified(&found, cipher.as_ref(), &target);
         (found, r)
     })
     .await

@@ -340,9 +340,12 @@ impl Shared {
             self.foreground_seq.fetch_add(1, Ordering::Relaxed)
         ));
         let written = path.clone();
-        let len = tokio::task::spawn_blocking(move || deliver_verified(&found, &written))
-            .await
-            .map_err(|e| abort(format!("delivery task failed: {e}")))??;
+        let cipher = fetcher.cipher().cloned();
+        let len = tokio::task::spawn_blocking(move || {
+            deliver_verified(&found, cipher.as_ref(), &written)
+        })
+        .await
+        .map_err(|e| abort(format!("delivery task failed: {e}")))??;
         if let WalFileName::History(tli) = resolved.name {
             self.learn_history(tli, &path, fetcher.segment_size());
         }
@@ -447,7 +450,11 @@ impl Shared {
         match fetch_complete(fetcher, &name, self.cfg.raw.fetch.timeout).await {
             Ok(Some(found)) => {
                 let path = self.cache.path(&name);
-                let r = tokio::task::spawn_blocking(move || deliver_verified(&found, &path)).await;
+                let cipher = fetcher.cipher().cloned();
+                let r = tokio::task::spawn_blocking(move || {
+                    deliver_verified(&found, cipher.as_ref(), &path)
+                })
+                .await;
                 match r {
                     Ok(Ok(d)) => Outcome::Ready(d.file_len),
                     Ok(Err(e)) => {

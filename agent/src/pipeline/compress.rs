@@ -5,6 +5,8 @@ use std::os::unix::fs::FileExt;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::Receiver;
+use pgagent_protocol::WalSegmentSize;
+use pgagent_storage::crypto::ObjectCipher;
 use pgagent_storage::envelope;
 use tokio::sync::mpsc;
 
@@ -33,35 +35,57 @@ impl std::io::Read for RangeReader<'_> {
     }
 }
 
-/// Seals one job: streams its bytes through zstd (at `level`) and blake3, never holding the
-/// raw segment in memory.
-pub fn seal_job(job: CompressJob, level: i32) -> std::io::Result<UploadJob> {
-    let sealed = match &job.source {
-        RawSource::Path(p) => {
-            let file = std::fs::File::open(p)?;
-            let len = file.metadata()?.len();
-            envelope::seal_reader(file, Some(len), level)?
-        }
-        RawSource::Range { file, from, to } => envelope::seal_reader(
-            RangeReader {
-                file,
-                pos: *from,
-                end: *to,
-            },
-            Some(to - from),
-            level,
-        )?,
-        RawSource::Bytes(b) => envelope::seal_reader(&b[..], Some(b.len() as u64), level)?,
-    };
-    let remove_after = match job.source {
-        RawSource::Path(p) => Some(p),
-        _ => None,
-    };
-    Ok(UploadJob {
-        object: job.object,
-        sealed,
-        remove_after,
-    })
+/// How WAL objects are sealed: the zstd level, the segment size (which names each object)
+/// and the store's cipher (`None`: a plaintext store).
+#[derive(Clone)]
+pub struct Sealer {
+    /// zstd level (`wal.compression_level`).
+    pub level: i32,
+    /// The cluster's WAL segment size.
+    pub seg: WalSegmentSize,
+    /// The store's cipher; an encrypted object's associated data is its store key.
+    pub cipher: Option<ObjectCipher>,
+}
+
+impl Sealer {
+    /// Seals one job: streams its bytes through zstd and (keyed) blake3, and through the
+    /// AEAD in an encrypted store, never holding the raw segment in memory.
+    ///
+    /// Errors: the staged bytes cannot be read.
+    pub fn seal(&self, job: CompressJob) -> std::io::Result<UploadJob> {
+        let name = job.object.key(self.seg);
+        let (level, cipher) = (self.level, self.cipher.as_ref());
+        let sealed = match &job.source {
+            RawSource::Path(p) => {
+                let file = std::fs::File::open(p)?;
+                let len = file.metadata()?.len();
+                envelope::seal_reader_for(file, Some(len), level, cipher, &name)?
+            }
+            RawSource::Range { file, from, to } => envelope::seal_reader_for(
+                RangeReader {
+                    file,
+                    pos: *from,
+                    end: *to,
+                },
+                Some(to - from),
+                level,
+                cipher,
+                &name,
+            )?,
+            RawSource::Bytes(b) => {
+                envelope::seal_reader_for(&b[..], Some(b.len() as u64), level, cipher, &name)?
+            }
+        };
+        let remove_after = match job.source {
+            RawSource::Path(p) => Some(p),
+            _ => None,
+        };
+        Ok(UploadJob {
+            object: job.object,
+            sealed,
+            remove_after,
+        })
+    }
 }
 
 /// The worker pool. Dropping every `Sender` of the job channel stops the workers once the
@@ -76,7 +100,7 @@ impl CompressPool {
     /// `fatal` (the daemon stops: a staged segment it cannot read is a broken disk).
     pub fn start(
         threads: usize,
-        level: i32,
+        sealer: Sealer,
         jobs: Receiver<CompressJob>,
         out: mpsc::Sender<UploadJob>,
         fatal: mpsc::UnboundedSender<anyhow::Error>,
@@ -86,12 +110,13 @@ impl CompressPool {
             let jobs = jobs.clone();
             let out = out.clone();
             let fatal = fatal.clone();
+            let sealer = sealer.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("pgagent-compress-{i}"))
                 .spawn(move || {
                     for job in jobs {
                         let name = format!("{:?}", job.object);
-                        match seal_job(job, level) {
+                        match sealer.seal(job) {
                             Ok(upload) => {
                                 if out.blocking_send(upload).is_err() {
                                     return; // uploader gone: shutting down

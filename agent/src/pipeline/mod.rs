@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pgagent_protocol::{ConnConfig, Lsn, ReplicationClient, ReplicationStream};
+use pgagent_storage::crypto::ObjectCipher;
 use pgagent_storage::ObjectStore;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -42,6 +43,7 @@ use crate::metrics::Metrics;
 use crate::server::{explain, ServerInfo};
 use crate::staging::StagingWriter;
 use crate::tracker::FlushTracker;
+use compress::Sealer;
 use follow::{follow, Session};
 use histories::queue_histories;
 use jobs::{CompressJob, RawSource, WalObject};
@@ -56,6 +58,7 @@ pub struct Connected {
     client: ReplicationClient,
     server: ServerInfo,
     store: Arc<dyn ObjectStore>,
+    cipher: Option<ObjectCipher>,
 }
 
 /// Connects to the server (`postgres.conninfo`, application name `pgagent` unless set),
@@ -75,12 +78,13 @@ pub async fn connect(cfg: &Config) -> anyhow::Result<Connected> {
         conn.redacted()
     );
     let store = crate::store::open(cfg).await?;
-    crate::store::claim_store(store.as_ref(), &server).await?;
+    let cipher = crate::store::claim_store(store.as_ref(), &server, cfg).await?;
     Ok(Connected {
         conn,
         client,
         server,
         store,
+        cipher,
     })
 }
 
@@ -88,6 +92,11 @@ impl Connected {
     /// The claimed store.
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
         &self.store
+    }
+
+    /// The cipher of the claimed store (`None`: plaintext).
+    pub fn cipher(&self) -> Option<&ObjectCipher> {
+        self.cipher.as_ref()
     }
 
     /// Ensures the slot, decides where streaming resumes and starts the compress workers
@@ -105,6 +114,7 @@ impl Connected {
             mut client,
             server,
             store,
+            cipher,
         } = self;
         let staging_dir = cfg.staging_dir().to_path_buf();
         let slot = cfg.raw.postgres.slot.clone();
@@ -129,7 +139,12 @@ impl Connected {
             tracker_for(&resume, server.seg),
             metrics,
         ));
-        let workers = Workers::start(cfg, &store, &shared, shutdown)?;
+        let sealer = Sealer {
+            level: cfg.raw.wal.compression_level,
+            seg: server.seg,
+            cipher,
+        };
+        let workers = Workers::start(cfg, sealer, &store, &shared, shutdown)?;
         if resume.stored_partial != StoredPartial::None {
             let segno = plan.start.segment_number(server.seg);
             workers.uploader.may_have_deltas(plan.tli, segno);
@@ -179,6 +194,7 @@ impl Workers {
     /// uploader.
     fn start(
         cfg: &Config,
+        sealer: Sealer,
         store: &Arc<dyn ObjectStore>,
         shared: &Arc<Shared>,
         shutdown: &CancellationToken,
@@ -191,10 +207,9 @@ impl Workers {
         let (upload_tx, upload_rx) = mpsc::channel(2);
         let partials = Arc::new(PartialMailbox::new());
         let (fatal_tx, fatal_rx) = mpsc::unbounded_channel();
-        let level = cfg.raw.wal.compression_level;
         let pool = compress::CompressPool::start(
             cfg.raw.wal.compress_threads,
-            level,
+            sealer.clone(),
             seg_rx,
             upload_tx,
             fatal_tx,
@@ -206,7 +221,7 @@ impl Workers {
             shutdown.clone(),
         );
         let imm_task = tokio::spawn(uploader.clone().run_immutable(upload_rx));
-        let partial_task = tokio::spawn(uploader.clone().run_partials(partials.clone(), level));
+        let partial_task = tokio::spawn(uploader.clone().run_partials(partials.clone(), sealer));
         Ok(Workers {
             seg_tx,
             partials,

@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::compress::seal_job;
+use super::compress::Sealer;
 use super::jobs::{CompressJob, RawSource, UploadJob, WalObject};
 use super::mailbox::PartialMailbox;
 use super::shared::Shared;
@@ -107,12 +107,13 @@ impl Uploader {
     ///
     /// Each view is narrowed to the WAL the bucket lacks (see [`Uploader::narrow`]); a view
     /// that adds nothing is skipped.
-    pub async fn run_partials(self, mailbox: Arc<PartialMailbox>, level: i32) {
+    pub async fn run_partials(self, mailbox: Arc<PartialMailbox>, sealer: Sealer) {
         while let Some(job) = mailbox.next().await {
             let Some(job) = self.narrow(job) else {
                 continue;
             };
-            let sealed = tokio::task::spawn_blocking(move || seal_job(job, level))
+            let sealer = sealer.clone();
+            let sealed = tokio::task::spawn_blocking(move || sealer.seal(job))
                 .await
                 .expect("seal task panicked");
             let job = match sealed {

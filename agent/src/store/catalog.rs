@@ -1,28 +1,36 @@
 //! Backup manifests in the store: `backups/<id>/manifest.json`, sealed like every object
 //! (DESIGN.md, "Object envelope"), so a damaged manifest is detected before it is used.
 
+use pgagent_storage::crypto::ObjectCipher;
 use pgagent_storage::layout::{backup_manifest_key, BACKUP_PREFIX};
 use pgagent_storage::manifest::BackupManifest;
 use pgagent_storage::{envelope, ObjectStore};
 
-/// Writes (or rewrites: a manifest goes from running to complete) the manifest of `m.id`.
+/// Writes (or rewrites: a manifest goes from running to complete) the manifest of `m.id`,
+/// sealed with `cipher` (`None`: a plaintext store).
 ///
 /// Errors: the store's.
-pub async fn put_manifest(store: &dyn ObjectStore, m: &BackupManifest) -> anyhow::Result<()> {
+pub async fn put_manifest(
+    store: &dyn ObjectStore,
+    cipher: Option<&ObjectCipher>,
+    m: &BackupManifest,
+) -> anyhow::Result<()> {
     let json = serde_json::to_vec_pretty(m)?;
-    let sealed = envelope::seal(&json, 3);
     let key = backup_manifest_key(&m.id);
+    let sealed = envelope::seal_for(&json, 3, cipher, &key);
     store
         .put(&key, sealed.body)
         .await
         .map_err(|e| anyhow::anyhow!("store {key}: {e}"))
 }
 
-/// Reads and verifies the manifest of backup `id`; `None` if there is none.
+/// Reads and verifies the manifest of backup `id` (opened with `cipher`); `None` if there
+/// is none.
 ///
 /// Errors: the store's, a damaged envelope, or JSON that is not a manifest.
 pub async fn get_manifest(
     store: &dyn ObjectStore,
+    cipher: Option<&ObjectCipher>,
     id: &str,
 ) -> anyhow::Result<Option<BackupManifest>> {
     let key = backup_manifest_key(id);
@@ -31,7 +39,8 @@ pub async fn get_manifest(
         Err(e) if e.is_not_found() => return Ok(None),
         Err(e) => return Err(anyhow::anyhow!("read {key}: {e}")),
     };
-    let json = envelope::open(&body).map_err(|e| anyhow::anyhow!("{}", e.with_key(&key)))?;
+    let json = envelope::open_for(&body, cipher, &key)
+        .map_err(|e| anyhow::anyhow!("{}", e.with_key(&key)))?;
     let m: BackupManifest =
         serde_json::from_slice(&json).map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
     if m.id != id {

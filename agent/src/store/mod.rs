@@ -10,7 +10,9 @@ use std::sync::{Arc, LazyLock};
 use std::time::UNIX_EPOCH;
 
 use pgagent_protocol::WalSegmentSize;
-use pgagent_storage::cluster::{ensure_cluster, read_cluster, ClusterInfo};
+use pgagent_storage::cluster::{read_cluster, ClusterInfo};
+use pgagent_storage::crypto::access::{claim, reader_cipher};
+use pgagent_storage::crypto::{KdfParams, ObjectCipher};
 use pgagent_storage::{CountedStore, ObjectStore, RequestCounts, StoreError};
 
 use crate::config::Config;
@@ -37,12 +39,23 @@ pub async fn open(cfg: &Config) -> Result<Arc<dyn ObjectStore>, StoreError> {
     Ok(CountedStore::wrap(backend, requests().clone()))
 }
 
-/// Claims the store prefix for this cluster, or refuses (exit 3) when it holds another.
+/// Claims the store prefix for this cluster, or refuses (exit 3) when it holds another;
+/// returns the cipher every object this command writes is sealed with (`None`: a
+/// plaintext store).
+///
+/// With a passphrase configured (`cfg.passphrase`), a new store gets its master key and
+/// first access key here and `cluster.json` records it as encrypted
+/// ([`pgagent_storage::crypto::access::claim`]); an existing store is unlocked with it.
+///
+/// Errors: a store of another cluster ([`Refused`], exit 3); a store whose encryption does
+/// not match the configuration, or a passphrase that opens no key (exit 2, see
+/// `exit.rs`); the store's.
 pub async fn claim_store(
     store: &dyn ObjectStore,
     server: &ServerInfo,
-) -> anyhow::Result<ClusterInfo> {
-    let info = ClusterInfo {
+    cfg: &Config,
+) -> anyhow::Result<Option<ObjectCipher>> {
+    let ours = ClusterInfo {
         format_version: 1,
         system_identifier: server.system_id.to_string(),
         pg_version_num: server.version_num,
@@ -50,25 +63,88 @@ pub async fn claim_store(
         created_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         encryption: None,
     };
-    match ensure_cluster(store, &info).await {
-        Ok(found) => Ok(found),
-        Err(e) if e.is_foreign_cluster() => Err(Refused(format!(
-            "{}: {e}; fix: point store.url at an empty prefix for this cluster (two clusters never share one)",
-            store.describe()
-        ))
-        .into()),
+    let claimed = claim(
+        store,
+        &ours,
+        cfg.passphrase.as_ref(),
+        KdfParams::DEFAULT,
+        &key_origin(),
+    )
+    .await;
+    match claimed {
+        Ok((_, cipher)) => Ok(cipher),
+        Err(e) if e.store_error().is_some_and(StoreError::is_foreign_cluster) => {
+            Err(Refused(format!(
+                "{}: {e}; fix: point store.url at an empty prefix for this cluster (two clusters never share one)",
+                store.describe()
+            ))
+            .into())
+        }
         Err(e) => Err(anyhow::Error::new(e).context(format!("store {}", store.describe()))),
     }
 }
 
-/// The store of `cfg`, the cluster it holds and that cluster's segment size: what every
-/// command reading a store needs first.
+/// The cipher a command that only reads `store` opens its objects with (`None`: a
+/// plaintext store), decided from `cluster.json`, `keys/` and `cfg.passphrase`
+/// ([`reader_cipher`]).
+///
+/// Errors: the store's encryption does not match the configuration, or the passphrase
+/// opens no key (exit 2; `fetch` turns it into 255); the store's.
+pub async fn read_cipher(
+    store: &dyn ObjectStore,
+    cfg: &Config,
+) -> anyhow::Result<Option<ObjectCipher>> {
+    reader_cipher(store, cfg.passphrase.as_ref())
+        .await
+        .map_err(|e| anyhow::Error::new(e).context(format!("store {}", store.describe())))
+}
+
+/// A store and the cipher its objects are sealed with: what reading or writing sealed
+/// objects needs.
+#[derive(Clone, Debug)]
+pub struct Bucket {
+    /// The store, requests counted.
+    pub store: Arc<dyn ObjectStore>,
+    /// The store's cipher (`None`: plaintext).
+    pub cipher: Option<ObjectCipher>,
+}
+
+impl Opened {
+    /// The store and its cipher.
+    pub fn bucket(&self) -> Bucket {
+        Bucket {
+            store: self.store.clone(),
+            cipher: self.cipher.clone(),
+        }
+    }
+}
+
+impl Bucket {
+    /// The cipher, borrowed.
+    pub fn cipher(&self) -> Option<&ObjectCipher> {
+        self.cipher.as_ref()
+    }
+}
+
+/// A store opened for reading: what every command reading a store needs first.
+#[derive(Clone, Debug)]
+pub struct Opened {
+    /// The store, requests counted.
+    pub store: Arc<dyn ObjectStore>,
+    /// Its `cluster.json`.
+    pub cluster: ClusterInfo,
+    /// The cluster's WAL segment size.
+    pub seg: WalSegmentSize,
+    /// The cipher its objects are opened with (`None`: plaintext).
+    pub cipher: Option<ObjectCipher>,
+}
+
+/// The store of `cfg`, the cluster it holds, that cluster's segment size and the cipher
+/// of its objects.
 ///
 /// Errors: the store cannot be opened or read, holds no `cluster.json`, or declares an
-/// invalid segment size.
-pub async fn open_cluster(
-    cfg: &Config,
-) -> anyhow::Result<(Arc<dyn ObjectStore>, ClusterInfo, WalSegmentSize)> {
+/// invalid segment size; as [`read_cipher`].
+pub async fn open_cluster(cfg: &Config) -> anyhow::Result<Opened> {
     let store = open(cfg).await?;
     let cluster = read_cluster(store.as_ref()).await?.ok_or_else(|| {
         anyhow::anyhow!(
@@ -78,7 +154,13 @@ pub async fn open_cluster(
     })?;
     let seg = WalSegmentSize::new(cluster.wal_segment_size)
         .map_err(|e| anyhow::anyhow!("cluster.json: {e}"))?;
-    Ok((store, cluster, seg))
+    let cipher = read_cipher(store.as_ref(), cfg).await?;
+    Ok(Opened {
+        store,
+        cluster,
+        seg,
+        cipher,
+    })
 }
 
 /// The newest complete base backup and the newest snapshot record in the store, each as
@@ -95,10 +177,13 @@ pub struct LastPoints {
 /// the listings).
 ///
 /// Errors: the store's.
-pub async fn last_points(store: &dyn pgagent_storage::ObjectStore) -> anyhow::Result<LastPoints> {
+pub async fn last_points(
+    store: &dyn ObjectStore,
+    cipher: Option<&ObjectCipher>,
+) -> anyhow::Result<LastPoints> {
     let mut points = LastPoints::default();
     for id in catalog::backup_ids(store).await?.iter().rev() {
-        if let Some(m) = catalog::get_manifest(store, id).await? {
+        if let Some(m) = catalog::get_manifest(store, cipher, id).await? {
             if m.status == pgagent_storage::manifest::BackupStatus::Complete {
                 points.last_backup =
                     Some((m.id.clone(), m.finished_at.clone().unwrap_or_default()));
@@ -106,7 +191,7 @@ pub async fn last_points(store: &dyn pgagent_storage::ObjectStore) -> anyhow::Re
             }
         }
     }
-    points.last_snapshot = snapshots::store_records(store)
+    points.last_snapshot = snapshots::store_records(store, cipher)
         .await?
         .pop()
         .map(|r| (r.id, r.finished_at));

@@ -1,29 +1,37 @@
 //! ZFS snapshot records in the store (`snapshots/<id>.json`, sealed envelopes).
 
+use pgagent_storage::crypto::ObjectCipher;
 use pgagent_storage::envelope;
 use pgagent_storage::layout::{snapshot_key, SNAPSHOT_PREFIX};
 use pgagent_storage::snapshot::SnapshotRecord;
 use pgagent_storage::ObjectStore;
 
-/// Writes the sealed record to `snapshots/<id>.json` (once; an equal record already there
-/// is fine).
+/// Writes the record, sealed with `cipher` (`None`: a plaintext store), to
+/// `snapshots/<id>.json` (once; an equal record already there is fine).
 ///
 /// Errors: the store's.
-pub async fn put_record(store: &dyn ObjectStore, r: &SnapshotRecord) -> anyhow::Result<()> {
+pub async fn put_record(
+    store: &dyn ObjectStore,
+    cipher: Option<&ObjectCipher>,
+    r: &SnapshotRecord,
+) -> anyhow::Result<()> {
     let json = serde_json::to_vec_pretty(r)?;
     let key = snapshot_key(&r.id);
     store
-        .put(&key, envelope::seal(&json, 3).body)
+        .put(&key, envelope::seal_for(&json, 3, cipher, &key).body)
         .await
         .map_err(|e| anyhow::anyhow!("store {key}: {e}"))
 }
 
-/// Every record in the store, oldest first; unreadable ones are logged and skipped.
+/// Every record in the store (opened with `cipher`), oldest first; unreadable ones are logged and skipped.
 ///
 /// Errors: the listing fails, or a record cannot be fetched.
-pub async fn store_records(store: &dyn ObjectStore) -> anyhow::Result<Vec<SnapshotRecord>> {
+pub async fn store_records(
+    store: &dyn ObjectStore,
+    cipher: Option<&ObjectCipher>,
+) -> anyhow::Result<Vec<SnapshotRecord>> {
     let mut out = Vec::new();
-    for r in read_records(store).await? {
+    for r in read_records(store, cipher).await? {
         match r {
             Ok(r) => out.push(r),
             Err(e) => tracing::warn!("skipping snapshot record: {e}"),
@@ -39,9 +47,12 @@ pub async fn store_records(store: &dyn ObjectStore) -> anyhow::Result<Vec<Snapsh
 ///
 /// Errors: the listing fails, or a record cannot be fetched, opened or read (named, with
 /// what to do about it).
-pub async fn all_store_records(store: &dyn ObjectStore) -> anyhow::Result<Vec<SnapshotRecord>> {
+pub async fn all_store_records(
+    store: &dyn ObjectStore,
+    cipher: Option<&ObjectCipher>,
+) -> anyhow::Result<Vec<SnapshotRecord>> {
     let mut out = Vec::new();
-    for r in read_records(store).await? {
+    for r in read_records(store, cipher).await? {
         let r = r.and_then(|r| match r.positions() {
             Ok(_) => Ok(r),
             Err(e) => Err(format!("{}: {}", snapshot_key(&r.id), e.reason)),
@@ -61,6 +72,7 @@ pub async fn all_store_records(store: &dyn ObjectStore) -> anyhow::Result<Vec<Sn
 /// with its key).
 async fn read_records(
     store: &dyn ObjectStore,
+    cipher: Option<&ObjectCipher>,
 ) -> anyhow::Result<Vec<Result<SnapshotRecord, String>>> {
     let mut listed = store
         .list(SNAPSHOT_PREFIX)
@@ -74,7 +86,7 @@ async fn read_records(
             .await
             .map_err(|e| anyhow::anyhow!("read {}: {e}", m.key))?;
         out.push(
-            envelope::open(&body)
+            envelope::open_for(&body, cipher, &m.key)
                 .map_err(|e| e.with_key(&m.key).to_string())
                 .and_then(|j| {
                     serde_json::from_slice::<SnapshotRecord>(&j)

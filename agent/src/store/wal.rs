@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use pgagent_protocol::{Lsn, SegNo, TimelineId, WalFileName, WalSegmentSize};
 use pgagent_storage::deltas::{assemble, Assembly, Delta, Piece};
-use pgagent_storage::envelope::{Header, HEADER_LEN};
+use pgagent_storage::envelope::{Header, MAX_HEADER_LEN};
 use pgagent_storage::layout::{wal_file_name, WAL_PREFIX};
 use pgagent_storage::{ObjectMeta, ObjectStore};
 
@@ -223,7 +223,7 @@ pub async fn legacy_lengths(
     let mut lens = BTreeMap::new();
     let mut bad = Vec::new();
     for (id, key) in keys {
-        let head = match store.get_range(key, 0, HEADER_LEN as u64).await {
+        let head = match store.get_range(key, 0, MAX_HEADER_LEN as u64).await {
             Ok(b) => b,
             Err(e) if e.is_not_found() => continue,
             Err(e) => return Err(anyhow::Error::new(e).context(format!("read {key}"))),

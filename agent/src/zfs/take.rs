@@ -47,7 +47,7 @@ pub async fn take_snapshot(cfg: &Config) -> anyhow::Result<SnapshotRecord> {
     let (client, server) = server::connect(&conn).await?;
     let _ = client.close().await;
     let store = crate::store::open(cfg).await?;
-    crate::store::claim_store(store.as_ref(), &server).await?;
+    let cipher = crate::store::claim_store(store.as_ref(), &server, cfg).await?;
 
     let zfs = zfs_of(cfg);
     let mountpoints = datasets
@@ -161,7 +161,7 @@ pub async fn take_snapshot(cfg: &Config) -> anyhow::Result<SnapshotRecord> {
     for name in &made {
         zfs.set(name, RECORD_PROPERTY, &json)?;
     }
-    put_record(store.as_ref(), &record).await.with_context(|| {
+    put_record(store.as_ref(), cipher.as_ref(), &record).await.with_context(|| {
         format!("snapshot {id} was taken and is usable on this machine, but its record is not in the store")
     })?;
     tracing::info!(id, stop_lsn = record.stop_lsn, "snapshot taken");

@@ -9,19 +9,19 @@
 //! | encrypted | none | [`StoreError::Encrypted`] |
 //! | encrypted | set | unlock (only a key holding the master key `cluster.json` records) |
 //! | absent | none | `None`, unless `keys/` holds keys ([`StoreError::Encrypted`]) |
-//! | absent | set | unlock; a writer ([`writer_cipher`]) on a store without keys creates the master key and the first access key |
+//! | absent | set | a reader unlocks; a writer ([`claim`]) creates the master key and its first access key and claims the store with them |
 //!
-//! A writer then claims the store with [`EncryptionInfo::of`] the cipher in `cluster.json`
-//! ([`crate::cluster::ensure_cluster`]), which also catches a writer that lost a race to
-//! another one that created different keys.
-//!
-//! [`EncryptionInfo::of`]: crate::cluster::EncryptionInfo::of
+//! A writer claims the store: `cluster.json` records the master key it seals with
+//! ([`EncryptionInfo::of`]), and decides which of several writers creating keys at once
+//! keeps them.
 
 use super::keys::{self, KeyOrigin};
 use super::{KdfParams, KeyError, ObjectCipher, Passphrase};
-use crate::cluster::{check_encryption, read_cluster};
+use crate::cluster::{
+    check_encryption, check_same_cluster, ensure_cluster, read_cluster, ClusterInfo, EncryptionInfo,
+};
 use crate::error::StoreError;
-use crate::layout::{CLUSTER_KEY, KEY_PREFIX};
+use crate::layout::{key_file_key, CLUSTER_KEY, KEY_PREFIX};
 use crate::ObjectStore;
 
 /// The cipher of a command that only reads the store (`fetch`, `restore`, `list`, `verify`).
@@ -33,28 +33,81 @@ pub async fn reader_cipher(
     store: &dyn ObjectStore,
     passphrase: Option<&Passphrase>,
 ) -> Result<Option<ObjectCipher>, KeyError> {
-    decide(store, passphrase, None).await
+    decide(store, passphrase).await
 }
 
-/// The cipher of a command that writes the store (`run`, `backup`): as [`reader_cipher`],
-/// and on a store with neither `cluster.json` nor keys, with a passphrase configured, it
-/// creates the store's master key and first access key ([`keys::create`]) with `params`
-/// and `origin`.
+/// Claims `store` for the cluster `ours` (its `encryption` is ignored: the passphrase
+/// decides) as [`ensure_cluster`] does, and returns what `cluster.json` holds and the cipher
+/// a writer (`run`, `backup`, `snapshot`) seals objects with.
 ///
-/// Errors: as [`reader_cipher`], and [`KeyError::Contended`] from [`keys::create`].
-pub async fn writer_cipher(
+/// - `cluster.json` exists: the reader's rule ([`reader_cipher`]), then the identity check.
+/// - A new store, no passphrase: claimed as plaintext (refused if `keys/` holds keys: an
+///   encrypted store being created).
+/// - A new store, a passphrase: a new master key and its first access key
+///   ([`keys::create`]), then `cluster.json` naming that master key, written only if absent.
+///   `cluster.json` is the one arbiter: of writers starting together (the daemon and a first
+///   `pgagent backup`), the one whose `cluster.json` landed keeps its key; every other one
+///   deletes the key file it made, which no object was ever sealed with, and unlocks the
+///   winner's key with the same passphrase. Until `cluster.json` exists no object is
+///   written, so a key file seen then (a racing writer's) is never used.
+///
+/// Errors: as [`reader_cipher`]; [`StoreError::ForeignCluster`] (inside [`KeyError::Store`])
+/// for another cluster's store, as [`ensure_cluster`].
+pub async fn claim(
     store: &dyn ObjectStore,
+    ours: &ClusterInfo,
     passphrase: Option<&Passphrase>,
     params: KdfParams,
     origin: &KeyOrigin,
-) -> Result<Option<ObjectCipher>, KeyError> {
-    decide(store, passphrase, Some((params, origin))).await
+) -> Result<(ClusterInfo, Option<ObjectCipher>), KeyError> {
+    if let Some(stored) = read_cluster(store).await? {
+        return claimed(store, stored, ours, passphrase).await;
+    }
+    let mut info = ours.clone();
+    let Some(passphrase) = passphrase else {
+        if has_keys(store).await? {
+            return Err(StoreError::Encrypted {
+                key: KEY_PREFIX.to_string(),
+            }
+            .into());
+        }
+        info.encryption = None;
+        return Ok((ensure_cluster(store, &info).await?, None));
+    };
+    let created = keys::create(store, passphrase, params, origin).await?;
+    let cipher = created.cipher();
+    info.encryption = Some(EncryptionInfo::of(&cipher));
+    let lost = match ensure_cluster(store, &info).await {
+        Ok(stored) => return Ok((stored, Some(cipher))),
+        Err(e) => e,
+    };
+    // Delete the new key only when `cluster.json` is known to name another master key; if
+    // it cannot be read, the key stays (an unused key file at worst, never a store whose
+    // master key has no key file).
+    match read_cluster(store).await {
+        Ok(Some(stored)) if stored.encryption.as_ref() != info.encryption.as_ref() => {
+            store.delete(&key_file_key(&created.key_id)).await?;
+            claimed(store, stored, ours, Some(passphrase)).await
+        }
+        _ => Err(lost.into()),
+    }
+}
+
+/// [`claim`] of a store whose `cluster.json` is `stored`.
+async fn claimed(
+    store: &dyn ObjectStore,
+    stored: ClusterInfo,
+    ours: &ClusterInfo,
+    passphrase: Option<&Passphrase>,
+) -> Result<(ClusterInfo, Option<ObjectCipher>), KeyError> {
+    check_same_cluster(&stored, ours)?;
+    let cipher = decide(store, passphrase).await?;
+    Ok((stored, cipher))
 }
 
 async fn decide(
     store: &dyn ObjectStore,
     passphrase: Option<&Passphrase>,
-    create: Option<(KdfParams, &KeyOrigin)>,
 ) -> Result<Option<ObjectCipher>, KeyError> {
     let cluster = read_cluster(store).await?;
     let Some(passphrase) = passphrase else {
@@ -80,12 +133,7 @@ async fn decide(
             }
             Some(e) => keys::unlock(store, passphrase, Some(&e.key_check)).await?,
         },
-        None => match create {
-            Some((params, origin)) if !has_keys(store).await? => {
-                keys::create(store, passphrase, params, origin).await?
-            }
-            _ => keys::unlock(store, passphrase, None).await?,
-        },
+        None => keys::unlock(store, passphrase, None).await?,
     };
     let cipher = unlocked.cipher();
     if let Some(c) = &cluster {
@@ -123,56 +171,94 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn the_decision_table() {
+    async fn fs_store() -> (tempfile::TempDir, FsStore) {
         let dir = tempfile::tempdir().unwrap();
         let store = FsStore::open(dir.path().to_path_buf()).await.unwrap();
+        (dir, store)
+    }
+
+    async fn claim_with(
+        store: &FsStore,
+        p: Option<&Passphrase>,
+    ) -> Result<(ClusterInfo, Option<ObjectCipher>), KeyError> {
+        claim(store, &cluster(None), p, FAST, &origin()).await
+    }
+
+    #[tokio::test]
+    async fn the_decision_table() {
+        let (_dir, store) = fs_store().await;
         let p = Passphrase::new("s3cret").unwrap();
         let other = Passphrase::new("other").unwrap();
 
         // Empty store: a reader without passphrase sees plaintext; a reader with one finds
-        // no keys; a writer creates them.
+        // no keys; a writer creates them and claims the store as encrypted.
         assert!(reader_cipher(&store, None).await.unwrap().is_none());
         let e = reader_cipher(&store, Some(&p)).await.unwrap_err();
         assert!(matches!(e, KeyError::NoKeys), "{e}");
-        let w = writer_cipher(&store, Some(&p), FAST, &origin())
-            .await
-            .unwrap()
-            .unwrap();
-        // Keys but no cluster.json yet: the same passphrase unlocks the same master key.
+        let (stored, w) = claim_with(&store, Some(&p)).await.unwrap();
+        let w = w.unwrap();
+        assert_eq!(stored.encryption, Some(EncryptionInfo::of(&w)));
+        assert_eq!(stored.format_version, 2);
         let r = reader_cipher(&store, Some(&p)).await.unwrap().unwrap();
         assert_eq!(r.key_check(), w.key_check());
-        let again = writer_cipher(&store, Some(&p), FAST, &origin()).await;
-        assert_eq!(again.unwrap().unwrap().key_check(), w.key_check());
+        let (_, again) = claim_with(&store, Some(&p)).await.unwrap();
+        assert_eq!(again.unwrap().key_check(), w.key_check());
+        assert_eq!(keys::list(&store).await.unwrap().len(), 1);
+
         let e = reader_cipher(&store, None).await.unwrap_err();
+        assert!(e.store_error().is_some_and(StoreError::is_encrypted), "{e}");
+        let e = claim_with(&store, None).await.unwrap_err();
         assert!(e.store_error().is_some_and(StoreError::is_encrypted), "{e}");
         let e = reader_cipher(&store, Some(&other)).await.unwrap_err();
         assert!(e.is_wrong_passphrase(), "{e}");
-
-        // Claimed as encrypted.
-        ensure_cluster(&store, &cluster(Some(EncryptionInfo::of(&w))))
-            .await
-            .unwrap();
-        let r = reader_cipher(&store, Some(&p)).await.unwrap().unwrap();
-        assert_eq!(r.key_check(), w.key_check());
-        let e = writer_cipher(&store, None, FAST, &origin())
-            .await
-            .unwrap_err();
-        assert!(e.store_error().is_some_and(StoreError::is_encrypted), "{e}");
         // A plaintext claim of the encrypted store is refused.
         let e = ensure_cluster(&store, &cluster(None)).await.unwrap_err();
         assert!(e.is_encrypted(), "{e}");
+        // Another cluster's writer is refused, and leaves no key behind.
+        let mut theirs = cluster(None);
+        theirs.system_identifier = "8".into();
+        let e = claim(&store, &theirs, Some(&p), FAST, &origin())
+            .await
+            .unwrap_err();
+        assert!(
+            e.store_error().is_some_and(StoreError::is_foreign_cluster),
+            "{e}"
+        );
+        assert_eq!(keys::list(&store).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writers_claiming_a_new_store_together_share_one_master_key() {
+        let p = Passphrase::new("s3cret").unwrap();
+        for _ in 0..10 {
+            let (_dir, store) = fs_store().await;
+            let store = std::sync::Arc::new(store);
+            let writers: Vec<_> = (0..3)
+                .map(|_| {
+                    let (store, p) = (store.clone(), p.clone());
+                    tokio::spawn(async move { claim_with(&store, Some(&p)).await })
+                })
+                .collect();
+            let mut checks = Vec::new();
+            for w in writers {
+                checks.push(w.await.unwrap().unwrap().1.unwrap().key_check());
+            }
+            checks.dedup();
+            assert_eq!(checks.len(), 1, "writers sealed with different master keys");
+            let keys = keys::list(store.as_ref()).await.unwrap();
+            assert_eq!(keys.len(), 1, "the losers' key files stayed: {keys:?}");
+            let stored = read_cluster(store.as_ref()).await.unwrap().unwrap();
+            assert_eq!(stored.encryption.unwrap().key_check, checks[0]);
+        }
     }
 
     #[tokio::test]
     async fn a_plaintext_store_refuses_a_passphrase_and_never_gets_keys() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = FsStore::open(dir.path().to_path_buf()).await.unwrap();
-        ensure_cluster(&store, &cluster(None)).await.unwrap();
+        let (_dir, store) = fs_store().await;
+        let (stored, cipher) = claim_with(&store, None).await.unwrap();
+        assert!(cipher.is_none() && !stored.is_encrypted());
         let p = Passphrase::new("s3cret").unwrap();
-        let e = writer_cipher(&store, Some(&p), FAST, &origin())
-            .await
-            .unwrap_err();
+        let e = claim_with(&store, Some(&p)).await.unwrap_err();
         assert!(
             e.store_error().is_some_and(StoreError::is_not_encrypted),
             "{e}"

@@ -28,21 +28,6 @@ pub enum KeyError {
          creates them"
     )]
     NoKeys,
-    /// Creating a store's first key, but `keys/` already holds keys.
-    #[error(
-        "keys/ already holds {count} key(s): this store's master key exists; unlock it with \
-         one of its passphrases and use `pgagent key add` instead"
-    )]
-    AlreadyInitialized {
-        /// Keys found.
-        count: usize,
-    },
-    /// Another process created a first key at the same moment; neither is kept.
-    #[error(
-        "another process created this store's keys at the same moment (keys/ changed under \
-         us); nothing was kept: run the command again"
-    )]
-    Contended,
     /// No key with this id.
     #[error("no key {id:?} in keys/: `pgagent key list` shows the ids")]
     UnknownKey {

@@ -121,26 +121,18 @@ async fn write_key_file(store: &dyn ObjectStore, f: &KeyFile) -> Result<(), KeyE
     Ok(())
 }
 
-/// Creates a new store's master key and its first access key, opened by `passphrase`.
+/// Makes a new master key and an access key for it, opened by `passphrase`, and writes
+/// that key file. The master key is the store's only once `cluster.json` records it: the
+/// caller claims the store with it ([`super::access::claim`]) and deletes this key file if
+/// another writer's claim won.
 ///
-/// Refuses when `keys/` already holds keys ([`KeyError::AlreadyInitialized`]). Two processes
-/// creating at once: each writes its key, then lists `keys/`; one that sees another key
-/// deletes its own and answers [`KeyError::Contended`], so at most one master key survives
-/// (both may step back; running again then succeeds).
-///
-/// Errors: as above, [`KeyError::Store`].
+/// Errors: [`KeyError::Store`]; [`KeyError::Corrupt`] if the file does not read back.
 pub async fn create(
     store: &dyn ObjectStore,
     passphrase: &Passphrase,
     params: KdfParams,
     origin: &KeyOrigin,
 ) -> Result<Unlocked, KeyError> {
-    let existing = key_ids(store).await?;
-    if !existing.is_empty() {
-        return Err(KeyError::AlreadyInitialized {
-            count: existing.len(),
-        });
-    }
     let master = MasterKey::generate();
     let file = {
         let (pass, origin) = (passphrase.clone(), origin.clone());
@@ -148,10 +140,6 @@ pub async fn create(
         blocking(move || wrap(&copy, &pass, params, &origin)).await?
     };
     write_key_file(store, &file).await?;
-    if key_ids(store).await? != [file.id.clone()] {
-        store.delete(&key_file_key(&file.id)).await?;
-        return Err(KeyError::Contended);
-    }
     Ok(Unlocked {
         master,
         key_id: file.id,

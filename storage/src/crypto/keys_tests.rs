@@ -27,13 +27,6 @@ async fn store() -> (tempfile::TempDir, FsStore) {
 async fn create_unlock_add_list_remove() {
     let (_dir, store) = store().await;
     let first = create(&store, &pass("one"), FAST, &origin()).await.unwrap();
-    let e = create(&store, &pass("two"), FAST, &origin())
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(e, KeyError::AlreadyInitialized { count: 1 }),
-        "{e}"
-    );
 
     let u1 = unlock(&store, &pass("one"), None).await.unwrap();
     assert_eq!(u1.key_id, first.key_id);

@@ -49,7 +49,7 @@ use crate::crypto::NONCE_LEN;
 use crate::error::StoreError;
 
 pub use open::{open, open_for, open_into, open_into_for};
-pub use seal::{seal, seal_chunk, seal_for, seal_reader, seal_reader_for};
+pub use seal::{content_hash, seal, seal_chunk, seal_for, seal_reader, seal_reader_for};
 
 /// Magic bytes at offset 0.
 pub const MAGIC: [u8; 4] = *b"PGA1";

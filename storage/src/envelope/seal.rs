@@ -49,6 +49,13 @@ pub fn seal_chunk(
     (name, sealed)
 }
 
+/// The hash an envelope of `raw` carries, and the name of a content-addressed object: blake3
+/// of the raw bytes, keyed with the store's content hash key when `cipher` is set (so two
+/// stores with different keys give the same chunk different names).
+pub fn content_hash(raw: &[u8], cipher: Option<&ObjectCipher>) -> blake3::Hash {
+    hash_of(raw, cipher)
+}
+
 fn hash_of(raw: &[u8], cipher: Option<&ObjectCipher>) -> blake3::Hash {
     match cipher {
         Some(c) => c.keyed_hash(raw),

@@ -10,7 +10,7 @@ use std::time::{Instant, SystemTime};
 use anyhow::Context;
 use pgagent_protocol::{segment_file_name, ConnConfig, Lsn, SegNo, SqlSession, WalFileName};
 use pgagent_storage::deltas::{deltas_prefix, Delta};
-use pgagent_storage::envelope::{self, Header, HEADER_LEN};
+use pgagent_storage::envelope::{self, Header, MAX_HEADER_LEN};
 use pgagent_storage::layout::wal_key;
 use pgagent_storage::{ObjectMeta, ObjectStore, StoreError};
 
@@ -282,7 +282,7 @@ impl Checker {
         store: &dyn ObjectStore,
         key: &str,
     ) -> anyhow::Result<PartialRead> {
-        let head = match store.get_range(key, 0, HEADER_LEN as u64).await {
+        let head = match store.get_range(key, 0, MAX_HEADER_LEN as u64).await {
             Ok(b) => b,
             Err(e) if e.is_not_found() => return Ok(PartialRead::Gone),
             Err(e) => return Err(anyhow::Error::new(e).context(format!("get {key} header"))),

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pgagent_protocol::{Lsn, SegNo, WalFileName, WalSegmentSize};
+use pgagent_storage::crypto::ObjectCipher;
 use pgagent_storage::deltas::{assemble, Delta, Piece};
 use pgagent_storage::{envelope, ObjectStore, StoreOptions};
 use pgagent_tests::{wait_until, AgentProcess, PgServer};
@@ -145,10 +146,19 @@ pub fn lsn(s: &str) -> Lsn {
 
 /// Every WAL object of the store, opened and verified: file name → raw bytes.
 pub async fn wal_objects(store: &dyn ObjectStore) -> BTreeMap<String, Vec<u8>> {
+    wal_objects_with(store, None).await
+}
+
+/// [`wal_objects`] of a store whose objects are sealed with `cipher` (`None`: plaintext).
+pub async fn wal_objects_with(
+    store: &dyn ObjectStore,
+    cipher: Option<&ObjectCipher>,
+) -> BTreeMap<String, Vec<u8>> {
     let mut out = BTreeMap::new();
     for meta in store.list("wal/").await.unwrap() {
         let body = store.get(&meta.key).await.unwrap();
-        let raw = envelope::open(&body).unwrap_or_else(|e| panic!("{}: {e}", meta.key));
+        let raw = envelope::open_for(&body, cipher, &meta.key)
+            .unwrap_or_else(|e| panic!("{}: {e}", meta.key));
         out.insert(meta.key.trim_start_matches("wal/").to_string(), raw);
     }
     out

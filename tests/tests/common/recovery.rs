@@ -96,6 +96,24 @@ pub struct ServerSummary {
 }
 
 impl FetchConfig {
+    /// Configures the encryption passphrase: writes it to `passphrase` next to the
+    /// configuration (mode 0600, owned by the PostgreSQL OS user, who runs
+    /// `restore_command`) and names that file in `[encryption]`. Called again, it replaces
+    /// the passphrase.
+    pub fn set_passphrase(&self, passphrase: &str) {
+        let file = self.config.with_file_name("passphrase");
+        std::fs::write(&file, passphrase).unwrap();
+        std::fs::set_permissions(&file, PermissionsExt::from_mode(0o600)).unwrap();
+        if let Some(user) = OsUser::for_postgres().unwrap() {
+            std::os::unix::fs::chown(&file, Some(user.uid), Some(user.gid)).unwrap();
+        }
+        let toml = std::fs::read_to_string(&self.config).unwrap();
+        if !toml.contains("[encryption]") {
+            let section = format!("\n[encryption]\npassphrase_file = \"{}\"\n", file.display());
+            std::fs::write(&self.config, toml + &section).unwrap();
+        }
+    }
+
     /// The logs of the fetch servers started with this configuration, concatenated.
     pub fn server_log(&self) -> String {
         let mut logs: Vec<PathBuf> = std::fs::read_dir(&self.server_dir)

@@ -14,7 +14,8 @@ mod target;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use pgagent_storage::cluster::{read_cluster, ClusterInfo};
+use pgagent_storage::cluster::read_cluster;
+use pgagent_storage::crypto::ObjectCipher;
 use pgagent_storage::manifest::{BackupManifest, BackupStatus};
 
 use crate::backup::materialize::{materialize, Mode};
@@ -105,13 +106,19 @@ pub async fn run(cfg: &Config, req: &RestoreRequest) -> anyhow::Result<()> {
 pub async fn restore(cfg: &Config, req: &RestoreRequest) -> anyhow::Result<Served> {
     // The snapshot tier only asks which cluster the store holds, and must not wait for a
     // store that is away: one attempt. The bucket tier waits for it (`fetch.timeout`).
-    let opened = open_store(cfg, req.from == RestoreFrom::Bucket).await;
+    let opened = match open_store(cfg, req.from == RestoreFrom::Bucket).await {
+        // A passphrase that opens nothing, or a store whose encryption the configuration
+        // does not match, would stop recovery at its first `pgagent fetch`: say so now,
+        // whichever tier would have served.
+        Err(e) if crate::exit::code_for(&e) == crate::exit::USAGE => return Err(e),
+        opened => opened,
+    };
     let mut passed_over = None;
     if req.from != RestoreFrom::Bucket {
         let system_identifier = opened
             .as_ref()
             .ok()
-            .and_then(|(_, c)| c.system_identifier.parse().ok());
+            .and_then(|o| o.cluster.system_identifier.parse().ok());
         match snapshot::plan(cfg, req, system_identifier) {
             Ok(plan) => {
                 if let Err(e) = &opened {
@@ -140,14 +147,14 @@ pub async fn restore(cfg: &Config, req: &RestoreRequest) -> anyhow::Result<Serve
             }
         }
     }
-    let (store, cluster) = match opened {
+    let opened = match opened {
         Ok(opened) => opened,
         Err(e) => {
             tracing::info!("reading the store again, retrying for up to fetch.timeout: {e:#}");
             open_store(cfg, true).await?
         }
     };
-    let (source, removed_settings) = from_bucket(cfg, req, store, &cluster).await?;
+    let (source, removed_settings) = from_bucket(cfg, req, &opened).await?;
     Ok(Served {
         source,
         tier: "bucket",
@@ -161,14 +168,9 @@ pub async fn restore(cfg: &Config, req: &RestoreRequest) -> anyhow::Result<Serve
 /// of objects, and one that fails once must not end it. `cluster.json` is read that way when
 /// `patient`, else with one attempt.
 ///
-/// Errors: the store cannot be opened or read, or holds no `cluster.json`.
-async fn open_store(
-    cfg: &Config,
-    patient: bool,
-) -> anyhow::Result<(
-    std::sync::Arc<dyn pgagent_storage::ObjectStore>,
-    ClusterInfo,
-)> {
+/// Errors: the store cannot be opened or read, or holds no `cluster.json`; as
+/// [`crate::store::read_cipher`].
+async fn open_store(cfg: &Config, patient: bool) -> anyhow::Result<crate::store::Opened> {
     let raw = crate::store::open(cfg).await?;
     let store = RetryingReads::wrap(
         raw.clone(),
@@ -183,7 +185,15 @@ async fn open_store(
             store.describe()
         )
     })?;
-    Ok((store, cluster))
+    let seg = pgagent_protocol::WalSegmentSize::new(cluster.wal_segment_size)
+        .map_err(|e| anyhow::anyhow!("cluster.json: {e}"))?;
+    let cipher = crate::store::read_cipher(reader.as_ref(), cfg).await?;
+    Ok(crate::store::Opened {
+        store,
+        cluster,
+        seg,
+        cipher,
+    })
 }
 
 /// The bucket tier: the newest complete base backup that can reach the target. Returns what
@@ -191,10 +201,11 @@ async fn open_store(
 async fn from_bucket(
     cfg: &Config,
     req: &RestoreRequest,
-    store: std::sync::Arc<dyn pgagent_storage::ObjectStore>,
-    cluster: &ClusterInfo,
+    opened: &crate::store::Opened,
 ) -> anyhow::Result<(String, Vec<String>)> {
-    let manifest = choose_backup(store.as_ref(), req).await?;
+    let crate::store::Opened { store, cluster, .. } = opened;
+    let bucket = opened.bucket();
+    let manifest = choose_backup(store.as_ref(), bucket.cipher(), req).await?;
     prepare_pgdata(&req.pgdata, req.force && !req.delta, req.delta)?;
     // Until the end, the directory says it is not a cluster yet (see preseed).
     let restoring = req.pgdata.join(RESTORING_FILE);
@@ -213,7 +224,7 @@ async fn from_bucket(
         manifest.stats.raw_bytes,
     );
     let written = materialize(
-        store.clone(),
+        &bucket,
         &manifest,
         &req.pgdata,
         &original,
@@ -266,10 +277,11 @@ pub(crate) fn describe(t: &RecoveryTarget) -> String {
 
 async fn choose_backup(
     store: &dyn pgagent_storage::ObjectStore,
+    cipher: Option<&ObjectCipher>,
     req: &RestoreRequest,
 ) -> anyhow::Result<BackupManifest> {
     if let Some(id) = req.backup.as_deref().filter(|i| *i != "latest") {
-        let m = catalog::get_manifest(store, id)
+        let m = catalog::get_manifest(store, cipher, id)
             .await?
             .with_context(|| format!("no backup {id} in {}", store.describe()))?;
         if m.status != BackupStatus::Complete {
@@ -285,7 +297,7 @@ async fn choose_backup(
     }
     let ids = catalog::backup_ids(store).await?;
     for id in ids.iter().rev() {
-        let Some(m) = catalog::get_manifest(store, id).await? else {
+        let Some(m) = catalog::get_manifest(store, cipher, id).await? else {
             continue;
         };
         if m.status == BackupStatus::Complete && req.target.reachable_from(&m) {
