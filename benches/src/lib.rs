@@ -42,6 +42,16 @@ pub fn env_var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
+/// `BENCH_PASSPHRASE`: when set, every pgagent case runs on an encrypted store (the
+/// daemons get it as `PGAGENT_ENCRYPTION_PASSPHRASE`, `restore_command` in a passphrase file
+/// named by `[encryption] passphrase_file`), to compare with the same run without it.
+pub fn bench_passphrase() -> Option<String> {
+    env_var("BENCH_PASSPHRASE")
+}
+
+/// The environment variable that gives `pgagent` its encryption passphrase.
+pub const PASSPHRASE_ENV: &str = "PGAGENT_ENCRYPTION_PASSPHRASE";
+
 /// The `pgagent` binary to measure: `$PGAGENT_BIN`, else `target/release/pgagent`.
 ///
 /// Errors when it does not exist.

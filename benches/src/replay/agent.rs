@@ -198,7 +198,8 @@ pub struct FetchConfig {
 
 impl FetchConfig {
     /// Writes `<dir>/pgagent.toml` for `store_url` with `garage`'s key and
-    /// `<dir>/staging`, both given to `user`.
+    /// `<dir>/staging`, both given to `user`; with `BENCH_PASSPHRASE`, also
+    /// `<dir>/passphrase` (mode 0600), named by `[encryption] passphrase_file`.
     pub fn write(
         dir: &Path,
         garage: &Garage,
@@ -209,13 +210,21 @@ impl FetchConfig {
         let staging = dir.join("staging");
         super::sys::user_dir(&staging, user)?;
         let path = dir.join("pgagent.toml");
-        let text = fetch_config_toml(
+        let mut text = fetch_config_toml(
             store_url,
             garage.access_key_id(),
             garage.secret_access_key(),
             path_str(&staging)?,
             tuning,
         );
+        if let Some(p) = crate::bench_passphrase() {
+            let file = dir.join("passphrase");
+            write_private(&file, &p, user)?;
+            text.push_str(&format!(
+                "\n[encryption]\npassphrase_file = {}\n",
+                toml_string(path_str(&file)?)
+            ));
+        }
         write_private(&path, &text, user)?;
         Ok(FetchConfig { path, staging })
     }

@@ -155,11 +155,13 @@ fn stream_wal(
 ) -> anyhow::Result<(String, Lsn)> {
     let agent_dir = work.join("agent");
     fs::create_dir(&agent_dir)?;
+    let mut env = garage.s3_env();
+    env.extend(crate::bench_passphrase().map(|p| (crate::PASSPHRASE_ENV, p)));
     let mut streamer = Streamer::start(
         &settings.pgagent_bin,
         primary,
         &garage.store_url(PREFIX),
-        &garage.s3_env(),
+        &env,
         &agent_dir,
     )?;
     eprintln!("base backup: pg_basebackup -X none -c fast");
