@@ -109,16 +109,6 @@ pub struct Bucket {
     pub cipher: Option<ObjectCipher>,
 }
 
-impl Opened {
-    /// The store and its cipher.
-    pub fn bucket(&self) -> Bucket {
-        Bucket {
-            store: self.store.clone(),
-            cipher: self.cipher.clone(),
-        }
-    }
-}
-
 impl Bucket {
     /// The cipher, borrowed.
     pub fn cipher(&self) -> Option<&ObjectCipher> {
@@ -137,6 +127,16 @@ pub struct Opened {
     pub seg: WalSegmentSize,
     /// The cipher its objects are opened with (`None`: plaintext).
     pub cipher: Option<ObjectCipher>,
+}
+
+impl Opened {
+    /// The store and its cipher.
+    pub fn bucket(&self) -> Bucket {
+        Bucket {
+            store: self.store.clone(),
+            cipher: self.cipher.clone(),
+        }
+    }
 }
 
 /// The store of `cfg`, the cluster it holds, that cluster's segment size and the cipher

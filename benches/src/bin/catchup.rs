@@ -6,8 +6,8 @@
 //! ```
 //!
 //! Environment: `BENCH_WAL_GIB` (backlog, default 2), `BENCH_RUNS` (runs per case, default 2;
-//! the fastest is reported), `BENCH_CASES` (`abc`), `BENCH_COMPRESSION_LEVEL` (pgagent's zstd
-//! level, default its own 3), `PGAGENT_BIN` (default `target/release/pgagent`), and the
+//! the fastest is reported), `BENCH_CASES` (`abcde`; `d` and `e` are `b` and `c` on an
+//! encrypted store), `BENCH_COMPRESSION_LEVEL` (pgagent's zstd level, default its own 3), `PGAGENT_BIN` (default `target/release/pgagent`), and the
 //! harness's `PGAGENT_TEST_PG_BIN`, `PGAGENT_TEST_GARAGE`.
 //! Prints progress on stderr and the results as markdown on stdout.
 
@@ -20,7 +20,7 @@ fn main() -> anyhow::Result<()> {
     let slots: Vec<String> = (1..=settings.runs)
         .flat_map(|run| settings.cases.iter().map(move |c| c.slot(run)))
         .collect();
-    let garage = if settings.cases.contains(&Case::PgagentS3) {
+    let garage = if settings.cases.iter().any(|c| c.is_s3()) {
         Some(Garage::start()?)
     } else {
         None
@@ -42,18 +42,20 @@ fn main() -> anyhow::Result<()> {
             eprintln!("run {run}: {} (slot {slot})", case.label());
             let (wall, usage) = match case {
                 Case::PgReceivewal => catchup::run_pg_receivewal(&backlog, &slot)?,
-                Case::PgagentFile | Case::PgagentS3 => {
-                    let target = match (case, &garage) {
-                        (Case::PgagentS3, Some(g)) => AgentTarget::Garage(g),
+                _ => {
+                    let target = match &garage {
+                        Some(g) if case.is_s3() => AgentTarget::Garage(g),
                         _ => AgentTarget::File,
                     };
-                    let prefix = format!("catchup-{run}");
+                    let prefix = format!("catchup-{run}-{}", case.letter());
+                    let passphrase = case.passphrase();
                     let r = catchup::run_pgagent(
                         &backlog,
                         &slot,
                         &settings.pgagent_bin,
                         target,
                         &prefix,
+                        passphrase.as_deref(),
                     )?;
                     eprintln!(
                         "  status.json confirmed at {:.2} s; shutdown after SIGTERM: {:.2} s; VmHWM before SIGTERM: {} KiB",

@@ -188,8 +188,8 @@ pub struct PgagentRun {
 }
 
 /// `pgagent run` with `slot` into `target`, with the daemon's defaults (compression level 3,
-/// upload concurrency 8, two compress threads; `BENCH_COMPRESSION_LEVEL` overrides the level,
-/// `BENCH_PASSPHRASE` encrypts the store) and the metrics listener off.
+/// upload concurrency 8, two compress threads; `BENCH_COMPRESSION_LEVEL` overrides the level;
+/// with `passphrase`, the store is encrypted) and the metrics listener off.
 ///
 /// The daemon removes a staged segment only once its object is durable in the store, so the
 /// backlog is durable when staging, polled every 20 ms, holds no segment below the end LSN
@@ -203,6 +203,7 @@ pub fn run_pgagent(
     pgagent: &Path,
     target: AgentTarget<'_>,
     prefix: &str,
+    passphrase: Option<&str>,
 ) -> anyhow::Result<PgagentRun> {
     let work = tempfile::Builder::new()
         .prefix("pgagent-bench-agent-")
@@ -222,8 +223,8 @@ pub fn run_pgagent(
     if let Ok(level) = std::env::var("BENCH_COMPRESSION_LEVEL") {
         env.push(("PGAGENT_WAL_COMPRESSION_LEVEL", level));
     }
-    if let Some(p) = crate::bench_passphrase() {
-        env.push((crate::PASSPHRASE_ENV, p));
+    if let Some(p) = passphrase {
+        env.push((crate::PASSPHRASE_ENV, p.to_owned()));
     }
     match target {
         AgentTarget::File => {

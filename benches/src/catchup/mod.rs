@@ -11,6 +11,7 @@
 //! | `pg_receivewal -E <end>` (baseline, no compression) | it exits: it fsyncs every completed segment |
 //! | `pgagent run` into a `file://` store | `status.json` shows `uploaded_lsn >= end` |
 //! | `pgagent run` into a Garage S3 store | same |
+//! | the two `pgagent run` cases again, on an encrypted store | same |
 //!
 //! Settings come from the environment ([`Settings::from_env`]).
 
@@ -33,11 +34,21 @@ pub enum Case {
     PgagentFile,
     /// `pgagent run` into a Garage S3 store.
     PgagentS3,
+    /// `pgagent run` into an encrypted `file://` store (a passphrase configured).
+    PgagentFileEncrypted,
+    /// `pgagent run` into an encrypted Garage S3 store.
+    PgagentS3Encrypted,
 }
 
 impl Case {
     /// All cases in the order they run.
-    pub const ALL: [Case; 3] = [Case::PgReceivewal, Case::PgagentFile, Case::PgagentS3];
+    pub const ALL: [Case; 5] = [
+        Case::PgReceivewal,
+        Case::PgagentFile,
+        Case::PgagentS3,
+        Case::PgagentFileEncrypted,
+        Case::PgagentS3Encrypted,
+    ];
 
     /// Letter used in slot names and in `BENCH_CASES`.
     pub fn letter(self) -> char {
@@ -45,6 +56,8 @@ impl Case {
             Case::PgReceivewal => 'a',
             Case::PgagentFile => 'b',
             Case::PgagentS3 => 'c',
+            Case::PgagentFileEncrypted => 'd',
+            Case::PgagentS3Encrypted => 'e',
         }
     }
 
@@ -54,7 +67,20 @@ impl Case {
             Case::PgReceivewal => "pg_receivewal",
             Case::PgagentFile => "pgagent → file://",
             Case::PgagentS3 => "pgagent → S3 (Garage)",
+            Case::PgagentFileEncrypted => "pgagent → file://, encrypted",
+            Case::PgagentS3Encrypted => "pgagent → S3 (Garage), encrypted",
         }
+    }
+
+    /// Whether the case streams into a Garage bucket.
+    pub fn is_s3(self) -> bool {
+        matches!(self, Case::PgagentS3 | Case::PgagentS3Encrypted)
+    }
+
+    /// The passphrase of an encrypted case (`BENCH_PASSPHRASE`, else a fixed one).
+    pub fn passphrase(self) -> Option<String> {
+        matches!(self, Case::PgagentFileEncrypted | Case::PgagentS3Encrypted)
+            .then(|| crate::bench_passphrase().unwrap_or_else(|| "catch-up bench".to_owned()))
     }
 
     /// The slot the case uses in run `run` (from 1): `bench_a`, `bench_b`, `bench_c` in the
@@ -75,7 +101,7 @@ pub struct Settings {
     pub backlog_bytes: u64,
     /// Runs of each case (`BENCH_RUNS`, default 2); the table reports the fastest.
     pub runs: usize,
-    /// Cases to run (`BENCH_CASES`, letters, default `abc`).
+    /// Cases to run (`BENCH_CASES`, letters, default `abcde`).
     pub cases: Vec<Case>,
     /// `pgagent` binary (`PGAGENT_BIN`, default `target/release/pgagent`).
     pub pgagent_bin: PathBuf,
@@ -89,7 +115,7 @@ impl Settings {
         let var = crate::env_var;
         let gib = var("BENCH_WAL_GIB").unwrap_or_else(|| "2".to_owned());
         let runs = var("BENCH_RUNS").unwrap_or_else(|| "2".to_owned());
-        let cases = var("BENCH_CASES").unwrap_or_else(|| "abc".to_owned());
+        let cases = var("BENCH_CASES").unwrap_or_else(|| "abcde".to_owned());
         let pgagent_bin = crate::pgagent_bin()?;
         Ok(Settings {
             backlog_bytes: parse_gib(&gib).context("BENCH_WAL_GIB")?,
@@ -125,13 +151,13 @@ pub fn parse_runs(text: &str) -> anyhow::Result<usize> {
     Ok(runs)
 }
 
-/// Case letters (`a`, `b`, `c`) to cases, in [`Case::ALL`] order.
+/// Case letters (`a`–`e`) to cases, in [`Case::ALL`] order.
 pub fn parse_cases(text: &str) -> anyhow::Result<Vec<Case>> {
     crate::select_cases(
         text,
         &Case::ALL,
         Case::letter,
-        "a (pg_receivewal), b (file://), c (S3)",
+        "a (pg_receivewal), b (file://), c (S3), d (file://, encrypted), e (S3, encrypted)",
     )
 }
 
@@ -154,12 +180,12 @@ mod tests {
         assert_eq!(parse_runs("2").unwrap(), 2);
         assert!(parse_runs("0").is_err());
         assert!(parse_runs("6").is_err());
-        assert_eq!(parse_cases("abc").unwrap(), Case::ALL);
+        assert_eq!(parse_cases("abcde").unwrap(), Case::ALL);
         assert_eq!(
             parse_cases("c,a").unwrap(),
             [Case::PgReceivewal, Case::PgagentS3]
         );
-        assert!(parse_cases("d").is_err());
+        assert!(parse_cases("f").is_err());
         assert!(parse_cases("").is_err());
     }
 
