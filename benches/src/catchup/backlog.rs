@@ -7,7 +7,7 @@ use pgagent_protocol::Lsn;
 use pgagent_tests::{PgOptions, PgServer};
 
 /// `max_replication_slots` and `max_wal_senders` of the benchmark cluster.
-pub const MAX_SLOTS: usize = 20;
+pub const MAX_SLOTS: usize = 25;
 
 /// pgbench scale per GiB of target backlog for the initial load (`pgbench -i`). A scale unit
 /// is 100,000 `pgbench_accounts` rows, about 16 MB of WAL with its index; 40 per GiB makes

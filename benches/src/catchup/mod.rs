@@ -138,8 +138,8 @@ pub fn parse_gib(text: &str) -> anyhow::Result<u64> {
     Ok((gib * f64::from(1u32 << 30)) as u64)
 }
 
-/// Runs per case: 1 to 5 (each run consumes its own three slots; the cluster has room for
-/// `backlog::MAX_SLOTS`).
+/// Runs per case: 1 to 5 (each run consumes a slot per case; the cluster has room for
+/// `backlog::MAX_SLOTS`, five runs of the five cases).
 pub fn parse_runs(text: &str) -> anyhow::Result<usize> {
     let runs: usize = text
         .trim()
@@ -197,6 +197,6 @@ mod tests {
         let mut all: Vec<String> = (1..=3).flat_map(|r| Case::ALL.map(|c| c.slot(r))).collect();
         all.sort();
         all.dedup();
-        assert_eq!(all.len(), 9);
+        assert_eq!(all.len(), 3 * Case::ALL.len());
     }
 }
