@@ -11,7 +11,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::recovery::{fetch_config, run_restore, wait_promoted, FetchConfig};
+use common::recovery::{assert_recovery_aborted, fetch_config, run_restore, wait_promoted};
 use common::*;
 use pgagent_storage::cluster::read_cluster;
 use pgagent_storage::crypto::access::reader_cipher;
@@ -19,7 +19,7 @@ use pgagent_storage::crypto::{ObjectCipher, Passphrase};
 use pgagent_storage::envelope::{self, Header, ENCRYPTED_HEADER_LEN, HEADER_LEN};
 use pgagent_storage::layout::{CLUSTER_KEY, KEY_PREFIX};
 use pgagent_storage::ObjectStore;
-use pgagent_tests::{run_pgagent, wait_until, Garage, PgOptions, PgServer};
+use pgagent_tests::{run_pgagent, Garage, PgOptions, PgServer};
 
 /// In every row of the table `secrets`: no object in the bucket may show it.
 const MARKER: &str = "pgagent-test-marker-7f3a9c51e2b84d06";
@@ -274,7 +274,12 @@ async fn a_wrong_or_missing_passphrase_stops_every_command_and_recovery() {
     fetch.set_passphrase(WRONG);
     // The postmaster may exit before it accepts connections: that is the stop looked for.
     let started = restoring.start_server().is_ok();
-    assert_recovery_stopped(&mut restoring, started, &fetch);
+    let log = assert_recovery_aborted(&mut restoring, started);
+    assert!(
+        log.contains("no key in keys/ opens"),
+        "the server log does not say why: {log}\n{}",
+        fetch.server_log()
+    );
 
     // A plaintext store refuses a passphrase, and says how to start an encrypted one.
     let plain = Rig::fs();
@@ -287,34 +292,6 @@ async fn a_wrong_or_missing_passphrase_stops_every_command_and_recovery() {
     assert!(text(&out).contains("empty prefix"), "{}", text(&out));
     let store = plain.store().await;
     assert!(store.list(KEY_PREFIX).await.unwrap().is_empty());
-}
-
-/// `restoring` (a recovery whose `restore_command` cannot open the store) stops: PostgreSQL
-/// exits after `pgagent fetch` returned 255, and no new timeline exists.
-fn assert_recovery_stopped(restoring: &mut PgServer, started: bool, fetch: &FetchConfig) {
-    assert!(
-        !started
-            || wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
-                restoring.exited().is_some()
-            }),
-        "PostgreSQL kept running with a wrong passphrase\n{}",
-        restoring.log_tail()
-    );
-    let log = std::fs::read_to_string(restoring.log_file()).unwrap();
-    assert!(log.contains("exit code 255"), "{log}");
-    assert!(
-        !log.contains("selected new timeline ID") && !log.contains("archive recovery complete"),
-        "recovery ended early\n{log}"
-    );
-    assert!(!restoring
-        .data_dir()
-        .join("pg_wal/00000002.history")
-        .exists());
-    assert!(
-        log.contains("no key in keys/ opens"),
-        "the server log does not say why: {log}\n{}",
-        fetch.server_log()
-    );
 }
 
 /// Flips the byte at `at` (from the end when negative) of the object `key` in a file store.

@@ -280,3 +280,29 @@ pub fn run_restore(config: &Path, pgdata: &Path, extra: &[&str]) -> std::process
     args.extend_from_slice(extra);
     pgagent_tests::run_pgagent(&args, &[])
 }
+
+/// Waits (up to 60 s) until the postmaster of `restoring` (unless it never got `started`)
+/// has exited, and asserts that it stopped the way a recovery must when `pgagent fetch`
+/// answers 255: the log shows exit code 255, recovery did not end, no timeline 2 was
+/// created. Returns the server log.
+pub fn assert_recovery_aborted(restoring: &mut PgServer, started: bool) -> String {
+    assert!(
+        !started
+            || wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
+                restoring.exited().is_some()
+            }),
+        "PostgreSQL kept running\n{}",
+        restoring.log_tail()
+    );
+    let log = std::fs::read_to_string(restoring.log_file()).unwrap();
+    assert!(log.contains("exit code 255"), "{log}");
+    assert!(
+        !log.contains("selected new timeline ID") && !log.contains("archive recovery complete"),
+        "recovery ended early\n{log}"
+    );
+    assert!(!restoring
+        .data_dir()
+        .join("pg_wal/00000002.history")
+        .exists());
+    log
+}
