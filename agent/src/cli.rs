@@ -96,6 +96,12 @@ pub enum Command {
     /// Restore a local snapshot or a base backup into a data directory, set up to recover
     /// to a target.
     Restore(RestoreArgs),
+    /// Prove the store restores: restore into a scratch directory, start a throwaway
+    /// PostgreSQL on it (unix socket only), let it recover through `pgagent fetch` and
+    /// promote, check it, record the result in the store, and remove it.
+    ///
+    /// Exit 0 only when every check passed.
+    Drill(DrillArgs),
     /// Before PostgreSQL starts: leave a valid cluster alone, restore into an empty data
     /// directory, refuse (exit 3) anything else.
     ///
@@ -201,6 +207,27 @@ pub struct RestoreArgs {
     /// Backup id, or "latest": the newest complete backup that can reach the target.
     #[arg(long, value_name = "ID", default_value = "latest")]
     pub backup: String,
+    /// Where recovery stops.
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// What the server does at the target.
+    #[arg(long, value_name = "ACTION", default_value = "promote", value_parser = ["promote", "pause", "shutdown"])]
+    pub target_action: String,
+    /// Empty a non-empty data directory first (never one with a running server).
+    #[arg(long, conflicts_with = "delta")]
+    pub force: bool,
+    /// Restore over an existing data directory: keep files whose chunks match, rewrite the
+    /// others, remove what the backup does not hold.
+    #[arg(long)]
+    pub delta: bool,
+    /// Which tier serves: a local ZFS snapshot, the bucket, or the first that can (auto).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub from: RestoreFrom,
+}
+
+/// Where a recovery stops: at most one of these; none means the end of the WAL in the store.
+#[derive(Debug, Clone, Args)]
+pub struct TargetArgs {
     /// Recover to this time, with a zone: 2026-11-30 05:37:48.984061+00 (as `select now()`
     /// prints it), 2026-11-30T05:37:48Z, 2026-11-30 11:07:48+05:30.
     #[arg(long, value_name = "TS", group = "recovery_target")]
@@ -217,19 +244,27 @@ pub struct RestoreArgs {
     /// Recover to the end of the WAL in the store ("latest", the default).
     #[arg(long, value_name = "latest", group = "recovery_target", value_parser = ["latest"])]
     pub target: Option<String>,
-    /// What the server does at the target.
-    #[arg(long, value_name = "ACTION", default_value = "promote", value_parser = ["promote", "pause", "shutdown"])]
-    pub target_action: String,
-    /// Empty a non-empty data directory first (never one with a running server).
-    #[arg(long, conflicts_with = "delta")]
-    pub force: bool,
-    /// Restore over an existing data directory: keep files whose chunks match, rewrite the
-    /// others, remove what the backup does not hold.
-    #[arg(long)]
-    pub delta: bool,
-    /// Which tier serves: a local ZFS snapshot, the bucket, or the first that can (auto).
+}
+
+/// `pgagent drill`.
+#[derive(Debug, Clone, Args)]
+pub struct DrillArgs {
+    /// Backup id, or "latest": the newest complete backup that can reach the target.
+    #[arg(long, value_name = "ID", default_value = "latest")]
+    pub backup: String,
+    /// Which tier serves: a clone of a local ZFS snapshot, the bucket, or the first that can
+    /// (auto).
     #[arg(long, value_enum, default_value = "auto")]
     pub from: RestoreFrom,
+    /// Where recovery stops [default: the end of the WAL in the store].
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Leave the scratch directory (and the stopped server's files) in place.
+    #[arg(long)]
+    pub keep: bool,
+    /// Machine-readable report.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The tiers a restore may use (DESIGN.md, "ZFS").
@@ -254,6 +289,8 @@ pub enum ListWhat {
     Timelines,
     /// ZFS snapshots: pgagent's on this machine and the records in the store.
     Snapshots,
+    /// Drills: when, which backup, the point reached, their checks.
+    Drills,
 }
 
 #[cfg(test)]

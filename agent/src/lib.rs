@@ -30,6 +30,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod daemon;
+pub mod drill;
 pub mod exit;
 pub mod fetch;
 pub mod logging;
@@ -127,6 +128,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 commands::restore::run(&cfg, &req).await
             }
             Command::Snapshot => commands::snapshot::run(&cfg).await,
+            Command::Drill(args) => {
+                let req = drill::DrillRequest {
+                    backup: Some(args.backup),
+                    from: args.from,
+                    target: recovery_target(&args.target)?,
+                    keep: args.keep,
+                    restore_command: format!("{cli_fetch_prefix} fetch %f %p"),
+                };
+                commands::drill::run(&cfg, &req, args.json).await
+            }
             Command::Preseed {
                 pgdata,
                 user,
@@ -214,30 +225,34 @@ fn restore_request(
     fetch_prefix: &str,
     a: cli::RestoreArgs,
 ) -> anyhow::Result<commands::restore::RestoreRequest> {
-    use commands::restore::RecoveryTarget;
-    let target = if let Some(t) = &a.target_time {
-        RecoveryTarget::time(t).map_err(|e| config::ConfigError(e.to_string()))?
-    } else if let Some(x) = a.target_xid {
-        RecoveryTarget::Xid(x)
-    } else if let Some(n) = a.target_name {
-        RecoveryTarget::Name(n)
-    } else if let Some(l) = &a.target_lsn {
-        RecoveryTarget::Lsn(
-            l.parse()
-                .map_err(|e| config::ConfigError(format!("--target-lsn {l:?}: {e}")))?,
-        )
-    } else {
-        RecoveryTarget::Latest
-    };
     Ok(commands::restore::RestoreRequest {
         pgdata: a.pgdata,
         backup: Some(a.backup),
-        target,
+        target: recovery_target(&a.target)?,
         action: a.target_action,
         force: a.force,
         delta: a.delta,
         restore_command: format!("{fetch_prefix} fetch %f %p"),
         from: a.from,
         owner: None,
+    })
+}
+
+/// The recovery target the flags name; the end of the WAL in the store when none does.
+fn recovery_target(t: &cli::TargetArgs) -> anyhow::Result<commands::restore::RecoveryTarget> {
+    use commands::restore::RecoveryTarget;
+    Ok(if let Some(time) = &t.target_time {
+        RecoveryTarget::time(time).map_err(|e| config::ConfigError(e.to_string()))?
+    } else if let Some(x) = &t.target_xid {
+        RecoveryTarget::Xid(x.clone())
+    } else if let Some(n) = &t.target_name {
+        RecoveryTarget::Name(n.clone())
+    } else if let Some(l) = &t.target_lsn {
+        RecoveryTarget::Lsn(
+            l.parse()
+                .map_err(|e| config::ConfigError(format!("--target-lsn {l:?}: {e}")))?,
+        )
+    } else {
+        RecoveryTarget::Latest
     })
 }

@@ -34,6 +34,8 @@ pub const SNAPSHOT_PREFIX: &str = "snapshots/";
 /// Prefix of the markers a `pgagent prune` writes while it may delete chunks, so that a
 /// starting base backup waits before it lists them.
 pub const PRUNE_PREFIX: &str = "prune/";
+/// Prefix of drill records (`pgagent drill`).
+pub const DRILL_PREFIX: &str = "drills/";
 /// Prefix of the access keys of an encrypted store (see [`crate::crypto::keys`]).
 pub const KEY_PREFIX: &str = "keys/";
 /// Suffix PostgreSQL gives a segment that is still being filled (`xlog_internal.h`,
@@ -72,6 +74,11 @@ pub fn snapshot_key(id: &str) -> String {
 /// Key of a prune marker: `prune/<id>.json`.
 pub fn prune_marker_key(id: &str) -> String {
     format!("{PRUNE_PREFIX}{id}.json")
+}
+
+/// Key of a drill record: `drills/<id>.json`.
+pub fn drill_key(id: &str) -> String {
+    format!("{DRILL_PREFIX}{id}.json")
 }
 
 /// Key of an access key file: `keys/<id>`.

@@ -226,6 +226,7 @@ pub async fn run(cfg: &Config, what: ListWhat, json: bool) -> anyhow::Result<()>
     match what {
         ListWhat::Backups => return crate::commands::backup::list(cfg, json).await,
         ListWhat::Snapshots => return crate::commands::snapshot::list(cfg, json).await,
+        ListWhat::Drills => return crate::commands::drill::list(cfg, json).await,
         ListWhat::Wal | ListWhat::Timelines => {}
     }
     let crate::store::Opened {
@@ -243,7 +244,9 @@ pub async fn run(cfg: &Config, what: ListWhat, json: bool) -> anyhow::Result<()>
     let wal = summarize(&index, &index.partial_segments(&legacy, seg), seg);
     if json {
         let v = match what {
-            ListWhat::Wal | ListWhat::Backups | ListWhat::Snapshots => serde_json::to_value(&wal)?,
+            ListWhat::Wal | ListWhat::Backups | ListWhat::Snapshots | ListWhat::Drills => {
+                serde_json::to_value(&wal)?
+            }
             ListWhat::Timelines => serde_json::to_value(
                 wal.iter()
                     .map(|t| serde_json::json!({"timeline": t.timeline, "history": t.history}))
@@ -271,7 +274,7 @@ pub async fn run(cfg: &Config, what: ListWhat, json: bool) -> anyhow::Result<()>
                     "MISSING"
                 }
             ),
-            ListWhat::Wal | ListWhat::Backups | ListWhat::Snapshots => {
+            ListWhat::Wal | ListWhat::Backups | ListWhat::Snapshots | ListWhat::Drills => {
                 println!("timeline {}", t.timeline);
                 for line in wal_lines(t, seg) {
                     println!("{line}");

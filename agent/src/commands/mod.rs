@@ -3,6 +3,7 @@
 
 pub mod backup;
 pub mod doctor;
+pub mod drill;
 pub mod key;
 pub mod list;
 pub mod preseed;

@@ -36,6 +36,7 @@ pub const SECTIONS: &[&str] = &[
     "fetch",
     "backup",
     "zfs",
+    "drill",
     "metrics",
     "alerts",
     "encryption",
@@ -78,6 +79,8 @@ pub struct RawConfig {
     pub backup: BackupSection,
     /// `[zfs]`
     pub zfs: ZfsSection,
+    /// `[drill]`
+    pub drill: DrillSection,
     /// `[metrics]`
     pub metrics: MetricsSection,
     /// `[alerts]`

@@ -244,6 +244,44 @@ impl Default for ZfsSection {
     }
 }
 
+/// `[drill]`: `pgagent drill`, a restore into a scratch directory and a throwaway server
+/// started on it, checked (see [`crate::drill`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DrillSection {
+    /// Scratch directory the drill restores into and removes afterwards; empty:
+    /// `<staging.dir>/drill`. Never PGDATA or inside it.
+    pub dir: PathBuf,
+    /// Directory of the `postgres`, `psql` and `pg_amcheck` binaries of the backup's major
+    /// version; empty: `/usr/lib/postgresql/<major>/bin`, else `pg_config --bindir` when it
+    /// is that major.
+    pub pg_bin_dir: PathBuf,
+    /// Run `pg_amcheck --all` on the recovered server when the binary exists.
+    pub amcheck: bool,
+    /// SQL run on the recovered server; the drill fails unless its first value is a number
+    /// above 0 or `true` (e.g. `select count(*) from orders where created_at > now() -
+    /// interval '1 day'`); empty: none.
+    pub check_sql: String,
+    /// Database `check_sql` runs in.
+    pub check_database: String,
+    /// How long restore plus recovery may take before the drill fails.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for DrillSection {
+    fn default() -> Self {
+        DrillSection {
+            dir: PathBuf::new(),
+            pg_bin_dir: PathBuf::new(),
+            amcheck: true,
+            check_sql: String::new(),
+            check_database: "postgres".into(),
+            timeout: Duration::from_secs(3600),
+        }
+    }
+}
+
 /// `[metrics]`: the HTTP endpoint.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -3,6 +3,7 @@
 //! holds), the catalog of base backups, the ZFS snapshot records, and the newest of each.
 
 pub mod catalog;
+pub mod drills;
 pub mod snapshots;
 pub mod wal;
 

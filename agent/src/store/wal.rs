@@ -200,6 +200,25 @@ impl WalIndex {
             .collect()
     }
 
+    /// The end of the newest WAL in the store: on the highest timeline that holds WAL, the
+    /// end of its last complete segment or, when later, of a segment held only as pieces
+    /// (`partials`, from [`WalIndex::partial_segments`]). `None` for a store without WAL.
+    pub fn newest_end(
+        &self,
+        partials: &BTreeMap<SegmentId, PartialSegment>,
+        seg: WalSegmentSize,
+    ) -> Option<(TimelineId, Lsn)> {
+        let complete = self
+            .complete
+            .keys()
+            .map(|&(tli, segno)| (tli, SegNo(segno.0 + 1).start_lsn(seg)));
+        let partial = partials
+            .iter()
+            .filter(|(_, p)| p.end > 0)
+            .map(|(&(tli, segno), p)| (tli, p.end_lsn(segno, seg)));
+        complete.chain(partial).max()
+    }
+
     /// Keys of the pieces of segments whose complete object is in the store: nothing reads
     /// them any more (`pgagent prune` deletes them).
     pub fn superseded_pieces(&self, seg: WalSegmentSize) -> Vec<String> {
@@ -272,6 +291,51 @@ mod tests {
 
     fn id(tli: u32, segno: u64) -> SegmentId {
         (TimelineId(tli), SegNo(segno))
+    }
+
+    #[test]
+    fn the_newest_end_is_on_the_highest_timeline_and_counts_the_pieces() {
+        let listing = |keys: &[&str]| {
+            let objects: Vec<ObjectMeta> = keys.iter().map(|k| meta(k)).collect();
+            WalIndex::from_listing(&objects, seg())
+        };
+        let newest = |keys: &[&str]| {
+            let index = listing(keys);
+            index.newest_end(&index.partial_segments(&BTreeMap::new(), seg()), seg())
+        };
+        assert_eq!(newest(&["wal/00000002.history"]), None);
+        let end = |tli: u32, lsn: u64| Some((TimelineId(tli), Lsn(lsn)));
+        assert_eq!(
+            newest(&[
+                "wal/000000010000000000000001",
+                "wal/000000010000000000000002"
+            ]),
+            end(1, 3 << 24)
+        );
+        // Deltas of the next segment reach further; a delta past a hole counts for nothing.
+        assert_eq!(
+            newest(&[
+                "wal/000000010000000000000002",
+                "wal/000000010000000000000003.partial.d/00000000-00001000",
+                "wal/000000010000000000000003.partial.d/00002000-00003000",
+            ]),
+            end(1, (3 << 24) + 0x1000)
+        );
+        assert_eq!(
+            newest(&[
+                "wal/000000010000000000000002",
+                "wal/000000010000000000000003.partial.d/00001000-00002000",
+            ]),
+            end(1, 3 << 24)
+        );
+        // A later timeline is newer even when it starts lower.
+        assert_eq!(
+            newest(&[
+                "wal/000000010000000000000005",
+                "wal/000000020000000000000004.partial.d/00000000-00000800",
+            ]),
+            end(2, (4 << 24) + 0x800)
+        );
     }
 
     #[test]

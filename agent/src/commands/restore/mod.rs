@@ -67,6 +67,8 @@ pub struct Served {
     /// Recovery settings the restored files carried (an earlier restore's target,
     /// `restore_command`), taken out of effect: `<file>: <line>`.
     pub removed_settings: Vec<String>,
+    /// The dataset a snapshot was cloned into, when it was.
+    pub clone_dataset: Option<String>,
 }
 
 /// `pgagent restore`: restores per `req` and prints which tier served.
@@ -129,11 +131,16 @@ pub async fn restore(cfg: &Config, req: &RestoreRequest) -> anyhow::Result<Serve
                     snapshot::Action::Clone { dataset, .. } => format!("cloned to {dataset}"),
                     snapshot::Action::Rollback { .. } => "rolled back in place".to_string(),
                 };
+                let clone_dataset = match &plan.action {
+                    snapshot::Action::Clone { dataset, .. } => Some(dataset.clone()),
+                    snapshot::Action::Rollback { .. } => None,
+                };
                 return Ok(Served {
                     source: format!("snapshot {} ({how})", plan.record.id),
                     tier: "snapshot",
                     passed_over: None,
                     removed_settings,
+                    clone_dataset,
                 });
             }
             Err(why) if req.from == RestoreFrom::Snapshot => {
@@ -160,6 +167,7 @@ pub async fn restore(cfg: &Config, req: &RestoreRequest) -> anyhow::Result<Serve
         tier: "bucket",
         passed_over,
         removed_settings,
+        clone_dataset: None,
     })
 }
 

@@ -1,0 +1,75 @@
+//! `pgagent drill` and `pgagent list drills` (the drill itself is [`crate::drill`]).
+
+use crate::config::Config;
+use crate::drill::{self, DrillReport, DrillRequest};
+use crate::store::drills;
+
+/// `pgagent drill`: runs a drill, records its report in the store, prints it (text, or
+/// JSON with `json`).
+///
+/// Errors: a check failed (exit 1, after the report); the drill could not start (a
+/// `drill.dir` inside PGDATA: exit 3).
+pub async fn run(cfg: &Config, req: &DrillRequest, json: bool) -> anyhow::Result<()> {
+    let report = drill::drill(cfg, req).await?;
+    let recorded = record(cfg, &report).await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.text());
+    }
+    match recorded {
+        Ok(()) => tracing::info!("recorded as drills/{}.json", report.id),
+        Err(e) => eprintln!(
+            "pgagent: drill {} is not recorded in the store: {e:#}",
+            report.id
+        ),
+    }
+    if report.passed {
+        Ok(())
+    } else {
+        let failed: Vec<&str> = report.failed().map(|c| c.name.as_str()).collect();
+        anyhow::bail!("drill {} failed: {}", report.id, failed.join(", "))
+    }
+}
+
+/// Writes the report to `drills/<id>.json`, sealed with the store's key.
+async fn record(cfg: &Config, report: &DrillReport) -> anyhow::Result<()> {
+    let store = crate::store::open(cfg).await?;
+    let cipher = crate::store::read_cipher(store.as_ref(), cfg).await?;
+    drills::put_record(store.as_ref(), cipher.as_ref(), report).await
+}
+
+/// `pgagent list drills`: every recorded drill, oldest first.
+///
+/// Errors: the store cannot be read.
+pub async fn list(cfg: &Config, json: bool) -> anyhow::Result<()> {
+    let store = crate::store::open(cfg).await?;
+    let cipher = crate::store::read_cipher(store.as_ref(), cfg).await?;
+    let records = drills::records(store.as_ref(), cipher.as_ref()).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&records)?);
+        return Ok(());
+    }
+    println!(
+        "{:<18}  {:<6}  {:<8}  {:>8}  {:<22}  FAILED CHECKS",
+        "ID", "RESULT", "TIER", "RTO (s)", "REACHED"
+    );
+    for r in &records {
+        let failed: Vec<&str> = r.failed().map(|c| c.name.as_str()).collect();
+        println!(
+            "{:<18}  {:<6}  {:<8}  {:>8}  {:<22}  {}",
+            r.id,
+            if r.passed { "passed" } else { "FAILED" },
+            r.tier.as_deref().unwrap_or("-"),
+            r.rto_seconds()
+                .map_or_else(|| "-".into(), |s| format!("{s:.1}")),
+            r.reached.as_ref().map_or("-", |x| x.lsn.as_str()),
+            if failed.is_empty() {
+                "-".to_string()
+            } else {
+                failed.join(", ")
+            }
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,152 @@
+//! `pgagent drill`: prove that the store restores, by restoring it and starting the copy.
+//!
+//! 1. [`scratch`]: a directory of its own under `drill.dir` (never PGDATA or inside it);
+//!    what a drill that crashed left there is removed first.
+//! 2. [`crate::commands::restore::restore`] into it, from a clone of a local snapshot or
+//!    from the bucket, set up to recover to the target through `pgagent fetch`.
+//! 3. [`server`]: a throwaway PostgreSQL of the backup's major version on a private unix
+//!    socket (no TCP), `archive_mode = off`, small memory settings, as the PostgreSQL OS
+//!    user when run as root; it recovers and promotes.
+//! 4. Checks ([`checks`]): the point reached against the newest WAL in the store (a
+//!    recovery that ended early, the failure a drill exists to catch, fails it), connect,
+//!    databases, tables, `pg_amcheck`, `drill.check_sql`.
+//! 5. The server is stopped and the scratch directory removed (unless `--keep`); the
+//!    [`DrillReport`] is what `pgagent drill` prints and records in the store.
+
+pub mod checks;
+pub mod pgbin;
+pub mod report;
+pub mod scratch;
+pub mod server;
+
+use std::time::{Instant, SystemTime};
+
+use pgagent_protocol::Lsn;
+
+use crate::commands::restore::{self, RecoveryTarget, RestoreFrom, RestoreRequest};
+use crate::config::{Config, SnapshotRestoreMode};
+pub use report::{Check, DrillReport, Reached};
+
+/// What `pgagent drill` was asked.
+#[derive(Debug, Clone)]
+pub struct DrillRequest {
+    /// A backup id, or `None`/`latest` for the newest that can reach the target.
+    pub backup: Option<String>,
+    /// Which tiers may serve.
+    pub from: RestoreFrom,
+    /// Where recovery stops.
+    pub target: RecoveryTarget,
+    /// Leave the scratch directory in place.
+    pub keep: bool,
+    /// The `restore_command` the restored server uses (`<pgagent> [--config …] fetch %f %p`).
+    pub restore_command: String,
+}
+
+/// A recovery that ends more than this many bytes before the end of the WAL in the store
+/// (to the end of the WAL) fails the drill: one record can end past the last byte
+/// stored, but not a megabyte.
+pub const MAX_BEHIND_STORE: u64 = 1 << 20;
+
+/// Runs a drill per `req` and returns its report; a failed step is a failed check in the
+/// report, not an error.
+///
+/// Errors: only what prevents a drill from starting or being reported: a scratch directory
+/// that is PGDATA or inside it, or cannot be made.
+pub async fn drill(cfg: &Config, req: &DrillRequest) -> anyhow::Result<DrillReport> {
+    let started_at = SystemTime::now();
+    let begun = Instant::now();
+    let id = crate::store::catalog::new_id(started_at);
+    let scratch = scratch::Scratch::create(cfg, &id).await?;
+    let mut report = DrillReport::new(&id, started_at, req);
+
+    // A drill never rolls back the live datasets: a snapshot comes back as a clone.
+    let mut drill_cfg = cfg.clone();
+    drill_cfg.raw.zfs.restore_mode = SnapshotRestoreMode::Clone;
+    let restore_req = RestoreRequest {
+        pgdata: scratch.pgdata(),
+        backup: req.backup.clone(),
+        target: req.target.clone(),
+        action: "promote".to_string(),
+        force: false,
+        delta: false,
+        restore_command: req.restore_command.clone(),
+        from: req.from,
+        owner: scratch.owner(),
+    };
+    let restored = restore::restore(&drill_cfg, &restore_req).await;
+    report.restore_seconds = begun.elapsed().as_secs_f64();
+    match restored {
+        Ok(served) => {
+            scratch.note_clone(served.clone_dataset.as_deref());
+            report.tier = Some(served.tier.to_string());
+            report.source = Some(served.source.clone());
+            report.pass("restore", served.source);
+        }
+        Err(e) => {
+            report.fail("restore", format!("{e:#}"));
+            return finish(report, scratch, req.keep, begun).await;
+        }
+    }
+
+    let replay_begun = Instant::now();
+    let deadline = replay_begun + cfg.raw.drill.timeout.saturating_sub(begun.elapsed());
+    let server = match server::Throwaway::start(cfg, &scratch).await {
+        Ok(s) => s,
+        Err(e) => {
+            report.fail("start", format!("{e:#}"));
+            return finish(report, scratch, req.keep, begun).await;
+        }
+    };
+    report.pg_bin_dir = Some(server.bin_dir().display().to_string());
+    let recovered = server.wait_promoted(deadline).await;
+    report.replay_seconds = Some(replay_begun.elapsed().as_secs_f64());
+    match recovered {
+        Ok(reached) => {
+            report.pass(
+                "recovery",
+                format!(
+                    "promoted after replaying WAL up to {}{}",
+                    reached.lsn,
+                    reached
+                        .last_commit
+                        .as_deref()
+                        .map(|t| format!(", last commit {t}"))
+                        .unwrap_or_default()
+                ),
+            );
+            report.reached = Some(reached);
+            checks::run_all(cfg, req, &server, &mut report).await;
+        }
+        Err(e) => report.fail("recovery", format!("{e:#}")),
+    }
+    server.stop().await;
+    finish(report, scratch, req.keep, begun).await
+}
+
+/// Stops timing, removes the scratch directory unless `keep`, and returns the report.
+async fn finish(
+    mut report: DrillReport,
+    scratch: scratch::Scratch,
+    keep: bool,
+    begun: Instant,
+) -> anyhow::Result<DrillReport> {
+    report.duration_seconds = begun.elapsed().as_secs_f64();
+    report.finished_at = rfc3339(SystemTime::now());
+    if keep {
+        report.kept = Some(scratch.dir().display().to_string());
+    } else if let Err(e) = scratch.remove() {
+        tracing::warn!("drill {}: the scratch directory stays: {e:#}", report.id);
+    }
+    report.passed = report.checks.iter().all(|c| c.passed);
+    Ok(report)
+}
+
+/// How far `reached` is behind `end`, in bytes (0 when at or past it).
+pub fn behind(reached: Lsn, end: Lsn) -> u64 {
+    end.0.saturating_sub(reached.0)
+}
+
+/// RFC 3339 UTC, to the second.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}

@@ -1,0 +1,251 @@
+//! The throwaway PostgreSQL of a drill: started on the restored data directory with a
+//! configuration of its own (the restored `postgresql.conf` may name files of the live
+//! host), reachable only on a private unix socket, archiving off, small memory settings.
+//!
+//! Settings (PostgreSQL docs, chapter 20), given on the command line so that nothing in the
+//! restored `postgresql.auto.conf` overrides them:
+//! `listen_addresses = ''` (no TCP), `unix_socket_directories = <scratch>/sock` (mode
+//! 0700), `archive_mode = off` (the copy must never archive into anything),
+//! `hot_standby = off` (no connection before the end of recovery: the parameter checks of
+//! a hot standby against the primary's settings do not apply), `hba_file` trusting local
+//! connections on that socket only, `shared_buffers = 32MB`.
+//! `restore_command` and the recovery target come from `pgagent restore`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use super::pgbin;
+use super::report::Reached;
+use super::scratch::Scratch;
+use crate::config::Config;
+
+/// Port in the socket's name (`.s.PGSQL.<port>`); the directory is private, so any will do.
+const PORT: &str = "5432";
+/// How long one `psql` may take.
+const SQL_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// A running throwaway server.
+#[derive(Debug)]
+pub struct Throwaway {
+    child: std::sync::Mutex<Option<Child>>,
+    bin: PathBuf,
+    socket_dir: PathBuf,
+    log: PathBuf,
+    user: String,
+    owner: Option<(u32, u32)>,
+}
+
+impl Throwaway {
+    /// Starts PostgreSQL on the scratch data directory with the binaries of its major
+    /// version ([`pgbin::find`]); as the PostgreSQL OS user when run as root.
+    ///
+    /// Errors: no binaries of that major; the files cannot be written; the process cannot
+    /// be started.
+    pub async fn start(cfg: &Config, scratch: &Scratch) -> anyhow::Result<Throwaway> {
+        let pgdata = scratch.pgdata();
+        let major = pgbin::data_dir_major(&pgdata)?;
+        let bin = pgbin::find(&cfg.raw.drill.pg_bin_dir, major)?;
+        let dir = scratch.dir();
+        let socket_dir = scratch.socket_dir();
+        std::fs::create_dir_all(&socket_dir)?;
+        std::fs::set_permissions(&socket_dir, std::fs::Permissions::from_mode(0o700))?;
+        let conf = dir.join("postgresql.conf");
+        let hba = dir.join("pg_hba.conf");
+        let ident = dir.join("pg_ident.conf");
+        std::fs::write(&conf, "# pgagent drill: settings are on the command line\n")?;
+        std::fs::write(&hba, "local all all trust\n")?;
+        std::fs::write(&ident, "")?;
+        let log = dir.join("postgres.log");
+        let out =
+            std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
+        for p in [&socket_dir, &conf, &hba, &ident, &log] {
+            if let Some((uid, gid)) = scratch.owner() {
+                std::os::unix::fs::chown(p, Some(uid), Some(gid))?;
+            }
+        }
+        std::fs::set_permissions(&pgdata, std::fs::Permissions::from_mode(0o700))?;
+        let user = match scratch.owner() {
+            Some((uid, _)) => nix::unistd::User::from_uid(uid.into())?
+                .map_or_else(|| "postgres".to_string(), |u| u.name),
+            None => nix::unistd::User::from_uid(nix::unistd::getuid())?
+                .map_or_else(|| "postgres".to_string(), |u| u.name),
+        };
+        let setting = |k: &str, v: &Path| format!("{k}={}", v.display());
+        let mut cmd = Command::new(bin.join("postgres"));
+        cmd.arg("-D")
+            .arg(&pgdata)
+            .args(["-c", &setting("config_file", &conf)])
+            .args(["-c", &setting("hba_file", &hba)])
+            .args(["-c", &setting("ident_file", &ident)])
+            .args(["-c", "listen_addresses="])
+            .args(["-c", &format!("port={PORT}")])
+            .args(["-c", &setting("unix_socket_directories", &socket_dir)])
+            .args(["-c", "archive_mode=off"])
+            .args(["-c", "hot_standby=off"])
+            .args(["-c", "shared_buffers=32MB"])
+            .args(["-c", "logging_collector=off"])
+            .args(["-c", "cluster_name=pgagent-drill"])
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        for (name, _) in std::env::vars_os() {
+            // libpq's PG* variables are the live server's, not the copy's.
+            if name.to_str().is_some_and(|n| n.starts_with("PG")) {
+                cmd.env_remove(name);
+            }
+        }
+        if let Some((uid, gid)) = scratch.owner() {
+            cmd.uid(uid).gid(gid);
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("start {}", bin.join("postgres").display()))?;
+        Ok(Throwaway {
+            child: std::sync::Mutex::new(Some(child)),
+            bin,
+            socket_dir,
+            log,
+            user,
+            owner: scratch.owner(),
+        })
+    }
+
+    /// The binaries' directory.
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin
+    }
+
+    /// Waits until recovery has ended and the server promoted; returns where it ended.
+    ///
+    /// Errors: the server exited (a `pgagent fetch` that answered 255, a missing
+    /// segment before consistency, a corrupt record: the end of its log says which), or
+    /// `deadline` passed.
+    pub async fn wait_promoted(&self, deadline: Instant) -> anyhow::Result<Reached> {
+        loop {
+            if let Some(status) = self.exited() {
+                bail!(
+                    "the server stopped during recovery ({status}); its log ends:\n{}",
+                    self.log_tail(12)
+                );
+            }
+            if let Ok(v) = self.sql("postgres", "SELECT pg_is_in_recovery()").await {
+                if v == "f" {
+                    return self.reached().await;
+                }
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "recovery did not end within drill.timeout; the server log ends:\n{}",
+                    self.log_tail(12)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Where recovery ended (the replay functions keep their values after promotion,
+    /// PostgreSQL docs, "Recovery Control Functions"), and the timeline promoted to.
+    async fn reached(&self) -> anyhow::Result<Reached> {
+        let row = self
+            .sql(
+                "postgres",
+                "SELECT pg_last_wal_replay_lsn() || '|' || \
+                 coalesce(pg_last_xact_replay_timestamp()::text, '') || '|' || \
+                 substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)",
+            )
+            .await?;
+        let mut parts = row.split('|');
+        let lsn = parts.next().unwrap_or_default().to_string();
+        let last_commit = parts.next().filter(|t| !t.is_empty()).map(str::to_string);
+        let timeline = parts.next().and_then(|t| u32::from_str_radix(t, 16).ok());
+        Ok(Reached {
+            lsn,
+            last_commit,
+            timeline,
+        })
+    }
+
+    /// Runs `sql` in `database` with `psql` over the private socket; returns its output
+    /// (unaligned, tuples only, trimmed).
+    ///
+    /// Errors: `psql` fails (the message is its stderr) or takes longer than 10 minutes.
+    pub async fn sql(&self, database: &str, sql: &str) -> anyhow::Result<String> {
+        let out = self
+            .client("psql", &["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1"])
+            .args(["-d", database, "-c", sql])
+            .output();
+        let out = tokio::time::timeout(SQL_TIMEOUT, out)
+            .await
+            .context("psql did not answer within 10 minutes")??;
+        if !out.status.success() {
+            bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// A client program of the server's binaries (`psql`, `pg_amcheck`) set up to reach
+    /// it: `-h <socket dir> -p <port> -U <user>`, as its OS user when run as root.
+    pub fn client(&self, program: &str, args: &[&str]) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(self.bin.join(program));
+        cmd.args(args)
+            .arg("-h")
+            .arg(&self.socket_dir)
+            .args(["-p", PORT, "-U", &self.user])
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        for (name, _) in std::env::vars_os() {
+            if name.to_str().is_some_and(|n| n.starts_with("PG")) {
+                cmd.env_remove(name);
+            }
+        }
+        if let Some((uid, gid)) = self.owner {
+            cmd.uid(uid).gid(gid);
+        }
+        cmd
+    }
+
+    /// Whether the binaries include `program`.
+    pub fn has(&self, program: &str) -> bool {
+        self.bin.join(program).is_file()
+    }
+
+    fn exited(&self) -> Option<std::process::ExitStatus> {
+        let mut guard = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        let status = guard.as_mut()?.try_wait().ok()??;
+        *guard = None;
+        Some(status)
+    }
+
+    /// The last `n` lines of the server's log.
+    pub fn log_tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// Fast shutdown (SIGINT), then SIGKILL after 60 s; waits for the process.
+    pub async fn stop(self) {
+        let Some(mut child) = self.child.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return;
+        };
+        let pid = Pid::from_raw(child.id() as i32);
+        let _ = kill(pid, Signal::SIGINT);
+        let until = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < until {
+            if child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}

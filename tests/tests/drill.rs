@@ -1,0 +1,255 @@
+//! `pgagent drill` on a `file://` store: a healthy store passes and reports the point it
+//! reached; a `check_sql` returning 0, a segment missing in the middle of the WAL, a
+//! corrupt chunk and a backup whose WAL never completed each fail with the failing step
+//! named; a `drill.dir` inside PGDATA is refused. Every drill starts a real PostgreSQL on
+//! what it restored.
+
+mod common;
+
+use std::time::Duration;
+
+use common::recovery::{create_table_t, load};
+use common::*;
+use pgagent_protocol::{segment_file_name, Lsn, SegNo, TimelineId};
+use pgagent_storage::envelope;
+use pgagent_tests::{run_pgagent, PgOptions, PgServer};
+
+/// A server streamed into `rig`'s store with one base backup and `segments` more complete
+/// segments written after it (each with rows of table `t`); the agent is stopped once the
+/// bucket holds everything. Returns the server and its flush position at the end.
+fn streamed(rig: &Rig, segments: u32) -> (PgServer, Lsn) {
+    let pg = PgServer::start(PgOptions::default()).unwrap();
+    create_table_t(&pg);
+    load(&pg, "base", 500);
+    let mut agent = rig.spawn_caught_up(&pg);
+    let out = run_pgagent(&["backup", "--fast"], &rig.env(&pg));
+    assert!(out.status.success(), "pgagent backup: {}", text(&out));
+    for i in 0..segments {
+        load(&pg, &format!("after {i}"), 200);
+        pg.switch_wal().unwrap();
+    }
+    load(&pg, "last", 50);
+    let end = lsn(&pg.psql("SELECT pg_current_wal_flush_lsn()").unwrap());
+    rig.wait_uploaded(&agent, end, Duration::from_secs(60));
+    assert!(agent.terminate().success(), "{}", agent.output_text());
+    (pg, end)
+}
+
+/// `pgagent drill --json` for `rig`'s store with the server's binaries and `extra`
+/// settings; returns the exit code and the report.
+fn drill(
+    rig: &Rig,
+    pg: &PgServer,
+    extra: &[(&'static str, String)],
+) -> (Option<i32>, serde_json::Value, String) {
+    let mut env = rig.env(pg);
+    env.push((
+        "PGAGENT_DRILL_PG_BIN_DIR",
+        pg.bin_dir().display().to_string(),
+    ));
+    env.push((
+        "PGAGENT_DRILL_DIR",
+        rig.dir.path().join("drill").display().to_string(),
+    ));
+    env.extend(extra.iter().cloned());
+    let out = run_pgagent(&["drill", "--json"], &env);
+    let report = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (out.status.code(), report, text(&out))
+}
+
+/// The names of the failed checks of a report.
+fn failed(report: &serde_json::Value) -> Vec<String> {
+    report["checks"]
+        .as_array()
+        .map(|c| {
+            c.iter()
+                .filter(|c| c["passed"] == false)
+                .map(|c| c["name"].as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn check<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["checks"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == name))
+        .unwrap_or_else(|| panic!("no check {name:?} in {report:#}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drill_of_a_healthy_store_passes_and_reports_the_point_reached() {
+    let rig = Rig::fs();
+    let (pg, end) = streamed(&rig, 2);
+    let (code, report, out) = drill(
+        &rig,
+        &pg,
+        &[(
+            "PGAGENT_DRILL_CHECK_SQL",
+            "SELECT count(*) FROM t WHERE v LIKE 'last%'".into(),
+        )],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(report["passed"], true, "{report:#}");
+    assert!(failed(&report).is_empty(), "{report:#}");
+    for name in [
+        "restore",
+        "recovery",
+        "end of WAL",
+        "connect",
+        "databases",
+        "tables",
+        "amcheck",
+    ] {
+        assert_eq!(check(&report, name)["passed"], true, "{name}: {report:#}");
+    }
+    assert_eq!(check(&report, "check_sql")["detail"], "returned 50");
+    assert_eq!(report["tier"], "bucket");
+    // The point reached is the end of the WAL the server wrote: every commit replayed.
+    let reached: Lsn = report["reached"]["lsn"].as_str().unwrap().parse().unwrap();
+    assert!(
+        reached >= end,
+        "reached {reached}, the server wrote up to {end}"
+    );
+    assert!(report["reached"]["last_commit"].is_string(), "{report:#}");
+    assert_eq!(report["reached"]["timeline"], 2, "promoted to timeline 2");
+    assert_eq!(report["behind_live_bytes"], 0, "{report:#}");
+    assert!(report["restore_seconds"].as_f64().unwrap() > 0.0);
+    assert!(report["replay_seconds"].as_f64().unwrap() > 0.0);
+    assert!(check(&report, "databases")["detail"]
+        .as_str()
+        .unwrap()
+        .contains("postgres"));
+
+    // Recorded in the store (read directly), and listed.
+    let id = report["id"].as_str().unwrap();
+    let store = rig.store().await;
+    let body = store.get(&format!("drills/{id}.json")).await.unwrap();
+    let recorded: serde_json::Value =
+        serde_json::from_slice(&envelope::open(&body).unwrap()).unwrap();
+    assert_eq!(recorded["passed"], true);
+    assert_eq!(recorded["reached"], report["reached"]);
+    let out = run_pgagent(&["list", "drills"], &rig.env(&pg));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(id) && text(&out).contains("passed"),
+        "{}",
+        text(&out)
+    );
+    // Nothing is left in the scratch directory.
+    let left: Vec<_> = std::fs::read_dir(rig.dir.path().join("drill"))
+        .unwrap()
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drill_fails_naming_the_step_that_failed() {
+    let rig = Rig::fs();
+    let (pg, end) = streamed(&rig, 3);
+    let store_dir = rig.dir.path().join("store");
+
+    // A check_sql that counts nothing.
+    let (code, report, out) = drill(
+        &rig,
+        &pg,
+        &[(
+            "PGAGENT_DRILL_CHECK_SQL",
+            "SELECT count(*) FROM t WHERE v = 'never written'".into(),
+        )],
+    );
+    assert_eq!(code, Some(1), "{out}");
+    assert_eq!(failed(&report), ["check_sql"], "{report:#}");
+    assert_eq!(
+        check(&report, "check_sql")["detail"],
+        "returned 0: not above 0"
+    );
+    assert!(out.contains("failed: check_sql"), "{out}");
+
+    // A segment missing in the middle: PostgreSQL takes "not found" for the end of the
+    // archive and promotes early; the drill sees it ended before the store's WAL does.
+    let middle = segment_file_name(TimelineId(1), SegNo(end.segment_number(seg()).0 - 2), seg());
+    let moved = rig.dir.path().join("moved-segment");
+    std::fs::rename(store_dir.join("wal").join(&middle), &moved).unwrap();
+    let (code, report, out) = drill(&rig, &pg, &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert_eq!(failed(&report), ["end of WAL"], "{report:#}");
+    let behind = report["behind_store_bytes"].as_u64().unwrap();
+    assert!(behind > SEG, "{report:#}");
+    std::fs::rename(&moved, store_dir.join("wal").join(&middle)).unwrap();
+
+    // A corrupt chunk: the restore stops, naming it.
+    let chunk = std::fs::read_dir(store_dir.join("chunks"))
+        .unwrap()
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+        .map(|f| f.unwrap().path())
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let original = std::fs::read(&chunk).unwrap();
+    let mut bad = original.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    std::fs::write(&chunk, &bad).unwrap();
+    let (code, report, out) = drill(&rig, &pg, &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert_eq!(failed(&report), ["restore"], "{report:#}");
+    let name = chunk.file_name().unwrap().to_str().unwrap();
+    assert!(
+        check(&report, "restore")["detail"]
+            .as_str()
+            .unwrap()
+            .contains(name),
+        "{report:#}"
+    );
+    std::fs::write(&chunk, &original).unwrap();
+
+    // A backup whose WAL never reached the store stays "running": it cannot be drilled.
+    let store = rig.store().await;
+    let key = store
+        .list("backups/")
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|m| m.key.ends_with("/manifest.json"))
+        .unwrap()
+        .key;
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&envelope::open(&store.get(&key).await.unwrap()).unwrap()).unwrap();
+    manifest["status"] = "running".into();
+    let json = serde_json::to_vec(&manifest).unwrap();
+    store
+        .put(&key, envelope::seal(&json, 3).body)
+        .await
+        .unwrap();
+    let (code, report, out) = drill(&rig, &pg, &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert_eq!(failed(&report), ["restore"], "{report:#}");
+    assert!(
+        check(&report, "restore")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no complete backup"),
+        "{report:#}"
+    );
+
+    // Each failed drill is recorded as failed.
+    let out = run_pgagent(&["list", "drills", "--json"], &rig.env(&pg));
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.len(), 4, "{listed:#?}");
+    assert!(listed.iter().all(|r| r["passed"] == false));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drill_directory_inside_pgdata_is_refused() {
+    let rig = Rig::fs();
+    let pg = PgServer::start(PgOptions::default()).unwrap();
+    let inside = pg.data_dir().join("drill");
+    let (code, _, out) = drill(
+        &rig,
+        &pg,
+        &[("PGAGENT_DRILL_DIR", inside.display().to_string())],
+    );
+    assert_eq!(code, Some(3), "{out}");
+    assert!(out.contains("never touches PGDATA"), "{out}");
+    assert!(!inside.exists());
+}
