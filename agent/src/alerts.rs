@@ -212,6 +212,33 @@ pub fn hook_env(e: &Event, s: &DaemonStatus) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// The environment of `alerts.on_failure` for a failed drill: `PGAGENT_EVENT=failure`,
+/// `PGAGENT_EVENT_REASON=drill`, `PGAGENT_EVENT_MESSAGE` naming the failed checks,
+/// `PGAGENT_DRILL_ID`, and `PGAGENT_DRILL_FAILED_CHECKS` (comma-separated).
+pub fn drill_hook_env(r: &crate::drill::DrillReport) -> Vec<(&'static str, String)> {
+    let failed: Vec<String> = r
+        .failed()
+        .map(|c| {
+            format!(
+                "{}: {}",
+                c.name,
+                c.detail.lines().next().unwrap_or_default()
+            )
+        })
+        .collect();
+    let names: Vec<&str> = r.failed().map(|c| c.name.as_str()).collect();
+    vec![
+        ("PGAGENT_EVENT", "failure".to_string()),
+        ("PGAGENT_EVENT_REASON", "drill".to_string()),
+        (
+            "PGAGENT_EVENT_MESSAGE",
+            format!("pgagent: drill {} failed: {}", r.id, failed.join("; ")),
+        ),
+        ("PGAGENT_DRILL_ID", r.id.clone()),
+        ("PGAGENT_DRILL_FAILED_CHECKS", names.join(",")),
+    ]
+}
+
 /// Runs `command` with `sh -c` and `env`, killing it after `timeout`; logs the outcome.
 pub async fn run_hook(command: String, env: Vec<(&'static str, String)>, timeout: Duration) {
     let mut cmd = tokio::process::Command::new("/bin/sh");

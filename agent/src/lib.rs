@@ -114,7 +114,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Run => commands::run::run(cfg).await,
+            Command::Run => commands::run::run(cfg, cli_fetch_prefix).await,
             Command::Fetch { .. } | Command::FetchServer => {
                 unreachable!("handled before the runtime starts")
             }

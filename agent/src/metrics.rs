@@ -117,6 +117,15 @@ pub struct Metrics {
     pub snapshot_last_success_timestamp_seconds: Gauge,
     /// `pgagent_backup_dedup_ratio`: share of the last backup's chunks already stored (0..1).
     pub backup_dedup_ratio: Gauge,
+    /// `pgagent_drill_last_success_timestamp_seconds`: end of the last drill whose every
+    /// check passed, Unix seconds (read from the store's drill records at start).
+    pub drill_last_success_timestamp_seconds: Gauge,
+    /// `pgagent_drill_duration_seconds`: how long the last scheduled drill took.
+    pub drill_duration_seconds: Gauge,
+    /// `pgagent_drill_rto_seconds`: restore plus replay time of the last scheduled drill.
+    pub drill_rto_seconds: Gauge,
+    /// `pgagent_drill_checks_failed`: checks the last scheduled drill failed (0: passed).
+    pub drill_checks_failed: IntGauge,
     /// `pgagent_fetch_seconds`: time the fetch server took to answer a `restore_command`
     /// request, in seconds (histogram).
     pub fetch_seconds: Histogram,
@@ -273,6 +282,22 @@ impl Metrics {
             backup_dedup_ratio: gauge(
                 "pgagent_backup_dedup_ratio",
                 "Share of the last base backup's chunks that were already stored (0..1).",
+            ),
+            drill_last_success_timestamp_seconds: gauge(
+                "pgagent_drill_last_success_timestamp_seconds",
+                "End of the last drill whose every check passed, Unix seconds.",
+            ),
+            drill_duration_seconds: gauge(
+                "pgagent_drill_duration_seconds",
+                "Duration of the last scheduled drill, seconds.",
+            ),
+            drill_rto_seconds: gauge(
+                "pgagent_drill_rto_seconds",
+                "Restore plus replay time of the last scheduled drill, seconds.",
+            ),
+            drill_checks_failed: int_gauge(
+                "pgagent_drill_checks_failed",
+                "Checks the last scheduled drill failed; 0 when it passed.",
             ),
             fetch_seconds,
             rpo_seconds,
@@ -487,6 +512,10 @@ mod tests {
             "pgagent_backup_duration_seconds",
             "pgagent_backup_dedup_ratio",
             "pgagent_snapshot_last_success_timestamp_seconds",
+            "pgagent_drill_last_success_timestamp_seconds",
+            "pgagent_drill_duration_seconds",
+            "pgagent_drill_rto_seconds",
+            "pgagent_drill_checks_failed",
             "pgagent_prefetch_hits_total",
             "pgagent_prefetch_misses_total",
             "pgagent_store_requests_total{op=\"list\"} 3",

@@ -253,3 +253,89 @@ async fn a_drill_directory_inside_pgdata_is_refused() {
     assert!(out.contains("never touches PGDATA"), "{out}");
     assert!(!inside.exists());
 }
+
+/// `drill.schedule` in `pgagent run`: a passing drill sets the drill gauges and `status`
+/// shows it; with a `check_sql` that fails, the gauges say so and `alerts.on_failure` runs
+/// with the drill's failed checks.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scheduled_drill_sets_the_metrics_and_a_failed_one_runs_the_hook() {
+    let rig = Rig::fs();
+    let (pg, _) = streamed(&rig, 1);
+    let hooks = rig.dir.path().join("hooks.log");
+    let scheduled = |check_sql: &str| {
+        let addr = pgagent_tests::free_addr().unwrap();
+        let agent = rig.spawn_with(
+            &pg,
+            &[
+                ("PGAGENT_METRICS_LISTEN", addr.to_string()),
+                ("PGAGENT_DRILL_SCHEDULE", "*/3 * * * * *".into()),
+                ("PGAGENT_DRILL_CHECK_SQL", check_sql.into()),
+                (
+                    "PGAGENT_DRILL_PG_BIN_DIR",
+                    pg.bin_dir().display().to_string(),
+                ),
+                (
+                    "PGAGENT_DRILL_DIR",
+                    rig.dir.path().join("drill").display().to_string(),
+                ),
+                (
+                    "PGAGENT_ALERTS_ON_FAILURE",
+                    format!(
+                        "echo \"$PGAGENT_EVENT $PGAGENT_EVENT_REASON $PGAGENT_DRILL_FAILED_CHECKS\" >> {}",
+                        hooks.display()
+                    ),
+                ),
+            ],
+        );
+        (agent, addr)
+    };
+    let metric = |addr, name| std::panic::catch_unwind(|| scrape(addr, name)).unwrap_or(f64::NAN);
+
+    let (mut agent, addr) = scheduled("SELECT count(*) FROM t");
+    assert!(
+        pgagent_tests::wait_until(Duration::from_secs(90), Duration::from_millis(500), || {
+            metric(addr, "pgagent_drill_last_success_timestamp_seconds") > 0.0
+        }),
+        "no drill passed\n{}",
+        agent.output_text()
+    );
+    assert_eq!(metric(addr, "pgagent_drill_checks_failed"), 0.0);
+    assert!(metric(addr, "pgagent_drill_rto_seconds") > 0.0);
+    assert!(metric(addr, "pgagent_drill_duration_seconds") > 0.0);
+    assert!(agent.terminate().success(), "{}", agent.output_text());
+    let out = run_pgagent(&["status"], &rig.env(&pg));
+    assert!(
+        text(&out)
+            .lines()
+            .any(|l| l.starts_with("last drill") && l.contains("passed, RTO")),
+        "{}",
+        text(&out)
+    );
+
+    let (mut agent, addr) = scheduled("SELECT count(*) FROM t WHERE false");
+    assert!(
+        pgagent_tests::wait_until(Duration::from_secs(90), Duration::from_millis(500), || {
+            metric(addr, "pgagent_drill_checks_failed") == 1.0
+                && std::fs::read_to_string(&hooks).is_ok_and(|h| !h.is_empty())
+        }),
+        "no failed drill reported\n{}",
+        agent.output_text()
+    );
+    // The passed drill of the first agent still counts, read from the store at start.
+    assert!(metric(addr, "pgagent_drill_last_success_timestamp_seconds") > 0.0);
+    assert!(agent.terminate().success(), "{}", agent.output_text());
+    let hook = std::fs::read_to_string(&hooks).unwrap();
+    assert_eq!(
+        hook.lines().next(),
+        Some("failure drill check_sql"),
+        "{hook}"
+    );
+    let out = run_pgagent(&["status"], &rig.env(&pg));
+    assert!(
+        text(&out)
+            .lines()
+            .any(|l| l.starts_with("last drill") && l.contains("FAILED (check_sql)")),
+        "{}",
+        text(&out)
+    );
+}

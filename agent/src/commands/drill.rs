@@ -10,19 +10,11 @@ use crate::store::drills;
 /// Errors: a check failed (exit 1, after the report); the drill could not start (a
 /// `drill.dir` inside PGDATA: exit 3).
 pub async fn run(cfg: &Config, req: &DrillRequest, json: bool) -> anyhow::Result<()> {
-    let report = drill::drill(cfg, req).await?;
-    let recorded = record(cfg, &report).await;
+    let report = run_and_record(cfg, req).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", report.text());
-    }
-    match recorded {
-        Ok(()) => tracing::info!("recorded as drills/{}.json", report.id),
-        Err(e) => eprintln!(
-            "pgagent: drill {} is not recorded in the store: {e:#}",
-            report.id
-        ),
     }
     if report.passed {
         Ok(())
@@ -30,6 +22,29 @@ pub async fn run(cfg: &Config, req: &DrillRequest, json: bool) -> anyhow::Result
         let failed: Vec<&str> = report.failed().map(|c| c.name.as_str()).collect();
         anyhow::bail!("drill {} failed: {}", report.id, failed.join(", "))
     }
+}
+
+/// Runs a drill, records its report in the store (a failure to record is logged: the
+/// report is still returned), and runs `alerts.on_failure` when a check failed (with
+/// `PGAGENT_EVENT_REASON=drill`, see [`crate::alerts::drill_hook_env`]).
+///
+/// Errors: as [`drill::drill`].
+pub async fn run_and_record(cfg: &Config, req: &DrillRequest) -> anyhow::Result<DrillReport> {
+    let report = drill::drill(cfg, req).await?;
+    match record(cfg, &report).await {
+        Ok(()) => tracing::info!("recorded as drills/{}.json", report.id),
+        Err(e) => tracing::error!("drill {} is not recorded in the store: {e:#}", report.id),
+    }
+    let hook = &cfg.raw.alerts.on_failure;
+    if !report.passed && !hook.is_empty() {
+        crate::alerts::run_hook(
+            hook.clone(),
+            crate::alerts::drill_hook_env(&report),
+            cfg.raw.alerts.hook_timeout,
+        )
+        .await;
+    }
+    Ok(report)
 }
 
 /// Writes the report to `drills/<id>.json`, sealed with the store's key.

@@ -6,12 +6,14 @@ use crate::config::Config;
 use crate::exit;
 
 /// Runs the daemon; the first SIGTERM/SIGINT stops it cleanly, a second at once.
+/// `fetch_prefix` is how a restored server calls this program (`<pgagent> [--config …]`),
+/// for the `restore_command` of scheduled drills.
 ///
 /// Errors: the daemon's (connection, store, staging).
-pub async fn run(cfg: Config) -> anyhow::Result<()> {
+pub async fn run(cfg: Config, fetch_prefix: String) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));
-    crate::daemon::run(cfg, shutdown).await
+    crate::daemon::run(cfg, shutdown, fetch_prefix).await
 }
 
 /// First SIGTERM/SIGINT: cancel `shutdown` (flush, upload, stop). Second: exit at once.

@@ -51,6 +51,7 @@ pub async fn run(cfg: &Config, json: bool) -> anyhow::Result<()> {
                         None => serde_json::Value::Null,
                     };
                 }
+                v["last_drill"] = serde_json::to_value(&p.last_drill)?;
             }
             Err(e) => v["store_error"] = e.clone().into(),
         }
@@ -66,11 +67,46 @@ pub async fn run(cfg: &Config, json: bool) -> anyhow::Result<()> {
             Ok(p) => {
                 println!("{:<18}{}", "last backup", point(&p.last_backup));
                 println!("{:<18}{}", "last snapshot", point(&p.last_snapshot));
+                println!(
+                    "{:<18}{}",
+                    "last drill",
+                    drill_line(p.last_drill.as_ref(), now)
+                );
             }
             Err(e) => println!("{:<18}unknown: {e}", "last backup"),
         }
     }
     Ok(())
+}
+
+/// "3 days ago, passed, RTO 41 s" (or the failed checks) for the newest drill, `now` in
+/// Unix seconds.
+pub fn drill_line(d: Option<&crate::store::LastDrill>, now: u64) -> String {
+    let Some(d) = d else {
+        return "none (pgagent drill proves the store restores)".to_string();
+    };
+    let ago = crate::store::unix_seconds(&d.finished_at)
+        .map(|t| ago(now.saturating_sub(t as u64)))
+        .unwrap_or_else(|| d.finished_at.clone());
+    let rto = d
+        .rto_seconds
+        .map(|s| format!(", RTO {s:.0} s"))
+        .unwrap_or_default();
+    if d.passed {
+        format!("{ago}, passed{rto}")
+    } else {
+        format!("{ago}, FAILED ({}){rto}", d.failed_checks.join(", "))
+    }
+}
+
+/// A duration in seconds as people say it: "40 s ago", "5 min ago", "3 h ago", "3 days ago".
+fn ago(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s} s ago"),
+        s if s < 2 * 3600 => format!("{} min ago", s / 60),
+        s if s < 2 * 86400 => format!("{} h ago", s / 3600),
+        s => format!("{} days ago", s / 86400),
+    }
 }
 
 /// The human form.

@@ -267,6 +267,8 @@ pub struct DrillSection {
     /// How long restore plus recovery may take before the drill fails.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// Cron schedule (UTC) of drills run by `pgagent run`; empty: none.
+    pub schedule: String,
 }
 
 impl Default for DrillSection {
@@ -278,6 +280,7 @@ impl Default for DrillSection {
             check_sql: String::new(),
             check_database: "postgres".into(),
             timeout: Duration::from_secs(3600),
+            schedule: String::new(),
         }
     }
 }

@@ -30,17 +30,22 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::pipeline;
 
-/// Runs the daemon until `shutdown` is cancelled and everything received is uploaded.
+/// Runs the daemon until `shutdown` is cancelled and everything received is uploaded;
+/// `fetch_prefix` starts the `restore_command` of scheduled drills.
 ///
 /// Errors: a metrics address that cannot be bound, a staging directory that cannot be
 /// written, a schedule that does not parse, and the pipeline's (see [`pipeline`]).
-pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    cfg: Config,
+    shutdown: CancellationToken,
+    fetch_prefix: String,
+) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let metrics_task = serve_metrics(&cfg, &metrics, &shutdown).await?;
     check_staging(&cfg)?;
     let fetch_task =
         crate::fetch::server::spawn_daemon_server(&cfg, metrics.clone(), shutdown.clone());
-    let schedule_tasks = schedules::start(&cfg, &metrics, &shutdown)?;
+    let schedule_tasks = schedules::start(&cfg, &metrics, &shutdown, &fetch_prefix)?;
 
     let connected = pipeline::connect(&cfg).await?;
     spawn_last_points(
@@ -120,8 +125,8 @@ fn check_staging(cfg: &Config) -> anyhow::Result<()> {
     crate::staging::check_staging(cfg.staging_dir())
 }
 
-/// The backup and snapshot gauges start from what the store holds, not from zero, so a
-/// restart does not look like "no backup for a day".
+/// The backup, snapshot and drill gauges start from what the store holds, not from zero,
+/// so a restart does not look like "no backup for a day" (and a drill run by hand counts).
 fn spawn_last_points(
     store: Arc<dyn ObjectStore>,
     cipher: Option<ObjectCipher>,
@@ -136,6 +141,9 @@ fn spawn_last_points(
                 }
                 if let Some(t) = p.last_snapshot.and_then(|(_, at)| unix_seconds(&at)) {
                     metrics.snapshot_last_success_timestamp_seconds.set(t);
+                }
+                if let Some(t) = p.last_passed_drill.as_deref().and_then(unix_seconds) {
+                    metrics.drill_last_success_timestamp_seconds.set(t);
                 }
             }
             Err(e) => tracing::warn!("cannot read the last backup from the store: {e:#}"),

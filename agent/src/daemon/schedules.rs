@@ -1,6 +1,6 @@
-//! The schedules `pgagent run` keeps: base backups (`backup.schedule`) and ZFS snapshots
-//! (`zfs.snapshot_schedule`), each a cron loop ([`crate::schedule::every`]) stopped by the
-//! shared cancellation token.
+//! The schedules `pgagent run` keeps: base backups (`backup.schedule`), ZFS snapshots
+//! (`zfs.snapshot_schedule`) and drills (`drill.schedule`), each a cron loop
+//! ([`crate::schedule::every`]) stopped by the shared cancellation token.
 //!
 //! A scheduled job that fails is logged and counted; the next one is taken at its time. A
 //! backup started by hand (`pgagent backup`) while a scheduled one runs is refused by the
@@ -27,8 +27,21 @@ pub fn start(
     cfg: &Config,
     metrics: &Arc<Metrics>,
     shutdown: &CancellationToken,
+    fetch_prefix: &str,
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
     let mut tasks = Vec::new();
+    if let Some(cron) =
+        parse("drill.schedule", &cfg.raw.drill.schedule).map_err(|e| ConfigError(e.0))?
+    {
+        tracing::info!(schedule = cfg.raw.drill.schedule, "drills scheduled (UTC)");
+        tasks.push(tokio::spawn(drills(
+            cfg.clone(),
+            cron,
+            metrics.clone(),
+            shutdown.clone(),
+            fetch_prefix.to_string(),
+        )));
+    }
     if let Some(cron) = parse("zfs.snapshot_schedule", &cfg.raw.zfs.snapshot_schedule)
         .map_err(|e| ConfigError(e.0))?
     {
@@ -89,6 +102,55 @@ async fn backups(cfg: Config, cron: Cron, metrics: Arc<Metrics>, shutdown: Cance
                 "scheduled base backup not complete: its WAL did not reach the store"
             ),
             Err(e) => tracing::error!("scheduled base backup failed: {e:#}"),
+        }
+    })
+    .await;
+}
+
+/// Runs a drill of the newest backup to the end of the WAL at each time of
+/// `drill.schedule` until `shutdown`: sets the drill gauges, records the report in the
+/// store, and runs `alerts.on_failure` when a check failed.
+async fn drills(
+    cfg: Config,
+    cron: Cron,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    fetch_prefix: String,
+) {
+    every(cron, "drill", shutdown, || async {
+        let req = crate::drill::DrillRequest {
+            backup: None,
+            from: crate::commands::restore::RestoreFrom::Auto,
+            target: crate::commands::restore::RecoveryTarget::Latest,
+            keep: false,
+            restore_command: format!("{fetch_prefix} fetch %f %p"),
+        };
+        // The restore's futures borrow across awaits in ways that are not `Send` for every
+        // lifetime, so the drill runs on a blocking thread of its own, on this runtime.
+        let (cfg, handle) = (cfg.clone(), tokio::runtime::Handle::current());
+        let drilled = tokio::task::spawn_blocking(move || {
+            handle.block_on(crate::commands::drill::run_and_record(&cfg, &req))
+        })
+        .await
+        .unwrap_or_else(|e| Err(anyhow::anyhow!("the drill task failed: {e}")));
+        match drilled {
+            Ok(report) => {
+                metrics.drill_duration_seconds.set(report.duration_seconds);
+                if let Some(rto) = report.rto_seconds() {
+                    metrics.drill_rto_seconds.set(rto);
+                }
+                let failed = report.failed().count();
+                metrics.drill_checks_failed.set(failed as i64);
+                if report.passed {
+                    metrics
+                        .drill_last_success_timestamp_seconds
+                        .set(Utc::now().timestamp() as f64);
+                    tracing::info!(id = report.id, "scheduled drill passed");
+                } else {
+                    tracing::error!(id = report.id, "scheduled drill failed:\n{}", report.text());
+                }
+            }
+            Err(e) => tracing::error!("scheduled drill could not run: {e:#}"),
         }
     })
     .await;

@@ -165,17 +165,36 @@ pub async fn open_cluster(cfg: &Config) -> anyhow::Result<Opened> {
 }
 
 /// The newest complete base backup and the newest snapshot record in the store, each as
-/// (id, end time RFC 3339).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+/// (id, end time RFC 3339), and the newest drills.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct LastPoints {
     /// The newest complete base backup.
     pub last_backup: Option<(String, String)>,
     /// The newest ZFS snapshot recorded in the store.
     pub last_snapshot: Option<(String, String)>,
+    /// The newest drill recorded in the store.
+    pub last_drill: Option<LastDrill>,
+    /// End of the newest drill that passed, RFC 3339.
+    pub last_passed_drill: Option<String>,
+}
+
+/// The newest drill, as `status` shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LastDrill {
+    /// Its id.
+    pub id: String,
+    /// When it ended, RFC 3339.
+    pub finished_at: String,
+    /// Whether every check passed.
+    pub passed: bool,
+    /// Restore plus replay, seconds, when the server came up.
+    pub rto_seconds: Option<f64>,
+    /// The checks that failed.
+    pub failed_checks: Vec<String>,
 }
 
 /// Reads [`LastPoints`] from `store` (newest first: one manifest or record read each, plus
-/// the listings).
+/// the listings; every drill record).
 ///
 /// Errors: the store's.
 pub async fn last_points(
@@ -196,6 +215,19 @@ pub async fn last_points(
         .await?
         .pop()
         .map(|r| (r.id, r.finished_at));
+    let drills = drills::records(store, cipher).await?;
+    points.last_passed_drill = drills
+        .iter()
+        .rev()
+        .find(|d| d.passed)
+        .map(|d| d.finished_at.clone());
+    points.last_drill = drills.last().map(|d| LastDrill {
+        id: d.id.clone(),
+        finished_at: d.finished_at.clone(),
+        passed: d.passed,
+        rto_seconds: d.rto_seconds(),
+        failed_checks: d.failed().map(|c| c.name.clone()).collect(),
+    });
     Ok(points)
 }
 

@@ -185,14 +185,20 @@ proptest! {
         prop_assert_eq!(open(&seal(&raw, 3).body).unwrap(), raw);
     }
 
+    /// A changed byte of a plaintext envelope never yields other bytes: it is refused, or
+    /// (a bit zstd does not read, such as a frame header bit that changes no parameter)
+    /// the very same verified bytes come out. An encrypted envelope refuses every change
+    /// (`encrypted_tests`).
     #[test]
-    fn random_corruption_never_passes(pos in 0usize..10_000, mask in 1u8..=255) {
+    fn random_corruption_never_yields_other_bytes(pos in 0usize..10_000, mask in 1u8..=255) {
         let raw: Vec<u8> = (0..20_000u32).map(|i| (i % 13) as u8).collect();
         let s = seal(&raw, 3);
         let mut b = s.body.to_vec();
         let pos = pos % b.len();
         b[pos] ^= mask;
-        prop_assert!(open(&b).is_err());
+        if let Ok(opened) = open(&b) {
+            prop_assert_eq!(opened, raw);
+        }
     }
 }
 
