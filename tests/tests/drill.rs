@@ -136,6 +136,23 @@ async fn a_drill_of_a_healthy_store_passes_and_reports_the_point_reached() {
         "{}",
         text(&out)
     );
+    // The text form says the same.
+    let mut env = rig.env(&pg);
+    env.push((
+        "PGAGENT_DRILL_PG_BIN_DIR",
+        pg.bin_dir().display().to_string(),
+    ));
+    env.push((
+        "PGAGENT_DRILL_DIR",
+        rig.dir.path().join("drill").display().to_string(),
+    ));
+    let out = run_pgagent(&["drill"], &env);
+    assert!(out.status.success(), "{}", text(&out));
+    let shown = String::from_utf8_lossy(&out.stdout).to_string();
+    println!("{shown}");
+    for line in ["PASSED", "restored   backup", "RTO", "reached    LSN", "ok   end of WAL"] {
+        assert!(shown.contains(line), "{line:?} missing from\n{shown}");
+    }
     // Nothing is left in the scratch directory.
     let left: Vec<_> = std::fs::read_dir(rig.dir.path().join("drill"))
         .unwrap()
