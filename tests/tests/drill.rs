@@ -35,13 +35,9 @@ fn streamed(rig: &Rig, segments: u32) -> (PgServer, Lsn) {
     (pg, end)
 }
 
-/// `pgagent drill --json` for `rig`'s store with the server's binaries and `extra`
-/// settings; returns the exit code and the report.
-fn drill(
-    rig: &Rig,
-    pg: &PgServer,
-    extra: &[(&'static str, String)],
-) -> (Option<i32>, serde_json::Value, String) {
+/// The environment of a drill of `rig`'s store: the agent's, `pg`'s binaries, and a
+/// `drill.dir` in the rig's directory.
+fn drill_env(rig: &Rig, pg: &PgServer) -> Vec<(&'static str, String)> {
     let mut env = rig.env(pg);
     env.push((
         "PGAGENT_DRILL_PG_BIN_DIR",
@@ -51,6 +47,17 @@ fn drill(
         "PGAGENT_DRILL_DIR",
         rig.dir.path().join("drill").display().to_string(),
     ));
+    env
+}
+
+/// `pgagent drill --json` for `rig`'s store with the server's binaries and `extra`
+/// settings; returns the exit code and the report.
+fn drill(
+    rig: &Rig,
+    pg: &PgServer,
+    extra: &[(&'static str, String)],
+) -> (Option<i32>, serde_json::Value, String) {
+    let mut env = drill_env(rig, pg);
     env.extend(extra.iter().cloned());
     let out = run_pgagent(&["drill", "--json"], &env);
     let report = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
@@ -137,20 +144,17 @@ async fn a_drill_of_a_healthy_store_passes_and_reports_the_point_reached() {
         text(&out)
     );
     // The text form says the same.
-    let mut env = rig.env(&pg);
-    env.push((
-        "PGAGENT_DRILL_PG_BIN_DIR",
-        pg.bin_dir().display().to_string(),
-    ));
-    env.push((
-        "PGAGENT_DRILL_DIR",
-        rig.dir.path().join("drill").display().to_string(),
-    ));
-    let out = run_pgagent(&["drill"], &env);
+    let out = run_pgagent(&["drill"], &drill_env(&rig, &pg));
     assert!(out.status.success(), "{}", text(&out));
     let shown = String::from_utf8_lossy(&out.stdout).to_string();
     println!("{shown}");
-    for line in ["PASSED", "restored   backup", "RTO", "reached    LSN", "ok   end of WAL"] {
+    for line in [
+        "PASSED",
+        "restored   backup",
+        "RTO",
+        "reached    LSN",
+        "ok   end of WAL",
+    ] {
         assert!(shown.contains(line), "{line:?} missing from\n{shown}");
     }
     // Nothing is left in the scratch directory.
@@ -281,29 +285,20 @@ async fn a_scheduled_drill_sets_the_metrics_and_a_failed_one_runs_the_hook() {
     let hooks = rig.dir.path().join("hooks.log");
     let scheduled = |check_sql: &str| {
         let addr = pgagent_tests::free_addr().unwrap();
-        let agent = rig.spawn_with(
-            &pg,
-            &[
-                ("PGAGENT_METRICS_LISTEN", addr.to_string()),
-                ("PGAGENT_DRILL_SCHEDULE", "*/3 * * * * *".into()),
-                ("PGAGENT_DRILL_CHECK_SQL", check_sql.into()),
-                (
-                    "PGAGENT_DRILL_PG_BIN_DIR",
-                    pg.bin_dir().display().to_string(),
+        let mut env = drill_env(&rig, &pg);
+        env.extend([
+            ("PGAGENT_METRICS_LISTEN", addr.to_string()),
+            ("PGAGENT_DRILL_SCHEDULE", "*/3 * * * * *".into()),
+            ("PGAGENT_DRILL_CHECK_SQL", check_sql.into()),
+            (
+                "PGAGENT_ALERTS_ON_FAILURE",
+                format!(
+                    "echo \"$PGAGENT_EVENT $PGAGENT_EVENT_REASON $PGAGENT_DRILL_FAILED_CHECKS\" >> {}",
+                    hooks.display()
                 ),
-                (
-                    "PGAGENT_DRILL_DIR",
-                    rig.dir.path().join("drill").display().to_string(),
-                ),
-                (
-                    "PGAGENT_ALERTS_ON_FAILURE",
-                    format!(
-                        "echo \"$PGAGENT_EVENT $PGAGENT_EVENT_REASON $PGAGENT_DRILL_FAILED_CHECKS\" >> {}",
-                        hooks.display()
-                    ),
-                ),
-            ],
-        );
+            ),
+        ]);
+        let agent = pgagent_tests::AgentProcess::spawn(&["run"], &env);
         (agent, addr)
     };
     let metric = |addr, name| std::panic::catch_unwind(|| scrape(addr, name)).unwrap_or(f64::NAN);

@@ -591,3 +591,72 @@ async fn run_takes_scheduled_snapshots_and_keeps_retention() {
     assert!(replaced, "{:?}\n{}", ours(), agent.output_text());
     assert!(agent.terminate().success(), "{}", agent.output_text());
 }
+
+/// `pgagent drill` from a clone of a local snapshot and from the bucket: both pass and
+/// reach the end of the WAL; the clone restores faster, is destroyed afterwards, and the
+/// live cluster and its snapshot stay as they were.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drill_from_a_snapshot_clone_is_faster_than_from_the_bucket() {
+    let pool = ZfsPool::create(1024).expect("ZFS pool");
+    let (dataset, _pgdata, primary) = primary_on_zfs(&pool);
+    let rig = Rig::fs();
+    let mut agent = rig.spawn_caught_up(&primary);
+    primary.pgbench_init(10).unwrap();
+    create_table_t(&primary);
+    load(&primary, "before", 1000);
+    let fetch = fetch_config(&rig.store_url, &[]);
+    add_zfs_section(&fetch.config, &[format!("datasets = [\"{dataset}\"]")]);
+    let mut env = rig.env(&primary);
+    let out = pgagent(&fetch.config, &["backup", "--fast"], &env);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = pgagent(&fetch.config, &["snapshot"], &env);
+    assert!(out.status.success(), "{}", text(&out));
+    load(&primary, "after", 500);
+    flush_to_store(&rig, &agent, &primary);
+    assert!(agent.terminate().success(), "{}", agent.output_text());
+
+    env.push((
+        "PGAGENT_DRILL_PG_BIN_DIR",
+        primary.bin_dir().display().to_string(),
+    ));
+    env.push((
+        "PGAGENT_DRILL_DIR",
+        pool.dir().join("drill").display().to_string(),
+    ));
+    let drill = |from: &str| {
+        let out = pgagent(&fetch.config, &["drill", "--json", "--from", from], &env);
+        assert!(out.status.success(), "drill --from {from}: {}", text(&out));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["passed"], true, "{report:#}");
+        assert_eq!(report["tier"], from, "{report:#}");
+        report
+    };
+    let cloned = drill("snapshot");
+    let bucket = drill("bucket");
+    let seconds = |r: &serde_json::Value| r["restore_seconds"].as_f64().unwrap();
+    println!(
+        "drill restore: snapshot clone {:.2} s, bucket {:.2} s",
+        seconds(&cloned),
+        seconds(&bucket)
+    );
+    assert!(
+        seconds(&cloned) < seconds(&bucket),
+        "the clone ({:.2} s) was not faster than the bucket ({:.2} s)",
+        seconds(&cloned),
+        seconds(&bucket)
+    );
+    assert_eq!(cloned["reached"]["lsn"], bucket["reached"]["lsn"]);
+    let datasets = pool
+        .zfs(&["list", "-H", "-o", "name", "-r", pool.name()])
+        .unwrap();
+    assert!(
+        !datasets.contains("-restore-"),
+        "the clone stayed: {datasets}"
+    );
+    assert!(primary.psql("SELECT 1").is_ok());
+    assert!(pool
+        .snapshots()
+        .unwrap()
+        .iter()
+        .any(|s| s.contains("@pgagent-")));
+}

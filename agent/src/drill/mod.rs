@@ -56,7 +56,8 @@ pub async fn drill(cfg: &Config, req: &DrillRequest) -> anyhow::Result<DrillRepo
     let started_at = SystemTime::now();
     let begun = Instant::now();
     let id = crate::store::catalog::new_id(started_at);
-    let scratch = scratch::Scratch::create(cfg, &id).await?;
+    let in_dataset = snapshot_layout(cfg, req);
+    let scratch = scratch::Scratch::create(cfg, &id, in_dataset.as_deref()).await?;
     let mut report = DrillReport::new(&id, started_at, req);
 
     // A drill never rolls back the live datasets: a snapshot comes back as a clone.
@@ -121,6 +122,19 @@ pub async fn drill(cfg: &Config, req: &DrillRequest) -> anyhow::Result<DrillRepo
     }
     server.stop().await;
     finish(report, scratch, req.keep, begun).await
+}
+
+/// Where the data directory sits inside its dataset in the newest local snapshot (e.g.
+/// `data`), when a snapshot may serve: a clone is mounted so that the data directory lands
+/// where the restore is asked to put it.
+fn snapshot_layout(cfg: &Config, req: &DrillRequest) -> Option<String> {
+    if req.from == RestoreFrom::Bucket || cfg.raw.zfs.datasets.is_empty() {
+        return None;
+    }
+    let zfs = crate::zfs::Zfs::new(&cfg.raw.zfs.command);
+    let local = crate::zfs::snapshots::local_snapshots(&zfs, &cfg.raw.zfs.datasets).ok()?;
+    let record = local.iter().rev().find_map(|s| s.record.as_ref().ok())?;
+    record.pgdata_in_dataset().map(str::to_string)
 }
 
 /// Stops timing, removes the scratch directory unless `keep`, and returns the report.

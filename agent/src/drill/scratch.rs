@@ -1,7 +1,9 @@
 //! The scratch directory of one drill: `<drill.dir>/<id>/` holding the restored data
-//! directory (`pgdata/`), the server's private socket directory (`sock/`), its
-//! configuration and log, and a marker (`pgagent.drill`) naming the process that made it
-//! and the ZFS clone it restored into, if any.
+//! directory (`mnt/`, or `mnt/<path>` when a snapshot's data directory is `<path>` inside
+//! its dataset, so that a clone of it can be mounted at `mnt/`), the server's private
+//! socket directory (`sock/`), its configuration and log, and a marker (`pgagent.drill`)
+//! naming the process that made it, its data directory and the ZFS clone it restored
+//! into, if any.
 //!
 //! Only directories holding the marker are ever removed. At the start of each drill, those
 //! whose process is gone (a drill that crashed or was killed) are cleaned up: their server
@@ -29,6 +31,8 @@ pub const MARKER: &str = "pgagent.drill";
 struct Marker {
     /// The drill's process.
     pid: u32,
+    /// The restored data directory.
+    pgdata: PathBuf,
     /// The ZFS dataset cloned for it, to destroy with it.
     clone: Option<String>,
 }
@@ -37,6 +41,7 @@ struct Marker {
 #[derive(Debug)]
 pub struct Scratch {
     dir: PathBuf,
+    pgdata: PathBuf,
     owner: Option<(u32, u32)>,
     marker: Mutex<Marker>,
     zfs: PathBuf,
@@ -79,11 +84,16 @@ pub fn inside(dir: &Path, pgdata: &Path) -> bool {
 
 impl Scratch {
     /// Makes `<drill.dir>/<id>` (mode 0700, given to the PostgreSQL OS user when run as
-    /// root), after cleaning up what interrupted drills left in `drill.dir`.
+    /// root), after cleaning up what interrupted drills left in `drill.dir`. The data
+    /// directory will be `mnt/<in_dataset>` in it (see the module documentation).
     ///
     /// Errors: [`Refused`] (exit 3) when `drill.dir` is the live server's data directory
     /// (`SHOW data_directory`, when it answers, and `$PGDATA`) or inside it; I/O errors.
-    pub async fn create(cfg: &Config, id: &str) -> anyhow::Result<Scratch> {
+    pub async fn create(
+        cfg: &Config,
+        id: &str,
+        in_dataset: Option<&str>,
+    ) -> anyhow::Result<Scratch> {
         let base = base_dir(cfg);
         for pgdata in live_data_directories(cfg).await {
             if inside(&base, &pgdata) {
@@ -106,11 +116,17 @@ impl Scratch {
             std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
                 .with_context(|| format!("chown {}", dir.display()))?;
         }
+        let mut pgdata = dir.join("mnt");
+        if let Some(rel) = in_dataset.filter(|r| !r.is_empty()) {
+            pgdata.push(rel.trim_start_matches('/'));
+        }
         let scratch = Scratch {
             dir,
+            pgdata: pgdata.clone(),
             owner,
             marker: Mutex::new(Marker {
                 pid: std::process::id(),
+                pgdata,
                 clone: None,
             }),
             zfs: cfg.raw.zfs.command.clone(),
@@ -126,7 +142,7 @@ impl Scratch {
 
     /// Where the backup is restored.
     pub fn pgdata(&self) -> PathBuf {
-        self.dir.join("pgdata")
+        self.pgdata.clone()
     }
 
     /// The server's unix socket directory.
@@ -205,7 +221,7 @@ fn clean_up_interrupted(base: &Path, zfs: &Path) {
         if marker.pid != 0 && alive(marker.pid) {
             continue; // a drill running now
         }
-        stop_postmaster(&dir.join("pgdata"));
+        stop_postmaster(&marker.pgdata);
         match remove_dir(&dir, marker.clone.as_deref(), zfs) {
             Ok(()) => tracing::info!("removed {}, left by an interrupted drill", dir.display()),
             Err(e) => tracing::warn!("an interrupted drill's {} stays: {e:#}", dir.display()),
@@ -302,11 +318,13 @@ mod tests {
         // A pid that is not running: past the kernel's pid limit.
         let gone = Marker {
             pid: 4_194_305,
+            pgdata: dead.join("pgdata"),
             clone: None,
         };
         std::fs::write(dead.join(MARKER), serde_json::to_vec(&gone).unwrap()).unwrap();
         let ours = Marker {
             pid: std::process::id(),
+            pgdata: running.join("pgdata"),
             clone: None,
         };
         std::fs::write(running.join(MARKER), serde_json::to_vec(&ours).unwrap()).unwrap();

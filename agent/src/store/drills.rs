@@ -3,8 +3,9 @@
 
 use pgagent_storage::crypto::ObjectCipher;
 use pgagent_storage::layout::{drill_key, DRILL_PREFIX};
-use pgagent_storage::{envelope, ObjectStore};
+use pgagent_storage::ObjectStore;
 
+use super::records::{put_json, read_json_all};
 use crate::drill::DrillReport;
 
 /// Writes the record of drill `r.id`.
@@ -15,12 +16,7 @@ pub async fn put_record(
     cipher: Option<&ObjectCipher>,
     r: &DrillReport,
 ) -> anyhow::Result<()> {
-    let json = serde_json::to_vec_pretty(r)?;
-    let key = drill_key(&r.id);
-    store
-        .put(&key, envelope::seal_for(&json, 3, cipher, &key).body)
-        .await
-        .map_err(|e| anyhow::anyhow!("store {key}: {e}"))
+    put_json(store, cipher, &drill_key(&r.id), r).await
 }
 
 /// Every drill record, oldest first; one that cannot be read is logged and skipped.
@@ -30,24 +26,9 @@ pub async fn records(
     store: &dyn ObjectStore,
     cipher: Option<&ObjectCipher>,
 ) -> anyhow::Result<Vec<DrillReport>> {
-    let mut listed = store
-        .list(DRILL_PREFIX)
-        .await
-        .map_err(|e| anyhow::anyhow!("list {DRILL_PREFIX}: {e}"))?;
-    listed.retain(|m| m.key.ends_with(".json"));
-    listed.sort_by(|a, b| a.key.cmp(&b.key));
     let mut out = Vec::new();
-    for m in &listed {
-        let body = store
-            .get(&m.key)
-            .await
-            .map_err(|e| anyhow::anyhow!("read {}: {e}", m.key))?;
-        let report = envelope::open_for(&body, cipher, &m.key)
-            .map_err(|e| e.to_string())
-            .and_then(|j| {
-                serde_json::from_slice::<DrillReport>(&j).map_err(|e| format!("{}: {e}", m.key))
-            });
-        match report {
+    for r in read_json_all::<DrillReport>(store, cipher, DRILL_PREFIX).await? {
+        match r {
             Ok(r) => out.push(r),
             Err(e) => tracing::warn!("skipping drill record: {e}"),
         }

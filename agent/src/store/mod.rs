@@ -4,6 +4,7 @@
 
 pub mod catalog;
 pub mod drills;
+pub mod records;
 pub mod snapshots;
 pub mod wal;
 

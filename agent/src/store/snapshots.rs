@@ -1,10 +1,11 @@
 //! ZFS snapshot records in the store (`snapshots/<id>.json`, sealed envelopes).
 
 use pgagent_storage::crypto::ObjectCipher;
-use pgagent_storage::envelope;
 use pgagent_storage::layout::{snapshot_key, SNAPSHOT_PREFIX};
 use pgagent_storage::snapshot::SnapshotRecord;
 use pgagent_storage::ObjectStore;
+
+use super::records::{put_json, read_json_all};
 
 /// Writes the record, sealed with `cipher` (`None`: a plaintext store), to
 /// `snapshots/<id>.json` (once; an equal record already there is fine).
@@ -15,12 +16,7 @@ pub async fn put_record(
     cipher: Option<&ObjectCipher>,
     r: &SnapshotRecord,
 ) -> anyhow::Result<()> {
-    let json = serde_json::to_vec_pretty(r)?;
-    let key = snapshot_key(&r.id);
-    store
-        .put(&key, envelope::seal_for(&json, 3, cipher, &key).body)
-        .await
-        .map_err(|e| anyhow::anyhow!("store {key}: {e}"))
+    put_json(store, cipher, &snapshot_key(&r.id), r).await
 }
 
 /// Every record in the store (opened with `cipher`), oldest first; unreadable ones are logged and skipped.
@@ -74,25 +70,5 @@ async fn read_records(
     store: &dyn ObjectStore,
     cipher: Option<&ObjectCipher>,
 ) -> anyhow::Result<Vec<Result<SnapshotRecord, String>>> {
-    let mut listed = store
-        .list(SNAPSHOT_PREFIX)
-        .await
-        .map_err(|e| anyhow::anyhow!("list {SNAPSHOT_PREFIX}: {e}"))?;
-    listed.retain(|m| m.key.ends_with(".json"));
-    let mut out = Vec::new();
-    for m in &listed {
-        let body = store
-            .get(&m.key)
-            .await
-            .map_err(|e| anyhow::anyhow!("read {}: {e}", m.key))?;
-        out.push(
-            envelope::open_for(&body, cipher, &m.key)
-                .map_err(|e| e.with_key(&m.key).to_string())
-                .and_then(|j| {
-                    serde_json::from_slice::<SnapshotRecord>(&j)
-                        .map_err(|e| format!("{}: {e}", m.key))
-                }),
-        );
-    }
-    Ok(out)
+    read_json_all(store, cipher, SNAPSHOT_PREFIX).await
 }
