@@ -293,7 +293,8 @@ async fn a_scheduled_drill_sets_the_metrics_and_a_failed_one_runs_the_hook() {
             (
                 "PGAGENT_ALERTS_ON_FAILURE",
                 format!(
-                    "echo \"$PGAGENT_EVENT $PGAGENT_EVENT_REASON $PGAGENT_DRILL_FAILED_CHECKS\" >> {}",
+                    "echo \"$PGAGENT_EVENT $PGAGENT_EVENT_REASON $PGAGENT_DRILL_FAILED_CHECKS\" >> {0}; \
+                     echo \"  $PGAGENT_EVENT_MESSAGE\" >> {0}",
                     hooks.display()
                 ),
             ),
@@ -314,7 +315,13 @@ async fn a_scheduled_drill_sets_the_metrics_and_a_failed_one_runs_the_hook() {
     assert_eq!(metric(addr, "pgagent_drill_checks_failed"), 0.0);
     assert!(metric(addr, "pgagent_drill_rto_seconds") > 0.0);
     assert!(metric(addr, "pgagent_drill_duration_seconds") > 0.0);
+    // Stopped while drills run every 3 s: the one running stops its server and removes its
+    // scratch directory before the daemon exits.
     assert!(agent.terminate().success(), "{}", agent.output_text());
+    let left: Vec<_> = std::fs::read_dir(rig.dir.path().join("drill"))
+        .unwrap()
+        .collect();
+    assert!(left.is_empty(), "a drill outlived the daemon: {left:?}");
     let out = run_pgagent(&["status"], &rig.env(&pg));
     assert!(
         text(&out)
@@ -338,9 +345,10 @@ async fn a_scheduled_drill_sets_the_metrics_and_a_failed_one_runs_the_hook() {
     assert!(agent.terminate().success(), "{}", agent.output_text());
     let hook = std::fs::read_to_string(&hooks).unwrap();
     assert_eq!(
-        hook.lines().next(),
+        hook.lines().find(|l| !l.starts_with("  ")),
         Some("failure drill check_sql"),
-        "{hook}"
+        "{hook}\n{}",
+        agent.output_text()
     );
     let out = run_pgagent(&["status"], &rig.env(&pg));
     assert!(

@@ -1,5 +1,7 @@
 //! `pgagent drill` and `pgagent list drills` (the drill itself is [`crate::drill`]).
 
+use tokio_util::sync::CancellationToken;
+
 use crate::config::Config;
 use crate::drill::{self, DrillReport, DrillRequest};
 use crate::store::drills;
@@ -10,7 +12,7 @@ use crate::store::drills;
 /// Errors: a check failed (exit 1, after the report); the drill could not start (a
 /// `drill.dir` inside PGDATA: exit 3).
 pub async fn run(cfg: &Config, req: &DrillRequest, json: bool) -> anyhow::Result<()> {
-    let report = run_and_record(cfg, req).await?;
+    let report = run_and_record(cfg, req, &CancellationToken::new()).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -28,9 +30,18 @@ pub async fn run(cfg: &Config, req: &DrillRequest, json: bool) -> anyhow::Result
 /// report is still returned), and runs `alerts.on_failure` when a check failed (with
 /// `PGAGENT_EVENT_REASON=drill`, see [`crate::alerts::drill_hook_env`]).
 ///
-/// Errors: as [`drill::drill`].
-pub async fn run_and_record(cfg: &Config, req: &DrillRequest) -> anyhow::Result<DrillReport> {
-    let report = drill::drill(cfg, req).await?;
+/// Errors: as [`drill::drill`] (with `stop`); a drill cut short by `stop` (not recorded,
+/// no hook).
+pub async fn run_and_record(
+    cfg: &Config,
+    req: &DrillRequest,
+    stop: &CancellationToken,
+) -> anyhow::Result<DrillReport> {
+    let report = drill::drill(cfg, req, stop).await?;
+    if stop.is_cancelled() {
+        // Cut short by a stop, not a verdict on the store: neither recorded nor alerted.
+        anyhow::bail!("drill {} interrupted: pgagent is stopping", report.id);
+    }
     match record(cfg, &report).await {
         Ok(()) => tracing::info!("recorded as drills/{}.json", report.id),
         Err(e) => tracing::error!("drill {} is not recorded in the store: {e:#}", report.id),
@@ -66,13 +77,13 @@ pub async fn list(cfg: &Config, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<18}  {:<6}  {:<8}  {:>8}  {:<22}  FAILED CHECKS",
+        "{:<20}  {:<6}  {:<8}  {:>8}  {:<22}  FAILED CHECKS",
         "ID", "RESULT", "TIER", "RTO (s)", "REACHED"
     );
     for r in &records {
         let failed: Vec<&str> = r.failed().map(|c| c.name.as_str()).collect();
         println!(
-            "{:<18}  {:<6}  {:<8}  {:>8}  {:<22}  {}",
+            "{:<20}  {:<6}  {:<8}  {:>8}  {:<22}  {}",
             r.id,
             if r.passed { "passed" } else { "FAILED" },
             r.tier.as_deref().unwrap_or("-"),

@@ -117,7 +117,10 @@ async fn drills(
     shutdown: CancellationToken,
     fetch_prefix: String,
 ) {
-    every(cron, "drill", shutdown, || async {
+    // Held by the thread a drill runs on: at shutdown the drill sees the cancelled token,
+    // stops its server and removes its scratch directory; the daemon waits for that.
+    let running = Arc::new(tokio::sync::Mutex::new(()));
+    every(cron, "drill", shutdown.clone(), || async {
         let req = crate::drill::DrillRequest {
             backup: None,
             from: crate::commands::restore::RestoreFrom::Auto,
@@ -128,8 +131,11 @@ async fn drills(
         // The restore's futures borrow across awaits in ways that are not `Send` for every
         // lifetime, so the drill runs on a blocking thread of its own, on this runtime.
         let (cfg, handle) = (cfg.clone(), tokio::runtime::Handle::current());
+        let stop = shutdown.clone();
+        let held = running.clone().lock_owned().await;
         let drilled = tokio::task::spawn_blocking(move || {
-            handle.block_on(crate::commands::drill::run_and_record(&cfg, &req))
+            let _held = held;
+            handle.block_on(crate::commands::drill::run_and_record(&cfg, &req, &stop))
         })
         .await
         .unwrap_or_else(|e| Err(anyhow::anyhow!("the drill task failed: {e}")));
@@ -154,6 +160,7 @@ async fn drills(
         }
     })
     .await;
+    let _ = running.lock().await;
 }
 
 /// Takes snapshots on `zfs.snapshot_schedule` inside `pgagent run` until `shutdown`.

@@ -22,6 +22,7 @@ pub mod server;
 use std::time::{Instant, SystemTime};
 
 use pgagent_protocol::Lsn;
+use tokio_util::sync::CancellationToken;
 
 use crate::commands::restore::{self, RecoveryTarget, RestoreFrom, RestoreRequest};
 use crate::config::{Config, SnapshotRestoreMode};
@@ -50,12 +51,20 @@ pub const MAX_BEHIND_STORE: u64 = 1 << 20;
 /// Runs a drill per `req` and returns its report; a failed step is a failed check in the
 /// report, not an error.
 ///
+/// Once `stop` is cancelled (the daemon is stopping), the drill fails at its next step:
+/// the wait for recovery ends, the server is stopped and the scratch directory removed,
+/// so nothing outlives the process.
+///
 /// Errors: only what prevents a drill from starting or being reported: a scratch directory
 /// that is PGDATA or inside it, or cannot be made.
-pub async fn drill(cfg: &Config, req: &DrillRequest) -> anyhow::Result<DrillReport> {
+pub async fn drill(
+    cfg: &Config,
+    req: &DrillRequest,
+    stop: &CancellationToken,
+) -> anyhow::Result<DrillReport> {
     let started_at = SystemTime::now();
     let begun = Instant::now();
-    let id = crate::store::catalog::new_id(started_at);
+    let id = drill_id(started_at);
     let in_dataset = snapshot_layout(cfg, req);
     let scratch = scratch::Scratch::create(cfg, &id, in_dataset.as_deref()).await?;
     let mut report = DrillReport::new(&id, started_at, req);
@@ -89,6 +98,10 @@ pub async fn drill(cfg: &Config, req: &DrillRequest) -> anyhow::Result<DrillRepo
         }
     }
 
+    if stop.is_cancelled() {
+        report.fail("start", "not started: pgagent is stopping");
+        return finish(report, scratch, req.keep, begun).await;
+    }
     let replay_begun = Instant::now();
     let deadline = replay_begun + cfg.raw.drill.timeout.saturating_sub(begun.elapsed());
     let server = match server::Throwaway::start(cfg, &scratch).await {
@@ -99,7 +112,7 @@ pub async fn drill(cfg: &Config, req: &DrillRequest) -> anyhow::Result<DrillRepo
         }
     };
     report.pg_bin_dir = Some(server.bin_dir().display().to_string());
-    let recovered = server.wait_promoted(deadline).await;
+    let recovered = server.wait_promoted(deadline, stop).await;
     report.replay_seconds = Some(replay_begun.elapsed().as_secs_f64());
     match recovered {
         Ok(reached) => {
@@ -153,6 +166,14 @@ async fn finish(
     }
     report.passed = report.checks.iter().all(|c| c.passed);
     Ok(report)
+}
+
+/// A drill id: its start time to the millisecond, `YYYYMMDDTHHMMSS.mmmZ`, sortable and
+/// distinct for drills started one after the other (a drill lasts seconds).
+pub fn drill_id(t: SystemTime) -> String {
+    chrono::DateTime::<chrono::Utc>::from(t)
+        .format("%Y%m%dT%H%M%S%.3fZ")
+        .to_string()
 }
 
 /// How far `reached` is behind `end`, in bytes (0 when at or past it).

@@ -11,7 +11,7 @@ use super::DrillRequest;
 /// The report of one drill.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DrillReport {
-    /// Drill id: its start time, `YYYYMMDDTHHMMSSZ`.
+    /// Drill id: its start time, `YYYYMMDDTHHMMSS.mmmZ` ([`super::drill_id`]).
     pub id: String,
     /// Start, RFC 3339 UTC.
     pub started_at: String,
@@ -197,6 +197,15 @@ mod tests {
             restore_command: "pgagent fetch %f %p".into(),
         };
         DrillReport::new("20261130T120000Z", SystemTime::UNIX_EPOCH, &req)
+    }
+
+    #[test]
+    fn drill_ids_sort_by_time_to_the_millisecond() {
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_764_504_000_123);
+        let id = super::super::drill_id(t);
+        assert_eq!(id, "20251130T120000.123Z");
+        let later = super::super::drill_id(t + std::time::Duration::from_millis(1));
+        assert!(later > id);
     }
 
     #[test]

@@ -115,6 +115,15 @@ impl Scratch {
         if let Some((uid, gid)) = owner {
             std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
                 .with_context(|| format!("chown {}", dir.display()))?;
+            if let Some(closed) = unreachable_ancestor(&dir, uid, gid) {
+                let _ = std::fs::remove_dir_all(&dir);
+                bail!(
+                    "drill.dir {}: the postgres user cannot reach it ({} is closed to it); \
+                     set drill.dir to a directory it can reach, e.g. /var/lib/pgagent-drill",
+                    base.display(),
+                    closed.display()
+                );
+            }
         }
         let mut pgdata = dir.join("mnt");
         if let Some(rel) = in_dataset.filter(|r| !r.is_empty()) {
@@ -188,6 +197,26 @@ impl Scratch {
             .clone();
         remove_dir(&self.dir, clone.as_deref(), &self.zfs)
     }
+}
+
+/// The first directory above `dir` (from `/` down) that user `uid` (group `gid`) may not
+/// search, so cannot reach `dir` through: the server runs as that user.
+pub fn unreachable_ancestor(dir: &Path, uid: u32, gid: u32) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let mut ancestors: Vec<&Path> = dir.ancestors().skip(1).collect();
+    ancestors.reverse();
+    ancestors.into_iter().find_map(|a| {
+        let m = std::fs::metadata(a).ok()?;
+        let mode = m.mode();
+        let searchable = if m.uid() == uid {
+            mode & 0o100 != 0
+        } else if m.gid() == gid {
+            mode & 0o010 != 0
+        } else {
+            mode & 0o001 != 0
+        };
+        (!searchable).then(|| a.to_path_buf())
+    })
 }
 
 /// Destroys `clone` (when set) and removes `dir`.
@@ -304,6 +333,21 @@ mod tests {
         let link = root.path().join("link");
         std::os::unix::fs::symlink(&pgdata, &link).unwrap();
         assert!(inside(&link.join("drill"), &pgdata));
+    }
+
+    #[test]
+    fn a_directory_closed_to_the_server_user_is_found() {
+        let root = tempfile::tempdir().unwrap();
+        let closed = root.path().join("closed");
+        let dir = closed.join("drill/x");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+        // A user that owns neither: `closed` (0700, another owner) stops it.
+        let (uid, gid) = (4_000_000, 4_000_000);
+        assert_eq!(unreachable_ancestor(&dir, uid, gid), Some(closed.clone()));
+        std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o711)).unwrap();
+        assert_eq!(unreachable_ancestor(&dir, uid, gid), None);
     }
 
     #[test]

@@ -127,9 +127,16 @@ impl Throwaway {
     ///
     /// Errors: the server exited (a `pgagent fetch` that answered 255, a missing
     /// segment before consistency, a corrupt record: the end of its log says which), or
-    /// `deadline` passed.
-    pub async fn wait_promoted(&self, deadline: Instant) -> anyhow::Result<Reached> {
+    /// `deadline` passed, or `stop` was cancelled.
+    pub async fn wait_promoted(
+        &self,
+        deadline: Instant,
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> anyhow::Result<Reached> {
         loop {
+            if stop.is_cancelled() {
+                bail!("stopped before the end of recovery: pgagent is stopping");
+            }
             if let Some(status) = self.exited() {
                 bail!(
                     "the server stopped during recovery ({status}); its log ends:\n{}",
