@@ -359,3 +359,23 @@ async fn a_scheduled_drill_sets_the_metrics_and_a_failed_one_runs_the_hook() {
         text(&out)
     );
 }
+
+/// A drill of an encrypted store: the restored server's `restore_command` gets the
+/// passphrase from the drill's environment, and the record is encrypted like every object.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drill_of_an_encrypted_store_passes_and_its_record_is_encrypted() {
+    let mut rig = Rig::fs();
+    rig.extra_env.push((
+        "PGAGENT_ENCRYPTION_PASSPHRASE",
+        "drill passphrase".to_string(),
+    ));
+    let (pg, _) = streamed(&rig, 1);
+    let (code, report, out) = drill(&rig, &pg, &[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(failed(&report).is_empty(), "{report:#}");
+    let id = report["id"].as_str().unwrap();
+    let store = rig.store().await;
+    let body = store.get(&format!("drills/{id}.json")).await.unwrap();
+    let header = envelope::Header::parse(&body).unwrap();
+    assert!(header.is_encrypted(), "the drill record is plaintext");
+}

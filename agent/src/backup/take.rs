@@ -39,7 +39,7 @@ use super::chunks::{known_chunks, upload_chunks, ChunkStats, StoreSink};
 use super::guard::{self, BACKUP_LIMIT};
 use crate::config::Config;
 use crate::server::{self, ServerInfo};
-use crate::store::{catalog, Bucket};
+use crate::store::{catalog, rfc3339, Bucket};
 
 /// How a backup is taken.
 #[derive(Debug, Clone)]
@@ -515,10 +515,6 @@ impl BackupLock {
             }
         }
     }
-}
-
-fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 fn unix_seconds(t: SystemTime) -> i64 {

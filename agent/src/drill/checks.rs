@@ -12,8 +12,6 @@
 //! - `check_sql`: `drill.check_sql` in `drill.check_database`; its first value must be a
 //!   number above 0 or `true`.
 
-use std::time::Duration;
-
 use pgagent_protocol::Lsn;
 
 use super::report::DrillReport;
@@ -119,24 +117,14 @@ async fn end_of_wal(cfg: &Config, req: &DrillRequest, reached: Lsn, report: &mut
 /// The live server's current position and how far the point reached is behind it (not a
 /// check: the server may be down, which is why one restores).
 async fn live_position(cfg: &Config, reached: Lsn, report: &mut DrillReport) {
-    let asked = async {
-        let conn = crate::server::conn_config(cfg, "pgagent drill").ok()?;
-        let mut sql = pgagent_protocol::SqlSession::connect(&conn).await.ok()?;
-        let lsn = sql
-            .query_one(
-                "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() \
-                 ELSE pg_current_wal_lsn() END",
-            )
-            .await
-            .ok();
-        let _ = sql.close().await;
-        lsn
-    };
-    if let Ok(Some(text)) = tokio::time::timeout(Duration::from_secs(5), asked).await {
-        if let Ok(live) = text.parse::<Lsn>() {
-            report.live_lsn = Some(live.to_string());
-            report.behind_live_bytes = Some(behind(reached, live));
-        }
+    let sql = "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() \
+               ELSE pg_current_wal_lsn() END";
+    if let Some(live) = super::ask_live(cfg, sql)
+        .await
+        .and_then(|t| t.parse::<Lsn>().ok())
+    {
+        report.live_lsn = Some(live.to_string());
+        report.behind_live_bytes = Some(behind(reached, live));
     }
 }
 

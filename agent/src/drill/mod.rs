@@ -158,7 +158,7 @@ async fn finish(
     begun: Instant,
 ) -> anyhow::Result<DrillReport> {
     report.duration_seconds = begun.elapsed().as_secs_f64();
-    report.finished_at = rfc3339(SystemTime::now());
+    report.finished_at = crate::store::rfc3339(SystemTime::now());
     if keep {
         report.kept = Some(scratch.dir().display().to_string());
     } else if let Err(e) = scratch.remove() {
@@ -176,12 +176,24 @@ pub fn drill_id(t: SystemTime) -> String {
         .to_string()
 }
 
+/// One value from the live server (`postgres.conninfo`), or `None` when it does not answer
+/// within 5 s: a drill runs whether or not the server is up (it is often down when one
+/// restores), so what it asks the server is only ever extra.
+async fn ask_live(cfg: &Config, sql: &str) -> Option<String> {
+    let asked = async {
+        let conn = crate::server::conn_config(cfg, "pgagent drill").ok()?;
+        let mut session = pgagent_protocol::SqlSession::connect(&conn).await.ok()?;
+        let value = session.query_one(sql).await.ok();
+        let _ = session.close().await;
+        value
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), asked)
+        .await
+        .ok()
+        .flatten()
+}
+
 /// How far `reached` is behind `end`, in bytes (0 when at or past it).
 pub fn behind(reached: Lsn, end: Lsn) -> u64 {
     end.0.saturating_sub(reached.0)
-}
-
-/// RFC 3339 UTC, to the second.
-pub fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
 }

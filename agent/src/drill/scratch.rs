@@ -296,22 +296,17 @@ pub fn postgres_owner() -> anyhow::Result<Option<(u32, u32)>> {
 }
 
 /// The live server's data directory, as far as it can be known without waiting: `SHOW
-/// data_directory` over `postgres.conninfo` (5 s at most) and `$PGDATA`.
+/// data_directory` over `postgres.conninfo` and `$PGDATA`.
 async fn live_data_directories(cfg: &Config) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::env::var_os("PGDATA")
         .map(PathBuf::from)
         .into_iter()
         .collect();
-    let asked = async {
-        let conn = crate::server::conn_config(cfg, "pgagent drill").ok()?;
-        let mut sql = pgagent_protocol::SqlSession::connect(&conn).await.ok()?;
-        let dir = sql.query_one("SHOW data_directory").await.ok();
-        let _ = sql.close().await;
-        dir
-    };
-    if let Ok(Some(dir)) = tokio::time::timeout(Duration::from_secs(5), asked).await {
-        dirs.push(PathBuf::from(dir));
-    }
+    dirs.extend(
+        super::ask_live(cfg, "SHOW data_directory")
+            .await
+            .map(PathBuf::from),
+    );
     dirs
 }
 

@@ -31,6 +31,20 @@ const PORT: &str = "5432";
 /// How long one `psql` may take.
 const SQL_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// Removes libpq's `PG*` variables from `cmd`'s environment: they name the live server,
+/// not the copy. `PGAGENT_*` stay: the copy's `restore_command` reads them (the store's
+/// credentials, the passphrase).
+fn without_libpq_env(cmd: &mut Command) {
+    for (name, _) in std::env::vars_os() {
+        if name
+            .to_str()
+            .is_some_and(|n| n.starts_with("PG") && !n.starts_with("PGAGENT_"))
+        {
+            cmd.env_remove(name);
+        }
+    }
+}
+
 /// A running throwaway server.
 #[derive(Debug)]
 pub struct Throwaway {
@@ -96,12 +110,7 @@ impl Throwaway {
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);
-        for (name, _) in std::env::vars_os() {
-            // libpq's PG* variables are the live server's, not the copy's.
-            if name.to_str().is_some_and(|n| n.starts_with("PG")) {
-                cmd.env_remove(name);
-            }
-        }
+        without_libpq_env(&mut cmd);
         if let Some((uid, gid)) = scratch.owner() {
             cmd.uid(uid).gid(gid);
         }
@@ -208,11 +217,7 @@ impl Throwaway {
             .args(["-p", PORT, "-U", &self.user])
             .stdin(Stdio::null())
             .kill_on_drop(true);
-        for (name, _) in std::env::vars_os() {
-            if name.to_str().is_some_and(|n| n.starts_with("PG")) {
-                cmd.env_remove(name);
-            }
-        }
+        without_libpq_env(cmd.as_std_mut());
         if let Some((uid, gid)) = self.owner {
             cmd.uid(uid).gid(gid);
         }

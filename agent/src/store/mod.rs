@@ -232,6 +232,11 @@ pub async fn last_points(
     Ok(points)
 }
 
+/// RFC 3339 UTC to the second: how times are written in the store's records.
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
 /// Unix seconds of an RFC 3339 time.
 pub fn unix_seconds(rfc3339: &str) -> Option<f64> {
     humantime::parse_rfc3339(rfc3339)
