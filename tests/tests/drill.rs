@@ -1,18 +1,21 @@
 //! `pgagent drill` on a `file://` store: a healthy store passes and reports the point it
 //! reached; a `check_sql` returning 0, a segment missing in the middle of the WAL, a
 //! corrupt chunk and a backup whose WAL never completed each fail with the failing step
-//! named; a `drill.dir` inside PGDATA is refused. Every drill starts a real PostgreSQL on
-//! what it restored.
+//! named; a `drill.dir` inside PGDATA is refused; scheduled drills set the metrics and run
+//! the hook; an encrypted store drills; and from a clone of a ZFS snapshot (zfs-fuse) a
+//! drill passes faster than from the bucket. Every drill starts a real PostgreSQL on what
+//! it restored.
 
 mod common;
 
 use std::time::Duration;
 
-use common::recovery::{create_table_t, load};
+use common::recovery::{create_table_t, fetch_config, load};
+use common::zfs::{add_zfs_section, flush_to_store, pgagent, primary_on_zfs};
 use common::*;
 use pgagent_protocol::{segment_file_name, Lsn, SegNo, TimelineId};
 use pgagent_storage::envelope;
-use pgagent_tests::{run_pgagent, PgOptions, PgServer};
+use pgagent_tests::{run_pgagent, PgOptions, PgServer, ZfsPool};
 
 /// A server streamed into `rig`'s store with one base backup and `segments` more complete
 /// segments written after it (each with rows of table `t`); the agent is stopped once the
@@ -378,4 +381,73 @@ async fn a_drill_of_an_encrypted_store_passes_and_its_record_is_encrypted() {
     let body = store.get(&format!("drills/{id}.json")).await.unwrap();
     let header = envelope::Header::parse(&body).unwrap();
     assert!(header.is_encrypted(), "the drill record is plaintext");
+}
+
+/// `pgagent drill` from a clone of a local snapshot and from the bucket: both pass and
+/// reach the end of the WAL; the clone restores faster, is destroyed afterwards, and the
+/// live cluster and its snapshot stay as they were.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drill_from_a_snapshot_clone_is_faster_than_from_the_bucket() {
+    let pool = ZfsPool::create(1024).expect("ZFS pool");
+    let (dataset, _pgdata, primary) = primary_on_zfs(&pool);
+    let rig = Rig::fs();
+    let mut agent = rig.spawn_caught_up(&primary);
+    primary.pgbench_init(10).unwrap();
+    create_table_t(&primary);
+    load(&primary, "before", 1000);
+    let fetch = fetch_config(&rig.store_url, &[]);
+    add_zfs_section(&fetch.config, &[format!("datasets = [\"{dataset}\"]")]);
+    let mut env = rig.env(&primary);
+    let out = pgagent(&fetch.config, &["backup", "--fast"], &env);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = pgagent(&fetch.config, &["snapshot"], &env);
+    assert!(out.status.success(), "{}", text(&out));
+    load(&primary, "after", 500);
+    flush_to_store(&rig, &agent, &primary);
+    assert!(agent.terminate().success(), "{}", agent.output_text());
+
+    env.push((
+        "PGAGENT_DRILL_PG_BIN_DIR",
+        primary.bin_dir().display().to_string(),
+    ));
+    env.push((
+        "PGAGENT_DRILL_DIR",
+        pool.dir().join("drill").display().to_string(),
+    ));
+    let drill = |from: &str| {
+        let out = pgagent(&fetch.config, &["drill", "--json", "--from", from], &env);
+        assert!(out.status.success(), "drill --from {from}: {}", text(&out));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["passed"], true, "{report:#}");
+        assert_eq!(report["tier"], from, "{report:#}");
+        report
+    };
+    let cloned = drill("snapshot");
+    let bucket = drill("bucket");
+    let seconds = |r: &serde_json::Value| r["restore_seconds"].as_f64().unwrap();
+    println!(
+        "drill restore: snapshot clone {:.2} s, bucket {:.2} s",
+        seconds(&cloned),
+        seconds(&bucket)
+    );
+    assert!(
+        seconds(&cloned) < seconds(&bucket),
+        "the clone ({:.2} s) was not faster than the bucket ({:.2} s)",
+        seconds(&cloned),
+        seconds(&bucket)
+    );
+    assert_eq!(cloned["reached"]["lsn"], bucket["reached"]["lsn"]);
+    let datasets = pool
+        .zfs(&["list", "-H", "-o", "name", "-r", pool.name()])
+        .unwrap();
+    assert!(
+        !datasets.contains("-restore-"),
+        "the clone stayed: {datasets}"
+    );
+    assert!(primary.psql("SELECT 1").is_ok());
+    assert!(pool
+        .snapshots()
+        .unwrap()
+        .iter()
+        .any(|s| s.contains("@pgagent-")));
 }

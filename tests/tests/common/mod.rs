@@ -5,6 +5,7 @@
 
 pub mod faults;
 pub mod recovery;
+pub mod zfs;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
