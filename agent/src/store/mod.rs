@@ -195,7 +195,7 @@ pub struct LastDrill {
 }
 
 /// Reads [`LastPoints`] from `store` (newest first: one manifest or record read each, plus
-/// the listings; every drill record).
+/// the listings; drill records from the newest back to the newest that passed).
 ///
 /// Errors: the store's.
 pub async fn last_points(
@@ -216,13 +216,9 @@ pub async fn last_points(
         .await?
         .pop()
         .map(|r| (r.id, r.finished_at));
-    let drills = drills::records(store, cipher).await?;
-    points.last_passed_drill = drills
-        .iter()
-        .rev()
-        .find(|d| d.passed)
-        .map(|d| d.finished_at.clone());
-    points.last_drill = drills.last().map(|d| LastDrill {
+    let (last, last_passed) = drills::newest(store, cipher).await?;
+    points.last_passed_drill = last_passed;
+    points.last_drill = last.map(|d| LastDrill {
         id: d.id.clone(),
         finished_at: d.finished_at.clone(),
         passed: d.passed,

@@ -23,6 +23,40 @@ pub async fn put_json<T: Serialize>(
         .map_err(|e| anyhow::anyhow!("store {key}: {e}"))
 }
 
+/// The keys of the `.json` objects under `prefix`, in key order.
+///
+/// Errors: the listing fails.
+pub async fn json_keys(store: &dyn ObjectStore, prefix: &str) -> anyhow::Result<Vec<String>> {
+    let listed = store
+        .list(prefix)
+        .await
+        .map_err(|e| anyhow::anyhow!("list {prefix}: {e}"))?;
+    let mut keys: Vec<String> = listed
+        .into_iter()
+        .map(|m| m.key)
+        .filter(|k| k.ends_with(".json"))
+        .collect();
+    keys.sort();
+    Ok(keys)
+}
+
+/// The record at `key`, or why it cannot be read (a message starting with its key).
+///
+/// Errors: the object cannot be fetched.
+pub async fn read_json<T: DeserializeOwned>(
+    store: &dyn ObjectStore,
+    cipher: Option<&ObjectCipher>,
+    key: &str,
+) -> anyhow::Result<Result<T, String>> {
+    let body = store
+        .get(key)
+        .await
+        .map_err(|e| anyhow::anyhow!("read {key}: {e}"))?;
+    Ok(envelope::open_for(&body, cipher, key)
+        .map_err(|e| e.to_string())
+        .and_then(|j| serde_json::from_slice::<T>(&j).map_err(|e| format!("{key}: {e}"))))
+}
+
 /// Every `.json` object under `prefix`, in key order: its record, or why it cannot be read
 /// (a message starting with its key).
 ///
@@ -32,25 +66,9 @@ pub async fn read_json_all<T: DeserializeOwned>(
     cipher: Option<&ObjectCipher>,
     prefix: &str,
 ) -> anyhow::Result<Vec<Result<T, String>>> {
-    let mut listed = store
-        .list(prefix)
-        .await
-        .map_err(|e| anyhow::anyhow!("list {prefix}: {e}"))?;
-    listed.retain(|m| m.key.ends_with(".json"));
-    listed.sort_by(|a, b| a.key.cmp(&b.key));
     let mut out = Vec::new();
-    for m in &listed {
-        let body = store
-            .get(&m.key)
-            .await
-            .map_err(|e| anyhow::anyhow!("read {}: {e}", m.key))?;
-        out.push(
-            envelope::open_for(&body, cipher, &m.key)
-                .map_err(|e| e.to_string())
-                .and_then(|j| {
-                    serde_json::from_slice::<T>(&j).map_err(|e| format!("{}: {e}", m.key))
-                }),
-        );
+    for key in json_keys(store, prefix).await? {
+        out.push(read_json(store, cipher, &key).await?);
     }
     Ok(out)
 }
