@@ -36,6 +36,12 @@ pub async fn reader_cipher(
     decide(store, passphrase).await
 }
 
+/// How long a writer that created a new store's keys waits, on a store that does not
+/// enforce conditional writes, before it reads `cluster.json` again to learn which
+/// writer's key it names: longer than another writer takes from reading no `cluster.json`
+/// to writing its own (a key derivation and two small writes).
+pub const CLAIM_SETTLE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Claims `store` for the cluster `ours` (its `encryption` is ignored: the passphrase
 /// decides) as [`ensure_cluster`] does, and returns what `cluster.json` holds and the cipher
 /// a writer (`run`, `backup`, `snapshot`) seals objects with.
@@ -48,7 +54,9 @@ pub async fn reader_cipher(
 ///   `cluster.json` is the one arbiter: of writers starting together (the daemon and a first
 ///   `pgagent backup`), the one whose `cluster.json` landed keeps its key; every other one
 ///   deletes the key file it made, which no object was ever sealed with, and unlocks the
-///   winner's key with the same passphrase. Until `cluster.json` exists no object is
+///   winner's key with the same passphrase. On a store that ignores conditional writes,
+///   where the last `cluster.json` written wins, each writer reads it again after
+///   [`CLAIM_SETTLE`] before it trusts its own. Until `cluster.json` exists no object is
 ///   written, so a key file seen then (a racing writer's) is never used.
 ///
 /// Errors: as [`reader_cipher`]; [`StoreError::ForeignCluster`] (inside [`KeyError::Store`])
@@ -78,7 +86,21 @@ pub async fn claim(
     let cipher = created.cipher();
     info.encryption = Some(EncryptionInfo::of(&cipher));
     let lost = match ensure_cluster(store, &info).await {
-        Ok(stored) => return Ok((stored, Some(cipher))),
+        Ok(stored) if store.enforces_conditional_put() => return Ok((stored, Some(cipher))),
+        Ok(_) => {
+            // A store that ignores `If-None-Match` (Garage) lets a writer that read no
+            // `cluster.json` just before this one wrote it overwrite it: the last write
+            // wins, and every writer must see which did before it seals anything.
+            tokio::time::sleep(CLAIM_SETTLE).await;
+            match read_cluster(store).await? {
+                Some(stored) if stored.encryption.as_ref() == info.encryption.as_ref() => {
+                    return Ok((stored, Some(cipher)))
+                }
+                _ => StoreError::Encrypted {
+                    key: CLUSTER_KEY.to_string(),
+                },
+            }
+        }
         Err(e) => e,
     };
     // Delete the new key only when `cluster.json` is known to name another master key; if
