@@ -186,6 +186,35 @@ pub fn assemble(pieces: &[Piece]) -> Assembly {
     out
 }
 
+/// The first segment offset at which pieces `a` and `b` hold different bytes, within the
+/// range both cover; `None` when they agree there or do not overlap. `a_raw` and `b_raw` are
+/// their raw (opened, verified) contents, as long as their ranges.
+///
+/// Every piece of a segment is WAL the server wrote, so two pieces covering the same bytes
+/// must hold the same bytes there; a difference is corruption (or a foreign writer), and an
+/// assembly across it would be a silent mix of the two.
+pub fn overlap_mismatch(a: &Piece, a_raw: &[u8], b: &Piece, b_raw: &[u8]) -> Option<u64> {
+    let from = a.start.max(b.start);
+    let to = a.end.min(b.end);
+    if from >= to {
+        return None;
+    }
+    let range = |p: &Piece, raw: &'_ [u8]| -> Option<Vec<u8>> {
+        let lo = usize::try_from(from - p.start).ok()?;
+        let hi = usize::try_from(to - p.start).ok()?;
+        raw.get(lo..hi).map(<[u8]>::to_vec)
+    };
+    match (range(a, a_raw), range(b, b_raw)) {
+        (Some(x), Some(y)) => x
+            .iter()
+            .zip(&y)
+            .position(|(l, r)| l != r)
+            .map(|i| from + i as u64),
+        // A raw content shorter than its range: the first byte one of them lacks.
+        _ => Some(from + a_raw.len().min(b_raw.len()) as u64),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,6 +316,31 @@ mod tests {
         assert!(none.takes.is_empty());
         assert!(none.beyond_hole);
         assert_eq!(assemble(&[]), Assembly::default());
+    }
+
+    #[test]
+    fn overlapping_pieces_must_hold_the_same_bytes() {
+        let wal: Vec<u8> = (0..400u32).map(|i| (i % 251) as u8).collect();
+        let a = piece(0, 250);
+        let b = piece(200, 400);
+        let a_raw = &wal[0..250];
+        let mut b_raw = wal[200..400].to_vec();
+        assert_eq!(overlap_mismatch(&a, a_raw, &b, &b_raw), None);
+        assert_eq!(overlap_mismatch(&b, &b_raw, &a, a_raw), None);
+        // A byte that differs inside the overlap is found, at its segment offset; one past
+        // the overlap is none of this check's business.
+        b_raw[30] ^= 1;
+        assert_eq!(overlap_mismatch(&a, a_raw, &b, &b_raw), Some(230));
+        b_raw[30] ^= 1;
+        b_raw[150] ^= 1;
+        assert_eq!(overlap_mismatch(&a, a_raw, &b, &b_raw), None);
+        // Pieces that only meet do not overlap.
+        assert_eq!(
+            overlap_mismatch(&piece(0, 100), &wal[..100], &piece(100, 200), &[9; 100]),
+            None
+        );
+        // A content shorter than its name says is a mismatch too.
+        assert_eq!(overlap_mismatch(&a, &a_raw[..210], &b, &b_raw), Some(210));
     }
 
     #[test]

@@ -48,6 +48,15 @@ pub fn wal_key(file_name: &str) -> String {
     format!("{WAL_PREFIX}{file_name}")
 }
 
+/// A key that sorts after every WAL object of timeline `tli` and before every object of a
+/// later timeline: `after` for [`crate::ObjectStore::list_after`] when looking for the first
+/// object of a later timeline. WAL names start with the timeline as 8 uppercase hex digits
+/// (`XLogFileName` in `src/include/access/xlog_internal.h`; history files
+/// `TLHistoryFileName`), followed only by hex digits, `.` and `/`, which all sort before `~`.
+pub fn after_timeline(tli: u32) -> String {
+    format!("{WAL_PREFIX}{tli:08X}~")
+}
+
 /// The file name of a key under [`WAL_PREFIX`], or `None` for other keys.
 pub fn wal_file_name(key: &str) -> Option<&str> {
     key.strip_prefix(WAL_PREFIX).filter(|n| !n.contains('/'))
@@ -163,6 +172,23 @@ fn invalid(key: &str, reason: &'static str) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn after_timeline_sorts_between_timelines() {
+        let after = after_timeline(0xA);
+        validate_prefix(&after).unwrap();
+        for own in [
+            "wal/0000000A000000FF000000FF",
+            "wal/0000000A000000FF000000FF.partial.d/00000000-00001000",
+            "wal/0000000A0000000000000003.00000028.backup",
+            "wal/0000000A.history",
+        ] {
+            assert!(own < after.as_str(), "{own}");
+        }
+        for later in ["wal/0000000B.history", "wal/0000000B0000000000000001"] {
+            assert!(later > after.as_str(), "{later}");
+        }
+    }
 
     #[test]
     fn layout_keys() {

@@ -1,10 +1,10 @@
-//! `pgagent fetch` serves a segment's `.partial` only when it is the newest WAL of its
-//! timeline (DESIGN.md, "fetch"): a `.partial` left behind newer WAL of its timeline, or one
-//! holding WAL past the point where a later timeline forked off its timeline, is not the
-//! segment, and replaying it zero-padded would end recovery in the middle of the WAL or
-//! replay a branch the cluster left. Such a request is answered 1 (not found), through the
-//! fetch server and without one, while the newest segment's `.partial` is still served, also
-//! when a later timeline starts exactly where it ends.
+//! `pgagent fetch` serves a segment's partial content (DESIGN.md, "fetch"): whatever part of
+//! a segment was confirmed to the server is served, even when later WAL of its timeline
+//! landed first (uploads are not ordered). Only a `.partial` holding WAL past the point where
+//! a later timeline forked off its timeline is withheld: replaying it would replay a branch
+//! the cluster left. Such a request is answered 1 (not found), through the fetch server and
+//! without one, while a `.partial` is still served when a later timeline starts exactly
+//! where it ends.
 //!
 //! The segment being filled is held as deltas (or, in stores written before deltas, as one
 //! `.partial` object, which deltas may continue): fetch serves the run of WAL they hold from
@@ -87,21 +87,35 @@ fn check(env: &[(&str, String)], dir: &Path, how: &str) {
     assert!(got[partial.len()..].iter().all(|&b| b == 0), "{how}");
     std::fs::remove_file(&dest).unwrap();
 
-    // A .partial behind newer WAL of its timeline, and the old primary's .partial holding
-    // WAL past the switch point: not found, nothing written.
-    for (stale, why) in [
-        (
-            name(2, 4),
-            "later WAL of timeline 2 (000000020000000000000005)",
-        ),
-        (name(1, 3), "timeline 2 forked off timeline 1 at 0/3200000"),
-    ] {
-        let out = fetch(env, &stale, &dest);
-        assert_eq!(out.status.code(), Some(1), "{how}: {stale}: {}", text(&out));
-        assert!(!dest.exists(), "{how}: {stale}");
-        if how == "standalone" {
-            assert!(text(&out).contains(why), "{stale}: {}", text(&out));
-        }
+    // A .partial behind newer WAL of its timeline is a prefix of that segment's WAL (its
+    // complete object never landed): served, zero-padded.
+    let behind = name(2, 4);
+    let out = fetch(env, &behind, &dest);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{how}: {behind}: {}",
+        text(&out)
+    );
+    let got = std::fs::read(&dest).unwrap();
+    let partial = raw(&format!("{behind}.partial"), 3 << 20);
+    assert!(got[..partial.len()] == partial[..], "{how}");
+    assert!(got[partial.len()..].iter().all(|&b| b == 0), "{how}");
+    std::fs::remove_file(&dest).unwrap();
+
+    // The old primary's .partial holding WAL past the switch point: not found, nothing
+    // written.
+    let (forked, why) = (name(1, 3), "timeline 2 forked off timeline 1 at 0/3200000");
+    let out = fetch(env, &forked, &dest);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{how}: {forked}: {}",
+        text(&out)
+    );
+    assert!(!dest.exists(), "{how}: {forked}");
+    if how == "standalone" {
+        assert!(text(&out).contains(why), "{forked}: {}", text(&out));
     }
 
     // Complete segments are served as always.
@@ -115,7 +129,7 @@ fn check(env: &[(&str, String)], dir: &Path, how: &str) {
 }
 
 #[test]
-fn a_partial_is_served_only_as_the_newest_wal_of_its_timeline() {
+fn a_partial_is_served_unless_a_later_timeline_forked_off_before_its_end() {
     let dir = tempfile::tempdir().unwrap();
     let url = store(dir.path());
     for (how, env) in fetch_envs(dir.path(), &url) {
@@ -189,9 +203,11 @@ fn seg_wal(tli: u32, segno: u64) -> Vec<u8> {
 /// 4. a `.partial` of a store written before deltas, holding 0-0x5000, then deltas
 ///    continuing it: 0x5000-0x7000 and 0x6000-0x9000;
 /// 5. 0-0x1000, then 0x1000-0x2000 with a flipped byte in its payload;
-/// 6. 0-0x1000, followed by segment 3 of timeline 6 held only as 20 deltas (up to 0x14000);
+/// 6. 0-0x1000, followed by segment 3 of timeline 6 held only as 20 deltas (up to 0x14000):
+///    segment 2's complete object never landed, segment 3's deltas did;
 /// 7. the whole segment in two deltas (the agent stopped before the complete object landed),
-///    followed by a delta of segment 3 of timeline 7.
+///    followed by a delta of segment 3 of timeline 7;
+/// 8. 0-0x2000 and 0x1000-0x3000, which holds other bytes in 0x1000-0x2000.
 async fn plant_deltas(store: &dyn ObjectStore) {
     store
         .put("cluster.json", cluster_json("7000000000000000006").into())
@@ -249,6 +265,11 @@ async fn plant_deltas(store: &dyn ObjectStore) {
     put_delta(store, (7, 2), 0, SEG / 2, &wal).await;
     put_delta(store, (7, 2), SEG / 2, SEG, &wal).await;
     put_delta(store, (7, 3), 0, 0x1000, &seg_wal(7, 3)).await;
+    let wal = seg_wal(8, 2);
+    put_delta(store, (8, 2), 0, 0x2000, &wal).await;
+    let mut other = wal.clone();
+    other[0x1800] ^= 0xFF;
+    put_delta(store, (8, 2), 0x1000, 0x3000, &other).await;
 }
 
 /// Fetches `file` into `dest` and checks it is the first `end` bytes of `wal`, zero-padded
@@ -299,24 +320,27 @@ fn check_deltas(env: &[(&str, String)], dir: &Path, how: &str) {
     );
     assert!(!dest.exists(), "{how}");
 
-    // A segment whose next segment is held only as deltas is not the newest WAL of its
-    // timeline: not found. The next one is.
-    let out = fetch(env, &name(6, 2), &dest);
-    assert_eq!(out.status.code(), Some(1), "{how}: {}", text(&out));
-    assert!(!dest.exists(), "{how}");
-    if how == "standalone" {
-        assert!(
-            text(&out).contains(&format!(
-                "later WAL of timeline 6 ({}.partial.d/",
-                name(6, 3)
-            )),
-            "{}",
-            text(&out)
-        );
-    }
+    // A segment whose next segment's deltas landed before its complete object (uploads are
+    // not ordered; the host died in between): its run from offset 0 holds every byte of it
+    // confirmed to the server, and is served, zero-padded; the hole after it ends recovery
+    // there. The next one is served too.
+    fetch_assembled(env, &name(6, 2), &dest, &seg_wal(6, 2), 0x1000);
     fetch_assembled(env, &name(6, 3), &dest, &seg_wal(6, 3), 0x14000);
     // Unless its deltas cover it whole: then they are the segment.
     fetch_assembled(env, &name(7, 2), &dest, &seg_wal(7, 2), SEG as usize);
+
+    // Two deltas that cover the same bytes with different contents, each intact on its own:
+    // corruption, 255 naming both, nothing at %p.
+    let out = fetch(env, &name(8, 2), &dest);
+    assert_eq!(out.status.code(), Some(255), "{how}: {}", text(&out));
+    for range in ["00000000-00002000", "00001000-00003000"] {
+        assert!(
+            text(&out).contains(&format!("{}.partial.d/{range}", name(8, 2))),
+            "{how}: {}",
+            text(&out)
+        );
+    }
+    assert!(!dest.exists(), "{how}");
 
     // Absent everywhere: 1.
     let out = fetch(env, &name(1, 7), &dest);

@@ -8,7 +8,8 @@
 //!   [`crate::fetch::plan`] reads it), is present; the newest segment may be held only as
 //!   partial pieces (deltas, or a `.partial` object in a store written before deltas), and
 //!   the WAL reaches their assembled end ([`crate::store::wal`]). With `--wal`, every WAL
-//!   object (deltas included) is also downloaded and checked.
+//!   object (deltas included) is also downloaded and checked, and the pieces of each
+//!   segment must agree where they overlap ([`crate::store::overlaps`]).
 //!
 //! Prints one line per problem and a summary; any problem is exit 1.
 
@@ -27,8 +28,8 @@ use pgagent_storage::{envelope, ObjectStore};
 
 use crate::config::Config;
 use crate::fetch::plan::TimelinePlan;
-use crate::store::catalog;
 use crate::store::wal::{legacy_lengths, PartialSegment, SegmentId, WalIndex};
+use crate::store::{catalog, overlaps};
 
 /// Runs the checks and prints the report.
 ///
@@ -67,7 +68,7 @@ pub async fn run(cfg: &Config, backup: Option<&str>, wal: bool) -> anyhow::Resul
     }
     let objects = store.list(WAL_PREFIX).await?;
     let index = WalIndex::from_listing(&objects, seg);
-    let (legacy, unreadable) = legacy_lengths(store.as_ref(), &index.legacy_to_read()).await?;
+    let (legacy, unreadable) = legacy_lengths(store.as_ref(), &index.legacy_to_read(), seg).await?;
     problems.extend(
         unreadable
             .into_iter()
@@ -110,6 +111,8 @@ pub async fn run(cfg: &Config, backup: Option<&str>, wal: bool) -> anyhow::Resul
             check_objects(store.clone(), &cipher, keys, None, concurrency, seg).await;
         println!("WAL: {checked} objects checked (complete segments, deltas, history files)");
         problems.extend(bad);
+        problems
+            .extend(overlaps::disagreements(store.as_ref(), cipher.as_ref(), &index, seg).await);
     }
     for p in &problems {
         println!("PROBLEM {p}");

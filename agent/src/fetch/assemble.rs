@@ -210,11 +210,102 @@ mod tests {
 
     use pgagent_protocol::{SegNo, TimelineId, WalSegmentSize};
     use pgagent_storage::deltas::assemble;
+    use pgagent_storage::StoreError;
     use pgagent_storage::{envelope, ObjectStore};
 
     use super::*;
     use crate::fetch::resolve::resolve;
     use crate::fetch::Found;
+
+    /// A store where, while a fetch lists the deltas of segment 3, the agent uploads the
+    /// segment's complete object and its cleanup removes the second delta (the delete of
+    /// the first failed): the listing sees only the first. The fetch's first look for the
+    /// complete object comes before that upload.
+    #[derive(Debug)]
+    struct RacedCleanup {
+        fs: pgagent_storage::fs::FsStore,
+        complete: String,
+        second: String,
+        missed: tokio::sync::Notify,
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for RacedCleanup {
+        async fn put(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
+            self.fs.put(key, body).await
+        }
+        async fn put_if_absent(
+            &self,
+            key: &str,
+            body: Bytes,
+        ) -> Result<pgagent_storage::PutOutcome, StoreError> {
+            self.fs.put_if_absent(key, body).await
+        }
+        async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+            let r = self.fs.get(key).await;
+            if key == self.complete {
+                self.missed.notify_one();
+            }
+            r
+        }
+        async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Bytes, StoreError> {
+            self.fs.get_range(key, start, len).await
+        }
+        async fn head(&self, key: &str) -> Result<Option<pgagent_storage::ObjectMeta>, StoreError> {
+            self.fs.head(key).await
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<pgagent_storage::ObjectMeta>, StoreError> {
+            if prefix.ends_with(".partial.d/") {
+                self.missed.notified().await;
+                let whole = envelope::seal(&vec![3u8; 16 << 20], 1).body;
+                self.fs.put(&self.complete, whole).await?;
+                self.fs.delete(&self.second).await?;
+            }
+            self.fs.list(prefix).await
+        }
+        async fn delete(&self, key: &str) -> Result<(), StoreError> {
+            self.fs.delete(key).await
+        }
+        fn enforces_conditional_put(&self) -> bool {
+            true
+        }
+        fn describe(&self) -> String {
+            "raced cleanup".into()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_listing_that_raced_with_cleanup_does_not_cut_the_segment_short() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = WalSegmentSize::DEFAULT;
+        let delta = |start, end| Delta {
+            tli: TimelineId(1),
+            segno: SegNo(3),
+            start,
+            end,
+        };
+        let store = RacedCleanup {
+            fs: pgagent_storage::fs::FsStore::open(dir.path().to_path_buf())
+                .await
+                .unwrap(),
+            complete: "wal/000000010000000000000003".into(),
+            second: delta(0x1000, 0x2000).key(seg),
+            missed: tokio::sync::Notify::new(),
+        };
+        for d in [delta(0, 0x1000), delta(0x1000, 0x2000)] {
+            let body = envelope::seal(&vec![3u8; d.len() as usize], 1).body;
+            store.fs.put(&d.key(seg), body).await.unwrap();
+        }
+        let fetcher = Fetcher::on_store(Arc::new(store), seg);
+        let resolved = resolve("000000010000000000000003", seg).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let found = fetcher.find(&resolved, deadline).await.unwrap();
+        // Not the first 0x1000 bytes, zero-padded: the complete segment.
+        assert!(
+            matches!(found, Some(Found::Whole { ref key, .. }) if key == "wal/000000010000000000000003"),
+            "{found:?}"
+        );
+    }
 
     #[tokio::test]
     async fn a_piece_pruned_after_the_listing_is_vanished_not_absent() {

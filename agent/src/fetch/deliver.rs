@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use pgagent_storage::crypto::ObjectCipher;
+use pgagent_storage::deltas::overlap_mismatch;
 use pgagent_storage::{envelope, StoreError};
 
 use super::assemble::{Assembled, Part};
@@ -202,14 +203,21 @@ pub fn deliver_verified(
     })
 }
 
-/// Opens each part of `a`, checks it holds its piece's length, and writes the range taken
-/// from it; then the zeros up to the segment size.
+/// Opens each part of `a`, checks it holds its piece's length and, where it overlaps the
+/// previous part's piece, the same bytes there ([`overlap_mismatch`]: a difference is
+/// corruption naming both pieces, never a silent mix), and writes the range taken from it;
+/// then the zeros up to the segment size.
+///
+/// Only consecutive parts can overlap: a greedy assembly takes, at each position, the piece
+/// reaching furthest, so a part's piece starts after the previous part's first offset.
 fn write_assembled(
     a: &Assembled,
     cipher: Option<&ObjectCipher>,
     out: &mut dyn Write,
 ) -> Result<Delivered, DeliverError> {
-    for Part { take, body } in &a.parts {
+    let mut prev: Option<(&Part, Vec<u8>)> = None;
+    for part in &a.parts {
+        let Part { take, body } = part;
         let key = &take.piece.key;
         let raw = envelope::open_for(body, cipher, key)?;
         let want = take.piece.end - take.piece.start;
@@ -219,9 +227,22 @@ fn write_assembled(
                 detail: format!("holds {} bytes, its name says {want}", raw.len()),
             }));
         }
+        if let Some((p, p_raw)) = &prev {
+            if let Some(at) = overlap_mismatch(&p.take.piece, p_raw, &take.piece, &raw) {
+                return Err(DeliverError::Store(StoreError::Corrupt {
+                    key: key.clone(),
+                    detail: format!(
+                        "holds other bytes than {} where both cover the segment (first at \
+                         offset {at:#X}): two pieces of one segment disagree",
+                        p.take.piece.key
+                    ),
+                }));
+            }
+        }
         let from = (take.from - take.piece.start) as usize;
         let to = (take.to - take.piece.start) as usize;
         out.write_all(&raw[from..to])?;
+        prev = Some((part, raw));
     }
     pad_with_zeros(out, a.end, a.segment_size)?;
     Ok(Delivered {
@@ -390,6 +411,38 @@ mod tests {
         assert_eq!(got.len(), 8192);
         assert!(got[..5000] == wal[..5000]);
         assert!(got[5000..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn overlapping_pieces_that_disagree_are_corruption_naming_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("RECOVERYXLOG");
+        let wal = wal();
+        let pieces = [
+            ("wal/S.partial.d/00000000-00000800", 0, 2048),
+            ("wal/S.partial.d/00000700-00001000", 1792, 4096),
+        ];
+        // Agreeing overlap: served.
+        let a = assembled(&wal, &pieces);
+        deliver_verified(&Found::Partial(a), None, &dest).unwrap();
+        fs::remove_file(&dest).unwrap();
+        // The second piece holds other bytes where both cover [0x700, 0x800), each piece
+        // intact on its own: a mix must not be served.
+        let mut a = assembled(&wal, &pieces);
+        let mut other = wal[1792..4096].to_vec();
+        other[0x10] ^= 0xFF;
+        a.parts[1].body = envelope::seal(&other, 1).body;
+        let err = deliver_verified(&Found::Partial(a), None, &dest).unwrap_err();
+        assert!(matches!(err, FetchError::Abort(_)), "{err}");
+        let msg = err.to_string();
+        for key in [
+            "S.partial.d/00000700-00001000",
+            "S.partial.d/00000000-00000800",
+        ] {
+            assert!(msg.contains(key), "{msg}");
+        }
+        assert!(msg.contains("0x710"), "{msg}");
+        assert!(entries(dir.path()).is_empty());
     }
 
     #[test]

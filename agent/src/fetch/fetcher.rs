@@ -1,7 +1,7 @@
 //! Store access for fetches ([`Fetcher`]): open the store and check its cluster, resolve a
 //! requested name to the objects that may answer it, read them with transient errors
 //! retried up to the request's deadline, and decide whether a segment's partial content
-//! ([`super::assemble`]) may answer for it ([`super::newest`]).
+//! ([`super::assemble`]) may answer for it ([`super::forks`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -14,12 +14,13 @@ use pgagent_protocol::{
 };
 use pgagent_storage::crypto::access::reader_cipher;
 use pgagent_storage::crypto::{KeyError, ObjectCipher};
-use pgagent_storage::deltas::{self, after_deltas};
+use pgagent_storage::deltas;
+use pgagent_storage::layout::after_timeline;
 use pgagent_storage::{envelope, ObjectMeta, ObjectStore, StoreError};
 
 use super::assemble::{self, Assembled};
 use super::resolve::{self, Resolved};
-use super::{abort, newest, FetchError};
+use super::{abort, forks, FetchError};
 use crate::config::Config;
 use crate::retry::{GaveUp, Policy};
 
@@ -47,9 +48,8 @@ impl Found {
     }
 }
 
-/// How many keys after a segment's pieces LIST returns when deciding whether they are the
-/// newest WAL of its timeline (the first WAL object among them decides; more only skip
-/// strays).
+/// How many keys after a timeline's objects LIST returns when looking for a later timeline
+/// (the first WAL object among them decides; more only skip strays).
 const NEXT_KEYS: usize = 16;
 
 /// How many times a request is looked up again when a piece it listed is gone when read.
@@ -111,9 +111,10 @@ impl Fetcher {
         })
     }
 
-    /// A fetcher on `store` without reading `cluster.json` (for the tests).
+    /// A fetcher on `store` without reading `cluster.json` (for the tests and the pipeline's
+    /// simulation).
     #[cfg(test)]
-    pub(super) fn on_store(store: Arc<dyn ObjectStore>, seg: WalSegmentSize) -> Fetcher {
+    pub(crate) fn on_store(store: Arc<dyn ObjectStore>, seg: WalSegmentSize) -> Fetcher {
         Fetcher {
             store,
             cipher: None,
@@ -163,13 +164,13 @@ impl Fetcher {
     ///
     /// A segment's complete object, its `.partial` and the listing of its deltas are read
     /// at the same time (one round trip, not three), the complete object preferred. The
-    /// partial content, assembled up to its first hole (the `assemble` module), answers only
-    /// if it holds WAL and is the newest WAL of its timeline ([`newest`]; one more LIST,
-    /// and history files the first time) or covers the whole segment, and its pieces are
-    /// then read in parallel.
-    /// Otherwise the complete object is read once more: a running agent may have uploaded
-    /// the completed segment meanwhile. A piece listed but gone when read (the segment was
-    /// completed and its pieces removed meanwhile) starts the lookup again.
+    /// partial content, assembled up to its first hole (the `assemble` module), answers
+    /// when it holds WAL, unless a later timeline forked off before its end ([`forks`]; one
+    /// more LIST, and history files the first time), and its pieces are then read in
+    /// parallel. Before assembled pieces are served, the complete object is looked for once
+    /// more: pieces are removed only once it is in the store, so a listing that raced with
+    /// that cleanup (and saw only part of the run) never cuts the segment short. A piece
+    /// listed but gone when read starts the lookup again.
     ///
     /// Errors: as `Fetcher::get`; a corrupt `.partial` header; a later timeline's history
     /// file that is not one; pieces that keep vanishing.
@@ -200,37 +201,31 @@ impl Fetcher {
                          they are not served"
                     );
                 }
-            } else {
-                let end = src.start + assembly.end;
-                // Pieces covering the whole segment are the segment, as its complete object
-                // would be (an agent stopped between its last delta and that upload).
-                let whole = assembly.end >= src.segment_size;
-                let why = if whole {
-                    None
-                } else {
-                    self.superseded(&resolved.name, end, deadline).await?
-                };
-                match why {
-                    None => {
-                        let legacy = listed.legacy.as_ref();
-                        match assemble::read(self, src, legacy, assembly, deadline).await? {
-                            assemble::Read::Done(a) => return Ok(Some(Found::Partial(a))),
-                            assemble::Read::Vanished(key) => {
-                                tracing::info!(
-                                    "{file}: {key} was listed but is gone; looking again"
-                                );
-                                gone = key;
-                                continue;
-                            }
-                        }
-                    }
-                    Some(why) => tracing::info!(
-                        "{file}: not serving its partial content (WAL up to {end}): {why}; \
-                         it is not the newest WAL of its timeline"
-                    ),
+                return self.get_whole(resolved.whole.as_deref(), deadline).await;
+            }
+            let end = src.start + assembly.end;
+            // Pieces covering the whole segment are the segment, as its complete object
+            // would be (an agent stopped between its last delta and that upload).
+            if assembly.end < src.segment_size {
+                if let Some(why) = self.forked(&resolved.name, end, deadline).await? {
+                    tracing::info!(
+                        "{file}: not serving its partial content (WAL up to {end}): {why}"
+                    );
+                    return self.get_whole(resolved.whole.as_deref(), deadline).await;
                 }
             }
-            return self.get_whole(resolved.whole.as_deref(), deadline).await;
+            let legacy = listed.legacy.as_ref();
+            match assemble::read(self, src, legacy, assembly, deadline).await? {
+                assemble::Read::Done(a) => {
+                    // The complete object first, if it landed meanwhile (see above).
+                    let whole = self.get_whole(resolved.whole.as_deref(), deadline).await?;
+                    return Ok(Some(whole.unwrap_or(Found::Partial(a))));
+                }
+                assemble::Read::Vanished(key) => {
+                    tracing::info!("{file}: {key} was listed but is gone; looking again");
+                    gone = key;
+                }
+            }
         }
         Err(abort(format!(
             "{file}: pieces of it vanished while it was read ({gone} the last), {LOOKUPS} \
@@ -240,50 +235,39 @@ impl Fetcher {
     }
 
     /// Why the partial content of segment `name`, holding WAL up to `partial_end`, must not
-    /// stand in for it (see [`newest`]), or `None` when it is the newest WAL of its
-    /// timeline.
-    async fn superseded(
+    /// stand in for it: a later timeline forked off before `partial_end` (see [`forks`]).
+    /// `None` when no later timeline did.
+    async fn forked(
         &self,
         name: &WalFileName,
         partial_end: Lsn,
         deadline: Instant,
     ) -> Result<Option<String>, FetchError> {
-        let WalFileName::Segment { tli, segno } = *name else {
+        let WalFileName::Segment { tli, .. } = *name else {
             return Ok(None);
         };
-        let seg = self.seg;
-        let after = after_deltas(tli, segno, seg);
+        let after = after_timeline(tli.0);
         let store = &self.store;
         let listed = retry(&store.describe(), "list wal/", deadline, || {
             store.list_after(resolve::WAL_PREFIX, &after, NEXT_KEYS)
         })
         .await?;
-        let (next, key) = newest::next_key(tli, segno, listed.iter().map(|m| m.key.as_str()), seg);
-        match next {
-            newest::NextKey::Nothing => Ok(None),
-            newest::NextKey::LaterOnTimeline(_) => Ok(Some(format!(
-                "the store holds later WAL of timeline {tli} ({})",
-                key.unwrap_or_default()
-                    .trim_start_matches(resolve::WAL_PREFIX)
-            ))),
-            newest::NextKey::LaterTimeline(first) => {
-                let mut child = Some(first);
-                while let Some(t) = child {
-                    let Some(history) = self.history(t, deadline).await? else {
-                        break;
-                    };
-                    if let Some(at) = newest::forks_before(&history, tli, partial_end) {
-                        return Ok(Some(format!(
-                            "timeline {t} forked off timeline {tli} at {at} ({}), before the \
-                             end of its WAL ({partial_end})",
-                            history_file_name(t)
-                        )));
-                    }
-                    child = t.0.checked_add(1).map(TimelineId);
-                }
-                Ok(None)
+        let keys = listed.iter().map(|m| m.key.as_str());
+        let mut child = forks::first_later_timeline(tli, keys, self.seg);
+        while let Some(t) = child {
+            let Some(history) = self.history(t, deadline).await? else {
+                break;
+            };
+            if let Some(at) = forks::forks_before(&history, tli, partial_end) {
+                return Ok(Some(format!(
+                    "timeline {t} forked off timeline {tli} at {at} ({}), before the end of \
+                     its WAL ({partial_end}): the rest is a branch the cluster left",
+                    history_file_name(t)
+                )));
             }
+            child = t.0.checked_add(1).map(TimelineId);
         }
+        Ok(None)
     }
 
     /// The history file of timeline `tli`, verified and parsed; `None` if the store has none.

@@ -13,7 +13,7 @@
 //! (`pgagent run`), else a restore-mode server it starts ([`restore_mode`]); both serve from
 //! a prefetch cache kept ahead of recovery ([`server`], [`cache`], [`plan`]). When no server
 //! can answer, it fetches from the store itself ([`fetch_standalone`]). The store side is
-//! shared: [`resolve`] (which keys answer a name, pure), [`newest`] (whether a segment's
+//! shared: [`resolve`] (which keys answer a name, pure), [`forks`] (whether a segment's
 //! partial content may answer for it, pure), [`Fetcher`] (`fetcher`: store access with
 //! retries up to a deadline; `assemble`: a segment's deltas and `.partial` read and put
 //! together), [`deliver_verified`] (in [`deliver`]: envelope checks, padding, atomic write).
@@ -23,7 +23,7 @@ pub mod cache;
 pub mod client;
 pub mod deliver;
 mod fetcher;
-pub mod newest;
+pub mod forks;
 pub mod paths;
 pub mod plan;
 pub mod resolve;

@@ -48,7 +48,7 @@ pub struct Resolved {
     /// history or a backup history file; `None` for a `.partial` request.
     pub whole: Option<String>,
     /// For a segment or a `.partial`: its partial content, which answers when `whole` is
-    /// absent (a segment's only if it is the newest WAL of its timeline, [`super::newest`]).
+    /// absent (a segment's unless a later timeline forked off before its end, [`super::forks`]).
     pub partial: Option<PartialSources>,
 }
 

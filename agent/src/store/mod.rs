@@ -4,6 +4,7 @@
 
 pub mod catalog;
 pub mod drills;
+pub mod overlaps;
 pub mod records;
 pub mod snapshots;
 pub mod wal;
