@@ -237,7 +237,7 @@ pub async fn run(cfg: &Config, what: ListWhat, json: bool) -> anyhow::Result<()>
     } = crate::store::open_cluster(cfg).await?;
     let objects = store.list(WAL_PREFIX).await?;
     let index = WalIndex::from_listing(&objects, seg);
-    let (legacy, unreadable) = legacy_lengths(store.as_ref(), &index.legacy_to_read()).await?;
+    let (legacy, unreadable) = legacy_lengths(store.as_ref(), &index.legacy_to_read(), seg).await?;
     for (key, why) in &unreadable {
         tracing::warn!("{key}: its header does not open ({why}); it counts for nothing");
     }

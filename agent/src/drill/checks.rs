@@ -84,7 +84,8 @@ async fn end_of_wal(cfg: &Config, req: &DrillRequest, reached: Lsn, report: &mut
             .list(pgagent_storage::layout::WAL_PREFIX)
             .await?;
         let index = WalIndex::from_listing(&listed, opened.seg);
-        let (legacy, _) = legacy_lengths(opened.store.as_ref(), &index.legacy_to_read()).await?;
+        let (legacy, _) =
+            legacy_lengths(opened.store.as_ref(), &index.legacy_to_read(), opened.seg).await?;
         anyhow::Ok(index.newest_end(&index.partial_segments(&legacy, opened.seg), opened.seg))
     };
     match end.await {

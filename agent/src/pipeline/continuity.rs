@@ -16,16 +16,17 @@
 //!
 //! The decision is pure ([`tail_of`], [`judge`]); [`read_tail`] does the store I/O: one LIST
 //! per WAL "log" (the first 16 hex digits of a segment name) of the two before the resume
-//! point, and for a segment held as deltas one LIST of them and one ranged GET of an older
-//! `.partial` header.
+//! point, and for a segment held as deltas one LIST of them and a GET of each piece its run
+//! takes (each verified before it counts, [`stored_partial_end`]).
 
 use pgagent_protocol::{segment_file_name, Lsn, SegNo, TimelineId, WalSegmentSize};
-use pgagent_storage::deltas::{deltas_prefix, Delta};
-use pgagent_storage::envelope::{Header, MAX_HEADER_LEN};
+use pgagent_storage::crypto::ObjectCipher;
+use pgagent_storage::deltas::{assemble, deltas_prefix, Delta, Piece};
+use pgagent_storage::envelope;
 use pgagent_storage::layout::{wal_key, PARTIAL_SUFFIX};
 use pgagent_storage::{ObjectStore, StoreError};
 
-use crate::store::wal::{SegmentPieces, WalKey};
+use crate::store::wal::WalKey;
 
 /// The WAL objects of one timeline near the resume point, from a listing.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -126,10 +127,21 @@ pub fn judge(start: Lsn, bucket_end: Option<Lsn>, staged_from: Option<Lsn>) -> C
 /// The end of the run of WAL the bucket holds of segment `segno` of `tli` as deltas (and a
 /// `.partial` object an older version wrote), or `None` when that run is empty.
 ///
-/// One LIST of the segment's deltas and, at the same time, a ranged GET of [`MAX_HEADER_LEN`]
-/// bytes of the `.partial` object.
+/// Nothing counts before it is verified: the run seeds the flush tracker (the next delta
+/// starts at its end, and WAL up to it may be confirmed), so a name or a header planted by
+/// a writer of the bucket, or a corrupt object, must not make it reach further than the
+/// WAL the bucket really holds. Each piece the run takes is read and opened with `cipher`
+/// (authenticated under its name in an encrypted store; length and blake3 checked), and
+/// must hold as many bytes as its name (a delta) says, or at most a segment (a `.partial`,
+/// whose length only its header gives); a piece that fails is left out, with a warning
+/// naming it, and the run assembled again without it. Costs one LIST of the segment's deltas, a GET of the
+/// `.partial` object (at the same time) and a GET of each piece taken: at most about a
+/// segment of WAL, once per start.
+///
+/// Errors: the store's (other than not found).
 pub async fn stored_partial_end(
     store: &dyn ObjectStore,
+    cipher: Option<&ObjectCipher>,
     tli: TimelineId,
     segno: SegNo,
     seg: WalSegmentSize,
@@ -139,31 +151,86 @@ pub async fn stored_partial_end(
         segment_file_name(tli, segno, seg)
     ));
     let prefix = deltas_prefix(tli, segno, seg);
-    let (listed, header) = tokio::join!(
-        store.list(&prefix),
-        store.get_range(&legacy, 0, MAX_HEADER_LEN as u64)
-    );
-    let pieces = SegmentPieces {
-        legacy: Some(legacy),
-        deltas: listed?
-            .iter()
-            .filter_map(|m| Delta::parse_key(&m.key, seg))
-            .filter(|d| (d.tli, d.segno) == (tli, segno))
-            .collect(),
+    let (listed, legacy_body) = tokio::join!(store.list(&prefix), store.get(&legacy));
+    let deltas: Vec<Piece> = listed?
+        .iter()
+        .filter_map(|m| Delta::parse_key(&m.key, seg))
+        .filter(|d| (d.tli, d.segno) == (tli, segno))
+        .map(|d| Piece::delta(&d, seg))
+        .collect();
+    let mut pieces = deltas;
+    match legacy_body {
+        Ok(body) => match envelope::open_for(&body, cipher, &legacy) {
+            Ok(raw) if raw.len() as u64 <= seg.bytes() => pieces.push(Piece {
+                key: legacy.clone(),
+                start: 0,
+                end: raw.len() as u64,
+            }),
+            Ok(raw) => tracing::warn!(
+                key = legacy,
+                "holds {} bytes, more than a segment: it counts for nothing",
+                raw.len()
+            ),
+            Err(e) => tracing::warn!(error = %e, "an unreadable .partial counts for nothing"),
+        },
+        Err(e) if e.is_not_found() => {}
+        Err(e) => return Err(e),
+    }
+    // Assemble, verify what the run takes, drop a piece that fails and assemble again: a
+    // planted piece reaching far cannot hide the real run behind it.
+    let mut verified: Vec<String> = Vec::new();
+    let end = 'assemble: loop {
+        let assembly = assemble(&pieces);
+        for take in &assembly.takes {
+            let key = &take.piece.key;
+            if *key == legacy || verified.contains(key) {
+                continue;
+            }
+            if piece_holds_its_range(store, cipher, &take.piece).await? {
+                verified.push(key.clone());
+            } else {
+                pieces.retain(|p| p.key != *key);
+                continue 'assemble;
+            }
+        }
+        break assembly.end;
     };
-    let legacy_len = match header {
-        Ok(bytes) => Some(Header::parse(&bytes)?.raw_len),
-        Err(e) if e.is_not_found() => None,
+    Ok((end > 0).then(|| segno.start_lsn(seg) + end))
+}
+
+/// Whether the delta `piece` is in the store, opens with `cipher`, and holds as many bytes
+/// as its name says (warns naming it when not).
+async fn piece_holds_its_range(
+    store: &dyn ObjectStore,
+    cipher: Option<&ObjectCipher>,
+    piece: &Piece,
+) -> Result<bool, StoreError> {
+    let body = match store.get(&piece.key).await {
+        Ok(b) => b,
+        Err(e) if e.is_not_found() => return Ok(false),
         Err(e) => return Err(e),
     };
-    let run = pieces.assemble(legacy_len, seg).end;
-    Ok((run > 0).then(|| segno.start_lsn(seg) + run))
+    let why = match envelope::open_for(&body, cipher, &piece.key) {
+        Ok(raw) if raw.len() as u64 == piece.end - piece.start => return Ok(true),
+        Ok(raw) => format!(
+            "holds {} bytes, its name says {}",
+            raw.len(),
+            piece.end - piece.start
+        ),
+        Err(e) => e.to_string(),
+    };
+    tracing::warn!(
+        key = piece.key,
+        "{why}: the run of WAL the store holds of its segment ends before it"
+    );
+    Ok(false)
 }
 
 /// Where the WAL of timeline `tli` that the bucket holds below `start` ends, looking in the
 /// WAL log of the segment before `start` and the log before that. `None`: nothing there.
 pub async fn read_tail(
     store: &dyn ObjectStore,
+    cipher: Option<&ObjectCipher>,
     tli: TimelineId,
     start: Lsn,
     seg: WalSegmentSize,
@@ -191,7 +258,7 @@ pub async fn read_tail(
             Tail::EndsAt(l) => return Ok(Some(l)),
             Tail::Nothing => return Ok(None),
             Tail::Partial(p) => {
-                if let Some(end) = stored_partial_end(store, tli, p, seg).await? {
+                if let Some(end) = stored_partial_end(store, cipher, tli, p, seg).await? {
                     return Ok(Some(end));
                 }
                 let complete = wal_key(&segment_file_name(tli, p, seg));
@@ -257,26 +324,77 @@ mod tests {
         let (tli, s) = (TimelineId(1), seg());
         let at = |n: u64, off: u64| SegNo(n).start_lsn(s) + off;
         assert_eq!(
-            stored_partial_end(&store, tli, SegNo(7), s).await.unwrap(),
+            stored_partial_end(&store, None, tli, SegNo(7), s)
+                .await
+                .unwrap(),
             None
         );
         put(&store, &delta(7, 0x100, 0x200), &[1; 0x100]).await;
         assert_eq!(
-            stored_partial_end(&store, tli, SegNo(7), s).await.unwrap(),
+            stored_partial_end(&store, None, tli, SegNo(7), s)
+                .await
+                .unwrap(),
             None,
             "only WAL past a hole"
         );
         put(&store, &delta(7, 0, 0x80), &[1; 0x80]).await;
         assert_eq!(
-            stored_partial_end(&store, tli, SegNo(7), s).await.unwrap(),
+            stored_partial_end(&store, None, tli, SegNo(7), s)
+                .await
+                .unwrap(),
             Some(at(7, 0x80))
         );
         // An older version's whole-prefix .partial fills the hole.
         put(&store, &format!("{}.partial", name(1, 7)), &[1; 0x120]).await;
         assert_eq!(
-            stored_partial_end(&store, tli, SegNo(7), s).await.unwrap(),
+            stored_partial_end(&store, None, tli, SegNo(7), s)
+                .await
+                .unwrap(),
             Some(at(7, 0x200))
         );
+    }
+
+    #[tokio::test]
+    async fn planted_or_corrupt_pieces_do_not_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = pgagent_storage::fs::FsStore::open(dir.path().into())
+            .await
+            .unwrap();
+        let (tli, s) = (TimelineId(1), seg());
+        let at = |off: u64| SegNo(7).start_lsn(s) + off;
+        let end = |store| async move {
+            stored_partial_end(store, None, tli, SegNo(7), s)
+                .await
+                .unwrap()
+        };
+        // A .partial whose header claims a whole segment, over a body of 0x100 bytes: its
+        // header alone once seeded the tracker with 16 MiB the bucket does not hold.
+        let legacy = format!("{}.partial", name(1, 7));
+        let mut planted = pgagent_storage::envelope::seal(&[1; 0x100], 1)
+            .body
+            .to_vec();
+        let mut header = pgagent_storage::envelope::seal(&vec![1; 16 << 20], 1)
+            .body
+            .to_vec();
+        header.truncate(pgagent_storage::envelope::MAX_HEADER_LEN.min(header.len()));
+        planted.splice(..header.len().min(planted.len()), header);
+        store.put(&legacy, planted.into()).await.unwrap();
+        assert_eq!(end(&store).await, None, "a header that does not verify");
+        // A delta whose name claims more than its body holds, then a real one before it.
+        put(&store, &delta(7, 0x100, 0x1000), &[1; 0x10]).await;
+        put(&store, &delta(7, 0, 0x100), &[1; 0x100]).await;
+        assert_eq!(end(&store).await, Some(at(0x100)));
+        // A delta whose bytes were changed after sealing.
+        let key = delta(7, 0x100, 0x200);
+        put(&store, &key, &[1; 0x100]).await;
+        let mut body = store.get(&key).await.unwrap().to_vec();
+        let last = body.len() - 1;
+        body[last] ^= 0x55;
+        store.put(&key, body.into()).await.unwrap();
+        assert_eq!(end(&store).await, Some(at(0x100)));
+        // A verified one counts.
+        put(&store, &delta(7, 0x100, 0x180), &[1; 0x80]).await;
+        assert_eq!(end(&store).await, Some(at(0x180)));
     }
 
     #[tokio::test]
@@ -288,12 +406,12 @@ mod tests {
         let (tli, s) = (TimelineId(1), seg());
         put(&store, &name(1, 5), &[0; 16]).await;
         put(&store, &delta(6, 0x100, 0x200), &[1; 0x100]).await;
-        let end = read_tail(&store, tli, SegNo(8).start_lsn(s), s)
+        let end = read_tail(&store, None, tli, SegNo(8).start_lsn(s), s)
             .await
             .unwrap();
         assert_eq!(end, Some(SegNo(6).start_lsn(s)));
         put(&store, &delta(6, 0, 0x100), &[1; 0x100]).await;
-        let end = read_tail(&store, tli, SegNo(8).start_lsn(s), s)
+        let end = read_tail(&store, None, tli, SegNo(8).start_lsn(s), s)
             .await
             .unwrap();
         assert_eq!(end, Some(SegNo(6).start_lsn(s) + 0x200));

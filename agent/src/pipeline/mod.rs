@@ -129,6 +129,7 @@ impl Connected {
             &slot,
             &staging_dir,
             store.as_ref(),
+            cipher.as_ref(),
         )
         .await?;
         let plan = resume.plan;

@@ -13,6 +13,7 @@ use std::time::Duration;
 use pgagent_protocol::{
     ConnConfig, Lsn, ReplicationClient, SqlSession, TimelineHistory, TimelineId,
 };
+use pgagent_storage::crypto::ObjectCipher;
 use pgagent_storage::ObjectStore;
 
 use super::continuity::{self, Continuity};
@@ -59,8 +60,8 @@ pub async fn prepare(
     slot: &str,
     staging_dir: &Path,
     store: &dyn ObjectStore,
+    cipher: Option<&ObjectCipher>,
 ) -> anyhow::Result<Resume> {
-    let seg = server.seg;
     // The server's history covers every timeline it descends from: read once, it places
     // both the slot's position (before 15) and the segment before the start.
     let lineage = if server.timeline.0 > 1 {
@@ -74,6 +75,33 @@ pub async fn prepare(
             .map(|h| h.timeline_for_lsn(server.timeline, lsn))
     };
     let slot_pos = slot_position(client, conn, server, slot, on_lineage).await?;
+    decide(
+        server,
+        lineage.as_ref(),
+        slot_pos,
+        staging_dir,
+        store,
+        cipher,
+    )
+    .await
+}
+
+/// The resume decision from what the server said (`server`, the history of its timeline
+/// when it is past 1, the slot's position and timeline), what staging holds and what the
+/// bucket holds around the start (its pieces opened with `cipher`). No server I/O: the
+/// pipeline's simulation calls it with the simulated server's answers.
+///
+/// Errors: staging's (it cannot be read).
+pub async fn decide(
+    server: &ServerInfo,
+    lineage: Option<&TimelineHistory>,
+    slot_pos: Option<(Lsn, Option<TimelineId>)>,
+    staging_dir: &Path,
+    store: &dyn ObjectStore,
+    cipher: Option<&ObjectCipher>,
+) -> anyhow::Result<Resume> {
+    let seg = server.seg;
+    let on_lineage = |lsn: Lsn| lineage.map(|h| h.timeline_for_lsn(server.timeline, lsn));
     let scan = StagingScan::read(staging_dir, seg)?;
     let mut plan = plan_resume(&scan, slot_pos, server);
     let leftovers: Vec<StagedSegment> = scan
@@ -88,7 +116,7 @@ pub async fn prepare(
         _ => plan.tli,
     };
     let tail = read_with_deadline("the end of its WAL", || {
-        continuity::read_tail(store, prev_tli, plan.start, seg)
+        continuity::read_tail(store, cipher, prev_tli, plan.start, seg)
     })
     .await
     .flatten();
@@ -118,7 +146,7 @@ pub async fn prepare(
     }
     let segno = plan.start.segment_number(seg);
     let stored_partial = match read_with_deadline("the resume segment's deltas", || {
-        continuity::stored_partial_end(store, plan.tli, segno, seg)
+        continuity::stored_partial_end(store, cipher, plan.tli, segno, seg)
     })
     .await
     {

@@ -231,13 +231,17 @@ impl WalIndex {
 }
 
 /// Reads the header of each `.partial` object in `keys` (one small ranged GET each) for its
-/// raw length. Returns the lengths, and `(key, why)` for each header that does not parse
-/// (such an object counts for nothing). An object deleted since the listing is left out.
+/// raw length. Returns the lengths, and `(key, why)` for each header that does not parse or
+/// declares more than a segment of `seg` bytes (such an object counts for nothing). An
+/// object deleted since the listing is left out. The header is not verified here (that takes
+/// the whole object): what reports it uses is for display, and what seeds the agent's
+/// resume verifies every piece (`pipeline::continuity`).
 ///
 /// Errors: the store's, other than not found.
 pub async fn legacy_lengths(
     store: &dyn ObjectStore,
     keys: &[(SegmentId, String)],
+    seg: WalSegmentSize,
 ) -> anyhow::Result<(BTreeMap<SegmentId, u64>, Vec<(String, String)>)> {
     let mut lens = BTreeMap::new();
     let mut bad = Vec::new();
@@ -248,9 +252,17 @@ pub async fn legacy_lengths(
             Err(e) => return Err(anyhow::Error::new(e).context(format!("read {key}"))),
         };
         match Header::parse(&head) {
-            Ok(h) => {
+            Ok(h) if h.raw_len <= seg.bytes() => {
                 lens.insert(*id, h.raw_len);
             }
+            Ok(h) => bad.push((
+                key.clone(),
+                format!(
+                    "{key}: its header declares {} bytes, more than a segment ({})",
+                    h.raw_len,
+                    seg.bytes()
+                ),
+            )),
             Err(e) => bad.push((key.clone(), e.with_key(key).to_string())),
         }
     }
