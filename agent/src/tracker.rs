@@ -41,9 +41,11 @@ pub struct FlushTracker {
     next_needed: SegNo,
     /// Complete segments uploaded ahead of `next_needed` (out-of-order completions).
     ahead: BTreeSet<SegNo>,
-    /// How far the bucket holds the segment being filled, as far as the frontier is
-    /// concerned: its segment and the end of the run of its deltas from the segment start.
-    partial: Option<(SegNo, Lsn)>,
+    /// How far the bucket holds segments not yet complete there, as far as the frontier is
+    /// concerned: per segment, the end of the run of its deltas from the segment start. More
+    /// than one when a later segment's first delta lands before an earlier segment's
+    /// complete object (uploads are not ordered): the earlier run still counts until then.
+    partials: BTreeMap<SegNo, Lsn>,
     /// The segment whose deltas the bucket holds (timeline, segment, end of their run from
     /// the segment start): where the next delta starts.
     stored_partial: Option<(TimelineId, SegNo, Lsn)>,
@@ -64,7 +66,7 @@ impl FlushTracker {
             floor,
             next_needed: start.segment_number(seg),
             ahead: BTreeSet::new(),
-            partial: None,
+            partials: BTreeMap::new(),
             stored_partial: None,
             holds: BTreeMap::new(),
             received: start,
@@ -112,6 +114,7 @@ impl FlushTracker {
         while self.ahead.remove(&self.next_needed) {
             self.next_needed = SegNo(self.next_needed.0 + 1);
         }
+        self.partials = self.partials.split_off(&self.next_needed);
     }
 
     /// Records that WAL of segment `segno` of timeline `tli` from `start` to `end` is durable
@@ -124,10 +127,8 @@ impl FlushTracker {
         if !continues || !self.partial_is_news(tli, segno, end) {
             return;
         }
-        match self.partial {
-            Some((s, e)) if s > segno || (s == segno && e >= end) => {}
-            _ => self.partial = Some((segno, end)),
-        }
+        let run = self.partials.entry(segno).or_insert(end);
+        *run = (*run).max(end);
         self.stored_partial = Some((tli, segno, end));
     }
 
@@ -171,12 +172,10 @@ impl FlushTracker {
     /// timeline restarts the same segment from its start.
     pub fn timeline_switched(&mut self, new_start: Lsn) {
         let segno = new_start.segment_number(self.seg);
-        if let Some((s, e)) = self.partial {
-            if s == segno {
-                // The old timeline's partial covers up to the switch point, which the new
-                // timeline's segment repeats byte for byte; keep it as the frontier.
-                self.partial = Some((s, e.min(new_start)));
-            }
+        if let Some(e) = self.partials.get_mut(&segno) {
+            // The old timeline's partial covers up to the switch point, which the new
+            // timeline's segment repeats byte for byte; keep it as the frontier.
+            *e = (*e).min(new_start);
         }
     }
 
@@ -188,9 +187,9 @@ impl FlushTracker {
     /// End of the WAL that is contiguous and durable in the bucket.
     pub fn bucket_frontier(&self) -> Lsn {
         let complete = self.next_needed.start_lsn(self.seg);
-        let frontier = match self.partial {
-            Some((s, e)) if s == self.next_needed => complete.max(e),
-            _ => complete,
+        let frontier = match self.partials.get(&self.next_needed) {
+            Some(&e) => complete.max(e),
+            None => complete,
         };
         self.holds.values().fold(frontier, |f, at| f.min(*at))
     }
@@ -316,6 +315,20 @@ mod tests {
         );
         t.segment_uploaded(SegNo(10));
         assert_eq!(t.bucket_frontier(), lsn_of(11, 100));
+        assert_eq!(t.flush_lsn(true), lsn_of(11, 100));
+    }
+
+    #[test]
+    fn a_later_segments_delta_landing_first_never_moves_the_frontier_back() {
+        let tli = TimelineId(1);
+        let mut t = FlushTracker::new(seg(), lsn_of(10, 0), lsn_of(10, 0));
+        t.staged(lsn_of(11, 100));
+        t.partial_uploaded(tli, SegNo(10), lsn_of(10, 0), lsn_of(10, 800));
+        assert_eq!(t.flush_lsn(true), lsn_of(10, 800));
+        // Segment 10 completed; 11's first delta lands before 10's complete object.
+        t.partial_uploaded(tli, SegNo(11), lsn_of(11, 0), lsn_of(11, 100));
+        assert_eq!(t.flush_lsn(true), lsn_of(10, 800), "10's run still counts");
+        t.segment_uploaded(SegNo(10));
         assert_eq!(t.flush_lsn(true), lsn_of(11, 100));
     }
 
