@@ -15,6 +15,7 @@
 //! filled as `.partial`, drain the workers and the uploader, confirm the final position to
 //! the server, close. A second signal exits at once (see `main`).
 
+mod blocking;
 mod compress;
 mod continuity;
 mod follow;

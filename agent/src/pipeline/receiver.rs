@@ -17,6 +17,7 @@ use pgagent_protocol::{
 };
 use tokio_util::sync::CancellationToken;
 
+use super::blocking::block;
 use super::jobs::{CompressJob, RawSource, WalObject};
 use super::mailbox::PartialMailbox;
 use super::shared::Shared;
@@ -73,10 +74,6 @@ pub struct Receiver {
     server_end: Lsn,
     /// WAL arrived since the last [`Receiver::take_streamed`].
     streamed: bool,
-}
-
-fn block<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
 }
 
 impl Receiver {
@@ -187,7 +184,14 @@ impl Receiver {
         full
     }
 
-    fn on_wal(&mut self, tli: TimelineId, start: Lsn, data: &[u8]) -> anyhow::Result<()> {
+    /// Writes XLogData (`data` at `start` on `tli`) into staging and hands the segments it
+    /// completes to the compress workers.
+    pub(super) fn on_wal(
+        &mut self,
+        tli: TimelineId,
+        start: Lsn,
+        data: &[u8],
+    ) -> anyhow::Result<()> {
         let end = start + data.len() as u64;
         let done = block(|| self.writer.write(tli, start, data))?;
         self.last_end = end;
@@ -214,7 +218,9 @@ impl Receiver {
         Ok(())
     }
 
-    fn on_partial_tick(&mut self) -> anyhow::Result<()> {
+    /// Sends the staged `.partial` for upload if it grew (every `partial_interval`, and in
+    /// synchronous mode as soon as WAL arrives or the previous one landed).
+    pub(super) fn on_partial_tick(&mut self) -> anyhow::Result<()> {
         let Some(pos) = self.writer.position() else {
             return Ok(());
         };

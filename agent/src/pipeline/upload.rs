@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::blocking::off_thread;
 use super::compress::Sealer;
 use super::jobs::{CompressJob, RawSource, UploadJob, WalObject};
 use super::mailbox::PartialMailbox;
@@ -113,9 +114,7 @@ impl Uploader {
                 continue;
             };
             let sealer = sealer.clone();
-            let sealed = tokio::task::spawn_blocking(move || sealer.seal(job))
-                .await
-                .expect("seal task panicked");
+            let sealed = off_thread(move || sealer.seal(job)).await;
             let job = match sealed {
                 Ok(job) => job,
                 Err(e) => {
