@@ -262,7 +262,9 @@ impl Uploader {
     /// Best effort, in the background: the deltas of a segment that is now complete in the
     /// bucket are no longer needed, nor a `.partial` object an older version wrote for it
     /// (one listing of `wal/<segment>.partial` finds both). Credentials without delete
-    /// rights are fine: `pgagent prune` removes leftovers. One cleanup runs at a time.
+    /// rights are fine: `pgagent prune` removes leftovers. One cleanup runs at a time, in
+    /// key order, stopping at the first failure. A fetch racing with it still serves the
+    /// whole segment: it looks for the complete object again before serving pieces.
     async fn remove_superseded(self, tli: TimelineId, segno: SegNo) {
         let _one = self.cleanup.lock().await;
         let prefix = wal_key(&format!(
@@ -288,7 +290,11 @@ impl Uploader {
                     return;
                 }
                 Err(e) => {
-                    tracing::debug!(key = meta.key, error = %e, "could not remove a superseded delta")
+                    // Stop at the first failure: deletes go in key order (from the segment
+                    // start), so what is left is always the end of the run, never a run
+                    // from offset 0 cut short. `pgagent prune` removes the rest.
+                    tracing::debug!(key = meta.key, error = %e, "could not remove a superseded delta; leaving the rest to `pgagent prune`");
+                    return;
                 }
             }
         }
