@@ -25,6 +25,8 @@ mod mailbox;
 mod receiver;
 mod resume;
 mod shared;
+#[cfg(test)]
+mod sim;
 mod upload;
 
 pub use shared::LiveStatus;
