@@ -24,7 +24,8 @@
 //! serves with the server's WAL ([`Checker`]).
 //!
 //! Run: `cargo test -p pgagent --lib pipeline::sim` runs `PGAGENT_SIM_SEEDS` seeds (default
-//! 400) from `PGAGENT_SIM_FIRST_SEED` (default 0); a failure prints its seed, and
+//! 600, spread over the cores) from `PGAGENT_SIM_FIRST_SEED` (default 0); a failure prints
+//! its seed (the lowest, when several fail), and
 //! `PGAGENT_SIM_SEED=<seed>` replays that one alone, with the agent's logs on
 //! (`RUST_LOG=debug`).
 
@@ -39,6 +40,9 @@ use world::World;
 
 /// Events per seed.
 const EVENTS: usize = 400;
+
+/// Seeds a plain `cargo test` runs (CI): about two minutes on two cores.
+const DEFAULT_SEEDS: u64 = 600;
 
 /// What one seed did, for the summary line.
 #[derive(Debug, Default, Clone, Copy)]
@@ -86,13 +90,43 @@ fn confirmed_wal_is_always_served_byte_for_byte() {
         Some(s) => vec![s],
         None => {
             let first = env_u64("PGAGENT_SIM_FIRST_SEED").unwrap_or(0);
-            let n = env_u64("PGAGENT_SIM_SEEDS").unwrap_or(400);
+            let n = env_u64("PGAGENT_SIM_SEEDS").unwrap_or(DEFAULT_SEEDS);
             (first..first + n).collect()
         }
     };
+    // Seeds are independent (each its own runtime, store and staging): spread them over the
+    // cores, each thread taking the next seed not yet run.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let results: Vec<Result<Stats, (u64, String)>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads.min(seeds.len()))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(&seed) = seeds.get(i) else { break };
+                        let r = run_seed(seed).map_err(|e| (seed, e));
+                        let failed = r.is_err();
+                        mine.push(r);
+                        if failed {
+                            // Stop the others early: the first failure is what matters.
+                            next.store(seeds.len(), std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                    mine
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("simulation thread panicked"))
+            .collect()
+    });
     let mut total = Stats::default();
-    for seed in seeds {
-        match run_seed(seed) {
+    let mut failures: Vec<(u64, String)> = Vec::new();
+    for r in results {
+        match r {
             Ok(s) => {
                 total.events += s.events;
                 total.crashes += s.crashes;
@@ -103,11 +137,14 @@ fn confirmed_wal_is_always_served_byte_for_byte() {
                 total.confirmed += s.confirmed;
                 total.simulated += s.simulated;
             }
-            Err(e) => panic!(
-                "seed {seed}: {e}\nreplay: PGAGENT_SIM_SEED={seed} RUST_LOG=debug \
-                 cargo test -p pgagent --lib pipeline::sim -- --nocapture"
-            ),
+            Err(f) => failures.push(f),
         }
+    }
+    if let Some((seed, e)) = failures.into_iter().min_by_key(|f| f.0) {
+        panic!(
+            "seed {seed}: {e}\nreplay: PGAGENT_SIM_SEED={seed} RUST_LOG=debug \
+             cargo test -p pgagent --lib pipeline::sim -- --nocapture"
+        );
     }
     // The seeds did exercise what they are for.
     assert!(total.checks > 0 && total.confirmed > 0, "{total:?}");
