@@ -2,7 +2,7 @@
 //! once when it ends, each with the event in environment variables.
 //!
 //! An incident is any of: not connected to PostgreSQL, RPO above `metrics.max_rpo_seconds`,
-//! staging at its quota, a gap in the bucket's WAL. It starts once a problem has lasted `alerts.grace` and ends when
+//! staging at its quota or its disk full, a gap in the bucket's WAL. It starts once a problem has lasted `alerts.grace` and ends when
 //! none is left. Failure hooks are rate-limited: a new incident within `alerts.min_interval`
 //! of the last reported one is logged, not reported (nor is its recovery). [`Incidents`] is
 //! the pure state machine; [`run_hook`] the process at the edge.
@@ -18,7 +18,7 @@ pub enum Problem {
     Disconnected,
     /// Received WAL has waited longer than the RPO bound for the store.
     RpoHigh,
-    /// Staging reached its quota; the slot holds WAL on the server.
+    /// Staging reached its quota, or its disk is full; the slot holds WAL on the server.
     StagingFull,
     /// WAL is missing from the bucket and gone from the server.
     WalGap,

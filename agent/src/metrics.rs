@@ -88,7 +88,8 @@ pub struct Metrics {
     pub rpo_seconds: Gauge,
     /// `pgagent_staging_bytes`: bytes of WAL files in staging.
     pub staging_bytes: IntGauge,
-    /// `pgagent_staging_full`: 1 while staging is at its quota and receiving is paused.
+    /// `pgagent_staging_full`: 1 while receiving is paused because staging is at its quota
+    /// or its disk is full.
     pub staging_full: IntGauge,
     /// `pgagent_staging_quota_bytes`: `staging.quota`, so alerts can compare
     /// `pgagent_staging_bytes` with it.
@@ -230,7 +231,7 @@ impl Metrics {
             ),
             staging_full: int_gauge(
                 "pgagent_staging_full",
-                "1 while staging is at its quota and receiving is paused.",
+                "1 while receiving is paused: staging at its quota, or its disk full.",
             ),
             staging_quota_bytes: int_gauge(
                 "pgagent_staging_quota_bytes",

@@ -13,6 +13,14 @@
 //! short file; once full it is fsynced, renamed to its final name, and the directory is
 //! fsynced so the rename itself survives a crash. A reader that sees the final name therefore
 //! sees a complete, durable segment.
+//!
+//! A full disk (`ENOSPC`, or `EDQUOT` on a quota) is a pause, not an end
+//! ([`StagingError::is_no_space`]). A write that fails leaves the writer where the last
+//! byte that was written is ([`StagingWriter::position`]), so the same write can be tried
+//! again once there is room: no byte is skipped, and a segment is renamed complete only after
+//! its fsync succeeded. A failed fsync is never tried again: the kernel may have dropped the
+//! pages it could not write and report the next fsync clean, so the caller abandons the
+//! segment ([`StagingWriter::abandon`]) and receives it again from its start.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -41,11 +49,14 @@ struct OpenSegment {
     tli: TimelineId,
     segno: SegNo,
     file: File,
+    /// The `.partial` file, or the final name once renamed.
     path: PathBuf,
     /// Bytes written from the segment start.
     written: u64,
     /// Bytes known fsynced from the segment start.
     synced: u64,
+    /// Full, fsynced and renamed to its final name; only the directory fsync is missing.
+    renamed: bool,
 }
 
 /// A view of the current `.partial` file for a partial upload: an independent handle, so a
@@ -85,6 +96,25 @@ pub enum StagingError {
     },
 }
 
+impl StagingError {
+    /// Whether staging has no room (`ENOSPC`, `EDQUOT`): the same operation may succeed once
+    /// space is freed.
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, StagingError::Io { source, .. } if is_no_space(source))
+    }
+
+    /// Whether this is a failed fsync: what the file holds is no longer known (see the
+    /// module documentation), so its segment must be written again from its start.
+    pub fn is_failed_fsync(&self) -> bool {
+        matches!(self, StagingError::Io { op: "fsync", .. })
+    }
+}
+
+/// Whether an OS error says the disk (or the user's quota) is full.
+pub fn is_no_space(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}
+
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StagingError + 'a {
     move |source| StagingError::Io {
         op,
@@ -99,6 +129,11 @@ pub struct StagingWriter {
     wal_dir: PathBuf,
     seg: WalSegmentSize,
     current: Option<OpenSegment>,
+    /// Where the next byte is expected (`None` before the first write, after
+    /// [`StagingWriter::close_partial`] and [`StagingWriter::abandon`]).
+    end: Option<Lsn>,
+    /// Segments completed by writes that then failed, not yet handed out.
+    completed: Vec<StagedSegment>,
 }
 
 impl StagingWriter {
@@ -110,6 +145,8 @@ impl StagingWriter {
             wal_dir,
             seg,
             current: None,
+            end: None,
+            completed: Vec::new(),
         })
     }
 
@@ -120,16 +157,21 @@ impl StagingWriter {
     }
 
     /// Writes `data`, which starts at `start` on timeline `tli`. Returns the segments this
-    /// write completed (fsynced and renamed). Data must continue the previous write;
-    /// the first write of a segment must start at the segment start.
+    /// write (and any earlier one that failed) completed: fsynced, renamed, directory
+    /// fsynced. Data must continue the previous write; the first write of a segment must
+    /// start at the segment start.
+    ///
+    /// On an error, [`StagingWriter::position`] says how far the data was written, and
+    /// [`StagingWriter::take_completed`] hands out the segments completed before it.
     pub fn write(
         &mut self,
         tli: TimelineId,
         start: Lsn,
         mut data: &[u8],
     ) -> Result<Vec<StagedSegment>, StagingError> {
-        let mut done = Vec::new();
         let mut pos = start;
+        // A segment whose completion failed last time is completed first.
+        self.complete_if_full()?;
         while !data.is_empty() {
             let segno = pos.segment_number(self.seg);
             let offset = pos.segment_offset(self.seg);
@@ -159,19 +201,24 @@ impl StagingWriter {
                 .map_err(io_err("write", &open.path))?;
             open.written += n as u64;
             pos = pos + n as u64;
+            self.end = Some(pos);
             data = &data[n..];
-            if open.written == self.seg.bytes() {
-                done.push(self.complete_current()?);
-            }
+            self.complete_if_full()?;
         }
-        Ok(done)
+        Ok(self.take_completed())
     }
 
-    /// Where the next byte is expected, if a segment is open.
+    /// The segments completed by writes that failed afterwards (see
+    /// [`StagingWriter::write`]).
+    pub fn take_completed(&mut self) -> Vec<StagedSegment> {
+        std::mem::take(&mut self.completed)
+    }
+
+    /// Where the next byte is expected: the end of the data written (a segment boundary
+    /// once a segment completed). `None` before the first write and after the open segment
+    /// was closed or abandoned.
     pub fn position(&self) -> Option<Lsn> {
-        self.current
-            .as_ref()
-            .map(|c| c.segno.start_lsn(self.seg) + c.written)
+        self.end
     }
 
     /// Fsyncs the open segment. Returns the end of the durable WAL in staging.
@@ -179,7 +226,7 @@ impl StagingWriter {
         let Some(cur) = &mut self.current else {
             return Ok(None);
         };
-        if cur.synced < cur.written {
+        if cur.synced < cur.written && !cur.renamed {
             cur.file.sync_data().map_err(io_err("fsync", &cur.path))?;
             cur.synced = cur.written;
         }
@@ -201,12 +248,25 @@ impl StagingWriter {
     }
 
     /// Ends the open segment without completing it (the timeline ended inside it, or the
-    /// agent stops): fsyncs it and leaves it as `<name>.partial`. Returns its view.
+    /// agent stops): fsyncs it and leaves it as `<name>.partial`. Returns its view. A full
+    /// segment whose completion failed earlier is completed instead (and handed out by
+    /// [`StagingWriter::take_completed`]).
     pub fn close_partial(&mut self) -> Result<Option<PartialView>, StagingError> {
+        self.complete_if_full()?;
         self.sync()?;
         let view = self.partial_view()?;
         self.current = None;
+        self.end = None;
         Ok(view)
+    }
+
+    /// Gives up the open segment without another fsync (one failed, or staging has no room
+    /// to finish it): its file stays as it is, and the segment must be received again from
+    /// its start, which writes a new file. Returns that start, if a segment was open.
+    pub fn abandon(&mut self) -> Option<Lsn> {
+        self.end = None;
+        let cur = self.current.take()?;
+        Some(cur.segno.start_lsn(self.seg))
     }
 
     fn open_segment(&mut self, tli: TimelineId, segno: SegNo) -> Result<(), StagingError> {
@@ -239,22 +299,38 @@ impl StagingWriter {
             path,
             written: 0,
             synced: 0,
+            renamed: false,
         });
         Ok(())
     }
 
-    fn complete_current(&mut self) -> Result<StagedSegment, StagingError> {
-        let cur = self.current.take().expect("a segment is open");
-        cur.file.sync_all().map_err(io_err("fsync", &cur.path))?;
-        let name = segment_file_name(cur.tli, cur.segno, self.seg);
-        let final_path = self.wal_dir.join(&name);
-        fs::rename(&cur.path, &final_path).map_err(io_err("rename", &cur.path))?;
+    /// Completes the open segment if it is full: fsync, rename, directory fsync. Each step
+    /// is done once; after a failure the segment stays open, so a later call goes on from
+    /// the step that failed (a failed fsync is not tried again: see [`StagingWriter::abandon`]).
+    fn complete_if_full(&mut self) -> Result<(), StagingError> {
+        let Some(cur) = self.current.as_mut() else {
+            return Ok(());
+        };
+        if cur.written < self.seg.bytes() {
+            return Ok(());
+        }
+        if !cur.renamed {
+            cur.file.sync_all().map_err(io_err("fsync", &cur.path))?;
+            cur.synced = cur.written;
+            let name = segment_file_name(cur.tli, cur.segno, self.seg);
+            let final_path = self.wal_dir.join(&name);
+            fs::rename(&cur.path, &final_path).map_err(io_err("rename", &cur.path))?;
+            cur.path = final_path;
+            cur.renamed = true;
+        }
         fsync_dir(&self.wal_dir)?;
-        Ok(StagedSegment {
+        let cur = self.current.take().expect("a segment is open");
+        self.completed.push(StagedSegment {
             tli: cur.tli,
             segno: cur.segno,
-            path: final_path,
-        })
+            path: cur.path,
+        });
+        Ok(())
     }
 }
 
@@ -334,8 +410,17 @@ pub fn staging_bytes(staging_dir: &Path) -> u64 {
 }
 
 /// Checks that the staging directory exists (creating it) and takes a durable write.
+///
+/// Errors name the fix; a full disk is named as such, and [`is_disk_full`] tells it from the
+/// others (the daemon starts anyway and waits for room).
 pub fn check_staging(dir: &Path) -> anyhow::Result<()> {
     let fix = |what: &str, e: std::io::Error| {
+        if is_no_space(&e) {
+            return anyhow::Error::new(DiskFull(e)).context(format!(
+                "staging directory {} is full: cannot {what} a file there; fix: free space on its disk or give it more (receiving pauses while it is full; the slot keeps the WAL on the server)",
+                dir.display()
+            ));
+        }
         anyhow::anyhow!(
             "staging directory {}: cannot {what}: {e}; fix: create it and make it writable by this user (uid {})",
             dir.display(),
@@ -349,6 +434,16 @@ pub fn check_staging(dir: &Path) -> anyhow::Result<()> {
         .map_err(|e| fix("write", e))?;
     std::fs::remove_file(&probe).map_err(|e| fix("remove files in", e))?;
     Ok(())
+}
+
+/// The cause of a [`check_staging`] error when the disk is full.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct DiskFull(io::Error);
+
+/// Whether a [`check_staging`] error is a full disk (`ENOSPC`, `EDQUOT`).
+pub fn is_disk_full(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.is::<DiskFull>())
 }
 
 fn current_uid() -> u32 {
@@ -387,6 +482,58 @@ mod tests {
         assert_eq!(bytes.len(), 1 << 20, "partial files are preallocated");
         assert_eq!(&bytes[..1000], &data[1 << 20..]);
         assert!(bytes[1000..].iter().all(|b| *b == 0));
+    }
+
+    #[test]
+    fn a_full_disk_is_told_from_other_errors() {
+        let io = |code| StagingError::Io {
+            op: "write",
+            path: PathBuf::from("x"),
+            source: io::Error::from_raw_os_error(code),
+        };
+        assert!(io(libc::ENOSPC).is_no_space());
+        assert!(io(libc::EDQUOT).is_no_space());
+        assert!(!io(libc::EIO).is_no_space());
+        assert!(!io(libc::ENOSPC).is_failed_fsync());
+        let fsync = StagingError::Io {
+            op: "fsync",
+            path: PathBuf::from("x"),
+            source: io::Error::from_raw_os_error(libc::ENOSPC),
+        };
+        assert!(fsync.is_no_space() && fsync.is_failed_fsync());
+    }
+
+    #[test]
+    fn an_abandoned_segment_is_written_again_from_its_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = StagingWriter::new(dir.path(), seg()).unwrap();
+        let start = SegNo(4).start_lsn(seg());
+        w.write(TimelineId(1), start, &[3; 500]).unwrap();
+        assert_eq!(w.position(), Some(start + 500));
+        assert_eq!(w.abandon(), Some(start));
+        assert_eq!(w.position(), None);
+        w.write(TimelineId(1), start, &[4; 100]).unwrap();
+        let view = w.close_partial().unwrap().unwrap();
+        let mut buf = vec![0u8; 500];
+        view.file.read_exact_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf[..100], &[4; 100]);
+        assert!(
+            buf[100..].iter().all(|b| *b == 0),
+            "the abandoned bytes survived"
+        );
+    }
+
+    #[test]
+    fn position_stays_at_a_segment_boundary_after_a_completion() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = StagingWriter::new(dir.path(), seg()).unwrap();
+        let start = SegNo(7).start_lsn(seg());
+        let done = w.write(TimelineId(1), start, &vec![1; 1 << 20]).unwrap();
+        assert_eq!(done.len(), 1);
+        assert_eq!(w.position(), Some(SegNo(8).start_lsn(seg())));
+        assert!(w.take_completed().is_empty());
+        w.close_partial().unwrap();
+        assert_eq!(w.position(), None);
     }
 
     #[test]

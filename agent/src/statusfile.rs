@@ -39,8 +39,11 @@ pub struct DaemonStatus {
     pub rpo_seconds: f64,
     /// Bytes of WAL files in staging.
     pub staging_bytes: u64,
-    /// Receiving is paused at the staging quota.
+    /// Receiving is paused: staging at its quota, or its disk full.
     pub staging_full: bool,
+    /// The staging disk is full (`ENOSPC`): receiving waits for room.
+    #[serde(default)]
+    pub staging_disk_full: bool,
     /// Last error worth an operator's attention.
     pub last_error: Option<String>,
     /// WAL missing from the bucket that the server no longer has, as `from-to` LSNs: a
@@ -123,20 +126,49 @@ fn path(staging_dir: &Path) -> PathBuf {
     staging_dir.join(STATUS_FILE)
 }
 
-/// Writes the status atomically (temp file + rename; no fsync: it is advisory).
+/// Writes the status atomically (temp file + rename; no fsync: it is advisory). With the
+/// staging disk full, a new file cannot be written, so the old one is overwritten in place
+/// (see [`overwrite_in_place`]): the status must say the disk is full.
 pub fn write(staging_dir: &Path, status: &DaemonStatus) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(status)?;
     let tmp = staging_dir.join(format!(".{STATUS_FILE}.tmp"));
-    std::fs::write(&tmp, serde_json::to_vec_pretty(status)?)?;
-    std::fs::rename(&tmp, path(staging_dir))
+    let atomic =
+        std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, path(staging_dir)));
+    match atomic {
+        Err(e) if crate::staging::is_no_space(&e) => {
+            let _ = std::fs::remove_file(&tmp);
+            overwrite_in_place(&path(staging_dir), &bytes)
+        }
+        r => r,
+    }
 }
 
-/// Reads the status, `None` if there is none.
+/// Overwrites `path` from its start with `bytes`, padded with spaces (which JSON ignores)
+/// to the file's length: no new file and, for a status of a few KiB, no new block. A reader
+/// may meet it half-written; [`read`] then reads again.
+fn overwrite_in_place(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new().write(true).open(path)?;
+    let old = usize::try_from(file.metadata()?.len()).unwrap_or(usize::MAX);
+    let mut padded = bytes.to_vec();
+    if padded.len() < old {
+        padded.resize(old, b' ');
+    }
+    file.write_all_at(&padded, 0)
+}
+
+/// Reads the status, `None` if there is none. A status caught half-written in place is read
+/// again once.
 pub fn read(staging_dir: &Path) -> std::io::Result<Option<DaemonStatus>> {
-    match std::fs::read(path(staging_dir)) {
+    let once = || match std::fs::read(path(staging_dir)) {
         Ok(b) => Ok(Some(serde_json::from_slice(&b)?)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
-    }
+    };
+    once().or_else(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        once()
+    })
 }
 
 #[cfg(test)]
@@ -162,6 +194,28 @@ mod tests {
         };
         write(dir.path(), &s).unwrap();
         assert_eq!(read(dir.path()).unwrap(), Some(s));
+    }
+
+    #[test]
+    fn a_status_overwritten_in_place_reads_back_whole() {
+        // What `write` falls back to when the staging disk is full.
+        let dir = tempfile::tempdir().unwrap();
+        let long = DaemonStatus {
+            last_error: Some("x".repeat(500)),
+            ..Default::default()
+        };
+        write(dir.path(), &long).unwrap();
+        let short = DaemonStatus {
+            staging_full: true,
+            staging_disk_full: true,
+            ..Default::default()
+        };
+        overwrite_in_place(
+            &path(dir.path()),
+            &serde_json::to_vec_pretty(&short).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(read(dir.path()).unwrap(), Some(short));
     }
 
     #[test]

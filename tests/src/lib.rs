@@ -8,6 +8,7 @@
 //! - [`Proxy`]: a TCP proxy that can refuse, hang or slow connections ([`ProxyMode`]).
 //! - [`AgentProcess`] / [`run_pgagent`]: the `pgagent` binary as a daemon or a one-shot command.
 //! - [`ZfsPool`]: a file-backed ZFS pool (zfs-fuse) with datasets and snapshots.
+//! - [`Tmpfs`]: a small tmpfs over a test's directory, to fill a disk for real.
 //! - [`watcher::Watcher`]: reads the bucket during a fault scenario and checks that its WAL
 //!   matches the server's and that the slot never passes it.
 //! - [`load::Load`]: pgbench in the background; [`sql::SqlClient`]: a blocking SQL session
@@ -30,6 +31,7 @@ pub mod pg;
 mod postmaster;
 pub mod proxy;
 pub mod sql;
+pub mod tmpfs;
 pub mod util;
 pub mod watcher;
 pub mod zfs;
@@ -39,5 +41,6 @@ pub use garage::Garage;
 pub use osuser::OsUser;
 pub use pg::{PgOptions, PgServer};
 pub use proxy::{Proxy, ProxyMode};
+pub use tmpfs::Tmpfs;
 pub use util::{free_addr, free_port, wait_until, wait_until_async};
 pub use zfs::ZfsPool;

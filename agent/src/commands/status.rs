@@ -142,7 +142,9 @@ pub fn render(s: &DaemonStatus, age: u64) -> String {
             s.rpo_seconds
         ),
     );
-    let full = if s.staging_full {
+    let full = if s.staging_disk_full {
+        " (disk full: receiving paused until there is room; the slot keeps the WAL)"
+    } else if s.staging_full {
         " (at quota: receiving paused)"
     } else {
         ""

@@ -117,12 +117,19 @@ async fn serve_metrics(
     ))))
 }
 
-/// The staging dataset's ZFS properties (warnings) and a durable write into staging.
+/// The staging dataset's ZFS properties (warnings) and a durable write into staging. A
+/// full disk is no reason to stop: it is reported, and receiving waits for room.
 fn check_staging(cfg: &Config) -> anyhow::Result<()> {
     for line in crate::zfs::staging::startup_check(cfg)? {
         tracing::warn!("{line}");
     }
-    crate::staging::check_staging(cfg.staging_dir())
+    match crate::staging::check_staging(cfg.staging_dir()) {
+        Err(e) if crate::staging::is_disk_full(&e) => {
+            tracing::error!("{e:#}");
+            Ok(())
+        }
+        r => r,
+    }
 }
 
 /// The backup, snapshot and drill gauges start from what the store holds, not from zero,

@@ -126,6 +126,7 @@ pub fn publish(
         rpo_seconds: rpo,
         staging_bytes,
         staging_full: m.staging_full.get() == 1,
+        staging_disk_full: live.staging_disk_full,
         last_error: live.last_error,
         wal_gap: live.wal_gap.map(|(from, to)| format!("{from}-{to}")),
         usage,

@@ -104,8 +104,12 @@ pub(super) async fn follow(
                 delays = reconnect_backoff();
             }
             Err(e) => {
-                if e.downcast_ref::<crate::staging::StagingError>().is_some() {
-                    return Err(e.context("staging"));
+                // A full staging disk is waited out; when an fsync failed there, the segment
+                // was abandoned and is received again from its start.
+                if let Some(se) = e.downcast_ref::<crate::staging::StagingError>() {
+                    if !se.is_no_space() {
+                        return Err(e.context("staging"));
+                    }
                 }
                 receiver.close_partial()?;
                 let streamed = receiver.take_streamed();

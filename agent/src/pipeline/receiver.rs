@@ -7,10 +7,18 @@
 //! `tracker`). A status update goes out when a keepalive asks for one, when the bucket
 //! frontier moves, and at least every `status_interval` (the server drops a standby that
 //! stays silent past `wal_sender_timeout`).
+//!
+//! Receiving pauses — the stream is not read, so the server keeps the WAL behind the slot —
+//! while staging holds `staging.quota` bytes not yet in the bucket, and while the staging
+//! disk is full: the message that found no room is held and written again every second from
+//! where the write stopped, and reading goes on once it fits. Status updates go on
+//! throughout, so the session stays alive. A failed fsync ends the session instead: the
+//! segment is abandoned and received again from its start (see `staging`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use pgagent_protocol::{
     pg_epoch_micros, Lsn, ReplicationStream, SegNo, StandbyStatusUpdate, StreamEvent, TimelineId,
     WalSegmentSize,
@@ -21,7 +29,10 @@ use super::blocking::block;
 use super::jobs::{CompressJob, RawSource, WalObject};
 use super::mailbox::PartialMailbox;
 use super::shared::Shared;
-use crate::staging::{PartialView, StagingWriter};
+use crate::staging::{PartialView, StagingError, StagingWriter};
+
+/// How often a write that found staging full is tried again.
+const NO_SPACE_RETRY: Duration = Duration::from_secs(1);
 
 /// How a session ended.
 pub enum SessionEnd {
@@ -74,6 +85,20 @@ pub struct Receiver {
     server_end: Lsn,
     /// WAL arrived since the last [`Receiver::take_streamed`].
     streamed: bool,
+    /// Receiving is paused at the staging quota.
+    at_quota: bool,
+    /// WAL received that staging had no room for: written before anything else is read.
+    held: Option<Held>,
+    /// The staging disk was full at the last write (or fsync) and no write succeeded since.
+    disk_full: bool,
+}
+
+/// The rest of an XLogData message that staging had no room for.
+#[derive(Debug)]
+struct Held {
+    tli: TimelineId,
+    start: Lsn,
+    data: Bytes,
 }
 
 impl Receiver {
@@ -88,6 +113,9 @@ impl Receiver {
             last_end: start,
             server_end: Lsn::INVALID,
             streamed: false,
+            at_quota: false,
+            held: None,
+            disk_full: false,
         }
     }
 
@@ -129,17 +157,22 @@ impl Receiver {
         self.shared.metrics.up.set(1);
         let mut partial_tick = tokio::time::interval(self.out.partial_interval);
         let mut status_tick = tokio::time::interval(self.out.status_interval);
+        let mut retry_tick = tokio::time::interval(NO_SPACE_RETRY);
         partial_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        retry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // What an earlier session could not write is received again from its segment start.
+        self.held = None;
         let result = loop {
-            let paused = self.over_quota();
+            let paused = self.paused();
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break Ok(SessionEnd::Shutdown(stream)),
+                _ = retry_tick.tick(), if self.held.is_some() => self.retry_held()?,
                 ev = stream.next(), if !paused => match ev {
                     Ok(StreamEvent::XLogData(x)) => {
                         self.server_end = self.server_end.max(x.wal_end);
-                        self.on_wal(tli, x.wal_start, &x.data)?;
+                        self.on_wal(tli, x.wal_start, x.data)?;
                         if self.out.synchronous {
                             self.on_partial_tick()?;
                         }
@@ -173,31 +206,116 @@ impl Receiver {
         result
     }
 
-    fn over_quota(&self) -> bool {
+    /// Whether receiving pauses: staging at its quota, or its disk full
+    /// (`pgagent_staging_full` either way).
+    fn paused(&mut self) -> bool {
         let lag = self.shared.tracker().upload_lag_bytes();
-        let full = lag >= self.out.quota;
-        let gauge = &self.shared.metrics.staging_full;
-        if full && gauge.get() == 0 {
+        let at_quota = lag >= self.out.quota;
+        if at_quota && !self.at_quota {
             tracing::error!(lag_bytes = lag, quota = self.out.quota, "staging quota reached: receiving paused until uploads catch up; the slot keeps the WAL on the server");
         }
-        gauge.set(full as i64);
-        full
+        self.at_quota = at_quota;
+        self.shared
+            .metrics
+            .staging_full
+            .set((at_quota || self.disk_full) as i64);
+        at_quota || self.held.is_some()
+    }
+
+    /// Records whether the staging disk is full, for `status`, `/readyz` and the alerts.
+    fn set_disk_full(&mut self, full: bool) {
+        if full != self.disk_full {
+            self.disk_full = full;
+            self.shared.live().staging_disk_full = full;
+            self.shared
+                .metrics
+                .staging_full
+                .set((full || self.at_quota) as i64);
+            if !full {
+                tracing::info!("staging has room again: receiving resumed");
+            }
+        }
     }
 
     /// Writes XLogData (`data` at `start` on `tli`) into staging and hands the segments it
-    /// completes to the compress workers.
+    /// completes to the compress workers. When staging has no room, what was not written is
+    /// held (see [`Receiver::retry_held`]); a failed fsync abandons the segment and ends the
+    /// session, which resumes from the segment's start.
     pub(super) fn on_wal(
         &mut self,
         tli: TimelineId,
         start: Lsn,
-        data: &[u8],
+        data: Bytes,
     ) -> anyhow::Result<()> {
-        let end = start + data.len() as u64;
-        let done = block(|| self.writer.write(tli, start, data))?;
-        self.last_end = end;
-        self.streamed = true;
-        self.shared.tracker().received(end);
-        self.shared.rpo().received(end, Instant::now());
+        let result = block(|| self.writer.write(tli, start, &data));
+        let (done, failed) = match result {
+            Ok(done) => (done, None),
+            Err(e) => (self.writer.take_completed(), Some(e)),
+        };
+        // Whatever was written counts, a failed write's first part included.
+        let end = match (&failed, self.writer.position()) {
+            (None, _) => start + data.len() as u64,
+            (Some(_), Some(end)) => end.max(start),
+            (Some(_), None) => start,
+        };
+        if end > start {
+            self.last_end = end;
+            self.streamed = true;
+            self.shared.tracker().received(end);
+            self.shared.rpo().received(end, Instant::now());
+        }
+        self.queue_segments(done)?;
+        let Some(e) = failed else {
+            self.held = None;
+            self.set_disk_full(false);
+            return Ok(());
+        };
+        if e.is_failed_fsync() {
+            return Err(self.abandon(e));
+        }
+        if !e.is_no_space() {
+            return Err(e.into());
+        }
+        if self.held.is_none() {
+            tracing::error!("staging disk full: {e}; receiving paused until there is room (retried every second); the slot keeps the WAL on the server");
+            self.shared
+                .set_error(format!("staging disk full: {e}; receiving paused"));
+        }
+        self.set_disk_full(true);
+        let written = (end.0 - start.0) as usize;
+        self.held = Some(Held {
+            tli,
+            start: end,
+            data: data.slice(written..),
+        });
+        Ok(())
+    }
+
+    /// Tries the held write again.
+    fn retry_held(&mut self) -> anyhow::Result<()> {
+        let Some(h) = self.held.as_ref() else {
+            return Ok(());
+        };
+        let (tli, start, data) = (h.tli, h.start, h.data.clone());
+        self.on_wal(tli, start, data)
+    }
+
+    /// Gives up the open segment after `e`: streaming must resume from its start.
+    fn abandon(&mut self, e: StagingError) -> anyhow::Error {
+        if let Some(seg_start) = self.writer.abandon() {
+            self.last_end = self.last_end.min(seg_start);
+        }
+        if e.is_no_space() {
+            tracing::error!(
+                "staging disk full: {e}; the segment will be received again from its start"
+            );
+            self.set_disk_full(true);
+        }
+        e.into()
+    }
+
+    /// Hands complete segments to the compress workers.
+    fn queue_segments(&mut self, done: Vec<crate::staging::StagedSegment>) -> anyhow::Result<()> {
         for segment in done {
             let seg_end = SegNo(segment.segno.0 + 1).start_lsn(self.shared.seg);
             self.shared.tracker().staged(seg_end);
@@ -237,7 +355,10 @@ impl Receiver {
         if !self.out.partials.is_empty() {
             return Ok(());
         }
-        let staged = block(|| self.writer.sync())?;
+        let staged = match block(|| self.writer.sync()) {
+            Ok(staged) => staged,
+            Err(e) => return Err(self.abandon(e)),
+        };
         if let Some(staged) = staged {
             self.shared.tracker().staged(staged);
         }
@@ -265,8 +386,20 @@ impl Receiver {
     /// Ends the segment being filled without completing it (timeline end, a lost
     /// connection, shutdown) and queues its final `.partial` upload. Never waits for the
     /// bucket.
+    ///
+    /// Staging without room to finish it: the segment is abandoned (the next session
+    /// receives it again from its start) and this is no error.
     pub fn close_partial(&mut self) -> anyhow::Result<()> {
-        let view = block(|| self.writer.close_partial())?;
+        let view = match block(|| self.writer.close_partial()) {
+            Ok(view) => view,
+            Err(e) if e.is_no_space() => {
+                let _ = self.abandon(e);
+                None
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let done = self.writer.take_completed();
+        self.queue_segments(done)?;
         if let Some(view) = view {
             let end = view.segno.start_lsn(self.shared.seg) + view.len;
             self.shared.tracker().staged(end);

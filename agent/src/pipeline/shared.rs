@@ -19,6 +19,8 @@ pub struct LiveStatus {
     pub last_error: Option<String>,
     /// WAL that is neither in the bucket nor on the server any more: (from, to).
     pub wal_gap: Option<(Lsn, Lsn)>,
+    /// The staging disk is full: receiving waits for room.
+    pub staging_disk_full: bool,
 }
 
 /// State shared by the pipeline's tasks.

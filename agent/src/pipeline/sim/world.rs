@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::FutureExt;
 use pgagent_protocol::{Lsn, SegNo, TimelineId, WalSegmentSize};
 use pgagent_storage::ObjectStore;
@@ -314,7 +315,7 @@ impl World {
             return Ok(());
         };
         if agent.sent < written {
-            let data = self.server.wal.range(agent.sent, written);
+            let data = Bytes::copy_from_slice(self.server.wal.range(agent.sent, written));
             agent
                 .receiver
                 .on_wal(TLI, agent.sent, data)
@@ -345,7 +346,7 @@ impl World {
                     return Ok(());
                 }
                 let end = Lsn((agent.sent.0 + n).min(written.0));
-                let data = self.server.wal.range(agent.sent, end);
+                let data = Bytes::copy_from_slice(self.server.wal.range(agent.sent, end));
                 agent
                     .receiver
                     .on_wal(TLI, agent.sent, data)
