@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use crate::osuser::OsUser;
 use crate::util::{keep_temp_dirs, send_signal, LIBPQ_ENV};
 
 /// Environment variable naming the `pgagent` binary to test.
@@ -59,6 +60,15 @@ impl AgentProcess {
     /// # Panics
     /// If the binary is missing or cannot be spawned.
     pub fn spawn(args: &[&str], env: &[(&str, String)]) -> AgentProcess {
+        AgentProcess::spawn_as(args, env, None)
+    }
+
+    /// [`AgentProcess::spawn`] as OS user `user` (the test runs as root) when given: the
+    /// working directory is given to it too.
+    ///
+    /// # Panics
+    /// As [`AgentProcess::spawn`]; the working directory cannot be given to `user`.
+    pub fn spawn_as(args: &[&str], env: &[(&str, String)], user: Option<&OsUser>) -> AgentProcess {
         let dir = tempfile::Builder::new()
             .prefix("pgagent-run-")
             .tempdir()
@@ -87,6 +97,12 @@ impl AgentProcess {
         }
         for (name, value) in env {
             cmd.env(name, value);
+        }
+        if let Some(user) = user {
+            use std::os::unix::process::CommandExt;
+            std::os::unix::fs::chown(&root, Some(user.uid), Some(user.gid))
+                .expect("give the working directory to the OS user");
+            cmd.uid(user.uid).gid(user.gid).env_remove("HOME");
         }
         let child = cmd
             .spawn()
@@ -220,7 +236,15 @@ impl Drop for AgentProcess {
 /// # Panics
 /// If it runs longer than [`ONE_SHOT_TIMEOUT`] (it is killed; the message holds its output).
 pub fn run_pgagent(args: &[&str], env: &[(&str, String)]) -> Output {
-    let mut process = AgentProcess::spawn(args, env);
+    run_pgagent_as(args, env, None)
+}
+
+/// [`run_pgagent`] as OS user `user` when given (see [`AgentProcess::spawn_as`]).
+///
+/// # Panics
+/// As [`run_pgagent`].
+pub fn run_pgagent_as(args: &[&str], env: &[(&str, String)], user: Option<&OsUser>) -> Output {
+    let mut process = AgentProcess::spawn_as(args, env, user);
     match process.wait_timeout(ONE_SHOT_TIMEOUT) {
         Some(status) => process.into_output(status),
         None => {

@@ -36,7 +36,7 @@ pub mod util;
 pub mod watcher;
 pub mod zfs;
 
-pub use agent::{pgagent_bin, run_pgagent, AgentProcess};
+pub use agent::{pgagent_bin, run_pgagent, run_pgagent_as, AgentProcess};
 pub use garage::Garage;
 pub use osuser::OsUser;
 pub use pg::{PgOptions, PgServer};

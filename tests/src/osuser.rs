@@ -1,4 +1,5 @@
-//! The unprivileged OS user PostgreSQL runs as when the tests run as root.
+//! The unprivileged OS users of the tests: the one PostgreSQL runs as when the tests run as
+//! root, and others a test runs `pgagent` as ([`OsUser::named`]).
 
 use std::os::unix::fs::MetadataExt;
 
@@ -29,13 +30,25 @@ impl OsUser {
             return Ok(None);
         }
         let name = std::env::var(PG_USER_ENV).unwrap_or_else(|_| "postgres".to_owned());
-        let passwd = std::fs::read_to_string("/etc/passwd").context("read /etc/passwd")?;
-        parse_passwd(&passwd, &name).map(Some).ok_or_else(|| {
+        OsUser::named(&name).map(Some).map_err(|_| {
             anyhow!(
                 "running as root, and OS user {name:?} for PostgreSQL does not exist; \
                  run scripts/install-deps or set {PG_USER_ENV}"
             )
         })
+    }
+
+    /// The account `name` from `/etc/passwd`.
+    ///
+    /// Errors: `/etc/passwd` cannot be read or has no such account.
+    pub fn named(name: &str) -> anyhow::Result<OsUser> {
+        let passwd = std::fs::read_to_string("/etc/passwd").context("read /etc/passwd")?;
+        parse_passwd(&passwd, name).ok_or_else(|| anyhow!("no OS user {name:?} in /etc/passwd"))
+    }
+
+    /// Whether the current process runs as root.
+    pub fn running_as_root() -> bool {
+        std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
     }
 }
 

@@ -468,3 +468,49 @@ async fn a_second_concurrent_backup_is_refused() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(agent.terminate().success(), "{}", agent.output_text());
 }
+
+/// `pgagent backup --wait` with no `pgagent run` streaming the server: the backup's files
+/// are stored, and while it waits for the WAL up to its stop LSN it says so at once and
+/// again every 30 s, naming the segment it waits for and that `pgagent run` must be
+/// streaming this server.
+#[tokio::test(flavor = "multi_thread")]
+async fn backup_wait_without_a_daemon_says_what_it_waits_for() {
+    let rig = Rig::fs();
+    let pg = PgServer::start(PgOptions::default()).expect("start PostgreSQL");
+    let mut backup =
+        pgagent_tests::AgentProcess::spawn(&["backup", "--fast", "--wait"], &rig.env(&pg));
+    let started = std::time::Instant::now();
+    let said = |n: usize| {
+        let err = backup.stderr_text();
+        err.matches("must be streaming this server").count() >= n
+    };
+    let twice =
+        pgagent_tests::wait_until(Duration::from_secs(50), Duration::from_millis(250), || {
+            said(2)
+        });
+    let took = started.elapsed();
+    let err = backup.stderr_text();
+    assert!(
+        twice,
+        "not said twice within 50 s:\n{}",
+        backup.output_text()
+    );
+    println!("said twice after {:.1} s", took.as_secs_f64());
+    assert!(
+        took >= Duration::from_secs(30),
+        "said too often: {took:?}\n{err}"
+    );
+    let line = err
+        .lines()
+        .find(|l| l.contains("must be streaming this server"))
+        .unwrap();
+    for part in [
+        "waiting for WAL segment 0000000100000000000000",
+        "stop LSN",
+        "pgagent run",
+    ] {
+        assert!(line.contains(part), "{part:?} missing from {line}");
+    }
+    assert!(backup.is_running(), "{}", backup.output_text());
+    backup.kill9();
+}

@@ -129,6 +129,7 @@ pub async fn take_backup(cfg: &Config, req: &BackupRequest) -> anyhow::Result<Ba
     let left = BACKUP_LIMIT.saturating_sub(begun.elapsed());
     let wal_wait = Some(req.wal_wait.map_or(left, |w| w.min(left)));
     if wait_for_wal(
+        &id,
         store.as_ref(),
         (start_lsn, start_tli),
         (stop_lsn, stop_tli),
@@ -445,9 +446,17 @@ impl Walker {
     }
 }
 
+/// How often a backup waiting for its WAL says what it waits for.
+pub const WAIT_REMINDER: Duration = Duration::from_secs(30);
+
 /// Whether every segment holding WAL from `start` to `stop` is in the store as a complete
 /// object; polls once a second until `wait` passes (`None`: forever).
+///
+/// Only `pgagent run` streaming the server puts that WAL in the store: while a segment is
+/// missing, backup `id` says which, at once and every [`WAIT_REMINDER`], and that the
+/// daemon must be streaming this server, so a wait with no daemon is not a silent one.
 async fn wait_for_wal(
+    id: &str,
     store: &dyn ObjectStore,
     start: (Lsn, TimelineId),
     stop: (Lsn, TimelineId),
@@ -466,7 +475,9 @@ async fn wait_for_wal(
     let last = Lsn(stop.0 .0.saturating_sub(1))
         .segment_number(seg)
         .max(first);
-    let deadline = wait.map(|w| Instant::now() + w);
+    let begun = Instant::now();
+    let deadline = wait.map(|w| begun + w);
+    let mut say_at = begun;
     let mut next = first;
     loop {
         while next <= last {
@@ -481,8 +492,39 @@ async fn wait_for_wal(
         if next > last {
             return Ok(true);
         }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
+        let now = Instant::now();
+        if deadline.is_some_and(|d| now >= d) {
             return Ok(false);
+        }
+        if now >= say_at {
+            let waited = Duration::from_secs(now.duration_since(begun).as_secs());
+            let left = deadline.map_or_else(
+                || "no limit".to_string(),
+                |d| {
+                    format!(
+                        "{} left",
+                        humantime::format_duration(Duration::from_secs(
+                            d.saturating_duration_since(now).as_secs(),
+                        ))
+                    )
+                },
+            );
+            let message = format!(
+                "backup {id}: waiting for WAL segment {} ({} of {} up to the stop LSN {}) to \
+                 reach the store; waited {}, {left}. Only `pgagent run` puts WAL in the store: \
+                 it must be streaming this server into this store",
+                segment_file_name(start.1, next, seg),
+                next.0 - first.0 + 1,
+                last.0 - first.0 + 1,
+                stop.0,
+                humantime::format_duration(waited),
+            );
+            if say_at == begun {
+                tracing::info!("{message}");
+            } else {
+                tracing::warn!("{message}");
+            }
+            say_at += WAIT_REMINDER;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }

@@ -9,10 +9,23 @@ use crate::store::drills;
 /// `pgagent drill`: runs a drill, records its report in the store, prints it (text, or
 /// JSON with `json`).
 ///
+/// The first SIGTERM/SIGINT cuts the drill short: its server is stopped and its scratch
+/// directory removed before the process exits (status 1), as when `pgagent run` stops
+/// during a scheduled drill; a second signal exits at once (the next drill then cleans up).
+///
 /// Errors: a check failed (exit 1, after the report); the drill could not start (a
-/// `drill.dir` inside PGDATA: exit 3).
+/// `drill.dir` inside PGDATA: exit 3); a signal cut it short.
 pub async fn run(cfg: &Config, req: &DrillRequest, json: bool) -> anyhow::Result<()> {
-    let report = run_and_record(cfg, req, &CancellationToken::new()).await?;
+    let stop = CancellationToken::new();
+    super::signals::stop_on_signals(
+        stop.clone(),
+        super::signals::Messages {
+            first: "stopping the drill: its server is stopped and its scratch directory \
+                    removed (signal again to stop at once)",
+            second: "second signal: stopping now; the next drill removes what this one leaves",
+        },
+    );
+    let report = run_and_record(cfg, req, &stop).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -40,7 +53,10 @@ pub async fn run_and_record(
     let report = drill::drill(cfg, req, stop).await?;
     if stop.is_cancelled() {
         // Cut short by a stop, not a verdict on the store: neither recorded nor alerted.
-        anyhow::bail!("drill {} interrupted: pgagent is stopping", report.id);
+        anyhow::bail!(
+            "drill {} interrupted: pgagent is stopping (its server is stopped)",
+            report.id
+        );
     }
     match record(cfg, &report).await {
         Ok(()) => tracing::info!("recorded as drills/{}.json", report.id),

@@ -10,6 +10,7 @@ pub mod preseed;
 pub mod prune;
 pub mod restore;
 pub mod run;
+pub mod signals;
 pub mod snapshot;
 pub mod status;
 pub mod verify;

@@ -269,6 +269,10 @@ pub struct DrillSection {
     pub timeout: Duration,
     /// Cron schedule (UTC) of drills run by `pgagent run`; empty: none.
     pub schedule: String,
+    /// Role the drill connects to its throwaway server as; empty: the restored cluster's
+    /// bootstrap superuser (the role with oid 10), read from the copy itself. A superuser
+    /// lets `pg_amcheck` run.
+    pub user: String,
 }
 
 impl Default for DrillSection {
@@ -281,6 +285,7 @@ impl Default for DrillSection {
             check_database: "postgres".into(),
             timeout: Duration::from_secs(3600),
             schedule: String::new(),
+            user: String::new(),
         }
     }
 }

@@ -5,8 +5,8 @@
 //!   segment missing in the middle makes PostgreSQL take "not found" for the end of the
 //!   archive and promote early, with a database that looks fine: this is the check that
 //!   catches it. The live server's position, when it answers, is reported beside it.
-//! - `connect`, `databases` (those that allow connections), `tables` (user tables per
-//!   database).
+//! - `connect` (as which role, see [`super::role`]), `databases` (those that allow
+//!   connections), `tables` (user tables per database).
 //! - `amcheck`: `pg_amcheck --all --install-missing` (PostgreSQL 14 and later ship it)
 //!   when `drill.amcheck` is on and the binary exists.
 //! - `check_sql`: `drill.check_sql` in `drill.check_database`; its first value must be a
@@ -34,7 +34,10 @@ pub async fn run_all(
         live_position(cfg, reached, report).await;
     }
     match server.sql("postgres", "SELECT 1").await {
-        Ok(_) => report.pass("connect", "connected over the private socket"),
+        Ok(_) => report.pass(
+            "connect",
+            format!("connected over the private socket as {}", server.role()),
+        ),
         Err(e) => {
             report.fail("connect", format!("{e:#}"));
             return;

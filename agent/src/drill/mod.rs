@@ -7,15 +7,19 @@
 //! 3. [`server`]: a throwaway PostgreSQL of the backup's major version on a private unix
 //!    socket (no TCP), `archive_mode = off`, small memory settings, as the PostgreSQL OS
 //!    user when run as root; it recovers and promotes.
-//! 4. Checks ([`checks`]): the point reached against the newest WAL in the store (a
+//! 4. Checks ([`checks`]), connected as the role [`role`] chooses (`drill.user`, else the
+//!    copy's bootstrap superuser): the point reached against the newest WAL in the store (a
 //!    recovery that ended early, the failure a drill exists to catch, fails it), connect,
 //!    databases, tables, `pg_amcheck`, `drill.check_sql`.
 //! 5. The server is stopped and the scratch directory removed (unless `--keep`); the
-//!    [`DrillReport`] is what `pgagent drill` prints and records in the store.
+//!    [`DrillReport`] is what `pgagent drill` prints and records in the store. A stop
+//!    (the daemon stopping, or SIGTERM/SIGINT to `pgagent drill`) cuts the drill short at
+//!    any step and still does this.
 
 pub mod checks;
 pub mod pgbin;
 pub mod report;
+pub mod role;
 pub mod scratch;
 pub mod server;
 
@@ -51,9 +55,10 @@ pub const MAX_BEHIND_STORE: u64 = 1 << 20;
 /// Runs a drill per `req` and returns its report; a failed step is a failed check in the
 /// report, not an error.
 ///
-/// Once `stop` is cancelled (the daemon is stopping), the drill fails at its next step:
-/// the wait for recovery ends, the server is stopped and the scratch directory removed,
-/// so nothing outlives the process.
+/// Once `stop` is cancelled (the daemon is stopping, or `pgagent drill` got a signal), the
+/// step running is cut short (a restore from the bucket, recovery, a check; a restore that
+/// may clone a snapshot runs to its end), the server is stopped and the scratch directory
+/// removed, so nothing outlives the process.
 ///
 /// Errors: only what prevents a drill from starting or being reported: a scratch directory
 /// that is PGDATA or inside it, or cannot be made.
@@ -83,7 +88,20 @@ pub async fn drill(
         from: req.from,
         owner: scratch.owner(),
     };
-    let restored = restore::restore(&drill_cfg, &restore_req).await;
+    let restoring = restore::restore(&drill_cfg, &restore_req);
+    let restored = if req.from == RestoreFrom::Bucket || cfg.raw.zfs.datasets.is_empty() {
+        tokio::select! {
+            r = restoring => r,
+            () = stop.cancelled() => {
+                report.fail("restore", STOPPING);
+                return finish(report, scratch, req.keep, begun).await;
+            }
+        }
+    } else {
+        // A clone takes seconds, and one cut short could stay mounted in the scratch
+        // directory without the marker naming it: a restore that may clone runs to its end.
+        restoring.await
+    };
     report.restore_seconds = begun.elapsed().as_secs_f64();
     match restored {
         Ok(served) => {
@@ -102,8 +120,7 @@ pub async fn drill(
         report.fail("start", "not started: pgagent is stopping");
         return finish(report, scratch, req.keep, begun).await;
     }
-    let replay_begun = Instant::now();
-    let deadline = replay_begun + cfg.raw.drill.timeout.saturating_sub(begun.elapsed());
+    let deadline = Instant::now() + cfg.raw.drill.timeout.saturating_sub(begun.elapsed());
     let server = match server::Throwaway::start(cfg, &scratch).await {
         Ok(s) => s,
         Err(e) => {
@@ -112,6 +129,32 @@ pub async fn drill(
         }
     };
     report.pg_bin_dir = Some(server.bin_dir().display().to_string());
+    // Whatever step runs when `stop` comes (recovery, a check's psql or pg_amcheck, which
+    // are killed when dropped), the server is stopped and the copy removed.
+    let stopped = tokio::select! {
+        () = recover_and_check(cfg, req, &server, deadline, stop, &mut report) => false,
+        () = stop.cancelled() => true,
+    };
+    if stopped {
+        report.fail("interrupted", STOPPING);
+    }
+    server.stop().await;
+    finish(report, scratch, req.keep, begun).await
+}
+
+/// What a drill cut short by `stop` says.
+const STOPPING: &str = "pgagent is stopping: the drill was cut short";
+
+/// Waits for `server` to recover and promote, then runs the checks, recording each step.
+async fn recover_and_check(
+    cfg: &Config,
+    req: &DrillRequest,
+    server: &server::Throwaway,
+    deadline: Instant,
+    stop: &CancellationToken,
+    report: &mut DrillReport,
+) {
+    let replay_begun = Instant::now();
     let recovered = server.wait_promoted(deadline, stop).await;
     report.replay_seconds = Some(replay_begun.elapsed().as_secs_f64());
     match recovered {
@@ -129,12 +172,15 @@ pub async fn drill(
                 ),
             );
             report.reached = Some(reached);
-            checks::run_all(cfg, req, &server, &mut report).await;
+            checks::run_all(cfg, req, server, report).await;
+        }
+        Err(e) if e.is::<server::LoginRefused>() => {
+            // Recovery ended (the server accepts connections); the login is what failed.
+            report.pass("recovery", "the server accepts connections");
+            report.fail("connect", format!("{e:#}"));
         }
         Err(e) => report.fail("recovery", format!("{e:#}")),
     }
-    server.stop().await;
-    finish(report, scratch, req.keep, begun).await
 }
 
 /// Where the data directory sits inside its dataset in the newest local snapshot (e.g.
@@ -161,7 +207,7 @@ async fn finish(
     report.finished_at = crate::store::rfc3339(SystemTime::now());
     if keep {
         report.kept = Some(scratch.dir().display().to_string());
-    } else if let Err(e) = scratch.remove() {
+    } else if let Err(e) = scratch.remove().await {
         tracing::warn!("drill {}: the scratch directory stays: {e:#}", report.id);
     }
     report.passed = report.checks.iter().all(|c| c.passed);

@@ -185,17 +185,30 @@ impl Scratch {
             .with_context(|| format!("write {}", path.display()))
     }
 
-    /// Destroys the clone (if any) and removes the directory.
+    /// Destroys the clone (if any) and removes the directory, trying again for a few
+    /// seconds: a restore cut short may still be finishing a file in it.
     ///
-    /// Errors: `zfs destroy` or the removal failed.
-    pub fn remove(self) -> anyhow::Result<()> {
+    /// Errors: `zfs destroy` or the removal still failed.
+    pub async fn remove(self) -> anyhow::Result<()> {
         let clone = self
             .marker
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone
             .clone();
-        remove_dir(&self.dir, clone.as_deref(), &self.zfs)
+        if let Some(dataset) = clone.as_deref() {
+            destroy_clone(dataset, &self.zfs)?;
+        }
+        let mut tries = 0;
+        loop {
+            match std::fs::remove_dir_all(&self.dir) {
+                Err(_) if tries < 10 && self.dir.exists() => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                done => return done.with_context(|| format!("remove {}", self.dir.display())),
+            }
+        }
     }
 }
 
@@ -222,18 +235,24 @@ pub fn unreachable_ancestor(dir: &Path, uid: u32, gid: u32) -> Option<PathBuf> {
 /// Destroys `clone` (when set) and removes `dir`.
 fn remove_dir(dir: &Path, clone: Option<&str>, zfs: &Path) -> anyhow::Result<()> {
     if let Some(dataset) = clone {
-        let out = std::process::Command::new(zfs)
-            .args(["destroy", "-r", dataset])
-            .output()
-            .with_context(|| format!("{} destroy {dataset}", zfs.display()))?;
-        if !out.status.success() {
-            bail!(
-                "zfs destroy -r {dataset}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
+        destroy_clone(dataset, zfs)?;
     }
     std::fs::remove_dir_all(dir).with_context(|| format!("remove {}", dir.display()))
+}
+
+/// `zfs destroy -r <dataset>`.
+fn destroy_clone(dataset: &str, zfs: &Path) -> anyhow::Result<()> {
+    let out = std::process::Command::new(zfs)
+        .args(["destroy", "-r", dataset])
+        .output()
+        .with_context(|| format!("{} destroy {dataset}", zfs.display()))?;
+    if !out.status.success() {
+        bail!(
+            "zfs destroy -r {dataset}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 /// Cleans up every scratch directory in `base` whose drill process is gone.

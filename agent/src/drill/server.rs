@@ -8,8 +8,14 @@
 //! 0700), `archive_mode = off` (the copy must never archive into anything),
 //! `hot_standby = off` (no connection before the end of recovery: the parameter checks of
 //! a hot standby against the primary's settings do not apply), `hba_file` trusting local
-//! connections on that socket only, `shared_buffers = 32MB`.
+//! connections on that socket only, `shared_buffers = 32MB`, `lc_messages = C` (the
+//! server's messages are read: see [`LoginRefused`]).
 //! `restore_command` and the recovery target come from `pgagent restore`.
+//!
+//! Clients connect as the role [`super::role`] chooses (`drill.user`, else the copy's
+//! bootstrap superuser), never as whatever the OS user is called. Once the server accepts
+//! connections, a login the server refuses (no such role, authentication) fails at once:
+//! waiting cannot make a role appear.
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -23,6 +29,7 @@ use nix::unistd::Pid;
 
 use super::pgbin;
 use super::report::Reached;
+use super::role::{self, RoleSource};
 use super::scratch::Scratch;
 use crate::config::Config;
 
@@ -45,6 +52,25 @@ fn without_libpq_env(cmd: &mut Command) {
     }
 }
 
+/// The throwaway server refused the drill's login: the role does not exist, cannot log
+/// in, or failed authentication. Holds the server's message.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct LoginRefused(pub String);
+
+/// Whether `message` (a client's error on connecting) is the server refusing the login
+/// rather than not accepting connections yet (starting up, in recovery).
+pub fn is_login_refused(message: &str) -> bool {
+    const REFUSALS: [&str; 5] = [
+        "does not exist",
+        "authentication failed",
+        "no pg_hba.conf entry",
+        "is not permitted to log in",
+        "permission denied",
+    ];
+    message.contains("FATAL") && REFUSALS.iter().any(|r| message.contains(r))
+}
+
 /// A running throwaway server.
 #[derive(Debug)]
 pub struct Throwaway {
@@ -53,6 +79,7 @@ pub struct Throwaway {
     socket_dir: PathBuf,
     log: PathBuf,
     user: String,
+    user_source: RoleSource,
     owner: Option<(u32, u32)>,
 }
 
@@ -60,12 +87,13 @@ impl Throwaway {
     /// Starts PostgreSQL on the scratch data directory with the binaries of its major
     /// version ([`pgbin::find`]); as the PostgreSQL OS user when run as root.
     ///
-    /// Errors: no binaries of that major; the files cannot be written; the process cannot
-    /// be started.
+    /// Errors: no binaries of that major; no role to connect as ([`role::drill_role`]);
+    /// the files cannot be written; the process cannot be started.
     pub async fn start(cfg: &Config, scratch: &Scratch) -> anyhow::Result<Throwaway> {
         let pgdata = scratch.pgdata();
         let major = pgbin::data_dir_major(&pgdata)?;
         let bin = pgbin::find(&cfg.raw.drill.pg_bin_dir, major)?;
+        let (user, user_source) = role::drill_role(&cfg.raw.drill.user, &pgdata)?;
         let dir = scratch.dir();
         let socket_dir = scratch.socket_dir();
         std::fs::create_dir_all(&socket_dir)?;
@@ -85,12 +113,6 @@ impl Throwaway {
             }
         }
         std::fs::set_permissions(&pgdata, std::fs::Permissions::from_mode(0o700))?;
-        let user = match scratch.owner() {
-            Some((uid, _)) => nix::unistd::User::from_uid(uid.into())?
-                .map_or_else(|| "postgres".to_string(), |u| u.name),
-            None => nix::unistd::User::from_uid(nix::unistd::getuid())?
-                .map_or_else(|| "postgres".to_string(), |u| u.name),
-        };
         let setting = |k: &str, v: &Path| format!("{k}={}", v.display());
         let mut cmd = Command::new(bin.join("postgres"));
         cmd.arg("-D")
@@ -106,6 +128,7 @@ impl Throwaway {
             .args(["-c", "shared_buffers=32MB"])
             .args(["-c", "logging_collector=off"])
             .args(["-c", "cluster_name=pgagent-drill"])
+            .args(["-c", "lc_messages=C"])
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
@@ -123,8 +146,20 @@ impl Throwaway {
             socket_dir,
             log,
             user,
+            user_source,
             owner: scratch.owner(),
         })
+    }
+
+    /// The role clients connect as, and where it came from, in words.
+    pub fn role(&self) -> String {
+        match self.user_source {
+            RoleSource::Setting => format!("role {} (drill.user)", self.user),
+            RoleSource::BootstrapSuperuser => format!(
+                "role {} (the restored cluster's bootstrap superuser)",
+                self.user
+            ),
+        }
     }
 
     /// The binaries' directory.
@@ -136,7 +171,8 @@ impl Throwaway {
     ///
     /// Errors: the server exited (a `pgagent fetch` that answered 255, a missing
     /// segment before consistency, a corrupt record: the end of its log says which), or
-    /// `deadline` passed, or `stop` was cancelled.
+    /// `deadline` passed, or `stop` was cancelled; [`LoginRefused`] as soon as the server
+    /// refuses the login.
     pub async fn wait_promoted(
         &self,
         deadline: Instant,
@@ -152,10 +188,22 @@ impl Throwaway {
                     self.log_tail(12)
                 );
             }
-            if let Ok(v) = self.sql("postgres", "SELECT pg_is_in_recovery()").await {
-                if v == "f" {
-                    return self.reached().await;
+            match self.sql("postgres", "SELECT pg_is_in_recovery()").await {
+                Ok(v) if v == "f" => return self.reached().await,
+                Err(e) if is_login_refused(&e.to_string()) => {
+                    let message = e.to_string();
+                    let said = message
+                        .find("FATAL:")
+                        .map_or(&message[..], |i| &message[i..]);
+                    return Err(LoginRefused(format!(
+                        "the recovered server refused the drill's login as {}: {}; set \
+                         drill.user to a superuser role of the cluster",
+                        self.role(),
+                        said.split_whitespace().collect::<Vec<_>>().join(" ")
+                    ))
+                    .into());
                 }
+                _ => {}
             }
             if Instant::now() >= deadline {
                 bail!(
@@ -208,7 +256,7 @@ impl Throwaway {
     }
 
     /// A client program of the server's binaries (`psql`, `pg_amcheck`) set up to reach
-    /// it: `-h <socket dir> -p <port> -U <user>`, as its OS user when run as root.
+    /// it: `-h <socket dir> -p <port> -U <role>`, as its OS user when run as root.
     pub fn client(&self, program: &str, args: &[&str]) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(self.bin.join(program));
         cmd.args(args)
@@ -218,6 +266,7 @@ impl Throwaway {
             .stdin(Stdio::null())
             .kill_on_drop(true);
         without_libpq_env(cmd.as_std_mut());
+        cmd.env("LC_MESSAGES", "C");
         if let Some((uid, gid)) = self.owner {
             cmd.uid(uid).gid(gid);
         }
@@ -259,5 +308,30 @@ impl Throwaway {
         }
         let _ = child.kill();
         let _ = child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_login_is_told_from_a_server_not_ready() {
+        let refused = [
+            r#"psql: error: connection to server on socket "/d/sock/.s.PGSQL.5432" failed: FATAL:  role "nobody" does not exist"#,
+            r#"psql: error: connection to server on socket "/d/sock/.s.PGSQL.5432" failed: FATAL:  role "x" is not permitted to log in"#,
+            r#"psql: error: connection to server on socket "/d/sock/.s.PGSQL.5432" failed: FATAL:  password authentication failed for user "x""#,
+        ];
+        for m in refused {
+            assert!(is_login_refused(m), "{m}");
+        }
+        let not_ready = [
+            r#"psql: error: connection to server on socket "/d/sock/.s.PGSQL.5432" failed: No such file or directory"#,
+            r#"psql: error: connection to server on socket "/d/sock/.s.PGSQL.5432" failed: FATAL:  the database system is starting up"#,
+            r#"psql: error: connection to server on socket "/d/sock/.s.PGSQL.5432" failed: FATAL:  the database system is not yet accepting connections"#,
+        ];
+        for m in not_ready {
+            assert!(!is_login_refused(m), "{m}");
+        }
     }
 }
