@@ -222,7 +222,7 @@ pub fn unreachable_ancestor(dir: &Path, uid: u32, gid: u32) -> Option<PathBuf> {
 /// Destroys `clone` (when set) and removes `dir`.
 fn remove_dir(dir: &Path, clone: Option<&str>, zfs: &Path) -> anyhow::Result<()> {
     if let Some(dataset) = clone {
-        let out = std::process::Command::new(zfs)
+        let out = crate::child::command(zfs)
             .args(["destroy", "-r", dataset])
             .output()
             .with_context(|| format!("{} destroy {dataset}", zfs.display()))?;
