@@ -241,7 +241,7 @@ pub fn drill_hook_env(r: &crate::drill::DrillReport) -> Vec<(&'static str, Strin
 
 /// Runs `command` with `sh -c` and `env`, killing it after `timeout`; logs the outcome.
 pub async fn run_hook(command: String, env: Vec<(&'static str, String)>, timeout: Duration) {
-    let mut cmd = tokio::process::Command::new("/bin/sh");
+    let mut cmd = crate::child::async_command("/bin/sh");
     cmd.arg("-c")
         .arg(&command)
         .envs(env)
@@ -274,6 +274,27 @@ mod tests {
     use super::*;
 
     const S: Duration = Duration::from_secs(1);
+
+    /// A hook that writes its environment to a file sees the event, never the passphrase
+    /// the agent was given in its own environment.
+    #[tokio::test]
+    async fn a_hook_does_not_see_the_passphrase() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("env");
+        // Only this test sets it; safe in edition 2021.
+        std::env::set_var(crate::child::PASSPHRASE_ENV, "hook must not see this");
+        run_hook(
+            format!("env > {}", file.display()),
+            vec![("PGAGENT_EVENT", "failure".to_string())],
+            Duration::from_secs(10),
+        )
+        .await;
+        std::env::remove_var(crate::child::PASSPHRASE_ENV);
+        let env = std::fs::read_to_string(&file).unwrap();
+        assert!(env.contains("PGAGENT_EVENT=failure"), "{env}");
+        assert!(!env.contains("hook must not see this"), "{env}");
+        assert!(!env.contains(crate::child::PASSPHRASE_ENV), "{env}");
+    }
 
     #[test]
     fn one_failure_and_one_recovery_per_incident() {

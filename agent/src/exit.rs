@@ -94,14 +94,19 @@ fn store_error_code(e: &StoreError) -> Option<u8> {
 }
 
 /// Key errors: a passphrase that opens nothing, a store without keys, an unknown key id are
-/// configuration or usage errors (2); removing the last key or the one in use is refused (3).
+/// configuration or usage errors (2); removing the last key or the one in use, a removal
+/// raced by another, and a store that lost `cluster.json` but whose keys do not open are
+/// refused (3).
 fn key_error_code(e: &KeyError) -> u8 {
     match e {
         KeyError::NoMatchingKey { .. }
         | KeyError::NoKeys
         | KeyError::EmptyPassphrase
         | KeyError::UnknownKey { .. } => USAGE,
-        KeyError::LastKey { .. } | KeyError::InUse { .. } => REFUSED,
+        KeyError::LastKey { .. }
+        | KeyError::InUse { .. }
+        | KeyError::RemovalRaced { .. }
+        | KeyError::ClusterJsonMissing { .. } => REFUSED,
         KeyError::Store(s) => store_error_code(s).unwrap_or(FAILURE),
         KeyError::Corrupt { .. } => FAILURE,
     }

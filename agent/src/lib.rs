@@ -26,6 +26,7 @@
 
 pub mod alerts;
 pub mod backup;
+pub mod child;
 pub mod cli;
 pub mod commands;
 pub mod config;

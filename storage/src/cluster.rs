@@ -66,14 +66,30 @@ pub struct EncryptionInfo {
     pub scheme: String,
     /// [`ObjectCipher::key_check`] of the store's master key (reveals nothing about it).
     pub key_check: String,
+    /// Id of the key file (`keys/<id>`) the store was claimed with: unlocking tries it
+    /// first. A hint only (not authenticated, and the key may have been removed since);
+    /// absent in files written before it existed, and not compared by
+    /// [`check_encryption_info`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
 }
 
 impl EncryptionInfo {
-    /// What `cluster.json` records for a store sealed with `cipher`.
+    /// What `cluster.json` records for a store sealed with `cipher` (naming no key file).
     pub fn of(cipher: &ObjectCipher) -> EncryptionInfo {
         EncryptionInfo {
             scheme: ENCRYPTION_SCHEME.to_string(),
             key_check: cipher.key_check(),
+            key_id: None,
+        }
+    }
+
+    /// What `cluster.json` records for a store sealed with `cipher`, claimed with the key
+    /// file `key_id`.
+    pub fn named(cipher: &ObjectCipher, key_id: &str) -> EncryptionInfo {
+        EncryptionInfo {
+            key_id: Some(key_id.to_string()),
+            ..EncryptionInfo::of(cipher)
         }
     }
 }

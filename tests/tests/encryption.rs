@@ -93,10 +93,14 @@ fn encrypted_store(rig: &Rig) -> Encrypted {
 
 /// The store's cipher, unlocked by the test itself from `keys/`.
 async fn cipher_of(store: &dyn ObjectStore, passphrase: &str) -> ObjectCipher {
-    reader_cipher(store, Some(&Passphrase::new(passphrase).unwrap()))
-        .await
-        .unwrap()
-        .expect("an encrypted store")
+    reader_cipher(
+        store,
+        Some(&Passphrase::new(passphrase).unwrap()),
+        Default::default(),
+    )
+    .await
+    .unwrap()
+    .expect("an encrypted store")
 }
 
 /// Reads every object of the bucket: `cluster.json` says encrypted, every other object but
@@ -428,4 +432,45 @@ async fn a_rotated_passphrase_restores_and_the_removed_one_does_not() {
     let refused = restore_with(&rig, PASSPHRASE).expect_err("the removed passphrase");
     assert!(refused.contains("exit Some(2)"), "{refused}");
     assert!(refused.contains("no key in keys/ opens"), "{refused}");
+}
+
+/// A store that lost its `cluster.json` (deleted by hand, by a lifecycle rule) keeps its
+/// master key: a writer with another passphrase is refused (exit 3) and writes nothing; the
+/// agent started again with the passphrase writes `cluster.json` back with the same master
+/// key and no second key file, and a bucket-only restore still reads the old backup.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_cluster_json_is_written_back_and_never_re_keys_the_store() {
+    let rig = Rig::fs();
+    let e = encrypted_store(&rig);
+    let store = rig.store().await;
+    let before = read_cluster(store.as_ref()).await.unwrap().unwrap();
+    store.delete(CLUSTER_KEY).await.unwrap();
+
+    let mut env = rig.env(&e.pg);
+    env.push(with_passphrase(WRONG));
+    let out = run_pgagent(&["backup", "--fast"], &env);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        text(&out).contains("cluster.json is missing"),
+        "{}",
+        text(&out)
+    );
+    assert!(read_cluster(store.as_ref()).await.unwrap().is_none());
+    assert_eq!(store.list(KEY_PREFIX).await.unwrap().len(), 1);
+
+    let mut agent = rig.spawn_with(&e.pg, &[with_passphrase(PASSPHRASE)]);
+    insert_secrets(&e.pg, 4000, 4200);
+    let end = lsn(&e.pg.psql("SELECT pg_current_wal_flush_lsn()").unwrap());
+    rig.wait_uploaded(&agent, end, Duration::from_secs(60));
+    let expected = secrets_state(&e.pg);
+    assert!(agent.terminate().success(), "{}", agent.output_text());
+    let after = read_cluster(store.as_ref()).await.unwrap().unwrap();
+    assert_eq!(
+        after.encryption.unwrap().key_check,
+        before.encryption.unwrap().key_check,
+        "the store was re-keyed"
+    );
+    assert_eq!(store.list(KEY_PREFIX).await.unwrap().len(), 1);
+    let got = restore_with(&rig, PASSPHRASE).expect("bucket-only restore");
+    assert_eq!(got, expected);
 }

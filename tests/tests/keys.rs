@@ -263,3 +263,55 @@ async fn plaintext_and_keyless_stores_are_refused() {
     let rig_store = rig.store().await;
     assert!(rig_store.list(KEY_PREFIX).await.unwrap().is_empty());
 }
+
+/// Host and user names come from key files in the bucket, which others may write: `key
+/// list` prints them escaped, never as terminal escapes. And a `key add` or `key remove`
+/// that succeeded exits 0 even when the keys cannot be listed afterwards (here: an unusable
+/// file in `keys/`, which unlocking skips but listing reports).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_list_escapes_names_and_a_done_change_is_not_reported_failed() {
+    let rig = Rig::fs();
+    let store = rig.store().await;
+    let hostile = KeyOrigin {
+        hostname: "db1\x1b]0;owned\x07\x1b[2J".into(),
+        username: "root\u{9b}31m".into(),
+    };
+    keys::create(store.as_ref(), &pass(FIRST), KdfParams::DEFAULT, &hostile)
+        .await
+        .unwrap();
+    let out = key(&rig, Some(FIRST), &["list"], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let table = String::from_utf8(out.stdout.clone()).unwrap();
+    assert!(
+        !table.contains('\x1b') && !table.contains('\u{9b}') && !table.contains('\x07'),
+        "{table:?}"
+    );
+    assert!(
+        table.contains(r"db1\u{1b}]0;owned\u{7}\u{1b}[2J"),
+        "{table}"
+    );
+    assert!(table.contains(r"root\u{9b}31m"), "{table}");
+
+    store
+        .put("keys/not-a-key", bytes::Bytes::from_static(b"junk"))
+        .await
+        .unwrap();
+    let out = key(
+        &rig,
+        Some(FIRST),
+        &["add"],
+        &[("PGAGENT_NEW_PASSPHRASE", SECOND.to_string())],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("added key"), "{}", text(&out));
+    assert!(text(&out).contains("could not be listed"), "{}", text(&out));
+    let added = keys::unlock(store.as_ref(), &pass(SECOND), None)
+        .await
+        .unwrap();
+    let out = key(&rig, Some(FIRST), &["remove", &added.key_id], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("removed key"), "{}", text(&out));
+    assert!(keys::unlock(store.as_ref(), &pass(SECOND), None)
+        .await
+        .is_err());
+}

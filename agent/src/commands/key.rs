@@ -8,7 +8,7 @@
 //! `backup`) with a passphrase configured; `key add` on a store without keys says so.
 
 use pgagent_storage::cluster::read_cluster;
-use pgagent_storage::crypto::keys::{self, KeyInfo, Unlocked};
+use pgagent_storage::crypto::keys::{self, Expect, KeyInfo, Unlocked};
 use pgagent_storage::crypto::{KdfParams, KeyError, Passphrase};
 use pgagent_storage::{ObjectStore, StoreError};
 use serde::Serialize;
@@ -49,11 +49,11 @@ pub async fn add(
     )
     .await?;
     println!(
-        "added key {} ({}@{}); the store now has {}",
+        "added key {} ({}@{}); {}",
         info.id,
-        info.username,
-        info.hostname,
-        count(keys::list(store.as_ref()).await?.len())
+        printable(&info.username),
+        printable(&info.hostname),
+        now_has(store.as_ref()).await
     );
     Ok(())
 }
@@ -116,13 +116,14 @@ pub async fn list(cfg: &Config, json: bool) -> anyhow::Result<()> {
     }
     println!("  {:<32}  {:<20}  {:<16}  USER", "ID", "CREATED", "HOST");
     for r in &rows {
+        // Everything but the id (checked against the file's name) is as the bucket holds it.
         println!(
             "{} {:<32}  {:<20}  {:<16}  {}",
             if r.current { '*' } else { ' ' },
             r.key.id,
-            r.key.created_at,
-            r.key.hostname,
-            r.key.username
+            printable(&r.key.created_at),
+            printable(&r.key.hostname),
+            printable(&r.key.username)
         );
     }
     if current.is_none() {
@@ -139,10 +140,7 @@ pub async fn remove(cfg: &Config, id: &str) -> anyhow::Result<()> {
     let store = crate::store::open(cfg).await?;
     let unlocked = unlock(cfg, store.as_ref()).await?;
     keys::remove(store.as_ref(), id, &unlocked).await?;
-    println!(
-        "removed key {id}; the store now has {}",
-        count(keys::list(store.as_ref()).await?.len())
-    );
+    println!("removed key {id}; {}", now_has(store.as_ref()).await);
     Ok(())
 }
 
@@ -157,12 +155,12 @@ async fn unlock(cfg: &Config, store: &dyn ObjectStore) -> anyhow::Result<Unlocke
         )
     })?;
     let cluster = read_cluster(store).await?;
-    let expected = match cluster.as_ref().map(|c| c.encryption.as_ref()) {
+    let (expect, first) = match cluster.as_ref().map(|c| c.encryption.as_ref()) {
         Some(None) => return Err(not_encrypted().into()),
-        Some(Some(e)) => Some(e.key_check.as_str()),
-        None => None,
+        Some(Some(e)) => (Expect::KeyCheck(&e.key_check), e.key_id.as_deref()),
+        None => (Expect::Any, None),
     };
-    Ok(keys::unlock(store, passphrase, expected).await?)
+    Ok(keys::unlock_with(store, passphrase, expect, first, cfg.unlock_limits()).await?)
 }
 
 /// Refuses a store whose `cluster.json` says it is plaintext (no passphrase configured).
@@ -178,11 +176,42 @@ async fn refuse_plaintext(store: &dyn ObjectStore) -> anyhow::Result<()> {
     }
 }
 
+/// "the store now has N keys", after a change that succeeded: a failure to count is
+/// reported (warning) but is no failure of the change.
+async fn now_has(store: &dyn ObjectStore) -> String {
+    match keys::list(store).await {
+        Ok(listed) => format!("the store now has {}", count(listed.len())),
+        Err(e) => {
+            tracing::warn!(error = %e, "the change is made, but the keys could not be listed");
+            format!("the keys could not be listed afterwards ({e}); see `pgagent key list`")
+        }
+    }
+}
+
 fn count(keys: usize) -> String {
     match keys {
         1 => "1 key".to_string(),
         n => format!("{n} keys"),
     }
+}
+
+/// `s` with control characters (terminal escapes among them) and backslashes escaped as
+/// Rust does (`\u{1b}`, `\\`): host and user names come from key files in the bucket,
+/// which others may write.
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            // Controls, backslash, and the bidirectional overrides that reorder what follows.
+            if c.is_control()
+                || c == '\\'
+                || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+            {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 fn not_encrypted() -> StoreError {
@@ -209,5 +238,17 @@ mod tests {
         let e = new_passphrase(None, None).unwrap_err();
         assert!(e.to_string().contains(NEW_PASSPHRASE_ENV), "{e}");
         assert!(new_passphrase(None, Some(String::new())).is_err());
+    }
+
+    #[test]
+    fn names_from_the_bucket_are_printed_without_terminal_escapes() {
+        assert_eq!(printable("db1"), "db1");
+        assert_eq!(printable("hôte-é"), "hôte-é");
+        assert_eq!(
+            printable("\x1b[2J\x1b]0;owned\x07"),
+            "\\u{1b}[2J\\u{1b}]0;owned\\u{7}"
+        );
+        assert_eq!(printable("a\u{9b}b\nc\\"), "a\\u{9b}b\\nc\\\\");
+        assert_eq!(printable("x\u{202e}y"), "x\\u{202e}y");
     }
 }

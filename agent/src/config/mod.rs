@@ -19,6 +19,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
 
+use pgagent_storage::crypto::keys::UnlockLimits;
 use pgagent_storage::crypto::Passphrase;
 use serde::{Deserialize, Serialize};
 
@@ -45,10 +46,16 @@ pub const SECTIONS: &[&str] = &[
 /// Default configuration file locations, tried in order when `--config` is not given.
 pub const DEFAULT_CONFIG_PATHS: &[&str] = &["/etc/pgagent/pgagent.toml", "pgagent.toml"];
 
-/// A string that never appears in logs or `Debug` output.
+/// A string that never appears in logs or `Debug` output, wiped from memory on drop.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(pub String);
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -105,6 +112,16 @@ impl Config {
     /// The staging directory.
     pub fn staging_dir(&self) -> &Path {
         &self.raw.staging.dir
+    }
+
+    /// The bounds of every unlock of the store's keys: `encryption.max_unlock_memory`, and
+    /// the default bound on key files read.
+    pub fn unlock_limits(&self) -> UnlockLimits {
+        let kib = self.raw.encryption.max_unlock_memory.as_u64() / 1024;
+        UnlockLimits {
+            max_m_cost_kib: u32::try_from(kib).unwrap_or(u32::MAX),
+            ..UnlockLimits::default()
+        }
     }
 
     /// Options for opening the store.

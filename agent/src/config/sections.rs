@@ -345,8 +345,8 @@ impl Default for AlertsSection {
 }
 
 /// `[encryption]`: client-side encryption of the store (docs/security.md). Set one of the
-/// two to use an encrypted store; neither: a plaintext store.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// two passphrase settings to use an encrypted store; neither: a plaintext store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EncryptionSection {
     /// File holding the passphrase (one trailing newline is ignored), e.g. a systemd
@@ -355,4 +355,20 @@ pub struct EncryptionSection {
     /// The passphrase itself, from the environment only (`PGAGENT_ENCRYPTION_PASSPHRASE`):
     /// refused in the configuration file, which is often readable by others.
     pub passphrase: Option<Secret>,
+    /// Most memory one key derivation may take when unlocking the store (default 256 MiB,
+    /// 64 MiB to 1 GiB): a key file in the bucket asking for more is skipped with a
+    /// warning naming it.
+    pub max_unlock_memory: ByteSize,
+}
+
+impl Default for EncryptionSection {
+    fn default() -> Self {
+        EncryptionSection {
+            passphrase_file: None,
+            passphrase: None,
+            max_unlock_memory: ByteSize::kib(u64::from(
+                pgagent_storage::crypto::keys::UnlockLimits::DEFAULT_MAX_M_COST_KIB,
+            )),
+        }
+    }
 }

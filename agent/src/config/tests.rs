@@ -187,6 +187,10 @@ fn the_passphrase_comes_from_a_file_or_the_environment() {
     let cfg = raw.validate().unwrap();
     assert_eq!(cfg.passphrase.as_ref().unwrap().expose_bytes(), b"from env");
     assert!(
+        cfg.raw.encryption.passphrase.is_none(),
+        "one copy of the secret: the Passphrase"
+    );
+    assert!(
         !format!("{cfg:?}").contains("from env"),
         "Debug shows no secret"
     );
@@ -242,4 +246,33 @@ fn the_passphrase_itself_is_refused_in_the_file() {
     .unwrap_err();
     assert!(err.to_string().contains("passphrase_file"), "{err}");
     assert!(!err.to_string().contains("hunter2"), "{err}");
+}
+
+#[test]
+fn the_unlock_memory_bound_is_checked_and_handed_to_unlocking() {
+    let cfg = load("", &[], Overrides::default())
+        .unwrap()
+        .validate()
+        .unwrap();
+    assert_eq!(cfg.unlock_limits().max_m_cost_kib, 256 * 1024);
+    let cfg = load(
+        "[encryption]\nmax_unlock_memory = \"512MiB\"\n",
+        &[],
+        Overrides::default(),
+    )
+    .unwrap()
+    .validate()
+    .unwrap();
+    assert_eq!(cfg.unlock_limits().max_m_cost_kib, 512 * 1024);
+    for bad in ["32MiB", "2GiB"] {
+        let err = load(
+            "",
+            &[("ENCRYPTION_MAX_UNLOCK_MEMORY", bad)],
+            Overrides::default(),
+        )
+        .unwrap()
+        .validate()
+        .unwrap_err();
+        assert!(err.to_string().contains("max_unlock_memory"), "{err}");
+    }
 }

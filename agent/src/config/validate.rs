@@ -3,13 +3,14 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use pgagent_storage::crypto::Passphrase;
+use bytesize::ByteSize;
+use pgagent_storage::crypto::{KdfParams, Passphrase};
 
 use super::{passphrase_from_env, read_passphrase_file, Config, ConfigError, RawConfig};
 
 impl RawConfig {
     /// Checks every value and builds the runtime configuration.
-    pub fn validate(self) -> Result<Config, ConfigError> {
+    pub fn validate(mut self) -> Result<Config, ConfigError> {
         let bad = |msg: String| Err(ConfigError(msg));
         validate_slot_name(&self.postgres.slot)?;
         if self.store.url.trim().is_empty() {
@@ -41,6 +42,20 @@ impl RawConfig {
         }
         crate::schedule::parse("backup.schedule", &self.backup.schedule)
             .map_err(|e| ConfigError(e.0))?;
+        let unlock = self.encryption.max_unlock_memory.as_u64();
+        let (least, most) = (
+            u64::from(KdfParams::DEFAULT.m_cost_kib) * 1024,
+            u64::from(KdfParams::MAX_M_COST_KIB) * 1024,
+        );
+        if !(least..=most).contains(&unlock) {
+            return bad(format!(
+                "encryption.max_unlock_memory = {}: must be from {} (what keys are made with) \
+                 to {}",
+                self.encryption.max_unlock_memory,
+                ByteSize::b(least),
+                ByteSize::b(most)
+            ));
+        }
         for d in &self.zfs.datasets {
             validate_dataset("zfs.datasets", d)?;
         }
@@ -92,6 +107,9 @@ impl RawConfig {
             })?)
         };
         let passphrase = self.passphrase()?;
+        // One copy of the secret is enough: the `Passphrase` (wiped on drop); the string
+        // taken from the environment is wiped now (`Secret` zeroizes on drop).
+        self.encryption.passphrase = None;
         Ok(Config {
             metrics_listen,
             passphrase,

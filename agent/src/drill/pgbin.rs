@@ -3,7 +3,8 @@
 //! `/usr/lib/postgresql/<major>/bin`, or `pg_config --bindir`.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
+use crate::child::command;
 
 use anyhow::{bail, Context};
 
@@ -31,7 +32,7 @@ pub fn major_of_version_output(text: &str) -> Option<u32> {
 
 /// The major version of the `postgres` binary in `dir`, `None` when there is none there.
 fn server_major(dir: &Path) -> Option<u32> {
-    let out = Command::new(dir.join("postgres"))
+    let out = command(dir.join("postgres"))
         .arg("--version")
         .output()
         .ok()?;
@@ -61,7 +62,7 @@ pub fn find(configured: &Path, major: u32) -> anyhow::Result<PathBuf> {
     if server_major(&debian) == Some(major) {
         return Ok(debian);
     }
-    let from_pg_config = Command::new("pg_config")
+    let from_pg_config = command("pg_config")
         .arg("--bindir")
         .output()
         .ok()

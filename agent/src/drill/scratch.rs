@@ -242,7 +242,7 @@ fn remove_dir(dir: &Path, clone: Option<&str>, zfs: &Path) -> anyhow::Result<()>
 
 /// `zfs destroy -r <dataset>`.
 fn destroy_clone(dataset: &str, zfs: &Path) -> anyhow::Result<()> {
-    let out = std::process::Command::new(zfs)
+    let out = crate::child::command(zfs)
         .args(["destroy", "-r", dataset])
         .output()
         .with_context(|| format!("{} destroy {dataset}", zfs.display()))?;

@@ -114,7 +114,9 @@ impl Throwaway {
         }
         std::fs::set_permissions(&pgdata, std::fs::Permissions::from_mode(0o700))?;
         let setting = |k: &str, v: &Path| format!("{k}={}", v.display());
-        let mut cmd = Command::new(bin.join("postgres"));
+        // Its `restore_command` is `pgagent fetch`, which opens the store: the one child
+        // that keeps the passphrase (crate::child).
+        let mut cmd = crate::child::keeping_passphrase(bin.join("postgres"));
         cmd.arg("-D")
             .arg(&pgdata)
             .args(["-c", &setting("config_file", &conf)])
@@ -258,7 +260,7 @@ impl Throwaway {
     /// A client program of the server's binaries (`psql`, `pg_amcheck`) set up to reach
     /// it: `-h <socket dir> -p <port> -U <role>`, as its OS user when run as root.
     pub fn client(&self, program: &str, args: &[&str]) -> tokio::process::Command {
-        let mut cmd = tokio::process::Command::new(self.bin.join(program));
+        let mut cmd = crate::child::async_command(self.bin.join(program));
         cmd.args(args)
             .arg("-h")
             .arg(&self.socket_dir)

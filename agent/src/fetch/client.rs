@@ -11,7 +11,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use super::deliver;
@@ -150,7 +150,8 @@ pub fn start_server(paths: &RestorePaths, launch: &Launch) -> io::Result<Child> 
         .mode(0o600)
         .open(&paths.log)
         .map_err(|e| io::Error::new(e.kind(), format!("open {}: {e}", paths.log.display())))?;
-    Command::new(&launch.exe)
+    // The fetch server opens the store: it keeps the passphrase (crate::child).
+    crate::child::keeping_passphrase(&launch.exe)
         .args(&launch.args)
         .arg(SERVER_COMMAND)
         .stdin(Stdio::null())

@@ -94,7 +94,8 @@ impl Fetcher {
         let seg = WalSegmentSize::new(info.wal_segment_size)
             .map_err(|e| abort(format!("store {}: cluster.json: {e}", store.describe())))?;
         let cipher = retry(&store.describe(), "read keys/", deadline, || async {
-            match reader_cipher(store.as_ref(), cfg.passphrase.as_ref()).await {
+            match reader_cipher(store.as_ref(), cfg.passphrase.as_ref(), cfg.unlock_limits()).await
+            {
                 Ok(cipher) => Ok(Ok(cipher)),
                 Err(KeyError::Store(e)) if e.is_transient() => Err(e),
                 Err(e) => Ok(Err(e)),

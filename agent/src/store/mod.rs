@@ -72,6 +72,7 @@ pub async fn claim_store(
         cfg.passphrase.as_ref(),
         KdfParams::DEFAULT,
         &key_origin(),
+        cfg.unlock_limits(),
     )
     .await;
     match claimed {
@@ -97,7 +98,7 @@ pub async fn read_cipher(
     store: &dyn ObjectStore,
     cfg: &Config,
 ) -> anyhow::Result<Option<ObjectCipher>> {
-    reader_cipher(store, cfg.passphrase.as_ref())
+    reader_cipher(store, cfg.passphrase.as_ref(), cfg.unlock_limits())
         .await
         .map_err(|e| anyhow::Error::new(e).context(format!("store {}", store.describe())))
 }

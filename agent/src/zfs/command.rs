@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::Command;
 
 /// A `zfs` invocation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +71,7 @@ impl Zfs {
     ///
     /// Errors: [`ZfsError::Spawn`], [`ZfsError::Failed`] with the command's stderr.
     pub fn run(&self, args: &[&str]) -> Result<String, ZfsError> {
-        let out = Command::new(&self.bin)
+        let out = crate::child::command(&self.bin)
             .args(args)
             .output()
             .map_err(|source| ZfsError::Spawn {

@@ -9,31 +9,42 @@
 //! | encrypted | none | [`StoreError::Encrypted`] |
 //! | encrypted | set | unlock (only a key holding the master key `cluster.json` records) |
 //! | absent | none | `None`, unless `keys/` holds keys ([`StoreError::Encrypted`]) |
-//! | absent | set | a reader unlocks; a writer ([`claim`]) creates the master key and its first access key and claims the store with them |
+//! | absent | set | a reader unlocks; a writer ([`claim`]) unlocks the store's key if it holds keys or sealed objects, else creates the master key and its first access key, and claims the store |
 //!
 //! A writer claims the store: `cluster.json` records the master key it seals with
 //! ([`EncryptionInfo::of`]), and decides which of several writers creating keys at once
-//! keeps them.
+//! keeps them. A store's master key never changes by itself: no writer makes a new one for
+//! a store that holds keys or sealed objects, even when its `cluster.json` is gone.
+//!
+//! Unlocking is bounded ([`UnlockLimits`]) and tries the key file `cluster.json` names
+//! first.
 
-use super::keys::{self, KeyOrigin};
+use bytes::Bytes;
+
+use super::keys::{self, Expect, KeyOrigin, UnlockLimits};
 use super::{KdfParams, KeyError, ObjectCipher, Passphrase};
 use crate::cluster::{
     check_encryption, check_same_cluster, ensure_cluster, read_cluster, ClusterInfo, EncryptionInfo,
 };
+use crate::envelope::Header;
 use crate::error::StoreError;
-use crate::layout::{key_file_key, CLUSTER_KEY, KEY_PREFIX};
+use crate::layout::{
+    key_file_key, BACKUP_PREFIX, CHUNK_PREFIX, CLUSTER_KEY, DRILL_PREFIX, KEY_PREFIX,
+    SNAPSHOT_PREFIX, WAL_PREFIX,
+};
 use crate::ObjectStore;
 
 /// The cipher of a command that only reads the store (`fetch`, `restore`, `list`, `verify`).
 ///
 /// Errors: [`StoreError::Encrypted`] / [`StoreError::NotEncrypted`] (inside
 /// [`KeyError::Store`]) when the store and the configuration disagree; the errors of
-/// [`keys::unlock`]; store errors.
+/// [`keys::unlock_with`]; store errors.
 pub async fn reader_cipher(
     store: &dyn ObjectStore,
     passphrase: Option<&Passphrase>,
+    limits: UnlockLimits,
 ) -> Result<Option<ObjectCipher>, KeyError> {
-    decide(store, passphrase).await
+    decide(store, passphrase, limits).await
 }
 
 /// How long a writer that created a new store's keys waits, on a store that does not
@@ -44,13 +55,20 @@ pub const CLAIM_SETTLE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Claims `store` for the cluster `ours` (its `encryption` is ignored: the passphrase
 /// decides) as [`ensure_cluster`] does, and returns what `cluster.json` holds and the cipher
-/// a writer (`run`, `backup`, `snapshot`) seals objects with.
+/// a writer (`run`, `backup`, `snapshot`) seals objects with. Unlocking keeps to `limits`.
 ///
 /// - `cluster.json` exists: the reader's rule ([`reader_cipher`]), then the identity check.
-/// - A new store, no passphrase: claimed as plaintext (refused if `keys/` holds keys: an
-///   encrypted store being created).
+/// - No `cluster.json`, but the store holds key files or sealed objects (it lost its
+///   `cluster.json`: deleted by hand, by a lifecycle rule): never a new master key. With a
+///   passphrase, the key it opens (holding the master key that opens a sealed object, when
+///   there is one) is the store's, and `cluster.json` is written back naming it; a
+///   passphrase that opens none, or none configured for a store of sealed objects without
+///   keys, is [`KeyError::ClusterJsonMissing`] (refused). No passphrase with keys present:
+///   [`StoreError::Encrypted`].
+/// - A new store, no passphrase: claimed as plaintext.
 /// - A new store, a passphrase: a new master key and its first access key
-///   ([`keys::create`]), then `cluster.json` naming that master key, written only if absent.
+///   ([`keys::create`]), then `cluster.json` naming that master key, written only if absent
+///   (a new store holding plaintext objects is refused: [`StoreError::NotEncrypted`]).
 ///   `cluster.json` is the one arbiter: of writers starting together (the daemon and a first
 ///   `pgagent backup`), the one whose `cluster.json` landed keeps its key; every other one
 ///   deletes the key file it made, which no object was ever sealed with, and unlocks the
@@ -60,31 +78,45 @@ pub const CLAIM_SETTLE: std::time::Duration = std::time::Duration::from_secs(5);
 ///   written, so a key file seen then (a racing writer's) is never used.
 ///
 /// Errors: as [`reader_cipher`]; [`StoreError::ForeignCluster`] (inside [`KeyError::Store`])
-/// for another cluster's store, as [`ensure_cluster`].
+/// for another cluster's store, as [`ensure_cluster`]; [`KeyError::ClusterJsonMissing`].
 pub async fn claim(
     store: &dyn ObjectStore,
     ours: &ClusterInfo,
     passphrase: Option<&Passphrase>,
     params: KdfParams,
     origin: &KeyOrigin,
+    limits: UnlockLimits,
 ) -> Result<(ClusterInfo, Option<ObjectCipher>), KeyError> {
     if let Some(stored) = read_cluster(store).await? {
-        return claimed(store, stored, ours, passphrase).await;
+        return claimed(store, stored, ours, passphrase, limits).await;
     }
+    let holds = Holdings::read(store).await?;
     let mut info = ours.clone();
     let Some(passphrase) = passphrase else {
-        if has_keys(store).await? {
+        if holds.keys {
             return Err(StoreError::Encrypted {
                 key: KEY_PREFIX.to_string(),
             }
             .into());
         }
+        if let Some((key, _)) = &holds.sealed {
+            return Err(KeyError::ClusterJsonMissing {
+                holds: format!("sealed objects ({key}) and no key file"),
+                why: "no passphrase is configured, and no key is left to open them".into(),
+            });
+        }
         info.encryption = None;
         return Ok((ensure_cluster(store, &info).await?, None));
     };
+    if holds.keys || holds.sealed.is_some() {
+        return reclaim(store, ours, passphrase, &holds, limits).await;
+    }
+    if let Some(key) = holds.plaintext {
+        return Err(StoreError::NotEncrypted { key }.into());
+    }
     let created = keys::create(store, passphrase, params, origin).await?;
     let cipher = created.cipher();
-    info.encryption = Some(EncryptionInfo::of(&cipher));
+    info.encryption = Some(EncryptionInfo::named(&cipher, &created.key_id));
     let lost = match ensure_cluster(store, &info).await {
         Ok(stored) if store.enforces_conditional_put() => return Ok((stored, Some(cipher))),
         Ok(_) => {
@@ -109,9 +141,117 @@ pub async fn claim(
     match read_cluster(store).await {
         Ok(Some(stored)) if stored.encryption.as_ref() != info.encryption.as_ref() => {
             store.delete(&key_file_key(&created.key_id)).await?;
-            claimed(store, stored, ours, Some(passphrase)).await
+            claimed(store, stored, ours, Some(passphrase), limits).await
         }
         _ => Err(lost.into()),
+    }
+}
+
+/// [`claim`] of a store without `cluster.json` that holds key files or sealed objects:
+/// unlock the key the passphrase opens (the one whose master key opens a sealed object,
+/// when the store holds one), then write `cluster.json` back naming it, and take whatever
+/// `cluster.json` then says (another writer may have written it meanwhile).
+async fn reclaim(
+    store: &dyn ObjectStore,
+    ours: &ClusterInfo,
+    passphrase: &Passphrase,
+    holds: &Holdings,
+    limits: UnlockLimits,
+) -> Result<(ClusterInfo, Option<ObjectCipher>), KeyError> {
+    let expect = match &holds.sealed {
+        Some((key, body)) => Expect::Opens { key, body },
+        None => Expect::Any,
+    };
+    let unlocked = match keys::unlock_with(store, passphrase, expect, None, limits).await {
+        Ok(u) => u,
+        Err(e @ (KeyError::NoKeys | KeyError::NoMatchingKey { .. })) => {
+            return Err(KeyError::ClusterJsonMissing {
+                holds: holds.describe(),
+                why: e.to_string(),
+            })
+        }
+        Err(e) => return Err(e),
+    };
+    let cipher = unlocked.cipher();
+    tracing::warn!(
+        store = %store.describe(),
+        key = %key_file_key(&unlocked.key_id),
+        "cluster.json is missing from a store that holds {}: writing it back with the \
+         master key this passphrase opens",
+        holds.describe()
+    );
+    let mut info = ours.clone();
+    info.encryption = Some(EncryptionInfo::named(&cipher, &unlocked.key_id));
+    match ensure_cluster(store, &info).await {
+        Ok(stored) if store.enforces_conditional_put() => return Ok((stored, Some(cipher))),
+        Ok(_) => tokio::time::sleep(CLAIM_SETTLE).await,
+        // Another writer's `cluster.json` landed first; `claimed` checks it below.
+        Err(e) if e.is_foreign_cluster() => {}
+        Err(e) => return Err(e.into()),
+    }
+    let stored = read_cluster(store)
+        .await?
+        .ok_or_else(|| StoreError::Transient {
+            key: CLUSTER_KEY.to_string(),
+            op: crate::Op::Get,
+            detail: "not readable right after it was written".to_string(),
+            source: None,
+        })?;
+    claimed(store, stored, ours, Some(passphrase), limits).await
+}
+
+/// What a store without `cluster.json` holds, as far as its claim is concerned.
+struct Holdings {
+    /// `keys/` holds at least one object.
+    keys: bool,
+    /// A sealed (encrypted) object, key and body.
+    sealed: Option<(String, Bytes)>,
+    /// A plaintext object's key.
+    plaintext: Option<String>,
+}
+
+impl Holdings {
+    /// Looks at `keys/` and at the first object under each data prefix, smallest kinds first
+    /// (at most one listing and one read per prefix).
+    async fn read(store: &dyn ObjectStore) -> Result<Holdings, StoreError> {
+        let mut holds = Holdings {
+            keys: has_keys(store).await?,
+            sealed: None,
+            plaintext: None,
+        };
+        for prefix in [
+            DRILL_PREFIX,
+            SNAPSHOT_PREFIX,
+            BACKUP_PREFIX,
+            WAL_PREFIX,
+            CHUNK_PREFIX,
+        ] {
+            let Some(meta) = store.list_after(prefix, "", 1).await?.pop() else {
+                continue;
+            };
+            let body = match store.get(&meta.key).await {
+                Ok(b) => b,
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e),
+            };
+            match Header::parse(&body) {
+                Ok(h) if h.is_encrypted() => {
+                    holds.sealed = Some((meta.key, body));
+                    break;
+                }
+                Ok(_) => holds.plaintext = holds.plaintext.or(Some(meta.key)),
+                Err(_) => {} // not an object pgagent wrote: says nothing either way
+            }
+        }
+        Ok(holds)
+    }
+
+    fn describe(&self) -> String {
+        match (&self.sealed, self.keys) {
+            (Some((key, _)), true) => format!("key files and sealed objects ({key})"),
+            (Some((key, _)), false) => format!("sealed objects ({key}) and no key file"),
+            (None, _) => "key files (keys/)".to_string(),
+        }
     }
 }
 
@@ -121,15 +261,17 @@ async fn claimed(
     stored: ClusterInfo,
     ours: &ClusterInfo,
     passphrase: Option<&Passphrase>,
+    limits: UnlockLimits,
 ) -> Result<(ClusterInfo, Option<ObjectCipher>), KeyError> {
     check_same_cluster(&stored, ours)?;
-    let cipher = decide(store, passphrase).await?;
+    let cipher = decide(store, passphrase, limits).await?;
     Ok((stored, cipher))
 }
 
 async fn decide(
     store: &dyn ObjectStore,
     passphrase: Option<&Passphrase>,
+    limits: UnlockLimits,
 ) -> Result<Option<ObjectCipher>, KeyError> {
     let cluster = read_cluster(store).await?;
     let Some(passphrase) = passphrase else {
@@ -153,9 +295,12 @@ async fn decide(
                 }
                 .into())
             }
-            Some(e) => keys::unlock(store, passphrase, Some(&e.key_check)).await?,
+            Some(e) => {
+                let expect = Expect::KeyCheck(&e.key_check);
+                keys::unlock_with(store, passphrase, expect, e.key_id.as_deref(), limits).await?
+            }
         },
-        None => keys::unlock(store, passphrase, None).await?,
+        None => keys::unlock_with(store, passphrase, Expect::Any, None, limits).await?,
     };
     let cipher = unlocked.cipher();
     if let Some(c) = &cluster {
@@ -203,7 +348,15 @@ mod tests {
         store: &FsStore,
         p: Option<&Passphrase>,
     ) -> Result<(ClusterInfo, Option<ObjectCipher>), KeyError> {
-        claim(store, &cluster(None), p, FAST, &origin()).await
+        claim(
+            store,
+            &cluster(None),
+            p,
+            FAST,
+            &origin(),
+            UnlockLimits::default(),
+        )
+        .await
     }
 
     #[tokio::test]
@@ -214,24 +367,41 @@ mod tests {
 
         // Empty store: a reader without passphrase sees plaintext; a reader with one finds
         // no keys; a writer creates them and claims the store as encrypted.
-        assert!(reader_cipher(&store, None).await.unwrap().is_none());
-        let e = reader_cipher(&store, Some(&p)).await.unwrap_err();
+        assert!(reader_cipher(&store, None, UnlockLimits::default())
+            .await
+            .unwrap()
+            .is_none());
+        let e = reader_cipher(&store, Some(&p), UnlockLimits::default())
+            .await
+            .unwrap_err();
         assert!(matches!(e, KeyError::NoKeys), "{e}");
         let (stored, w) = claim_with(&store, Some(&p)).await.unwrap();
         let w = w.unwrap();
-        assert_eq!(stored.encryption, Some(EncryptionInfo::of(&w)));
+        let recorded = stored.encryption.clone().unwrap();
+        assert_eq!(recorded.key_check, w.key_check());
+        assert_eq!(
+            recorded.key_id,
+            Some(keys::list(&store).await.unwrap()[0].id.clone())
+        );
         assert_eq!(stored.format_version, 2);
-        let r = reader_cipher(&store, Some(&p)).await.unwrap().unwrap();
+        let r = reader_cipher(&store, Some(&p), UnlockLimits::default())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(r.key_check(), w.key_check());
         let (_, again) = claim_with(&store, Some(&p)).await.unwrap();
         assert_eq!(again.unwrap().key_check(), w.key_check());
         assert_eq!(keys::list(&store).await.unwrap().len(), 1);
 
-        let e = reader_cipher(&store, None).await.unwrap_err();
+        let e = reader_cipher(&store, None, UnlockLimits::default())
+            .await
+            .unwrap_err();
         assert!(e.store_error().is_some_and(StoreError::is_encrypted), "{e}");
         let e = claim_with(&store, None).await.unwrap_err();
         assert!(e.store_error().is_some_and(StoreError::is_encrypted), "{e}");
-        let e = reader_cipher(&store, Some(&other)).await.unwrap_err();
+        let e = reader_cipher(&store, Some(&other), UnlockLimits::default())
+            .await
+            .unwrap_err();
         assert!(e.is_wrong_passphrase(), "{e}");
         // A plaintext claim of the encrypted store is refused.
         let e = ensure_cluster(&store, &cluster(None)).await.unwrap_err();
@@ -239,9 +409,16 @@ mod tests {
         // Another cluster's writer is refused, and leaves no key behind.
         let mut theirs = cluster(None);
         theirs.system_identifier = "8".into();
-        let e = claim(&store, &theirs, Some(&p), FAST, &origin())
-            .await
-            .unwrap_err();
+        let e = claim(
+            &store,
+            &theirs,
+            Some(&p),
+            FAST,
+            &origin(),
+            UnlockLimits::default(),
+        )
+        .await
+        .unwrap_err();
         assert!(
             e.store_error().is_some_and(StoreError::is_foreign_cluster),
             "{e}"
@@ -286,7 +463,121 @@ mod tests {
             "{e}"
         );
         assert!(!has_keys(&store).await.unwrap(), "no key was created");
-        assert!(reader_cipher(&store, None).await.unwrap().is_none());
+        assert!(reader_cipher(&store, None, UnlockLimits::default())
+            .await
+            .unwrap()
+            .is_none());
+    }
+
+    /// A copy of `store`'s key file `id` under the id `new_id`, asking for `m_cost_kib` KiB
+    /// and `t_cost` passes: what a writer of the bucket can plant (it opens nothing).
+    async fn plant_key_file(store: &FsStore, id: &str, new_id: &str, m_cost_kib: u32, t_cost: u32) {
+        let body = store.get(&key_file_key(id)).await.unwrap();
+        let mut v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        v["id"] = new_id.into();
+        v["kdf"]["m_cost_kib"] = m_cost_kib.into();
+        v["kdf"]["t_cost"] = t_cost.into();
+        store
+            .put(
+                &key_file_key(new_id),
+                serde_json::to_vec(&v).unwrap().into(),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// A store whose `cluster.json` was deleted (by hand, a lifecycle rule, anyone with write
+    /// access) keeps its master key: the next writer with its passphrase writes
+    /// `cluster.json` back; one without, or with another passphrase, is refused; no new
+    /// master key is ever made while the store holds keys or sealed objects.
+    #[tokio::test]
+    async fn a_lost_cluster_json_never_re_keys_the_store() {
+        let (_dir, store) = fs_store().await;
+        let p = Passphrase::new("s3cret").unwrap();
+        let (_, w) = claim_with(&store, Some(&p)).await.unwrap();
+        let w = w.unwrap();
+        let name = "wal/000000010000000000000001";
+        let sealed = crate::envelope::seal_for(b"wal bytes", 1, Some(&w), name);
+        store.put(name, sealed.body).await.unwrap();
+        // A key file of another store with the same passphrase, listed first: it opens,
+        // but holds another master key.
+        let elsewhere = tempfile::tempdir().unwrap();
+        let other_store = FsStore::open(elsewhere.path().to_path_buf()).await.unwrap();
+        let theirs = keys::create(&other_store, &p, FAST, &origin())
+            .await
+            .unwrap();
+        let body = other_store
+            .get(&key_file_key(&theirs.key_id))
+            .await
+            .unwrap();
+        let mut v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let planted = "0".repeat(32);
+        v["id"] = planted.clone().into();
+        store
+            .put(
+                &key_file_key(&planted),
+                serde_json::to_vec(&v).unwrap().into(),
+            )
+            .await
+            .unwrap();
+        store.delete(CLUSTER_KEY).await.unwrap();
+
+        // The same passphrase: the same master key, cluster.json written back, no new key.
+        let (stored, again) = claim_with(&store, Some(&p)).await.unwrap();
+        assert_eq!(again.unwrap().key_check(), w.key_check());
+        assert_eq!(stored.encryption.unwrap().key_check, w.key_check());
+        let back = read_cluster(&store)
+            .await
+            .unwrap()
+            .expect("cluster.json written back");
+        assert_eq!(back.encryption.unwrap().key_check, w.key_check());
+        assert_eq!(keys::list(&store).await.unwrap().len(), 2);
+
+        // Another passphrase: refused (exit 3), naming the fix; nothing written.
+        store.delete(CLUSTER_KEY).await.unwrap();
+        let other = Passphrase::new("other").unwrap();
+        let e = claim_with(&store, Some(&other)).await.unwrap_err();
+        assert!(e.is_refused(), "{e}");
+        assert!(e.to_string().contains("cluster.json"), "{e}");
+        assert_eq!(keys::list(&store).await.unwrap().len(), 2);
+        assert!(read_cluster(&store).await.unwrap().is_none());
+
+        // Sealed objects and no key file at all: refused with and without a passphrase.
+        for k in keys::list(&store).await.unwrap() {
+            store.delete(&key_file_key(&k.id)).await.unwrap();
+        }
+        for p in [Some(&p), None] {
+            let e = claim_with(&store, p).await.unwrap_err();
+            assert!(e.is_refused(), "{e}");
+        }
+        assert!(!has_keys(&store).await.unwrap());
+        assert!(read_cluster(&store).await.unwrap().is_none());
+    }
+
+    /// Key files asking for the most Argon2 allows (1 GiB, 16 passes), listed before the
+    /// store's key, do not hold up an unlock: the key `cluster.json` names is tried first,
+    /// and a file asking for more memory than allowed is not tried at all.
+    #[tokio::test]
+    async fn costly_key_files_do_not_stall_an_unlock() {
+        let (_dir, store) = fs_store().await;
+        let p = Passphrase::new("s3cret").unwrap();
+        let (_, w) = claim_with(&store, Some(&p)).await.unwrap();
+        let id = keys::list(&store).await.unwrap()[0].id.clone();
+        for i in 0..2 {
+            let planted = format!("{i:032x}");
+            plant_key_file(&store, &id, &planted, KdfParams::MAX_M_COST_KIB, 4).await;
+        }
+        let started = std::time::Instant::now();
+        let r = reader_cipher(&store, Some(&p), UnlockLimits::default())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.key_check(), w.unwrap().key_check());
+        let took = started.elapsed();
+        assert!(
+            took < std::time::Duration::from_secs(2),
+            "unlock took {took:?}"
+        );
     }
 
     #[tokio::test]
@@ -313,7 +604,10 @@ mod tests {
             .await
             .unwrap();
         // Whatever order the files are tried in, this store's master key comes back.
-        let got = reader_cipher(&store, Some(&p)).await.unwrap().unwrap();
+        let got = reader_cipher(&store, Some(&p), UnlockLimits::default())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(got.key_check(), ours.cipher().key_check());
         let u = keys::unlock(&store, &p, None).await.unwrap();
         assert!(u.key_id == ours.key_id || u.key_id == theirs.key_id);

@@ -53,6 +53,35 @@ pub enum KeyError {
         /// The id asked for.
         id: String,
     },
+    /// Another removal ran at the same time and removed the key this command unlocked the
+    /// store with; the key `id` was written back so that the store keeps a key.
+    #[error(
+        "key {id} was put back: while it was being removed, another command removed key \
+         {ours}, the one this command opened the store with, and both removals together \
+         could leave the store without a key; check `pgagent key list` and remove again"
+    )]
+    RemovalRaced {
+        /// The key this command removed and wrote back.
+        id: String,
+        /// The key this command unlocked the store with.
+        ours: String,
+    },
+    /// `cluster.json` is missing from a store that holds keys or sealed objects, and the
+    /// configuration opens none of its keys: a new master key would make every earlier
+    /// object unreadable, so none is made.
+    #[error(
+        "cluster.json is missing, but the store holds {holds}: it is not a new store, and a \
+         new master key would make its objects unreadable, so none is made ({why}); fix: \
+         configure the passphrase of one of its keys (encryption.passphrase_file or \
+         PGAGENT_ENCRYPTION_PASSPHRASE; cluster.json is then written back), or put \
+         cluster.json and keys/ back from a copy"
+    )]
+    ClusterJsonMissing {
+        /// What the store holds: its key files, a sealed object.
+        holds: String,
+        /// Why no key could be used.
+        why: String,
+    },
     /// An empty passphrase.
     #[error("the passphrase is empty: an empty passphrase protects nothing")]
     EmptyPassphrase,
@@ -84,9 +113,16 @@ impl KeyError {
         matches!(self, KeyError::NoMatchingKey { .. })
     }
 
-    /// A removal refused for safety (the last key, or the one in use).
+    /// Refused for safety (exit 3): removing the last key or the one in use, a removal
+    /// raced by another, a store without `cluster.json` whose keys cannot be opened.
     pub fn is_refused(&self) -> bool {
-        matches!(self, KeyError::LastKey { .. } | KeyError::InUse { .. })
+        matches!(
+            self,
+            KeyError::LastKey { .. }
+                | KeyError::InUse { .. }
+                | KeyError::RemovalRaced { .. }
+                | KeyError::ClusterJsonMissing { .. }
+        )
     }
 
     /// The store error underneath, if the store failed.

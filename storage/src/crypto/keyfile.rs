@@ -169,6 +169,11 @@ pub(super) fn unwrap(f: &KeyFile, passphrase: &Passphrase) -> Result<Option<Mast
     }
 }
 
+/// The Argon2 costs a checked key file asks for.
+pub(super) fn kdf_params(f: &KeyFile) -> KdfParams {
+    f.kdf.params
+}
+
 pub(super) fn info(f: &KeyFile) -> KeyInfo {
     KeyInfo {
         id: f.id.clone(),

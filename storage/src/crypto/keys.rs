@@ -30,7 +30,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use super::kdf::KdfParams;
-use super::keyfile::{info, is_key_id, parse, unwrap, wrap, KeyFile};
+use super::keyfile::{info, is_key_id, kdf_params, parse, unwrap, wrap, KeyFile};
 use super::{KeyError, MasterKey, ObjectCipher, Passphrase};
 use crate::layout::{key_file_key, KEY_PREFIX};
 use crate::{ObjectStore, PutOutcome};
@@ -146,24 +146,114 @@ pub async fn create(
     })
 }
 
-/// Unlocks the store with `passphrase`: tries every key file until one opens.
+/// Bounds on what one unlock may cost. Key files come from the bucket, which others may
+/// write: without bounds, every start of every agent would run each file's Argon2 costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnlockLimits {
+    /// Most memory one key derivation may take, in KiB; a key file asking for more is
+    /// skipped with a warning naming it (it is never derived).
+    pub max_m_cost_kib: u32,
+    /// Most key files read in one unlock, the first one tried included.
+    pub max_files: usize,
+}
+
+impl UnlockLimits {
+    /// Default memory bound: 256 MiB, four times what [`KdfParams::DEFAULT`] takes.
+    pub const DEFAULT_MAX_M_COST_KIB: u32 = 256 * 1024;
+    /// Default bound on the key files read: 16, more than a store rotating its keys holds.
+    pub const DEFAULT_MAX_FILES: usize = 16;
+}
+
+impl Default for UnlockLimits {
+    fn default() -> Self {
+        UnlockLimits {
+            max_m_cost_kib: Self::DEFAULT_MAX_M_COST_KIB,
+            max_files: Self::DEFAULT_MAX_FILES,
+        }
+    }
+}
+
+/// Which master key an unlock must find.
+#[derive(Debug, Clone, Copy)]
+pub enum Expect<'a> {
+    /// Any key that opens (a store with neither `cluster.json` nor sealed objects).
+    Any,
+    /// The master key with this [`ObjectCipher::key_check`] (from `cluster.json`).
+    KeyCheck(&'a str),
+    /// The master key that opens this sealed object (`key`, its `body`): for a store that
+    /// lost its `cluster.json`.
+    Opens {
+        /// The object's key.
+        key: &'a str,
+        /// Its whole body.
+        body: &'a [u8],
+    },
+}
+
+impl Expect<'_> {
+    fn accepts(&self, master: &MasterKey) -> bool {
+        match self {
+            Expect::Any => true,
+            Expect::KeyCheck(want) => master.cipher().key_check() == *want,
+            Expect::Opens { key, body } => {
+                crate::envelope::open_for(body, Some(&master.cipher()), key).is_ok()
+            }
+        }
+    }
+}
+
+/// Unlocks the store with `passphrase`, with no expectation on the master key beyond
+/// `expected_key_check` and the default [`UnlockLimits`]: [`unlock_with`] for tools and
+/// tests.
 ///
-/// With `expected_key_check` (from `cluster.json`), a key that opens but holds another
-/// store's master key is skipped. Unreadable key files are skipped too, and both are named
-/// in the error if no key opens.
-///
-/// Errors: [`KeyError::NoKeys`], [`KeyError::NoMatchingKey`], [`KeyError::Store`].
+/// Errors: as [`unlock_with`].
 pub async fn unlock(
     store: &dyn ObjectStore,
     passphrase: &Passphrase,
     expected_key_check: Option<&str>,
 ) -> Result<Unlocked, KeyError> {
-    let ids = key_ids(store).await?;
+    let expect = expected_key_check.map_or(Expect::Any, Expect::KeyCheck);
+    unlock_with(store, passphrase, expect, None, UnlockLimits::default()).await
+}
+
+/// Unlocks the store with `passphrase`: tries key files until one opens a master key that
+/// `expect` accepts. The key file `first` (the one `cluster.json` names) is tried first,
+/// then the others in id order, at most `limits.max_files` files in all; a file asking for
+/// more than `limits.max_m_cost_kib` is skipped without being derived.
+///
+/// Key files that cannot be used, that ask for too much memory, that open another master
+/// key, and those past the bound are named in the error if no key opens (and logged as
+/// warnings).
+///
+/// Errors: [`KeyError::NoKeys`], [`KeyError::NoMatchingKey`], [`KeyError::Store`].
+pub async fn unlock_with(
+    store: &dyn ObjectStore,
+    passphrase: &Passphrase,
+    expect: Expect<'_>,
+    first: Option<&str>,
+    limits: UnlockLimits,
+) -> Result<Unlocked, KeyError> {
+    let mut ids = key_ids(store).await?;
     if ids.is_empty() {
         return Err(KeyError::NoKeys);
     }
+    if let Some(pos) = first.and_then(|f| ids.iter().position(|i| i == f)) {
+        let named = ids.remove(pos);
+        ids.insert(0, named);
+    }
     let mut skipped = Vec::new();
     let mut tried = 0;
+    if ids.len() > limits.max_files {
+        let left = ids.split_off(limits.max_files);
+        let note = format!(
+            "{} more key files not tried (at most {} are read per unlock), the first {}",
+            left.len(),
+            limits.max_files,
+            key_file_key(&left[0])
+        );
+        tracing::warn!("{note}");
+        skipped.push(note);
+    }
     for id in &ids {
         let key = key_file_key(id);
         let file = match store.get(&key).await {
@@ -178,18 +268,37 @@ pub async fn unlock(
             Err(e) if e.is_not_found() => continue, // removed meanwhile
             Err(e) => return Err(e.into()),
         };
+        let m_cost = kdf_params(&file).m_cost_kib;
+        if m_cost > limits.max_m_cost_kib {
+            let note = format!(
+                "{key} asks for {} MiB of memory, more than the {} MiB one unlock may take \
+                 (encryption.max_unlock_memory)",
+                m_cost / 1024,
+                limits.max_m_cost_kib / 1024
+            );
+            tracing::warn!("skipping a key file: {note}");
+            skipped.push(note);
+            continue;
+        }
         tried += 1;
         let pass = passphrase.clone();
         let Some(master) = blocking(move || unwrap(&file, &pass)).await? else {
             continue;
         };
-        if let Some(want) = expected_key_check {
-            if master.cipher().key_check() != want {
-                skipped.push(format!(
-                    "{key} opens, but holds another store's master key than cluster.json records"
-                ));
-                continue;
-            }
+        if !expect.accepts(&master) {
+            let note = match expect {
+                Expect::Opens { key: object, .. } => format!(
+                    "{key} opens, but holds a master key that does not open {object} \
+                     (another store's key)"
+                ),
+                _ => format!(
+                    "{key} opens, but holds another store's master key than cluster.json \
+                     records"
+                ),
+            };
+            tracing::warn!("{note}");
+            skipped.push(note);
+            continue;
         }
         return Ok(Unlocked {
             master,
@@ -236,8 +345,12 @@ pub async fn list(store: &dyn ObjectStore) -> Result<Vec<KeyInfo>, KeyError> {
 /// Removes key `id`. `unlocked` is how the caller opened the store: the key it used is never
 /// removed (see the module documentation).
 ///
+/// Stores have no conditional delete, so the rule is checked again after the delete: if the
+/// caller's own key is gone by then (another `key remove` at the same time), the removed key
+/// is written back and [`KeyError::RemovalRaced`] returned.
+///
 /// Errors: [`KeyError::UnknownKey`], [`KeyError::InUse`], [`KeyError::LastKey`],
-/// [`KeyError::Store`].
+/// [`KeyError::RemovalRaced`], [`KeyError::Store`].
 pub async fn remove(
     store: &dyn ObjectStore,
     id: &str,
@@ -253,7 +366,28 @@ pub async fn remove(
     if id == unlocked.key_id {
         return Err(KeyError::InUse { id: id.to_string() });
     }
-    store.delete(&key_file_key(id)).await?;
+    let key = key_file_key(id);
+    let body = match store.get(&key).await {
+        Ok(body) => body,
+        Err(e) if e.is_not_found() => return Err(KeyError::UnknownKey { id: id.to_string() }),
+        Err(e) => return Err(e.into()),
+    };
+    store.delete(&key).await?;
+    // Another removal may have run at once with the passphrase of the key removed here,
+    // removing the caller's: each saw another key left, together they left none. The
+    // caller's key is the one known to hold the store's master key; if it is gone now (or
+    // that cannot be told), the key removed here goes back.
+    let ours_left = matches!(
+        store.head(&key_file_key(&unlocked.key_id)).await,
+        Ok(Some(_))
+    );
+    if !ours_left {
+        store.put(&key, body).await?;
+        return Err(KeyError::RemovalRaced {
+            id: id.to_string(),
+            ours: unlocked.key_id.clone(),
+        });
+    }
     Ok(())
 }
 

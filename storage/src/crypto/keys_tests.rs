@@ -190,3 +190,145 @@ fn ids_are_random_hex() {
     assert!(!is_key_id("ABCDEF0123456789abcdef0123456789"));
     assert!(!is_key_id("abc"));
 }
+
+/// A file store whose deletes wait until `barrier` lets them through: two removals that both
+/// checked "not the last key" before either deleted.
+#[derive(Debug)]
+struct DeletesTogether {
+    inner: FsStore,
+    barrier: tokio::sync::Barrier,
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for DeletesTogether {
+    async fn put(&self, key: &str, body: Bytes) -> Result<(), crate::StoreError> {
+        self.inner.put(key, body).await
+    }
+    async fn put_if_absent(&self, key: &str, body: Bytes) -> Result<PutOutcome, crate::StoreError> {
+        self.inner.put_if_absent(key, body).await
+    }
+    async fn get(&self, key: &str) -> Result<Bytes, crate::StoreError> {
+        self.inner.get(key).await
+    }
+    async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Bytes, crate::StoreError> {
+        self.inner.get_range(key, start, len).await
+    }
+    async fn head(&self, key: &str) -> Result<Option<crate::ObjectMeta>, crate::StoreError> {
+        self.inner.head(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<crate::ObjectMeta>, crate::StoreError> {
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), crate::StoreError> {
+        self.barrier.wait().await;
+        self.inner.delete(key).await
+    }
+    fn enforces_conditional_put(&self) -> bool {
+        self.inner.enforces_conditional_put()
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+/// Two `key remove` at once, each with the passphrase of the key the other removes: each
+/// sees two keys, so neither is the last, and both delete. At least one key must stay, and
+/// a removal that would have left none says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_removals_at_once_never_leave_the_store_without_a_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let inner = FsStore::open(dir.path().to_path_buf()).await.unwrap();
+    let a = create(&inner, &pass("one"), FAST, &origin()).await.unwrap();
+    let b = add(&inner, &a.master, &pass("two"), FAST, &origin())
+        .await
+        .unwrap();
+    let store = std::sync::Arc::new(DeletesTogether {
+        inner,
+        barrier: tokio::sync::Barrier::new(2),
+    });
+    let by_a = unlock(store.as_ref(), &pass("one"), None).await.unwrap();
+    let by_b = unlock(store.as_ref(), &pass("two"), None).await.unwrap();
+    let (s1, s2) = (store.clone(), store.clone());
+    let (b_id, a_id) = (b.id.clone(), a.key_id.clone());
+    let r1 = tokio::spawn(async move { remove(s1.as_ref(), &b_id, &by_a).await });
+    let r2 = tokio::spawn(async move { remove(s2.as_ref(), &a_id, &by_b).await });
+    let (r1, r2) = (r1.await.unwrap(), r2.await.unwrap());
+    let left = list(store.as_ref()).await.unwrap();
+    assert!(!left.is_empty(), "no key left: {r1:?} {r2:?}");
+    assert!(r1.is_err() || r2.is_err(), "both removals reported success");
+    for r in [&r1, &r2] {
+        if let Err(e) = r {
+            assert!(e.is_refused(), "{e}");
+        }
+    }
+    // Whatever is left opens the store.
+    let p = if left.iter().any(|k| k.id == a.key_id) {
+        "one"
+    } else {
+        "two"
+    };
+    let u = unlock(store.as_ref(), &pass(p), None).await.unwrap();
+    assert_eq!(u.master.expose_bytes(), a.master.expose_bytes());
+}
+
+/// A copy of key file `id` under `new_id` with other Argon2 costs: it never opens (the id
+/// is associated data), but its costs are paid when it is tried.
+async fn plant(store: &FsStore, id: &str, new_id: &str, m_cost_kib: u32) {
+    let body = store.get(&key_file_key(id)).await.unwrap();
+    let mut v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    v["id"] = new_id.into();
+    v["kdf"]["m_cost_kib"] = m_cost_kib.into();
+    store
+        .put(
+            &key_file_key(new_id),
+            serde_json::to_vec(&v).unwrap().into(),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn unlocking_skips_costly_files_bounds_the_count_and_tries_the_named_key_first() {
+    let (_dir, store) = store().await;
+    let u = create(&store, &pass("one"), FAST, &origin()).await.unwrap();
+    let limits = UnlockLimits::default();
+    // 512 MiB, above the default 256 MiB: skipped without being derived, and named.
+    let costly = "0".repeat(32);
+    plant(&store, &u.key_id, &costly, 512 * 1024).await;
+    let e = unlock_with(&store, &pass("two"), Expect::Any, None, limits)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, KeyError::NoMatchingKey { tried: 1, .. }), "{e}");
+    assert!(e.to_string().contains(&key_file_key(&costly)), "{e}");
+    assert!(e.to_string().contains("512 MiB"), "{e}");
+
+    // More files than the bound, listed before the store's key: only the bound is read…
+    for i in 1..=6 {
+        plant(&store, &u.key_id, &format!("{i:032x}"), FAST.m_cost_kib).await;
+    }
+    let small = UnlockLimits {
+        max_files: 4,
+        ..limits
+    };
+    let e = unlock_with(&store, &pass("one"), Expect::Any, None, small)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, KeyError::NoMatchingKey { tried: 3, .. }), "{e}");
+    assert!(e.to_string().contains("4 more key files not tried"), "{e}");
+    // …and the key `cluster.json` names is read first, so it is found.
+    let got = unlock_with(&store, &pass("one"), Expect::Any, Some(&u.key_id), small)
+        .await
+        .unwrap();
+    assert_eq!(got.key_id, u.key_id);
+    // A key that opens, but not the master key asked for, is passed over.
+    let e = unlock_with(
+        &store,
+        &pass("one"),
+        Expect::KeyCheck("another store's"),
+        Some(&u.key_id),
+        small,
+    )
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("another store's master key"), "{e}");
+}
