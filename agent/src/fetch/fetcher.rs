@@ -125,6 +125,13 @@ impl Fetcher {
         }
     }
 
+    /// The same fetcher opening objects with `cipher` (for the pipeline's simulation).
+    #[cfg(test)]
+    pub(crate) fn with_cipher(mut self, cipher: Option<ObjectCipher>) -> Fetcher {
+        self.cipher = cipher;
+        self
+    }
+
     /// `system_identifier` of the cluster in the store (decimal, from `cluster.json`).
     pub fn system_identifier(&self) -> &str {
         &self.system_identifier

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pgagent_protocol::{segment_file_name, Lsn, SegNo, TimelineId, WalSegmentSize};
+use pgagent_storage::crypto::ObjectCipher;
 use pgagent_storage::ObjectStore;
 use tokio::time::Instant;
 
@@ -68,6 +69,8 @@ static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
 /// The checker of one seed.
 pub struct Checker {
     fetcher: Fetcher,
+    /// The store's cipher (`None`: plaintext).
+    cipher: Option<ObjectCipher>,
     /// The same store, for failure reports.
     sim: Option<SimStore>,
     seg: WalSegmentSize,
@@ -98,9 +101,11 @@ impl Checker {
         tli: TimelineId,
         first: SegNo,
         faults: &Faults,
+        cipher: Option<ObjectCipher>,
     ) -> Checker {
         Checker {
-            fetcher: Fetcher::on_store(store, seg),
+            cipher: cipher.clone(),
+            fetcher: Fetcher::on_store(store, seg).with_cipher(cipher),
             sim: None,
             seg,
             tli,
@@ -219,7 +224,7 @@ impl Checker {
                 format!("{name}: not served (absent), but WAL up to {confirmed} was confirmed")
             })?;
         let path = self.scratch.path().join("RECOVERYXLOG");
-        let delivered = deliver_verified(&found, None, &path)
+        let delivered = deliver_verified(&found, self.cipher.as_ref(), &path)
             .map_err(|e| format!("{name}: delivery failed: {e}"))?;
         let got = std::fs::read(&path).map_err(|e| e.to_string())?;
         if got.len() as u64 != seg.bytes() {
@@ -295,7 +300,7 @@ impl Checker {
         };
         let store = Arc::new(SimStore::new(1, faults));
         let seg = WalSegmentSize::new(1 << 20).unwrap();
-        Checker::new(store, seg, TimelineId(1), SegNo(1), &faults)
+        Checker::new(store, seg, TimelineId(1), SegNo(1), &faults, None)
     }
 
     /// Claims `bytes` of segment 1 confirmed and checks.

@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::FutureExt;
 use pgagent_protocol::{Lsn, SegNo, TimelineId, WalSegmentSize};
+use pgagent_storage::crypto::ObjectCipher;
 use pgagent_storage::ObjectStore;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -68,6 +69,8 @@ pub struct World {
     agent: Option<Agent>,
     synchronous: bool,
     concurrency: usize,
+    /// The store's cipher (`None`: plaintext).
+    cipher: Option<ObjectCipher>,
     checker: Checker,
     /// The first segment streamed: checked from there at the end.
     first: SegNo,
@@ -85,11 +88,17 @@ impl World {
         let store = SimStore::new(rng.gen(), faults);
         let seg = WalSegmentSize::new(SEGMENT).map_err(|e| e.to_string())?;
         let dyn_store: Arc<dyn ObjectStore> = Arc::new(store.clone());
+        // Half the seeds run an encrypted store: every object sealed for its own name. Drawn
+        // from a stream of its own, so the other draws of a seed stay as they were.
+        let cipher = StdRng::seed_from_u64(seed ^ 0xC1F3_E5ED)
+            .gen_bool(0.5)
+            .then(|| pgagent_storage::crypto::MasterKey::generate().cipher());
         // The server starts somewhere inside a segment, like a cluster with some history.
         let written = Lsn(SEGMENT * 3 + rng.gen_range(0..SEGMENT));
         let mut world = World {
             synchronous: rng.gen_bool(0.5),
             concurrency: rng.gen_range(1..=8),
+            cipher: cipher.clone(),
             rng,
             seg,
             store: store.clone(),
@@ -105,8 +114,15 @@ impl World {
                 slot: None,
             },
             agent: None,
-            checker: Checker::new(dyn_store, seg, TLI, written.segment_number(seg), &faults)
-                .with_sim(store.clone()),
+            checker: Checker::new(
+                dyn_store,
+                seg,
+                TLI,
+                written.segment_number(seg),
+                &faults,
+                cipher.clone(),
+            )
+            .with_sim(store.clone()),
             first: written.segment_number(seg),
             down_until: None,
             started: Instant::now(),
@@ -163,7 +179,7 @@ impl World {
         let sealer = Sealer {
             level: 1,
             seg,
-            cipher: None,
+            cipher: self.cipher.clone(),
         };
         let (seg_tx, seg_rx) = crossbeam_channel::unbounded::<CompressJob>();
         let (upload_tx, upload_rx) = mpsc::channel::<UploadJob>(2);
