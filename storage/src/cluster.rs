@@ -127,6 +127,21 @@ pub async fn read_cluster(store: &dyn ObjectStore) -> Result<Option<ClusterInfo>
     Ok(Some(info))
 }
 
+/// Reads `cluster.json` right after this process wrote it (or saw it written).
+///
+/// Errors: as [`read_cluster`]; a missing object is [`StoreError::Transient`] (a store
+/// whose reads lag its writes), to be retried.
+pub(crate) async fn read_back(store: &dyn ObjectStore) -> Result<ClusterInfo, StoreError> {
+    read_cluster(store)
+        .await?
+        .ok_or_else(|| StoreError::Transient {
+            key: CLUSTER_KEY.to_string(),
+            op: crate::Op::Get,
+            detail: "not readable right after it was written".to_string(),
+            source: None,
+        })
+}
+
 /// Claims the store for the cluster described by `info`, or checks that it already belongs
 /// to it; returns what the store holds.
 ///
@@ -153,14 +168,7 @@ pub async fn ensure_cluster(
             let mut body = serde_json::to_vec_pretty(&info).expect("ClusterInfo serializes");
             body.push(b'\n');
             store.put_if_absent(CLUSTER_KEY, Bytes::from(body)).await?;
-            read_cluster(store)
-                .await?
-                .ok_or_else(|| StoreError::Transient {
-                    key: CLUSTER_KEY.to_string(),
-                    op: crate::Op::Get,
-                    detail: "not readable right after it was written".to_string(),
-                    source: None,
-                })?
+            read_back(store).await?
         }
     };
     check_same_cluster(&stored, info)?;

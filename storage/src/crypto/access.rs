@@ -189,14 +189,7 @@ async fn reclaim(
         Err(e) if e.is_foreign_cluster() => {}
         Err(e) => return Err(e.into()),
     }
-    let stored = read_cluster(store)
-        .await?
-        .ok_or_else(|| StoreError::Transient {
-            key: CLUSTER_KEY.to_string(),
-            op: crate::Op::Get,
-            detail: "not readable right after it was written".to_string(),
-            source: None,
-        })?;
+    let stored = crate::cluster::read_back(store).await?;
     claimed(store, stored, ours, Some(passphrase), limits).await
 }
 
@@ -469,23 +462,6 @@ mod tests {
             .is_none());
     }
 
-    /// A copy of `store`'s key file `id` under the id `new_id`, asking for `m_cost_kib` KiB
-    /// and `t_cost` passes: what a writer of the bucket can plant (it opens nothing).
-    async fn plant_key_file(store: &FsStore, id: &str, new_id: &str, m_cost_kib: u32, t_cost: u32) {
-        let body = store.get(&key_file_key(id)).await.unwrap();
-        let mut v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        v["id"] = new_id.into();
-        v["kdf"]["m_cost_kib"] = m_cost_kib.into();
-        v["kdf"]["t_cost"] = t_cost.into();
-        store
-            .put(
-                &key_file_key(new_id),
-                serde_json::to_vec(&v).unwrap().into(),
-            )
-            .await
-            .unwrap();
-    }
-
     /// A store whose `cluster.json` was deleted (by hand, a lifecycle rule, anyone with write
     /// access) keeps its master key: the next writer with its passphrase writes
     /// `cluster.json` back; one without, or with another passphrase, is refused; no new
@@ -565,7 +541,8 @@ mod tests {
         let id = keys::list(&store).await.unwrap()[0].id.clone();
         for i in 0..2 {
             let planted = format!("{i:032x}");
-            plant_key_file(&store, &id, &planted, KdfParams::MAX_M_COST_KIB, 4).await;
+            crate::crypto::keys::tests::plant(&store, &id, &planted, KdfParams::MAX_M_COST_KIB, 4)
+                .await;
         }
         let started = std::time::Instant::now();
         let r = reader_cipher(&store, Some(&p), UnlockLimits::default())

@@ -393,4 +393,4 @@ pub async fn remove(
 
 #[cfg(test)]
 #[path = "keys_tests.rs"]
-mod tests;
+pub(crate) mod tests;

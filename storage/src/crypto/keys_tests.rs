@@ -273,11 +273,12 @@ async fn two_removals_at_once_never_leave_the_store_without_a_key() {
 
 /// A copy of key file `id` under `new_id` with other Argon2 costs: it never opens (the id
 /// is associated data), but its costs are paid when it is tried.
-async fn plant(store: &FsStore, id: &str, new_id: &str, m_cost_kib: u32) {
+pub(crate) async fn plant(store: &FsStore, id: &str, new_id: &str, m_cost_kib: u32, t_cost: u32) {
     let body = store.get(&key_file_key(id)).await.unwrap();
     let mut v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     v["id"] = new_id.into();
     v["kdf"]["m_cost_kib"] = m_cost_kib.into();
+    v["kdf"]["t_cost"] = t_cost.into();
     store
         .put(
             &key_file_key(new_id),
@@ -294,7 +295,7 @@ async fn unlocking_skips_costly_files_bounds_the_count_and_tries_the_named_key_f
     let limits = UnlockLimits::default();
     // 512 MiB, above the default 256 MiB: skipped without being derived, and named.
     let costly = "0".repeat(32);
-    plant(&store, &u.key_id, &costly, 512 * 1024).await;
+    plant(&store, &u.key_id, &costly, 512 * 1024, FAST.t_cost).await;
     let e = unlock_with(&store, &pass("two"), Expect::Any, None, limits)
         .await
         .unwrap_err();
@@ -304,7 +305,14 @@ async fn unlocking_skips_costly_files_bounds_the_count_and_tries_the_named_key_f
 
     // More files than the bound, listed before the store's key: only the bound is read…
     for i in 1..=6 {
-        plant(&store, &u.key_id, &format!("{i:032x}"), FAST.m_cost_kib).await;
+        plant(
+            &store,
+            &u.key_id,
+            &format!("{i:032x}"),
+            FAST.m_cost_kib,
+            FAST.t_cost,
+        )
+        .await;
     }
     let small = UnlockLimits {
         max_files: 4,
