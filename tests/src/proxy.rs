@@ -3,8 +3,10 @@
 //!
 //! The proxy listens on a random loopback port and forwards every accepted connection to a
 //! fixed target. Its [`ProxyMode`] can change at any time and applies to new and existing
-//! connections alike. It runs on plain threads, so it works the same under `#[test]` and
-//! `#[tokio::test]` (any flavour).
+//! connections alike. Besides the mode, a cut rule ([`Proxy::cut_requests_containing`])
+//! closes any connection whose client sends a given byte pattern, which holds back one kind
+//! of request (one object's `PUT`) while every other request goes through. It runs on plain
+//! threads, so it works the same under `#[test]` and `#[tokio::test]` (any flavour).
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
@@ -57,6 +59,10 @@ struct Shared {
     next_id: AtomicU64,
     /// Clones of both sockets of each live connection, so a mode change can close them.
     conns: Mutex<HashMap<u64, Vec<TcpStream>>>,
+    /// Byte patterns that cut a connection when its client sends one (none: no rule).
+    cut_patterns: Mutex<Vec<Vec<u8>>>,
+    /// Connections cut by a pattern since the start.
+    cut: AtomicU64,
 }
 
 impl Shared {
@@ -72,6 +78,10 @@ impl Shared {
         if let Ok(clone) = stream.try_clone() {
             lock(&self.conns).entry(id).or_default().push(clone);
         }
+    }
+
+    fn cut_patterns(&self) -> Vec<Vec<u8>> {
+        lock(&self.cut_patterns).clone()
     }
 
     fn close_all(&self) {
@@ -101,6 +111,8 @@ impl Proxy {
             accepted: AtomicU64::new(0),
             next_id: AtomicU64::new(0),
             conns: Mutex::new(HashMap::new()),
+            cut_patterns: Mutex::new(Vec::new()),
+            cut: AtomicU64::new(0),
         });
         let accept_shared = Arc::clone(&shared);
         let accept_thread = thread::Builder::new()
@@ -142,6 +154,28 @@ impl Proxy {
         if mode == ProxyMode::Refuse {
             self.shared.close_all();
         }
+    }
+
+    /// Cuts every connection whose client sends bytes containing one of `patterns` (an empty
+    /// list removes the rule), whatever the mode. The chunk holding the pattern is not
+    /// forwarded and both sockets are shut down, so the client sees its connection closed in
+    /// the middle of a request and, if it retries, fails again for as long as the rule is
+    /// set. Patterns are looked for in the client-to-target direction only, also across
+    /// chunk boundaries. Matching on an HTTP request line holds back one request: for an S3
+    /// client addressing objects path-style, `PUT /<bucket>/<key>?` and `PUT /<bucket>/<key> `
+    /// match that object's uploads (single and multipart), and no key that merely starts with
+    /// `<key>`.
+    pub fn cut_requests_containing(&self, patterns: Vec<Vec<u8>>) {
+        assert!(
+            patterns.iter().all(|p| !p.is_empty()),
+            "an empty pattern would cut every connection"
+        );
+        *lock(&self.shared.cut_patterns) = patterns;
+    }
+
+    /// Connections cut by [`Proxy::cut_requests_containing`] since the start.
+    pub fn requests_cut(&self) -> u64 {
+        self.shared.cut.load(Ordering::SeqCst)
     }
 
     /// Connections accepted since the start, including refused ones.
@@ -221,18 +255,27 @@ fn serve(id: u64, client: TcpStream, target: SocketAddr, shared: &Arc<Shared>) {
         return;
     };
     let up_shared = Arc::clone(shared);
-    let to_target = thread::spawn(move || pump(client2, upstream2, &up_shared));
-    pump(upstream, client, shared);
+    let to_target =
+        thread::spawn(move || pump(client2, upstream2, &up_shared, Direction::ToTarget));
+    pump(upstream, client, shared, Direction::ToClient);
     let _ = to_target.join();
 }
 
-/// Copies `from` → `to` chunk by chunk, obeying the mode before each write.
+/// Which way a [`pump`] copies: cut patterns are looked for in what clients send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    ToTarget,
+    ToClient,
+}
+
+/// Copies `from` → `to` chunk by chunk, obeying the mode before each write; towards the
+/// target, a chunk that completes a cut pattern closes the connection instead.
 ///
 /// A reader and a writer thread are joined by a queue of chunks stamped with the time they
 /// may be written: in [`ProxyMode::Delay`] each chunk is due its delay after it was read, so
 /// the delay is added latency and the chunks of a long response still flow back to back (a
 /// delay line, not a bandwidth limit).
-fn pump(mut from: TcpStream, to: TcpStream, shared: &Arc<Shared>) {
+fn pump(mut from: TcpStream, to: TcpStream, shared: &Arc<Shared>, direction: Direction) {
     if from.set_read_timeout(Some(POLL)).is_err() {
         return;
     }
@@ -243,6 +286,8 @@ fn pump(mut from: TcpStream, to: TcpStream, shared: &Arc<Shared>) {
         thread::spawn(move || write_due(rx, to, from2, &shared))
     };
     let mut buf = vec![0u8; CHUNK];
+    // The last bytes sent towards the target, so a pattern split between two chunks is found.
+    let mut seen: Vec<u8> = Vec::new();
     loop {
         if shared.stopped() || shared.mode() == ProxyMode::Refuse {
             break;
@@ -269,6 +314,13 @@ fn pump(mut from: TcpStream, to: TcpStream, shared: &Arc<Shared>) {
             }
             Err(_) => break,
         };
+        if direction == Direction::ToTarget && completes_cut_pattern(shared, &mut seen, &buf[..n]) {
+            shared.cut.fetch_add(1, Ordering::SeqCst);
+            // Dropping the queue without a half-close makes the writer shut the target's
+            // socket down; queued earlier chunks are written first, this one never.
+            let _ = from.shutdown(Shutdown::Both);
+            break;
+        }
         let delay = match shared.mode() {
             ProxyMode::Delay(d) => d,
             _ => Duration::ZERO,
@@ -282,6 +334,23 @@ fn pump(mut from: TcpStream, to: TcpStream, shared: &Arc<Shared>) {
     }
     drop(tx);
     let _ = writer.join();
+}
+
+/// Whether `chunk`, after the bytes in `seen`, contains one of the cut patterns; keeps in
+/// `seen` the tail a pattern could still start in.
+fn completes_cut_pattern(shared: &Shared, seen: &mut Vec<u8>, chunk: &[u8]) -> bool {
+    let patterns = shared.cut_patterns();
+    let Some(longest) = patterns.iter().map(Vec::len).max() else {
+        seen.clear();
+        return false;
+    };
+    seen.extend_from_slice(chunk);
+    let found = patterns
+        .iter()
+        .any(|p| seen.windows(p.len()).any(|w| w == p.as_slice()));
+    let keep = seen.len().min(longest - 1);
+    seen.drain(..seen.len() - keep);
+    found
 }
 
 /// The writing half of [`pump`]: writes each chunk once it is due and the mode lets it
@@ -445,6 +514,65 @@ mod tests {
         late.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         late.read_exact(&mut buf).unwrap();
         assert_eq!(&buf, b"late");
+    }
+
+    /// Whether `stream` was closed by the proxy: it reads EOF or an error, never data.
+    fn closed(stream: &mut TcpStream) -> bool {
+        let mut buf = [0u8; 1];
+        matches!(stream.read(&mut buf), Ok(0) | Err(_))
+    }
+
+    /// One object's PUT is cut, every time it is sent, while a key that only starts with its
+    /// name (a delta) and other requests go through; a pattern split between two writes is
+    /// found; removing the rule lets the PUT through.
+    #[test]
+    fn cut_rule_closes_only_connections_that_send_the_pattern() {
+        let proxy = Proxy::start(echo_server());
+        let key = "PUT /bucket/pre/wal/000000010000000000000005";
+        proxy.cut_requests_containing(vec![
+            format!("{key}?").into_bytes(),
+            format!("{key} ").into_bytes(),
+        ]);
+        for request in [
+            format!("{key}?x-id=PutObject HTTP/1.1\r\n"),
+            format!("{key} HTTP/1.1\r\n"),
+        ] {
+            for _ in 0..2 {
+                let mut stream = connect(&proxy);
+                let _ = stream.write_all(request.as_bytes());
+                assert!(closed(&mut stream), "{request:?} went through");
+            }
+        }
+        assert_eq!(proxy.requests_cut(), 4);
+
+        // A delta of the same segment, and a GET of the object, are forwarded; so is a
+        // request after an earlier one on the same connection.
+        let mut stream = connect(&proxy);
+        let delta = format!("{key}.partial.d/0000000000000000-0000000000001000 HTTP/1.1\r\n");
+        assert_eq!(
+            round_trip(&mut stream, delta.as_bytes()).unwrap(),
+            delta.as_bytes()
+        );
+        let get = b"GET /bucket/pre/wal/000000010000000000000005 HTTP/1.1\r\n";
+        assert_eq!(round_trip(&mut stream, get).unwrap(), get);
+
+        // Split over two chunks on a connection that already carried a request.
+        stream.write_all(b"PUT /bucket/pre/wal/0000000100").unwrap();
+        thread::sleep(Duration::from_millis(100));
+        let mut got = vec![0u8; 30];
+        stream.read_exact(&mut got).unwrap();
+        stream.write_all(b"00000000000005 HTTP/1.1\r\n").unwrap();
+        assert!(closed(&mut stream), "a split pattern went through");
+        assert_eq!(proxy.requests_cut(), 5);
+
+        proxy.cut_requests_containing(Vec::new());
+        let mut stream = connect(&proxy);
+        let put = format!("{key} HTTP/1.1\r\n");
+        assert_eq!(
+            round_trip(&mut stream, put.as_bytes()).unwrap(),
+            put.as_bytes()
+        );
+        assert_eq!(proxy.requests_cut(), 5);
     }
 
     #[test]

@@ -50,6 +50,16 @@ pub struct Expect {
     pub min_compared: u64,
 }
 
+/// What a bucket-only recovery ([`Scenario::recover_from_bucket`]) ended with.
+pub struct Recovered {
+    /// What the state query read on the recovered server.
+    pub state: String,
+    /// The recovered server's log.
+    pub server_log: String,
+    /// The logs of the restore-mode fetch servers that answered `restore_command`.
+    pub fetch_log: String,
+}
+
 /// One scenario's servers, agent settings and findings.
 pub struct Scenario {
     pub name: &'static str,
@@ -95,6 +105,12 @@ impl Scenario {
             logs: Vec::new(),
             failures: Vec::new(),
         }
+    }
+
+    /// The path of object `key` of the store (`wal/…`) in the agent's S3 requests, which
+    /// address objects path-style: `/<bucket>/<prefix>/<key>`.
+    pub fn object_path(&self, key: &str) -> String {
+        format!("/{}/{}/{key}", self.garage.bucket(), self.prefix)
     }
 
     /// The store URL straight to Garage, bypassing the proxy.
@@ -229,7 +245,7 @@ impl Scenario {
         });
 
         let recovery = Instant::now();
-        match self.recover_from_bucket() {
+        match self.recover_from_bucket(PGBENCH_STATE_SQL).map(|r| r.state) {
             Ok(got) => {
                 println!(
                     "[{}] bucket-only recovery in {:.1}s: {got}",
@@ -247,8 +263,9 @@ impl Scenario {
 
     /// Restores the latest backup with `pgagent restore --target latest` into an empty
     /// directory (the bucket read directly), starts PostgreSQL on it and waits for the end
-    /// of recovery; returns the pgbench state it holds.
-    fn recover_from_bucket(&self) -> Result<String, String> {
+    /// of recovery; returns what `state_sql` reads on it, with the server's and the fetch
+    /// server's logs.
+    pub fn recover_from_bucket(&self, state_sql: &str) -> Result<Recovered, String> {
         let fetch = fetch_config(&self.direct_store_url(), &self.garage.s3_env());
         let mut restored =
             PgServer::without_cluster(PgOptions::default()).map_err(|e| e.to_string())?;
@@ -271,10 +288,15 @@ impl Scenario {
         restored
             .start_server()
             .map_err(|e| format!("start the restored server: {e:#}"))?;
-        wait_promoted(&restored, Duration::from_secs(300));
-        restored
-            .psql(PGBENCH_STATE_SQL)
-            .map_err(|e| format!("read the restored data: {e:#}"))
+        let server_log = wait_promoted(&restored, Duration::from_secs(300));
+        let state = restored
+            .psql(state_sql)
+            .map_err(|e| format!("read the restored data: {e:#}"))?;
+        Ok(Recovered {
+            state,
+            server_log,
+            fetch_log: fetch.server_log(),
+        })
     }
 
     /// Prints the wall time and fails with every recorded failure.
