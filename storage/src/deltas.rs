@@ -211,7 +211,10 @@ pub fn overlap_mismatch(a: &Piece, a_raw: &[u8], b: &Piece, b_raw: &[u8]) -> Opt
             .position(|(l, r)| l != r)
             .map(|i| from + i as u64),
         // A raw content shorter than its range: the first byte one of them lacks.
-        _ => Some(from + a_raw.len().min(b_raw.len()) as u64),
+        _ => {
+            let lacks = (a.start + a_raw.len() as u64).min(b.start + b_raw.len() as u64);
+            Some(lacks.max(from))
+        }
     }
 }
 
