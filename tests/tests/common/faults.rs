@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use pgagent_protocol::Lsn;
+use pgagent_storage::crypto::Passphrase;
 use pgagent_storage::StoreOptions;
 use pgagent_tests::watcher::{WatchReport, WatchTarget, Watcher};
 use pgagent_tests::{run_pgagent, AgentProcess, Garage, PgOptions, PgServer, Proxy};
@@ -61,6 +62,11 @@ pub struct Scenario {
     /// The agent's files and environment (store through the proxy).
     pub rig: Rig,
     prefix: String,
+    /// The store's encryption passphrase, if any (see [`Scenario::encrypt`]).
+    passphrase: Option<String>,
+    /// The query whose answer the bucket-only recovery must give as the server does (default
+    /// [`PGBENCH_STATE_SQL`]).
+    pub state_sql: String,
     /// Output of agent processes that were killed or stopped.
     logs: Vec<String>,
     failures: Vec<String>,
@@ -92,9 +98,32 @@ impl Scenario {
             pg,
             rig,
             prefix,
+            passphrase: None,
+            state_sql: PGBENCH_STATE_SQL.to_owned(),
             logs: Vec::new(),
             failures: Vec::new(),
         }
+    }
+
+    /// Makes every agent and command of the scenario (and the watcher, and the recovery)
+    /// use `passphrase` (`PGAGENT_ENCRYPTION_PASSPHRASE`): the store is encrypted. Call it
+    /// before the first agent starts.
+    pub fn encrypt(&mut self, passphrase: &str) {
+        self.rig
+            .extra_env
+            .push(("PGAGENT_ENCRYPTION_PASSPHRASE", passphrase.to_owned()));
+        self.passphrase = Some(passphrase.to_owned());
+    }
+
+    /// The store's cipher, unlocked by the test itself (`None` for a plaintext store).
+    pub async fn cipher(
+        &self,
+        store: &dyn pgagent_storage::ObjectStore,
+    ) -> Option<pgagent_storage::crypto::ObjectCipher> {
+        let passphrase = Passphrase::new(self.passphrase.as_deref()?).unwrap();
+        pgagent_storage::crypto::access::reader_cipher(store, Some(&passphrase))
+            .await
+            .unwrap()
     }
 
     /// The store URL straight to Garage, bypassing the proxy.
@@ -132,7 +161,11 @@ impl Scenario {
             secret_access_key: get("AWS_SECRET_ACCESS_KEY"),
             ..StoreOptions::default()
         };
-        let target = WatchTarget::new(&self.pg, &self.direct_store_url(), opts).unwrap();
+        let mut target = WatchTarget::new(&self.pg, &self.direct_store_url(), opts).unwrap();
+        target.passphrase = self
+            .passphrase
+            .as_deref()
+            .map(|p| Passphrase::new(p).unwrap());
         Watcher::start(target)
     }
 
@@ -150,6 +183,25 @@ impl Scenario {
             ));
         }
         agent.kill9();
+        self.logs.push(agent.output_text());
+    }
+
+    /// Stops an agent cleanly (SIGTERM, waiting for its exit) and keeps its output; a
+    /// failure unless it was still running and exited with success.
+    pub fn stop_cleanly(&mut self, mut agent: AgentProcess) {
+        if let Some(status) = agent.try_status() {
+            self.fail(format!(
+                "the agent exited by itself ({status}) before it was stopped:\n{}",
+                tail(&agent.output_text(), 4000)
+            ));
+        }
+        let status = agent.terminate();
+        if !status.success() {
+            self.fail(format!(
+                "the agent did not stop cleanly on SIGTERM ({status}):\n{}",
+                tail(&agent.output_text(), 4000)
+            ));
+        }
         self.logs.push(agent.output_text());
     }
 
@@ -174,12 +226,24 @@ impl Scenario {
     /// watcher's report and the server's end of WAL for scenario-specific checks.
     pub fn finish(
         &mut self,
-        mut agent: AgentProcess,
+        agent: AgentProcess,
         watcher: Watcher,
         expect: Expect,
     ) -> (WatchReport, Lsn) {
+        self.finish_with(agent, watcher, expect, |_| Vec::new())
+    }
+
+    /// [`Scenario::finish`], and `check_restored` runs on the recovered server (while it
+    /// is up) and returns what it found wrong, one line each.
+    pub fn finish_with(
+        &mut self,
+        mut agent: AgentProcess,
+        watcher: Watcher,
+        expect: Expect,
+        check_restored: impl FnOnce(&PgServer) -> Vec<String>,
+    ) -> (WatchReport, Lsn) {
         let end = lsn(&self.pg.psql("SELECT pg_current_wal_flush_lsn()").unwrap());
-        let expected = pgbench_state(&self.pg);
+        let expected = self.pg.psql(&self.state_sql).unwrap();
         let catch_up = Instant::now();
         match watcher.wait_frontier(end, CATCH_UP) {
             Some(c) => println!(
@@ -230,7 +294,7 @@ impl Scenario {
 
         let recovery = Instant::now();
         match self.recover_from_bucket() {
-            Ok(got) => {
+            Ok((restored, got)) => {
                 println!(
                     "[{}] bucket-only recovery in {:.1}s: {got}",
                     self.name,
@@ -239,6 +303,9 @@ impl Scenario {
                 self.check(got == expected, || {
                     format!("the bucket-only recovery holds other data:\n  recovered {got}\n  server    {expected}")
                 });
+                for p in check_restored(&restored) {
+                    self.fail(p);
+                }
             }
             Err(e) => self.fail(format!("bucket-only recovery failed: {e}")),
         }
@@ -247,9 +314,12 @@ impl Scenario {
 
     /// Restores the latest backup with `pgagent restore --target latest` into an empty
     /// directory (the bucket read directly), starts PostgreSQL on it and waits for the end
-    /// of recovery; returns the pgbench state it holds.
-    fn recover_from_bucket(&self) -> Result<String, String> {
+    /// of recovery; returns the server and the state it holds ([`Scenario::state_sql`]).
+    fn recover_from_bucket(&self) -> Result<(PgServer, String), String> {
         let fetch = fetch_config(&self.direct_store_url(), &self.garage.s3_env());
+        if let Some(passphrase) = &self.passphrase {
+            fetch.set_passphrase(passphrase);
+        }
         let mut restored =
             PgServer::without_cluster(PgOptions::default()).map_err(|e| e.to_string())?;
         let pgdata = restored.data_dir();
@@ -272,9 +342,10 @@ impl Scenario {
             .start_server()
             .map_err(|e| format!("start the restored server: {e:#}"))?;
         wait_promoted(&restored, Duration::from_secs(300));
-        restored
-            .psql(PGBENCH_STATE_SQL)
-            .map_err(|e| format!("read the restored data: {e:#}"))
+        let state = restored
+            .psql(&self.state_sql)
+            .map_err(|e| format!("read the restored data: {e:#}"))?;
+        Ok((restored, state))
     }
 
     /// Prints the wall time and fails with every recorded failure.
