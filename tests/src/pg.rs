@@ -369,6 +369,17 @@ impl PgServer {
         postmaster.stop(StopMode::Fast).map(drop)
     }
 
+    /// Stops the server in immediate mode (SIGQUIT to the postmaster, what `pg_ctl stop -m
+    /// immediate` sends): sessions end at once, no shutdown checkpoint, and the next
+    /// [`PgServer::start_server`] runs crash recovery. Waits for the postmaster to exit.
+    pub fn stop_immediate(&mut self) -> anyhow::Result<()> {
+        let postmaster = self
+            .postmaster
+            .take()
+            .ok_or_else(|| anyhow!("server is not running"))?;
+        postmaster.stop(StopMode::Immediate).map(drop)
+    }
+
     /// [`PgServer::stop`] then [`PgServer::start_server`].
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.stop()?;

@@ -21,6 +21,9 @@
 //!   how far the next segment's pieces reach). The slot is read first
 //!   and the bucket listed after, so a bucket that only grows never gives a false alarm.
 //!
+//! Objects of an encrypted store are opened with the key the watcher unlocks itself from
+//! the store's `keys/` with [`WatchTarget::passphrase`].
+//!
 //! Only the timeline the server is on when the watcher starts is checked. Violations are
 //! recorded with their time and names; [`Watcher::stop`] runs one last round and returns a
 //! [`WatchReport`] whose assertions also demand that the watcher did check something.
@@ -40,6 +43,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use pgagent_protocol::{Lsn, TimelineId, WalSegmentSize};
+use pgagent_storage::crypto::Passphrase;
 use pgagent_storage::StoreOptions;
 
 use crate::PgServer;
@@ -67,6 +71,9 @@ pub struct WatchTarget {
     pub timeline: TimelineId,
     /// Time between rounds.
     pub interval: Duration,
+    /// The passphrase of an encrypted store (`None`: plaintext). The watcher unlocks the
+    /// store's key with it itself, from `keys/`, as a reader does.
+    pub passphrase: Option<Passphrase>,
 }
 
 impl WatchTarget {
@@ -99,6 +106,7 @@ impl WatchTarget {
             seg: WalSegmentSize::new(seg_bytes).map_err(|e| anyhow::anyhow!("{e:?}"))?,
             timeline: TimelineId(timeline),
             interval: DEFAULT_INTERVAL,
+            passphrase: None,
         })
     }
 }

@@ -9,6 +9,8 @@ use std::time::{Instant, SystemTime};
 
 use anyhow::Context;
 use pgagent_protocol::{segment_file_name, ConnConfig, Lsn, SegNo, SqlSession, WalFileName};
+use pgagent_storage::crypto::access::reader_cipher;
+use pgagent_storage::crypto::ObjectCipher;
 use pgagent_storage::deltas::{deltas_prefix, Delta};
 use pgagent_storage::envelope::{self, Header, MAX_HEADER_LEN};
 use pgagent_storage::layout::wal_key;
@@ -28,6 +30,8 @@ pub(super) struct Checker {
     started: Instant,
     state: Arc<Mutex<WatchReport>>,
     store: Option<Arc<dyn ObjectStore>>,
+    /// The store's cipher, unlocked with the target's passphrase when the store is opened.
+    cipher: Option<ObjectCipher>,
     sql: Option<SqlSession>,
     /// Complete objects already compared: key → stored size.
     segments_done: HashMap<String, u64>,
@@ -66,6 +70,7 @@ impl Checker {
             started,
             state,
             store: None,
+            cipher: None,
             sql: None,
             segments_done: HashMap::new(),
             partials_done: HashMap::new(),
@@ -105,6 +110,11 @@ impl Checker {
             let store = pgagent_storage::open(&self.target.store_url, &self.target.store_options)
                 .await
                 .context("open the store")?;
+            if let Some(passphrase) = &self.target.passphrase {
+                self.cipher = reader_cipher(store.as_ref(), Some(passphrase), Default::default())
+                    .await
+                    .context("unlock the store's key")?;
+            }
             self.store = Some(store);
         }
         Ok(self.store.clone().expect("just opened"))
@@ -250,7 +260,7 @@ impl Checker {
             Err(e) => return Err(anyhow::Error::new(e).context(format!("get {key}"))),
         };
         self.segments_done.insert(key.to_owned(), size);
-        let raw = match envelope::open(&body) {
+        let raw = match envelope::open_for(&body, self.cipher.as_ref(), key) {
             Ok(raw) => raw,
             Err(e) => {
                 self.violation(ViolationKind::Unreadable {
@@ -301,7 +311,7 @@ impl Checker {
                 Err(e) if e.is_not_found() => return Ok(PartialRead::Gone),
                 Err(e) => return Err(anyhow::Error::new(e).context(format!("get {key}"))),
             };
-            let raw = match envelope::open(&body) {
+            let raw = match envelope::open_for(&body, self.cipher.as_ref(), key) {
                 Ok(raw) => raw,
                 Err(e) => {
                     self.unreadable(key, &e);
@@ -384,7 +394,7 @@ impl Checker {
             Err(e) => return Err(anyhow::Error::new(e).context(format!("get {key}"))),
         };
         let before = self.deltas_done.get(key).and_then(|(_, h)| *h);
-        let raw = match envelope::open(&body) {
+        let raw = match envelope::open_for(&body, self.cipher.as_ref(), key) {
             Ok(raw) => raw,
             Err(e) => {
                 if self

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use pgagent_protocol::Lsn;
+use pgagent_storage::crypto::Passphrase;
 use pgagent_storage::StoreOptions;
 use pgagent_tests::watcher::{WatchReport, WatchTarget, Watcher};
 use pgagent_tests::{run_pgagent, AgentProcess, Garage, PgOptions, PgServer, Proxy};
@@ -58,6 +59,8 @@ pub struct Recovered {
     pub server_log: String,
     /// The logs of the restore-mode fetch servers that answered `restore_command`.
     pub fetch_log: String,
+    /// The recovered server, still running.
+    pub server: PgServer,
 }
 
 /// One scenario's servers, agent settings and findings.
@@ -71,6 +74,11 @@ pub struct Scenario {
     /// The agent's files and environment (store through the proxy).
     pub rig: Rig,
     prefix: String,
+    /// The store's encryption passphrase, if any (see [`Scenario::encrypt`]).
+    passphrase: Option<String>,
+    /// The query whose answer the bucket-only recovery must give as the server does (default
+    /// [`PGBENCH_STATE_SQL`]).
+    pub state_sql: String,
     /// Output of agent processes that were killed or stopped.
     logs: Vec<String>,
     failures: Vec<String>,
@@ -102,6 +110,8 @@ impl Scenario {
             pg,
             rig,
             prefix,
+            passphrase: None,
+            state_sql: PGBENCH_STATE_SQL.to_owned(),
             logs: Vec::new(),
             failures: Vec::new(),
         }
@@ -111,6 +121,27 @@ impl Scenario {
     /// address objects path-style: `/<bucket>/<prefix>/<key>`.
     pub fn object_path(&self, key: &str) -> String {
         format!("/{}/{}/{key}", self.garage.bucket(), self.prefix)
+    }
+
+    /// Makes every agent and command of the scenario (and the watcher, and the recovery)
+    /// use `passphrase` (`PGAGENT_ENCRYPTION_PASSPHRASE`): the store is encrypted. Call it
+    /// before the first agent starts.
+    pub fn encrypt(&mut self, passphrase: &str) {
+        self.rig
+            .extra_env
+            .push(("PGAGENT_ENCRYPTION_PASSPHRASE", passphrase.to_owned()));
+        self.passphrase = Some(passphrase.to_owned());
+    }
+
+    /// The store's cipher, unlocked by the test itself (`None` for a plaintext store).
+    pub async fn cipher(
+        &self,
+        store: &dyn pgagent_storage::ObjectStore,
+    ) -> Option<pgagent_storage::crypto::ObjectCipher> {
+        let passphrase = Passphrase::new(self.passphrase.as_deref()?).unwrap();
+        pgagent_storage::crypto::access::reader_cipher(store, Some(&passphrase), Default::default())
+            .await
+            .unwrap()
     }
 
     /// The store URL straight to Garage, bypassing the proxy.
@@ -148,7 +179,11 @@ impl Scenario {
             secret_access_key: get("AWS_SECRET_ACCESS_KEY"),
             ..StoreOptions::default()
         };
-        let target = WatchTarget::new(&self.pg, &self.direct_store_url(), opts).unwrap();
+        let mut target = WatchTarget::new(&self.pg, &self.direct_store_url(), opts).unwrap();
+        target.passphrase = self
+            .passphrase
+            .as_deref()
+            .map(|p| Passphrase::new(p).unwrap());
         Watcher::start(target)
     }
 
@@ -166,6 +201,25 @@ impl Scenario {
             ));
         }
         agent.kill9();
+        self.logs.push(agent.output_text());
+    }
+
+    /// Stops an agent cleanly (SIGTERM, waiting for its exit) and keeps its output; a
+    /// failure unless it was still running and exited with success.
+    pub fn stop_cleanly(&mut self, mut agent: AgentProcess) {
+        if let Some(status) = agent.try_status() {
+            self.fail(format!(
+                "the agent exited by itself ({status}) before it was stopped:\n{}",
+                tail(&agent.output_text(), 4000)
+            ));
+        }
+        let status = agent.terminate();
+        if !status.success() {
+            self.fail(format!(
+                "the agent did not stop cleanly on SIGTERM ({status}):\n{}",
+                tail(&agent.output_text(), 4000)
+            ));
+        }
         self.logs.push(agent.output_text());
     }
 
@@ -190,12 +244,24 @@ impl Scenario {
     /// watcher's report and the server's end of WAL for scenario-specific checks.
     pub fn finish(
         &mut self,
-        mut agent: AgentProcess,
+        agent: AgentProcess,
         watcher: Watcher,
         expect: Expect,
     ) -> (WatchReport, Lsn) {
+        self.finish_with(agent, watcher, expect, |_| Vec::new())
+    }
+
+    /// [`Scenario::finish`], and `check_restored` runs on the recovered server (while it
+    /// is up) and returns what it found wrong, one line each.
+    pub fn finish_with(
+        &mut self,
+        mut agent: AgentProcess,
+        watcher: Watcher,
+        expect: Expect,
+        check_restored: impl FnOnce(&PgServer) -> Vec<String>,
+    ) -> (WatchReport, Lsn) {
         let end = lsn(&self.pg.psql("SELECT pg_current_wal_flush_lsn()").unwrap());
-        let expected = pgbench_state(&self.pg);
+        let expected = self.pg.psql(&self.state_sql).unwrap();
         let catch_up = Instant::now();
         match watcher.wait_frontier(end, CATCH_UP) {
             Some(c) => println!(
@@ -245,8 +311,12 @@ impl Scenario {
         });
 
         let recovery = Instant::now();
-        match self.recover_from_bucket(PGBENCH_STATE_SQL).map(|r| r.state) {
-            Ok(got) => {
+        match self.recover_from_bucket(&self.state_sql) {
+            Ok(Recovered {
+                state: got,
+                server: restored,
+                ..
+            }) => {
                 println!(
                     "[{}] bucket-only recovery in {:.1}s: {got}",
                     self.name,
@@ -255,6 +325,9 @@ impl Scenario {
                 self.check(got == expected, || {
                     format!("the bucket-only recovery holds other data:\n  recovered {got}\n  server    {expected}")
                 });
+                for p in check_restored(&restored) {
+                    self.fail(p);
+                }
             }
             Err(e) => self.fail(format!("bucket-only recovery failed: {e}")),
         }
@@ -263,10 +336,13 @@ impl Scenario {
 
     /// Restores the latest backup with `pgagent restore --target latest` into an empty
     /// directory (the bucket read directly), starts PostgreSQL on it and waits for the end
-    /// of recovery; returns what `state_sql` reads on it, with the server's and the fetch
-    /// server's logs.
+    /// of recovery; returns the server, what `state_sql` reads on it, and the server's and
+    /// the fetch server's logs.
     pub fn recover_from_bucket(&self, state_sql: &str) -> Result<Recovered, String> {
         let fetch = fetch_config(&self.direct_store_url(), &self.garage.s3_env());
+        if let Some(passphrase) = &self.passphrase {
+            fetch.set_passphrase(passphrase);
+        }
         let mut restored =
             PgServer::without_cluster(PgOptions::default()).map_err(|e| e.to_string())?;
         let pgdata = restored.data_dir();
@@ -296,6 +372,7 @@ impl Scenario {
             state,
             server_log,
             fetch_log: fetch.server_log(),
+            server: restored,
         })
     }
 

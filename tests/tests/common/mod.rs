@@ -4,7 +4,9 @@
 #![allow(dead_code)]
 
 pub mod faults;
+pub mod ledger;
 pub mod recovery;
+pub mod soak;
 pub mod zfs;
 
 use std::collections::BTreeMap;
