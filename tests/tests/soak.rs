@@ -1,7 +1,7 @@
 //! The fault soak: under pgbench load and a ledger of rows committed one by one, a fault
 //! drawn from a seeded RNG every 5–20 s (`kill -9` of the agent, a clean restart of it, the
 //! replication connection cut, the bucket down for 10–60 s, the bucket slow, PostgreSQL
-//! crashed and started; with `PGAGENT_SOAK_STAGING_FULL=1`, a full staging disk), while the
+//! crashed and started; as root, a full staging disk unless `PGAGENT_SOAK_STAGING_FULL=0`), while the
 //! bucket watcher checks the bucket against `pg_wal` and the slot every 300 ms.
 //!
 //! At the end the faults stop, the agent catches up, and: no watcher violation; every WAL
