@@ -24,7 +24,8 @@ use bytes::Bytes;
 use super::keys::{self, Expect, KeyOrigin, UnlockLimits};
 use super::{KdfParams, KeyError, ObjectCipher, Passphrase};
 use crate::cluster::{
-    check_encryption, check_same_cluster, ensure_cluster, read_cluster, ClusterInfo, EncryptionInfo,
+    check_encryption, check_encryption_info, check_same_cluster, ensure_cluster, read_cluster,
+    ClusterInfo, EncryptionInfo,
 };
 use crate::envelope::Header;
 use crate::error::StoreError;
@@ -65,7 +66,9 @@ pub const CLAIM_SETTLE: std::time::Duration = std::time::Duration::from_secs(5);
 ///   passphrase that opens none, or none configured for a store of sealed objects without
 ///   keys, is [`KeyError::ClusterJsonMissing`] (refused). No passphrase with keys present:
 ///   [`StoreError::Encrypted`].
-/// - A new store, no passphrase: claimed as plaintext.
+/// - A new store, no passphrase: claimed as plaintext; on a store that ignores conditional
+///   writes, only once `cluster.json`, read again after [`CLAIM_SETTLE`], still says so (an
+///   encrypted writer's may have landed after it: then [`StoreError::Encrypted`]).
 /// - A new store, a passphrase: a new master key and its first access key
 ///   ([`keys::create`]), then `cluster.json` naming that master key, written only if absent
 ///   (a new store holding plaintext objects is refused: [`StoreError::NotEncrypted`]).
@@ -106,7 +109,18 @@ pub async fn claim(
             });
         }
         info.encryption = None;
-        return Ok((ensure_cluster(store, &info).await?, None));
+        let stored = ensure_cluster(store, &info).await?;
+        if !store.enforces_conditional_put() {
+            // As for an encrypted claim below: on a store where the last `cluster.json`
+            // written wins, an encrypted writer's may land after this one's. Nothing is
+            // written before the settled `cluster.json` says plaintext too.
+            tokio::time::sleep(CLAIM_SETTLE).await;
+            let settled = crate::cluster::read_back(store).await?;
+            check_same_cluster(&settled, &info)?;
+            check_encryption_info(&settled, None)?;
+            return Ok((settled, None));
+        }
+        return Ok((stored, None));
     };
     if holds.keys || holds.sealed.is_some() {
         return reclaim(store, ours, passphrase, &holds, limits).await;
@@ -350,6 +364,102 @@ mod tests {
             UnlockLimits::default(),
         )
         .await
+    }
+
+    /// One writer's view of a file store that ignores conditional writes, as Garage does:
+    /// `put_if_absent` overwrites, the last write wins. Its PUT of `cluster.json` waits
+    /// until every writer has got that far (all of them read no `cluster.json` first), then
+    /// `delay` more: a PUT that lands late.
+    #[derive(Debug)]
+    struct LastWriteWins {
+        fs: FsStore,
+        together: std::sync::Arc<tokio::sync::Barrier>,
+        delay: std::time::Duration,
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for LastWriteWins {
+        async fn put(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
+            self.fs.put(key, body).await
+        }
+        async fn put_if_absent(
+            &self,
+            key: &str,
+            body: Bytes,
+        ) -> Result<crate::PutOutcome, StoreError> {
+            if key == CLUSTER_KEY {
+                self.together.wait().await;
+                tokio::time::sleep(self.delay).await;
+            }
+            self.fs.put(key, body).await?;
+            Ok(crate::PutOutcome::Created)
+        }
+        async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+            self.fs.get(key).await
+        }
+        async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Bytes, StoreError> {
+            self.fs.get_range(key, start, len).await
+        }
+        async fn head(&self, key: &str) -> Result<Option<crate::ObjectMeta>, StoreError> {
+            self.fs.head(key).await
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<crate::ObjectMeta>, StoreError> {
+            self.fs.list(prefix).await
+        }
+        async fn delete(&self, key: &str) -> Result<(), StoreError> {
+            self.fs.delete(key).await
+        }
+        fn enforces_conditional_put(&self) -> bool {
+            false
+        }
+        fn describe(&self) -> String {
+            "last write wins".into()
+        }
+    }
+
+    /// A writer without a passphrase and one with a passphrase claim a new store that
+    /// ignores conditional writes at the same time; the encrypted one's `cluster.json` lands
+    /// a second after the plaintext one's and overwrites it. A plaintext writer that trusted
+    /// its own write would stream plaintext WAL into a store declared encrypted: every
+    /// writer let in must agree with the `cluster.json` that stays.
+    #[tokio::test]
+    async fn a_plaintext_and_an_encrypted_writer_racing_on_a_last_write_wins_store_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let together = std::sync::Arc::new(tokio::sync::Barrier::new(2));
+        let view = |delay_ms| {
+            let together = together.clone();
+            let path = dir.path().to_path_buf();
+            async move {
+                LastWriteWins {
+                    fs: FsStore::open(path).await.unwrap(),
+                    together,
+                    delay: std::time::Duration::from_millis(delay_ms),
+                }
+            }
+        };
+        let (plain_view, sealed_view) = (view(0).await, view(1000).await);
+        let p = Passphrase::new("s3cret").unwrap();
+        let (ours, limits) = (cluster(None), UnlockLimits::default());
+        let who = origin();
+        let (plain, sealed) = tokio::join!(
+            claim(&plain_view, &ours, None, FAST, &who, limits),
+            claim(&sealed_view, &ours, Some(&p), FAST, &who, limits)
+        );
+        let stays = read_cluster(&plain_view).await.unwrap().unwrap();
+        for (who, r) in [("plaintext", &plain), ("encrypted", &sealed)] {
+            if let Ok((_, cipher)) = r {
+                assert_eq!(
+                    cipher.is_some(),
+                    stays.encryption.is_some(),
+                    "the {who} writer was let in, but cluster.json says encrypted = {}",
+                    stays.encryption.is_some()
+                );
+            }
+        }
+        assert!(
+            plain.is_ok() || sealed.is_ok(),
+            "one of them must win: {plain:?} / {sealed:?}"
+        );
     }
 
     #[tokio::test]
