@@ -1,0 +1,373 @@
+use super::*;
+use crate::cluster::{ensure_cluster, ClusterInfo, EncryptionInfo};
+use crate::crypto::kdf::tests::FAST;
+use crate::fs::FsStore;
+
+fn origin() -> KeyOrigin {
+    KeyOrigin {
+        hostname: "db1".into(),
+        username: "postgres".into(),
+    }
+}
+
+fn cluster(encryption: Option<EncryptionInfo>) -> ClusterInfo {
+    ClusterInfo {
+        format_version: 1,
+        system_identifier: "7".into(),
+        pg_version_num: 150004,
+        wal_segment_size: 16 << 20,
+        created_at: "2026-12-01T00:00:00Z".into(),
+        encryption,
+    }
+}
+
+async fn fs_store() -> (tempfile::TempDir, FsStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::open(dir.path().to_path_buf()).await.unwrap();
+    (dir, store)
+}
+
+async fn claim_with(
+    store: &FsStore,
+    p: Option<&Passphrase>,
+) -> Result<(ClusterInfo, Option<ObjectCipher>), KeyError> {
+    claim(
+        store,
+        &cluster(None),
+        p,
+        FAST,
+        &origin(),
+        UnlockLimits::default(),
+    )
+    .await
+}
+
+/// One writer's view of a file store that ignores conditional writes, as Garage does:
+/// `put_if_absent` overwrites, the last write wins. Its PUT of `cluster.json` waits
+/// until every writer has got that far (all of them read no `cluster.json` first), then
+/// `delay` more: a PUT that lands late.
+#[derive(Debug)]
+struct LastWriteWins {
+    fs: FsStore,
+    together: std::sync::Arc<tokio::sync::Barrier>,
+    delay: std::time::Duration,
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for LastWriteWins {
+    async fn put(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
+        self.fs.put(key, body).await
+    }
+    async fn put_if_absent(&self, key: &str, body: Bytes) -> Result<crate::PutOutcome, StoreError> {
+        if key == CLUSTER_KEY {
+            self.together.wait().await;
+            tokio::time::sleep(self.delay).await;
+        }
+        self.fs.put(key, body).await?;
+        Ok(crate::PutOutcome::Created)
+    }
+    async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        self.fs.get(key).await
+    }
+    async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Bytes, StoreError> {
+        self.fs.get_range(key, start, len).await
+    }
+    async fn head(&self, key: &str) -> Result<Option<crate::ObjectMeta>, StoreError> {
+        self.fs.head(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<crate::ObjectMeta>, StoreError> {
+        self.fs.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.fs.delete(key).await
+    }
+    fn enforces_conditional_put(&self) -> bool {
+        false
+    }
+    fn describe(&self) -> String {
+        "last write wins".into()
+    }
+}
+
+/// A writer without a passphrase and one with a passphrase claim a new store that
+/// ignores conditional writes at the same time; the encrypted one's `cluster.json` lands
+/// a second after the plaintext one's and overwrites it. A plaintext writer that trusted
+/// its own write would stream plaintext WAL into a store declared encrypted: every
+/// writer let in must agree with the `cluster.json` that stays.
+#[tokio::test]
+async fn a_plaintext_and_an_encrypted_writer_racing_on_a_last_write_wins_store_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let together = std::sync::Arc::new(tokio::sync::Barrier::new(2));
+    let view = |delay_ms| {
+        let together = together.clone();
+        let path = dir.path().to_path_buf();
+        async move {
+            LastWriteWins {
+                fs: FsStore::open(path).await.unwrap(),
+                together,
+                delay: std::time::Duration::from_millis(delay_ms),
+            }
+        }
+    };
+    let (plain_view, sealed_view) = (view(0).await, view(1000).await);
+    let p = Passphrase::new("s3cret").unwrap();
+    let (ours, limits) = (cluster(None), UnlockLimits::default());
+    let who = origin();
+    let (plain, sealed) = tokio::join!(
+        claim(&plain_view, &ours, None, FAST, &who, limits),
+        claim(&sealed_view, &ours, Some(&p), FAST, &who, limits)
+    );
+    let stays = read_cluster(&plain_view).await.unwrap().unwrap();
+    for (who, r) in [("plaintext", &plain), ("encrypted", &sealed)] {
+        if let Ok((_, cipher)) = r {
+            assert_eq!(
+                cipher.is_some(),
+                stays.encryption.is_some(),
+                "the {who} writer was let in, but cluster.json says encrypted = {}",
+                stays.encryption.is_some()
+            );
+        }
+    }
+    assert!(
+        plain.is_ok() || sealed.is_ok(),
+        "one of them must win: {plain:?} / {sealed:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_decision_table() {
+    let (_dir, store) = fs_store().await;
+    let p = Passphrase::new("s3cret").unwrap();
+    let other = Passphrase::new("other").unwrap();
+
+    // Empty store: a reader without passphrase sees plaintext; a reader with one finds
+    // no keys; a writer creates them and claims the store as encrypted.
+    assert!(reader_cipher(&store, None, UnlockLimits::default())
+        .await
+        .unwrap()
+        .is_none());
+    let e = reader_cipher(&store, Some(&p), UnlockLimits::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, KeyError::NoKeys), "{e}");
+    let (stored, w) = claim_with(&store, Some(&p)).await.unwrap();
+    let w = w.unwrap();
+    let recorded = stored.encryption.clone().unwrap();
+    assert_eq!(recorded.key_check, w.key_check());
+    assert_eq!(
+        recorded.key_id,
+        Some(keys::list(&store).await.unwrap()[0].id.clone())
+    );
+    assert_eq!(stored.format_version, 2);
+    let r = reader_cipher(&store, Some(&p), UnlockLimits::default())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.key_check(), w.key_check());
+    let (_, again) = claim_with(&store, Some(&p)).await.unwrap();
+    assert_eq!(again.unwrap().key_check(), w.key_check());
+    assert_eq!(keys::list(&store).await.unwrap().len(), 1);
+
+    let e = reader_cipher(&store, None, UnlockLimits::default())
+        .await
+        .unwrap_err();
+    assert!(e.store_error().is_some_and(StoreError::is_encrypted), "{e}");
+    let e = claim_with(&store, None).await.unwrap_err();
+    assert!(e.store_error().is_some_and(StoreError::is_encrypted), "{e}");
+    let e = reader_cipher(&store, Some(&other), UnlockLimits::default())
+        .await
+        .unwrap_err();
+    assert!(e.is_wrong_passphrase(), "{e}");
+    // A plaintext claim of the encrypted store is refused.
+    let e = ensure_cluster(&store, &cluster(None)).await.unwrap_err();
+    assert!(e.is_encrypted(), "{e}");
+    // Another cluster's writer is refused, and leaves no key behind.
+    let mut theirs = cluster(None);
+    theirs.system_identifier = "8".into();
+    let e = claim(
+        &store,
+        &theirs,
+        Some(&p),
+        FAST,
+        &origin(),
+        UnlockLimits::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        e.store_error().is_some_and(StoreError::is_foreign_cluster),
+        "{e}"
+    );
+    assert_eq!(keys::list(&store).await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_claiming_a_new_store_together_share_one_master_key() {
+    let p = Passphrase::new("s3cret").unwrap();
+    for _ in 0..10 {
+        let (_dir, store) = fs_store().await;
+        let store = std::sync::Arc::new(store);
+        let writers: Vec<_> = (0..3)
+            .map(|_| {
+                let (store, p) = (store.clone(), p.clone());
+                tokio::spawn(async move { claim_with(&store, Some(&p)).await })
+            })
+            .collect();
+        let mut checks = Vec::new();
+        for w in writers {
+            checks.push(w.await.unwrap().unwrap().1.unwrap().key_check());
+        }
+        checks.dedup();
+        assert_eq!(checks.len(), 1, "writers sealed with different master keys");
+        let keys = keys::list(store.as_ref()).await.unwrap();
+        assert_eq!(keys.len(), 1, "the losers' key files stayed: {keys:?}");
+        let stored = read_cluster(store.as_ref()).await.unwrap().unwrap();
+        assert_eq!(stored.encryption.unwrap().key_check, checks[0]);
+    }
+}
+
+#[tokio::test]
+async fn a_plaintext_store_refuses_a_passphrase_and_never_gets_keys() {
+    let (_dir, store) = fs_store().await;
+    let (stored, cipher) = claim_with(&store, None).await.unwrap();
+    assert!(cipher.is_none() && !stored.is_encrypted());
+    let p = Passphrase::new("s3cret").unwrap();
+    let e = claim_with(&store, Some(&p)).await.unwrap_err();
+    assert!(
+        e.store_error().is_some_and(StoreError::is_not_encrypted),
+        "{e}"
+    );
+    assert!(!has_keys(&store).await.unwrap(), "no key was created");
+    assert!(reader_cipher(&store, None, UnlockLimits::default())
+        .await
+        .unwrap()
+        .is_none());
+}
+
+/// A store whose `cluster.json` was deleted (by hand, a lifecycle rule, anyone with write
+/// access) keeps its master key: the next writer with its passphrase writes
+/// `cluster.json` back; one without, or with another passphrase, is refused; no new
+/// master key is ever made while the store holds keys or sealed objects.
+#[tokio::test]
+async fn a_lost_cluster_json_never_re_keys_the_store() {
+    let (_dir, store) = fs_store().await;
+    let p = Passphrase::new("s3cret").unwrap();
+    let (_, w) = claim_with(&store, Some(&p)).await.unwrap();
+    let w = w.unwrap();
+    let name = "wal/000000010000000000000001";
+    let sealed = crate::envelope::seal_for(b"wal bytes", 1, Some(&w), name);
+    store.put(name, sealed.body).await.unwrap();
+    // A key file of another store with the same passphrase, listed first: it opens,
+    // but holds another master key.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let other_store = FsStore::open(elsewhere.path().to_path_buf()).await.unwrap();
+    let theirs = keys::create(&other_store, &p, FAST, &origin())
+        .await
+        .unwrap();
+    let body = other_store
+        .get(&key_file_key(&theirs.key_id))
+        .await
+        .unwrap();
+    let mut v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let planted = "0".repeat(32);
+    v["id"] = planted.clone().into();
+    store
+        .put(
+            &key_file_key(&planted),
+            serde_json::to_vec(&v).unwrap().into(),
+        )
+        .await
+        .unwrap();
+    store.delete(CLUSTER_KEY).await.unwrap();
+
+    // The same passphrase: the same master key, cluster.json written back, no new key.
+    let (stored, again) = claim_with(&store, Some(&p)).await.unwrap();
+    assert_eq!(again.unwrap().key_check(), w.key_check());
+    assert_eq!(stored.encryption.unwrap().key_check, w.key_check());
+    let back = read_cluster(&store)
+        .await
+        .unwrap()
+        .expect("cluster.json written back");
+    assert_eq!(back.encryption.unwrap().key_check, w.key_check());
+    assert_eq!(keys::list(&store).await.unwrap().len(), 2);
+
+    // Another passphrase: refused (exit 3), naming the fix; nothing written.
+    store.delete(CLUSTER_KEY).await.unwrap();
+    let other = Passphrase::new("other").unwrap();
+    let e = claim_with(&store, Some(&other)).await.unwrap_err();
+    assert!(e.is_refused(), "{e}");
+    assert!(e.to_string().contains("cluster.json"), "{e}");
+    assert_eq!(keys::list(&store).await.unwrap().len(), 2);
+    assert!(read_cluster(&store).await.unwrap().is_none());
+
+    // Sealed objects and no key file at all: refused with and without a passphrase.
+    for k in keys::list(&store).await.unwrap() {
+        store.delete(&key_file_key(&k.id)).await.unwrap();
+    }
+    for p in [Some(&p), None] {
+        let e = claim_with(&store, p).await.unwrap_err();
+        assert!(e.is_refused(), "{e}");
+    }
+    assert!(!has_keys(&store).await.unwrap());
+    assert!(read_cluster(&store).await.unwrap().is_none());
+}
+
+/// Key files asking for the most Argon2 allows (1 GiB, 16 passes), listed before the
+/// store's key, do not hold up an unlock: the key `cluster.json` names is tried first,
+/// and a file asking for more memory than allowed is not tried at all.
+#[tokio::test]
+async fn costly_key_files_do_not_stall_an_unlock() {
+    let (_dir, store) = fs_store().await;
+    let p = Passphrase::new("s3cret").unwrap();
+    let (_, w) = claim_with(&store, Some(&p)).await.unwrap();
+    let id = keys::list(&store).await.unwrap()[0].id.clone();
+    for i in 0..2 {
+        let planted = format!("{i:032x}");
+        crate::crypto::keys::tests::plant(&store, &id, &planted, KdfParams::MAX_M_COST_KIB, 4)
+            .await;
+    }
+    let started = std::time::Instant::now();
+    let r = reader_cipher(&store, Some(&p), UnlockLimits::default())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.key_check(), w.unwrap().key_check());
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(2),
+        "unlock took {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_key_of_another_store_is_not_taken_for_this_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::open(dir.path().to_path_buf()).await.unwrap();
+    let p = Passphrase::new("shared passphrase").unwrap();
+    let ours = keys::create(&store, &p, FAST, &origin()).await.unwrap();
+    ensure_cluster(&store, &cluster(Some(EncryptionInfo::of(&ours.cipher()))))
+        .await
+        .unwrap();
+    // A key file copied in from another store that uses the same passphrase.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let other_store = FsStore::open(elsewhere.path().to_path_buf()).await.unwrap();
+    let theirs = keys::create(&other_store, &p, FAST, &origin())
+        .await
+        .unwrap();
+    let body = other_store
+        .get(&crate::layout::key_file_key(&theirs.key_id))
+        .await
+        .unwrap();
+    store
+        .put(&crate::layout::key_file_key(&theirs.key_id), body)
+        .await
+        .unwrap();
+    // Whatever order the files are tried in, this store's master key comes back.
+    let got = reader_cipher(&store, Some(&p), UnlockLimits::default())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.key_check(), ours.cipher().key_check());
+    let u = keys::unlock(&store, &p, None).await.unwrap();
+    assert!(u.key_id == ours.key_id || u.key_id == theirs.key_id);
+}
