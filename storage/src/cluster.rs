@@ -142,32 +142,42 @@ pub(crate) async fn read_back(store: &dyn ObjectStore) -> Result<ClusterInfo, St
         })
 }
 
-/// Claims the store for the cluster described by `info`, or checks that it already belongs
-/// to it; returns what the store holds.
+/// Writes `info` as `cluster.json` if the store has none (`put_if_absent`: on a store that
+/// ignores the condition, a writer that agreed on the same value may overwrite it with the
+/// same bytes, see [`crate::agreement`]). When `info.encryption` is set, the version
+/// written is at least [`ENCRYPTED_STORE_FORMAT_VERSION`], whatever the caller put there.
 ///
-/// If `cluster.json` is absent it is created with `put_if_absent` and read back, so of two
-/// agents racing to claim an empty prefix, the loser sees the winner's identity (on services
-/// that ignore `If-None-Match`, the read-back still shows whichever write landed last to
-/// both, and the other agent is refused). When `info.encryption` is set, the version written
-/// is at least [`ENCRYPTED_STORE_FORMAT_VERSION`], whatever the caller put there.
+/// Errors: store errors.
+pub(crate) async fn put_cluster(
+    store: &dyn ObjectStore,
+    info: &ClusterInfo,
+) -> Result<(), StoreError> {
+    let mut info = info.clone();
+    if info.encryption.is_some() {
+        info.format_version = info.format_version.max(ENCRYPTED_STORE_FORMAT_VERSION);
+    }
+    let mut body = serde_json::to_vec_pretty(&info).expect("ClusterInfo serializes");
+    body.push(b'\n');
+    store.put_if_absent(CLUSTER_KEY, Bytes::from(body)).await?;
+    Ok(())
+}
+
+/// Claims the store for `info` without the agreement of [`crate::crypto::access::claim`]
+/// (only for a store no other writer races on: tests), or checks that it already belongs
+/// to it; returns what the store holds.
 ///
 /// Errors: [`StoreError::ForeignCluster`] if the stored system identifier or WAL segment size
 /// differs from `info`; the errors of [`check_encryption_info`] when the stored encryption
 /// differs from `info.encryption`; the errors of [`read_cluster`]; store errors.
-pub async fn ensure_cluster(
+#[cfg(test)]
+pub(crate) async fn ensure_cluster(
     store: &dyn ObjectStore,
     info: &ClusterInfo,
 ) -> Result<ClusterInfo, StoreError> {
     let stored = match read_cluster(store).await? {
         Some(stored) => stored,
         None => {
-            let mut info = info.clone();
-            if info.encryption.is_some() {
-                info.format_version = info.format_version.max(ENCRYPTED_STORE_FORMAT_VERSION);
-            }
-            let mut body = serde_json::to_vec_pretty(&info).expect("ClusterInfo serializes");
-            body.push(b'\n');
-            store.put_if_absent(CLUSTER_KEY, Bytes::from(body)).await?;
+            put_cluster(store, info).await?;
             read_back(store).await?
         }
     };

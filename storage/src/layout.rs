@@ -15,6 +15,8 @@
 //! prune/<id>.json                       marker of a `pgagent prune` deleting chunks
 //! keys/<id>                             encrypted stores only: the master key wrapped by one
 //!                                       access key (plain JSON, see `crate::crypto::keys`)
+//! claims/<round>/<a|b>/<participant>    how the writers that found no `cluster.json` agreed
+//!                                       on the one they write (see `crate::agreement`)
 //! ```
 //!
 //! Keys are relative to the store URL's prefix and `/`-separated.
@@ -38,6 +40,9 @@ pub const PRUNE_PREFIX: &str = "prune/";
 pub const DRILL_PREFIX: &str = "drills/";
 /// Prefix of the access keys of an encrypted store (see [`crate::crypto::keys`]).
 pub const KEY_PREFIX: &str = "keys/";
+/// Prefix of the entries by which writers agree on a new store's `cluster.json` (see
+/// [`crate::agreement`]); written once each, never deleted.
+pub const CLAIM_PREFIX: &str = "claims/";
 /// Suffix PostgreSQL gives a segment that is still being filled (`xlog_internal.h`,
 /// `IsPartialXLogFileName`).
 pub const PARTIAL_SUFFIX: &str = ".partial";

@@ -15,6 +15,7 @@
 //! - [`conformance`]: the behaviour every backend must show, runnable against any store.
 //! - [`requests`]: [`CountedStore`], which counts the requests a store sends, by operation.
 
+pub mod agreement;
 pub mod cluster;
 pub mod config;
 pub mod conformance;

@@ -17,7 +17,7 @@ use pgagent_storage::cluster::read_cluster;
 use pgagent_storage::crypto::access::reader_cipher;
 use pgagent_storage::crypto::{ObjectCipher, Passphrase};
 use pgagent_storage::envelope::{self, Header, ENCRYPTED_HEADER_LEN, HEADER_LEN};
-use pgagent_storage::layout::{CLUSTER_KEY, KEY_PREFIX};
+use pgagent_storage::layout::{CLAIM_PREFIX, CLUSTER_KEY, KEY_PREFIX};
 use pgagent_storage::ObjectStore;
 use pgagent_tests::{run_pgagent, Garage, PgOptions, PgServer};
 
@@ -118,7 +118,12 @@ async fn assert_ciphertext_only(store: &dyn ObjectStore) -> usize {
     for meta in &listed {
         let body = store.get(&meta.key).await.unwrap();
         assert!(!shows_marker(&body), "{} shows the marker", meta.key);
-        if meta.key == CLUSTER_KEY || meta.key.starts_with(KEY_PREFIX) {
+        // Plain JSON by design: the identity, the wrapped keys, and the entries by which
+        // the first writers agreed on `cluster.json` (identity and key checks only).
+        if meta.key == CLUSTER_KEY
+            || meta.key.starts_with(KEY_PREFIX)
+            || meta.key.starts_with(CLAIM_PREFIX)
+        {
             continue;
         }
         let header = Header::parse(&body).unwrap_or_else(|e| panic!("{}: {e}", meta.key));

@@ -6,7 +6,10 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::pattern;
-use crate::cluster::{ensure_cluster, read_cluster, ClusterInfo};
+use crate::cluster::{read_cluster, ClusterInfo};
+use crate::crypto::access::claim;
+use crate::crypto::keys::{KeyOrigin, UnlockLimits};
+use crate::crypto::{KdfParams, KeyError};
 use crate::envelope::{self, seal};
 use crate::error::StoreError;
 use crate::layout::{wal_key, CLUSTER_KEY};
@@ -234,8 +237,34 @@ pub async fn immutable_race_different(store: &dyn ObjectStore) {
     }
 }
 
-/// `ensure_cluster` claims an empty store, accepts the same cluster again and refuses
-/// another system identifier or WAL segment size.
+/// A plaintext writer's claim (through the agreement under `claims/`), as `pgagent run`
+/// makes it.
+async fn ensure_cluster(
+    store: &dyn ObjectStore,
+    ours: &ClusterInfo,
+) -> Result<ClusterInfo, StoreError> {
+    let origin = KeyOrigin {
+        hostname: "conformance".into(),
+        username: "conformance".into(),
+    };
+    match claim(
+        store,
+        ours,
+        None,
+        KdfParams::DEFAULT,
+        &origin,
+        UnlockLimits::default(),
+    )
+    .await
+    {
+        Ok((stored, _)) => Ok(stored),
+        Err(KeyError::Store(e)) => Err(e),
+        Err(e) => panic!("{}: unexpected claim error {e}", store.describe()),
+    }
+}
+
+/// A claim takes an empty store, accepts the same cluster again and refuses another
+/// system identifier or WAL segment size.
 pub async fn cluster_identity(store: &dyn ObjectStore) {
     let d = store.describe();
     assert_eq!(

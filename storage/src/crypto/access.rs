@@ -12,8 +12,9 @@
 //! | absent | set | a reader unlocks; a writer ([`claim`]) unlocks the store's key if it holds keys or sealed objects, else creates the master key and its first access key, and claims the store |
 //!
 //! A writer claims the store: `cluster.json` records the master key it seals with
-//! ([`EncryptionInfo::of`]), and decides which of several writers creating keys at once
-//! keeps them. A store's master key never changes by itself: no writer makes a new one for
+//! ([`EncryptionInfo::of`]). Writers that find no `cluster.json` agree on the one they
+//! write ([`crate::agreement`]), so of several creating keys at once one keeps its key and
+//! every writer seals with it. A store's master key never changes by itself: no writer makes a new one for
 //! a store that holds keys or sealed objects, even when its `cluster.json` is gone.
 //!
 //! Unlocking is bounded ([`UnlockLimits`]) and tries the key file `cluster.json` names
@@ -23,9 +24,10 @@ use bytes::Bytes;
 
 use super::keys::{self, Expect, KeyOrigin, UnlockLimits};
 use super::{KdfParams, KeyError, ObjectCipher, Passphrase};
+use crate::agreement;
 use crate::cluster::{
-    check_encryption, check_encryption_info, check_same_cluster, ensure_cluster, read_cluster,
-    ClusterInfo, EncryptionInfo,
+    check_encryption, check_same_cluster, read_cluster, ClusterInfo, EncryptionInfo,
+    ENCRYPTED_STORE_FORMAT_VERSION,
 };
 use crate::envelope::Header;
 use crate::error::StoreError;
@@ -48,40 +50,37 @@ pub async fn reader_cipher(
     decide(store, passphrase, limits).await
 }
 
-/// How long a writer that created a new store's keys waits, on a store that does not
-/// enforce conditional writes, before it reads `cluster.json` again to learn which
-/// writer's key it names: longer than another writer takes from reading no `cluster.json`
-/// to writing its own (a key derivation and two small writes).
-pub const CLAIM_SETTLE: std::time::Duration = std::time::Duration::from_secs(5);
-
 /// Claims `store` for the cluster `ours` (its `encryption` is ignored: the passphrase
-/// decides) as [`ensure_cluster`] does, and returns what `cluster.json` holds and the cipher
-/// a writer (`run`, `backup`, `snapshot`) seals objects with. Unlocking keeps to `limits`.
+/// decides) and returns what `cluster.json` holds and the cipher a writer (`run`, `backup`,
+/// `snapshot`) seals objects with. Unlocking keeps to `limits`.
 ///
 /// - `cluster.json` exists: the reader's rule ([`reader_cipher`]), then the identity check.
-/// - No `cluster.json`, but the store holds key files or sealed objects (it lost its
-///   `cluster.json`: deleted by hand, by a lifecycle rule): never a new master key. With a
-///   passphrase, the key it opens (holding the master key that opens a sealed object, when
-///   there is one) is the store's, and `cluster.json` is written back naming it; a
-///   passphrase that opens none, or none configured for a store of sealed objects without
-///   keys, is [`KeyError::ClusterJsonMissing`] (refused). No passphrase with keys present:
-///   [`StoreError::Encrypted`].
-/// - A new store, no passphrase: claimed as plaintext; on a store that ignores conditional
-///   writes, only once `cluster.json`, read again after [`CLAIM_SETTLE`], still says so (an
-///   encrypted writer's may have landed after it: then [`StoreError::Encrypted`]).
-/// - A new store, a passphrase: a new master key and its first access key
-///   ([`keys::create`]), then `cluster.json` naming that master key, written only if absent
-///   (a new store holding plaintext objects is refused: [`StoreError::NotEncrypted`]).
-///   `cluster.json` is the one arbiter: of writers starting together (the daemon and a first
-///   `pgagent backup`), the one whose `cluster.json` landed keeps its key; every other one
-///   deletes the key file it made, which no object was ever sealed with, and unlocks the
-///   winner's key with the same passphrase. On a store that ignores conditional writes,
-///   where the last `cluster.json` written wins, each writer reads it again after
-///   [`CLAIM_SETTLE`] before it trusts its own. Until `cluster.json` exists no object is
-///   written, so a key file seen then (a racing writer's) is never used.
+/// - No `cluster.json`: the writer forms its proposal, and every writer that finds no
+///   `cluster.json` agrees on one ([`agreement::agree`], decided only from what each can
+///   read back, so a PUT landing late, even after its writer gave up, changes nothing);
+///   each then writes the agreed `cluster.json`, byte for byte the same, and takes it.
+///   The proposal:
+///   - the store holds key files or sealed objects (it lost its `cluster.json`: deleted by
+///     hand, by a lifecycle rule): never a new master key. With a passphrase, the key it
+///     opens (holding the master key that opens a sealed object, when there is one); a
+///     passphrase that opens none, or none configured for a store of sealed objects
+///     without keys, is [`KeyError::ClusterJsonMissing`] (refused). No passphrase with
+///     keys present: [`StoreError::Encrypted`].
+///   - a new store, no passphrase: plaintext.
+///   - a new store, a passphrase: a new master key and its first access key
+///     ([`keys::create`]); a new store holding plaintext objects is refused
+///     ([`StoreError::NotEncrypted`]).
+///
+///   A writer whose proposal lost then takes the agreed store as any later writer would
+///   (a plaintext writer is refused by an encrypted store, and the other way round), and
+///   deletes the key file it made, which no object was ever sealed with. No object is
+///   written before `cluster.json` exists, and a writer that fails midway keeps its key
+///   file (the agreement may still pick it): an unused key file at worst, never a
+///   `cluster.json` naming a master key whose file is gone.
 ///
 /// Errors: as [`reader_cipher`]; [`StoreError::ForeignCluster`] (inside [`KeyError::Store`])
-/// for another cluster's store, as [`ensure_cluster`]; [`KeyError::ClusterJsonMissing`].
+/// for another cluster's store; [`KeyError::ClusterJsonMissing`]; the errors of
+/// [`agreement::agree`] and of [`write_agreed`].
 pub async fn claim(
     store: &dyn ObjectStore,
     ours: &ClusterInfo,
@@ -94,84 +93,92 @@ pub async fn claim(
         return claimed(store, stored, ours, passphrase, limits).await;
     }
     let holds = Holdings::read(store).await?;
-    let mut info = ours.clone();
-    let Some(passphrase) = passphrase else {
-        if holds.keys {
+    let mut proposal = ours.clone();
+    proposal.encryption = None;
+    // The cipher of this writer's proposal, and the key file it made for it (if new).
+    let mut own: Option<(ObjectCipher, Option<String>)> = None;
+    match passphrase {
+        None if holds.keys => {
             return Err(StoreError::Encrypted {
                 key: KEY_PREFIX.to_string(),
             }
-            .into());
+            .into())
         }
-        if let Some((key, _)) = &holds.sealed {
-            return Err(KeyError::ClusterJsonMissing {
-                holds: format!("sealed objects ({key}) and no key file"),
-                why: "no passphrase is configured, and no key is left to open them".into(),
-            });
-        }
-        info.encryption = None;
-        let stored = ensure_cluster(store, &info).await?;
-        if !store.enforces_conditional_put() {
-            // As for an encrypted claim below: on a store where the last `cluster.json`
-            // written wins, an encrypted writer's may land after this one's. Nothing is
-            // written before the settled `cluster.json` says plaintext too.
-            tokio::time::sleep(CLAIM_SETTLE).await;
-            let settled = crate::cluster::read_back(store).await?;
-            check_same_cluster(&settled, &info)?;
-            check_encryption_info(&settled, None)?;
-            return Ok((settled, None));
-        }
-        return Ok((stored, None));
-    };
-    if holds.keys || holds.sealed.is_some() {
-        return reclaim(store, ours, passphrase, &holds, limits).await;
-    }
-    if let Some(key) = holds.plaintext {
-        return Err(StoreError::NotEncrypted { key }.into());
-    }
-    let created = keys::create(store, passphrase, params, origin).await?;
-    let cipher = created.cipher();
-    info.encryption = Some(EncryptionInfo::named(&cipher, &created.key_id));
-    let lost = match ensure_cluster(store, &info).await {
-        Ok(stored) if store.enforces_conditional_put() => return Ok((stored, Some(cipher))),
-        Ok(_) => {
-            // A store that ignores `If-None-Match` (Garage) lets a writer that read no
-            // `cluster.json` just before this one wrote it overwrite it: the last write
-            // wins, and every writer must see which did before it seals anything.
-            tokio::time::sleep(CLAIM_SETTLE).await;
-            match read_cluster(store).await? {
-                Some(stored) if stored.encryption.as_ref() == info.encryption.as_ref() => {
-                    return Ok((stored, Some(cipher)))
-                }
-                _ => StoreError::Encrypted {
-                    key: CLUSTER_KEY.to_string(),
-                },
+        None => {
+            if let Some((key, _)) = &holds.sealed {
+                return Err(KeyError::ClusterJsonMissing {
+                    holds: format!("sealed objects ({key}) and no key file"),
+                    why: "no passphrase is configured, and no key is left to open them".into(),
+                });
             }
         }
-        Err(e) => e,
-    };
-    // Delete the new key only when `cluster.json` is known to name another master key; if
-    // it cannot be read, the key stays (an unused key file at worst, never a store whose
-    // master key has no key file).
-    match read_cluster(store).await {
-        Ok(Some(stored)) if stored.encryption.as_ref() != info.encryption.as_ref() => {
-            store.delete(&key_file_key(&created.key_id)).await?;
-            claimed(store, stored, ours, Some(passphrase), limits).await
+        Some(p) if holds.keys || holds.sealed.is_some() => {
+            let unlocked = reopen(store, p, &holds, limits).await?;
+            proposal.encryption = Some(EncryptionInfo::named(&unlocked.cipher(), &unlocked.key_id));
+            own = Some((unlocked.cipher(), None));
         }
-        _ => Err(lost.into()),
+        Some(_) if holds.plaintext.is_some() => {
+            let key = holds.plaintext.clone().unwrap_or_default();
+            return Err(StoreError::NotEncrypted { key }.into());
+        }
+        Some(p) => {
+            let created = keys::create(store, p, params, origin).await?;
+            proposal.encryption = Some(EncryptionInfo::named(&created.cipher(), &created.key_id));
+            own = Some((created.cipher(), Some(created.key_id)));
+        }
     }
+    if proposal.encryption.is_some() {
+        proposal.format_version = proposal.format_version.max(ENCRYPTED_STORE_FORMAT_VERSION);
+    }
+    let agreed = agreement::agree(store, proposal.clone()).await?;
+    let stored = write_agreed(store, &agreed).await?;
+    let won = stored.encryption.as_ref().map(|e| &e.key_check)
+        == proposal.encryption.as_ref().map(|e| &e.key_check);
+    if !won {
+        if let Some((_, Some(id))) = &own {
+            // The agreed master key is another: this one was never used. Deleting it is
+            // tidiness; failing to changes nothing but `pgagent key list`.
+            if let Err(e) = store.delete(&key_file_key(id)).await {
+                tracing::warn!(key = %key_file_key(id), error = %e, "could not delete the key file of a proposal that lost");
+            }
+        }
+        return claimed(store, stored, ours, passphrase, limits).await;
+    }
+    check_same_cluster(&stored, ours)?;
+    Ok((stored, own.map(|(cipher, _)| cipher)))
 }
 
-/// [`claim`] of a store without `cluster.json` that holds key files or sealed objects:
-/// unlock the key the passphrase opens (the one whose master key opens a sealed object,
-/// when the store holds one), then write `cluster.json` back naming it, and take whatever
-/// `cluster.json` then says (another writer may have written it meanwhile).
-async fn reclaim(
+/// Writes the agreed `cluster.json` (only if absent; a writer that agreed on the same value
+/// may have written it already, with the same bytes) and reads it back.
+///
+/// Errors: [`StoreError::Corrupt`] when what is read back differs from `agreed` (written
+/// by a pgagent from before the agreement, or by hand); store errors.
+pub async fn write_agreed(
     store: &dyn ObjectStore,
-    ours: &ClusterInfo,
+    agreed: &ClusterInfo,
+) -> Result<ClusterInfo, StoreError> {
+    crate::cluster::put_cluster(store, agreed).await?;
+    let stored = crate::cluster::read_back(store).await?;
+    if &stored != agreed {
+        return Err(StoreError::corrupt(
+            CLUSTER_KEY,
+            "differs from the one the writers of this store agreed on under claims/ \
+             (written by hand, or by a pgagent from before the agreement); compare them \
+             and keep the one whose master key opens the store's objects",
+        ));
+    }
+    Ok(stored)
+}
+
+/// The key a writer's passphrase opens in a store without `cluster.json` that holds key
+/// files or sealed objects: the one whose master key opens a sealed object, when the store
+/// holds one.
+async fn reopen(
+    store: &dyn ObjectStore,
     passphrase: &Passphrase,
     holds: &Holdings,
     limits: UnlockLimits,
-) -> Result<(ClusterInfo, Option<ObjectCipher>), KeyError> {
+) -> Result<keys::Unlocked, KeyError> {
     let expect = match &holds.sealed {
         Some((key, body)) => Expect::Opens { key, body },
         None => Expect::Any,
@@ -186,7 +193,6 @@ async fn reclaim(
         }
         Err(e) => return Err(e),
     };
-    let cipher = unlocked.cipher();
     tracing::warn!(
         store = %store.describe(),
         key = %key_file_key(&unlocked.key_id),
@@ -194,17 +200,7 @@ async fn reclaim(
          master key this passphrase opens",
         holds.describe()
     );
-    let mut info = ours.clone();
-    info.encryption = Some(EncryptionInfo::named(&cipher, &unlocked.key_id));
-    match ensure_cluster(store, &info).await {
-        Ok(stored) if store.enforces_conditional_put() => return Ok((stored, Some(cipher))),
-        Ok(_) => tokio::time::sleep(CLAIM_SETTLE).await,
-        // Another writer's `cluster.json` landed first; `claimed` checks it below.
-        Err(e) if e.is_foreign_cluster() => {}
-        Err(e) => return Err(e.into()),
-    }
-    let stored = crate::cluster::read_back(store).await?;
-    claimed(store, stored, ours, Some(passphrase), limits).await
+    Ok(unlocked)
 }
 
 /// What a store without `cluster.json` holds, as far as its claim is concerned.
@@ -323,3 +319,7 @@ async fn has_keys(store: &dyn ObjectStore) -> Result<bool, StoreError> {
 #[cfg(test)]
 #[path = "access_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "access_race_tests.rs"]
+mod race_tests;
