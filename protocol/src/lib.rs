@@ -11,6 +11,8 @@
 pub mod basebackup;
 pub mod client;
 mod codec;
+pub mod command;
+mod connection;
 pub mod conninfo;
 mod conninfo_uri;
 pub mod error;
