@@ -3,12 +3,12 @@
 //! in the session that started it (PostgreSQL docs, "Making a Base Backup Using the Low
 //! Level API", 26.3.3), which a walsender cannot run.
 
-use crate::command::{check_slot_name, SlotPosition};
-use crate::connection::Connection;
-use crate::conninfo::ConnConfig;
+use crate::client::connection::Connection;
+use crate::client::conninfo::ConnConfig;
+use crate::client::startup::{self, SessionKind};
 use crate::error::Error;
-use crate::lsn::Lsn;
-use crate::startup::{self, SessionKind};
+use crate::wire::command::{check_slot_name, SlotPosition};
+use crate::wire::lsn::Lsn;
 
 /// An authenticated SQL session on database `dbname` of the connection settings (default
 /// `postgres`), with the same host, user, password and TLS policy as replication.

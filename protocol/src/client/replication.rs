@@ -9,21 +9,19 @@ use bytes::Bytes;
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 
-use crate::basebackup::{BaseBackupOptions, BaseBackupStream};
-use crate::codec::{data_row, log_notice, server_error, BackendMessage};
-use crate::command::{self, check_slot_name};
-use crate::connection::Connection;
-use crate::conninfo::ConnConfig;
+use crate::client::basebackup::{BaseBackupOptions, BaseBackupStream};
+use crate::client::codec::{data_row, log_notice, server_error, BackendMessage};
+use crate::client::connection::Connection;
+use crate::client::conninfo::ConnConfig;
+use crate::client::startup;
+use crate::client::stream::ReplicationStream;
 use crate::error::{Error, DUPLICATE_OBJECT};
-use crate::lsn::Lsn;
-use crate::segment::WalSegmentSize;
-use crate::startup;
-use crate::stream::ReplicationStream;
-use crate::timeline::TimelineId;
-
-pub use crate::command::{
-    is_valid_slot_name, parse_byte_size, parse_server_version, SlotPosition, SystemIdentity,
+use crate::wire::command::{
+    self, check_slot_name, parse_byte_size, parse_server_version, SlotPosition, SystemIdentity,
 };
+use crate::wire::lsn::Lsn;
+use crate::wire::segment::WalSegmentSize;
+use crate::wire::timeline::TimelineId;
 
 /// A connection to a walsender, idle between commands.
 ///
@@ -203,7 +201,7 @@ impl ReplicationClient {
     /// `BASE_BACKUP`: starts a base backup and returns once the server has
     /// sent the start position and the tablespace list; the archives and the
     /// manifest follow as events of the returned stream (see
-    /// [`crate::basebackup`] for both wire layouts). The command is written in
+    /// [`crate::wire::basebackup`] for both wire layouts). The command is written in
     /// the syntax of the server's version: options in parentheses and one
     /// COPY stream from PostgreSQL 15, keywords and one COPY per tablespace
     /// on 13 and 14.
@@ -238,7 +236,7 @@ impl ReplicationClient {
 
 impl ReplicationStream {
     /// Returns to command mode. Meant for after
-    /// [`StreamEvent::EndOfTimeline`](crate::stream::StreamEvent::EndOfTimeline);
+    /// [`StreamEvent::EndOfTimeline`](crate::client::stream::StreamEvent::EndOfTimeline);
     /// at any other point the returned client refuses commands with a
     /// protocol error (the connection is still in COPY mode or broken).
     pub fn into_client(self) -> ReplicationClient {

@@ -18,11 +18,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::TlsConnector;
 
-use crate::codec::{log_notice, server_error, BackendMessage, Conn, Socket};
-use crate::connection::Connection;
-use crate::conninfo::{ConnConfig, Host, SslMode};
+use crate::client::codec::{log_notice, server_error, BackendMessage, Conn, Socket};
+use crate::client::connection::Connection;
+use crate::client::conninfo::{ConnConfig, Host, SslMode};
+use crate::client::tls;
 use crate::error::Error;
-use crate::tls;
 
 /// What the StartupMessage asks the server for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,9 +11,9 @@
 use postgres_protocol::message::backend::{Message, ParameterStatusBody};
 use postgres_protocol::message::frontend;
 
-use crate::codec::{data_row, log_notice, server_error, BackendMessage, Conn};
-use crate::command::Row;
+use crate::client::codec::{data_row, log_notice, server_error, BackendMessage, Conn};
 use crate::error::Error;
+use crate::wire::command::Row;
 
 /// A connection that reached ReadyForQuery once, with the server's parameters.
 pub(crate) struct Connection {

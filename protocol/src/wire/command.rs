@@ -10,8 +10,8 @@
 use bytes::Bytes;
 
 use crate::error::Error;
-use crate::lsn::Lsn;
-use crate::timeline::TimelineId;
+use crate::wire::lsn::Lsn;
+use crate::wire::timeline::TimelineId;
 
 /// One row of a result set in text format: a column is `None` for SQL NULL.
 pub(crate) type Row = Vec<Option<Bytes>>;

@@ -8,8 +8,8 @@
 
 use std::fmt;
 
-use crate::lsn::Lsn;
-use crate::timeline::TimelineId;
+use crate::wire::lsn::Lsn;
+use crate::wire::timeline::TimelineId;
 
 /// Smallest segment size `initdb --wal-segsize` accepts (`WalSegMinSize`): 1 MiB.
 pub const WAL_SEG_MIN_SIZE: u64 = 1024 * 1024;

@@ -1,22 +1,31 @@
-//! The connection side of `BASE_BACKUP`: reads backend messages and feeds
-//! them to the decoder.
+//! `BASE_BACKUP` on a connection: reads backend messages and feeds them to
+//! the decoder of the wire layer ([`crate::wire::basebackup`], which also
+//! describes both wire layouts).
 //!
-//! The stream owns the [`Connection`] while the backup runs and gives it
-//! back with `BaseBackupStream::into_client`, which the client module
+//! The stream owns the `Connection` while the backup runs and gives it
+//! back with `BaseBackupStream::into_client`, which the replication client
 //! defines: this module does not depend on the client.
+//!
+//! The wire types a backup is asked and delivered with are re-exported here,
+//! so that this module is the one place to take base backups from.
 
 use postgres_protocol::message::backend::Message;
 
-use super::decoder::{Backend, BaseBackupDecoder, Status, Step};
-use super::{BaseBackupCommand, BaseBackupEvent, Tablespace};
-use crate::codec::{data_row, db_error, log_notice, BackendMessage};
-use crate::connection::Connection;
+use crate::client::codec::{data_row, db_error, log_notice, BackendMessage};
+use crate::client::connection::Connection;
 use crate::error::Error;
-use crate::lsn::Lsn;
-use crate::timeline::TimelineId;
+use crate::wire::basebackup::decoder::{Backend, BaseBackupDecoder, Status, Step};
+use crate::wire::basebackup::BaseBackupCommand;
+use crate::wire::lsn::Lsn;
+use crate::wire::timeline::TimelineId;
+
+pub use crate::wire::basebackup::{
+    BaseBackupEvent, BaseBackupOptions, Tablespace, MAX_LABEL_BYTES, MAX_RATE_LOWER_KIB,
+    MAX_RATE_UPPER_KIB, MIN_SERVER_VERSION, STREAM_FORMAT_VERSION,
+};
 
 /// A base backup being received, from
-/// [`ReplicationClient::base_backup`](crate::ReplicationClient::base_backup).
+/// `ReplicationClient::base_backup`.
 ///
 /// Read it with [`BaseBackupStream::next`] until `None`, then take the end
 /// position from [`BaseBackupStream::end`] and the connection back with

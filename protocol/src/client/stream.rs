@@ -17,7 +17,7 @@
 //! a framed buffer, so it can be dropped at any await point (as in
 //! `tokio::select!` with a timer) and called again without losing bytes.
 //!
-//! The stream owns the [`Connection`] while it runs and gives it back with
+//! The stream owns the `Connection` while it runs and gives it back with
 //! `ReplicationStream::into_client`, which the client module defines: this
 //! module does not depend on the client.
 
@@ -25,13 +25,13 @@ use bytes::BytesMut;
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 
-use crate::codec::{data_row, log_notice, server_error, BackendMessage};
-use crate::command::parse_next_timeline;
-use crate::connection::Connection;
+use crate::client::codec::{data_row, log_notice, server_error, BackendMessage};
+use crate::client::connection::Connection;
 use crate::error::Error;
-use crate::lsn::Lsn;
-use crate::message::{PrimaryKeepalive, ReplicationMessage, StandbyStatusUpdate, XLogData};
-use crate::timeline::TimelineId;
+use crate::wire::command::parse_next_timeline;
+use crate::wire::lsn::Lsn;
+use crate::wire::message::{PrimaryKeepalive, ReplicationMessage, StandbyStatusUpdate, XLogData};
+use crate::wire::timeline::TimelineId;
 
 /// What the stream delivered.
 #[derive(Clone, Debug, PartialEq, Eq)]
