@@ -3,28 +3,28 @@
 //! in the session that started it (PostgreSQL docs, "Making a Base Backup Using the Low
 //! Level API", 26.3.3), which a walsender cannot run.
 
-use crate::client::{check_slot_name, ReplicationClient, SlotPosition};
-use crate::conninfo::ConnConfig;
+use crate::client::connection::Connection;
+use crate::client::conninfo::ConnConfig;
+use crate::client::startup::{self, SessionKind};
 use crate::error::Error;
-use crate::lsn::Lsn;
-use crate::startup::{self, SessionKind};
+use crate::wire::command::{check_slot_name, SlotPosition};
+use crate::wire::lsn::Lsn;
 
 /// An authenticated SQL session on database `dbname` of the connection settings (default
 /// `postgres`), with the same host, user, password and TLS policy as replication.
 pub struct SqlSession {
-    inner: ReplicationClient,
+    inner: Connection,
 }
 
 impl SqlSession {
     /// Connects; the password file is searched with the settings' database (or
     /// `replication` when none is set, as for the replication connection).
     ///
-    /// Errors: as [`ReplicationClient::connect`]; `3D000` when the database does not exist.
+    /// Errors: as `ReplicationClient::connect` (connection, TLS, authentication or the
+    /// server's); `3D000` when the database does not exist.
     pub async fn connect(cfg: &ConnConfig) -> Result<SqlSession, Error> {
-        let established = startup::establish(cfg, SessionKind::Sql).await?;
-        Ok(SqlSession {
-            inner: ReplicationClient::from_parts(established.conn, established.parameters, false),
-        })
+        let inner = startup::establish(cfg, SessionKind::Sql).await?;
+        Ok(SqlSession { inner })
     }
 
     /// Runs `sql` with the simple query protocol and returns the rows of the last result

@@ -18,16 +18,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::TlsConnector;
 
-use crate::codec::{log_notice, server_error, BackendMessage, Conn, Socket};
-use crate::conninfo::{ConnConfig, Host, SslMode};
+use crate::client::codec::{log_notice, server_error, BackendMessage, Conn, Socket};
+use crate::client::connection::Connection;
+use crate::client::conninfo::{ConnConfig, Host, SslMode};
+use crate::client::tls;
 use crate::error::Error;
-use crate::tls;
-
-/// A connection that reached ReadyForQuery, with the server's ParameterStatus values.
-pub(crate) struct Established {
-    pub(crate) conn: Conn,
-    pub(crate) parameters: Vec<(String, String)>,
-}
 
 /// What the StartupMessage asks the server for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,8 +33,10 @@ pub(crate) enum SessionKind {
     Sql,
 }
 
-/// Connects, negotiates TLS and authenticates, within `connect_timeout` if set.
-pub(crate) async fn establish(cfg: &ConnConfig, kind: SessionKind) -> Result<Established, Error> {
+/// Connects, negotiates TLS and authenticates, within `connect_timeout` if
+/// set. The connection returned has reached ReadyForQuery and holds the
+/// server's ParameterStatus values.
+pub(crate) async fn establish(cfg: &ConnConfig, kind: SessionKind) -> Result<Connection, Error> {
     match cfg.connect_timeout {
         Some(limit) => tokio::time::timeout(limit, establish_inner(cfg, kind))
             .await
@@ -54,7 +51,7 @@ pub(crate) async fn establish(cfg: &ConnConfig, kind: SessionKind) -> Result<Est
     }
 }
 
-async fn establish_inner(cfg: &ConnConfig, kind: SessionKind) -> Result<Established, Error> {
+async fn establish_inner(cfg: &ConnConfig, kind: SessionKind) -> Result<Connection, Error> {
     let socket = match &cfg.host {
         Host::Unix(dir) => {
             let path = dir.join(format!(".s.PGSQL.{}", cfg.port));
@@ -99,7 +96,7 @@ async fn establish_inner(cfg: &ConnConfig, kind: SessionKind) -> Result<Establis
             BackendMessage::Pg(Message::BackendKeyData(_)) => {}
             BackendMessage::Pg(Message::NoticeResponse(body)) => log_notice(&body),
             BackendMessage::Pg(Message::ReadyForQuery(_)) => {
-                return Ok(Established { conn, parameters })
+                return Ok(Connection::new(conn, parameters))
             }
             BackendMessage::Pg(Message::ErrorResponse(body)) => return Err(server_error(&body)),
             _ => return Err(Error::protocol("unexpected message during startup")),

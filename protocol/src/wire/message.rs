@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use crate::lsn::Lsn;
+use crate::wire::lsn::Lsn;
 
 /// Sub-message tag of XLogData (server → client).
 pub const XLOG_DATA_TAG: u8 = b'w';

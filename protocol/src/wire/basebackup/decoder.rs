@@ -11,8 +11,8 @@ use bytes::{Buf, Bytes};
 
 use super::{ArchiveFormat, BaseBackupEvent, Tablespace};
 use crate::error::{DbError, Error};
-use crate::lsn::Lsn;
-use crate::timeline::TimelineId;
+use crate::wire::lsn::Lsn;
+use crate::wire::timeline::TimelineId;
 
 /// Type bytes of CopyData in the 15+ archive stream (`basebackup_copy.c`).
 const NEW_ARCHIVE: u8 = b'n';

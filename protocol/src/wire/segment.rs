@@ -8,8 +8,8 @@
 
 use std::fmt;
 
-use crate::lsn::Lsn;
-use crate::timeline::TimelineId;
+use crate::wire::lsn::Lsn;
+use crate::wire::timeline::TimelineId;
 
 /// Smallest segment size `initdb --wal-segsize` accepts (`WalSegMinSize`): 1 MiB.
 pub const WAL_SEG_MIN_SIZE: u64 = 1024 * 1024;
@@ -23,20 +23,44 @@ pub const XLOG_FNAME_LEN: usize = 24;
 pub struct SegNo(pub u64);
 
 impl SegNo {
-    /// LSN of the first byte of this segment (`XLogSegNoOffsetToRecPtr(segno, 0, ...)`).
+    /// LSN of the first byte of this segment: the segment number times the
+    /// segment size in bytes (`XLogSegNoOffsetToRecPtr(segno, 0, ...)`).
     pub fn start_lsn(self, seg: WalSegmentSize) -> Lsn {
         Lsn(self.0 * seg.bytes())
     }
 
-    /// LSN just past the last byte of this segment (exclusive end), which is
-    /// the start of the next segment.
+    /// The first LSN past this segment (an exclusive end): `seg.bytes()`
+    /// bytes after [`SegNo::start_lsn`], which is where the next segment
+    /// starts (`XLogSegNoOffsetToRecPtr(segno + 1, 0, ...)`). A segment
+    /// holds the LSNs `start_lsn(seg)..end_lsn(seg)`.
     pub fn end_lsn(self, seg: WalSegmentSize) -> Lsn {
-        Lsn((self.0 + 1) * seg.bytes())
+        self.next().start_lsn(seg)
     }
 
-    /// The following segment.
+    /// The segment that follows this one (`segno + 1`): its first byte is
+    /// this segment's [`SegNo::end_lsn`].
     pub fn next(self) -> SegNo {
         SegNo(self.0 + 1)
+    }
+}
+
+/// Segment arithmetic on LSNs. It is defined here rather than in the LSN
+/// module so that segments build on LSNs and not the other way round.
+impl Lsn {
+    /// The segment this position falls in (`XLByteToSeg`): the position in
+    /// bytes divided by the segment size in bytes.
+    pub fn segment_number(self, seg: WalSegmentSize) -> SegNo {
+        SegNo(self.0 / seg.bytes())
+    }
+
+    /// Offset of this position inside its segment, in bytes (`XLogSegmentOffset`).
+    pub fn segment_offset(self, seg: WalSegmentSize) -> u64 {
+        self.0 % seg.bytes()
+    }
+
+    /// True if this position is the first byte of a segment.
+    pub fn is_segment_start(self, seg: WalSegmentSize) -> bool {
+        self.segment_offset(seg) == 0
     }
 }
 
@@ -240,6 +264,36 @@ mod tests {
     }
 
     #[test]
+    fn lsn_segment_math() {
+        let seg = WalSegmentSize::DEFAULT;
+        let lsn = Lsn(0x1_0300_0028);
+        assert_eq!(lsn.segment_number(seg), SegNo(0x103));
+        assert_eq!(lsn.segment_offset(seg), 0x28);
+        assert!(!lsn.is_segment_start(seg));
+        assert!(Lsn(0x1_0300_0000).is_segment_start(seg));
+    }
+
+    #[test]
+    fn next_and_end() {
+        let seg = WalSegmentSize::DEFAULT;
+        assert_eq!(SegNo(0).next(), SegNo(1));
+        assert_eq!(SegNo(0xAFF).next(), SegNo(0xB00));
+        // The end of segment 0 is 16 MiB, the start of segment 1.
+        assert_eq!(SegNo(0).end_lsn(seg), Lsn(16 << 20));
+        assert_eq!(SegNo(0).end_lsn(seg), SegNo(1).start_lsn(seg));
+        // The last byte of a segment is inside it; its end is not.
+        let last = SegNo(0x103)
+            .end_lsn(seg)
+            .checked_sub(Lsn(1))
+            .map(Lsn)
+            .unwrap();
+        assert_eq!(last.segment_number(seg), SegNo(0x103));
+        assert_eq!(SegNo(0x103).end_lsn(seg).segment_number(seg), SegNo(0x104));
+        let big = WalSegmentSize::new(1 << 30).unwrap();
+        assert_eq!(SegNo(3).end_lsn(big), Lsn(4 << 30));
+    }
+
+    #[test]
     fn names() {
         let seg = WalSegmentSize::DEFAULT;
         let segno = SegNo(0xA * 256 + 0xFE);
@@ -331,6 +385,22 @@ mod tests {
         #[test]
         fn round_trip((name, seg) in any_name()) {
             prop_assert_eq!(WalFileName::parse(&name.file_name(seg), seg), Some(name));
+        }
+
+        #[test]
+        fn segment_decomposition(v in any::<u64>(), shift in 20u32..=30) {
+            let seg = WalSegmentSize::new(1u64 << shift).unwrap();
+            let lsn = Lsn(v);
+            let segno = lsn.segment_number(seg);
+            prop_assert_eq!(segno.start_lsn(seg).0 + lsn.segment_offset(seg), v);
+            // end_lsn is exclusive and is where the next segment starts; it
+            // overflows u64 only for the very last segment.
+            if let Some(end) = segno.0.checked_add(1).and_then(|n| n.checked_mul(seg.bytes())) {
+                prop_assert!(lsn.0 < end);
+                prop_assert_eq!(segno.end_lsn(seg), Lsn(end));
+                prop_assert_eq!(segno.next().start_lsn(seg), Lsn(end));
+                prop_assert_eq!(segno.end_lsn(seg).checked_sub(segno.start_lsn(seg)), Some(seg.bytes()));
+            }
         }
     }
 }

@@ -32,7 +32,7 @@ use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
 
-use crate::conninfo::{ConnConfig, SslMode};
+use crate::client::conninfo::{ConnConfig, SslMode};
 use crate::error::Error;
 
 /// How the server certificate is checked.

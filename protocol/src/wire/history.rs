@@ -6,8 +6,8 @@
 //! `src/backend/access/transam/timeline.c`. Blank lines and lines whose
 //! first non-blank character is `#` are comments.
 
-use crate::lsn::Lsn;
-use crate::timeline::TimelineId;
+use crate::wire::lsn::Lsn;
+use crate::wire::timeline::TimelineId;
 
 /// One ancestor of a timeline: the history of a timeline lists every
 /// timeline it descends from, oldest first.

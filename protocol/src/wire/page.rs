@@ -20,8 +20,8 @@
 //! | 32 | 4 | `xlp_seg_size` |
 //! | 36 | 4 | `xlp_xlog_blcksz` |
 
-use crate::lsn::Lsn;
-use crate::timeline::TimelineId;
+use crate::wire::lsn::Lsn;
+use crate::wire::timeline::TimelineId;
 
 /// `xlp_info` flag: the first record on the page continues from the previous page.
 pub const XLP_FIRST_IS_CONTRECORD: u16 = 0x0001;
@@ -135,12 +135,12 @@ impl XLogLongPageHeader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::segment::WalSegmentSize;
+    use crate::wire::segment::WalSegmentSize;
 
     /// First 8 KiB of segment `000000010000000000000001` right after
     /// `initdb` of PostgreSQL 15 (system identifier 7710529744944742155).
     const PG15_SEGMENT_HEAD: &[u8] =
-        include_bytes!("../tests/fixtures/pg15_000000010000000000000001.head");
+        include_bytes!("../../tests/fixtures/pg15_000000010000000000000001.head");
 
     #[test]
     fn parse_pg15_segment() {

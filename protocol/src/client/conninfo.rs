@@ -5,15 +5,15 @@
 //! next character) and `postgres://` / `postgresql://` URIs. Settings not
 //! given are taken from the libpq environment variables, then from libpq's
 //! defaults; the password may come from the password file
-//! ([`crate::pgpass`]). Only one host is supported.
+//! ([`crate::client::pgpass`]). Only one host is supported.
 
 use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::client::pgpass::{self, PgPassQuery};
 use crate::error::Error;
-use crate::pgpass::{self, PgPassQuery};
 
 /// Default socket directory of the PostgreSQL packages for Debian and Ubuntu
 /// (`DEFAULT_PGSOCKET_DIR` as they build libpq).
@@ -186,7 +186,7 @@ impl ConnConfig {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<ConnConfig, Error> {
         let pairs = if s.starts_with("postgresql://") || s.starts_with("postgres://") {
-            crate::conninfo_uri::parse_uri(s)?
+            crate::client::conninfo_uri::parse_uri(s)?
         } else {
             parse_key_values(s)?
         };

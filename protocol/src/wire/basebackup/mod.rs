@@ -1,4 +1,4 @@
-//! `BASE_BACKUP` over a replication connection.
+//! `BASE_BACKUP` on the wire: the command text and the shape of its answer.
 //!
 //! Reference: PostgreSQL documentation, "Streaming Replication Protocol",
 //! `BASE_BACKUP`; server side in `basebackup.c` and `basebackup_copy.c`
@@ -34,18 +34,18 @@
 //! "checksum verification failure during base backup") is reported after the
 //! end position.
 //!
-//! [`BaseBackupStream`] turns both layouts into one sequence of
+//! This module builds the command text ([`BaseBackupOptions`]) and holds the
+//! message sequence as a state machine without I/O (`decoder`); the
+//! client's `BaseBackupStream` (`crate::client::basebackup`) feeds it from
+//! the connection and turns both layouts into one sequence of
 //! [`BaseBackupEvent`]s: archive data is passed through as received (32 KiB
 //! CopyData chunks on the server side), never buffered whole.
 
-mod decoder;
-mod stream;
+pub(crate) mod decoder;
 
 use bytes::Bytes;
 
 use crate::error::Error;
-
-pub use stream::BaseBackupStream;
 
 /// Lowest `MAX_RATE` the server accepts, KiB/s (`MAX_RATE_LOWER` in
 /// `basebackup.h`).
@@ -243,7 +243,7 @@ impl Tablespace {
     }
 }
 
-/// What a [`BaseBackupStream`] delivers, in server order: for each archive
+/// What the client's `BaseBackupStream` delivers, in server order: for each archive
 /// an `Archive` then its `ArchiveData`, then the manifest as `ManifestData`;
 /// `Progress` may come at any point.
 #[derive(Clone, Debug, PartialEq, Eq)]

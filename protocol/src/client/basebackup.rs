@@ -1,26 +1,38 @@
-//! The connection side of `BASE_BACKUP`: reads backend messages and feeds
-//! them to the decoder.
+//! `BASE_BACKUP` on a connection: reads backend messages and feeds them to
+//! the decoder of the wire layer ([`crate::wire::basebackup`], which also
+//! describes both wire layouts).
+//!
+//! The stream owns the `Connection` while the backup runs and gives it
+//! back with `BaseBackupStream::into_client`, which the replication client
+//! defines: this module does not depend on the client.
+//!
+//! The wire types a backup is asked and delivered with are re-exported here,
+//! so that this module is the one place to take base backups from.
 
 use postgres_protocol::message::backend::Message;
 
-use super::decoder::{Backend, BaseBackupDecoder, Status, Step};
-use super::{BaseBackupCommand, BaseBackupEvent, Tablespace};
-use crate::client::ReplicationClient;
-use crate::codec::{data_row, db_error, log_notice, BackendMessage, Conn};
+use crate::client::codec::{data_row, db_error, log_notice, BackendMessage};
+use crate::client::connection::Connection;
 use crate::error::Error;
-use crate::lsn::Lsn;
-use crate::timeline::TimelineId;
+use crate::wire::basebackup::decoder::{Backend, BaseBackupDecoder, Status, Step};
+use crate::wire::basebackup::BaseBackupCommand;
+use crate::wire::lsn::Lsn;
+use crate::wire::timeline::TimelineId;
+
+pub use crate::wire::basebackup::{
+    BaseBackupEvent, BaseBackupOptions, Tablespace, MAX_LABEL_BYTES, MAX_RATE_LOWER_KIB,
+    MAX_RATE_UPPER_KIB, MIN_SERVER_VERSION, STREAM_FORMAT_VERSION,
+};
 
 /// A base backup being received, from
-/// [`ReplicationClient::base_backup`](crate::ReplicationClient::base_backup).
+/// `ReplicationClient::base_backup`.
 ///
 /// Read it with [`BaseBackupStream::next`] until `None`, then take the end
 /// position from [`BaseBackupStream::end`] and the connection back with
 /// [`BaseBackupStream::into_client`]. Dropping it before the end closes the
 /// connection, and the server abandons the backup.
 pub struct BaseBackupStream {
-    conn: Conn,
-    parameters: Vec<(String, String)>,
+    conn: Connection,
     decoder: BaseBackupDecoder,
     start: (Lsn, TimelineId),
     /// An event produced while reading the header (13/14: the first archive).
@@ -66,13 +78,13 @@ impl BaseBackupStream {
     /// Reads the answer to `command` (already sent) up to the first COPY:
     /// start position and tablespace list.
     pub(crate) async fn begin(
-        mut conn: Conn,
-        mut parameters: Vec<(String, String)>,
+        mut conn: Connection,
         command: &BaseBackupCommand,
     ) -> Result<BaseBackupStream, Error> {
         let mut decoder = BaseBackupDecoder::new(command.format, command.manifest);
         let pending = loop {
-            let Some(input) = translate(conn.recv().await?, &mut parameters)? else {
+            let message = conn.recv().await?;
+            let Some(input) = translate(message, conn.parameters_mut())? else {
                 continue;
             };
             match decoder.feed(input)? {
@@ -87,7 +99,6 @@ impl BaseBackupStream {
             .ok_or_else(|| Error::protocol("BASE_BACKUP sent no start position"))?;
         Ok(BaseBackupStream {
             conn,
-            parameters,
             decoder,
             start,
             pending,
@@ -134,7 +145,7 @@ impl BaseBackupStream {
                 Status::Failed => return Err(Error::protocol("the base backup has failed")),
             }
             let input = match self.conn.recv().await {
-                Ok(message) => translate(message, &mut self.parameters),
+                Ok(message) => translate(message, self.conn.parameters_mut()),
                 Err(e) => Err(e),
             };
             let input = match input {
@@ -160,13 +171,12 @@ impl BaseBackupStream {
         self.decoder.end()
     }
 
-    /// Returns to command mode. The client accepts commands after the end of
-    /// the backup or after a non-fatal server error; at any other point it
-    /// refuses them with a protocol error (the connection is still in COPY
-    /// mode or broken).
-    pub fn into_client(self) -> ReplicationClient {
-        let usable = self.decoder.connection_usable();
-        ReplicationClient::from_parts(self.conn, self.parameters, !usable)
+    /// Hands the connection back, usable for commands after the end of the
+    /// backup or after a non-fatal server error.
+    pub(crate) fn into_connection(self) -> Connection {
+        let mut conn = self.conn;
+        conn.set_usable(self.decoder.connection_usable());
+        conn
     }
 }
 

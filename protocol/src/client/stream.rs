@@ -16,17 +16,22 @@
 //! [`ReplicationStream::next`] keeps its progress in `self` and reads through
 //! a framed buffer, so it can be dropped at any await point (as in
 //! `tokio::select!` with a timer) and called again without losing bytes.
+//!
+//! The stream owns the `Connection` while it runs and gives it back with
+//! `ReplicationStream::into_client`, which the client module defines: this
+//! module does not depend on the client.
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 
-use crate::client::ReplicationClient;
-use crate::codec::{data_row, log_notice, server_error, BackendMessage, Conn};
+use crate::client::codec::{data_row, log_notice, server_error, BackendMessage};
+use crate::client::connection::Connection;
 use crate::error::Error;
-use crate::lsn::Lsn;
-use crate::message::{PrimaryKeepalive, ReplicationMessage, StandbyStatusUpdate, XLogData};
-use crate::timeline::TimelineId;
+use crate::wire::command::parse_next_timeline;
+use crate::wire::lsn::Lsn;
+use crate::wire::message::{PrimaryKeepalive, ReplicationMessage, StandbyStatusUpdate, XLogData};
+use crate::wire::timeline::TimelineId;
 
 /// What the stream delivered.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,48 +67,24 @@ enum State {
 
 /// An active WAL stream.
 pub struct ReplicationStream {
-    conn: Conn,
-    parameters: Vec<(String, String)>,
+    conn: Connection,
     state: State,
 }
 
-/// Reads the result row sent after a timeline ends: `next_tli` (int8 as
-/// text) and `next_tli_startpos` (`X/X`).
-pub(crate) fn parse_next_timeline(row: &[Option<Bytes>]) -> Result<(TimelineId, Lsn), Error> {
-    let col = |i: usize| -> Result<&str, Error> {
-        row.get(i)
-            .and_then(|c| c.as_ref())
-            .and_then(|b| std::str::from_utf8(b).ok())
-            .ok_or_else(|| Error::protocol("malformed next-timeline result"))
-    };
-    let tli: i64 = col(0)?
-        .parse()
-        .map_err(|_| Error::protocol("invalid next_tli"))?;
-    let tli = u32::try_from(tli).map_err(|_| Error::protocol("next_tli out of range"))?;
-    let lsn: Lsn = col(1)?
-        .parse()
-        .map_err(|_| Error::protocol("invalid next_tli_startpos"))?;
-    Ok((TimelineId(tli), lsn))
-}
-
 impl ReplicationStream {
-    pub(crate) fn new(conn: Conn, parameters: Vec<(String, String)>) -> Self {
+    /// A stream on a connection that has just entered CopyBoth.
+    pub(crate) fn new(conn: Connection) -> Self {
         ReplicationStream {
             conn,
-            parameters,
             state: State::Streaming,
         }
     }
 
-    /// A stream that ended before any WAL was sent.
-    pub(crate) fn ended(
-        conn: Conn,
-        parameters: Vec<(String, String)>,
-        next: (TimelineId, Lsn),
-    ) -> Self {
+    /// A stream that ended before any WAL was sent: `next` is the next
+    /// timeline and where it starts.
+    pub(crate) fn ended(conn: Connection, next: (TimelineId, Lsn)) -> Self {
         ReplicationStream {
             conn,
-            parameters,
             state: State::Ended { next: Some(next) },
         }
     }
@@ -239,34 +220,11 @@ impl ReplicationStream {
         self.conn.flush().await
     }
 
-    /// Returns to command mode. Meant for after [`StreamEvent::EndOfTimeline`];
-    /// at any other point the returned client refuses commands with a
-    /// protocol error (the connection is still in COPY mode or broken).
-    pub fn into_client(self) -> ReplicationClient {
-        let usable = self.state == State::Finished { usable: true };
-        ReplicationClient::from_parts(self.conn, self.parameters, !usable)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn next_timeline_row() {
-        let row = vec![
-            Some(Bytes::from_static(b"2")),
-            Some(Bytes::from_static(b"0/5000000")),
-        ];
-        assert_eq!(
-            parse_next_timeline(&row).unwrap(),
-            (TimelineId(2), Lsn(0x500_0000))
-        );
-        assert!(parse_next_timeline(&[None, None]).is_err());
-        let bad = vec![
-            Some(Bytes::from_static(b"-1")),
-            Some(Bytes::from_static(b"0/1")),
-        ];
-        assert!(parse_next_timeline(&bad).is_err());
+    /// Hands the connection back, usable for commands only once the end of
+    /// the stream was reported ([`StreamEvent::EndOfTimeline`]).
+    pub(crate) fn into_connection(self) -> Connection {
+        let mut conn = self.conn;
+        conn.set_usable(self.state == State::Finished { usable: true });
+        conn
     }
 }
