@@ -13,16 +13,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use pgagent_storage::{ObjectMeta, ObjectStore, Op, PutOutcome, StoreError};
+use pgagent_storage::{Call, Layer, Layered, ObjectStore, Op, Reply, StoreError};
 use tokio::time::Instant;
 
 use crate::retry::{GaveUp, Policy};
 
-/// `inner` with reads retried on transient errors (see the module documentation).
+/// The [`Layer`] that retries reads on transient errors (see the module documentation).
 #[derive(Debug)]
 pub struct RetryingReads {
-    inner: Arc<dyn ObjectStore>,
     policy: Policy,
     timeout: Duration,
     /// The setting `timeout` comes from, for messages (`fetch.timeout`).
@@ -38,12 +36,12 @@ impl RetryingReads {
         timeout: Duration,
         setting: &'static str,
     ) -> Arc<dyn ObjectStore> {
-        Arc::new(RetryingReads {
-            inner,
+        let layer = RetryingReads {
             policy,
             timeout,
             setting,
-        })
+        };
+        Arc::new(Layered::new(inner, layer))
     }
 
     /// Runs the read `op` of `key` until it succeeds, fails for good, or the time is up.
@@ -102,62 +100,22 @@ impl RetryingReads {
 }
 
 #[async_trait]
-impl ObjectStore for RetryingReads {
-    async fn put(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
-        self.inner.put(key, body).await
-    }
-
-    async fn put_if_absent(&self, key: &str, body: Bytes) -> Result<PutOutcome, StoreError> {
-        self.inner.put_if_absent(key, body).await
-    }
-
-    async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
-        self.read(Op::Get, key, || self.inner.get(key)).await
-    }
-
-    async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Bytes, StoreError> {
-        self.read(Op::Get, key, || self.inner.get_range(key, start, len))
-            .await
-    }
-
-    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
-        self.read(Op::Head, key, || self.inner.head(key)).await
-    }
-
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
-        self.read(Op::List, prefix, || self.inner.list(prefix))
-            .await
-    }
-
-    async fn list_after(
-        &self,
-        prefix: &str,
-        after: &str,
-        limit: usize,
-    ) -> Result<Vec<ObjectMeta>, StoreError> {
-        // Forwarded, so the bounded listing of the backend (one request on S3) is kept.
-        self.read(Op::List, prefix, || {
-            self.inner.list_after(prefix, after, limit)
-        })
-        .await
-    }
-
-    async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.inner.delete(key).await
-    }
-
-    fn enforces_conditional_put(&self) -> bool {
-        self.inner.enforces_conditional_put()
-    }
-
-    fn describe(&self) -> String {
-        self.inner.describe()
+impl Layer for RetryingReads {
+    async fn around(&self, below: &dyn ObjectStore, call: Call<'_>) -> Result<Reply, StoreError> {
+        if !call.is_read() {
+            return call.run(below).await;
+        }
+        // `list_after` goes down as itself, so the backend's bounded listing (one request on
+        // S3) is kept.
+        self.read(call.op(), call.key(), || call.run(below)).await
     }
 }
 
 #[cfg(test)]
 #[allow(clippy::disallowed_methods)] // scratch stores: their requests need no counting
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
 
     const QUICK: Policy = Policy::new(Duration::from_millis(10), Duration::from_millis(50));

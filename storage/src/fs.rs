@@ -367,6 +367,17 @@ impl ObjectStore for FsStore {
         Ok(all)
     }
 
+    /// Filters [`ObjectStore::list`]: walking a local directory is as cheap as it gets.
+    async fn list_after(
+        &self,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<ObjectMeta>, StoreError> {
+        validate_prefix(after)?;
+        Ok(crate::list_window(self.list(prefix).await?, after, limit))
+    }
+
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         validate_key(key)?;
         let path = self.root.join(key);

@@ -13,7 +13,8 @@
 //!   different content.
 //! - [`cluster`]: `cluster.json`, which keeps two clusters from mixing in one prefix.
 //! - [`conformance`]: the behaviour every backend must show, runnable against any store.
-//! - [`requests`]: [`CountedStore`], which counts the requests a store sends, by operation.
+//! - [`layer`]: the one way to wrap a store ([`Layer`] around every call, [`Layered`]);
+//!   [`requests`]: [`CountedStore`], the layer that counts the requests a store sends.
 
 pub mod agreement;
 pub mod cluster;
@@ -25,6 +26,7 @@ pub mod envelope;
 pub mod error;
 pub mod fs;
 pub mod immutable;
+pub mod layer;
 pub mod layout;
 pub mod manifest;
 pub mod prefixed;
@@ -40,9 +42,19 @@ use bytes::Bytes;
 pub use crate::config::{open, S3Location, StoreOptions, StoreUrl};
 pub use crate::error::{ErrorKind, Op, StoreError};
 pub use crate::immutable::{put_immutable, ImmutablePut};
+pub use crate::layer::{Call, Layer, Layered, Reply};
 pub use crate::layout::{validate_key, validate_prefix};
 pub use crate::prefixed::PrefixedStore;
 pub use crate::requests::{CountedStore, RequestCounts, RequestOp, RequestTotals};
+
+/// The part of a full listing `listed` (in key order) that [`ObjectStore::list_after`]
+/// returns: keys strictly after `after`, at most `limit` of them. For stores whose listing
+/// costs the same either way (a local directory, a simulation).
+pub fn list_window(mut listed: Vec<ObjectMeta>, after: &str, limit: usize) -> Vec<ObjectMeta> {
+    listed.retain(|m| m.key.as_str() > after);
+    listed.truncate(limit);
+    listed
+}
 
 /// Metadata of one stored object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,20 +131,13 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     /// [`ObjectStore::list`] pages through the whole prefix. `prefix` and `after` must pass
     /// [`validate_prefix`].
     ///
-    /// The default filters [`ObjectStore::list`], which is as cheap as it gets for a local
-    /// directory.
+    /// Every store implements it: no default lists the whole prefix behind a caller's back.
     async fn list_after(
         &self,
         prefix: &str,
         after: &str,
         limit: usize,
-    ) -> Result<Vec<ObjectMeta>, StoreError> {
-        validate_prefix(after)?;
-        let mut listed = self.list(prefix).await?;
-        listed.retain(|m| m.key.as_str() > after);
-        listed.truncate(limit);
-        Ok(listed)
-    }
+    ) -> Result<Vec<ObjectMeta>, StoreError>;
 
     /// Deletes `key`. Succeeds if the object does not exist (idempotent).
     async fn delete(&self, key: &str) -> Result<(), StoreError>;

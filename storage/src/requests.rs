@@ -23,15 +23,14 @@
 //! retrying wrapper, so each retry is a counted request; wrap a store once.
 
 use std::fmt;
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 
-use crate::error::StoreError;
-use crate::{ObjectMeta, ObjectStore, PutOutcome};
+use crate::error::{Op, StoreError};
+use crate::layer::{Call, Layer, Layered, Reply};
+use crate::ObjectStore;
 
 /// The kind of a store request, as providers bill them; the `op` label of
 /// `pgagent_store_requests_total`.
@@ -215,83 +214,43 @@ impl Drop for Settle<'_> {
     }
 }
 
-/// `inner` with every request it sends counted in a shared [`RequestCounts`] (see the
-/// module documentation for what one request is).
+/// The [`Layer`] that counts every request the store below sends in a shared
+/// [`RequestCounts`] (see the module documentation for what one request is).
 #[derive(Debug)]
 pub struct CountedStore {
-    inner: Arc<dyn ObjectStore>,
     counts: Arc<RequestCounts>,
 }
 
 impl CountedStore {
     /// Wraps `inner` (a backend, as [`crate::open`] returns it), counting into `counts`.
     pub fn wrap(inner: Arc<dyn ObjectStore>, counts: Arc<RequestCounts>) -> Arc<dyn ObjectStore> {
-        Arc::new(CountedStore { inner, counts })
+        Arc::new(Layered::new(inner, CountedStore { counts }))
     }
+}
 
-    /// Runs one call of `op`, counting the requests it sends.
-    async fn counted<T>(&self, op: RequestOp, call: impl Future<Output = T>) -> T {
-        let tally = Arc::new(CallTally::default());
-        let _settle = Settle {
-            op,
-            call: tally.clone(),
-            into: &self.counts,
-        };
-        CALL.scope(tally, call).await
+/// The request kind a call is counted under when the backend does not report its requests.
+fn request_op(call: &Call<'_>) -> RequestOp {
+    match call.op() {
+        Op::Put | Op::Open => RequestOp::Put,
+        Op::Get => RequestOp::Get,
+        Op::Head => RequestOp::Head,
+        Op::List => RequestOp::List,
+        Op::Delete => RequestOp::Delete,
     }
 }
 
 #[async_trait]
-impl ObjectStore for CountedStore {
-    async fn put(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
-        self.counted(RequestOp::Put, self.inner.put(key, body))
-            .await
-    }
-
-    async fn put_if_absent(&self, key: &str, body: Bytes) -> Result<PutOutcome, StoreError> {
-        self.counted(RequestOp::Put, self.inner.put_if_absent(key, body))
-            .await
-    }
-
-    async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
-        self.counted(RequestOp::Get, self.inner.get(key)).await
-    }
-
-    async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Bytes, StoreError> {
-        self.counted(RequestOp::Get, self.inner.get_range(key, start, len))
-            .await
-    }
-
-    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
-        self.counted(RequestOp::Head, self.inner.head(key)).await
-    }
-
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
-        self.counted(RequestOp::List, self.inner.list(prefix)).await
-    }
-
-    async fn list_after(
-        &self,
-        prefix: &str,
-        after: &str,
-        limit: usize,
-    ) -> Result<Vec<ObjectMeta>, StoreError> {
-        // Forwarded, so the backend's bounded listing (one request on S3) is kept.
-        let call = self.inner.list_after(prefix, after, limit);
-        self.counted(RequestOp::List, call).await
-    }
-
-    async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.counted(RequestOp::Delete, self.inner.delete(key))
-            .await
-    }
-
-    fn enforces_conditional_put(&self) -> bool {
-        self.inner.enforces_conditional_put()
-    }
-
-    fn describe(&self) -> String {
-        self.inner.describe()
+impl Layer for CountedStore {
+    async fn around(&self, below: &dyn ObjectStore, call: Call<'_>) -> Result<Reply, StoreError> {
+        let tally = Arc::new(CallTally::default());
+        let _settle = Settle {
+            op: request_op(&call),
+            call: tally.clone(),
+            into: &self.counts,
+        };
+        // `list_after` goes down as itself, so the backend's bounded listing (one request on
+        // S3) is kept.
+        CALL.scope(tally, call.run(below)).await
     }
 }
 
@@ -301,7 +260,8 @@ mod tests {
 
     use super::*;
     use crate::fs::FsStore;
-    use crate::PrefixedStore;
+    use crate::{PrefixedStore, PutOutcome};
+    use bytes::Bytes;
 
     async fn counted_fs() -> (tempfile::TempDir, Arc<dyn ObjectStore>, Arc<RequestCounts>) {
         let dir = tempfile::tempdir().unwrap();
@@ -357,45 +317,29 @@ mod tests {
     /// A backend that sends `n` requests per call, reporting each as the S3 backend does.
     #[derive(Debug)]
     struct Chatty {
-        inner: FsStore,
         pages: u64,
     }
 
     #[async_trait]
-    impl ObjectStore for Chatty {
-        async fn put(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
-            self.inner.put(key, body).await
-        }
-        async fn put_if_absent(&self, key: &str, body: Bytes) -> Result<PutOutcome, StoreError> {
-            self.inner.put_if_absent(key, body).await
-        }
-        async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
-            self.inner.get(key).await
-        }
-        async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Bytes, StoreError> {
-            // An empty range is answered with a HEAD, as on S3.
-            record_request(RequestOp::Head);
-            self.inner.get_range(key, start, len).await
-        }
-        async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
-            self.inner.head(key).await
-        }
-        async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
-            for _ in 0..self.pages {
-                record_request(RequestOp::List);
-                // Pages arrive over time; the tally survives the awaits in between.
-                tokio::time::sleep(Duration::from_millis(1)).await;
+    impl Layer for Chatty {
+        async fn around(
+            &self,
+            below: &dyn ObjectStore,
+            call: Call<'_>,
+        ) -> Result<Reply, StoreError> {
+            match call {
+                // An empty range is answered with a HEAD, as on S3.
+                Call::GetRange { .. } => record_request(RequestOp::Head),
+                Call::List { .. } => {
+                    for _ in 0..self.pages {
+                        record_request(RequestOp::List);
+                        // Pages arrive over time; the tally survives the awaits in between.
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+                _ => {}
             }
-            self.inner.list(prefix).await
-        }
-        async fn delete(&self, key: &str) -> Result<(), StoreError> {
-            self.inner.delete(key).await
-        }
-        fn enforces_conditional_put(&self) -> bool {
-            true
-        }
-        fn describe(&self) -> String {
-            "chatty".into()
+            call.run(below).await
         }
     }
 
@@ -404,7 +348,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let inner = FsStore::open(dir.path().to_path_buf()).await.unwrap();
         let counts = Arc::new(RequestCounts::new());
-        let store = CountedStore::wrap(Arc::new(Chatty { inner, pages: 3 }), counts.clone());
+        let store = CountedStore::wrap(
+            Arc::new(Layered::new(Arc::new(inner), Chatty { pages: 3 })),
+            counts.clone(),
+        );
         store.put("a", Bytes::from_static(b"x")).await.unwrap();
         store.list("").await.unwrap();
         store.get_range("a", 0, 0).await.unwrap();
@@ -420,7 +367,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let inner = FsStore::open(dir.path().to_path_buf()).await.unwrap();
         let counts = Arc::new(RequestCounts::new());
-        let store = CountedStore::wrap(Arc::new(Chatty { inner, pages: 1000 }), counts.clone());
+        let store = CountedStore::wrap(
+            Arc::new(Layered::new(Arc::new(inner), Chatty { pages: 1000 })),
+            counts.clone(),
+        );
         let cut = tokio::time::timeout(Duration::from_millis(30), store.list("")).await;
         assert!(cut.is_err(), "the listing should still be paging");
         let sent = counts.get(RequestOp::List);

@@ -211,7 +211,7 @@ mod tests {
     use pgagent_protocol::{SegNo, TimelineId, WalSegmentSize};
     use pgagent_storage::deltas::assemble;
     use pgagent_storage::StoreError;
-    use pgagent_storage::{envelope, ObjectStore};
+    use pgagent_storage::{envelope, Call, Layer, Layered, ObjectStore, Reply};
 
     use super::*;
     use crate::fetch::resolve::resolve;
@@ -223,54 +223,33 @@ mod tests {
     /// complete object comes before that upload.
     #[derive(Debug)]
     struct RacedCleanup {
-        fs: pgagent_storage::fs::FsStore,
         complete: String,
         second: String,
         missed: tokio::sync::Notify,
     }
 
     #[async_trait::async_trait]
-    impl ObjectStore for RacedCleanup {
-        async fn put(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
-            self.fs.put(key, body).await
-        }
-        async fn put_if_absent(
+    impl Layer for RacedCleanup {
+        async fn around(
             &self,
-            key: &str,
-            body: Bytes,
-        ) -> Result<pgagent_storage::PutOutcome, StoreError> {
-            self.fs.put_if_absent(key, body).await
-        }
-        async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
-            let r = self.fs.get(key).await;
-            if key == self.complete {
-                self.missed.notify_one();
+            below: &dyn ObjectStore,
+            call: Call<'_>,
+        ) -> Result<Reply, StoreError> {
+            match call {
+                Call::Get { key } if key == self.complete => {
+                    let r = call.run(below).await;
+                    self.missed.notify_one();
+                    r
+                }
+                Call::List { prefix } if prefix.ends_with(".partial.d/") => {
+                    self.missed.notified().await;
+                    let whole = envelope::seal(&vec![3u8; 16 << 20], 1).body;
+                    below.put(&self.complete, whole).await?;
+                    below.delete(&self.second).await?;
+                    call.run(below).await
+                }
+                _ => call.run(below).await,
             }
-            r
-        }
-        async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Bytes, StoreError> {
-            self.fs.get_range(key, start, len).await
-        }
-        async fn head(&self, key: &str) -> Result<Option<pgagent_storage::ObjectMeta>, StoreError> {
-            self.fs.head(key).await
-        }
-        async fn list(&self, prefix: &str) -> Result<Vec<pgagent_storage::ObjectMeta>, StoreError> {
-            if prefix.ends_with(".partial.d/") {
-                self.missed.notified().await;
-                let whole = envelope::seal(&vec![3u8; 16 << 20], 1).body;
-                self.fs.put(&self.complete, whole).await?;
-                self.fs.delete(&self.second).await?;
-            }
-            self.fs.list(prefix).await
-        }
-        async fn delete(&self, key: &str) -> Result<(), StoreError> {
-            self.fs.delete(key).await
-        }
-        fn enforces_conditional_put(&self) -> bool {
-            true
-        }
-        fn describe(&self) -> String {
-            "raced cleanup".into()
         }
     }
 
@@ -284,19 +263,21 @@ mod tests {
             start,
             end,
         };
-        let store = RacedCleanup {
-            fs: pgagent_storage::fs::FsStore::open(dir.path().to_path_buf())
+        let fs: Arc<dyn ObjectStore> = Arc::new(
+            pgagent_storage::fs::FsStore::open(dir.path().to_path_buf())
                 .await
                 .unwrap(),
+        );
+        let layer = RacedCleanup {
             complete: "wal/000000010000000000000003".into(),
             second: delta(0x1000, 0x2000).key(seg),
             missed: tokio::sync::Notify::new(),
         };
         for d in [delta(0, 0x1000), delta(0x1000, 0x2000)] {
             let body = envelope::seal(&vec![3u8; d.len() as usize], 1).body;
-            store.fs.put(&d.key(seg), body).await.unwrap();
+            fs.put(&d.key(seg), body).await.unwrap();
         }
-        let fetcher = Fetcher::on_store(Arc::new(store), seg);
+        let fetcher = Fetcher::on_store(Arc::new(Layered::new(fs, layer)), seg);
         let resolved = resolve("000000010000000000000003", seg).unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         let found = fetcher.find(&resolved, deadline).await.unwrap();

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use super::*;
 use crate::crypto::kdf::tests::FAST;
 use crate::fs::FsStore;
-use crate::{ObjectMeta, PutOutcome};
+use crate::{Call, Layer, Layered, PutOutcome, Reply};
 
 fn ours() -> ClusterInfo {
     ClusterInfo {
@@ -65,21 +65,39 @@ impl std::fmt::Debug for LateWrites {
     }
 }
 
+/// A writer's view: the shared store below [`LateWrites`].
+type View = Layered<LateWrites>;
+
+fn late_writes(
+    fs: Arc<FsStore>,
+    gate: watch::Receiver<bool>,
+    fate: impl FnMut(&str) -> Fate + Send + 'static,
+) -> View {
+    let layer = LateWrites {
+        fs: fs.clone(),
+        gate,
+        fate: Mutex::new(Box::new(fate)),
+        landing: Mutex::new(Vec::new()),
+    };
+    Layered::new(fs, layer)
+}
+
 impl LateWrites {
-    fn new(
-        fs: Arc<FsStore>,
-        gate: watch::Receiver<bool>,
-        fate: impl FnMut(&str) -> Fate + Send + 'static,
-    ) -> LateWrites {
-        LateWrites {
-            fs,
-            gate,
-            fate: Mutex::new(Box::new(fate)),
-            landing: Mutex::new(Vec::new()),
+    /// Waits until every PUT given up so far has landed.
+    async fn landed(&self) {
+        let pending: Vec<_> = std::mem::take(&mut *self.landing.lock().unwrap());
+        for h in pending {
+            h.await.unwrap();
         }
     }
+}
 
-    async fn land(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
+#[async_trait::async_trait]
+impl Layer for LateWrites {
+    async fn around(&self, below: &dyn ObjectStore, call: Call<'_>) -> Result<Reply, StoreError> {
+        let (Call::Put { key, body } | Call::PutIfAbsent { key, body }) = call else {
+            return call.run(below).await;
+        };
         let fate = (self.fate.lock().unwrap())(key);
         let mut gate = self.gate.clone();
         match fate {
@@ -91,7 +109,7 @@ impl LateWrites {
                 gate.wait_for(|open| *open).await.unwrap();
             }
             Fate::GivenUp(d) => {
-                let (fs, key2) = (self.fs.clone(), key.to_string());
+                let (fs, key2, body) = (self.fs.clone(), key.to_string(), body.clone());
                 self.landing.lock().unwrap().push(tokio::spawn(async move {
                     gate.wait_for(|open| *open).await.unwrap();
                     tokio::time::sleep(d).await;
@@ -105,52 +123,21 @@ impl LateWrites {
                 });
             }
         }
-        self.fs.put(key, body).await
+        // The last write wins, conditional or not.
+        below.put(key, body.clone()).await?;
+        Ok(match call {
+            Call::PutIfAbsent { .. } => Reply::Written(PutOutcome::Created),
+            _ => Reply::Done,
+        })
     }
 
-    /// Waits until every PUT given up so far has landed.
-    async fn landed(&self) {
-        let pending: Vec<_> = std::mem::take(&mut *self.landing.lock().unwrap());
-        for h in pending {
-            h.await.unwrap();
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl ObjectStore for LateWrites {
-    async fn put(&self, key: &str, body: Bytes) -> Result<(), StoreError> {
-        self.land(key, body).await
-    }
-    async fn put_if_absent(&self, key: &str, body: Bytes) -> Result<PutOutcome, StoreError> {
-        self.land(key, body).await?;
-        Ok(PutOutcome::Created)
-    }
-    async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
-        self.fs.get(key).await
-    }
-    async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Bytes, StoreError> {
-        self.fs.get_range(key, start, len).await
-    }
-    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
-        self.fs.head(key).await
-    }
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
-        self.fs.list(prefix).await
-    }
-    async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.fs.delete(key).await
-    }
-    fn enforces_conditional_put(&self) -> bool {
+    fn enforces_conditional_put(&self, _below: bool) -> bool {
         false
-    }
-    fn describe(&self) -> String {
-        "late writes, last write wins".into()
     }
 }
 
 async fn claim_on(
-    store: &LateWrites,
+    store: &View,
     p: Option<&Passphrase>,
 ) -> Result<(ClusterInfo, Option<ObjectCipher>), KeyError> {
     claim(store, &ours(), p, FAST, &origin(), UnlockLimits::default()).await
@@ -210,14 +197,14 @@ async fn a_claim_put_that_lands_after_its_writer_gave_up_changes_nothing() {
     // the other's slower PUTs.
     let together = Arc::new(tokio::sync::Barrier::new(2));
     let t = together.clone();
-    let late = LateWrites::new(fs.clone(), gate.clone(), move |key| {
+    let late = late_writes(fs.clone(), gate.clone(), move |key| {
         if key.starts_with(KEY_PREFIX) {
             Fate::Together(t.clone())
         } else {
             Fate::GivenUp(Duration::ZERO)
         }
     });
-    let on_time = LateWrites::new(fs.clone(), gate, move |key| {
+    let on_time = late_writes(fs.clone(), gate, move |key| {
         if key.starts_with(KEY_PREFIX) {
             Fate::Together(together.clone())
         } else {
@@ -233,7 +220,7 @@ async fn a_claim_put_that_lands_after_its_writer_gave_up_changes_nothing() {
         (won, x)
     };
     let (gave_up, (won, x)) = tokio::join!(gave_up, first);
-    late.landed().await;
+    late.layer().landed().await;
     let mut let_in = vec![won.clone()];
     let_in.extend(gave_up.ok());
     check_store(&fs, &p, &let_in, std::slice::from_ref(&x)).await;
@@ -267,14 +254,14 @@ async fn a_claim_held_until_another_writer_sealed_takes_its_key() {
     // Both find the store empty and make a key (their key files land together).
     let together = Arc::new(tokio::sync::Barrier::new(2));
     let t = together.clone();
-    let held = LateWrites::new(fs.clone(), gate.clone(), move |key| {
+    let held = late_writes(fs.clone(), gate.clone(), move |key| {
         if key.starts_with(KEY_PREFIX) {
             Fate::Together(t.clone())
         } else {
             Fate::Held
         }
     });
-    let on_time = LateWrites::new(fs.clone(), gate, move |key| {
+    let on_time = late_writes(fs.clone(), gate, move |key| {
         if key.starts_with(KEY_PREFIX) {
             Fate::Together(together.clone())
         } else {
@@ -310,8 +297,8 @@ async fn a_plaintext_and_an_encrypted_writer_never_share_a_store() {
         let dir = tempfile::tempdir().unwrap();
         let fs = Arc::new(FsStore::open(dir.path().to_path_buf()).await.unwrap());
         let (open, gate) = watch::channel(false);
-        let held = LateWrites::new(fs.clone(), gate.clone(), |_| Fate::Held);
-        let on_time = LateWrites::new(fs.clone(), gate, |_| Fate::After(Duration::ZERO));
+        let held = late_writes(fs.clone(), gate.clone(), |_| Fate::Held);
+        let on_time = late_writes(fs.clone(), gate, |_| Fate::After(Duration::ZERO));
         let (slow_pass, fast_pass) = if plaintext_held {
             (None, Some(&p))
         } else {
@@ -354,7 +341,7 @@ async fn writers_racing_with_late_puts_agree_over_many_seeds() {
             .map(|w| {
                 let encrypted = w == 0 || rng.gen_bool(0.8);
                 let mut draws = rand::rngs::StdRng::seed_from_u64(rng.gen());
-                let view = Arc::new(LateWrites::new(fs.clone(), gate.clone(), move |_| {
+                let view = Arc::new(late_writes(fs.clone(), gate.clone(), move |_| {
                     if draws.gen_bool(0.1) {
                         Fate::GivenUp(Duration::from_millis(draws.gen_range(0..150)))
                     } else {
@@ -392,7 +379,7 @@ async fn writers_racing_with_late_puts_agree_over_many_seeds() {
         }
         open.send(true).unwrap();
         for v in &views {
-            v.landed().await;
+            v.layer().landed().await;
         }
         if let_in.is_empty() {
             continue; // every writer was refused or gave up: nothing to hold

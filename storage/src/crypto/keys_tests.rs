@@ -191,43 +191,24 @@ fn ids_are_random_hex() {
     assert!(!is_key_id("abc"));
 }
 
-/// A file store whose deletes wait until `barrier` lets them through: two removals that both
-/// checked "not the last key" before either deleted.
+/// Deletes wait until `barrier` lets them through: two removals that both checked "not the
+/// last key" before either deleted.
 #[derive(Debug)]
 struct DeletesTogether {
-    inner: FsStore,
     barrier: tokio::sync::Barrier,
 }
 
 #[async_trait::async_trait]
-impl ObjectStore for DeletesTogether {
-    async fn put(&self, key: &str, body: Bytes) -> Result<(), crate::StoreError> {
-        self.inner.put(key, body).await
-    }
-    async fn put_if_absent(&self, key: &str, body: Bytes) -> Result<PutOutcome, crate::StoreError> {
-        self.inner.put_if_absent(key, body).await
-    }
-    async fn get(&self, key: &str) -> Result<Bytes, crate::StoreError> {
-        self.inner.get(key).await
-    }
-    async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Bytes, crate::StoreError> {
-        self.inner.get_range(key, start, len).await
-    }
-    async fn head(&self, key: &str) -> Result<Option<crate::ObjectMeta>, crate::StoreError> {
-        self.inner.head(key).await
-    }
-    async fn list(&self, prefix: &str) -> Result<Vec<crate::ObjectMeta>, crate::StoreError> {
-        self.inner.list(prefix).await
-    }
-    async fn delete(&self, key: &str) -> Result<(), crate::StoreError> {
-        self.barrier.wait().await;
-        self.inner.delete(key).await
-    }
-    fn enforces_conditional_put(&self) -> bool {
-        self.inner.enforces_conditional_put()
-    }
-    fn describe(&self) -> String {
-        self.inner.describe()
+impl crate::Layer for DeletesTogether {
+    async fn around(
+        &self,
+        below: &dyn ObjectStore,
+        call: crate::Call<'_>,
+    ) -> Result<crate::Reply, crate::StoreError> {
+        if let crate::Call::Delete { .. } = call {
+            self.barrier.wait().await;
+        }
+        call.run(below).await
     }
 }
 
@@ -242,10 +223,10 @@ async fn two_removals_at_once_never_leave_the_store_without_a_key() {
     let b = add(&inner, &a.master, &pass("two"), FAST, &origin())
         .await
         .unwrap();
-    let store = std::sync::Arc::new(DeletesTogether {
-        inner,
+    let layer = DeletesTogether {
         barrier: tokio::sync::Barrier::new(2),
-    });
+    };
+    let store = std::sync::Arc::new(crate::Layered::new(std::sync::Arc::new(inner), layer));
     let by_a = unlock(store.as_ref(), &pass("one"), None).await.unwrap();
     let by_b = unlock(store.as_ref(), &pass("two"), None).await.unwrap();
     let (s1, s2) = (store.clone(), store.clone());

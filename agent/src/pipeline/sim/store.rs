@@ -282,6 +282,22 @@ impl ObjectStore for SimStore {
             .collect())
     }
 
+    /// One simulated request, as on S3: the listing's faults and staleness, then the
+    /// window after `after`.
+    async fn list_after(
+        &self,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<ObjectMeta>, StoreError> {
+        validate_prefix(after)?;
+        Ok(pgagent_storage::list_window(
+            self.list(prefix).await?,
+            after,
+            limit,
+        ))
+    }
+
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         validate_key(key)?;
         let d = self.draw();
