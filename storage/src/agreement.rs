@@ -50,7 +50,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Op, StoreError};
 use crate::layout::CLAIM_PREFIX;
-use crate::ObjectStore;
+use crate::object_store::ObjectStore;
 
 /// Format version of the entries this build writes and reads.
 pub const ENTRY_FORMAT_VERSION: u32 = 1;

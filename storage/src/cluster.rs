@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::crypto::ObjectCipher;
 use crate::error::StoreError;
 use crate::layout::CLUSTER_KEY;
-use crate::ObjectStore;
+use crate::object_store::ObjectStore;
 
 /// Store format version this build writes for a plaintext store.
 pub const STORE_FORMAT_VERSION: u32 = 1;
@@ -136,7 +136,7 @@ pub(crate) async fn read_back(store: &dyn ObjectStore) -> Result<ClusterInfo, St
         .await?
         .ok_or_else(|| StoreError::Transient {
             key: CLUSTER_KEY.to_string(),
-            op: crate::Op::Get,
+            op: crate::error::Op::Get,
             detail: "not readable right after it was written".to_string(),
             source: None,
         })
@@ -162,7 +162,7 @@ pub(crate) async fn put_cluster(
     Ok(())
 }
 
-/// Claims the store for `info` without the agreement of [`crate::crypto::access::claim`]
+/// Claims the store for `info` without the agreement of [`crate::keyring::access::claim`]
 /// (only for a store no other writer races on: tests), or checks that it already belongs
 /// to it; returns what the store holds.
 ///

@@ -1,6 +1,6 @@
-//! Store URLs and options, and [`open`], which turns them into a backend.
+//! Store URLs and options, and [`open`](crate::open::open), which turns them into a backend.
 //!
-//! Parsing is pure ([`StoreUrl::parse`]); [`open`] then builds the backend (which, for S3,
+//! Parsing is pure ([`StoreUrl::parse`]); [`open`](crate::open::open) then builds the backend (which, for S3,
 //! resolves credentials and region).
 //!
 //! ```text
@@ -10,13 +10,9 @@
 
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::StoreError;
-use crate::fs::FsStore;
-use crate::s3::S3Store;
-use crate::ObjectStore;
 
 /// Smallest multipart part S3 accepts (except the last part), in bytes.
 pub const MIN_PART_SIZE: u64 = 5 << 20;
@@ -286,20 +282,6 @@ fn bad(url: &str, reason: impl Into<String>) -> StoreError {
     StoreError::InvalidUrl {
         url: url.to_string(),
         reason: reason.into(),
-    }
-}
-
-/// Opens the store at `url`: `file://` gives an [`FsStore`] (the directory is created if
-/// missing), `s3://` an [`S3Store`] (credentials from `opts`, else the standard AWS chain).
-/// Nothing is read from or written to the store.
-///
-/// Errors: [`StoreError::InvalidUrl`], [`StoreError::Config`], and for `file://` the I/O
-/// error of creating the directory.
-pub async fn open(url: &str, opts: &StoreOptions) -> Result<Arc<dyn ObjectStore>, StoreError> {
-    opts.validate()?;
-    match StoreUrl::parse(url)? {
-        StoreUrl::File { root } => Ok(Arc::new(FsStore::open(root).await?)),
-        StoreUrl::S3(loc) => Ok(Arc::new(S3Store::open(loc, opts).await?)),
     }
 }
 

@@ -110,7 +110,7 @@ pub fn deltas_prefix(tli: TimelineId, segno: SegNo, seg: WalSegmentSize) -> Stri
 }
 
 /// A key that sorts after every delta of the segment and before the next WAL object of the
-/// store: `after` for [`crate::ObjectStore::list_after`] when looking past a segment's
+/// store: `after` for [`crate::object_store::ObjectStore::list_after`] when looking past a segment's
 /// deltas (`'0'` follows `'/'` in byte order).
 pub fn after_deltas(tli: TimelineId, segno: SegNo, seg: WalSegmentSize) -> String {
     let prefix = deltas_prefix(tli, segno, seg);
@@ -254,7 +254,7 @@ mod tests {
             key,
             "wal/000000010000000A000000FF.partial.d/00000000-0001A000"
         );
-        crate::validate_key(&key).unwrap();
+        crate::layout::validate_key(&key).unwrap();
         assert_eq!(Delta::parse_key(&key, seg()), Some(d));
         let later = Delta {
             start: 0x1A000,

@@ -52,7 +52,7 @@ impl Op {
     }
 }
 
-/// Error of an [`ObjectStore`](crate::ObjectStore) operation or of the formats stored in it.
+/// Error of an [`ObjectStore`](crate::object_store::ObjectStore) operation or of the formats stored in it.
 ///
 /// `key` is the object key relative to the store prefix (for `list`, the listed prefix).
 #[derive(Debug, thiserror::Error)]
@@ -136,7 +136,7 @@ pub enum StoreError {
         /// Key of the object.
         key: String,
     },
-    /// The key is not a valid store key (see [`validate_key`](crate::validate_key)).
+    /// The key is not a valid store key (see [`validate_key`](crate::layout::validate_key)).
     #[error("invalid object key {key:?}: {reason}")]
     InvalidKey {
         /// The rejected key.

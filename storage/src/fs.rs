@@ -28,7 +28,7 @@ use bytes::Bytes;
 
 use crate::error::{Op, StoreError};
 use crate::layout::{validate_key, validate_prefix, TEMP_MARKER};
-use crate::{ObjectMeta, ObjectStore, PutOutcome};
+use crate::object_store::{ObjectMeta, ObjectStore, PutOutcome};
 
 /// Objects stored as files below `root`; key `a/b` is the file `root/a/b`.
 #[derive(Debug, Clone)]
@@ -375,7 +375,11 @@ impl ObjectStore for FsStore {
         limit: usize,
     ) -> Result<Vec<ObjectMeta>, StoreError> {
         validate_prefix(after)?;
-        Ok(crate::list_window(self.list(prefix).await?, after, limit))
+        Ok(crate::object_store::list_window(
+            self.list(prefix).await?,
+            after,
+            limit,
+        ))
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {

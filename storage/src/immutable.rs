@@ -30,7 +30,7 @@ use bytes::Bytes;
 
 use crate::envelope::{Header, Sealed, MAX_HEADER_LEN};
 use crate::error::StoreError;
-use crate::{ObjectStore, PutOutcome};
+use crate::object_store::{ObjectStore, PutOutcome};
 
 /// Result of [`put_immutable`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,7 +77,7 @@ pub async fn put_immutable(
 fn vanished(key: &str) -> StoreError {
     StoreError::Transient {
         key: key.to_string(),
-        op: crate::Op::Put,
+        op: crate::error::Op::Put,
         detail: "object vanished between its conditional put and the read-back".to_string(),
         source: None,
     }

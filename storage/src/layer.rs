@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::error::{Op, StoreError};
-use crate::{ObjectMeta, ObjectStore, PutOutcome};
+use crate::object_store::{ObjectMeta, ObjectStore, PutOutcome};
 
 /// One call of an [`ObjectStore`] method, with its arguments.
 #[derive(Debug, Clone, Copy)]

@@ -14,7 +14,7 @@
 //! snapshots/<id>.json                   ZFS snapshot record
 //! prune/<id>.json                       marker of a `pgagent prune` deleting chunks
 //! keys/<id>                             encrypted stores only: the master key wrapped by one
-//!                                       access key (plain JSON, see `crate::crypto::keys`)
+//!                                       access key (plain JSON, see `crate::keyring::keys`)
 //! claims/<round>/<a|b>/<participant>    how the writers that found no `cluster.json` agreed
 //!                                       on the one they write (see `crate::agreement`)
 //! ```
@@ -38,7 +38,7 @@ pub const SNAPSHOT_PREFIX: &str = "snapshots/";
 pub const PRUNE_PREFIX: &str = "prune/";
 /// Prefix of drill records (`pgagent drill`).
 pub const DRILL_PREFIX: &str = "drills/";
-/// Prefix of the access keys of an encrypted store (see [`crate::crypto::keys`]).
+/// Prefix of the access keys of an encrypted store (see [`crate::keyring::keys`]).
 pub const KEY_PREFIX: &str = "keys/";
 /// Prefix of the entries by which writers agree on a new store's `cluster.json` (see
 /// [`crate::agreement`]); written once each, never deleted.
@@ -54,7 +54,7 @@ pub fn wal_key(file_name: &str) -> String {
 }
 
 /// A key that sorts after every WAL object of timeline `tli` and before every object of a
-/// later timeline: `after` for [`crate::ObjectStore::list_after`] when looking for the first
+/// later timeline: `after` for [`crate::object_store::ObjectStore::list_after`] when looking for the first
 /// object of a later timeline. WAL names start with the timeline as 8 uppercase hex digits
 /// (`XLogFileName` in `src/include/access/xlog_internal.h`; history files
 /// `TLHistoryFileName`), followed only by hex digits, `.` and `/`, which all sort before `~`.
@@ -246,7 +246,7 @@ mod tests {
             "wal/.pgagent-tmp-1",
         ] {
             let e = validate_key(k).unwrap_err();
-            assert_eq!(e.kind(), crate::ErrorKind::InvalidKey, "{k:?}");
+            assert_eq!(e.kind(), crate::error::ErrorKind::InvalidKey, "{k:?}");
         }
         assert!(validate_key(&"a".repeat(1025)).is_err());
         validate_key("a/b.c/..d").unwrap();

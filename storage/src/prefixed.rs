@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use crate::error::StoreError;
 use crate::layout::{validate_key, validate_prefix};
-use crate::{ObjectMeta, ObjectStore, PutOutcome};
+use crate::object_store::{ObjectMeta, ObjectStore, PutOutcome};
 
 /// The objects of `inner` whose keys start with `prefix/`, seen with that prefix removed.
 #[derive(Debug, Clone)]

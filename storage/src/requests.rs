@@ -19,7 +19,7 @@
 //! - A call abandoned half-way (its future dropped: a timeout, a shutdown) counts what it
 //!   sent until then.
 //!
-//! Place the wrapper closest to the backend, below [`crate::PrefixedStore`] and any
+//! Place the wrapper closest to the backend, below [`crate::prefixed::PrefixedStore`] and any
 //! retrying wrapper, so each retry is a counted request; wrap a store once.
 
 use std::fmt;
@@ -30,7 +30,7 @@ use async_trait::async_trait;
 
 use crate::error::{Op, StoreError};
 use crate::layer::{Call, Layer, Layered, Reply};
-use crate::ObjectStore;
+use crate::object_store::ObjectStore;
 
 /// The kind of a store request, as providers bill them; the `op` label of
 /// `pgagent_store_requests_total`.
@@ -222,7 +222,7 @@ pub struct CountedStore {
 }
 
 impl CountedStore {
-    /// Wraps `inner` (a backend, as [`crate::open`] returns it), counting into `counts`.
+    /// Wraps `inner` (a backend, as [`crate::open::open`] returns it), counting into `counts`.
     pub fn wrap(inner: Arc<dyn ObjectStore>, counts: Arc<RequestCounts>) -> Arc<dyn ObjectStore> {
         Arc::new(Layered::new(inner, CountedStore { counts }))
     }
@@ -260,7 +260,8 @@ mod tests {
 
     use super::*;
     use crate::fs::FsStore;
-    use crate::{PrefixedStore, PutOutcome};
+    use crate::object_store::PutOutcome;
+    use crate::prefixed::PrefixedStore;
     use bytes::Bytes;
 
     async fn counted_fs() -> (tempfile::TempDir, Arc<dyn ObjectStore>, Arc<RequestCounts>) {

@@ -6,8 +6,8 @@ mod common;
 use std::time::Instant;
 
 use common::*;
-use pgagent_storage::crypto::keys::{self, KeyOrigin};
 use pgagent_storage::crypto::{KdfParams, Passphrase};
+use pgagent_storage::keyring::keys::{self, KeyOrigin};
 use pgagent_storage::layout::KEY_PREFIX;
 use pgagent_storage::ObjectStore;
 use pgagent_tests::{run_pgagent, Garage};

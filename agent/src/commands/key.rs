@@ -8,8 +8,8 @@
 //! `backup`) with a passphrase configured; `key add` on a store without keys says so.
 
 use pgagent_storage::cluster::read_cluster;
-use pgagent_storage::crypto::keys::{self, Expect, KeyInfo, Unlocked};
 use pgagent_storage::crypto::{KdfParams, KeyError, Passphrase};
+use pgagent_storage::keyring::keys::{self, Expect, KeyInfo, Unlocked};
 use pgagent_storage::{ObjectStore, StoreError};
 use serde::Serialize;
 

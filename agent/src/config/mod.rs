@@ -19,8 +19,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
 
-use pgagent_storage::crypto::keys::UnlockLimits;
 use pgagent_storage::crypto::Passphrase;
+use pgagent_storage::keyring::keys::UnlockLimits;
 use serde::{Deserialize, Serialize};
 
 pub use load::Overrides;

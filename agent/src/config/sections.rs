@@ -367,7 +367,7 @@ impl Default for EncryptionSection {
             passphrase_file: None,
             passphrase: None,
             max_unlock_memory: ByteSize::kib(u64::from(
-                pgagent_storage::crypto::keys::UnlockLimits::DEFAULT_MAX_M_COST_KIB,
+                pgagent_storage::keyring::keys::UnlockLimits::DEFAULT_MAX_M_COST_KIB,
             )),
         }
     }

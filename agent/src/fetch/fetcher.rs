@@ -12,9 +12,9 @@ use bytes::Bytes;
 use pgagent_protocol::{
     history_file_name, Lsn, TimelineHistory, TimelineId, WalFileName, WalSegmentSize,
 };
-use pgagent_storage::crypto::access::reader_cipher;
 use pgagent_storage::crypto::{KeyError, ObjectCipher};
 use pgagent_storage::deltas;
+use pgagent_storage::keyring::access::reader_cipher;
 use pgagent_storage::layout::after_timeline;
 use pgagent_storage::{envelope, ObjectMeta, ObjectStore, StoreError};
 

@@ -14,8 +14,8 @@ use std::time::UNIX_EPOCH;
 
 use pgagent_protocol::WalSegmentSize;
 use pgagent_storage::cluster::{read_cluster, ClusterInfo};
-use pgagent_storage::crypto::access::{claim, reader_cipher};
 use pgagent_storage::crypto::{KdfParams, ObjectCipher};
+use pgagent_storage::keyring::access::{claim, reader_cipher};
 use pgagent_storage::{CountedStore, ObjectStore, RequestCounts, StoreError};
 
 use crate::config::Config;
@@ -48,7 +48,7 @@ pub async fn open(cfg: &Config) -> Result<Arc<dyn ObjectStore>, StoreError> {
 ///
 /// With a passphrase configured (`cfg.passphrase`), a new store gets its master key and
 /// first access key here and `cluster.json` records it as encrypted
-/// ([`pgagent_storage::crypto::access::claim`]); an existing store is unlocked with it.
+/// ([`pgagent_storage::keyring::access::claim`]); an existing store is unlocked with it.
 ///
 /// Errors: a store of another cluster ([`Refused`], exit 3); a store whose encryption does
 /// not match the configuration, or a passphrase that opens no key (exit 2, see
@@ -245,7 +245,7 @@ pub fn unix_seconds(rfc3339: &str) -> Option<f64> {
 
 /// Who is making an access key, for `keys/<id>` and `pgagent key list`: this machine's host
 /// name and this process's user name (its uid when it has no name).
-pub fn key_origin() -> pgagent_storage::crypto::keys::KeyOrigin {
+pub fn key_origin() -> pgagent_storage::keyring::keys::KeyOrigin {
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_default();
@@ -254,5 +254,5 @@ pub fn key_origin() -> pgagent_storage::crypto::keys::KeyOrigin {
         .ok()
         .flatten()
         .map_or_else(|| uid.to_string(), |u| u.name);
-    pgagent_storage::crypto::keys::KeyOrigin { hostname, username }
+    pgagent_storage::keyring::keys::KeyOrigin { hostname, username }
 }

@@ -7,13 +7,14 @@ use bytes::Bytes;
 
 use super::pattern;
 use crate::cluster::{read_cluster, ClusterInfo};
-use crate::crypto::access::claim;
-use crate::crypto::keys::{KeyOrigin, UnlockLimits};
 use crate::crypto::{KdfParams, KeyError};
 use crate::envelope::{self, seal};
 use crate::error::StoreError;
+use crate::immutable::{put_immutable, ImmutablePut};
+use crate::keyring::access::claim;
+use crate::keyring::keys::{KeyOrigin, UnlockLimits};
 use crate::layout::{wal_key, CLUSTER_KEY};
-use crate::{put_immutable, ImmutablePut, ObjectStore, PutOutcome};
+use crate::object_store::{ObjectStore, PutOutcome};
 
 /// Retries `f` while it fails with a transient error (S3 answers 409 to concurrent
 /// conditional writes and asks for a retry), a few times with a short pause.

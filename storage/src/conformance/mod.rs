@@ -29,7 +29,8 @@ pub use objects::{
     list_prefixes, overwrite, put_get_round_trip, put_if_absent, special_keys,
 };
 
-use crate::{ObjectStore, PrefixedStore};
+use crate::object_store::ObjectStore;
+use crate::prefixed::PrefixedStore;
 
 /// Sizes of the suite.
 #[derive(Debug, Clone)]

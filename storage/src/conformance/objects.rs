@@ -4,7 +4,8 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
 use super::pattern;
-use crate::{ErrorKind, ObjectStore, PutOutcome};
+use crate::error::ErrorKind;
+use crate::object_store::{ObjectStore, PutOutcome};
 
 fn b(s: &'static [u8]) -> Bytes {
     Bytes::from_static(s)
@@ -309,7 +310,8 @@ pub async fn list_after(store: &dyn ObjectStore) {
     for k in ["la/c", "la/a", "la/b", "la/b.x", "lax", "la0"] {
         store.put(k, b(b"1")).await.expect("put for list_after");
     }
-    let keys = |v: Vec<crate::ObjectMeta>| v.into_iter().map(|m| m.key).collect::<Vec<_>>();
+    let keys =
+        |v: Vec<crate::object_store::ObjectMeta>| v.into_iter().map(|m| m.key).collect::<Vec<_>>();
     let after = |prefix: &'static str, after: &'static str, limit: usize| async move {
         keys(
             store

@@ -1,19 +1,50 @@
-//! The `keys/<id>` file format (see [`super::keys`] for the layout): wrapping the master key
-//! under a passphrase, and checking and unwrapping a file read from the bucket.
+//! The `keys/<id>` file format (see [`super::keys`] for the layout): its types and
+//! constants, wrapping the master key under a passphrase, and checking and unwrapping a
+//! file read from the bucket.
 
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::kdf::{KdfParams, ARGON2_VERSION, SALT_LEN};
-use super::keys::{KeyInfo, KeyOrigin, KEY_FORMAT_VERSION, KEY_ID_LEN, WRAP_CONTEXT};
 use super::{random_bytes, random_nonce, Aead, KeyError, MasterKey, Passphrase};
 use super::{KEY_LEN, NONCE_LEN, TAG_LEN};
 use crate::layout::key_file_key;
 
+/// Key file format version written by this build.
+pub const KEY_FORMAT_VERSION: u32 = 1;
+/// Start of the associated data of the master key wrap (the id follows).
+pub const WRAP_CONTEXT: &[u8] = b"pgagent keys/ master key wrap v1\0";
+/// Length of a key id in hex digits (16 random bytes).
+pub const KEY_ID_LEN: usize = 32;
+
+/// Who made a key, recorded in its file for `pgagent key list`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyOrigin {
+    /// Host name of the machine.
+    pub hostname: String,
+    /// OS user name of the process.
+    pub username: String,
+}
+
+/// What `pgagent key list` shows of one key file: nothing secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeyInfo {
+    /// The id (`keys/<id>`).
+    pub id: String,
+    /// When the key was added, RFC 3339 UTC.
+    pub created_at: String,
+    /// Host it was added on.
+    pub hostname: String,
+    /// OS user that added it.
+    pub username: String,
+    /// Its Argon2id costs.
+    pub kdf: KdfParams,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(super) struct KeyFile {
+pub(crate) struct KeyFile {
     format_version: u32,
-    pub(super) id: String,
+    pub(crate) id: String,
     created_at: String,
     hostname: String,
     username: String,
@@ -41,18 +72,18 @@ fn associated_data(id: &str) -> Vec<u8> {
     [WRAP_CONTEXT, id.as_bytes()].concat()
 }
 
-pub(super) fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     let mut b = [0u8; KEY_ID_LEN / 2];
     random_bytes(&mut b);
     hex::encode(b)
 }
 
-pub(super) fn is_key_id(id: &str) -> bool {
+pub(crate) fn is_key_id(id: &str) -> bool {
     id.len() == KEY_ID_LEN && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// Wraps `master` under a key derived from `passphrase` (blocking: runs Argon2id).
-pub(super) fn wrap(
+pub(crate) fn wrap(
     master: &MasterKey,
     passphrase: &Passphrase,
     params: KdfParams,
@@ -95,7 +126,7 @@ fn access_cipher(access: &[u8; KEY_LEN]) -> Aead {
 }
 
 /// Parses and checks a key file read from `key` (everything but the passphrase).
-pub(super) fn parse(key: &str, body: &[u8]) -> Result<KeyFile, KeyError> {
+pub(crate) fn parse(key: &str, body: &[u8]) -> Result<KeyFile, KeyError> {
     let f: KeyFile = serde_json::from_slice(body)
         .map_err(|e| KeyError::corrupt(key, format!("not key file JSON: {e}")))?;
     if f.format_version != KEY_FORMAT_VERSION {
@@ -149,7 +180,7 @@ fn hex_len(s: &str) -> Option<usize> {
 
 /// Tries `passphrase` on a checked key file (blocking: runs Argon2id). `Ok(None)`: it does
 /// not open this key.
-pub(super) fn unwrap(f: &KeyFile, passphrase: &Passphrase) -> Result<Option<MasterKey>, KeyError> {
+pub(crate) fn unwrap(f: &KeyFile, passphrase: &Passphrase) -> Result<Option<MasterKey>, KeyError> {
     let key = key_file_key(&f.id);
     let decode = |s: &str| hex::decode(s).expect("checked by parse");
     let access = f
@@ -170,11 +201,11 @@ pub(super) fn unwrap(f: &KeyFile, passphrase: &Passphrase) -> Result<Option<Mast
 }
 
 /// The Argon2 costs a checked key file asks for.
-pub(super) fn kdf_params(f: &KeyFile) -> KdfParams {
+pub(crate) fn kdf_params(f: &KeyFile) -> KdfParams {
     f.kdf.params
 }
 
-pub(super) fn info(f: &KeyFile) -> KeyInfo {
+pub(crate) fn info(f: &KeyFile) -> KeyInfo {
     KeyInfo {
         id: f.id.clone(),
         created_at: f.created_at.clone(),

@@ -6,7 +6,8 @@
 //! - Each encrypted store has one random 256-bit [`MasterKey`]. It never leaves the process
 //!   in plaintext.
 //! - `keys/<id>` objects each hold the master key wrapped (XChaCha20-Poly1305) by an access
-//!   key derived from one passphrase with Argon2id ([`keys`]). Any one passphrase unlocks the
+//!   key derived from one passphrase with Argon2id (the format in `keyfile.rs`, the objects
+//!   in [`crate::keyring::keys`]). Any one passphrase unlocks the
 //!   store; rotation is "add a key, switch the configuration, remove the old key".
 //! - From the master key, [`blake3::derive_key`] derives, under distinct context strings, the
 //!   AEAD key that seals object payloads, the key of the keyed blake3 content hashes (so the
@@ -14,18 +15,17 @@
 //!   recorded in `cluster.json` that tells one store's master key from another's. They live
 //!   in an [`ObjectCipher`], which the read and write paths pass around (cheap to clone).
 //!
-//! [`access`] decides, from `cluster.json`, `keys/` and the configured passphrase, whether a
-//! command works with a cipher, and creates the keys of a new store.
+//! [`crate::keyring::access`] decides, from `cluster.json`, `keys/` and the configured
+//! passphrase, whether a command works with a cipher, and creates the keys of a new store.
+//! This module holds the primitives only; it reads no store.
 //!
 //! Primitives are RustCrypto's `chacha20poly1305` and `argon2`, blake3's keyed mode and KDF,
 //! randomness from the operating system ([`rand::rngs::OsRng`]); secrets are wiped on drop
 //! (`zeroize`) and never printed by `Debug`.
 
-pub mod access;
 mod error;
 pub mod kdf;
-mod keyfile;
-pub mod keys;
+pub(crate) mod keyfile;
 
 use std::fmt;
 use std::sync::Arc;

@@ -164,7 +164,8 @@ fn encryption_mismatches_are_their_own_errors() {
 
 #[tokio::test]
 async fn put_immutable_compares_keyed_hashes_of_encrypted_objects() {
-    use crate::{put_immutable, ImmutablePut, ObjectStore};
+    use crate::immutable::{put_immutable, ImmutablePut};
+    use crate::object_store::ObjectStore;
     let dir = tempfile::tempdir().unwrap();
     let store = crate::fs::FsStore::open(dir.path().to_path_buf())
         .await

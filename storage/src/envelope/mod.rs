@@ -203,7 +203,7 @@ pub struct Sealed {
     /// The complete object body (header and payload).
     pub body: Bytes,
     /// The hash in the header: blake3 of the raw bytes, keyed in an encrypted store (the
-    /// content address of chunks, and what [`crate::put_immutable`] compares).
+    /// content address of chunks, and what [`crate::immutable::put_immutable`] compares).
     pub hash: blake3::Hash,
     /// Length of the raw bytes in bytes.
     pub raw_len: u64,

@@ -146,7 +146,7 @@ fn permission_hint(op: Op, code: Option<&str>, message: Option<&str>) -> String 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ErrorKind;
+    use crate::error::ErrorKind;
 
     fn kind(status: u16, code: Option<&str>, op: Op) -> ErrorKind {
         map_fault(

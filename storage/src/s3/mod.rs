@@ -10,7 +10,7 @@
 //! - bodies above `part_size` are uploaded as multipart with bounded parallelism.
 //! - HTTPS uses rustls with the ring provider, the same TLS stack as the replication client.
 //! - every HTTP request sent (each list page, multipart part and retry attempt) is reported
-//!   to [`crate::CountedStore`], which counts requests as the provider bills them.
+//!   to [`crate::requests::CountedStore`], which counts requests as the provider bills them.
 //!
 //! Keys are stored as `<prefix>/<key>` in the bucket.
 
@@ -35,7 +35,7 @@ use bytes::Bytes;
 use crate::config::{S3Location, StoreOptions};
 use crate::error::{Op, StoreError};
 use crate::layout::{validate_key, validate_prefix};
-use crate::{ObjectMeta, ObjectStore, PutOutcome};
+use crate::object_store::{ObjectMeta, ObjectStore, PutOutcome};
 
 pub(crate) use errors::map_sdk;
 

@@ -9,10 +9,10 @@ use std::time::{Instant, SystemTime};
 
 use anyhow::Context;
 use pgagent_protocol::{segment_file_name, ConnConfig, Lsn, SegNo, SqlSession, WalFileName};
-use pgagent_storage::crypto::access::reader_cipher;
 use pgagent_storage::crypto::ObjectCipher;
 use pgagent_storage::deltas::{deltas_prefix, Delta};
 use pgagent_storage::envelope::{self, Header, MAX_HEADER_LEN};
+use pgagent_storage::keyring::access::reader_cipher;
 use pgagent_storage::layout::wal_key;
 use pgagent_storage::{ObjectMeta, ObjectStore, StoreError};
 

@@ -139,9 +139,13 @@ impl Scenario {
         store: &dyn pgagent_storage::ObjectStore,
     ) -> Option<pgagent_storage::crypto::ObjectCipher> {
         let passphrase = Passphrase::new(self.passphrase.as_deref()?).unwrap();
-        pgagent_storage::crypto::access::reader_cipher(store, Some(&passphrase), Default::default())
-            .await
-            .unwrap()
+        pgagent_storage::keyring::access::reader_cipher(
+            store,
+            Some(&passphrase),
+            Default::default(),
+        )
+        .await
+        .unwrap()
     }
 
     /// The store URL straight to Garage, bypassing the proxy.

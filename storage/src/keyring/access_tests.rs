@@ -231,7 +231,7 @@ async fn costly_key_files_do_not_stall_an_unlock() {
     let id = keys::list(&store).await.unwrap()[0].id.clone();
     for i in 0..2 {
         let planted = format!("{i:032x}");
-        crate::crypto::keys::tests::plant(&store, &id, &planted, KdfParams::MAX_M_COST_KIB, 4)
+        crate::keyring::keys::tests::plant(&store, &id, &planted, KdfParams::MAX_M_COST_KIB, 4)
             .await;
     }
     let started = std::time::Instant::now();

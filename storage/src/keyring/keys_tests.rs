@@ -199,13 +199,13 @@ struct DeletesTogether {
 }
 
 #[async_trait::async_trait]
-impl crate::Layer for DeletesTogether {
+impl crate::layer::Layer for DeletesTogether {
     async fn around(
         &self,
         below: &dyn ObjectStore,
-        call: crate::Call<'_>,
-    ) -> Result<crate::Reply, crate::StoreError> {
-        if let crate::Call::Delete { .. } = call {
+        call: crate::layer::Call<'_>,
+    ) -> Result<crate::layer::Reply, crate::error::StoreError> {
+        if let crate::layer::Call::Delete { .. } = call {
             self.barrier.wait().await;
         }
         call.run(below).await
@@ -226,7 +226,10 @@ async fn two_removals_at_once_never_leave_the_store_without_a_key() {
     let layer = DeletesTogether {
         barrier: tokio::sync::Barrier::new(2),
     };
-    let store = std::sync::Arc::new(crate::Layered::new(std::sync::Arc::new(inner), layer));
+    let store = std::sync::Arc::new(crate::layer::Layered::new(
+        std::sync::Arc::new(inner),
+        layer,
+    ));
     let by_a = unlock(store.as_ref(), &pass("one"), None).await.unwrap();
     let by_b = unlock(store.as_ref(), &pass("two"), None).await.unwrap();
     let (s1, s2) = (store.clone(), store.clone());

@@ -13,7 +13,8 @@ use tokio::sync::watch;
 use super::*;
 use crate::crypto::kdf::tests::FAST;
 use crate::fs::FsStore;
-use crate::{Call, Layer, Layered, PutOutcome, Reply};
+use crate::layer::{Call, Layer, Layered, Reply};
+use crate::object_store::PutOutcome;
 
 fn ours() -> ClusterInfo {
     ClusterInfo {
@@ -117,7 +118,7 @@ impl Layer for LateWrites {
                 }));
                 return Err(StoreError::Transient {
                     key: key.to_string(),
-                    op: crate::Op::Put,
+                    op: crate::error::Op::Put,
                     detail: "timed out (the PUT lands later)".into(),
                     source: None,
                 });

@@ -23,19 +23,19 @@
 use bytes::Bytes;
 
 use super::keys::{self, Expect, KeyOrigin, UnlockLimits};
-use super::{KdfParams, KeyError, ObjectCipher, Passphrase};
 use crate::agreement;
 use crate::cluster::{
     check_encryption, check_same_cluster, read_cluster, ClusterInfo, EncryptionInfo,
     ENCRYPTED_STORE_FORMAT_VERSION,
 };
+use crate::crypto::{KdfParams, KeyError, ObjectCipher, Passphrase};
 use crate::envelope::Header;
 use crate::error::StoreError;
 use crate::layout::{
     key_file_key, BACKUP_PREFIX, CHUNK_PREFIX, CLUSTER_KEY, DRILL_PREFIX, KEY_PREFIX,
     SNAPSHOT_PREFIX, WAL_PREFIX,
 };
-use crate::ObjectStore;
+use crate::object_store::ObjectStore;
 
 /// The cipher of a command that only reads the store (`fetch`, `restore`, `list`, `verify`).
 ///

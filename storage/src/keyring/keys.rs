@@ -27,44 +27,15 @@
 //! passphrase, `key remove` the old id — as restic does it.
 
 use bytes::Bytes;
-use serde::Serialize;
 
-use super::kdf::KdfParams;
-use super::keyfile::{info, is_key_id, kdf_params, parse, unwrap, wrap, KeyFile};
-use super::{KeyError, MasterKey, ObjectCipher, Passphrase};
+use crate::crypto::kdf::KdfParams;
+use crate::crypto::keyfile::{info, is_key_id, kdf_params, parse, unwrap, wrap, KeyFile};
+pub use crate::crypto::keyfile::{
+    KeyInfo, KeyOrigin, KEY_FORMAT_VERSION, KEY_ID_LEN, WRAP_CONTEXT,
+};
+use crate::crypto::{KeyError, MasterKey, ObjectCipher, Passphrase};
 use crate::layout::{key_file_key, KEY_PREFIX};
-use crate::{ObjectStore, PutOutcome};
-
-/// Key file format version written by this build.
-pub const KEY_FORMAT_VERSION: u32 = 1;
-/// Start of the associated data of the master key wrap (the id follows).
-pub const WRAP_CONTEXT: &[u8] = b"pgagent keys/ master key wrap v1\0";
-/// Length of a key id in hex digits (16 random bytes).
-pub const KEY_ID_LEN: usize = 32;
-
-/// Who made a key, recorded in its file for `pgagent key list`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyOrigin {
-    /// Host name of the machine.
-    pub hostname: String,
-    /// OS user name of the process.
-    pub username: String,
-}
-
-/// What `pgagent key list` shows of one key file: nothing secret.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct KeyInfo {
-    /// The id (`keys/<id>`).
-    pub id: String,
-    /// When the key was added, RFC 3339 UTC.
-    pub created_at: String,
-    /// Host it was added on.
-    pub hostname: String,
-    /// OS user that added it.
-    pub username: String,
-    /// Its Argon2id costs.
-    pub kdf: KdfParams,
-}
+use crate::object_store::{ObjectStore, PutOutcome};
 
 /// A store unlocked with one passphrase: its master key, and which key file opened it.
 #[derive(Debug)]
