@@ -43,60 +43,62 @@ impl RetryingReads {
         };
         Arc::new(Layered::new(inner, layer))
     }
+}
 
-    /// Runs the read `op` of `key` until it succeeds, fails for good, or the time is up.
-    ///
-    /// Errors: a permanent error as it came; at the deadline the last transient error with
-    /// the time spent added, or a transient error saying no answer came.
-    async fn read<T, F, Fut>(&self, what: Op, key: &str, op: F) -> Result<T, StoreError>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<T, StoreError>>,
-    {
-        let mut warned = false;
-        let notify = |e: &StoreError, wait: Duration| {
-            if !std::mem::replace(&mut warned, true) {
-                tracing::warn!(
-                    "{e}; retrying for up to {} ({})",
-                    self.setting,
-                    humantime::format_duration(self.timeout)
-                );
-            } else {
-                tracing::debug!("{e}; next attempt in {wait:?}");
+/// Runs `op` (a read of `key`, or `what` on the store) until it succeeds, fails for good, or
+/// `deadline` passes: the one read retry, used by [`RetryingReads`] and by `pgagent fetch`.
+/// `setting` names the time limit in messages (`fetch.timeout (5m)`); the first transient
+/// error is logged as a warning, later ones at debug level.
+///
+/// Errors: a permanent error as it came; at the deadline the last transient error with
+/// "still failing when `setting` ran out" added, or a transient error saying no answer
+/// came.
+pub async fn read_until<T, F, Fut>(
+    policy: Policy,
+    deadline: Instant,
+    setting: &str,
+    what: Op,
+    key: &str,
+    op: F,
+) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut warned = false;
+    let notify = |e: &StoreError, wait: Duration| {
+        if !std::mem::replace(&mut warned, true) {
+            tracing::warn!("{e}; retrying until {setting} runs out");
+        } else {
+            tracing::debug!("{e}; next attempt in {wait:?}");
+        }
+    };
+    crate::retry::until(policy, deadline, StoreError::is_transient, notify, op)
+        .await
+        .map_err(|gave_up| {
+            let spent = format!("still failing when {setting} ran out");
+            match gave_up {
+                GaveUp::Permanent(e) => e,
+                GaveUp::Deadline(Some(StoreError::Transient {
+                    key,
+                    op,
+                    detail,
+                    source,
+                })) => StoreError::Transient {
+                    key,
+                    op,
+                    detail: format!("{detail}; {spent}"),
+                    source,
+                },
+                GaveUp::Deadline(Some(e)) => e,
+                GaveUp::Deadline(None) => StoreError::Transient {
+                    key: key.to_string(),
+                    op: what,
+                    detail: format!("no answer; {spent}"),
+                    source: None,
+                },
             }
-        };
-        let deadline = Instant::now() + self.timeout;
-        crate::retry::until(self.policy, deadline, StoreError::is_transient, notify, op)
-            .await
-            .map_err(|gave_up| {
-                let spent = format!(
-                    "still failing when {} ({}) ran out",
-                    self.setting,
-                    humantime::format_duration(self.timeout)
-                );
-                match gave_up {
-                    GaveUp::Permanent(e) => e,
-                    GaveUp::Deadline(Some(StoreError::Transient {
-                        key,
-                        op,
-                        detail,
-                        source,
-                    })) => StoreError::Transient {
-                        key,
-                        op,
-                        detail: format!("{detail}; {spent}"),
-                        source,
-                    },
-                    GaveUp::Deadline(Some(e)) => e,
-                    GaveUp::Deadline(None) => StoreError::Transient {
-                        key: key.to_string(),
-                        op: what,
-                        detail: format!("no answer; {spent}"),
-                        source: None,
-                    },
-                }
-            })
-    }
+        })
 }
 
 #[async_trait]
@@ -107,7 +109,21 @@ impl Layer for RetryingReads {
         }
         // `list_after` goes down as itself, so the backend's bounded listing (one request on
         // S3) is kept.
-        self.read(call.op(), call.key(), || call.run(below)).await
+        let setting = format!(
+            "{} ({})",
+            self.setting,
+            humantime::format_duration(self.timeout)
+        );
+        let deadline = Instant::now() + self.timeout;
+        read_until(
+            self.policy,
+            deadline,
+            &setting,
+            call.op(),
+            call.key(),
+            || call.run(below),
+        )
+        .await
     }
 }
 

@@ -389,7 +389,7 @@ impl StagingScan {
         let from_complete = self
             .complete
             .last()
-            .map(|s| (s.segno, s.tli, SegNo(s.segno.0 + 1).start_lsn(seg)));
+            .map(|s| (s.segno, s.tli, s.segno.end_lsn(seg)));
         let best = match (from_partial, from_complete) {
             (Some(p), Some(c)) => Some(if p.0 >= c.0 { p } else { c }),
             (p, c) => p.or(c),

@@ -112,7 +112,7 @@ impl FlushTracker {
         }
         self.ahead.insert(segno);
         while self.ahead.remove(&self.next_needed) {
-            self.next_needed = SegNo(self.next_needed.0 + 1);
+            self.next_needed = self.next_needed.next();
         }
         self.partials = self.partials.split_off(&self.next_needed);
     }

@@ -21,6 +21,8 @@
 //!
 //! Keys are relative to the store URL's prefix and `/`-separated.
 
+use pgagent_protocol::{history_file_name, segment_file_name, SegNo, TimelineId, WalSegmentSize};
+
 use crate::error::StoreError;
 
 /// Key of the cluster identity object (plain JSON, see [`crate::cluster`]).
@@ -51,6 +53,24 @@ pub const PARTIAL_SUFFIX: &str = ".partial";
 /// `"wal/000000010000000A000000FE"`; also used for `.partial` and `.history` names.
 pub fn wal_key(file_name: &str) -> String {
     format!("{WAL_PREFIX}{file_name}")
+}
+
+/// Key of a complete segment: `wal/` and its `XLogFileName` (`src/include/access/
+/// xlog_internal.h`), e.g. `wal/000000010000000A000000FE`.
+pub fn segment_key(tli: TimelineId, segno: SegNo, seg: WalSegmentSize) -> String {
+    wal_key(&segment_file_name(tli, segno, seg))
+}
+
+/// Key of a segment being filled as stores written before deltas hold it:
+/// `wal/<segment>.partial` (read, never written).
+pub fn legacy_partial_key(tli: TimelineId, segno: SegNo, seg: WalSegmentSize) -> String {
+    format!("{}{PARTIAL_SUFFIX}", segment_key(tli, segno, seg))
+}
+
+/// Key of a timeline history file: `wal/` and its `TLHistoryFileName`, e.g.
+/// `wal/00000002.history`.
+pub fn history_key(tli: TimelineId) -> String {
+    wal_key(&history_file_name(tli))
 }
 
 /// A key that sorts after every WAL object of timeline `tli` and before every object of a

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use common::recovery::*;
 use common::*;
-use pgagent_protocol::SegNo;
 use pgagent_tests::{run_pgagent, Garage, OsUser, PgOptions, PgServer};
 
 /// `pg_verifybackup --no-parse-wal` on a restored directory, as the PostgreSQL OS user. A
@@ -81,7 +80,7 @@ async fn dr_drill_restores_a_point_in_time_from_the_bucket_alone() {
     let final_state = state(&primary);
     assert_ne!(final_state, at_t);
     let switch = lsn(&primary.switch_wal().unwrap());
-    let boundary = SegNo(switch.segment_number(seg()).0 + 1).start_lsn(seg());
+    let boundary = switch.segment_number(seg()).end_lsn(seg());
     rig.wait_uploaded(&agent, boundary, Duration::from_secs(120));
 
     // Bare hardware: the server, its data directory and the staging directory are gone.

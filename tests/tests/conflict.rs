@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use pgagent_protocol::{segment_file_name, SegNo, TimelineId};
+use pgagent_protocol::{segment_file_name, TimelineId};
 use pgagent_storage::envelope;
 use pgagent_tests::{wait_until, PgOptions, PgServer};
 
@@ -21,7 +21,7 @@ async fn a_conflicting_segment_is_never_overwritten_nor_confirmed() {
     rig.wait_uploaded(&agent, current.start_lsn(seg()), Duration::from_secs(60));
 
     // Plant different content under the name of the segment after the current one.
-    let victim = SegNo(current.0 + 1);
+    let victim = current.next();
     let name = segment_file_name(TimelineId(1), victim, seg());
     let planted = envelope::seal(b"not this cluster's WAL", 3);
     let store = rig.store().await;

@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use common::recovery::*;
 use common::*;
-use pgagent_protocol::SegNo;
 use pgagent_tests::{run_pgagent, Garage, PgOptions, PgServer};
 
 /// `pgagent --config <config> restore --pgdata <pgdata> <extra…>`; asserts success and
@@ -39,7 +38,7 @@ fn backup(env: &[(&'static str, String)]) {
 /// Switches WAL on `pg` and waits until the agent has uploaded up to the next segment.
 fn flush(rig: &Rig, agent: &pgagent_tests::AgentProcess, pg: &PgServer) {
     let switch = lsn(&pg.switch_wal().unwrap());
-    let boundary = SegNo(switch.segment_number(seg()).0 + 1).start_lsn(seg());
+    let boundary = switch.segment_number(seg()).end_lsn(seg());
     rig.wait_uploaded(agent, boundary, Duration::from_secs(120));
 }
 

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use common::recovery::*;
 use common::*;
-use pgagent_protocol::SegNo;
 use pgagent_tests::{run_pgagent, wait_until, AgentProcess, Garage, PgOptions, PgServer};
 use pgagent_tests::{Proxy, ProxyMode};
 
@@ -67,7 +66,7 @@ async fn a_restore_rides_out_a_store_that_refuses_connections_for_a_while() {
     load(&primary, "after", 1000);
     let expected = data(&primary);
     let switch = lsn(&primary.switch_wal().unwrap());
-    let boundary = SegNo(switch.segment_number(seg()).0 + 1).start_lsn(seg());
+    let boundary = switch.segment_number(seg()).end_lsn(seg());
     rig.wait_uploaded(&agent, boundary, Duration::from_secs(120));
     assert!(agent.terminate().success(), "{}", agent.output_text());
     primary.stop().unwrap();

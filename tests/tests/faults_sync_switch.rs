@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::faults::*;
 use common::*;
-use pgagent_protocol::{segment_file_name, Lsn, SegNo, TimelineId};
+use pgagent_protocol::{segment_file_name, Lsn, TimelineId};
 use pgagent_storage::deltas::deltas_prefix;
 use pgagent_tests::sql::{superuser_conninfo, SqlClient};
 use pgagent_tests::{wait_until, PgOptions, PgServer};
@@ -104,7 +104,7 @@ fn acknowledged_commits_survive_a_switch_whose_complete_segment_never_landed() {
     // multipart upload) is cut at the proxy; its deltas (`<N>.partial.d/…`) are not.
     let start = lsn(&s.pg.current_wal_lsn().unwrap());
     let n = start.segment_number(seg());
-    let next = SegNo(n.0 + 1);
+    let next = n.next();
     // Not pg_walfile_name(): at a segment boundary it names the segment before.
     let name = segment_file_name(TimelineId(1), n, seg());
     let path = s.object_path(&format!("wal/{name}"));

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use common::recovery::*;
 use common::*;
-use pgagent_protocol::SegNo;
 use pgagent_tests::{Garage, PgOptions, PgServer};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -71,7 +70,7 @@ async fn recovery_to_each_target_through_restore_command() {
     }
 
     let switch = lsn(&primary.switch_wal().unwrap());
-    let boundary = SegNo(switch.segment_number(seg()).0 + 1).start_lsn(seg());
+    let boundary = switch.segment_number(seg()).end_lsn(seg());
     rig.wait_uploaded(&agent, boundary, Duration::from_secs(60));
     assert!(agent.terminate().success(), "{}", agent.output_text());
     primary.stop().unwrap();

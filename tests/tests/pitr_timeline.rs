@@ -10,14 +10,13 @@ use std::time::Duration;
 
 use common::recovery::*;
 use common::*;
-use pgagent_protocol::SegNo;
 use pgagent_tests::{wait_until, Garage, PgOptions, PgServer};
 
 /// Waits (up to 120 s) until the agent reports WAL uploaded up to the segment boundary after
 /// `switch` (the end LSN of `pg_switch_wal()`, `X/X`).
 fn wait_switch_uploaded(rig: &Rig, agent: &pgagent_tests::AgentProcess, switch: &str) {
     let switch = lsn(switch);
-    let boundary = SegNo(switch.segment_number(seg()).0 + 1).start_lsn(seg());
+    let boundary = switch.segment_number(seg()).end_lsn(seg());
     rig.wait_uploaded(agent, boundary, Duration::from_secs(120));
 }
 

@@ -38,7 +38,7 @@ fn primary_with_wal(rig: &Rig, mib: u32) -> (PgServer, PgServer, String) {
     load(&primary, "after", 1000);
     let expected = state(&primary);
     let switch = lsn(&primary.switch_wal().unwrap());
-    let boundary = SegNo(switch.segment_number(seg()).0 + 1).start_lsn(seg());
+    let boundary = switch.segment_number(seg()).end_lsn(seg());
     rig.wait_uploaded(&agent, boundary, Duration::from_secs(180));
     assert!(agent.terminate().success(), "{}", agent.output_text());
     (primary, base, expected)

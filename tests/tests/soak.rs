@@ -327,7 +327,7 @@ async fn bucket_equals_server(s: &Scenario, end: Lsn) -> Vec<String> {
                     problems.push(format!("segment {:X} is missing from the bucket", next.0));
                     break;
                 }
-                next = SegNo(next.0 + 1);
+                next = next.next();
             }
             if next.0 <= last_needed.0 {
                 problems.push(format!(

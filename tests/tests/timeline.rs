@@ -80,7 +80,7 @@ async fn follows_a_promotion_to_the_next_timeline() {
         objects.keys()
     );
     for w in tli2.windows(2) {
-        assert_eq!(w[1], SegNo(w[0].0 + 1), "gap on timeline 2");
+        assert_eq!(w[1], w[0].next(), "gap on timeline 2");
     }
     assert!(assert_identical_to_server(&objects, &pg) >= 2);
 }

@@ -23,7 +23,7 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use pgagent_protocol::basebackup::{BaseBackupEvent, BaseBackupOptions, BaseBackupStream};
 use pgagent_protocol::{
-    segment_file_name, ConnConfig, Lsn, ReplicationClient, SegNo, TimelineId, WalSegmentSize,
+    segment_file_name, ConnConfig, Lsn, ReplicationClient, TimelineId, WalSegmentSize,
 };
 use pgagent_storage::crypto::ObjectCipher;
 use pgagent_storage::layout::wal_key;
@@ -483,7 +483,7 @@ async fn wait_for_wal(
         while next <= last {
             let key = wal_key(&segment_file_name(start.1, next, seg));
             match store.head(&key).await {
-                Ok(Some(_)) => next = SegNo(next.0 + 1),
+                Ok(Some(_)) => next = next.next(),
                 Ok(None) => break,
                 Err(e) if e.is_transient() => break,
                 Err(e) => return Err(anyhow::anyhow!("{key}: {e}")),

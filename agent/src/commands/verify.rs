@@ -18,11 +18,11 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use pgagent_protocol::{
-    history_file_name, segment_file_name, Lsn, SegNo, TimelineHistory, TimelineId, WalSegmentSize,
+    segment_file_name, Lsn, SegNo, TimelineHistory, TimelineId, WalSegmentSize,
 };
 use pgagent_storage::crypto::ObjectCipher;
 use pgagent_storage::deltas::Delta;
-use pgagent_storage::layout::{chunk_key, WAL_PREFIX};
+use pgagent_storage::layout::{chunk_key, history_key, WAL_PREFIX};
 use pgagent_storage::manifest::{BackupManifest, BackupStatus};
 use pgagent_storage::{envelope, ObjectStore};
 
@@ -221,7 +221,7 @@ async fn latest_plan(
     let Some(&tli) = index.histories.last() else {
         return Ok(None);
     };
-    let key = format!("{WAL_PREFIX}{}", history_file_name(tli));
+    let key = history_key(tli);
     let body = store.get(&key).await?;
     let text = envelope::open_for(&body, cipher, &key)?;
     let history = TimelineHistory::parse(&String::from_utf8_lossy(&text))

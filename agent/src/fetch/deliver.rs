@@ -21,7 +21,6 @@ use pgagent_storage::deltas::overlap_mismatch;
 use pgagent_storage::{envelope, StoreError};
 
 use super::assemble::{Assembled, Part};
-use super::resolve;
 use super::{abort, FetchError, Found};
 
 /// Distinguishes temporary files of concurrent deliveries within one process.
@@ -195,7 +194,7 @@ pub fn deliver_verified(
             let key = e.key().unwrap_or_default();
             abort(format!(
                 "{}: verification failed, not delivered: {e}",
-                key.trim_start_matches(resolve::WAL_PREFIX)
+                key.trim_start_matches(pgagent_storage::layout::WAL_PREFIX)
             ))
         }
         DeliverError::Store(e) => abort(format!("{} to {}: {e}", found.describe(), path.display())),

@@ -15,14 +15,15 @@ use pgagent_protocol::{
 use pgagent_storage::crypto::{KeyError, ObjectCipher};
 use pgagent_storage::deltas;
 use pgagent_storage::keyring::access::reader_cipher;
-use pgagent_storage::layout::after_timeline;
-use pgagent_storage::{envelope, ObjectMeta, ObjectStore, StoreError};
+use pgagent_storage::layout::{after_timeline, history_key, WAL_PREFIX};
+use pgagent_storage::{envelope, ObjectMeta, ObjectStore, Op, StoreError};
 
 use super::assemble::{self, Assembled};
 use super::resolve::{self, Resolved};
 use super::{abort, forks, FetchError};
 use crate::config::Config;
-use crate::retry::{GaveUp, Policy};
+use crate::retry::Policy;
+use crate::retrying_store::read_until;
 
 /// What [`Fetcher::find`] returned, not yet verified.
 #[derive(Debug)]
@@ -257,7 +258,7 @@ impl Fetcher {
         let after = after_timeline(tli.0);
         let store = &self.store;
         let listed = retry(&store.describe(), "list wal/", deadline, || {
-            store.list_after(resolve::WAL_PREFIX, &after, NEXT_KEYS)
+            store.list_after(WAL_PREFIX, &after, NEXT_KEYS)
         })
         .await?;
         let keys = listed.iter().map(|m| m.key.as_str());
@@ -297,7 +298,7 @@ impl Fetcher {
         if cached.is_some() {
             return Ok(cached);
         }
-        let key = &format!("{}{}", resolve::WAL_PREFIX, history_file_name(tli));
+        let key = &history_key(tli);
         let Some(body) = self.get(key, deadline).await? else {
             return Ok(None);
         };
@@ -364,10 +365,10 @@ impl Fetcher {
     }
 }
 
-/// Runs `op` until it succeeds, fails with a non-transient error, or `deadline` passes
-/// ([`crate::retry::until`] with [`Policy::FETCH`]).
+/// Runs `op` (`what` on `store`) until it succeeds, fails with a non-transient error, or
+/// `deadline` passes: the shared read retry ([`read_until`] with [`Policy::FETCH`]).
 ///
-/// The first transient error is logged once as a warning.
+/// Errors: [`FetchError::Abort`] naming the store, what was done and why it gave up.
 async fn retry<T, F, Fut>(
     store: &str,
     what: &str,
@@ -378,25 +379,14 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, StoreError>>,
 {
-    let mut warned = false;
-    let notify = |e: &StoreError, _| {
-        if !std::mem::replace(&mut warned, true) {
-            tracing::warn!("store {store}: {what}: {e}; retrying until fetch.timeout");
-        }
-    };
-    crate::retry::until(
+    read_until(
         Policy::FETCH,
         deadline.into(),
-        StoreError::is_transient,
-        notify,
+        "fetch.timeout",
+        Op::Get,
+        what,
         op,
     )
     .await
-    .map_err(|gave_up| match gave_up {
-        GaveUp::Permanent(e) => abort(format!("store {store}: {what}: {e}")),
-        GaveUp::Deadline(last) => abort(format!(
-            "store {store}: {what}: still failing when fetch.timeout ran out: {}",
-            last.map_or_else(|| "no answer from the store".to_string(), |e| e.to_string())
-        )),
-    })
+    .map_err(|e| abort(format!("store {store}: {what}: {e}")))
 }

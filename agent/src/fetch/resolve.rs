@@ -7,12 +7,9 @@
 //! (DESIGN.md, "Store layout"); the segment being filled as deltas or, in stores written
 //! before deltas, as a `.partial` object ([`PartialSources`]).
 
-use pgagent_protocol::{segment_file_name, Lsn, SegNo, TimelineId, WalFileName, WalSegmentSize};
+use pgagent_protocol::{Lsn, SegNo, TimelineId, WalFileName, WalSegmentSize};
 use pgagent_storage::deltas::deltas_prefix;
-use pgagent_storage::layout::PARTIAL_SUFFIX;
-
-/// Prefix of WAL objects in the store.
-pub const WAL_PREFIX: &str = "wal/";
+use pgagent_storage::layout::{legacy_partial_key, wal_key};
 
 /// The smallest segment size PostgreSQL accepts (`--wal-segsize=1`): the loosest rule for the
 /// low 8 hex digits of a segment name, so a name that fails with it fails with every size.
@@ -74,14 +71,11 @@ pub fn is_wal_file_name(file: &str) -> bool {
 pub fn resolve(file: &str, seg: WalSegmentSize) -> Option<Resolved> {
     let name = WalFileName::parse(file, seg)?;
     // Keys are built from the parsed name, never from the caller's string.
-    let key = format!("{WAL_PREFIX}{}", name.file_name(seg));
+    let key = wal_key(&name.file_name(seg));
     let partial = |tli, segno: SegNo| PartialSources {
         tli,
         segno,
-        legacy: format!(
-            "{WAL_PREFIX}{}{PARTIAL_SUFFIX}",
-            segment_file_name(tli, segno, seg)
-        ),
+        legacy: legacy_partial_key(tli, segno, seg),
         deltas_prefix: deltas_prefix(tli, segno, seg),
         segment_size: seg.bytes(),
         start: segno.start_lsn(seg),

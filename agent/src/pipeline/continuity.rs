@@ -78,7 +78,7 @@ pub fn tail_of(listed: &Listed, start_seg: SegNo, seg: WalSegmentSize) -> Tail {
     let partial = listed.partial.iter().filter(|s| **s < start_seg).max();
     match (complete, partial) {
         (Some(c), Some(p)) if p > c => Tail::Partial(*p),
-        (Some(c), _) => Tail::EndsAt(SegNo(c.0 + 1).start_lsn(seg)),
+        (Some(c), _) => Tail::EndsAt(c.end_lsn(seg)),
         (None, Some(p)) => Tail::Partial(*p),
         (None, None) => Tail::Nothing,
     }
@@ -264,7 +264,7 @@ pub async fn read_tail(
                 let complete = wal_key(&segment_file_name(tli, p, seg));
                 if store.head(&complete).await?.is_some() {
                     // Completed (and its deltas removed) between the two listings.
-                    return Ok(Some(SegNo(p.0 + 1).start_lsn(seg)));
+                    return Ok(Some(p.end_lsn(seg)));
                 }
                 // Only deltas past a hole: that segment adds nothing; look below it.
                 listed.partial.retain(|s| *s != p);

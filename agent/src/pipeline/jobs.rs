@@ -4,12 +4,10 @@ use std::fs::File;
 use std::path::PathBuf;
 
 use crate::metrics::UploadKind;
-use pgagent_protocol::{
-    history_file_name, segment_file_name, Lsn, SegNo, TimelineId, WalSegmentSize,
-};
+use pgagent_protocol::{Lsn, SegNo, TimelineId, WalSegmentSize};
 use pgagent_storage::deltas::Delta;
 use pgagent_storage::envelope::Sealed;
-use pgagent_storage::layout::wal_key;
+use pgagent_storage::layout::{history_key, segment_key};
 
 /// A WAL object in the store (`wal/…` in DESIGN.md's store layout).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +45,7 @@ impl WalObject {
     /// asked for), or for a delta `wal/<segment>.partial.d/<start>-<end>`.
     pub fn key(&self, seg: WalSegmentSize) -> String {
         match *self {
-            WalObject::Segment { tli, segno } => wal_key(&segment_file_name(tli, segno, seg)),
+            WalObject::Segment { tli, segno } => segment_key(tli, segno, seg),
             WalObject::Partial {
                 tli,
                 segno,
@@ -63,7 +61,7 @@ impl WalObject {
                 }
                 .key(seg)
             }
-            WalObject::History { tli } => wal_key(&history_file_name(tli)),
+            WalObject::History { tli } => history_key(tli),
         }
     }
 

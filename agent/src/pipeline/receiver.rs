@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use pgagent_protocol::{
-    pg_epoch_micros, Lsn, ReplicationStream, SegNo, StandbyStatusUpdate, StreamEvent, TimelineId,
+    pg_epoch_micros, Lsn, ReplicationStream, StandbyStatusUpdate, StreamEvent, TimelineId,
     WalSegmentSize,
 };
 use tokio_util::sync::CancellationToken;
@@ -317,7 +317,7 @@ impl Receiver {
     /// Hands complete segments to the compress workers.
     fn queue_segments(&mut self, done: Vec<crate::staging::StagedSegment>) -> anyhow::Result<()> {
         for segment in done {
-            let seg_end = SegNo(segment.segno.0 + 1).start_lsn(self.shared.seg);
+            let seg_end = segment.segno.end_lsn(self.shared.seg);
             self.shared.tracker().staged(seg_end);
             let job = CompressJob {
                 object: WalObject::Segment {

@@ -211,7 +211,7 @@ impl WalIndex {
         let complete = self
             .complete
             .keys()
-            .map(|&(tli, segno)| (tli, SegNo(segno.0 + 1).start_lsn(seg)));
+            .map(|&(tli, segno)| (tli, segno.end_lsn(seg)));
         let partial = partials
             .iter()
             .filter(|(_, p)| p.end > 0)

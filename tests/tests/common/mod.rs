@@ -175,7 +175,7 @@ pub fn bucket_frontier(objects: &BTreeMap<String, Vec<u8>>, first: SegNo) -> Lsn
         complete_segments(objects).into_iter().collect();
     let mut next = first;
     while complete.contains(&next) {
-        next = SegNo(next.0 + 1);
+        next = next.next();
     }
     let pieces: Vec<Piece> = objects
         .iter()

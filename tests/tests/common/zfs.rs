@@ -5,7 +5,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use pgagent_protocol::SegNo;
 use pgagent_tests::{run_pgagent, PgOptions, PgServer, ZfsPool};
 
 use super::{lsn, seg, Rig};
@@ -98,6 +97,6 @@ pub fn server_for(pgdata: &Path) -> PgServer {
 /// Waits until the WAL up to the current position is in the store.
 pub fn flush_to_store(rig: &Rig, agent: &pgagent_tests::AgentProcess, pg: &PgServer) {
     let switch = lsn(&pg.switch_wal().unwrap());
-    let boundary = SegNo(switch.segment_number(seg()).0 + 1).start_lsn(seg());
+    let boundary = switch.segment_number(seg()).end_lsn(seg());
     rig.wait_uploaded(agent, boundary, Duration::from_secs(120));
 }

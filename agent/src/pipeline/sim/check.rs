@@ -204,7 +204,7 @@ impl Checker {
     ) -> Result<(), String> {
         let seg = self.seg;
         let start = segno.start_lsn(seg);
-        let end = SegNo(segno.0 + 1).start_lsn(seg);
+        let end = segno.end_lsn(seg);
         let must = confirmed.min(end).0.saturating_sub(start.0);
         if must == 0 {
             return Ok(());
