@@ -24,7 +24,7 @@
 //! serves with the server's WAL ([`Checker`]).
 //!
 //! Run: `cargo test -p pgagent --lib pipeline::sim` runs `PGAGENT_SIM_SEEDS` seeds (default
-//! 600, spread over the cores) from `PGAGENT_SIM_FIRST_SEED` (default 0); a failure prints
+//! 2000, spread over the cores) from `PGAGENT_SIM_FIRST_SEED` (default 0); a failure prints
 //! its seed (the lowest, when several fail), and
 //! `PGAGENT_SIM_SEED=<seed>` replays that one alone, with the agent's logs on
 //! (`RUST_LOG=debug`).
@@ -41,8 +41,8 @@ use world::World;
 /// Events per seed.
 const EVENTS: usize = 400;
 
-/// Seeds a plain `cargo test` runs (CI): about two minutes on two cores.
-const DEFAULT_SEEDS: u64 = 600;
+/// Seeds a plain `cargo test` runs (CI): thousands, about four minutes on two cores.
+const DEFAULT_SEEDS: u64 = 2000;
 
 /// What one seed did, for the summary line.
 #[derive(Debug, Default, Clone, Copy)]
