@@ -45,6 +45,7 @@ pub mod server;
 pub mod staging;
 pub mod statusfile;
 pub mod store;
+pub mod times;
 pub mod tracker;
 pub mod zfs;
 

@@ -140,7 +140,8 @@ fn spawn_last_points(
     metrics: Arc<Metrics>,
 ) {
     tokio::spawn(async move {
-        use crate::store::{last_points, unix_seconds};
+        use crate::store::last_points;
+        use crate::times::unix_seconds;
         match last_points(store.as_ref(), cipher.as_ref()).await {
             Ok(p) => {
                 if let Some(t) = p.last_backup.and_then(|(_, at)| unix_seconds(&at)) {

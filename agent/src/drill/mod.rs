@@ -204,7 +204,7 @@ async fn finish(
     begun: Instant,
 ) -> anyhow::Result<DrillReport> {
     report.duration_seconds = begun.elapsed().as_secs_f64();
-    report.finished_at = crate::store::rfc3339(SystemTime::now());
+    report.finished_at = crate::times::rfc3339(SystemTime::now());
     if keep {
         report.kept = Some(scratch.dir().display().to_string());
     } else if let Err(e) = scratch.remove().await {

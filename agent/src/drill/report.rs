@@ -80,7 +80,7 @@ impl DrillReport {
     pub fn new(id: &str, started_at: SystemTime, req: &DrillRequest) -> DrillReport {
         DrillReport {
             id: id.to_string(),
-            started_at: crate::store::rfc3339(started_at),
+            started_at: crate::times::rfc3339(started_at),
             finished_at: String::new(),
             passed: false,
             backup: req.backup.clone().unwrap_or_else(|| "latest".into()),
