@@ -29,7 +29,7 @@ pub async fn run(cfg: &Config, req: &DrillRequest, json: bool) -> anyhow::Result
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", report.text());
+        print!("{}", drill::report::text(&report));
     }
     if report.passed {
         Ok(())

@@ -153,7 +153,11 @@ async fn drills(
                         .set(Utc::now().timestamp() as f64);
                     tracing::info!(id = report.id, "scheduled drill passed");
                 } else {
-                    tracing::error!(id = report.id, "scheduled drill failed:\n{}", report.text());
+                    tracing::error!(
+                        id = report.id,
+                        "scheduled drill failed:\n{}",
+                        crate::drill::report::text(&report)
+                    );
                 }
             }
             Err(e) => tracing::error!("scheduled drill could not run: {e:#}"),

@@ -72,7 +72,7 @@ pub async fn drill(
     let id = drill_id(started_at);
     let in_dataset = snapshot_layout(cfg, req);
     let scratch = scratch::Scratch::create(cfg, &id, in_dataset.as_deref()).await?;
-    let mut report = DrillReport::new(&id, started_at, req);
+    let mut report = report::begin(&id, started_at, req);
 
     // A drill never rolls back the live datasets: a snapshot comes back as a clone.
     let mut drill_cfg = cfg.clone();
