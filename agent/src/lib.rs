@@ -38,6 +38,7 @@ pub mod logging;
 pub mod metrics;
 pub mod pipeline;
 pub mod progress;
+pub mod restore;
 pub mod retry;
 pub mod retrying_store;
 pub mod schedule;
@@ -126,18 +127,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 commands::verify::run(&cfg, backup.as_deref(), wal).await
             }
             Command::Restore(args) => {
-                let req = restore_request(&cli_fetch_prefix, args)?;
+                let req = args.request(&cli_fetch_prefix)?;
                 commands::restore::run(&cfg, &req).await
             }
             Command::Snapshot => commands::snapshot::run(&cfg).await,
             Command::Drill(args) => {
-                let req = drill::DrillRequest {
-                    backup: Some(args.backup),
-                    from: args.from,
-                    target: recovery_target(&args.target)?,
-                    keep: args.keep,
-                    restore_command: format!("{cli_fetch_prefix} fetch %f %p"),
-                };
+                let req = args.request(&cli_fetch_prefix)?;
                 commands::drill::run(&cfg, &req, args.json).await
             }
             Command::Preseed {
@@ -221,40 +216,4 @@ fn shell_quote(w: &str) -> String {
     } else {
         format!("'{}'", w.replace('\'', "'\\''"))
     }
-}
-
-fn restore_request(
-    fetch_prefix: &str,
-    a: cli::RestoreArgs,
-) -> anyhow::Result<commands::restore::RestoreRequest> {
-    Ok(commands::restore::RestoreRequest {
-        pgdata: a.pgdata,
-        backup: Some(a.backup),
-        target: recovery_target(&a.target)?,
-        action: a.target_action,
-        force: a.force,
-        delta: a.delta,
-        restore_command: format!("{fetch_prefix} fetch %f %p"),
-        from: a.from,
-        owner: None,
-    })
-}
-
-/// The recovery target the flags name; the end of the WAL in the store when none does.
-fn recovery_target(t: &cli::TargetArgs) -> anyhow::Result<commands::restore::RecoveryTarget> {
-    use commands::restore::RecoveryTarget;
-    Ok(if let Some(time) = &t.target_time {
-        RecoveryTarget::time(time).map_err(|e| config::ConfigError(e.to_string()))?
-    } else if let Some(x) = &t.target_xid {
-        RecoveryTarget::Xid(x.clone())
-    } else if let Some(n) = &t.target_name {
-        RecoveryTarget::Name(n.clone())
-    } else if let Some(l) = &t.target_lsn {
-        RecoveryTarget::Lsn(
-            l.parse()
-                .map_err(|e| config::ConfigError(format!("--target-lsn {l:?}: {e}")))?,
-        )
-    } else {
-        RecoveryTarget::Latest
-    })
 }

@@ -123,8 +123,8 @@ async fn drills(
     every(cron, "drill", shutdown.clone(), || async {
         let req = crate::drill::DrillRequest {
             backup: None,
-            from: crate::commands::restore::RestoreFrom::Auto,
-            target: crate::commands::restore::RecoveryTarget::Latest,
+            from: crate::restore::RestoreFrom::Auto,
+            target: crate::restore::RecoveryTarget::Latest,
             keep: false,
             restore_command: format!("{fetch_prefix} fetch %f %p"),
         };

@@ -17,8 +17,8 @@ use pgagent_protocol::Lsn;
 use super::report::DrillReport;
 use super::server::Throwaway;
 use super::{behind, DrillRequest, MAX_BEHIND_STORE};
-use crate::commands::restore::RecoveryTarget;
 use crate::config::Config;
+use crate::restore::RecoveryTarget;
 use crate::store::wal::{legacy_lengths, WalIndex};
 
 /// Runs every check on `server`, recording each in `report`.

@@ -2,7 +2,7 @@
 //!
 //! 1. [`scratch`]: a directory of its own under `drill.dir` (never PGDATA or inside it);
 //!    what a drill that crashed left there is removed first.
-//! 2. [`crate::commands::restore::restore`] into it, from a clone of a local snapshot or
+//! 2. [`crate::restore::restore`] into it, from a clone of a local snapshot or
 //!    from the bucket, set up to recover to the target through `pgagent fetch`.
 //! 3. [`server`]: a throwaway PostgreSQL of the backup's major version on a private unix
 //!    socket (no TCP), `archive_mode = off`, small memory settings, as the PostgreSQL OS
@@ -28,8 +28,8 @@ use std::time::{Instant, SystemTime};
 use pgagent_protocol::Lsn;
 use tokio_util::sync::CancellationToken;
 
-use crate::commands::restore::{self, RecoveryTarget, RestoreFrom, RestoreRequest};
 use crate::config::{Config, SnapshotRestoreMode};
+use crate::restore::{self, RecoveryTarget, RestoreFrom, RestoreRequest};
 pub use report::{Check, DrillReport, Reached};
 
 /// What `pgagent drill` was asked.

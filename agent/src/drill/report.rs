@@ -15,7 +15,7 @@ pub fn begin(id: &str, started_at: SystemTime, req: &DrillRequest) -> DrillRepor
         id,
         crate::times::rfc3339(started_at),
         req.backup.clone().unwrap_or_else(|| "latest".into()),
-        crate::commands::restore::describe(&req.target),
+        req.target.describe(),
     )
 }
 
@@ -75,7 +75,7 @@ pub fn text(r: &DrillReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::commands::restore::{RecoveryTarget, RestoreFrom};
+    use crate::restore::{RecoveryTarget, RestoreFrom};
 
     fn report() -> DrillReport {
         let req = DrillRequest {
