@@ -135,7 +135,7 @@ async fn drills(
         let held = running.clone().lock_owned().await;
         let drilled = tokio::task::spawn_blocking(move || {
             let _held = held;
-            handle.block_on(crate::commands::drill::run_and_record(&cfg, &req, &stop))
+            handle.block_on(crate::drill::run_and_record(&cfg, &req, &stop))
         })
         .await
         .unwrap_or_else(|e| Err(anyhow::anyhow!("the drill task failed: {e}")));

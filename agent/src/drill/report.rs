@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 pub use pgagent_storage::drill::{Check, DrillReport, Reached};
 
-use super::DrillRequest;
+use super::request::DrillRequest;
 
 /// An empty report of drill `id` started at `started_at`, asked by `req`.
 pub fn begin(id: &str, started_at: SystemTime, req: &DrillRequest) -> DrillReport {
@@ -17,6 +17,14 @@ pub fn begin(id: &str, started_at: SystemTime, req: &DrillRequest) -> DrillRepor
         req.backup.clone().unwrap_or_else(|| "latest".into()),
         req.target.describe(),
     )
+}
+
+/// A drill id: its start time to the millisecond, `YYYYMMDDTHHMMSS.mmmZ`, sortable and
+/// distinct for drills started one after the other (a drill lasts seconds).
+pub fn drill_id(t: SystemTime) -> String {
+    chrono::DateTime::<chrono::Utc>::from(t)
+        .format("%Y%m%dT%H%M%S%.3fZ")
+        .to_string()
 }
 
 /// The human form `pgagent drill` prints.
@@ -91,9 +99,9 @@ mod tests {
     #[test]
     fn drill_ids_sort_by_time_to_the_millisecond() {
         let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_764_504_000_123);
-        let id = super::super::drill_id(t);
+        let id = drill_id(t);
         assert_eq!(id, "20251130T120000.123Z");
-        let later = super::super::drill_id(t + std::time::Duration::from_millis(1));
+        let later = drill_id(t + std::time::Duration::from_millis(1));
         assert!(later > id);
     }
 
