@@ -3,8 +3,9 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
+use crate::commands::list::ListWhat;
 use crate::config::{ConfigError, Overrides};
 use crate::drill::DrillRequest;
 use crate::logging::LogFormat;
@@ -268,21 +269,6 @@ pub struct DrillArgs {
     /// Machine-readable report.
     #[arg(long)]
     pub json: bool,
-}
-
-/// Things `pgagent list` shows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ListWhat {
-    /// Base backups: status, LSNs, sizes, deduplication.
-    Backups,
-    /// WAL segments per timeline, as ranges, with gaps.
-    Wal,
-    /// Timelines and their history files.
-    Timelines,
-    /// ZFS snapshots: pgagent's on this machine and the records in the store.
-    Snapshots,
-    /// Drills: when, which backup, the point reached, their checks.
-    Drills,
 }
 
 impl RestoreArgs {
