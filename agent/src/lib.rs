@@ -5,24 +5,34 @@
 //! back to any point in time. See DESIGN.md for the contracts; `main.rs` only calls
 //! [`main_entry`], which parses the command line ([`cli`]) and runs one command.
 //!
-//! Dependencies point down only:
+//! Dependencies point down only, layer by layer (DESIGN.md, "Module map"); modules of one
+//! layer may use each other but never in a circle. `tests/tests/architecture.rs` holds the
+//! same layers as a table and fails on an import that runs back up.
 //!
 //! ```text
-//! main_entry ─► commands/   one module per command: run, backup, restore, prune, …
-//!           │      └─► daemon/  `pgagent run`: metrics server, fetch server, schedules,
-//!           │                   status publisher and the pipeline, on one shutdown token
-//!           └─► fetch/      `pgagent fetch`, PostgreSQL's restore_command
-//!                  │
-//!   pipeline/ (streaming WAL only)  fetch/  backup/ (base backups)  zfs/ (snapshots)
-//!                  │
-//!   server (connect, explain, ServerInfo)  store/ (claim, catalogs)  staging  tracker
-//!   retry (backoff policy)  retrying_store  schedule (cron)  metrics  statusfile  alerts
-//!                  │
-//!   config/  (raw, then validated)          exit (exit codes)  logging  progress
+//! main_entry, cli      parse the command line into requests, dispatch
+//!      │
+//! commands/            one module per command: parse, call, print
+//!      │                 (`run` starts the daemon; `restore` calls restore/ and prints)
+//! daemon/              what `pgagent run` starts: metrics server, fetch server, schedules,
+//!      │                 status publisher and the pipeline, on one shutdown token
+//! services, one room each:
+//!      │   pipeline/ (streaming WAL only)   fetch/ (restore_command)   backup/ (base backups)
+//!      │   restore/ (tiers, materialize, recovery settings)   drill/ (restore, start, check)
+//!      │   zfs/ (snapshots, mount layout)
+//! shared modules:
+//!      │   server (connect, explain)   store/ (claim, catalogs, records)   retrying_store
+//!      │   metrics   statusfile   alerts   staging   tracker
+//! config/ (raw, then validated)   exit (exit codes)
+//!      │
+//! leaves, which import nothing of the crate:
+//!          retry (backoff policy)   schedule (cron)   times (record times)   progress
+//!          child (child processes)   logging
 //! ```
 //!
-//! So "what does `pgagent run` start?" is [`daemon::run`]; "how do we connect?" is
-//! [`server::connect`] and [`store::claim_store`]; "how do we retry?" is [`retry`].
+//! So "what does `pgagent run` start?" is [`daemon::run`]; "how does a restore work?" is
+//! [`restore::restore`]; "how do we connect?" is [`server::connect`] and
+//! [`store::claim_store`]; "how do we retry?" is [`retry`].
 
 pub mod alerts;
 pub mod backup;
