@@ -9,6 +9,8 @@
 
 use std::time::{Duration, Instant};
 
+use pgagent_storage::drill::DrillReport;
+
 use crate::statusfile::DaemonStatus;
 
 /// Why the daemon is unhealthy.
@@ -215,7 +217,7 @@ pub fn hook_env(e: &Event, s: &DaemonStatus) -> Vec<(&'static str, String)> {
 /// The environment of `alerts.on_failure` for a failed drill: `PGAGENT_EVENT=failure`,
 /// `PGAGENT_EVENT_REASON=drill`, `PGAGENT_EVENT_MESSAGE` naming the failed checks,
 /// `PGAGENT_DRILL_ID`, and `PGAGENT_DRILL_FAILED_CHECKS` (comma-separated).
-pub fn drill_hook_env(r: &crate::drill::DrillReport) -> Vec<(&'static str, String)> {
+pub fn drill_hook_env(r: &DrillReport) -> Vec<(&'static str, String)> {
     let failed: Vec<String> = r
         .failed()
         .map(|c| {

@@ -1,11 +1,15 @@
-//! The command line (DESIGN.md, "Command line"): parsed into plain data, no side effects.
+//! The command line (DESIGN.md, "Command line"): parsed into plain data, then turned into the
+//! requests the commands take ([`RestoreArgs::request`], …); no side effects.
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
-use crate::config::Overrides;
+use crate::commands::list::ListWhat;
+use crate::config::{ConfigError, Overrides};
+use crate::drill::DrillRequest;
 use crate::logging::LogFormat;
+use crate::restore::{RecoveryTarget, RestoreFrom, RestoreRequest};
 
 /// PostgreSQL backup sidecar: streams WAL to a bucket and brings the cluster back from it.
 #[derive(Debug, Parser)]
@@ -267,30 +271,60 @@ pub struct DrillArgs {
     pub json: bool,
 }
 
-/// The tiers a restore may use (DESIGN.md, "ZFS").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum RestoreFrom {
-    /// The newest usable local snapshot, else the bucket.
-    Auto,
-    /// A local snapshot only.
-    Snapshot,
-    /// The bucket only.
-    Bucket,
+impl RestoreArgs {
+    /// The restore these flags ask for; `fetch_prefix` starts the `restore_command`.
+    ///
+    /// Errors: a recovery target that does not parse ([`ConfigError`], exit 2).
+    pub fn request(self, fetch_prefix: &str) -> anyhow::Result<RestoreRequest> {
+        Ok(RestoreRequest {
+            target: self.target.recovery_target()?,
+            pgdata: self.pgdata,
+            backup: Some(self.backup),
+            action: self.target_action,
+            force: self.force,
+            delta: self.delta,
+            restore_command: format!("{fetch_prefix} fetch %f %p"),
+            from: self.from,
+            owner: None,
+        })
+    }
 }
 
-/// Things `pgagent list` shows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ListWhat {
-    /// Base backups: status, LSNs, sizes, deduplication.
-    Backups,
-    /// WAL segments per timeline, as ranges, with gaps.
-    Wal,
-    /// Timelines and their history files.
-    Timelines,
-    /// ZFS snapshots: pgagent's on this machine and the records in the store.
-    Snapshots,
-    /// Drills: when, which backup, the point reached, their checks.
-    Drills,
+impl DrillArgs {
+    /// The drill these flags ask for; `fetch_prefix` starts the `restore_command`.
+    ///
+    /// Errors: a recovery target that does not parse ([`ConfigError`], exit 2).
+    pub fn request(&self, fetch_prefix: &str) -> anyhow::Result<DrillRequest> {
+        Ok(DrillRequest {
+            backup: Some(self.backup.clone()),
+            from: self.from,
+            target: self.target.recovery_target()?,
+            keep: self.keep,
+            restore_command: format!("{fetch_prefix} fetch %f %p"),
+        })
+    }
+}
+
+impl TargetArgs {
+    /// The recovery target the flags name; the end of the WAL in the store when none does.
+    ///
+    /// Errors: a time or LSN that does not parse ([`ConfigError`], exit 2).
+    pub fn recovery_target(&self) -> anyhow::Result<RecoveryTarget> {
+        Ok(if let Some(time) = &self.target_time {
+            RecoveryTarget::time(time).map_err(|e| ConfigError(e.to_string()))?
+        } else if let Some(x) = &self.target_xid {
+            RecoveryTarget::Xid(x.clone())
+        } else if let Some(n) = &self.target_name {
+            RecoveryTarget::Name(n.clone())
+        } else if let Some(l) = &self.target_lsn {
+            RecoveryTarget::Lsn(
+                l.parse()
+                    .map_err(|e| ConfigError(format!("--target-lsn {l:?}: {e}")))?,
+            )
+        } else {
+            RecoveryTarget::Latest
+        })
+    }
 }
 
 #[cfg(test)]

@@ -5,24 +5,34 @@
 //! back to any point in time. See DESIGN.md for the contracts; `main.rs` only calls
 //! [`main_entry`], which parses the command line ([`cli`]) and runs one command.
 //!
-//! Dependencies point down only:
+//! Dependencies point down only, layer by layer (DESIGN.md, "Module map"); modules of one
+//! layer may use each other but never in a circle. `tests/tests/architecture.rs` holds the
+//! same layers as a table and fails on an import that runs back up.
 //!
 //! ```text
-//! main_entry ─► commands/   one module per command: run, backup, restore, prune, …
-//!           │      └─► daemon/  `pgagent run`: metrics server, fetch server, schedules,
-//!           │                   status publisher and the pipeline, on one shutdown token
-//!           └─► fetch/      `pgagent fetch`, PostgreSQL's restore_command
-//!                  │
-//!   pipeline/ (streaming WAL only)  fetch/  backup/ (base backups)  zfs/ (snapshots)
-//!                  │
-//!   server (connect, explain, ServerInfo)  store/ (claim, catalogs)  staging  tracker
-//!   retry (backoff policy)  retrying_store  schedule (cron)  metrics  statusfile  alerts
-//!                  │
-//!   config/  (raw, then validated)          exit (exit codes)  logging  progress
+//! main_entry, cli      parse the command line into requests, dispatch
+//!      │
+//! commands/            one module per command: parse, call, print
+//!      │                 (`run` starts the daemon; `restore` calls restore/ and prints)
+//! daemon/              what `pgagent run` starts: metrics server, fetch server, schedules,
+//!      │                 status publisher and the pipeline, on one shutdown token
+//! services, one room each:
+//!      │   pipeline/ (streaming WAL only)   fetch/ (restore_command)   backup/ (base backups)
+//!      │   restore/ (tiers, materialize, recovery settings)   drill/ (restore, start, check)
+//!      │   zfs/ (snapshots, mount layout)
+//! shared modules:
+//!      │   server (connect, explain)   store/ (claim, catalogs, records)   retrying_store
+//!      │   metrics   statusfile   alerts   staging   tracker
+//! config/ (raw, then validated)   exit (exit codes)
+//!      │
+//! leaves, which import nothing of the crate:
+//!          retry (backoff policy)   schedule (cron)   times (record times)   progress
+//!          child (child processes)   logging
 //! ```
 //!
-//! So "what does `pgagent run` start?" is [`daemon::run`]; "how do we connect?" is
-//! [`server::connect`] and [`store::claim_store`]; "how do we retry?" is [`retry`].
+//! So "what does `pgagent run` start?" is [`daemon::run`]; "how does a restore work?" is
+//! [`restore::restore`]; "how do we connect?" is [`server::connect`] and
+//! [`store::claim_store`]; "how do we retry?" is [`retry`].
 
 pub mod alerts;
 pub mod backup;
@@ -38,6 +48,7 @@ pub mod logging;
 pub mod metrics;
 pub mod pipeline;
 pub mod progress;
+pub mod restore;
 pub mod retry;
 pub mod retrying_store;
 pub mod schedule;
@@ -45,6 +56,7 @@ pub mod server;
 pub mod staging;
 pub mod statusfile;
 pub mod store;
+pub mod times;
 pub mod tracker;
 pub mod zfs;
 
@@ -125,18 +137,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 commands::verify::run(&cfg, backup.as_deref(), wal).await
             }
             Command::Restore(args) => {
-                let req = restore_request(&cli_fetch_prefix, args)?;
+                let req = args.request(&cli_fetch_prefix)?;
                 commands::restore::run(&cfg, &req).await
             }
             Command::Snapshot => commands::snapshot::run(&cfg).await,
             Command::Drill(args) => {
-                let req = drill::DrillRequest {
-                    backup: Some(args.backup),
-                    from: args.from,
-                    target: recovery_target(&args.target)?,
-                    keep: args.keep,
-                    restore_command: format!("{cli_fetch_prefix} fetch %f %p"),
-                };
+                let req = args.request(&cli_fetch_prefix)?;
                 commands::drill::run(&cfg, &req, args.json).await
             }
             Command::Preseed {
@@ -220,40 +226,4 @@ fn shell_quote(w: &str) -> String {
     } else {
         format!("'{}'", w.replace('\'', "'\\''"))
     }
-}
-
-fn restore_request(
-    fetch_prefix: &str,
-    a: cli::RestoreArgs,
-) -> anyhow::Result<commands::restore::RestoreRequest> {
-    Ok(commands::restore::RestoreRequest {
-        pgdata: a.pgdata,
-        backup: Some(a.backup),
-        target: recovery_target(&a.target)?,
-        action: a.target_action,
-        force: a.force,
-        delta: a.delta,
-        restore_command: format!("{fetch_prefix} fetch %f %p"),
-        from: a.from,
-        owner: None,
-    })
-}
-
-/// The recovery target the flags name; the end of the WAL in the store when none does.
-fn recovery_target(t: &cli::TargetArgs) -> anyhow::Result<commands::restore::RecoveryTarget> {
-    use commands::restore::RecoveryTarget;
-    Ok(if let Some(time) = &t.target_time {
-        RecoveryTarget::time(time).map_err(|e| config::ConfigError(e.to_string()))?
-    } else if let Some(x) = &t.target_xid {
-        RecoveryTarget::Xid(x.clone())
-    } else if let Some(n) = &t.target_name {
-        RecoveryTarget::Name(n.clone())
-    } else if let Some(l) = &t.target_lsn {
-        RecoveryTarget::Lsn(
-            l.parse()
-                .map_err(|e| config::ConfigError(format!("--target-lsn {l:?}: {e}")))?,
-        )
-    } else {
-        RecoveryTarget::Latest
-    })
 }

@@ -23,6 +23,7 @@ pub mod config;
 pub mod conformance;
 pub mod crypto;
 pub mod deltas;
+pub mod drill;
 pub mod envelope;
 pub mod error;
 pub mod fs;

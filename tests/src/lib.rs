@@ -13,6 +13,8 @@
 //!   matches the server's and that the slot never passes it.
 //! - [`load::Load`]: pgbench in the background; [`sql::SqlClient`]: a blocking SQL session
 //!   for fast polling.
+//! - [`layers`]: which module of a crate may import which, read from its sources (the check
+//!   behind `tests/tests/architecture.rs`).
 //!
 //! Environment: `PGAGENT_TEST_PG` (server major version, 13…18; default the packaged one, see
 //! [`pg::PgInstall`]), `PGAGENT_TEST_PG_ROOT` (where `scripts/install-deps` unpacks the other
@@ -25,6 +27,7 @@
 
 pub mod agent;
 pub mod garage;
+pub mod layers;
 pub mod load;
 mod osuser;
 pub mod pg;

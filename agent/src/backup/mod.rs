@@ -3,8 +3,5 @@
 
 pub mod archive;
 pub mod chunks;
-mod delta;
 pub mod guard;
-pub mod materialize;
-mod places;
 pub mod take;

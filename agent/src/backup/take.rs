@@ -39,7 +39,8 @@ use super::chunks::{known_chunks, upload_chunks, ChunkStats, StoreSink};
 use super::guard::{self, BACKUP_LIMIT};
 use crate::config::Config;
 use crate::server::{self, ServerInfo};
-use crate::store::{catalog, rfc3339, Bucket};
+use crate::store::{catalog, Bucket};
+use crate::times::rfc3339;
 
 /// How a backup is taken.
 #[derive(Debug, Clone)]

@@ -3,7 +3,7 @@
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::drill::{self, DrillReport, DrillRequest};
+use crate::drill::{self, DrillRequest};
 use crate::store::drills;
 
 /// `pgagent drill`: runs a drill, records its report in the store, prints it (text, or
@@ -25,11 +25,11 @@ pub async fn run(cfg: &Config, req: &DrillRequest, json: bool) -> anyhow::Result
             second: "second signal: stopping now; the next drill removes what this one leaves",
         },
     );
-    let report = run_and_record(cfg, req, &stop).await?;
+    let report = drill::run_and_record(cfg, req, &stop).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print!("{}", report.text());
+        print!("{}", drill::report::text(&report));
     }
     if report.passed {
         Ok(())
@@ -37,48 +37,6 @@ pub async fn run(cfg: &Config, req: &DrillRequest, json: bool) -> anyhow::Result
         let failed: Vec<&str> = report.failed().map(|c| c.name.as_str()).collect();
         anyhow::bail!("drill {} failed: {}", report.id, failed.join(", "))
     }
-}
-
-/// Runs a drill, records its report in the store (a failure to record is logged: the
-/// report is still returned), and runs `alerts.on_failure` when a check failed (with
-/// `PGAGENT_EVENT_REASON=drill`, see [`crate::alerts::drill_hook_env`]).
-///
-/// Errors: as [`drill::drill`] (with `stop`); a drill cut short by `stop` (not recorded,
-/// no hook).
-pub async fn run_and_record(
-    cfg: &Config,
-    req: &DrillRequest,
-    stop: &CancellationToken,
-) -> anyhow::Result<DrillReport> {
-    let report = drill::drill(cfg, req, stop).await?;
-    if stop.is_cancelled() {
-        // Cut short by a stop, not a verdict on the store: neither recorded nor alerted.
-        anyhow::bail!(
-            "drill {} interrupted: pgagent is stopping (its server is stopped)",
-            report.id
-        );
-    }
-    match record(cfg, &report).await {
-        Ok(()) => tracing::info!("recorded as drills/{}.json", report.id),
-        Err(e) => tracing::error!("drill {} is not recorded in the store: {e:#}", report.id),
-    }
-    let hook = &cfg.raw.alerts.on_failure;
-    if !report.passed && !hook.is_empty() {
-        crate::alerts::run_hook(
-            hook.clone(),
-            crate::alerts::drill_hook_env(&report),
-            cfg.raw.alerts.hook_timeout,
-        )
-        .await;
-    }
-    Ok(report)
-}
-
-/// Writes the report to `drills/<id>.json`, sealed with the store's key.
-async fn record(cfg: &Config, report: &DrillReport) -> anyhow::Result<()> {
-    let store = crate::store::open(cfg).await?;
-    let cipher = crate::store::read_cipher(store.as_ref(), cfg).await?;
-    drills::put_record(store.as_ref(), cipher.as_ref(), report).await
 }
 
 /// `pgagent list drills`: every recorded drill, oldest first.

@@ -1,6 +1,8 @@
-//! `pgagent list wal|timelines`: what the store holds. A segment held only as partial
-//! pieces (deltas, or a `.partial` object in a store written before deltas) is listed with
-//! the end of the WAL its pieces hold from its start ([`crate::store::wal`]).
+//! `pgagent list [backups|wal|timelines|snapshots|drills]`: what the store holds. Backups,
+//! snapshots and drills are listed by their commands' modules, WAL and timelines here. A
+//! segment held only as partial pieces (deltas, or a `.partial` object in a store written
+//! before deltas) is listed with the end of the WAL its pieces hold from its start
+//! ([`crate::store::wal`]).
 
 use std::collections::BTreeMap;
 
@@ -8,9 +10,23 @@ use pgagent_protocol::{segment_file_name, Lsn, SegNo, TimelineId, WalFileName, W
 use pgagent_storage::layout::WAL_PREFIX;
 use serde::Serialize;
 
-use crate::cli::ListWhat;
 use crate::config::Config;
 use crate::store::wal::{legacy_lengths, PartialSegment, SegmentId, WalIndex};
+
+/// Things `pgagent list` shows; also the values of its argument.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ListWhat {
+    /// Base backups: status, LSNs, sizes, deduplication.
+    Backups,
+    /// WAL segments per timeline, as ranges, with gaps.
+    Wal,
+    /// Timelines and their history files.
+    Timelines,
+    /// ZFS snapshots: pgagent's on this machine and the records in the store.
+    Snapshots,
+    /// Drills: when, which backup, the point reached, their checks.
+    Drills,
+}
 
 /// A run of consecutive complete segments on one timeline.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

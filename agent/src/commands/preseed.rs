@@ -17,9 +17,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use super::restore::{restore, RecoveryTarget, RestoreFrom, RestoreRequest, RESTORING_FILE};
 use crate::config::Config;
 use crate::exit::Refused;
+use crate::restore::{restore, RecoveryTarget, RestoreFrom, RestoreRequest, RESTORING_FILE};
 use crate::zfs::mounts::{layout_problems, read_mounts};
 use crate::zfs::Zfs;
 

@@ -85,7 +85,7 @@ pub fn drill_line(d: Option<&crate::store::LastDrill>, now: u64) -> String {
     let Some(d) = d else {
         return "none (pgagent drill proves the store restores)".to_string();
     };
-    let ago = crate::store::unix_seconds(&d.finished_at)
+    let ago = crate::times::unix_seconds(&d.finished_at)
         .map(|t| ago(now.saturating_sub(t as u64)))
         .unwrap_or_else(|| d.finished_at.clone());
     let rto = d

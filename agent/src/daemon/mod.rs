@@ -19,7 +19,7 @@ mod schedules;
 mod status;
 pub mod usage;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use pgagent_storage::crypto::ObjectCipher;
 use pgagent_storage::ObjectStore;
@@ -54,32 +54,19 @@ pub async fn run(
         metrics.clone(),
     );
     let running = connected.start(&cfg, metrics.clone(), &shutdown).await?;
-    let staging_dir = cfg.staging_dir().to_path_buf();
-    let system_id = running.server().system_id;
-    let store = running.store().describe();
     let progress = running.progress();
-    let usage = Arc::new(Mutex::new(usage::Window::last_hour()));
-    let publisher = status::spawn_publisher(
+    let publisher = Arc::new(status::Publisher::new(
         progress.clone(),
         metrics.clone(),
-        staging_dir.clone(),
-        running.store().as_ref(),
-        system_id,
-        &cfg,
-        usage.clone(),
-    );
+        cfg.staging_dir().to_path_buf(),
+        running.store().describe(),
+        running.server().system_id,
+    ));
+    let ticking = publisher.spawn(&cfg);
     running.stream(&shutdown).await?;
 
-    publisher.abort();
-    status::publish(
-        &progress,
-        &metrics,
-        &usage,
-        &staging_dir,
-        &store,
-        system_id,
-        true,
-    );
+    ticking.abort();
+    publisher.publish(true);
     if let Some(t) = metrics_task {
         let _ = t.await;
     }
@@ -140,7 +127,8 @@ fn spawn_last_points(
     metrics: Arc<Metrics>,
 ) {
     tokio::spawn(async move {
-        use crate::store::{last_points, unix_seconds};
+        use crate::store::last_points;
+        use crate::times::unix_seconds;
         match last_points(store.as_ref(), cipher.as_ref()).await {
             Ok(p) => {
                 if let Some(t) = p.last_backup.and_then(|(_, at)| unix_seconds(&at)) {

@@ -123,8 +123,8 @@ async fn drills(
     every(cron, "drill", shutdown.clone(), || async {
         let req = crate::drill::DrillRequest {
             backup: None,
-            from: crate::commands::restore::RestoreFrom::Auto,
-            target: crate::commands::restore::RecoveryTarget::Latest,
+            from: crate::restore::RestoreFrom::Auto,
+            target: crate::restore::RecoveryTarget::Latest,
             keep: false,
             restore_command: format!("{fetch_prefix} fetch %f %p"),
         };
@@ -135,7 +135,7 @@ async fn drills(
         let held = running.clone().lock_owned().await;
         let drilled = tokio::task::spawn_blocking(move || {
             let _held = held;
-            handle.block_on(crate::commands::drill::run_and_record(&cfg, &req, &stop))
+            handle.block_on(crate::drill::run_and_record(&cfg, &req, &stop))
         })
         .await
         .unwrap_or_else(|e| Err(anyhow::anyhow!("the drill task failed: {e}")));
@@ -153,7 +153,11 @@ async fn drills(
                         .set(Utc::now().timestamp() as f64);
                     tracing::info!(id = report.id, "scheduled drill passed");
                 } else {
-                    tracing::error!(id = report.id, "scheduled drill failed:\n{}", report.text());
+                    tracing::error!(
+                        id = report.id,
+                        "scheduled drill failed:\n{}",
+                        crate::drill::report::text(&report)
+                    );
                 }
             }
             Err(e) => tracing::error!("scheduled drill could not run: {e:#}"),

@@ -1,7 +1,7 @@
 //! The checks of a recovered drill server, each recorded in the report:
 //!
 //! - `end of WAL`: with the target "latest", the point reached must be within
-//!   [`super::MAX_BEHIND_STORE`] bytes of the end of the newest WAL in the store. A
+//!   [`MAX_BEHIND_STORE`] bytes of the end of the newest WAL in the store. A
 //!   segment missing in the middle makes PostgreSQL take "not found" for the end of the
 //!   archive and promote early, with a database that looks fine: this is the check that
 //!   catches it. The live server's position, when it answers, is reported beside it.
@@ -14,12 +14,18 @@
 
 use pgagent_protocol::Lsn;
 
+use super::live::ask_live;
 use super::report::DrillReport;
+use super::request::DrillRequest;
 use super::server::Throwaway;
-use super::{behind, DrillRequest, MAX_BEHIND_STORE};
-use crate::commands::restore::RecoveryTarget;
 use crate::config::Config;
+use crate::restore::RecoveryTarget;
 use crate::store::wal::{legacy_lengths, WalIndex};
+
+/// A recovery that ends more than this many bytes before the end of the WAL in the store
+/// (to the end of the WAL) fails the drill: one record can end past the last byte
+/// stored, but not a megabyte.
+pub const MAX_BEHIND_STORE: u64 = 1 << 20;
 
 /// Runs every check on `server`, recording each in `report`.
 pub async fn run_all(
@@ -123,10 +129,7 @@ async fn end_of_wal(cfg: &Config, req: &DrillRequest, reached: Lsn, report: &mut
 async fn live_position(cfg: &Config, reached: Lsn, report: &mut DrillReport) {
     let sql = "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() \
                ELSE pg_current_wal_lsn() END";
-    if let Some(live) = super::ask_live(cfg, sql)
-        .await
-        .and_then(|t| t.parse::<Lsn>().ok())
-    {
+    if let Some(live) = ask_live(cfg, sql).await.and_then(|t| t.parse::<Lsn>().ok()) {
         report.live_lsn = Some(live.to_string());
         report.behind_live_bytes = Some(behind(reached, live));
     }
@@ -225,6 +228,11 @@ pub fn value_passes(value: &str) -> bool {
     v.eq_ignore_ascii_case("t")
         || v.eq_ignore_ascii_case("true")
         || v.parse::<f64>().is_ok_and(|n| n > 0.0)
+}
+
+/// How far `reached` is behind `end`, in bytes (0 when at or past it).
+pub fn behind(reached: Lsn, end: Lsn) -> u64 {
+    end.0.saturating_sub(reached.0)
 }
 
 #[cfg(test)]

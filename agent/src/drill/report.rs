@@ -1,192 +1,89 @@
-//! What a drill found: printed by `pgagent drill` (text or `--json`) and recorded in the
-//! store as `drills/<id>.json` (sealed like every object).
+//! What a drill found ([`DrillReport`], plain data in `pgagent_storage::drill`): begun
+//! from the request, printed by `pgagent drill` (text or `--json`) and recorded in the store
+//! as `drills/<id>.json` (sealed like every object).
 
 use std::fmt::Write as _;
 use std::time::SystemTime;
 
-use serde::{Deserialize, Serialize};
+pub use pgagent_storage::drill::{Check, DrillReport, Reached};
 
-use super::DrillRequest;
+use super::request::DrillRequest;
 
-/// The report of one drill.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DrillReport {
-    /// Drill id: its start time, `YYYYMMDDTHHMMSS.mmmZ` ([`super::drill_id`]).
-    pub id: String,
-    /// Start, RFC 3339 UTC.
-    pub started_at: String,
-    /// End, RFC 3339 UTC.
-    pub finished_at: String,
-    /// Every check passed.
-    pub passed: bool,
-    /// The backup asked for (`latest` when none was named).
-    pub backup: String,
-    /// The recovery target, as `pgagent restore` describes it.
-    pub target: String,
-    /// The tier that served: `snapshot` or `bucket`; `None` when the restore failed.
-    pub tier: Option<String>,
-    /// What was restored (`backup <id> (…)` or `snapshot <id> (…)`).
-    pub source: Option<String>,
-    /// Seconds from the start to a restored data directory.
-    pub restore_seconds: f64,
-    /// Seconds from starting the server to its promotion (or to the failure).
-    pub replay_seconds: Option<f64>,
-    /// Seconds of the whole drill.
-    pub duration_seconds: f64,
-    /// Where recovery ended, once the server promoted.
-    pub reached: Option<Reached>,
-    /// The end of the newest WAL in the store when the drill checked, and its timeline.
-    pub store_end: Option<String>,
-    /// Bytes of WAL in the store past the point reached.
-    pub behind_store_bytes: Option<u64>,
-    /// The live server's current WAL position, when it answered.
-    pub live_lsn: Option<String>,
-    /// Bytes of WAL the live server has past the point reached.
-    pub behind_live_bytes: Option<u64>,
-    /// The server binaries used.
-    pub pg_bin_dir: Option<String>,
-    /// Where the scratch directory was left (`--keep`).
-    pub kept: Option<String>,
-    /// Each check, in order.
-    pub checks: Vec<Check>,
+/// An empty report of drill `id` started at `started_at`, asked by `req`.
+pub fn begin(id: &str, started_at: SystemTime, req: &DrillRequest) -> DrillReport {
+    DrillReport::new(
+        id,
+        crate::times::rfc3339(started_at),
+        req.backup.clone().unwrap_or_else(|| "latest".into()),
+        req.target.describe(),
+    )
 }
 
-/// Where a drill's recovery ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Reached {
-    /// `pg_last_wal_replay_lsn()`: the end of the last WAL record replayed.
-    pub lsn: String,
-    /// `pg_last_xact_replay_timestamp()`: the commit time of the last transaction
-    /// replayed, when there was one.
-    pub last_commit: Option<String>,
-    /// The timeline the server promoted to.
-    pub timeline: Option<u32>,
+/// A drill id: its start time to the millisecond, `YYYYMMDDTHHMMSS.mmmZ`, sortable and
+/// distinct for drills started one after the other (a drill lasts seconds).
+pub fn drill_id(t: SystemTime) -> String {
+    chrono::DateTime::<chrono::Utc>::from(t)
+        .format("%Y%m%dT%H%M%S%.3fZ")
+        .to_string()
 }
 
-/// One check and its result.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Check {
-    /// `restore`, `start`, `recovery`, `end of WAL`, `connect`, `databases`, `tables`,
-    /// `amcheck`, `check_sql`.
-    pub name: String,
-    /// Whether it passed (a check that did not apply passes, saying why).
-    pub passed: bool,
-    /// What was found.
-    pub detail: String,
-}
-
-impl DrillReport {
-    /// An empty report of drill `id` started at `started_at`.
-    pub fn new(id: &str, started_at: SystemTime, req: &DrillRequest) -> DrillReport {
-        DrillReport {
-            id: id.to_string(),
-            started_at: crate::store::rfc3339(started_at),
-            finished_at: String::new(),
-            passed: false,
-            backup: req.backup.clone().unwrap_or_else(|| "latest".into()),
-            target: crate::commands::restore::describe(&req.target),
-            tier: None,
-            source: None,
-            restore_seconds: 0.0,
-            replay_seconds: None,
-            duration_seconds: 0.0,
-            reached: None,
-            store_end: None,
-            behind_store_bytes: None,
-            live_lsn: None,
-            behind_live_bytes: None,
-            pg_bin_dir: None,
-            kept: None,
-            checks: Vec::new(),
-        }
+/// The human form `pgagent drill` prints.
+pub fn text(r: &DrillReport) -> String {
+    let mut out = String::new();
+    let verdict = if r.passed { "PASSED" } else { "FAILED" };
+    let _ = writeln!(out, "drill {}: {verdict}", r.id);
+    let _ = writeln!(
+        out,
+        "  restored   {} (tier {}) in {:.1} s",
+        r.source.as_deref().unwrap_or("nothing"),
+        r.tier.as_deref().unwrap_or("none"),
+        r.restore_seconds
+    );
+    if let Some(secs) = r.replay_seconds {
+        let _ = writeln!(out, "  replayed   to {} in {secs:.1} s", r.target);
     }
-
-    /// Records a passed check.
-    pub fn pass(&mut self, name: &str, detail: impl Into<String>) {
-        self.push(name, true, detail.into());
+    if let Some(rto) = r.rto_seconds() {
+        let _ = writeln!(out, "  RTO        {rto:.1} s (restore + replay)");
     }
-
-    /// Records a failed check.
-    pub fn fail(&mut self, name: &str, detail: impl Into<String>) {
-        self.push(name, false, detail.into());
-    }
-
-    fn push(&mut self, name: &str, passed: bool, detail: String) {
-        self.checks.push(Check {
-            name: name.to_string(),
-            passed,
-            detail,
-        });
-    }
-
-    /// The checks that failed.
-    pub fn failed(&self) -> impl Iterator<Item = &Check> {
-        self.checks.iter().filter(|c| !c.passed)
-    }
-
-    /// Restore plus replay: how long the store took to give back a running server.
-    pub fn rto_seconds(&self) -> Option<f64> {
-        self.replay_seconds.map(|r| self.restore_seconds + r)
-    }
-
-    /// The human form `pgagent drill` prints.
-    pub fn text(&self) -> String {
-        let mut out = String::new();
-        let verdict = if self.passed { "PASSED" } else { "FAILED" };
-        let _ = writeln!(out, "drill {}: {verdict}", self.id);
+    if let Some(at) = &r.reached {
         let _ = writeln!(
             out,
-            "  restored   {} (tier {}) in {:.1} s",
-            self.source.as_deref().unwrap_or("nothing"),
-            self.tier.as_deref().unwrap_or("none"),
-            self.restore_seconds
+            "  reached    LSN {}{}",
+            at.lsn,
+            at.last_commit
+                .as_deref()
+                .map(|t| format!(", last commit {t}"))
+                .unwrap_or_default()
         );
-        if let Some(r) = self.replay_seconds {
-            let _ = writeln!(out, "  replayed   to {} in {r:.1} s", self.target);
-        }
-        if let Some(rto) = self.rto_seconds() {
-            let _ = writeln!(out, "  RTO        {rto:.1} s (restore + replay)");
-        }
-        if let Some(r) = &self.reached {
-            let _ = writeln!(
-                out,
-                "  reached    LSN {}{}",
-                r.lsn,
-                r.last_commit
-                    .as_deref()
-                    .map(|t| format!(", last commit {t}"))
-                    .unwrap_or_default()
-            );
-        }
-        if let (Some(end), Some(b)) = (&self.store_end, self.behind_store_bytes) {
-            let _ = writeln!(
-                out,
-                "  store      newest WAL ends at {end}: {b} bytes behind it"
-            );
-        }
-        match (&self.live_lsn, self.behind_live_bytes) {
-            (Some(live), Some(b)) => {
-                let _ = writeln!(out, "  live       server at {live}: {b} bytes behind it");
-            }
-            _ => {
-                let _ = writeln!(out, "  live       server not reachable: not compared");
-            }
-        }
-        for c in &self.checks {
-            let mark = if c.passed { "ok  " } else { "FAIL" };
-            let _ = writeln!(out, "  {mark} {:<11} {}", c.name, c.detail);
-        }
-        if let Some(dir) = &self.kept {
-            let _ = writeln!(out, "  kept       {dir}");
-        }
-        out
     }
+    if let (Some(end), Some(b)) = (&r.store_end, r.behind_store_bytes) {
+        let _ = writeln!(
+            out,
+            "  store      newest WAL ends at {end}: {b} bytes behind it"
+        );
+    }
+    match (&r.live_lsn, r.behind_live_bytes) {
+        (Some(live), Some(b)) => {
+            let _ = writeln!(out, "  live       server at {live}: {b} bytes behind it");
+        }
+        _ => {
+            let _ = writeln!(out, "  live       server not reachable: not compared");
+        }
+    }
+    for c in &r.checks {
+        let mark = if c.passed { "ok  " } else { "FAIL" };
+        let _ = writeln!(out, "  {mark} {:<11} {}", c.name, c.detail);
+    }
+    if let Some(dir) = &r.kept {
+        let _ = writeln!(out, "  kept       {dir}");
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::commands::restore::{RecoveryTarget, RestoreFrom};
+    use crate::restore::{RecoveryTarget, RestoreFrom};
 
     fn report() -> DrillReport {
         let req = DrillRequest {
@@ -196,15 +93,15 @@ mod tests {
             keep: false,
             restore_command: "pgagent fetch %f %p".into(),
         };
-        DrillReport::new("20261130T120000Z", SystemTime::UNIX_EPOCH, &req)
+        begin("20261130T120000Z", SystemTime::UNIX_EPOCH, &req)
     }
 
     #[test]
     fn drill_ids_sort_by_time_to_the_millisecond() {
         let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_764_504_000_123);
-        let id = super::super::drill_id(t);
+        let id = drill_id(t);
         assert_eq!(id, "20251130T120000.123Z");
-        let later = super::super::drill_id(t + std::time::Duration::from_millis(1));
+        let later = drill_id(t + std::time::Duration::from_millis(1));
         assert!(later > id);
     }
 
@@ -221,7 +118,7 @@ mod tests {
         assert_eq!(r.rto_seconds(), None);
         r.replay_seconds = Some(3.5);
         assert_eq!(r.rto_seconds(), Some(5.5));
-        let text = r.text();
+        let text = text(&r);
         assert!(text.contains("FAIL check_sql"), "{text}");
         assert!(text.contains("RTO        5.5 s"), "{text}");
         let back: DrillReport = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();

@@ -322,7 +322,7 @@ async fn live_data_directories(cfg: &Config) -> Vec<PathBuf> {
         .into_iter()
         .collect();
     dirs.extend(
-        super::ask_live(cfg, "SHOW data_directory")
+        super::live::ask_live(cfg, "SHOW data_directory")
             .await
             .map(PathBuf::from),
     );

@@ -4,17 +4,16 @@
 
 use std::time::Duration;
 
-use pgagent_protocol::{ConnConfig, Lsn, ReplicationClient, ReplicationStream, TimelineId};
+use pgagent_protocol::{Lsn, ReplicationClient, ReplicationStream, TimelineId};
 use tokio_util::sync::CancellationToken;
 
 use super::histories::fetch_pending_histories;
 use super::receiver::{Receiver, SessionEnd};
+use super::upstream::Upstream;
 use crate::server::explain;
 
-/// Where and how streaming starts.
-pub(super) struct Session<'a> {
-    pub(super) conn: &'a ConnConfig,
-    pub(super) slot: &'a str,
+/// Where streaming starts.
+pub(super) struct Session {
     pub(super) tli: TimelineId,
     pub(super) start: Lsn,
     /// Set when streaming starts at the store's end to fill a gap: the original start, to
@@ -32,11 +31,14 @@ pub(super) struct Session<'a> {
 /// life of the process. Only attempts that fail in a row wait longer and longer.
 pub(super) async fn follow(
     receiver: &mut Receiver,
-    client: ReplicationClient,
-    mut s: Session<'_>,
+    upstream: Upstream,
+    mut s: Session,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<ReplicationStream>> {
-    let conn = s.conn;
+    let Upstream {
+        conn, slot, client, ..
+    } = upstream;
+    let conn = &conn;
     let mut client = Some(client);
     let mut delays = reconnect_backoff();
     loop {
@@ -48,7 +50,7 @@ pub(super) async fn follow(
             None => match ReplicationClient::connect(conn).await {
                 Ok(mut c) => {
                     // The slot may have been dropped while we were away; recreate it.
-                    if let Err(e) = c.create_physical_slot(s.slot).await {
+                    if let Err(e) = c.create_physical_slot(&slot).await {
                         tracing::warn!(error = %explain(conn, &e), "cannot ensure the replication slot");
                     }
                     c
@@ -60,7 +62,7 @@ pub(super) async fn follow(
             },
         };
         fetch_pending_histories(&mut c, receiver, &mut s.pending_histories).await?;
-        let stream = match c.start_replication(Some(s.slot), s.start, s.tli).await {
+        let stream = match c.start_replication(Some(&slot), s.start, s.tli).await {
             Ok(st) => st,
             Err(e) => {
                 let msg = format!(
@@ -137,7 +139,7 @@ pub(super) async fn follow(
 /// that WAL (`requested WAL segment … has already been removed`), goes back to the original
 /// start and reports the gap: the WAL in between is lost to the bucket. Returns whether it
 /// did.
-fn fall_back(receiver: &mut Receiver, s: &mut Session<'_>, msg: &str) -> bool {
+fn fall_back(receiver: &mut Receiver, s: &mut Session, msg: &str) -> bool {
     let Some(to) = s.fallback else { return false };
     if !msg.contains("has already been removed") {
         return false;

@@ -28,13 +28,14 @@ mod shared;
 #[cfg(test)]
 mod sim;
 mod upload;
+mod upstream;
 
 pub use shared::LiveStatus;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgagent_protocol::{ConnConfig, Lsn, ReplicationClient, ReplicationStream};
+use pgagent_protocol::{Lsn, ReplicationStream};
 use pgagent_storage::crypto::ObjectCipher;
 use pgagent_storage::ObjectStore;
 use tokio::sync::mpsc;
@@ -43,7 +44,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Confirm};
 use crate::metrics::Metrics;
-use crate::server::{explain, ServerInfo};
+use crate::server::ServerInfo;
 use crate::staging::StagingWriter;
 use crate::tracker::FlushTracker;
 use compress::Sealer;
@@ -54,12 +55,11 @@ use mailbox::PartialMailbox;
 use receiver::{Outlets, Receiver};
 use resume::{Resume, StoredPartial};
 use shared::Shared;
+use upstream::Upstream;
 
 /// The server connected to and the store claimed for its cluster: the first step.
 pub struct Connected {
-    conn: ConnConfig,
-    client: ReplicationClient,
-    server: ServerInfo,
+    upstream: Upstream,
     store: Arc<dyn ObjectStore>,
     cipher: Option<ObjectCipher>,
 }
@@ -70,22 +70,20 @@ pub struct Connected {
 /// Errors: the connection's (explained, naming the fix); the store's; a store that holds
 /// another cluster ([`crate::exit::Refused`]).
 pub async fn connect(cfg: &Config) -> anyhow::Result<Connected> {
-    let conn = crate::server::conn_config(cfg, "pgagent")?;
-    let (client, server) = crate::server::connect(&conn).await?;
+    let upstream = Upstream::connect(cfg).await?;
+    let server = &upstream.server;
     tracing::info!(
         system_identifier = server.system_id,
         timeline = %server.timeline,
         position = %server.xlogpos,
         segment_size = server.seg.bytes(),
         "connected to {}",
-        conn.redacted()
+        upstream.conn.redacted()
     );
     let store = crate::store::open(cfg).await?;
-    let cipher = crate::store::claim_store(store.as_ref(), &server, cfg).await?;
+    let cipher = crate::store::claim_store(store.as_ref(), server, cfg).await?;
     Ok(Connected {
-        conn,
-        client,
-        server,
+        upstream,
         store,
         cipher,
     })
@@ -113,53 +111,41 @@ impl Connected {
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Running> {
         let Connected {
-            conn,
-            mut client,
-            server,
+            mut upstream,
             store,
             cipher,
         } = self;
-        let staging_dir = cfg.staging_dir().to_path_buf();
-        let slot = cfg.raw.postgres.slot.clone();
-        let wrap = |e: pgagent_protocol::Error| anyhow::anyhow!(explain(&conn, &e));
-        if client.create_physical_slot(&slot).await.map_err(wrap)? {
-            tracing::info!(slot, "created physical replication slot");
-        }
+        upstream.ensure_slot().await?;
         let resume = resume::prepare(
-            &mut client,
-            &conn,
-            &server,
-            &slot,
-            &staging_dir,
+            &mut upstream,
+            cfg.staging_dir(),
             store.as_ref(),
             cipher.as_ref(),
         )
         .await?;
+        let seg = upstream.server.seg;
         let plan = resume.plan;
         tracing::info!(timeline = %plan.tli, start = %plan.start, confirmed = %plan.floor, "streaming resumes");
         let shared = Arc::new(Shared::new(
-            server.seg,
+            seg,
             cfg.raw.wal.confirm == Confirm::Bucket,
-            tracker_for(&resume, server.seg),
+            tracker_for(&resume, seg),
             metrics,
         ));
         let sealer = Sealer {
             level: cfg.raw.wal.compression_level,
-            seg: server.seg,
+            seg,
             cipher,
         };
         let workers = Workers::start(cfg, sealer, &store, &shared, shutdown)?;
         if resume.stored_partial != StoredPartial::None {
-            let segno = plan.start.segment_number(server.seg);
+            let segno = plan.start.segment_number(seg);
             workers.uploader.may_have_deltas(plan.tli, segno);
         }
         Ok(Running {
             cfg: cfg.clone(),
-            conn,
-            client,
-            server,
+            upstream,
             store,
-            slot,
             resume,
             shared,
             workers,
@@ -241,11 +227,8 @@ impl Workers {
 /// The pipeline started: the workers run, streaming has not begun.
 pub struct Running {
     cfg: Config,
-    conn: ConnConfig,
-    client: ReplicationClient,
-    server: ServerInfo,
+    upstream: Upstream,
     store: Arc<dyn ObjectStore>,
-    slot: String,
     resume: Resume,
     shared: Arc<Shared>,
     workers: Workers,
@@ -254,7 +237,7 @@ pub struct Running {
 impl Running {
     /// What the server told about itself.
     pub fn server(&self) -> &ServerInfo {
-        &self.server
+        &self.upstream.server
     }
 
     /// The store streamed to.
@@ -276,11 +259,8 @@ impl Running {
     pub async fn stream(self, shutdown: &CancellationToken) -> anyhow::Result<()> {
         let Running {
             cfg,
-            conn,
-            mut client,
-            server,
+            mut upstream,
             store,
-            slot,
             resume,
             shared,
             workers,
@@ -305,15 +285,15 @@ impl Running {
             })?;
         }
         let pending_histories = queue_histories(
-            &mut client,
+            &mut upstream.client,
             store.as_ref(),
             &seg_tx,
             &shared,
-            server.timeline,
+            upstream.server.timeline,
         )
         .await?;
 
-        let writer = StagingWriter::new(cfg.staging_dir(), server.seg)?;
+        let writer = StagingWriter::new(cfg.staging_dir(), upstream.server.seg)?;
         shared
             .metrics
             .staging_quota_bytes
@@ -328,15 +308,13 @@ impl Running {
         };
         let mut receiver = Receiver::new(shared.clone(), writer, outlets, plan.start);
         let session = Session {
-            conn: &conn,
-            slot: &slot,
             tli: plan.tli,
             start: plan.start,
             fallback: resume.fallback,
             pending_histories,
         };
         let streamed = tokio::select! {
-            r = follow(&mut receiver, client, session, shutdown) => r,
+            r = follow(&mut receiver, upstream, session, shutdown) => r,
             Some(e) = fatal_rx.recv() => Err(e),
         };
         let last_stream = match streamed {

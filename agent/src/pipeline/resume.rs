@@ -10,15 +10,14 @@
 use std::path::Path;
 use std::time::Duration;
 
-use pgagent_protocol::{
-    ConnConfig, Lsn, ReplicationClient, SqlSession, TimelineHistory, TimelineId,
-};
+use pgagent_protocol::{Lsn, ReplicationClient, SqlSession, TimelineHistory, TimelineId};
 use pgagent_storage::crypto::ObjectCipher;
 use pgagent_storage::ObjectStore;
 
 use super::continuity::{self, Continuity};
+use super::upstream::Upstream;
 use crate::retry::{self, Policy};
-use crate::server::{self, explain, ServerInfo};
+use crate::server::{self, ServerInfo};
 use crate::staging::{StagedSegment, StagingScan};
 
 /// How long start-up waits for the store to answer the continuity reads before going on
@@ -52,31 +51,25 @@ pub struct Resume {
     pub fallback: Option<Lsn>,
 }
 
-/// Reads the slot, staging and the bucket, and decides where streaming resumes.
-pub async fn prepare(
-    client: &mut ReplicationClient,
-    conn: &ConnConfig,
-    server: &ServerInfo,
-    slot: &str,
+/// Reads the slot (over `up`), staging and the bucket, and decides where streaming resumes.
+pub(super) async fn prepare(
+    up: &mut Upstream,
     staging_dir: &Path,
     store: &dyn ObjectStore,
     cipher: Option<&ObjectCipher>,
 ) -> anyhow::Result<Resume> {
     // The server's history covers every timeline it descends from: read once, it places
     // both the slot's position (before 15) and the segment before the start.
-    let lineage = if server.timeline.0 > 1 {
-        history(client, server.timeline).await
+    let current = up.server.timeline;
+    let lineage = if current.0 > 1 {
+        history(&mut up.client, current).await
     } else {
         None
     };
-    let on_lineage = |lsn: Lsn| {
-        lineage
-            .as_ref()
-            .map(|h| h.timeline_for_lsn(server.timeline, lsn))
-    };
-    let slot_pos = slot_position(client, conn, server, slot, on_lineage).await?;
+    let on_lineage = |lsn: Lsn| lineage.as_ref().map(|h| h.timeline_for_lsn(current, lsn));
+    let slot_pos = slot_position(up, on_lineage).await?;
     decide(
-        server,
+        &up.server,
         lineage.as_ref(),
         slot_pos,
         staging_dir,
@@ -189,13 +182,16 @@ where
 
 /// The slot's `restart_lsn` and its timeline, if the slot reserves WAL.
 async fn slot_position(
-    client: &mut ReplicationClient,
-    conn: &ConnConfig,
-    server: &ServerInfo,
-    slot: &str,
+    up: &mut Upstream,
     on_lineage: impl Fn(Lsn) -> Option<TimelineId>,
 ) -> anyhow::Result<Option<(Lsn, Option<TimelineId>)>> {
-    let wrap = |e: pgagent_protocol::Error| anyhow::anyhow!(explain(conn, &e));
+    let Upstream {
+        conn,
+        server,
+        slot,
+        client,
+    } = up;
+    let wrap = |e: pgagent_protocol::Error| anyhow::anyhow!(server::explain(conn, &e));
     if server.version_num >= 150000 {
         return Ok(client
             .read_replication_slot(slot)
@@ -209,7 +205,7 @@ async fn slot_position(
     let mut sql = SqlSession::connect(conn).await.map_err(|e| {
         anyhow::anyhow!(
             "{}; pgagent reads the slot's position from pg_replication_slots on PostgreSQL {} (a SQL session as {})",
-            explain(conn, &e),
+            server::explain(conn, &e),
             server.version_num / 10000,
             conn.user
         )

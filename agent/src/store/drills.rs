@@ -2,11 +2,11 @@
 //! sealed like every object (encrypted in an encrypted store).
 
 use pgagent_storage::crypto::ObjectCipher;
+use pgagent_storage::drill::DrillReport;
 use pgagent_storage::layout::{drill_key, DRILL_PREFIX};
 use pgagent_storage::ObjectStore;
 
 use super::records::{json_keys, put_json, read_json, read_json_all};
-use crate::drill::DrillReport;
 
 /// Writes the record of drill `r.id`.
 ///
@@ -69,18 +69,9 @@ pub async fn newest(
 #[allow(clippy::disallowed_methods)] // a scratch store: its requests need no counting
 mod tests {
     use super::*;
-    use crate::commands::restore::{RecoveryTarget, RestoreFrom};
-    use crate::drill::DrillRequest;
 
     fn report(id: &str, passed: bool) -> DrillReport {
-        let req = DrillRequest {
-            backup: None,
-            from: RestoreFrom::Bucket,
-            target: RecoveryTarget::Latest,
-            keep: false,
-            restore_command: String::new(),
-        };
-        let mut r = DrillReport::new(id, std::time::SystemTime::UNIX_EPOCH, &req);
+        let mut r = DrillReport::new(id, String::new(), "latest".into(), String::new());
         r.passed = passed;
         r.finished_at = format!("end of {id}");
         r

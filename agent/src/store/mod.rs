@@ -10,7 +10,6 @@ pub mod snapshots;
 pub mod wal;
 
 use std::sync::{Arc, LazyLock};
-use std::time::UNIX_EPOCH;
 
 use pgagent_protocol::WalSegmentSize;
 use pgagent_storage::cluster::{read_cluster, ClusterInfo};
@@ -63,7 +62,7 @@ pub async fn claim_store(
         system_identifier: server.system_id.to_string(),
         pg_version_num: server.version_num,
         wal_segment_size: server.seg.bytes(),
-        created_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        created_at: crate::times::rfc3339(std::time::SystemTime::now()),
         encryption: None,
     };
     let claimed = claim(
@@ -228,19 +227,6 @@ pub async fn last_points(
         failed_checks: d.failed().map(|c| c.name.clone()).collect(),
     });
     Ok(points)
-}
-
-/// RFC 3339 UTC to the second: how times are written in the store's records.
-pub fn rfc3339(t: std::time::SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
-}
-
-/// Unix seconds of an RFC 3339 time.
-pub fn unix_seconds(rfc3339: &str) -> Option<f64> {
-    humantime::parse_rfc3339(rfc3339)
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map(|d| d.as_secs_f64())
 }
 
 /// Who is making an access key, for `keys/<id>` and `pgagent key list`: this machine's host

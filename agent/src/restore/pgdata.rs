@@ -10,7 +10,7 @@ use anyhow::Context;
 use pgagent_storage::snapshot::SnapshotRecord;
 
 use super::autoconf::{disable_in_conf, quote, rewrite_auto_conf, MARKER};
-use super::{describe, RestoreRequest};
+use super::request::RestoreRequest;
 use crate::exit::Refused;
 
 /// Makes sure `pgdata` is an empty directory (creating it 0700, or emptying it with
@@ -117,7 +117,7 @@ pub(super) fn write_recovery_settings(
     };
     let mut settings = vec![format!("restore_command = {}", quote(&req.restore_command))];
     settings.extend(req.target.settings(&req.action));
-    let header = format!("{MARKER}{source} ({})", describe(&req.target));
+    let header = format!("{MARKER}{source} ({})", req.target.describe());
     let r = rewrite_auto_conf(&existing, &header, &settings);
     replace_file(&auto, &r.text)?;
     removed.extend(
@@ -382,12 +382,12 @@ mod tests {
         let req = RestoreRequest {
             pgdata: pgdata.to_path_buf(),
             backup: None,
-            target: super::super::RecoveryTarget::Latest,
+            target: super::super::target::RecoveryTarget::Latest,
             action: "promote".into(),
             force: false,
             delta: false,
             restore_command: "pgagent fetch %f %p".into(),
-            from: super::super::RestoreFrom::Bucket,
+            from: super::super::request::RestoreFrom::Bucket,
             owner: None,
         };
         let removed = write_recovery_settings(pgdata, "backup B", &req).unwrap();

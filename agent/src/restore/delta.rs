@@ -104,7 +104,7 @@ fn remove_not_wanted(dir: &Path, wanted: &HashSet<PathBuf>) -> anyhow::Result<u6
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backup::materialize::Mode;
+    use crate::restore::places::Mode;
     use pgagent_storage::manifest::{BackupStatus, EntryKind, FileEntry, TablespaceEntry};
 
     fn entry(path: &str, kind: EntryKind) -> FileEntry {

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use pgagent_storage::snapshot::SnapshotRecord;
 
 use super::pgdata::running_server;
-use super::{describe, RecoveryTarget, RestoreRequest};
+use super::request::RestoreRequest;
+use super::target::RecoveryTarget;
 use crate::config::{Config, SnapshotRestoreMode};
 use crate::zfs::mounts::{read_mounts, Mount};
 use crate::zfs::snapshots::{local_snapshots, LocalSnapshot};
@@ -115,7 +116,7 @@ fn newest_usable(
             why.push(format!(
                 "snapshot {} ended after {}",
                 r.id,
-                describe(target)
+                target.describe()
             ));
         } else {
             return Ok(r.clone());

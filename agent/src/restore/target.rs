@@ -39,6 +39,18 @@ pub enum RecoveryTarget {
 }
 
 impl RecoveryTarget {
+    /// How a restore or a drill names this target: `time …`, `xid …`, `the end of the WAL
+    /// in the store`.
+    pub fn describe(&self) -> String {
+        match self {
+            RecoveryTarget::Latest => "the end of the WAL in the store".into(),
+            RecoveryTarget::Time(s, _) => format!("time {s}"),
+            RecoveryTarget::Xid(x) => format!("xid {x}"),
+            RecoveryTarget::Name(n) => format!("restore point {n:?}"),
+            RecoveryTarget::Lsn(l) => format!("LSN {l}"),
+        }
+    }
+
     /// Parses `--target-time`: a timestamp with an explicit zone, as `recovery_target_time`
     /// reads one (PostgreSQL docs, "Date/Time Input", 8.5.1): a space or `T` between date
     /// and time, optional seconds and fractional seconds, then `Z`, `UTC`, `+00`, `+05:30`,

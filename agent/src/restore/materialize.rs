@@ -9,7 +9,7 @@
 //! directory, which must be missing or empty, and `pg_tblspc/<oid>` becomes a symlink to it,
 //! as PostgreSQL expects (PostgreSQL docs, "Tablespaces"). In delta mode the directories
 //! may hold files already; what the backup does not hold is removed first, in a tablespace
-//! only inside the backup's own version directory (see `backup/delta.rs`).
+//! only inside the backup's own version directory (see `restore/delta.rs`).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;

@@ -1,0 +1,159 @@
+//! The bucket tier: the newest complete base backup that can reach the target, its files
+//! written from their chunks ([`super::materialize`]), then the recovery settings.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use pgagent_storage::cluster::read_cluster;
+use pgagent_storage::crypto::ObjectCipher;
+use pgagent_storage::manifest::{BackupManifest, BackupStatus};
+
+use super::materialize::{materialize, Mode};
+use super::pgdata::{give_to_owner, prepare_pgdata, write_recovery_settings};
+use super::request::{RestoreRequest, RESTORING_FILE};
+use crate::config::Config;
+use crate::retry::Policy;
+use crate::retrying_store::RetryingReads;
+use crate::store::catalog;
+
+/// The store of `cfg` and the cluster it holds. Reads through the returned store retry
+/// transient errors for up to `fetch.timeout` ([`RetryingReads`]): a restore reads thousands
+/// of objects, and one that fails once must not end it. `cluster.json` is read that way when
+/// `patient`, else with one attempt.
+///
+/// Errors: the store cannot be opened or read, or holds no `cluster.json`; as
+/// [`crate::store::read_cipher`].
+pub(super) async fn open_store(
+    cfg: &Config,
+    patient: bool,
+) -> anyhow::Result<crate::store::Opened> {
+    let raw = crate::store::open(cfg).await?;
+    let store = RetryingReads::wrap(
+        raw.clone(),
+        Policy::CHUNK,
+        cfg.raw.fetch.timeout,
+        "fetch.timeout",
+    );
+    let reader = if patient { &store } else { &raw };
+    let cluster = read_cluster(reader.as_ref()).await?.with_context(|| {
+        format!(
+            "{} holds no cluster.json: not a pgagent store",
+            store.describe()
+        )
+    })?;
+    let seg = pgagent_protocol::WalSegmentSize::new(cluster.wal_segment_size)
+        .map_err(|e| anyhow::anyhow!("cluster.json: {e}"))?;
+    let cipher = crate::store::read_cipher(reader.as_ref(), cfg).await?;
+    Ok(crate::store::Opened {
+        store,
+        cluster,
+        seg,
+        cipher,
+    })
+}
+
+/// The bucket tier: the newest complete base backup that can reach the target. Returns what
+/// was restored and the recovery settings taken out of effect.
+pub(super) async fn from_bucket(
+    cfg: &Config,
+    req: &RestoreRequest,
+    opened: &crate::store::Opened,
+) -> anyhow::Result<(String, Vec<String>)> {
+    let crate::store::Opened { store, cluster, .. } = opened;
+    let bucket = opened.bucket();
+    let manifest = choose_backup(store.as_ref(), bucket.cipher(), req).await?;
+    prepare_pgdata(&req.pgdata, req.force && !req.delta, req.delta)?;
+    // Until the end, the directory says it is not a cluster yet (see preseed).
+    let restoring = req.pgdata.join(RESTORING_FILE);
+    std::fs::write(&restoring, b"").with_context(|| format!("write {}", restoring.display()))?;
+    tracing::info!(
+        backup = manifest.id,
+        system_identifier = cluster.system_identifier,
+        "restoring {} files ({}) into {}",
+        manifest.stats.files,
+        bytesize::ByteSize(manifest.stats.raw_bytes),
+        req.pgdata.display()
+    );
+    let original = |_oid: u32, location: &str| PathBuf::from(location);
+    let progress = crate::progress::Progress::new(
+        &format!("restore {}", manifest.id),
+        manifest.stats.raw_bytes,
+    );
+    let written = materialize(
+        &bucket,
+        &manifest,
+        &req.pgdata,
+        &original,
+        cfg.raw.store.upload_concurrency,
+        if req.delta { Mode::Delta } else { Mode::Fresh },
+        &progress,
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "restore backup {} into {}",
+            manifest.id,
+            req.pgdata.display()
+        )
+    })?;
+    progress.finish();
+    let removed = write_recovery_settings(&req.pgdata, &format!("backup {}", manifest.id), req)?;
+    let tablespaces: Vec<PathBuf> = manifest
+        .tablespaces
+        .iter()
+        .map(|t| PathBuf::from(&t.location))
+        .collect();
+    give_to_owner(&req.pgdata, &tablespaces, req.owner)?;
+    match std::fs::remove_file(&restoring) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("remove {}", restoring.display()))
+        }
+        _ => {}
+    }
+    let source = format!(
+        "backup {} ({} files written, {}; {} unchanged, {} removed)",
+        manifest.id,
+        written.files,
+        bytesize::ByteSize(written.bytes),
+        written.unchanged,
+        written.removed
+    );
+    Ok((source, removed))
+}
+
+async fn choose_backup(
+    store: &dyn pgagent_storage::ObjectStore,
+    cipher: Option<&ObjectCipher>,
+    req: &RestoreRequest,
+) -> anyhow::Result<BackupManifest> {
+    if let Some(id) = req.backup.as_deref().filter(|i| *i != "latest") {
+        let m = catalog::get_manifest(store, cipher, id)
+            .await?
+            .with_context(|| format!("no backup {id} in {}", store.describe()))?;
+        if m.status != BackupStatus::Complete {
+            bail!("backup {id} is not complete (its WAL never reached the store)");
+        }
+        if !req.target.reachable_from(&m) {
+            bail!(
+                "backup {id} ended after the target {}",
+                req.target.describe()
+            );
+        }
+        return Ok(m);
+    }
+    let ids = catalog::backup_ids(store).await?;
+    for id in ids.iter().rev() {
+        let Some(m) = catalog::get_manifest(store, cipher, id).await? else {
+            continue;
+        };
+        if m.status == BackupStatus::Complete && req.target.reachable_from(&m) {
+            return Ok(m);
+        }
+    }
+    bail!(
+        "no complete backup in {} can reach {} ({} backups listed)",
+        store.describe(),
+        req.target.describe(),
+        ids.len()
+    )
+}
