@@ -115,3 +115,37 @@ async fn check_existing(
 fn parse(key: &str, head: &Bytes) -> Result<Header, StoreError> {
     Header::parse(head).map_err(|e| e.with_key(key))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::MasterKey;
+    use crate::envelope::seal_for;
+
+    const NAME: &str = "wal/000000010000000000000003";
+
+    #[tokio::test]
+    async fn put_immutable_compares_keyed_hashes_of_encrypted_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::fs::FsStore::open(dir.path().to_path_buf())
+            .await
+            .unwrap();
+        let c = MasterKey::generate().cipher();
+        let raw: Vec<u8> = (0..50_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
+        // Sealed twice: other nonces, other bodies, the same keyed hash.
+        let first = seal_for(&raw, 3, Some(&c), NAME);
+        let again = seal_for(&raw, 3, Some(&c), NAME);
+        assert_ne!(first.body, again.body);
+        let put = |s: Sealed| {
+            let store = &store;
+            async move { put_immutable(store, NAME, &s).await }
+        };
+        assert_eq!(put(first.clone()).await.unwrap(), ImmutablePut::Created);
+        assert_eq!(put(again).await.unwrap(), ImmutablePut::AlreadyPresent);
+        let other = seal_for(b"other", 3, Some(&c), NAME);
+        assert!(put(other).await.unwrap_err().is_conflict());
+        assert_eq!(store.get(NAME).await.unwrap(), first.body);
+    }
+}

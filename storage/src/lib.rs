@@ -2,8 +2,8 @@
 //!
 //! - [`ObjectStore`]: the few operations pgagent needs from a bucket, with two backends:
 //!   [`fs::FsStore`] (`file:///path`, the embedded default) and [`s3::S3Store`]
-//!   (`s3://bucket/prefix?endpoint=…`, any S3-compatible service). [`open`](crate::open::open) picks one from a
-//!   store URL.
+//!   (`s3://bucket/prefix?endpoint=…`, any S3-compatible service). [`open`](crate::open::open)
+//!   picks one from a store URL.
 //! - [`envelope`]: the self-verifying object format (zstd + blake3, optionally encrypted).
 //! - [`crypto`]: client-side encryption: the master key, the keys derived from it, the
 //!   passphrase wrap; [`keyring`]: the key files under `keys/`, and which cipher a command
@@ -16,6 +16,19 @@
 //! - [`conformance`]: the behaviour every backend must show, runnable against any store.
 //! - [`layer`]: the one way to wrap a store ([`Layer`] around every call, [`Layered`]);
 //!   [`requests`]: [`CountedStore`], the layer that counts the requests a store sends.
+//!
+//! Dependencies point down only (checked by `tests/tests/architecture.rs`):
+//!
+//! ```text
+//! conformance                       the suite every backend passes
+//! open                              a store by URL: the one place that knows every backend
+//! keyring                           key files, and the claim of a new store
+//! agreement cluster immutable envelope deltas manifest snapshot drill
+//!                                   what is stored, and how writers agree on cluster.json
+//! s3 fs prefixed requests layer config
+//!                                   backends, views and layers, store URLs and options
+//! crypto layout object_store error  primitives: keys and ciphers, key names, the trait
+//! ```
 
 pub mod agreement;
 pub mod cluster;

@@ -162,30 +162,6 @@ fn encryption_mismatches_are_their_own_errors() {
     assert!(out.is_empty());
 }
 
-#[tokio::test]
-async fn put_immutable_compares_keyed_hashes_of_encrypted_objects() {
-    use crate::immutable::{put_immutable, ImmutablePut};
-    use crate::object_store::ObjectStore;
-    let dir = tempfile::tempdir().unwrap();
-    let store = crate::fs::FsStore::open(dir.path().to_path_buf())
-        .await
-        .unwrap();
-    let c = cipher();
-    let raw = sample();
-    let first = seal_for(&raw, 3, Some(&c), NAME);
-    let again = seal_for(&raw, 3, Some(&c), NAME);
-    assert_ne!(first.body, again.body);
-    let put = |s: Sealed| {
-        let store = &store;
-        async move { put_immutable(store, NAME, &s).await }
-    };
-    assert_eq!(put(first.clone()).await.unwrap(), ImmutablePut::Created);
-    assert_eq!(put(again).await.unwrap(), ImmutablePut::AlreadyPresent);
-    let other = seal_for(b"other", 3, Some(&c), NAME);
-    assert!(put(other).await.unwrap_err().is_conflict());
-    assert_eq!(store.get(NAME).await.unwrap(), first.body);
-}
-
 proptest! {
     #[test]
     fn round_trip(raw in proptest::collection::vec(any::<u8>(), 0..5000), level in 1i32..6) {
