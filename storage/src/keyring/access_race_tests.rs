@@ -10,6 +10,7 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use tokio::sync::watch;
 
+use super::tests::origin;
 use super::*;
 use crate::crypto::kdf::tests::FAST;
 use crate::fs::FsStore;
@@ -17,21 +18,7 @@ use crate::layer::{Call, Layer, Layered, Reply};
 use crate::object_store::PutOutcome;
 
 fn ours() -> ClusterInfo {
-    ClusterInfo {
-        format_version: 1,
-        system_identifier: "7".into(),
-        pg_version_num: 150004,
-        wal_segment_size: 16 << 20,
-        created_at: "2026-12-01T00:00:00Z".into(),
-        encryption: None,
-    }
-}
-
-fn origin() -> KeyOrigin {
-    KeyOrigin {
-        hostname: "db1".into(),
-        username: "postgres".into(),
-    }
+    super::tests::cluster(None)
 }
 
 /// What happens to one PUT of a writer.
@@ -184,6 +171,29 @@ async fn check_store(
     }
 }
 
+/// Two writers' views of `fs`: both find the store empty and make a key (their key files
+/// land together, so neither sees the other's), then every other PUT of the first meets
+/// `first`, of the second `second`.
+fn two_writers(
+    fs: &Arc<FsStore>,
+    gate: watch::Receiver<bool>,
+    first: Fate,
+    second: Fate,
+) -> (View, View) {
+    let together = Arc::new(tokio::sync::Barrier::new(2));
+    let view = |fate: Fate| {
+        let together = together.clone();
+        late_writes(fs.clone(), gate.clone(), move |key| {
+            if key.starts_with(KEY_PREFIX) {
+                Fate::Together(together.clone())
+            } else {
+                fate.clone()
+            }
+        })
+    };
+    (view(first), view(second))
+}
+
 /// A writer's PUTs time out while they are in flight and land after another writer has
 /// claimed the store and sealed an object with its key: its `cluster.json` must not land
 /// over the other's (it would name a master key nothing was sealed with).
@@ -193,25 +203,14 @@ async fn a_claim_put_that_lands_after_its_writer_gave_up_changes_nothing() {
     let fs = Arc::new(FsStore::open(dir.path().to_path_buf()).await.unwrap());
     let (open, gate) = watch::channel(false);
     let p = Passphrase::new("s3cret").unwrap();
-    // Both writers find the store empty and make a key (their key files land together);
-    // then every PUT of the one times out at once and lands when the other is done, after
-    // the other's slower PUTs.
-    let together = Arc::new(tokio::sync::Barrier::new(2));
-    let t = together.clone();
-    let late = late_writes(fs.clone(), gate.clone(), move |key| {
-        if key.starts_with(KEY_PREFIX) {
-            Fate::Together(t.clone())
-        } else {
-            Fate::GivenUp(Duration::ZERO)
-        }
-    });
-    let on_time = late_writes(fs.clone(), gate, move |key| {
-        if key.starts_with(KEY_PREFIX) {
-            Fate::Together(together.clone())
-        } else {
-            Fate::After(Duration::from_millis(100))
-        }
-    });
+    // Every PUT of the one times out at once and lands when the other is done, after the
+    // other's slower PUTs.
+    let (late, on_time) = two_writers(
+        &fs,
+        gate,
+        Fate::GivenUp(Duration::ZERO),
+        Fate::After(Duration::from_millis(100)),
+    );
 
     let gave_up = claim_on(&late, Some(&p));
     let first = async {
@@ -252,23 +251,7 @@ async fn a_claim_held_until_another_writer_sealed_takes_its_key() {
     let fs = Arc::new(FsStore::open(dir.path().to_path_buf()).await.unwrap());
     let (open, gate) = watch::channel(false);
     let p = Passphrase::new("s3cret").unwrap();
-    // Both find the store empty and make a key (their key files land together).
-    let together = Arc::new(tokio::sync::Barrier::new(2));
-    let t = together.clone();
-    let held = late_writes(fs.clone(), gate.clone(), move |key| {
-        if key.starts_with(KEY_PREFIX) {
-            Fate::Together(t.clone())
-        } else {
-            Fate::Held
-        }
-    });
-    let on_time = late_writes(fs.clone(), gate, move |key| {
-        if key.starts_with(KEY_PREFIX) {
-            Fate::Together(together.clone())
-        } else {
-            Fate::After(Duration::ZERO)
-        }
-    });
+    let (held, on_time) = two_writers(&fs, gate, Fate::Held, Fate::After(Duration::ZERO));
 
     let slow = claim_on(&held, Some(&p));
     let fast = async {

@@ -3,14 +3,14 @@ use crate::cluster::{ensure_cluster, ClusterInfo, EncryptionInfo};
 use crate::crypto::kdf::tests::FAST;
 use crate::fs::FsStore;
 
-fn origin() -> KeyOrigin {
+pub(super) fn origin() -> KeyOrigin {
     KeyOrigin {
         hostname: "db1".into(),
         username: "postgres".into(),
     }
 }
 
-fn cluster(encryption: Option<EncryptionInfo>) -> ClusterInfo {
+pub(super) fn cluster(encryption: Option<EncryptionInfo>) -> ClusterInfo {
     ClusterInfo {
         format_version: 1,
         system_identifier: "7".into(),
