@@ -110,7 +110,7 @@ async fn a_restore_rides_out_a_store_that_refuses_connections_for_a_while() {
     );
     let output = run.output_text();
     assert!(
-        output.contains("retrying for up to fetch.timeout"),
+        output.contains("retrying until fetch.timeout"),
         "the blip met no read of the restore:\n{output}"
     );
     assert!(
