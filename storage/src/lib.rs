@@ -25,7 +25,7 @@
 //! keyring                           key files, and the claim of a new store
 //! agreement cluster immutable envelope deltas manifest snapshot drill
 //!                                   what is stored, and how writers agree on cluster.json
-//! s3 fs prefixed requests layer config
+//! s3 fs prefixed read_set requests layer config
 //!                                   backends, views and layers, store URLs and options
 //! crypto layout object_store error  primitives: keys and ciphers, key names, the trait
 //! ```
@@ -48,6 +48,7 @@ pub mod manifest;
 pub mod object_store;
 pub mod open;
 pub mod prefixed;
+pub mod read_set;
 pub mod requests;
 pub mod s3;
 pub mod snapshot;
@@ -60,4 +61,5 @@ pub use crate::layout::{validate_key, validate_prefix};
 pub use crate::object_store::{list_window, ObjectMeta, ObjectStore, PutOutcome};
 pub use crate::open::open;
 pub use crate::prefixed::PrefixedStore;
+pub use crate::read_set::{ReadSet, Served};
 pub use crate::requests::{CountedStore, RequestCounts, RequestOp, RequestTotals};

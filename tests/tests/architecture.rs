@@ -83,7 +83,9 @@ const STORAGE: Layers = &[
     ),
     (
         "backends and layers",
-        &["s3", "fs", "prefixed", "requests", "layer", "config"],
+        &[
+            "s3", "fs", "prefixed", "read_set", "requests", "layer", "config",
+        ],
     ),
     ("primitives", &["crypto", "layout", "object_store", "error"]),
 ];
