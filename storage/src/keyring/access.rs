@@ -131,8 +131,7 @@ pub async fn claim(
         proposal.format_version = proposal.format_version.max(ENCRYPTED_STORE_FORMAT_VERSION);
     }
     let agreed = agreement::agree(store, proposal.clone()).await?;
-    let stored = write_agreed(store, &agreed).await?;
-    let won = stored.encryption.as_ref().map(|e| &e.key_check)
+    let won = agreed.encryption.as_ref().map(|e| &e.key_check)
         == proposal.encryption.as_ref().map(|e| &e.key_check);
     if !won {
         if let Some((_, Some(id))) = &own {
@@ -142,6 +141,12 @@ pub async fn claim(
                 tracing::warn!(key = %key_file_key(id), error = %e, "could not delete the key file of a proposal that lost");
             }
         }
+    }
+    // The prefix was claimed for another cluster (its `cluster.json` lost, its claim
+    // entries left): refused before this writer puts that cluster's identity back.
+    check_same_cluster(&agreed, ours)?;
+    let stored = write_agreed(store, &agreed).await?;
+    if !won {
         return claimed(store, stored, ours, passphrase, limits).await;
     }
     check_same_cluster(&stored, ours)?;

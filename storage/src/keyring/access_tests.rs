@@ -279,3 +279,23 @@ async fn a_key_of_another_store_is_not_taken_for_this_one() {
     let u = keys::unlock(&store, &p, None).await.unwrap();
     assert!(u.key_id == ours.key_id || u.key_id == theirs.key_id);
 }
+
+/// A prefix whose claim entries name another cluster (its `cluster.json` gone) is refused,
+/// and this writer writes no `cluster.json` of the other cluster back, nor keeps a key.
+#[tokio::test]
+async fn claim_entries_of_another_cluster_are_refused_without_writing() {
+    let (_dir, store) = fs_store().await;
+    let mut theirs = cluster(None);
+    theirs.system_identifier = "8".into();
+    crate::agreement::agree(&store, theirs).await.unwrap();
+    let p = Passphrase::new("s3cret").unwrap();
+    for pass in [None, Some(&p)] {
+        let e = claim_with(&store, pass).await.unwrap_err();
+        assert!(
+            e.store_error().is_some_and(StoreError::is_foreign_cluster),
+            "{e}"
+        );
+        assert!(read_cluster(&store).await.unwrap().is_none());
+        assert!(!has_keys(&store).await.unwrap());
+    }
+}
