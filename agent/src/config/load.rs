@@ -99,8 +99,10 @@ impl RawConfig {
         }
         figment = overrides.apply(figment.merge(env.filter_map(|k| env_key(k))));
         refuse_passphrase_in_file(&figment)?;
-        figment
+        let mut raw: RawConfig = figment
             .extract()
-            .map_err(|e| ConfigError(e.to_string().replace('\n', "; ")))
+            .map_err(|e| ConfigError(e.to_string().replace('\n', "; ")))?;
+        raw.file = file;
+        Ok(raw)
     }
 }
