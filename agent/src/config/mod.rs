@@ -2,7 +2,8 @@
 //!
 //! Raw values come from, lowest precedence first: built-in defaults, the TOML file
 //! (`--config`, else `/etc/pgagent/pgagent.toml`, else `./pgagent.toml`), environment
-//! variables `PGAGENT_<SECTION>_<KEY>` (e.g. `PGAGENT_STORE_URL`), and command-line flags.
+//! variables `PGAGENT_<SECTION>_<KEY>` (e.g. `PGAGENT_STORE_URL`) and
+//! `PGAGENT_STORES_<NAME>_<KEY>` (a key of a `[[stores]]` entry), and command-line flags.
 //! [`RawConfig::validate`] then checks every value and builds the [`Config`] the commands use,
 //! with its stores ([`Config::stores`]: the `[[stores]]` entries, or the one store of the
 //! `store.url` shorthand; see `stores.rs`).
@@ -13,6 +14,7 @@ mod load;
 mod passphrase;
 mod sections;
 mod stores;
+mod stores_env;
 mod validate;
 
 #[cfg(test)]

@@ -91,7 +91,8 @@ pub struct StoreEntry {
     pub secret_access_key: Option<Secret>,
 }
 
-/// The keys of a `[[stores]]` entry but `name`, as paths in the entry.
+/// The keys of a `[[stores]]` entry but `name`, as paths in the entry: the keys
+/// `PGAGENT_STORES_<NAME>_<KEY>` sets (`<KEY>` is the path in upper case, `.` as `_`).
 pub const STORE_KEYS: &[&str] = &[
     "url",
     "role",

@@ -114,7 +114,8 @@ fn the_shipped_example_config_is_valid() {
 }
 
 /// Every key of the configuration with its environment variable: `section.key` from the
-/// defaults, and `stores[].key` for the keys of a `[[stores]]` entry (which have none).
+/// defaults, and `stores[].key` for the keys of a `[[stores]]` entry (`stores[].name` has
+/// none: it is what a store's variables are named by).
 fn all_keys() -> Vec<(String, Option<String>)> {
     let v = serde_json::to_value(RawConfig::default()).unwrap();
     let mut keys = Vec::new();
@@ -129,7 +130,11 @@ fn all_keys() -> Vec<(String, Option<String>)> {
     }
     keys.push(("stores[].name".into(), None));
     for path in STORE_KEYS {
-        keys.push((format!("stores[].{path}"), None));
+        let env = format!(
+            "PGAGENT_STORES_<NAME>_{}",
+            path.replace('.', "_").to_uppercase()
+        );
+        keys.push((format!("stores[].{path}"), Some(env)));
     }
     keys
 }
