@@ -582,3 +582,22 @@ fn bad_values_name_where_they_came_from() {
         "{err}"
     );
 }
+
+/// The README's example of several stores is a valid configuration.
+#[test]
+fn the_readme_example_of_several_stores_is_valid() {
+    let readme = include_str!("../../../README.md");
+    let section = readme
+        .split_once("### Several stores")
+        .expect("README has the section")
+        .1;
+    let toml = section
+        .split_once("```toml\n")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .expect("an example")
+        .0;
+    let cfg = config(toml).unwrap();
+    let names: Vec<&str> = cfg.stores.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["nas", "r2"]);
+    assert!(cfg.stores[0].is_required() && !cfg.stores[1].is_required());
+}
