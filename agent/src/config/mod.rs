@@ -18,6 +18,8 @@ mod stores_env;
 mod validate;
 
 #[cfg(test)]
+mod stores_env_tests;
+#[cfg(test)]
 mod stores_tests;
 #[cfg(test)]
 mod tests;
