@@ -173,6 +173,32 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// The command as typed after `pgagent`, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Run => "run",
+            Command::Fetch { .. } => "fetch",
+            Command::FetchServer => "fetch-server",
+            Command::Backup { .. } => "backup",
+            Command::Snapshot => "snapshot",
+            Command::Restore(_) => "restore",
+            Command::Drill(_) => "drill",
+            Command::Preseed { .. } => "preseed",
+            Command::Doctor { .. } => "doctor",
+            Command::Verify { .. } => "verify",
+            Command::Prune { .. } => "prune",
+            Command::List { .. } => "list",
+            Command::Status { .. } => "status",
+            Command::Key { action } => match action {
+                KeyAction::Add { .. } => "key add",
+                KeyAction::List { .. } => "key list",
+                KeyAction::Remove { .. } => "key remove",
+            },
+        }
+    }
+}
+
 /// `pgagent key` actions.
 #[derive(Debug, Subcommand)]
 pub enum KeyAction {

@@ -105,9 +105,13 @@ fn finish(result: anyhow::Result<()>) -> u8 {
     }
 }
 
+/// The validated configuration, for a command that uses one store: every command does
+/// today, so a configuration of several stores is refused here, for all of them at once
+/// ([`Config::one_store_for`]), rather than one of the stores being used silently.
 fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     let raw = RawConfig::load(cli.config.as_deref(), &cli.overrides.clone().into())?;
     let cfg = raw.validate()?;
+    cfg.one_store_for(cli.command.name())?;
     Ok(cfg)
 }
 
@@ -200,15 +204,24 @@ fn launch(cli: &Cli) -> fetch::client::Launch {
 
 /// The start of the `restore_command` that `pgagent restore` writes: this executable with the
 /// configuration file and the store URL in use (credentials must reach PostgreSQL through
-/// that file or its environment).
+/// that file or its environment). A store of `[[stores]]` is named by the file alone
+/// (`--store` with `[[stores]]` is a configuration error), so that file is passed even
+/// when it was found at a default path.
 fn fetch_command_prefix(cli: &Cli, cfg: &config::Config) -> String {
     let exe = std::env::current_exe().unwrap_or_else(|_| "pgagent".into());
     let mut words = vec![exe.display().to_string()];
-    if let Some(c) = &cli.config {
+    let shorthand = cfg.raw.stores.is_empty();
+    let file = cli
+        .config
+        .as_ref()
+        .or(cfg.raw.file.as_ref().filter(|_| !shorthand));
+    if let Some(c) = file {
         let c = c.canonicalize().unwrap_or_else(|_| c.clone());
         words.extend(["--config".to_string(), c.display().to_string()]);
     }
-    words.extend(["--store".to_string(), cfg.raw.store.url.clone()]);
+    if shorthand {
+        words.extend(["--store".to_string(), cfg.store().url.clone()]);
+    }
     words
         .iter()
         .map(|w| shell_quote(w))
@@ -225,5 +238,100 @@ fn shell_quote(w: &str) -> String {
         w.to_string()
     } else {
         format!("'{}'", w.replace('\'', "'\\''"))
+    }
+}
+
+/// The dispatch: a configuration of several stores refused for every command, and the
+/// `restore_command` written for one store.
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    const TWO_STORES: &str = "[[stores]]\nname = \"nas\"\nurl = \"file:///mnt/nas/pgagent\"\n\n\
+                              [[stores]]\nname = \"r2\"\nurl = \"file:///mnt/far/pgagent\"\nrole = \"async\"\n";
+
+    fn cli(config: &Path, command: &[&str]) -> Cli {
+        let mut args = vec!["pgagent", "--config", config.to_str().unwrap()];
+        args.extend(command);
+        Cli::try_parse_from(args).unwrap()
+    }
+
+    #[test]
+    fn every_command_refuses_several_stores_naming_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pgagent.toml");
+        std::fs::write(&file, TWO_STORES).unwrap();
+        let pgdata = dir.path().join("pgdata");
+        let pgdata = pgdata.to_str().unwrap();
+        let commands: &[(&str, &[&str])] = &[
+            ("run", &["run"]),
+            ("fetch-server", &["fetch-server"]),
+            ("backup", &["backup"]),
+            ("snapshot", &["snapshot"]),
+            ("restore", &["restore", "--pgdata", pgdata]),
+            ("drill", &["drill"]),
+            ("preseed", &["preseed", "--pgdata", pgdata]),
+            ("doctor", &["doctor"]),
+            ("verify", &["verify"]),
+            ("prune", &["prune"]),
+            ("list", &["list"]),
+            ("status", &["status"]),
+            ("key list", &["key", "list"]),
+        ];
+        for (name, args) in commands {
+            let err = run(cli(&file, args)).unwrap_err();
+            let msg = format!("{err:#}");
+            assert_eq!(exit::code_for(&err), exit::USAGE, "{name}: {msg}");
+            assert!(
+                msg.contains("several stores are configured (nas, r2)")
+                    && msg.contains(&format!("`pgagent {name}` does not yet use more than one")),
+                "{name}: {msg}"
+            );
+        }
+        // `fetch` stops recovery instead (exit 2 would read as "not found" to PostgreSQL).
+        let err = run(cli(&file, &["fetch", "000000010000000000000001", "x"])).unwrap_err();
+        assert_eq!(exit::code_for(&err), exit::FETCH_ABORT, "{err:#}");
+        assert!(format!("{err:#}").contains("`pgagent fetch`"), "{err:#}");
+    }
+
+    #[test]
+    fn restore_command_names_a_store_of_stores_by_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pgagent.toml");
+
+        // The shorthand: `--store URL`, as before.
+        std::fs::write(&file, "[store]\nurl = \"file:///srv/store\"\n").unwrap();
+        let canonical = file.canonicalize().unwrap().display().to_string();
+        let c = cli(&file, &["restore", "--pgdata", "/x"]);
+        let cfg = load_config(&c).unwrap();
+        let prefix = fetch_command_prefix(&c, &cfg);
+        assert!(
+            prefix.ends_with(&format!("--config {canonical} --store file:///srv/store")),
+            "{prefix}"
+        );
+
+        // One `[[stores]]` entry: the file alone (`--store` would conflict with it), even when
+        // it was not named by --config.
+        std::fs::write(
+            &file,
+            "[[stores]]\nname = \"nas\"\nurl = \"file:///srv/nas\"\n",
+        )
+        .unwrap();
+        let cfg = load_config(&c).unwrap();
+        assert_eq!(cfg.store().name, "nas");
+        let prefix = fetch_command_prefix(&c, &cfg);
+        assert!(
+            prefix.ends_with(&format!("--config {canonical}")),
+            "{prefix}"
+        );
+        let without = Cli::try_parse_from(["pgagent", "restore", "--pgdata", "/x"]).unwrap();
+        let prefix = fetch_command_prefix(&without, &cfg);
+        assert!(
+            prefix.ends_with(&format!("--config {canonical}")),
+            "{prefix}"
+        );
+        assert!(!prefix.contains("--store"), "{prefix}");
     }
 }

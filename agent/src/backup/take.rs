@@ -240,7 +240,7 @@ async fn store_files(
     progress: &crate::progress::Progress,
 ) -> anyhow::Result<Stored> {
     let stats = Arc::new(Mutex::new(ChunkStats::default()));
-    let concurrency = cfg.raw.store.upload_concurrency;
+    let concurrency = cfg.store().upload_concurrency;
     let (chunk_tx, chunk_rx) = mpsc::channel(concurrency * 2);
     let uploader = tokio::spawn(upload_chunks(
         store.clone(),

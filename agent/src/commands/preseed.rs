@@ -253,7 +253,7 @@ pub async fn run(cfg: &Config, pgdata: &Path, opts: &PreseedOptions) -> anyhow::
                 if opts.allow_new {
                     println!(
                         "preseed: the store ({}) holds no cluster yet and --allow-new is given: {} stays empty for initdb",
-                        cfg.raw.store.url,
+                        cfg.store().url,
                         pgdata.display()
                     );
                     return Ok(());
@@ -263,7 +263,7 @@ pub async fn run(cfg: &Config, pgdata: &Path, opts: &PreseedOptions) -> anyhow::
                      nothing to restore. If store.url is right and this is the first deployment, \
                      run preseed once with --allow-new so PostgreSQL can initdb; otherwise fix store.url",
                     pgdata.display(),
-                    cfg.raw.store.url
+                    cfg.store().url
                 ))
                 .into());
             }

@@ -192,18 +192,17 @@ pub async fn run(cfg: &Config, dry_run: bool) -> anyhow::Result<()> {
     let manifests_before = manifests(store.as_ref(), cipher.as_ref()).await?;
     let records =
         crate::store::snapshots::all_store_records(store.as_ref(), cipher.as_ref()).await?;
-    let b = &cfg.raw.backup;
     let p = plan(
         &manifests_before,
-        b.keep_backups,
-        b.keep_days,
+        cfg.store().keep_backups,
+        cfg.raw.backup.keep_days,
         SystemTime::now(),
     );
     let kept: Vec<&BackupManifest> = manifests_before
         .iter()
         .filter(|m| p.keep.contains(&m.id))
         .collect();
-    let concurrency = cfg.raw.store.upload_concurrency;
+    let concurrency = cfg.store().upload_concurrency;
     let wal_index = WalIndex::from_listing(&store.list(WAL_PREFIX).await?, seg);
     if kept.iter().all(|m| m.status != BackupStatus::Complete) {
         println!("prune: no complete backup: backups, chunks and WAL segments stay");

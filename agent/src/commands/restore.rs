@@ -22,7 +22,7 @@ pub async fn run(cfg: &Config, req: &RestoreRequest) -> anyhow::Result<()> {
         req.pgdata.display(),
         req.target.describe()
     );
-    if !req.restore_command.contains(" --config ") && cfg.raw.store.url.starts_with("s3://") {
+    if !req.restore_command.contains(" --config ") && cfg.store().url.starts_with("s3://") {
         println!(
             "note: restore_command names no configuration file: PostgreSQL's environment must \
              hold the store credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), or run \

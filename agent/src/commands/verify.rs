@@ -42,7 +42,7 @@ pub async fn run(cfg: &Config, backup: Option<&str>, wal: bool) -> anyhow::Resul
         Some(id) => vec![id.to_string()],
         None => catalog::backup_ids(store.as_ref()).await?,
     };
-    let concurrency = cfg.raw.store.upload_concurrency;
+    let concurrency = cfg.store().upload_concurrency;
     let mut problems = Vec::new();
     let mut manifests = Vec::new();
     for id in &ids {

@@ -1,11 +1,12 @@
-//! Layering: built-in defaults, the TOML file, `PGAGENT_<SECTION>_<KEY>` environment
-//! variables, then command-line flags (figment).
+//! Layering: built-in defaults, the TOML file, `PGAGENT_<SECTION>_<KEY>` and
+//! `PGAGENT_STORES_<NAME>_<KEY>` environment variables, then command-line flags (figment).
 
 use std::path::{Path, PathBuf};
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 
+use super::stores_env::StoresFromEnv;
 use super::{ConfigError, RawConfig, DEFAULT_CONFIG_PATHS, SECTIONS};
 
 /// Values given on the command line; they win over everything else.
@@ -40,7 +41,8 @@ impl Overrides {
 }
 
 /// Maps `PGAGENT_STORE_UPLOAD_CONCURRENCY` (lowercased by figment) to `store.upload_concurrency`;
-/// variables of no known section (such as `PGAGENT_CONFIG`) are left out.
+/// variables of no known section (such as `PGAGENT_CONFIG`, and `PGAGENT_STORES_…`, read by
+/// [`StoresFromEnv`]) are left out.
 fn env_key(key: &figment::value::UncasedStr) -> Option<figment::value::Uncased<'static>> {
     let key = key.as_str().to_ascii_lowercase();
     SECTIONS.iter().find_map(|section| {
@@ -97,10 +99,17 @@ impl RawConfig {
         if let Some(file) = &file {
             figment = figment.merge(Toml::file_exact(file));
         }
-        figment = overrides.apply(figment.merge(env.filter_map(|k| env_key(k))));
+        let stores_env = StoresFromEnv::read(&figment, &env)?;
+        figment = figment.merge(env.filter_map(|k| env_key(k)));
+        if let Some(stores_env) = stores_env {
+            figment = figment.merge(stores_env);
+        }
+        figment = overrides.apply(figment);
         refuse_passphrase_in_file(&figment)?;
-        figment
+        let mut raw: RawConfig = figment
             .extract()
-            .map_err(|e| ConfigError(e.to_string().replace('\n', "; ")))
+            .map_err(|e| ConfigError(e.to_string().replace('\n', "; ")))?;
+        raw.file = file;
+        Ok(raw)
     }
 }

@@ -2,16 +2,25 @@
 //!
 //! Raw values come from, lowest precedence first: built-in defaults, the TOML file
 //! (`--config`, else `/etc/pgagent/pgagent.toml`, else `./pgagent.toml`), environment
-//! variables `PGAGENT_<SECTION>_<KEY>` (e.g. `PGAGENT_STORE_URL`), and command-line flags.
-//! [`RawConfig::validate`] then checks every value and builds the [`Config`] the commands use.
+//! variables `PGAGENT_<SECTION>_<KEY>` (e.g. `PGAGENT_STORE_URL`) and
+//! `PGAGENT_STORES_<NAME>_<KEY>` (a key of a `[[stores]]` entry), and command-line flags.
+//! [`RawConfig::validate`] then checks every value and builds the [`Config`] the commands use,
+//! with its stores ([`Config::stores`]: the `[[stores]]` entries, or the one store of the
+//! `store.url` shorthand; see `stores.rs`).
 //! The PostgreSQL connection also honours the libpq environment (`PGHOST`, `PGUSER`, …),
 //! filled in by the replication client for whatever `postgres.conninfo` leaves out.
 
 mod load;
 mod passphrase;
 mod sections;
+mod stores;
+mod stores_env;
 mod validate;
 
+#[cfg(test)]
+mod stores_env_tests;
+#[cfg(test)]
+mod stores_tests;
 #[cfg(test)]
 mod tests;
 
@@ -26,6 +35,10 @@ use serde::{Deserialize, Serialize};
 pub use load::Overrides;
 pub use passphrase::{passphrase_from_env, read_passphrase_file};
 pub use sections::*;
+pub use stores::{
+    env_name, MaxLag, OnLagExceeded, Role, StoreEntry, StoreRole, StoreSpec, DEFAULT_STORE_URL,
+    SHORTHAND_STORE_NAME, STORE_KEYS,
+};
 pub use validate::validate_slot_name;
 
 /// Sections of the file; also the prefixes of the environment variables.
@@ -78,6 +91,8 @@ pub struct RawConfig {
     pub staging: StagingSection,
     /// `[store]`
     pub store: StoreSection,
+    /// `[[stores]]`; empty: the one store of `store.url`.
+    pub stores: Vec<StoreEntry>,
     /// `[wal]`
     pub wal: WalSection,
     /// `[fetch]`
@@ -94,6 +109,9 @@ pub struct RawConfig {
     pub alerts: AlertsSection,
     /// `[encryption]`
     pub encryption: EncryptionSection,
+    /// The configuration file read, if any (not a key).
+    #[serde(skip)]
+    pub file: Option<std::path::PathBuf>,
 }
 
 /// The validated configuration.
@@ -101,6 +119,9 @@ pub struct RawConfig {
 pub struct Config {
     /// All values, checked.
     pub raw: RawConfig,
+    /// The stores, in restore order (`restore_priority`, then as written); never empty,
+    /// at least one required.
+    pub stores: Vec<StoreSpec>,
     /// Parsed `metrics.listen`; `None` disables the endpoint.
     pub metrics_listen: Option<SocketAddr>,
     /// The store's passphrase, read from `encryption.passphrase_file` or taken from
@@ -124,16 +145,56 @@ impl Config {
         }
     }
 
-    /// Options for opening the store.
-    pub fn store_options(&self) -> pgagent_storage::StoreOptions {
-        let s = &self.raw.store;
-        pgagent_storage::StoreOptions {
-            upload_concurrency: s.upload_concurrency,
-            part_size: s.part_size.as_u64(),
-            access_key_id: s.access_key_id.as_ref().map(|k| k.0.clone()),
-            secret_access_key: s.secret_access_key.as_ref().map(|k| k.0.clone()),
-            request_timeout: s.request_timeout,
-            ..Default::default()
+    /// The store, for code that uses one: every command refuses a configuration of
+    /// several before it starts ([`Config::one_store_for`]), so this is the only one.
+    ///
+    /// Panics when several stores are configured: using the first one silently would
+    /// leave the others without the WAL they are configured for.
+    pub fn store(&self) -> &StoreSpec {
+        assert!(
+            self.stores.len() == 1,
+            "several stores are configured ({}); commands refuse them before they start",
+            stores::names(&self.stores)
+        );
+        &self.stores[0]
+    }
+
+    /// The one store `command` uses, or a configuration error when several are
+    /// configured: commands do not use more than one store yet, and using the first one
+    /// silently would leave the others without the WAL they are configured for.
+    pub fn one_store_for(&self, command: &str) -> Result<&StoreSpec, ConfigError> {
+        match self.stores.as_slice() {
+            [one] => Ok(one),
+            several => Err(ConfigError(format!(
+                "several stores are configured ({}), and `pgagent {command}` does not yet use \
+                 more than one (streaming to several stores is being built): configure one \
+                 store, with store.url or a single [[stores]] entry",
+                stores::names(several)
+            ))),
         }
+    }
+
+    /// The stores a `--store NAME…` selection names, in restore order; no names: all of
+    /// them.
+    ///
+    /// Errors: a name no store has, listing the names there are.
+    pub fn select_stores<S: AsRef<str>>(
+        &self,
+        names: &[S],
+    ) -> Result<Vec<&StoreSpec>, ConfigError> {
+        for n in names {
+            let n = n.as_ref();
+            if !self.stores.iter().any(|s| s.name == n) {
+                return Err(ConfigError(format!(
+                    "--store {n}: no store is named {n:?}; the stores are: {}",
+                    stores::names(&self.stores)
+                )));
+            }
+        }
+        Ok(self
+            .stores
+            .iter()
+            .filter(|s| names.is_empty() || names.iter().any(|n| n.as_ref() == s.name))
+            .collect())
     }
 }

@@ -48,12 +48,14 @@ impl Default for StagingSection {
     }
 }
 
-/// `[store]`: the bucket.
+/// `[store]`: the bucket, and the settings every `[[stores]]` entry inherits.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreSection {
-    /// `file:///path` or `s3://bucket/prefix?endpoint=…&region=…&path_style=true`.
-    pub url: String,
+    /// `file:///path` or `s3://bucket/prefix?endpoint=…&region=…&path_style=true`: the
+    /// one-store shorthand (see [`super::stores`]). `None`: not given, so
+    /// [`super::DEFAULT_STORE_URL`] unless `[[stores]]` names the stores.
+    pub url: Option<String>,
     /// Uploads in flight at once (R2 throttles past a few).
     pub upload_concurrency: usize,
     /// Multipart part size in bytes (all parts but the last are this size).
@@ -70,7 +72,7 @@ pub struct StoreSection {
 impl Default for StoreSection {
     fn default() -> Self {
         StoreSection {
-            url: "file:///var/lib/pgagent/store".into(),
+            url: None,
             upload_concurrency: 8,
             part_size: ByteSize::mib(32),
             access_key_id: None,

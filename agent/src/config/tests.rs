@@ -8,7 +8,13 @@ use figment::providers::Env;
 
 use super::*;
 
-fn load(toml: &str, env: &[(&str, &str)], ov: Overrides) -> Result<RawConfig, ConfigError> {
+/// Loads `toml` as the configuration file, with `env` as `PGAGENT_…` variables (without
+/// the prefix) and `ov` as flags.
+pub(super) fn load(
+    toml: &str,
+    env: &[(&str, &str)],
+    ov: Overrides,
+) -> Result<RawConfig, ConfigError> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("pgagent.toml");
     std::fs::write(&path, toml).unwrap();
@@ -28,7 +34,7 @@ fn load(toml: &str, env: &[(&str, &str)], ov: Overrides) -> Result<RawConfig, Co
 fn precedence_is_flag_env_file_default() {
     let toml = "[store]\nurl = \"file:///from/file\"\nupload_concurrency = 3\n[wal]\nconfirm = \"staging\"\n";
     let raw = load(toml, &[], Overrides::default()).unwrap();
-    assert_eq!(raw.store.url, "file:///from/file");
+    assert_eq!(raw.store.url.as_deref(), Some("file:///from/file"));
     assert_eq!(raw.store.upload_concurrency, 3);
     assert_eq!(raw.wal.confirm, Confirm::Staging);
     assert_eq!(raw.postgres.slot, "pgagent", "default kept");
@@ -42,7 +48,7 @@ fn precedence_is_flag_env_file_default() {
         Overrides::default(),
     )
     .unwrap();
-    assert_eq!(raw.store.url, "file:///from/env");
+    assert_eq!(raw.store.url.as_deref(), Some("file:///from/env"));
     assert_eq!(raw.store.upload_concurrency, 5);
 
     let ov = Overrides {
@@ -50,7 +56,7 @@ fn precedence_is_flag_env_file_default() {
         ..Default::default()
     };
     let raw = load(toml, &[("STORE_URL", "file:///from/env")], ov).unwrap();
-    assert_eq!(raw.store.url, "file:///from/flag");
+    assert_eq!(raw.store.url.as_deref(), Some("file:///from/flag"));
 }
 
 #[test]
@@ -107,16 +113,52 @@ fn the_shipped_example_config_is_valid() {
     raw.validate().unwrap();
 }
 
-/// Every key of the configuration, `section.key`, from the defaults.
-fn all_keys() -> Vec<String> {
+/// Every key of the configuration with its environment variable: `section.key` from the
+/// defaults, and `stores[].key` for the keys of a `[[stores]]` entry (`stores[].name` has
+/// none: it is what a store's variables are named by).
+fn all_keys() -> Vec<(String, Option<String>)> {
     let v = serde_json::to_value(RawConfig::default()).unwrap();
     let mut keys = Vec::new();
     for (section, table) in v.as_object().unwrap() {
+        if section == "stores" {
+            continue;
+        }
         for key in table.as_object().unwrap().keys() {
-            keys.push(format!("{section}.{key}"));
+            let env = format!("PGAGENT_{}_{}", section.to_uppercase(), key.to_uppercase());
+            keys.push((format!("{section}.{key}"), Some(env)));
         }
     }
+    keys.push(("stores[].name".into(), None));
+    for path in STORE_KEYS {
+        let env = format!(
+            "PGAGENT_STORES_<NAME>_{}",
+            path.replace('.', "_").to_uppercase()
+        );
+        keys.push((format!("stores[].{path}"), Some(env)));
+    }
     keys
+}
+
+/// `STORE_KEYS` names every key of a `[[stores]]` entry but `name`.
+#[test]
+fn every_store_key_has_its_environment_variable() {
+    let entry = StoreEntry {
+        max_lag: Some(MaxLag::default()),
+        ..Default::default()
+    };
+    let v = serde_json::to_value(entry).unwrap();
+    let mut written = Vec::new();
+    for (key, value) in v.as_object().unwrap() {
+        match value.as_object() {
+            Some(inner) => written.extend(inner.keys().map(|k| format!("{key}.{k}"))),
+            None => written.push(key.clone()),
+        }
+    }
+    let mut listed: Vec<String> = STORE_KEYS.iter().map(|p| p.to_string()).collect();
+    listed.push("name".into());
+    written.sort();
+    listed.sort();
+    assert_eq!(written, listed);
 }
 
 /// The README's configuration reference is checked against the code both ways: every
@@ -133,18 +175,15 @@ fn the_readme_reference_matches_the_code() {
         .collect();
     let keys = all_keys();
     assert!(keys.len() > 30, "{keys:?}");
-    for key in &keys {
-        let (section, name) = key.split_once('.').unwrap();
-        let env = format!(
-            "`PGAGENT_{}_{}`",
-            section.to_uppercase(),
-            name.to_uppercase()
-        );
+    for (key, env) in &keys {
         let row = rows
             .iter()
             .find(|r| r.split(" | ").next().unwrap().contains(&format!("`{key}`")));
         let row = row.unwrap_or_else(|| panic!("README's configuration table lacks `{key}`"));
-        assert!(row.contains(&env), "README row of {key} lacks {env}: {row}");
+        if let Some(env) = env {
+            let env = format!("`{env}`");
+            assert!(row.contains(&env), "README row of {key} lacks {env}: {row}");
+        }
         assert!(row.split(" | ").count() >= 4, "{row}");
     }
     for row in &rows {
@@ -152,7 +191,7 @@ fn the_readme_reference_matches_the_code() {
         for part in first.split('`').skip(1).step_by(2) {
             if part.contains('.') && !part.starts_with("--") {
                 assert!(
-                    keys.contains(&part.to_string()),
+                    keys.iter().any(|(k, _)| k == part),
                     "README names unknown key {part}"
                 );
             }
@@ -160,7 +199,8 @@ fn the_readme_reference_matches_the_code() {
     }
     for section in SECTIONS {
         assert!(
-            keys.iter().any(|k| k.starts_with(&format!("{section}."))),
+            keys.iter()
+                .any(|(k, _)| k.starts_with(&format!("{section}."))),
             "{section}"
         );
     }

@@ -13,9 +13,6 @@ impl RawConfig {
     pub fn validate(mut self) -> Result<Config, ConfigError> {
         let bad = |msg: String| Err(ConfigError(msg));
         validate_slot_name(&self.postgres.slot)?;
-        if self.store.url.trim().is_empty() {
-            return bad("store.url is empty".into());
-        }
         if self.store.upload_concurrency == 0 || self.store.upload_concurrency > 256 {
             return bad(format!(
                 "store.upload_concurrency = {} is out of range 1..=256",
@@ -106,11 +103,13 @@ impl RawConfig {
                 ConfigError(format!("metrics.listen = {:?}: {e}", self.metrics.listen))
             })?)
         };
+        let stores = super::stores::validate_stores(&self)?;
         let passphrase = self.passphrase()?;
         // One copy of the secret is enough: the `Passphrase` (wiped on drop); the string
         // taken from the environment is wiped now (`Secret` zeroizes on drop).
         self.encryption.passphrase = None;
         Ok(Config {
+            stores,
             metrics_listen,
             passphrase,
             raw: self,

@@ -79,7 +79,7 @@ impl Fetcher {
     /// (an encrypted store without a passphrase, a plaintext one with a passphrase, a
     /// passphrase that opens no key): recovery must stop, not end early.
     pub async fn connect(cfg: &Config, deadline: Instant) -> Result<Fetcher, FetchError> {
-        let url = &cfg.raw.store.url;
+        let url = &cfg.store().url;
         let store = retry(url, "open the store", deadline, || crate::store::open(cfg)).await?;
         let info = retry(&store.describe(), "read cluster.json", deadline, || {
             pgagent_storage::cluster::read_cluster(store.as_ref())

@@ -50,7 +50,7 @@ impl RestorePaths {
         } else {
             private_runtime_dir()?
         };
-        Some(Self::in_dir(&dir, &cfg.raw.store.url))
+        Some(Self::in_dir(&dir, &cfg.store().url))
     }
 
     /// The paths for the store `store_url` in `dir`.

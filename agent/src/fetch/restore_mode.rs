@@ -63,7 +63,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let idle = cfg.raw.fetch.idle_timeout;
-    let store = cfg.raw.store.url.clone();
+    let store = cfg.store().url.clone();
     let summary = runtime.block_on(async move {
         let settings = ServerSettings {
             socket: paths.socket.clone(),

@@ -259,10 +259,10 @@ impl Shared {
         if req.version != wire::VERSION {
             return unavailable(format!("protocol version {} not served", req.version));
         }
-        if req.store != self.cfg.raw.store.url {
+        if req.store != self.cfg.store().url {
             return unavailable(format!(
                 "this server serves another store.url ({})",
-                self.cfg.raw.store.url
+                self.cfg.store().url
             ));
         }
         let timeout = Duration::from_millis(req.timeout_ms);

@@ -207,7 +207,7 @@ impl Workers {
         let uploader = upload::Uploader::new(
             store.clone(),
             shared.clone(),
-            cfg.raw.store.upload_concurrency,
+            cfg.store().upload_concurrency,
             shutdown.clone(),
         );
         let imm_task = tokio::spawn(uploader.clone().run_immutable(upload_rx));
@@ -301,7 +301,7 @@ impl Running {
         let outlets = Outlets {
             segments: seg_tx,
             partials: partials.clone(),
-            partial_interval: cfg.raw.wal.partial_interval,
+            partial_interval: cfg.store().partial_interval,
             status_interval: cfg.raw.wal.status_interval,
             quota: cfg.raw.staging.quota.as_u64(),
             synchronous: cfg.raw.wal.synchronous,

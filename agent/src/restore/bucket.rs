@@ -84,7 +84,7 @@ pub(super) async fn from_bucket(
         &manifest,
         &req.pgdata,
         &original,
-        cfg.raw.store.upload_concurrency,
+        cfg.store().upload_concurrency,
         if req.delta { Mode::Delta } else { Mode::Fresh },
         &progress,
     )

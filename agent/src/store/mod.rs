@@ -29,15 +29,16 @@ pub fn requests() -> &'static Arc<RequestCounts> {
     &REQUESTS
 }
 
-/// Opens the store of `cfg` (`store.url` and its options) with every request it sends
-/// counted in [`requests`]: the one way the agent opens its store, so no request goes
+/// Opens the store of `cfg` ([`Config::store`]: its URL and options) with every request it
+/// sends counted in [`requests`]: the one way the agent opens its store, so no request goes
 /// uncounted. The counter sits right on the backend, below any wrapper a caller adds
 /// ([`crate::retrying_store::RetryingReads`]), so each retry is a counted request.
 ///
 /// Errors: as [`pgagent_storage::open`].
 pub async fn open(cfg: &Config) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    let spec = cfg.store();
     #[allow(clippy::disallowed_methods)] // the one place that may
-    let backend = pgagent_storage::open(&cfg.raw.store.url, &cfg.store_options()).await?;
+    let backend = pgagent_storage::open(&spec.url, &spec.options()).await?;
     Ok(CountedStore::wrap(backend, requests().clone()))
 }
 
