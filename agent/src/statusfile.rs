@@ -128,7 +128,7 @@ fn path(staging_dir: &Path) -> PathBuf {
 
 /// Writes the status atomically (temp file + rename; no fsync: it is advisory). With the
 /// staging disk full, a new file cannot be written, so the old one is overwritten in place
-/// (see [`overwrite_in_place`]): the status must say the disk is full.
+/// (see `overwrite_in_place`): the status must say the disk is full.
 pub fn write(staging_dir: &Path, status: &DaemonStatus) -> std::io::Result<()> {
     let bytes = serde_json::to_vec_pretty(status)?;
     let tmp = staging_dir.join(format!(".{STATUS_FILE}.tmp"));

@@ -53,7 +53,7 @@ impl Default for StagingSection {
 #[serde(default, deny_unknown_fields)]
 pub struct StoreSection {
     /// `file:///path` or `s3://bucket/prefix?endpoint=…&region=…&path_style=true`: the
-    /// one-store shorthand (see [`super::stores`]). `None`: not given, so
+    /// one-store shorthand (see `config/stores.rs`). `None`: not given, so
     /// [`super::DEFAULT_STORE_URL`] unless `[[stores]]` names the stores.
     pub url: Option<String>,
     /// Uploads in flight at once (R2 throttles past a few).

@@ -34,7 +34,7 @@ pub fn requests() -> &'static Arc<RequestCounts> {
 /// uncounted. The counter sits right on the backend, below any wrapper a caller adds
 /// ([`crate::retrying_store::RetryingReads`]), so each retry is a counted request.
 ///
-/// Errors: as [`pgagent_storage::open`].
+/// Errors: as [`pgagent_storage::open()`].
 pub async fn open(cfg: &Config) -> Result<Arc<dyn ObjectStore>, StoreError> {
     let spec = cfg.store();
     #[allow(clippy::disallowed_methods)] // the one place that may
