@@ -47,18 +47,31 @@ pub struct OverrideArgs {
     /// staging.dir: local staging directory
     #[arg(long, global = true, value_name = "DIR")]
     pub staging_dir: Option<PathBuf>,
-    /// store.url: file:///path or s3://bucket/prefix?endpoint=…
-    #[arg(long = "store", global = true, value_name = "URL")]
-    pub store_url: Option<String>,
+    /// store.url (file:///path or s3://bucket/prefix?endpoint=…), or the name of the
+    /// [[stores]] entry a reading command uses (restore, drill, fetch, list, verify…)
+    #[arg(long = "store", global = true, value_name = "URL|NAME")]
+    pub store: Option<String>,
+}
+
+impl OverrideArgs {
+    /// `--store` as `store.url`: a value with `://` is a URL.
+    pub fn store_url(&self) -> Option<&str> {
+        self.store.as_deref().filter(|v| v.contains("://"))
+    }
+
+    /// `--store` as the name of a `[[stores]]` entry: any value without `://`.
+    pub fn store_name(&self) -> Option<&str> {
+        self.store.as_deref().filter(|v| !v.contains("://"))
+    }
 }
 
 impl From<OverrideArgs> for Overrides {
     fn from(a: OverrideArgs) -> Self {
         Overrides {
+            store_url: a.store_url().map(str::to_string),
             conninfo: a.conninfo,
             slot: a.slot,
             staging_dir: a.staging_dir,
-            store_url: a.store_url,
         }
     }
 }
@@ -367,7 +380,8 @@ mod tests {
     fn global_flags_go_anywhere() {
         let cli = Cli::try_parse_from(["pgagent", "list", "wal", "--json", "--store", "file:///x"])
             .unwrap();
-        assert_eq!(cli.overrides.store_url.as_deref(), Some("file:///x"));
+        assert_eq!(cli.overrides.store_url(), Some("file:///x"));
+        assert_eq!(cli.overrides.store_name(), None);
         assert!(matches!(
             cli.command,
             Command::List {
@@ -375,6 +389,16 @@ mod tests {
                 json: true
             }
         ));
+    }
+
+    #[test]
+    fn store_is_a_url_with_a_scheme_and_a_name_without() {
+        let cli =
+            Cli::try_parse_from(["pgagent", "restore", "--pgdata", "/d", "--store", "r2"]).unwrap();
+        assert_eq!(cli.overrides.store_name(), Some("r2"));
+        assert_eq!(cli.overrides.store_url(), None);
+        let overrides: Overrides = cli.overrides.into();
+        assert_eq!(overrides.store_url, None);
     }
 
     #[test]

@@ -110,7 +110,10 @@ fn finish(result: anyhow::Result<()>) -> u8 {
 /// ([`Config::one_store_for`]), rather than one of the stores being used silently.
 fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     let raw = RawConfig::load(cli.config.as_deref(), &cli.overrides.clone().into())?;
-    let cfg = raw.validate()?;
+    let mut cfg = raw.validate()?;
+    if let Some(name) = cli.overrides.store_name() {
+        cfg.select_one(name, cli.command.name())?;
+    }
     cfg.one_store_for(cli.command.name())?;
     Ok(cfg)
 }
@@ -191,8 +194,8 @@ fn launch(cli: &Cli) -> fetch::client::Launch {
     if let Some(d) = &cli.overrides.staging_dir {
         args.extend(["--staging-dir".into(), absolute(d).into()]);
     }
-    if let Some(u) = &cli.overrides.store_url {
-        args.extend(["--store".into(), u.into()]);
+    if let Some(v) = &cli.overrides.store {
+        args.extend(["--store".into(), v.into()]);
     }
     args.extend([
         "--log-format".into(),
@@ -204,9 +207,9 @@ fn launch(cli: &Cli) -> fetch::client::Launch {
 
 /// The start of the `restore_command` that `pgagent restore` writes: this executable with the
 /// configuration file and the store URL in use (credentials must reach PostgreSQL through
-/// that file or its environment). A store of `[[stores]]` is named by the file alone
-/// (`--store` with `[[stores]]` is a configuration error), so that file is passed even
-/// when it was found at a default path.
+/// that file or its environment). A store of `[[stores]]` is named by the file (passed
+/// even when it was found at a default path) and, when `--store NAME` chose it, by that
+/// name.
 fn fetch_command_prefix(cli: &Cli, cfg: &config::Config) -> String {
     let exe = std::env::current_exe().unwrap_or_else(|_| "pgagent".into());
     let mut words = vec![exe.display().to_string()];
@@ -221,6 +224,9 @@ fn fetch_command_prefix(cli: &Cli, cfg: &config::Config) -> String {
     }
     if shorthand {
         words.extend(["--store".to_string(), cfg.store().url.clone()]);
+    } else if let Some(name) = cli.overrides.store_name() {
+        // The store `--store NAME` chose: recovery reads the one this restore read.
+        words.extend(["--store".to_string(), name.to_string()]);
     }
     words
         .iter()
@@ -333,5 +339,56 @@ mod tests {
             "{prefix}"
         );
         assert!(!prefix.contains("--store"), "{prefix}");
+    }
+
+    /// `--store NAME` chooses one store of several for a command that reads, and the
+    /// `restore_command` a restore writes reads that store too; a command that writes
+    /// refuses to leave the others out; an unknown name lists the known ones.
+    #[test]
+    fn store_name_chooses_the_store_of_a_reading_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pgagent.toml");
+        std::fs::write(&file, TWO_STORES).unwrap();
+        let canonical = file.canonicalize().unwrap().display().to_string();
+        for command in [
+            &["restore", "--pgdata", "/x", "--store", "r2"][..],
+            &["drill", "--store", "r2"],
+            &["list", "backups", "--store", "r2"],
+            &["verify", "--store", "r2"],
+            &["fetch-server", "--store", "r2"],
+        ] {
+            let c = cli(&file, command);
+            let cfg = load_config(&c).unwrap_or_else(|e| panic!("{command:?}: {e:#}"));
+            assert_eq!(cfg.store().name, "r2", "{command:?}");
+            assert_eq!(cfg.store().url, "file:///mnt/far/pgagent", "{command:?}");
+        }
+        let c = cli(&file, &["restore", "--pgdata", "/x", "--store", "r2"]);
+        let prefix = fetch_command_prefix(&c, &load_config(&c).unwrap());
+        assert!(
+            prefix.ends_with(&format!("--config {canonical} --store r2")),
+            "{prefix}"
+        );
+        for writer in ["run", "backup", "snapshot"] {
+            let err = load_config(&cli(&file, &[writer, "--store", "nas"])).unwrap_err();
+            let msg = format!("{err:#}");
+            assert_eq!(exit::code_for(&err), exit::USAGE, "{writer}: {msg}");
+            assert!(
+                msg.contains("writes to every configured store (nas, r2)"),
+                "{msg}"
+            );
+        }
+        let err = load_config(&cli(&file, &["list", "--store", "b2"])).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("no store is named \"b2\"; the stores are: nas, r2"),
+            "{err:#}"
+        );
+        // One store configured: a writer may name it.
+        std::fs::write(
+            &file,
+            "[[stores]]\nname = \"nas\"\nurl = \"file:///srv/nas\"\n",
+        )
+        .unwrap();
+        let cfg = load_config(&cli(&file, &["backup", "--store", "nas"])).unwrap();
+        assert_eq!(cfg.store().name, "nas");
     }
 }

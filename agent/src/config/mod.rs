@@ -129,6 +129,9 @@ pub struct Config {
     pub passphrase: Option<Passphrase>,
 }
 
+/// Commands that write to the stores: they take no `--store NAME` that leaves one out.
+const WRITING_COMMANDS: &[&str] = &["run", "backup", "snapshot"];
+
 impl Config {
     /// The staging directory.
     pub fn staging_dir(&self) -> &Path {
@@ -172,6 +175,30 @@ impl Config {
                 stores::names(several)
             ))),
         }
+    }
+
+    /// Keeps only the store `--store NAME` names, for `command`.
+    ///
+    /// Errors: a name no store has; a command that writes (`run`, `backup`, `snapshot`)
+    /// when other stores are configured: it would leave them without what they are
+    /// configured to hold.
+    pub fn select_one(&mut self, name: &str, command: &str) -> Result<(), ConfigError> {
+        let chosen = self
+            .select_stores(&[name])?
+            .into_iter()
+            .next()
+            .cloned()
+            .expect("a known name selects its store");
+        if self.stores.len() > 1 && WRITING_COMMANDS.contains(&command) {
+            return Err(ConfigError(format!(
+                "--store {name}: `pgagent {command}` writes to every configured store ({}); \
+                 --store NAME chooses the store of a command that reads (restore, drill, \
+                 fetch, list, verify, prune, doctor, status, key)",
+                stores::names(&self.stores)
+            )));
+        }
+        self.stores = vec![chosen];
+        Ok(())
     }
 
     /// The stores a `--store NAME…` selection names, in restore order; no names: all of
