@@ -13,12 +13,13 @@ use std::sync::{Arc, LazyLock};
 
 use pgagent_protocol::WalSegmentSize;
 use pgagent_storage::cluster::{read_cluster, ClusterInfo};
-use pgagent_storage::crypto::{KdfParams, ObjectCipher};
+use pgagent_storage::crypto::{KdfParams, KeyError, ObjectCipher};
 use pgagent_storage::keyring::access::{claim, reader_cipher};
 use pgagent_storage::{CountedStore, ObjectStore, RequestCounts, StoreError};
 
 use crate::config::Config;
 use crate::exit::Refused;
+use crate::retry::{GaveUp, Policy};
 use crate::server::ServerInfo;
 
 /// The requests this process has sent to its store, by operation: every store opened with
@@ -41,6 +42,10 @@ pub async fn open(cfg: &Config) -> Result<Arc<dyn ObjectStore>, StoreError> {
     let backend = pgagent_storage::open(&spec.url, &spec.options()).await?;
     Ok(CountedStore::wrap(backend, requests().clone()))
 }
+
+/// How long [`claim_store`] retries a store that fails transiently before the command
+/// fails (a daemon under systemd is then started again).
+pub const CLAIM_RETRY: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Claims the store prefix for this cluster, or refuses (exit 3) when it holds another;
 /// returns the cipher every object this command writes is sealed with (`None`: a
@@ -66,15 +71,38 @@ pub async fn claim_store(
         created_at: crate::times::rfc3339(std::time::SystemTime::now()),
         encryption: None,
     };
-    let claimed = claim(
-        store,
-        &ours,
-        cfg.passphrase.as_ref(),
-        KdfParams::DEFAULT,
-        &key_origin(),
-        cfg.unlock_limits(),
-    )
-    .await;
+    let origin = key_origin();
+    let attempt = || {
+        claim(
+            store,
+            &ours,
+            cfg.passphrase.as_ref(),
+            KdfParams::DEFAULT,
+            &origin,
+            cfg.unlock_limits(),
+        )
+    };
+    // A store that resets a connection or throttles at start is waited for, as later
+    // uploads are; a claim cut midway is safe to run again (see `claim`).
+    let transient = |e: &KeyError| e.store_error().is_some_and(StoreError::is_transient);
+    let notify = |e: &KeyError, wait: std::time::Duration| {
+        tracing::warn!(
+            "store {}: {e}; claiming again in {wait:?}",
+            store.describe()
+        )
+    };
+    let deadline = tokio::time::Instant::now() + CLAIM_RETRY;
+    let claimed = crate::retry::until(Policy::RECONNECT, deadline, transient, notify, attempt)
+        .await
+        .map_err(|gave_up| match gave_up {
+            GaveUp::Permanent(e) | GaveUp::Deadline(Some(e)) => e,
+            GaveUp::Deadline(None) => KeyError::Store(StoreError::Transient {
+                key: pgagent_storage::layout::CLUSTER_KEY.to_string(),
+                op: pgagent_storage::Op::Get,
+                detail: format!("no answer from the store within {CLAIM_RETRY:?}"),
+                source: None,
+            }),
+        });
     match claimed {
         Ok((_, cipher)) => Ok(cipher),
         Err(e) if e.store_error().is_some_and(StoreError::is_foreign_cluster) => {
@@ -242,4 +270,79 @@ pub fn key_origin() -> pgagent_storage::keyring::keys::KeyOrigin {
         .flatten()
         .map_or_else(|| uid.to_string(), |u| u.name);
     pgagent_storage::keyring::keys::KeyOrigin { hostname, username }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use pgagent_protocol::{Lsn, TimelineId};
+    use pgagent_storage::{Call, Layer, Layered, Reply};
+
+    use super::*;
+    use crate::config::{Overrides, RawConfig};
+
+    /// Fails the first `left` calls as a store that resets connections.
+    #[derive(Debug)]
+    struct Resets {
+        left: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl Layer for Resets {
+        async fn around(
+            &self,
+            below: &dyn ObjectStore,
+            call: Call<'_>,
+        ) -> Result<Reply, StoreError> {
+            let left = self.left.load(Ordering::Relaxed);
+            if left > 0 {
+                self.left.store(left - 1, Ordering::Relaxed);
+                return Err(StoreError::Transient {
+                    key: call.key().to_string(),
+                    op: call.op(),
+                    detail: "connection reset by peer".into(),
+                    source: None,
+                });
+            }
+            call.run(below).await
+        }
+    }
+
+    /// A store that resets the first requests of a start (cluster.json, the claim) is
+    /// waited for, not a failed start.
+    #[tokio::test]
+    async fn a_claim_rides_out_a_store_that_resets_connections_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pgagent.toml");
+        let url = format!("file://{}", dir.path().join("store").display());
+        std::fs::write(&file, format!("[store]\nurl = \"{url}\"\n")).unwrap();
+        let cfg = RawConfig::load(Some(&file), &Overrides::default())
+            .unwrap()
+            .validate()
+            .unwrap();
+        let fs: Arc<dyn ObjectStore> = Arc::new(
+            pgagent_storage::fs::FsStore::open(dir.path().join("store"))
+                .await
+                .unwrap(),
+        );
+        let store = Layered::new(
+            fs.clone(),
+            Resets {
+                left: AtomicUsize::new(3),
+            },
+        );
+        let server = ServerInfo {
+            system_id: 7,
+            timeline: TimelineId(1),
+            xlogpos: Lsn(0x100_0000),
+            seg: WalSegmentSize::DEFAULT,
+            version_num: 150004,
+        };
+        let cipher = claim_store(&store, &server, &cfg).await.unwrap();
+        assert!(cipher.is_none());
+        let stored = read_cluster(fs.as_ref()).await.unwrap().unwrap();
+        assert_eq!(stored.system_identifier, "7");
+        assert_eq!(store.layer().left.load(Ordering::Relaxed), 0);
+    }
 }
