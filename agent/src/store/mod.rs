@@ -44,8 +44,10 @@ pub async fn open(cfg: &Config) -> Result<Arc<dyn ObjectStore>, StoreError> {
 }
 
 /// How long [`claim_store`] retries a store that fails transiently before the command
-/// fails (a daemon under systemd is then started again).
-pub const CLAIM_RETRY: std::time::Duration = std::time::Duration::from_secs(300);
+/// fails: long enough to ride out a reset connection or a throttled burst at start, short
+/// enough that a wrong endpoint is a clear error within seconds (a daemon under systemd is
+/// then started again, and waits again).
+pub const CLAIM_RETRY: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Claims the store prefix for this cluster, or refuses (exit 3) when it holds another;
 /// returns the cipher every object this command writes is sealed with (`None`: a
@@ -82,8 +84,8 @@ pub async fn claim_store(
             cfg.unlock_limits(),
         )
     };
-    // A store that resets a connection or throttles at start is waited for, as later
-    // uploads are; a claim cut midway is safe to run again (see `claim`).
+    // A store that resets a connection or throttles at start is waited for a little
+    // (CLAIM_RETRY); a claim cut midway is safe to run again (see `claim`).
     let transient = |e: &KeyError| e.store_error().is_some_and(StoreError::is_transient);
     let notify = |e: &KeyError, wait: std::time::Duration| {
         tracing::warn!(
