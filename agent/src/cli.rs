@@ -48,7 +48,7 @@ pub struct OverrideArgs {
     #[arg(long, global = true, value_name = "DIR")]
     pub staging_dir: Option<PathBuf>,
     /// store.url (file:///path or s3://bucket/prefix?endpoint=…), or the name of the
-    /// [[stores]] entry a reading command uses (restore, drill, fetch, list, verify…)
+    /// `[[stores]]` entry a reading command uses (restore, drill, fetch, list, verify…)
     #[arg(long = "store", global = true, value_name = "URL|NAME")]
     pub store: Option<String>,
 }
