@@ -23,8 +23,9 @@ use crate::retry::{GaveUp, Policy};
 pub struct RetryingReads {
     policy: Policy,
     timeout: Duration,
-    /// The setting `timeout` comes from, for messages (`fetch.timeout`).
-    setting: &'static str,
+    /// The setting `timeout` comes from and its value, for messages (`fetch.timeout (5m)`),
+    /// made once.
+    setting: String,
 }
 
 impl RetryingReads {
@@ -39,7 +40,7 @@ impl RetryingReads {
         let layer = RetryingReads {
             policy,
             timeout,
-            setting,
+            setting: format!("{setting} ({})", humantime::format_duration(timeout)),
         };
         Arc::new(Layered::new(inner, layer))
     }
@@ -109,16 +110,11 @@ impl Layer for RetryingReads {
         }
         // `list_after` goes down as itself, so the backend's bounded listing (one request on
         // S3) is kept.
-        let setting = format!(
-            "{} ({})",
-            self.setting,
-            humantime::format_duration(self.timeout)
-        );
         let deadline = Instant::now() + self.timeout;
         read_until(
             self.policy,
             deadline,
-            &setting,
+            &self.setting,
             call.op(),
             call.key(),
             || call.run(below),

@@ -149,7 +149,7 @@ pub async fn claim(
     if !won {
         return claimed(store, stored, ours, passphrase, limits).await;
     }
-    check_same_cluster(&stored, ours)?;
+    // `stored` is `agreed` (read back by `write_agreed`), already checked above.
     Ok((stored, own.map(|(cipher, _)| cipher)))
 }
 
