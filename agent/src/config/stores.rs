@@ -5,9 +5,9 @@
 //! [`SHORTHAND_STORE_NAME`]. `[[stores]]` names several, each with a role (`required`: its
 //! durable end bounds what the server is told is flushed; `async`: it may lag, within
 //! `max_lag` when one is set). A key a store leaves out inherits the global setting
-//! (`wal.partial_interval`, `store.upload_concurrency`, `backup.keep_backups`, and the
-//! other `[store]` keys). Giving both `store.url` and `[[stores]]` is an error: which store
-//! was meant would be a guess.
+//! (`wal.partial_interval`, `store.upload_concurrency`, `backup.keep_backups`,
+//! `backup.schedule`, and the other `[store]` keys). Giving both `store.url` and
+//! `[[stores]]` is an error: which store was meant would be a guess.
 
 use std::time::Duration;
 
@@ -78,6 +78,9 @@ pub struct StoreEntry {
     pub upload_concurrency: Option<usize>,
     /// Default `backup.keep_backups`.
     pub keep_backups: Option<usize>,
+    /// Cron schedule (UTC) of the base backups `pgagent run` takes into this store; default
+    /// `backup.schedule`; empty: none.
+    pub schedule: Option<String>,
     /// Restores try stores lowest first; stores without one come after, in the order
     /// written.
     pub restore_priority: Option<i32>,
@@ -99,6 +102,7 @@ pub const STORE_KEYS: &[&str] = &[
     "partial_interval",
     "upload_concurrency",
     "keep_backups",
+    "schedule",
     "restore_priority",
     "max_lag.time",
     "max_lag.bytes",
@@ -145,6 +149,9 @@ pub struct StoreSpec {
     pub upload_concurrency: usize,
     /// Complete backups `pgagent prune` keeps in this store (at least 1 is kept).
     pub keep_backups: usize,
+    /// Cron schedule (UTC) of the base backups `pgagent run` takes into this store (checked
+    /// to parse); empty: none.
+    pub schedule: String,
     /// Multipart part size (`store.part_size`).
     pub part_size: ByteSize,
     /// Timeout of one request (`store.request_timeout`).
@@ -224,6 +231,7 @@ fn shorthand(raw: &RawConfig) -> Result<StoreSpec, ConfigError> {
         partial_interval: raw.wal.partial_interval,
         upload_concurrency: raw.store.upload_concurrency,
         keep_backups: raw.backup.keep_backups,
+        schedule: raw.backup.schedule.clone(),
         part_size: raw.store.part_size,
         request_timeout: raw.store.request_timeout,
         access_key_id: raw.store.access_key_id.clone(),
@@ -252,6 +260,13 @@ fn entry_spec(raw: &RawConfig, i: usize, e: &StoreEntry) -> Result<StoreSpec, Co
     if partial_interval < Duration::from_millis(50) {
         return bad("partial_interval must be at least 50ms".into());
     }
+    let schedule = e
+        .schedule
+        .clone()
+        .unwrap_or_else(|| raw.backup.schedule.clone());
+    if let Err(err) = crate::schedule::parse("schedule", &schedule) {
+        return bad(err.0);
+    }
     let role = match e.role {
         Role::Required => {
             for (key, given) in [
@@ -278,6 +293,7 @@ fn entry_spec(raw: &RawConfig, i: usize, e: &StoreEntry) -> Result<StoreSpec, Co
         partial_interval,
         upload_concurrency,
         keep_backups: e.keep_backups.unwrap_or(raw.backup.keep_backups),
+        schedule,
         part_size: raw.store.part_size,
         request_timeout: raw.store.request_timeout,
         access_key_id: e

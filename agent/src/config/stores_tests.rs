@@ -450,3 +450,33 @@ fn the_readme_example_of_several_stores_is_valid() {
     assert_eq!(names, ["nas", "r2"]);
     assert!(cfg.stores[0].is_required() && !cfg.stores[1].is_required());
 }
+
+/// `schedule`: a store's own, else `backup.schedule` (the shorthand's too); from the file or
+/// `PGAGENT_STORES_<NAME>_SCHEDULE`; one that does not parse names its store.
+#[test]
+fn a_store_schedule_is_its_own_or_backup_schedule() {
+    let toml = format!(
+        "[backup]\nschedule = \"0 3 * * *\"\n{}",
+        two("schedule = \"0 4 1 * *\"")
+    );
+    let cfg = config(&toml).unwrap();
+    assert_eq!(cfg.stores[0].schedule, "0 3 * * *", "inherited");
+    assert_eq!(cfg.stores[1].schedule, "0 4 1 * *");
+    let cfg = load(
+        &toml,
+        &[
+            ("STORES_A_SCHEDULE", "0 2 * * 0"),
+            ("STORES_B_SCHEDULE", ""),
+        ],
+        Overrides::default(),
+    )
+    .unwrap()
+    .validate()
+    .unwrap();
+    assert_eq!(cfg.stores[0].schedule, "0 2 * * 0");
+    assert_eq!(cfg.stores[1].schedule, "", "an empty one takes no backups");
+    let cfg = config("[backup]\nschedule = \"0 5 * * *\"\n").unwrap();
+    assert_eq!(cfg.stores[0].schedule, "0 5 * * *");
+    let e = error(&two("schedule = \"every week\""));
+    assert!(e.contains("store \"b\": schedule = \"every week\""), "{e}");
+}
