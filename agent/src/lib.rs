@@ -105,8 +105,8 @@ fn finish(result: anyhow::Result<()>) -> u8 {
     }
 }
 
-/// The validated configuration, for a command that uses one store: every command does
-/// today, so a configuration of several stores is refused here, for all of them at once
+/// The validated configuration. `backup`, `snapshot` and `prune` work with every store; the
+/// other commands use one, so a configuration of several stores is refused here for them
 /// ([`Config::one_store_for`]), rather than one of the stores being used silently.
 fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     let raw = RawConfig::load(cli.config.as_deref(), &cli.overrides.clone().into())?;
@@ -247,8 +247,8 @@ fn shell_quote(w: &str) -> String {
     }
 }
 
-/// The dispatch: a configuration of several stores refused for every command, and the
-/// `restore_command` written for one store.
+/// The dispatch: a configuration of several stores refused for every command that uses one
+/// store, and the `restore_command` written for one store.
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -265,7 +265,7 @@ mod tests {
     }
 
     #[test]
-    fn every_command_refuses_several_stores_naming_itself() {
+    fn every_command_of_one_store_refuses_several_naming_itself() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("pgagent.toml");
         std::fs::write(&file, TWO_STORES).unwrap();
@@ -274,14 +274,11 @@ mod tests {
         let commands: &[(&str, &[&str])] = &[
             ("run", &["run"]),
             ("fetch-server", &["fetch-server"]),
-            ("backup", &["backup"]),
-            ("snapshot", &["snapshot"]),
             ("restore", &["restore", "--pgdata", pgdata]),
             ("drill", &["drill"]),
             ("preseed", &["preseed", "--pgdata", pgdata]),
             ("doctor", &["doctor"]),
             ("verify", &["verify"]),
-            ("prune", &["prune"]),
             ("list", &["list"]),
             ("status", &["status"]),
             ("key list", &["key", "list"]),
@@ -295,6 +292,11 @@ mod tests {
                     && msg.contains(&format!("`pgagent {name}` does not yet use more than one")),
                 "{name}: {msg}"
             );
+        }
+        // `backup`, `snapshot` and `prune` work with every store.
+        for command in ["backup", "snapshot", "prune"] {
+            let cfg = load_config(&cli(&file, &[command])).unwrap();
+            assert_eq!(cfg.stores.len(), 2, "{command}");
         }
         // `fetch` stops recovery instead (exit 2 would read as "not found" to PostgreSQL).
         let err = run(cli(&file, &["fetch", "000000010000000000000001", "x"])).unwrap_err();

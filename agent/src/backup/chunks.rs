@@ -7,6 +7,10 @@
 //! it for [`upload_chunks`], which seals (zstd) and stores `chunks/ab/ab…` with bounded
 //! parallelism. A chunk key names its content, so a second backup uploads only what changed
 //! and a chunk written twice is written with the same content.
+//!
+//! With several stores, [`fan_out_chunks`] puts each chunk into every store that lacks it
+//! (each store deduplicated against its own listing), sealed once: the sink skips only
+//! the chunks every store holds.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -98,9 +102,143 @@ impl ChunkSink for StoreSink {
 pub async fn upload_chunks(
     store: Arc<dyn ObjectStore>,
     cipher: Option<ObjectCipher>,
-    mut rx: mpsc::Receiver<(String, Vec<u8>)>,
+    rx: mpsc::Receiver<(String, Vec<u8>)>,
     concurrency: usize,
     level: i32,
+    stats: Arc<Mutex<ChunkStats>>,
+) -> anyhow::Result<()> {
+    let target = ChunkTarget {
+        store,
+        known: HashSet::new(),
+        concurrency,
+        stats,
+    };
+    fan_out_chunks(cipher, rx, level, vec![target])
+        .await
+        .pop()
+        .expect("one result per target")
+}
+
+/// One store a backup's chunks go to.
+#[derive(Debug)]
+pub struct ChunkTarget {
+    /// The store.
+    pub store: Arc<dyn ObjectStore>,
+    /// The hashes of the chunks it holds: those are not uploaded to it again.
+    pub known: HashSet<String>,
+    /// Uploads in flight to it.
+    pub concurrency: usize,
+    /// Its counts of chunks uploaded and stored bytes (`chunks` is left to the sink).
+    pub stats: Arc<Mutex<ChunkStats>>,
+}
+
+/// Stores every chunk received on `rx` in each of `targets` that does not hold it yet: each
+/// chunk is sealed once (with `cipher`, at zstd `level`), on the first upload that needs
+/// it, and the same bytes go to every store. Each target has its own queue, uploads
+/// (at most its `concurrency` at a time, each retried on transient errors) and result, in
+/// the order of `targets`.
+///
+/// A target that fails stops receiving chunks; the others go on. When every target has
+/// failed, `rx` is closed, so the sink's next `put` fails too. The pace is that of the
+/// slowest store still working: its queue, when full, holds up the others.
+pub async fn fan_out_chunks(
+    cipher: Option<ObjectCipher>,
+    mut rx: mpsc::Receiver<(String, Vec<u8>)>,
+    level: i32,
+    targets: Vec<ChunkTarget>,
+) -> Vec<anyhow::Result<()>> {
+    let mut queues = Vec::with_capacity(targets.len());
+    let mut tasks = Vec::with_capacity(targets.len());
+    for t in targets {
+        let (tx, trx) = mpsc::channel(t.concurrency.max(1) * 2);
+        tasks.push(tokio::spawn(upload_to(
+            t.store,
+            trx,
+            t.concurrency,
+            t.stats,
+        )));
+        queues.push((t.known, Some(tx)));
+    }
+    while let Some((hash, data)) = rx.recv().await {
+        let chunk = Arc::new(PendingChunk::new(hash, data, cipher.clone(), level));
+        for (known, queue) in &mut queues {
+            let Some(tx) = queue else { continue };
+            if !known.insert(chunk.hash.clone()) {
+                continue;
+            }
+            if tx.send(chunk.clone()).await.is_err() {
+                // That store's uploader stopped; its task says why.
+                *queue = None;
+            }
+        }
+        if queues.iter().all(|(_, q)| q.is_none()) {
+            rx.close();
+            break;
+        }
+    }
+    drop(queues);
+    let mut results = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        results.push(task.await.map_err(anyhow::Error::from).and_then(|r| r));
+    }
+    results
+}
+
+/// A chunk on its way to one or more stores: sealed once, by the first upload that needs
+/// it, and shared by the others.
+#[derive(Debug)]
+struct PendingChunk {
+    hash: String,
+    /// The raw bytes until they are sealed.
+    raw: Mutex<Option<Vec<u8>>>,
+    cipher: Option<ObjectCipher>,
+    level: i32,
+    sealed: tokio::sync::OnceCell<Bytes>,
+}
+
+impl PendingChunk {
+    fn new(hash: String, data: Vec<u8>, cipher: Option<ObjectCipher>, level: i32) -> Self {
+        PendingChunk {
+            hash,
+            raw: Mutex::new(Some(data)),
+            cipher,
+            level,
+            sealed: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The sealed body under its key (sealing it on a blocking thread the first time).
+    async fn sealed(self: &Arc<Self>) -> anyhow::Result<Bytes> {
+        let this = self.clone();
+        self.sealed
+            .get_or_try_init(|| async move {
+                let key = chunk_key(&this.hash);
+                let inner = this.clone();
+                tokio::task::spawn_blocking(move || {
+                    let data = inner
+                        .raw
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .take()
+                        .ok_or_else(|| anyhow::anyhow!("chunk {key} was sealed already"))?;
+                    Ok(envelope::seal_for(&data, inner.level, inner.cipher.as_ref(), &key).body)
+                })
+                .await?
+            })
+            .await
+            .cloned()
+    }
+}
+
+/// Stores every chunk received on `rx` in `store` until it closes, at most `concurrency`
+/// at a time.
+///
+/// Errors: the first chunk that cannot be stored; the remaining uploads are cancelled and
+/// `rx` is closed.
+async fn upload_to(
+    store: Arc<dyn ObjectStore>,
+    mut rx: mpsc::Receiver<Arc<PendingChunk>>,
+    concurrency: usize,
     stats: Arc<Mutex<ChunkStats>>,
 ) -> anyhow::Result<()> {
     let mut running = JoinSet::new();
@@ -110,12 +248,9 @@ pub async fn upload_chunks(
         }
         tokio::select! {
             next = rx.recv() => match next {
-                Some((hash, data)) => {
+                Some(chunk) => {
                     let store = store.clone();
-                    let cipher = cipher.clone();
-                    running.spawn(async move {
-                        store_chunk(store.as_ref(), cipher, &hash, data, level).await
-                    });
+                    running.spawn(async move { store_chunk(store.as_ref(), &chunk).await });
                 }
                 None => break,
             },
@@ -133,7 +268,7 @@ pub async fn upload_chunks(
 fn reap(
     done: Option<Result<anyhow::Result<u64>, tokio::task::JoinError>>,
     stats: &Mutex<ChunkStats>,
-    rx: &mut mpsc::Receiver<(String, Vec<u8>)>,
+    rx: &mut mpsc::Receiver<Arc<PendingChunk>>,
 ) -> anyhow::Result<()> {
     let Some(done) = done else { return Ok(()) };
     match done.map_err(anyhow::Error::from).and_then(|r| r) {
@@ -150,21 +285,10 @@ fn reap(
     }
 }
 
-/// Seals one chunk and stores it under its hash; returns the stored size in bytes.
-async fn store_chunk(
-    store: &dyn ObjectStore,
-    cipher: Option<ObjectCipher>,
-    hash: &str,
-    data: Vec<u8>,
-    level: i32,
-) -> anyhow::Result<u64> {
-    let key = chunk_key(hash);
-    let name = key.clone();
-    let sealed = tokio::task::spawn_blocking(move || {
-        envelope::seal_for(&data, level, cipher.as_ref(), &name)
-    })
-    .await?;
-    let body: Bytes = sealed.body;
+/// Stores one chunk under its hash; returns the stored size in bytes.
+async fn store_chunk(store: &dyn ObjectStore, chunk: &Arc<PendingChunk>) -> anyhow::Result<u64> {
+    let key = chunk_key(&chunk.hash);
+    let body = chunk.sealed().await?;
     let deadline = tokio::time::Instant::now() + CHUNK_DEADLINE;
     crate::retry::until(
         Policy::CHUNK,
@@ -249,6 +373,79 @@ mod tests {
         let known = known_chunks(store.as_ref()).await.unwrap();
         assert_eq!(known, HashSet::from([hashes.0.clone(), hashes.1.clone()]));
         hashes
+    }
+
+    /// A store that refuses every write, as one whose credentials lost their rights.
+    #[derive(Debug)]
+    struct Refuses;
+
+    #[async_trait::async_trait]
+    impl pgagent_storage::Layer for Refuses {
+        async fn around(
+            &self,
+            below: &dyn ObjectStore,
+            call: pgagent_storage::Call<'_>,
+        ) -> Result<pgagent_storage::Reply, StoreError> {
+            if call.op() == pgagent_storage::Op::Put {
+                return Err(StoreError::PermissionDenied {
+                    key: call.key().to_string(),
+                    op: call.op(),
+                    hint: "403".into(),
+                    source: None,
+                });
+            }
+            call.run(below).await
+        }
+    }
+
+    /// Two stores, one holding a chunk already: each gets what it lacks, the same bytes in
+    /// both; a third that refuses writes fails alone.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn every_store_gets_the_chunks_it_lacks_sealed_once() {
+        let dirs = [(); 3].map(|()| tempfile::tempdir().unwrap());
+        let mut stores = Vec::new();
+        for d in &dirs {
+            let url = format!("file://{}", d.path().display());
+            let s: Arc<dyn ObjectStore> = pgagent_storage::open(&url, &Default::default())
+                .await
+                .unwrap();
+            stores.push(s);
+        }
+        let refusing: Arc<dyn ObjectStore> =
+            Arc::new(pgagent_storage::Layered::new(stores[2].clone(), Refuses));
+        let a = blake3::hash(&[1u8; 100]).to_hex().to_string();
+        let b = blake3::hash(&[2u8; 100]).to_hex().to_string();
+        let stats = [(); 3].map(|()| Arc::new(Mutex::new(ChunkStats::default())));
+        let target = |store: &Arc<dyn ObjectStore>, known: &[&str], i: usize| ChunkTarget {
+            store: store.clone(),
+            known: known.iter().map(|h| h.to_string()).collect(),
+            concurrency: 2,
+            stats: stats[i].clone(),
+        };
+        let targets = vec![
+            target(&stores[0], &[], 0),
+            target(&stores[1], &[&a], 1),
+            target(&refusing, &[], 2),
+        ];
+        let (tx, rx) = mpsc::channel(4);
+        let fan = tokio::spawn(fan_out_chunks(None, rx, 1, targets));
+        tx.send((a.clone(), vec![1u8; 100])).await.unwrap();
+        tx.send((b.clone(), vec![2u8; 100])).await.unwrap();
+        drop(tx);
+        let results = fan.await.unwrap();
+        assert!(results[0].is_ok() && results[1].is_ok(), "{results:?}");
+        let e = results[2].as_ref().unwrap_err().to_string();
+        assert!(e.contains("store chunk chunks/"), "{e}");
+        let counts = |i: usize| stats[i].lock().unwrap().new_chunks;
+        assert_eq!((counts(0), counts(1), counts(2)), (2, 1, 0));
+        assert!(
+            stores[1].get(&chunk_key(&a)).await.is_err(),
+            "held: not sent"
+        );
+        let b0 = stores[0].get(&chunk_key(&b)).await.unwrap();
+        let b1 = stores[1].get(&chunk_key(&b)).await.unwrap();
+        assert_eq!(b0, b1, "the same sealed bytes in every store");
+        assert!(known_chunks(stores[2].as_ref()).await.unwrap().is_empty());
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -1,17 +1,22 @@
-//! `pgagent backup`: one base backup, from `BASE_BACKUP` to a complete manifest.
+//! `pgagent backup`: one base backup, from `BASE_BACKUP` to a complete manifest in each
+//! store.
 //!
-//! 1. Connect, check the store belongs to this cluster, take the local backup lock.
-//! 2. `BASE_BACKUP` (no WAL: the stream covers it, DESIGN.md "Base backups"). Once it has
-//!    started, the backup announces itself with a `running` manifest, waits for any prune
-//!    that may not have seen it, and only then lists the chunks in the store
-//!    ([`super::guard`]: the order keeps a concurrent prune from deleting a chunk the backup
-//!    will not upload again).
+//! 1. Connect, open and claim every store for this cluster ([`super::targets::claim_all`]:
+//!    a store that cannot be reached drops out, one of another cluster stops everything),
+//!    take the local backup lock.
+//! 2. `BASE_BACKUP` (no WAL: the stream covers it, DESIGN.md "Base backups"), read once
+//!    whatever the number of stores. Once it has started, the backup announces itself in
+//!    each store with a `running` manifest, waits for any prune there that may not have
+//!    seen it, and only then lists the chunks in that store ([`super::guard`]: the order
+//!    keeps a concurrent prune from deleting a chunk the backup will not upload again).
 //! 3. Each archive is walked on a blocking thread ([`super::archive`]) while the stream is
-//!    read, its chunks deduplicated against that listing and uploaded in parallel
-//!    ([`super::chunks`]).
-//! 4. The manifest is written with its files, still `running`, then — once every WAL segment
-//!    from the start to the stop LSN is in the store — as `complete`. A backup running longer
-//!    than [`BACKUP_LIMIT`] gives up: prune takes a manifest that old for a dead backup's.
+//!    read, its chunks deduplicated against each store's listing, sealed once and uploaded
+//!    in parallel to every store lacking them ([`super::chunks::fan_out_chunks`]). A store
+//!    that fails drops out; the others go on.
+//! 4. In each store the manifest is written with its files (its own counts of new chunks),
+//!    still `running`, then — once every WAL segment from the start to the stop LSN is in
+//!    that store — as `complete` ([`super::wal`]). A backup running longer than
+//!    [`BACKUP_LIMIT`] gives up: prune takes a manifest that old for a dead backup's.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -21,43 +26,62 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
+use futures::future::join_all;
 use pgagent_protocol::basebackup::{BaseBackupEvent, BaseBackupOptions, BaseBackupStream};
-use pgagent_protocol::{
-    segment_file_name, ConnConfig, Lsn, ReplicationClient, TimelineId, WalSegmentSize,
-};
+use pgagent_protocol::{ConnConfig, Lsn, TimelineId, WalSegmentSize};
 use pgagent_storage::crypto::ObjectCipher;
-use pgagent_storage::layout::wal_key;
 use pgagent_storage::manifest::{
     BackupManifest, BackupStats, BackupStatus, EntryKind, FileEntry, TablespaceEntry,
 };
-use pgagent_storage::ObjectStore;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::archive::{walk_archive, ArchiveError, ChannelReader, ChunkSink, Walked};
-use super::chunks::{known_chunks, upload_chunks, ChunkStats, StoreSink};
+use super::chunks::{fan_out_chunks, known_chunks, ChunkStats, ChunkTarget, StoreSink};
 use super::guard::{self, BACKUP_LIMIT};
-use crate::config::Config;
+use super::targets::{claim_all, held_by_all, in_order, BackupOutcome, StoreOutcome, Target};
+use super::wal::wait_for_wal;
+use crate::config::{Config, StoreSpec};
 use crate::server::{self, ServerInfo};
 use crate::store::{catalog, Bucket};
 use crate::times::rfc3339;
 
 /// How a backup is taken.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct BackupRequest {
     /// Immediate checkpoint instead of a spread one.
     pub fast: bool,
-    /// How long to wait for the WAL up to the stop LSN to reach the store; `None`: forever.
+    /// How long to wait for the WAL up to the stop LSN to reach each store; `None`:
+    /// forever.
     pub wal_wait: Option<Duration>,
+    /// The names of the stores the backup goes to; empty: every configured store.
+    pub stores: Vec<String>,
 }
 
-/// Takes one base backup into the store of `cfg` and returns its manifest (complete, or
-/// running if the WAL did not arrive in time).
+/// Takes one base backup into the stores of `req` (the server read once) and returns what
+/// became of it in each: the manifest there (complete, or running if the WAL did not reach
+/// that store in time), or why it did not reach that store.
 ///
-/// Errors: connection, store or archive errors; another backup running on this machine;
-/// [`crate::exit::Refused`] when the store holds another cluster.
-pub async fn take_backup(cfg: &Config, req: &BackupRequest) -> anyhow::Result<BackupManifest> {
-    let (conn, client, server, store, cipher) = connect(cfg).await?;
+/// Errors (no store got the backup): connection or archive errors; another backup running
+/// on this machine; no store reachable; [`crate::exit::Refused`] when a store holds
+/// another cluster; a store name `req` names that is not configured.
+pub async fn take_backup(cfg: &Config, req: &BackupRequest) -> anyhow::Result<BackupOutcome> {
+    let specs: Vec<StoreSpec> = cfg
+        .select_stores(&req.stores)?
+        .into_iter()
+        .cloned()
+        .collect();
+    let conn = server::conn_config(cfg, "pgagent backup")?;
+    let (client, server) = server::connect(&conn).await?;
+    let (targets, mut outcomes) = claim_all(cfg, &specs, &server).await?;
+    if targets.is_empty() {
+        bail!("no store can take the backup: {}", reasons(&outcomes));
+    }
+    for o in &outcomes {
+        if let Err(e) = &o.result {
+            tracing::warn!(store = o.name, "the backup goes without this store: {e:#}");
+        }
+    }
     let _lock = BackupLock::take(cfg.staging_dir())?;
 
     let started = SystemTime::now();
@@ -80,29 +104,29 @@ pub async fn take_backup(cfg: &Config, req: &BackupRequest) -> anyhow::Result<Ba
         .sum::<u64>()
         * 1024;
     let progress = crate::progress::Progress::new(&format!("backup {id}"), total);
-    let bucket = Bucket {
-        store: store.clone(),
-        cipher: cipher.clone(),
-    };
-    let announced = announce(
-        &bucket,
-        &server,
-        &stream,
-        &id,
-        &opts.label,
-        started,
-        chunk_size,
-    )
-    .await?;
-    let known = known_after_prunes(store.as_ref()).await?;
-    tracing::info!(id, known_chunks = known.len(), "base backup starting");
+    let announced = announced(&server, &stream, &id, &opts.label, started, chunk_size);
+    let (targets, failed) = announce_all(targets, &announced).await;
+    outcomes.extend(failed);
+    if targets.is_empty() {
+        bail!(
+            "backup {id}: no store took the backup: {}",
+            reasons(&outcomes)
+        );
+    }
+    let cipher = targets[0].bucket.cipher.clone();
+    tracing::info!(
+        id,
+        stores = targets.len(),
+        known_chunks = targets.iter().map(|t| t.known.len()).min().unwrap_or(0),
+        "base backup starting"
+    );
 
     let stored = store_files(
         &mut stream,
         &conn,
-        (&store, &cipher),
         cfg,
-        known,
+        &cipher,
+        targets,
         chunk_size,
         &progress,
     )
@@ -112,77 +136,116 @@ pub async fn take_backup(cfg: &Config, req: &BackupRequest) -> anyhow::Result<Ba
     let (stop_lsn, stop_tli) = stream
         .end()
         .ok_or_else(|| anyhow::anyhow!("the server sent no end position"))?;
-    let stored = stored.finish(chunk_size).await?;
-    let mut manifest = files_manifest(announced, stored, (stop_lsn, stop_tli));
+    let (files, targets) = stored.finish(chunk_size).await?;
+    let stop = (stop_lsn, stop_tli);
+    let wal = WalWait {
+        id: &id,
+        start: (start_lsn, start_tli),
+        stop,
+        seg: server.seg,
+        wait: {
+            let left = BACKUP_LIMIT.saturating_sub(begun.elapsed());
+            Some(req.wal_wait.map_or(left, |w| w.min(left)))
+        },
+        begun,
+    };
+    let finished = join_all(targets.into_iter().map(|(target, stats)| {
+        let manifest = files_manifest(announced.clone(), &files, &stats, stop);
+        let wal = &wal;
+        async move {
+            let spec = target.spec.clone();
+            let result = match stats.result {
+                Ok(()) => finish_in(&target, manifest, wal).await,
+                Err(e) => Err(e),
+            };
+            StoreOutcome {
+                name: spec.name.clone(),
+                required: spec.is_required(),
+                result,
+            }
+        }
+    }))
+    .await;
+    outcomes.extend(finished);
+    Ok(BackupOutcome {
+        id,
+        stores: in_order(&specs, outcomes),
+    })
+}
+
+/// `store: why; store: why`, for a backup that reached no store.
+fn reasons(outcomes: &[StoreOutcome]) -> String {
+    outcomes
+        .iter()
+        .filter_map(|o| {
+            o.result
+                .as_ref()
+                .err()
+                .map(|e| format!("{}: {e:#}", o.name))
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// What the WAL wait of each store needs.
+struct WalWait<'a> {
+    id: &'a str,
+    start: (Lsn, TimelineId),
+    stop: (Lsn, TimelineId),
+    seg: WalSegmentSize,
+    wait: Option<Duration>,
+    begun: Instant,
+}
+
+/// Step 4 in one store: the manifest with its files (`running`), then, once the WAL up to
+/// the stop LSN is there, `complete`.
+async fn finish_in(
+    target: &Target,
+    mut manifest: BackupManifest,
+    wal: &WalWait<'_>,
+) -> anyhow::Result<BackupManifest> {
+    let (id, name) = (wal.id, target.spec.name.as_str());
+    let store = target.bucket.store.as_ref();
     manifest.check().context("the backup's own manifest")?;
-    within_limit(&id, begun)?;
-    catalog::put_manifest(store.as_ref(), cipher.as_ref(), &manifest).await?;
+    within_limit(id, wal.begun)?;
+    catalog::put_manifest(store, target.bucket.cipher(), &manifest).await?;
     tracing::info!(
         id,
-        start = %start_lsn,
-        stop = %stop_lsn,
+        store = name,
+        start = %wal.start.0,
+        stop = %wal.stop.0,
         files = manifest.stats.files,
         bytes = manifest.stats.raw_bytes,
         new_chunks = manifest.stats.new_chunks,
         stored = manifest.stats.new_stored_bytes,
         "files stored; waiting for the WAL up to the stop LSN"
     );
-    let left = BACKUP_LIMIT.saturating_sub(begun.elapsed());
-    let wal_wait = Some(req.wal_wait.map_or(left, |w| w.min(left)));
-    if wait_for_wal(
-        &id,
-        store.as_ref(),
-        (start_lsn, start_tli),
-        (stop_lsn, stop_tli),
-        server.seg,
-        wal_wait,
-    )
-    .await?
-    {
-        within_limit(&id, begun)?;
+    if wait_for_wal((id, name), store, wal.start, wal.stop, wal.seg, wal.wait).await? {
+        within_limit(id, wal.begun)?;
         manifest.status = BackupStatus::Complete;
-        catalog::put_manifest(store.as_ref(), cipher.as_ref(), &manifest).await?;
-        tracing::info!(id, "base backup complete");
+        catalog::put_manifest(store, target.bucket.cipher(), &manifest).await?;
+        tracing::info!(id, store = name, "base backup complete");
     } else {
         tracing::warn!(
             id,
-            "the WAL up to {stop_lsn} is not in the store yet: the backup stays 'running' \
-             (is pgagent run streaming this server?)"
+            store = name,
+            "the WAL up to {} is not in the store yet: the backup stays 'running' there              (is pgagent run streaming this server into it?); pgagent prune completes it              once the WAL arrives",
+            wal.stop.0
         );
     }
     Ok(manifest)
 }
 
-/// Step 1: connects (application name `pgagent backup` unless set), opens the store and
-/// claims it for the server's cluster; the last item is the store's cipher.
-async fn connect(
-    cfg: &Config,
-) -> anyhow::Result<(
-    ConnConfig,
-    ReplicationClient,
-    ServerInfo,
-    Arc<dyn ObjectStore>,
-    Option<ObjectCipher>,
-)> {
-    let conn = server::conn_config(cfg, "pgagent backup")?;
-    let (client, server) = server::connect(&conn).await?;
-    let store = crate::store::open(cfg).await?;
-    let cipher = crate::store::claim_store(store.as_ref(), &server, cfg).await?;
-    Ok((conn, client, server, store, cipher))
-}
-
-/// Step 2: once `BASE_BACKUP` has started, writes the `running` manifest that announces the
-/// backup (before the chunks it will not upload again are listed: [`super::guard`]) and
-/// returns it.
-async fn announce(
-    bucket: &Bucket,
+/// Step 2: the `running` manifest that announces the backup, once `BASE_BACKUP` has
+/// started.
+fn announced(
     server: &ServerInfo,
     stream: &BaseBackupStream,
     id: &str,
     label: &str,
     started: SystemTime,
     chunk_size: u64,
-) -> anyhow::Result<BackupManifest> {
+) -> BackupManifest {
     let tablespaces: Vec<TablespaceEntry> = stream
         .tablespaces()
         .iter()
@@ -193,7 +256,7 @@ async fn announce(
             })
         })
         .collect();
-    let announced = BackupManifest {
+    BackupManifest {
         system_identifier: server.system_id.to_string(),
         pg_version_num: server.version_num,
         label: label.to_string(),
@@ -203,56 +266,108 @@ async fn announce(
         chunk_size,
         tablespaces,
         ..BackupManifest::announced(id)
-    };
-    catalog::put_manifest(bucket.store.as_ref(), bucket.cipher(), &announced).await?;
-    Ok(announced)
+    }
 }
 
-/// Step 3: waits for any prune that may not have seen the announced backup, then lists the
+/// Step 2 in every store at once: writes the announcement (before the chunks it will not
+/// upload again are listed: [`super::guard`]), waits for any prune that may not have seen
+/// it, then lists the chunks the store holds into [`Target::known`]. Returns the stores
+/// that took it, and the outcomes of those that failed.
+async fn announce_all(
+    targets: Vec<Target>,
+    announced: &BackupManifest,
+) -> (Vec<Target>, Vec<StoreOutcome>) {
+    let done = join_all(targets.into_iter().map(|mut t| async move {
+        let r = async {
+            catalog::put_manifest(t.bucket.store.as_ref(), t.bucket.cipher(), announced).await?;
+            t.known = known_after_prunes(&t.bucket).await?;
+            anyhow::Ok(())
+        }
+        .await;
+        (t, r)
+    }))
+    .await;
+    let mut ok = Vec::new();
+    let mut failed = Vec::new();
+    for (t, r) in done {
+        match r {
+            Ok(()) => ok.push(t),
+            Err(e) => {
+                tracing::warn!(
+                    store = t.spec.name,
+                    "the backup goes without this store: {e:#}"
+                );
+                failed.push(StoreOutcome::failed(&t.spec, e));
+            }
+        }
+    }
+    (ok, failed)
+}
+
+/// Waits for any prune that may not have seen the announced backup, then lists the
 /// chunks already in the store.
-async fn known_after_prunes(store: &dyn ObjectStore) -> anyhow::Result<HashSet<String>> {
+async fn known_after_prunes(bucket: &Bucket) -> anyhow::Result<HashSet<String>> {
+    let store = bucket.store.as_ref();
     guard::wait_for_prunes(store, guard::PRUNE_LEASE + guard::DELETE_SETTLE).await?;
     known_chunks(store)
         .await
         .map_err(|e| anyhow::anyhow!("list chunks: {e}"))
 }
 
-/// What step 4 stored: the walked archives, PostgreSQL's `backup_manifest` (not yet cut
-/// into chunks), and the chunk uploader still running.
+/// What step 3 stored: the walked archives, PostgreSQL's `backup_manifest` (not yet cut
+/// into chunks), and the chunk uploaders still running, with each store's counts.
 struct Stored {
     walked: Walked,
     pg_manifest: Vec<u8>,
     sink: Option<StoreSink>,
-    uploader: JoinHandle<anyhow::Result<()>>,
+    uploader: JoinHandle<Vec<anyhow::Result<()>>>,
+    /// The sink's counts: chunks referenced.
     stats: Arc<Mutex<ChunkStats>>,
+    targets: Vec<(Target, Arc<Mutex<ChunkStats>>)>,
 }
 
-/// Step 4: walks each archive of the stream on a blocking thread while it is read, its
-/// chunks deduplicated against `known` and uploaded in parallel. On an error the uploader
-/// is waited for before it is returned.
+/// Step 3: walks each archive of the stream on a blocking thread while it is read, its
+/// chunks deduplicated against what each of `targets` holds, sealed once with `cipher`
+/// and uploaded to every store lacking them. On an error the uploaders are waited for, and
+/// what stopped them is added to it.
 async fn store_files(
     stream: &mut BaseBackupStream,
     conn: &ConnConfig,
-    (store, cipher): (&Arc<dyn ObjectStore>, &Option<ObjectCipher>),
     cfg: &Config,
-    known: HashSet<String>,
+    cipher: &Option<ObjectCipher>,
+    targets: Vec<Target>,
     chunk_size: u64,
     progress: &crate::progress::Progress,
 ) -> anyhow::Result<Stored> {
     let stats = Arc::new(Mutex::new(ChunkStats::default()));
-    let concurrency = cfg.store().upload_concurrency;
-    let (chunk_tx, chunk_rx) = mpsc::channel(concurrency * 2);
-    let uploader = tokio::spawn(upload_chunks(
-        store.clone(),
+    let held = held_by_all(&targets);
+    let mut chunk_targets = Vec::with_capacity(targets.len());
+    let mut with_stats = Vec::with_capacity(targets.len());
+    for mut t in targets {
+        let target_stats = Arc::new(Mutex::new(ChunkStats::default()));
+        chunk_targets.push(ChunkTarget {
+            store: t.bucket.store.clone(),
+            known: std::mem::take(&mut t.known),
+            concurrency: t.spec.upload_concurrency,
+            stats: target_stats.clone(),
+        });
+        with_stats.push((t, target_stats));
+    }
+    let queue = with_stats
+        .iter()
+        .map(|(t, _)| t.spec.upload_concurrency)
+        .max()
+        .unwrap_or(1);
+    let (chunk_tx, chunk_rx) = mpsc::channel(queue * 2);
+    let uploader = tokio::spawn(fan_out_chunks(
         cipher.clone(),
         chunk_rx,
-        concurrency,
         cfg.raw.wal.compression_level,
-        stats.clone(),
+        chunk_targets,
     ));
     let mut sink = Some(StoreSink::new(
         cipher.clone(),
-        known,
+        held,
         chunk_tx,
         stats.clone(),
     ));
@@ -303,8 +418,7 @@ async fn store_files(
     if let Err(e) = streamed {
         drop(sink);
         drop(walker);
-        let _ = uploader.await;
-        return Err(e);
+        return Err(with_store_errors(e, uploader, &with_stats).await);
     }
     Ok(Stored {
         walked,
@@ -312,21 +426,56 @@ async fn store_files(
         sink,
         uploader,
         stats,
+        targets: with_stats,
     })
+}
+
+/// `e`, with what stopped each store's uploads, once they have all ended.
+async fn with_store_errors(
+    e: anyhow::Error,
+    uploader: JoinHandle<Vec<anyhow::Result<()>>>,
+    targets: &[(Target, Arc<Mutex<ChunkStats>>)],
+) -> anyhow::Error {
+    let Ok(results) = uploader.await else {
+        return e;
+    };
+    let failures: Vec<String> = targets
+        .iter()
+        .zip(results)
+        .filter_map(|((t, _), r)| r.err().map(|e| format!("store {}: {e:#}", t.spec.name)))
+        .collect();
+    if failures.is_empty() {
+        e
+    } else {
+        e.context(failures.join("; "))
+    }
 }
 
 /// What the files of a backup came to.
 struct Files {
     walked: Walked,
     pg_manifest: Option<FileEntry>,
-    /// Chunks referenced, chunks uploaded, bytes uploaded.
-    chunks: (u64, u64, u64),
+    /// Chunks referenced (with repeats).
+    chunks: u64,
+}
+
+/// What one store's chunk uploads came to.
+struct StoreStats {
+    /// Chunks uploaded there.
+    new_chunks: u64,
+    /// Their stored bytes.
+    new_stored_bytes: u64,
+    /// Whether every chunk reached the store.
+    result: anyhow::Result<()>,
 }
 
 impl Stored {
-    /// Step 5: cuts PostgreSQL's `backup_manifest` into chunks as one more file, and waits
-    /// for the uploader to store every chunk.
-    async fn finish(mut self, chunk_size: u64) -> anyhow::Result<Files> {
+    /// Step 3, end: cuts PostgreSQL's `backup_manifest` into chunks as one more file, and
+    /// waits for the uploaders; returns each store with what its uploads came to.
+    async fn finish(
+        mut self,
+        chunk_size: u64,
+    ) -> anyhow::Result<(Files, Vec<(Target, StoreStats)>)> {
         let pg_manifest = std::mem::take(&mut self.pg_manifest);
         let pg_manifest_entry = if pg_manifest.is_empty() {
             None
@@ -343,38 +492,58 @@ impl Stored {
             })
             .await?;
             drop(back);
+            let chunks = match entry {
+                Ok(c) => c,
+                Err(e) => return Err(with_store_errors(e, self.uploader, &self.targets).await),
+            };
             Some(FileEntry {
                 path: "backup_manifest".into(),
                 kind: EntryKind::File,
                 mode: 0o600,
                 size,
                 mtime,
-                chunks: entry?,
+                chunks,
                 target: None,
             })
         };
         drop(self.sink);
-        self.uploader.await??;
-        let chunks = {
-            let s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
-            (s.chunks, s.new_chunks, s.new_stored_bytes)
-        };
-        Ok(Files {
-            walked: self.walked,
-            pg_manifest: pg_manifest_entry,
-            chunks,
-        })
+        let results = self.uploader.await?;
+        let chunks = self.stats.lock().unwrap_or_else(|e| e.into_inner()).chunks;
+        let targets = self
+            .targets
+            .into_iter()
+            .zip(results)
+            .map(|((t, stats), result)| {
+                let s = stats.lock().unwrap_or_else(|e| e.into_inner());
+                let result = result.map_err(|e| e.context("the backup's chunks"));
+                let counts = StoreStats {
+                    new_chunks: s.new_chunks,
+                    new_stored_bytes: s.new_stored_bytes,
+                    result,
+                };
+                drop(s);
+                (t, counts)
+            })
+            .collect();
+        Ok((
+            Files {
+                walked: self.walked,
+                pg_manifest: pg_manifest_entry,
+                chunks,
+            },
+            targets,
+        ))
     }
 }
 
-/// Step 6: the announced manifest with the stop position, the files and their counts
-/// (still `running`).
+/// Step 4: the announced manifest with the stop position, the files and one store's
+/// counts (still `running`).
 fn files_manifest(
     announced: BackupManifest,
-    mut files: Files,
+    files: &Files,
+    store: &StoreStats,
     (stop_lsn, stop_tli): (Lsn, TimelineId),
 ) -> BackupManifest {
-    let (chunks, new_chunks, new_stored_bytes) = files.chunks;
     let regular: Vec<&FileEntry> = files
         .walked
         .entries
@@ -389,15 +558,15 @@ fn files_manifest(
     manifest.finished_at = Some(humantime::format_rfc3339_micros(SystemTime::now()).to_string());
     manifest.backup_label = files.walked.backup_label.clone().unwrap_or_default();
     manifest.tablespace_map = files.walked.tablespace_map.clone();
-    manifest.pg_manifest = files.pg_manifest;
+    manifest.pg_manifest = files.pg_manifest.clone();
     manifest.stats = BackupStats {
         files: regular.len() as u64,
         raw_bytes: regular.iter().map(|f| f.size).sum(),
-        chunks,
-        new_chunks,
-        new_stored_bytes,
+        chunks: files.chunks,
+        new_chunks: store.new_chunks,
+        new_stored_bytes: store.new_stored_bytes,
     };
-    manifest.files = std::mem::take(&mut files.walked.entries);
+    manifest.files = files.walked.entries.clone();
     manifest
 }
 
@@ -444,90 +613,6 @@ impl Walker {
         into.backup_label = into.backup_label.take().or(w.backup_label);
         into.tablespace_map = into.tablespace_map.take().or(w.tablespace_map);
         Ok(sink)
-    }
-}
-
-/// How often a backup waiting for its WAL says what it waits for.
-pub const WAIT_REMINDER: Duration = Duration::from_secs(30);
-
-/// Whether every segment holding WAL from `start` to `stop` is in the store as a complete
-/// object; polls once a second until `wait` passes (`None`: forever).
-///
-/// Only `pgagent run` streaming the server puts that WAL in the store: while a segment is
-/// missing, backup `id` says which, at once and every [`WAIT_REMINDER`], and that the
-/// daemon must be streaming this server, so a wait with no daemon is not a silent one.
-async fn wait_for_wal(
-    id: &str,
-    store: &dyn ObjectStore,
-    start: (Lsn, TimelineId),
-    stop: (Lsn, TimelineId),
-    seg: WalSegmentSize,
-    wait: Option<Duration>,
-) -> anyhow::Result<bool> {
-    if start.1 != stop.1 {
-        bail!(
-            "the timeline changed during the backup ({} to {}); take it again",
-            start.1,
-            stop.1
-        );
-    }
-    let first = start.0.segment_number(seg);
-    // The stop LSN is exclusive: a stop on a segment boundary needs nothing past it.
-    let last = Lsn(stop.0 .0.saturating_sub(1))
-        .segment_number(seg)
-        .max(first);
-    let begun = Instant::now();
-    let deadline = wait.map(|w| begun + w);
-    let mut say_at = begun;
-    let mut next = first;
-    loop {
-        while next <= last {
-            let key = wal_key(&segment_file_name(start.1, next, seg));
-            match store.head(&key).await {
-                Ok(Some(_)) => next = next.next(),
-                Ok(None) => break,
-                Err(e) if e.is_transient() => break,
-                Err(e) => return Err(anyhow::anyhow!("{key}: {e}")),
-            }
-        }
-        if next > last {
-            return Ok(true);
-        }
-        let now = Instant::now();
-        if deadline.is_some_and(|d| now >= d) {
-            return Ok(false);
-        }
-        if now >= say_at {
-            let waited = Duration::from_secs(now.duration_since(begun).as_secs());
-            let left = deadline.map_or_else(
-                || "no limit".to_string(),
-                |d| {
-                    format!(
-                        "{} left",
-                        humantime::format_duration(Duration::from_secs(
-                            d.saturating_duration_since(now).as_secs(),
-                        ))
-                    )
-                },
-            );
-            let message = format!(
-                "backup {id}: waiting for WAL segment {} ({} of {} up to the stop LSN {}) to \
-                 reach the store; waited {}, {left}. Only `pgagent run` puts WAL in the store: \
-                 it must be streaming this server into this store",
-                segment_file_name(start.1, next, seg),
-                next.0 - first.0 + 1,
-                last.0 - first.0 + 1,
-                stop.0,
-                humantime::format_duration(waited),
-            );
-            if say_at == begun {
-                tracing::info!("{message}");
-            } else {
-                tracing::warn!("{message}");
-            }
-            say_at += WAIT_REMINDER;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

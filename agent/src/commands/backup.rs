@@ -7,28 +7,75 @@ use crate::backup::take::{take_backup, BackupRequest};
 use crate::config::Config;
 use crate::store::catalog;
 
-/// Takes a base backup now. Without `wait`, gives the WAL up to the stop LSN
-/// `backup.wal_timeout` to reach the store; with it, waits as long as it takes.
+/// Takes a base backup now, into every configured store (the server is read once).
+/// Without `wait`, gives the WAL up to the stop LSN `backup.wal_timeout` to reach each
+/// store; with it, waits as long as it takes. Prints one line per store.
 ///
-/// Errors: see [`take_backup`]; a backup whose WAL did not arrive is an error too (exit 1),
-/// its manifest stays `running`.
+/// Errors: see [`take_backup`]; a backup that is not complete in every required store (in
+/// every store, when none is required) is an error too (exit 1), each store's outcome
+/// printed first. An async store that did not get it is a warning: the next backup goes
+/// there, and `pgagent prune` completes a backup whose WAL reaches it later.
 pub async fn run(cfg: &Config, wait: bool, fast: bool) -> anyhow::Result<()> {
     let req = BackupRequest {
         fast,
         wal_wait: (!wait).then_some(cfg.raw.backup.wal_timeout),
+        stores: Vec::new(),
     };
-    let m = take_backup(cfg, &req).await?;
-    println!("{}", summary_line(&m));
-    if m.status != BackupStatus::Complete {
-        anyhow::bail!(
-            "backup {} is stored but not complete: the WAL up to {} did not reach the store within {}; \
-             is pgagent run streaming this server?",
-            m.id,
-            m.stop_lsn.as_deref().unwrap_or("?"),
-            humantime::format_duration(cfg.raw.backup.wal_timeout)
-        );
+    let outcome = take_backup(cfg, &req).await?;
+    let several = outcome.stores.len() > 1;
+    for o in &outcome.stores {
+        let line = match &o.result {
+            Ok(m) => summary_line(m),
+            Err(e) => format!("{}  failed    {e:#}", outcome.id),
+        };
+        if several {
+            let role = if o.required { "required" } else { "async" };
+            println!("store {} ({role}): {line}", o.name);
+        } else {
+            println!("{line}");
+        }
     }
-    Ok(())
+    if outcome.succeeded() {
+        for o in outcome.stores.iter().filter(|o| !o.is_complete()) {
+            tracing::warn!(
+                "backup {}: not complete in async store {}; the next backup goes there, and                  pgagent prune completes this one there once its WAL arrives",
+                outcome.id,
+                o.name
+            );
+        }
+        return Ok(());
+    }
+    let missing: Vec<String> = outcome
+        .stores
+        .iter()
+        .filter(|o| !o.is_complete() && (o.required || !several))
+        .map(|o| match &o.result {
+            Ok(m) => format!(
+                "store {}: stored but not complete: the WAL up to {} did not reach it within {}; \
+                 is pgagent run streaming this server into it?",
+                o.name,
+                m.stop_lsn.as_deref().unwrap_or("?"),
+                humantime::format_duration(cfg.raw.backup.wal_timeout)
+            ),
+            Err(e) => format!("store {}: {e:#}", o.name),
+        })
+        .collect();
+    let complete: Vec<&str> = outcome
+        .stores
+        .iter()
+        .filter(|o| o.is_complete())
+        .map(|o| o.name.as_str())
+        .collect();
+    let held = if complete.is_empty() {
+        String::new()
+    } else {
+        format!(" (complete in {})", complete.join(", "))
+    };
+    anyhow::bail!(
+        "backup {} is not complete in every required store{held}: {}",
+        outcome.id,
+        missing.join("; ")
+    )
 }
 
 /// One backup as `pgagent list backups --json` shows it.

@@ -132,6 +132,10 @@ pub struct Config {
 /// Commands that write to the stores: they take no `--store NAME` that leaves one out.
 const WRITING_COMMANDS: &[&str] = &["run", "backup", "snapshot"];
 
+/// Commands that work with every configured store: a base backup and a snapshot record go
+/// into each, and prune applies each store's retention.
+const EVERY_STORE_COMMANDS: &[&str] = &["backup", "snapshot", "prune"];
+
 impl Config {
     /// The staging directory.
     pub fn staging_dir(&self) -> &Path {
@@ -165,8 +169,10 @@ impl Config {
     /// The one store `command` uses, or a configuration error when several are
     /// configured: commands do not use more than one store yet, and using the first one
     /// silently would leave the others without the WAL they are configured for.
+    /// `backup`, `snapshot` and `prune` use every store: for them this is the first one.
     pub fn one_store_for(&self, command: &str) -> Result<&StoreSpec, ConfigError> {
         match self.stores.as_slice() {
+            [one, ..] if EVERY_STORE_COMMANDS.contains(&command) => Ok(one),
             [one] => Ok(one),
             several => Err(ConfigError(format!(
                 "several stores are configured ({}), and `pgagent {command}` does not yet use \
@@ -174,6 +180,15 @@ impl Config {
                  store, with store.url or a single [[stores]] entry",
                 stores::names(several)
             ))),
+        }
+    }
+
+    /// This configuration with `spec` as its one store, for code that works on one store
+    /// at a time ([`Config::store`] is then `spec`).
+    pub fn with_store(&self, spec: &StoreSpec) -> Config {
+        Config {
+            stores: vec![spec.clone()],
+            ..self.clone()
         }
     }
 

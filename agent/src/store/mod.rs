@@ -8,6 +8,7 @@ pub mod overlaps;
 pub mod records;
 pub mod snapshots;
 pub mod wal;
+pub mod write;
 
 use std::sync::{Arc, LazyLock};
 
