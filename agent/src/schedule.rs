@@ -1,6 +1,6 @@
-//! Cron schedules (`backup.schedule`, `zfs.snapshot_schedule`): parsing and the loop that
-//! runs a job at each time. The jobs themselves are started by the daemon
-//! (`daemon::schedules`).
+//! Cron schedules (`backup.schedule` and each store's `schedule`, `zfs.snapshot_schedule`):
+//! parsing and the loop that runs a job at each time, once for all the schedules due then.
+//! The jobs themselves are started by the daemon (`daemon::schedules`).
 //!
 //! Five fields (minute hour day-of-month month day-of-week, UTC) or six with seconds first;
 //! an empty schedule disables it.
@@ -35,6 +35,20 @@ pub fn next_after(cron: &Cron, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
     cron.find_next_occurrence(&now, false).ok()
 }
 
+/// The next time after `now` at which any of `crons` fires, with the indices (in `crons`)
+/// of every schedule that fires at that time; `None` when none fires again.
+pub fn next_due(crons: &[Cron], now: DateTime<Utc>) -> Option<(DateTime<Utc>, Vec<usize>)> {
+    let times: Vec<Option<DateTime<Utc>>> = crons.iter().map(|c| next_after(c, now)).collect();
+    let first = times.iter().flatten().min().copied()?;
+    let due = times
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| **t == Some(first))
+        .map(|(i, _)| i)
+        .collect();
+    Some((first, due))
+}
+
 /// Runs `job` at each time of `cron` (UTC) until `shutdown`; `what` names the job in
 /// logs. A job still running at its next time delays that run; it is not stacked.
 pub async fn every<F, Fut>(cron: Cron, what: &str, shutdown: CancellationToken, mut job: F)
@@ -42,9 +56,25 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
+    every_due(vec![cron], what, shutdown, |_| job()).await;
+}
+
+/// Runs `job` at each time any of `crons` fires (UTC) until `shutdown`, once for all the
+/// schedules that fire at that time, passing their indices in `crons` ([`next_due`]);
+/// `what` names the job in logs. A job still running at its next time delays that run; it
+/// is not stacked.
+pub async fn every_due<F, Fut>(
+    crons: Vec<Cron>,
+    what: &str,
+    shutdown: CancellationToken,
+    mut job: F,
+) where
+    F: FnMut(Vec<usize>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     loop {
         let now = Utc::now();
-        let Some(next) = next_after(&cron, now) else {
+        let Some((next, due)) = next_due(&crons, now) else {
             tracing::warn!("the schedule of {what} never fires again");
             return;
         };
@@ -55,7 +85,7 @@ where
             () = shutdown.cancelled() => return,
         }
         tokio::select! {
-            () = job() => {}
+            () = job(due) => {}
             () = shutdown.cancelled() => return,
         }
     }
@@ -82,5 +112,28 @@ mod tests {
         assert!(parse("k", "").unwrap().is_none());
         assert!(parse("k", "61 * * * *").is_err());
         assert!(parse("k", "every day").is_err());
+    }
+
+    /// Daily at 03:00 and weekly on Sunday at 03:00: on a Sunday both are due at once (one
+    /// backup for both), on other days the daily one alone.
+    #[test]
+    fn schedules_due_at_the_same_time_come_together() {
+        let daily = parse("k", "0 3 * * *").unwrap().unwrap();
+        let weekly = parse("k", "0 3 * * 0").unwrap().unwrap();
+        let monthly = parse("k", "30 4 1 * *").unwrap().unwrap();
+        let crons = [daily, weekly, monthly];
+        // Saturday 2026-11-21 10:00: Sunday 03:00 is next, for the daily and the weekly.
+        let sat = Utc.with_ymd_and_hms(2026, 11, 21, 10, 0, 0).unwrap();
+        let sun = Utc.with_ymd_and_hms(2026, 11, 22, 3, 0, 0).unwrap();
+        assert_eq!(next_due(&crons, sat), Some((sun, vec![0, 1])));
+        let mon = Utc.with_ymd_and_hms(2026, 11, 23, 3, 0, 0).unwrap();
+        assert_eq!(next_due(&crons, sun), Some((mon, vec![0])));
+        // The monthly one, at a time of its own.
+        let nov30 = Utc.with_ymd_and_hms(2026, 11, 30, 10, 0, 0).unwrap();
+        let dec1 = Utc.with_ymd_and_hms(2026, 12, 1, 3, 0, 0).unwrap();
+        assert_eq!(next_due(&crons, nov30), Some((dec1, vec![0])));
+        let dec1_later = Utc.with_ymd_and_hms(2026, 12, 1, 4, 30, 0).unwrap();
+        assert_eq!(next_due(&crons, dec1), Some((dec1_later, vec![2])));
+        assert_eq!(next_due(&[], sat), None);
     }
 }

@@ -1,6 +1,8 @@
-//! The schedules `pgagent run` keeps: base backups (`backup.schedule`), ZFS snapshots
-//! (`zfs.snapshot_schedule`) and drills (`drill.schedule`), each a cron loop
-//! ([`crate::schedule::every`]) stopped by the shared cancellation token.
+//! The schedules `pgagent run` keeps: base backups (each store's `schedule`, by default
+//! `backup.schedule`; one backup for every store due at a time, the server read once), ZFS
+//! snapshots (`zfs.snapshot_schedule`) and drills (`drill.schedule`), each a cron loop
+//! ([`crate::schedule::every`], [`crate::schedule::every_due`]) stopped by the shared
+//! cancellation token.
 //!
 //! A scheduled job that fails is logged and counted; the next one is taken at its time. A
 //! backup started by hand (`pgagent backup`) while a scheduled one runs is refused by the
@@ -17,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backup::take::{take_backup, BackupRequest};
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
-use crate::schedule::{every, parse};
+use crate::schedule::{every, every_due, parse};
 use crate::zfs::take::{retention, take_snapshot};
 
 /// Starts the configured schedules (snapshots first, then backups); returns their tasks.
@@ -57,16 +59,24 @@ pub fn start(
             shutdown.clone(),
         )));
     }
-    if let Some(cron) =
-        parse("backup.schedule", &cfg.raw.backup.schedule).map_err(|e| ConfigError(e.0))?
-    {
-        tracing::info!(
-            schedule = cfg.raw.backup.schedule,
-            "base backups scheduled (UTC)"
-        );
+    let mut due_names = Vec::new();
+    let mut crons = Vec::new();
+    for spec in &cfg.stores {
+        let key = format!("the schedule of store {}", spec.name);
+        if let Some(cron) = parse(&key, &spec.schedule).map_err(|e| ConfigError(e.0))? {
+            tracing::info!(
+                store = spec.name,
+                schedule = spec.schedule,
+                "base backups scheduled (UTC)"
+            );
+            due_names.push(spec.name.clone());
+            crons.push(cron);
+        }
+    }
+    if !crons.is_empty() {
         tasks.push(tokio::spawn(backups(
             cfg.clone(),
-            cron,
+            (crons, due_names),
             metrics.clone(),
             shutdown.clone(),
         )));
@@ -74,34 +84,62 @@ pub fn start(
     Ok(tasks)
 }
 
-/// Takes a backup at each time of the schedule until `shutdown`.
-async fn backups(cfg: Config, cron: Cron, metrics: Arc<Metrics>, shutdown: CancellationToken) {
-    every(cron, "base backup", shutdown, || async {
-        let started = Instant::now();
-        let req = BackupRequest {
-            fast: false,
-            wal_wait: Some(cfg.raw.backup.wal_timeout),
-        };
-        match take_backup(&cfg, &req).await {
-            Ok(m) if m.status == pgagent_storage::manifest::BackupStatus::Complete => {
-                metrics
-                    .backup_duration_seconds
-                    .set(started.elapsed().as_secs_f64());
-                metrics
-                    .backup_last_success_timestamp_seconds
-                    .set(Utc::now().timestamp() as f64);
-                let s = m.stats;
-                if s.chunks > 0 {
-                    metrics
-                        .backup_dedup_ratio
-                        .set(1.0 - s.new_chunks as f64 / s.chunks as f64);
+/// Takes a backup at each time of the stores' schedules until `shutdown`: one backup (the
+/// server read once) into every store due at that time; the crons and the names of their
+/// stores go side by side.
+async fn backups(
+    cfg: Config,
+    (crons, names): (Vec<Cron>, Vec<String>),
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    every_due(crons, "base backup", shutdown, |due| {
+        let cfg = &cfg;
+        let metrics = &metrics;
+        let stores: Vec<String> = due.iter().map(|&i| names[i].clone()).collect();
+        async move {
+            let started = Instant::now();
+            let req = BackupRequest {
+                fast: false,
+                wal_wait: Some(cfg.raw.backup.wal_timeout),
+                stores,
+            };
+            match take_backup(cfg, &req).await {
+                Ok(outcome) => {
+                    for o in &outcome.stores {
+                        match &o.result {
+                            Ok(m) if o.is_complete() => {
+                                tracing::info!(id = m.id, store = o.name, "scheduled base backup complete")
+                            }
+                            Ok(m) => tracing::warn!(
+                                id = m.id,
+                                store = o.name,
+                                "scheduled base backup not complete: its WAL did not reach the store"
+                            ),
+                            Err(e) => tracing::error!(
+                                id = outcome.id,
+                                store = o.name,
+                                "scheduled base backup failed in this store: {e:#}"
+                            ),
+                        }
+                    }
+                    if let (true, Some(m)) = (outcome.succeeded(), outcome.complete_manifest()) {
+                        metrics
+                            .backup_duration_seconds
+                            .set(started.elapsed().as_secs_f64());
+                        metrics
+                            .backup_last_success_timestamp_seconds
+                            .set(Utc::now().timestamp() as f64);
+                        let s = &m.stats;
+                        if s.chunks > 0 {
+                            metrics
+                                .backup_dedup_ratio
+                                .set(1.0 - s.new_chunks as f64 / s.chunks as f64);
+                        }
+                    }
                 }
+                Err(e) => tracing::error!("scheduled base backup failed: {e:#}"),
             }
-            Ok(m) => tracing::warn!(
-                id = m.id,
-                "scheduled base backup not complete: its WAL did not reach the store"
-            ),
-            Err(e) => tracing::error!("scheduled base backup failed: {e:#}"),
         }
     })
     .await;
@@ -179,13 +217,8 @@ async fn snapshots(cfg: Config, cron: Cron, metrics: Arc<Metrics>, shutdown: Can
                 return;
             }
         }
-        match crate::store::open(&cfg).await {
-            Ok(store) => {
-                if let Err(e) = retention(&cfg, store.as_ref()).await {
-                    tracing::error!("snapshot retention failed: {e:#}");
-                }
-            }
-            Err(e) => tracing::error!("snapshot retention: {e:#}"),
+        if let Err(e) = retention(&cfg).await {
+            tracing::error!("snapshot retention failed: {e:#}");
         }
     })
     .await;
