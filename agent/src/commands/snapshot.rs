@@ -7,7 +7,7 @@ use crate::config::Config;
 use crate::store::snapshots::store_records;
 use crate::zfs::take::{retention, take_snapshot, zfs_of};
 
-/// `pgagent snapshot`.
+/// `pgagent snapshot`: the record goes to every configured store.
 ///
 /// Errors: as [`take_snapshot`] and [`retention`].
 pub async fn run(cfg: &Config) -> anyhow::Result<()> {
@@ -20,8 +20,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<()> {
         r.start_lsn,
         r.stop_lsn
     );
-    let store = crate::store::open(cfg).await?;
-    for id in retention(cfg, store.as_ref()).await? {
+    for id in retention(cfg).await? {
         println!("destroyed snapshot {id} (retention)");
     }
     Ok(())

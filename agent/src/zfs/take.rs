@@ -14,7 +14,6 @@ use anyhow::Context;
 use pgagent_protocol::SqlSession;
 use pgagent_storage::layout::snapshot_key;
 use pgagent_storage::snapshot::{SnapshotRecord, SNAPSHOT_FORMAT_VERSION};
-use pgagent_storage::ObjectStore;
 
 use super::snapshots::{apply_retention, snapshot_name};
 use super::{Zfs, ID_PROPERTY, RECORD_PROPERTY};
@@ -33,8 +32,9 @@ pub fn zfs_of(cfg: &Config) -> Zfs {
 /// Errors: `zfs.datasets` empty ([`ConfigError`]); connection or permission errors (the
 /// role needs `pg_backup_start`/`pg_backup_stop` and `pg_read_all_settings`); `zfs`
 /// failures (snapshots made so far are destroyed, backup mode is ended); the store
-/// belongs to another cluster ([`crate::exit::Refused`]). When only the store write
-/// fails, the snapshot stays (usable locally) and the error says so.
+/// belongs to another cluster ([`crate::exit::Refused`]). The record goes to every
+/// configured store; when it cannot be written to a required one, the snapshot stays
+/// (usable locally) and the error says so (an async store that misses it is a warning).
 pub async fn take_snapshot(cfg: &Config) -> anyhow::Result<SnapshotRecord> {
     let datasets = cfg.raw.zfs.datasets.clone();
     if datasets.is_empty() {
@@ -46,8 +46,7 @@ pub async fn take_snapshot(cfg: &Config) -> anyhow::Result<SnapshotRecord> {
     let conn = server::conn_config(cfg, "pgagent snapshot")?;
     let (client, server) = server::connect(&conn).await?;
     let _ = client.close().await;
-    let store = crate::store::open(cfg).await?;
-    let cipher = crate::store::claim_store(store.as_ref(), &server, cfg).await?;
+    let stores = crate::store::write::claim_every(cfg, &cfg.stores, &server).await?;
 
     let zfs = zfs_of(cfg);
     let mountpoints = datasets
@@ -161,9 +160,30 @@ pub async fn take_snapshot(cfg: &Config) -> anyhow::Result<SnapshotRecord> {
     for name in &made {
         zfs.set(name, RECORD_PROPERTY, &json)?;
     }
-    put_record(store.as_ref(), cipher.as_ref(), &record).await.with_context(|| {
-        format!("snapshot {id} was taken and is usable on this machine, but its record is not in the store")
-    })?;
+    let mut missing = Vec::new();
+    for (spec, claimed) in stores {
+        let put = match claimed {
+            Ok(bucket) => put_record(bucket.store.as_ref(), bucket.cipher(), &record).await,
+            Err(e) => Err(e),
+        };
+        match put {
+            Ok(()) => {}
+            Err(e) if spec.is_required() => missing.push(format!("store {}: {e:#}", spec.name)),
+            Err(e) => tracing::warn!(
+                id,
+                store = spec.name,
+                "the record of snapshot {id} is not in async store {}: {e:#}",
+                spec.name
+            ),
+        }
+    }
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "snapshot {id} was taken and is usable on this machine, but its record is not in \
+             every required store: {}",
+            missing.join("; ")
+        );
+    }
     tracing::info!(id, stop_lsn = record.stop_lsn, "snapshot taken");
     Ok(record)
 }
@@ -186,10 +206,11 @@ fn destroy_all(zfs: &Zfs, names: &[String]) {
 }
 
 /// Applies `zfs.keep_*` to pgagent's snapshots and deletes the records of the destroyed
-/// ones from the store (best effort: credentials without delete rights leave them).
+/// ones from every store (best effort: a store that cannot be reached, or credentials
+/// without delete rights, leave them).
 ///
 /// Errors: `zfs` failures.
-pub async fn retention(cfg: &Config, store: &dyn ObjectStore) -> anyhow::Result<Vec<String>> {
+pub async fn retention(cfg: &Config) -> anyhow::Result<Vec<String>> {
     let z = &cfg.raw.zfs;
     let policy = super::retention::Policy {
         hourly: z.keep_hourly,
@@ -197,9 +218,21 @@ pub async fn retention(cfg: &Config, store: &dyn ObjectStore) -> anyhow::Result<
         weekly: z.keep_weekly,
     };
     let destroyed = apply_retention(&zfs_of(cfg), &z.datasets, policy)?;
-    for id in &destroyed {
-        if let Err(e) = store.delete(&snapshot_key(id)).await {
-            tracing::info!("snapshot record {id} stays in the store: {e}");
+    if destroyed.is_empty() {
+        return Ok(destroyed);
+    }
+    for spec in &cfg.stores {
+        let store = match crate::store::open(&cfg.with_store(spec)).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::info!("snapshot records stay in store {}: {e}", spec.name);
+                continue;
+            }
+        };
+        for id in &destroyed {
+            if let Err(e) = store.delete(&snapshot_key(id)).await {
+                tracing::info!("snapshot record {id} stays in store {}: {e}", spec.name);
+            }
         }
     }
     Ok(destroyed)
