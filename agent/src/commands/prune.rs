@@ -1,5 +1,8 @@
-//! `pgagent prune [--dry-run]`: apply retention (`backup.keep_backups`, `backup.keep_days`).
+//! `pgagent prune [--dry-run] [--store NAME]`: apply retention (`keep_backups` of each
+//! store, `backup.keep_days`) to every configured store in turn, or to the one named.
 //!
+//! First, a backup whose files are stored but that waited for its WAL in vain (a store that
+//! lagged) is marked complete once that WAL is in the store ([`complete_waiting`]).
 //! A complete backup is kept if it is one of the newest `keep_backups` or younger than
 //! `keep_days` days (0: no age rule); the newest complete backup is always kept, and so is
 //! a running one started less than [`RUNNING_GRACE`] ago (older ones died). Then, in this
@@ -10,7 +13,9 @@
 //!    ([`crate::backup::guard`] explains why a backup starting meanwhile is safe);
 //! 3. WAL segments (and their deltas and `.partial`s, `.backup` files) before the oldest
 //!    segment a kept backup or a ZFS snapshot record in the store starts in ([`wal_floor`])
-//!    are deleted; history files stay (they are small and recovery reads them);
+//!    are deleted, but none at or after the lowest `from_lsn` of the store's WAL pins
+//!    (`pins/<store>.json`: another store still copies that WAL from this one,
+//!    [`with_pin`]); history files stay (they are small and recovery reads them);
 //! 4. the deltas and `.partial` objects of segments stored complete are deleted: the agent
 //!    uploads the segment being filled as deltas and the segment once complete, and removes
 //!    the deltas only when its credentials may delete; those pieces are read by nothing once
@@ -30,15 +35,17 @@ use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
 use futures::{StreamExt, TryStreamExt};
-use pgagent_protocol::{segment_file_name, SegNo, WalSegmentSize};
+use pgagent_protocol::{segment_file_name, Lsn, SegNo, WalSegmentSize};
 use pgagent_storage::crypto::ObjectCipher;
 use pgagent_storage::layout::{backup_manifest_key, wal_key, CHUNK_PREFIX, WAL_PREFIX};
 use pgagent_storage::manifest::{BackupManifest, BackupStatus};
+use pgagent_storage::pin::{self, read_pins, WalPin};
 use pgagent_storage::snapshot::SnapshotRecord;
 use pgagent_storage::{ObjectMeta, ObjectStore};
 
 use crate::backup::guard::PruneMarker;
 pub use crate::backup::guard::RUNNING_GRACE;
+use crate::backup::wal::complete_waiting;
 use crate::config::Config;
 use crate::store::catalog;
 use crate::store::wal::{SegmentId, WalIndex};
@@ -181,14 +188,61 @@ async fn manifests(
     Ok(out)
 }
 
-/// Applies retention (or, with `dry_run`, prints what it would delete).
+/// The WAL floor once the pins are counted: the segment of the lowest pin's `from_lsn`
+/// when it is before `floor`, with what needs it (`"store r2's catch-up (pin written …)"`).
+pub fn with_pin(
+    floor: (SegNo, String),
+    lowest_pin: Option<(Lsn, &WalPin)>,
+    seg: WalSegmentSize,
+) -> (SegNo, String) {
+    match lowest_pin {
+        Some((lsn, pin)) if lsn.segment_number(seg) < floor.0 => (
+            lsn.segment_number(seg),
+            format!(
+                "store {}'s catch-up from {} (pin written {})",
+                pin.store, pin.from_lsn, pin.written_at
+            ),
+        ),
+        _ => floor,
+    }
+}
+
+/// Applies retention to every configured store in turn, each with its own `keep_backups`
+/// (or, with `dry_run`, prints what it would delete); `--store NAME` leaves one.
 ///
-/// Errors: the store cannot be read, or a delete fails (what was deleted before stays
-/// deleted; a rerun finishes the job).
+/// Errors: a store that cannot be read, or a delete that fails (what was deleted before
+/// stays deleted; a rerun finishes the job); the other stores are pruned all the same.
 pub async fn run(cfg: &Config, dry_run: bool) -> anyhow::Result<()> {
+    if let [_] = cfg.stores.as_slice() {
+        return run_one(cfg, dry_run).await;
+    }
+    let mut failed = Vec::new();
+    for spec in &cfg.stores {
+        println!("store {} (keep_backups {}):", spec.name, spec.keep_backups);
+        if let Err(e) = run_one(&cfg.with_store(spec), dry_run).await {
+            println!("store {}: prune failed: {e:#}", spec.name);
+            failed.push(format!("store {}: {e:#}", spec.name));
+        }
+    }
+    if !failed.is_empty() {
+        anyhow::bail!("prune failed in {}", failed.join("; "));
+    }
+    Ok(())
+}
+
+/// Applies retention to the one store of `cfg`.
+async fn run_one(cfg: &Config, dry_run: bool) -> anyhow::Result<()> {
+    let opened = crate::store::open_cluster(cfg).await?;
     let crate::store::Opened {
         store, seg, cipher, ..
-    } = crate::store::open_cluster(cfg).await?;
+    } = opened.clone();
+    if !dry_run {
+        for id in complete_waiting(&opened.bucket(), seg).await? {
+            println!("backup {id} is complete: its WAL has reached the store since");
+        }
+    }
+    let pins = read_pins(store.as_ref()).await?;
+    let lowest_pin = pin::lowest(&pins)?;
     let manifests_before = manifests(store.as_ref(), cipher.as_ref()).await?;
     let records =
         crate::store::snapshots::all_store_records(store.as_ref(), cipher.as_ref()).await?;
@@ -239,8 +293,11 @@ pub async fn run(cfg: &Config, dry_run: bool) -> anyhow::Result<()> {
         swept?;
     }
 
-    let (oldest_start, needed_by) =
-        wal_floor(&kept, &records, seg).expect("a complete backup is kept");
+    let (oldest_start, needed_by) = with_pin(
+        wal_floor(&kept, &records, seg).expect("a complete backup is kept"),
+        lowest_pin,
+        seg,
+    );
     let (old, superseded) = wal_to_delete(&wal_index, oldest_start, seg);
     if !dry_run {
         delete_all(store.as_ref(), &old, concurrency).await?;
@@ -253,6 +310,12 @@ pub async fn run(cfg: &Config, dry_run: bool) -> anyhow::Result<()> {
         p.keep.len(),
         records.len()
     );
+    for pin in &pins {
+        println!(
+            "kept the WAL from {} on: store {} still copies it from here (pin written {})",
+            pin.from_lsn, pin.store, pin.written_at
+        );
+    }
     sweep_superseded(store.as_ref(), &superseded, dry_run, concurrency).await
 }
 
@@ -530,6 +593,34 @@ mod tests {
         assert_eq!(old, keys[..5]);
         assert_eq!(superseded, keys[6..8]);
         // Segment 6 is being filled: its pieces stay, and history files always do.
+    }
+
+    #[test]
+    fn a_pin_below_the_floor_holds_the_wal_back_to_its_segment() {
+        let seg = WalSegmentSize::DEFAULT;
+        let floor = (SegNo(8), "backup old".to_string());
+        let pin = WalPin {
+            store: "r2".into(),
+            from_lsn: "0/5123456".into(),
+            timeline: 1,
+            written_at: "2026-11-21T10:00:00Z".into(),
+        };
+        let at = pin.from().unwrap();
+        assert_eq!(
+            with_pin(floor.clone(), Some((at, &pin)), seg),
+            (
+                SegNo(5),
+                "store r2's catch-up from 0/5123456 (pin written 2026-11-21T10:00:00Z)".into()
+            )
+        );
+        // A pin past the floor, or none, changes nothing.
+        let later = WalPin {
+            from_lsn: "0/9000000".into(),
+            ..pin
+        };
+        let at = later.from().unwrap();
+        assert_eq!(with_pin(floor.clone(), Some((at, &later)), seg), floor);
+        assert_eq!(with_pin(floor.clone(), None, seg), floor);
     }
 
     #[test]
