@@ -189,8 +189,9 @@ pub async fn fan_out_chunks(
 #[derive(Debug)]
 struct PendingChunk {
     hash: String,
-    /// The raw bytes until they are sealed.
-    raw: Mutex<Option<Vec<u8>>>,
+    /// The raw bytes. Kept once sealed: a seal whose upload was cancelled (its store
+    /// failed) leaves the next upload to seal them again.
+    raw: Vec<u8>,
     cipher: Option<ObjectCipher>,
     level: i32,
     sealed: tokio::sync::OnceCell<Bytes>,
@@ -200,7 +201,7 @@ impl PendingChunk {
     fn new(hash: String, data: Vec<u8>, cipher: Option<ObjectCipher>, level: i32) -> Self {
         PendingChunk {
             hash,
-            raw: Mutex::new(Some(data)),
+            raw: data,
             cipher,
             level,
             sealed: tokio::sync::OnceCell::new(),
@@ -215,15 +216,10 @@ impl PendingChunk {
                 let key = chunk_key(&this.hash);
                 let inner = this.clone();
                 tokio::task::spawn_blocking(move || {
-                    let data = inner
-                        .raw
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .take()
-                        .ok_or_else(|| anyhow::anyhow!("chunk {key} was sealed already"))?;
-                    Ok(envelope::seal_for(&data, inner.level, inner.cipher.as_ref(), &key).body)
+                    envelope::seal_for(&inner.raw, inner.level, inner.cipher.as_ref(), &key).body
                 })
-                .await?
+                .await
+                .map_err(anyhow::Error::from)
             })
             .await
             .cloned()

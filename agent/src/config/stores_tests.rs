@@ -395,10 +395,14 @@ fn one_store_is_used_and_several_are_refused_by_name() {
     assert_eq!(cfg.store().url, "file:///a");
 
     let cfg = config(NAS_AND_R2).unwrap();
-    let err = cfg.one_store_for("prune").unwrap_err().to_string();
+    // backup, snapshot and prune use every store.
+    for every in ["backup", "snapshot", "prune"] {
+        assert_eq!(cfg.one_store_for(every).unwrap().name, "nas", "{every}");
+    }
+    let err = cfg.one_store_for("verify").unwrap_err().to_string();
     for part in [
         "several stores are configured (nas, r2)",
-        "`pgagent prune`",
+        "`pgagent verify`",
         "not yet use more than one",
     ] {
         assert!(err.contains(part), "{part}: {err}");
