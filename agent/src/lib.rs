@@ -114,7 +114,10 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     if let Some(name) = cli.overrides.store_name() {
         cfg.select_one(name, cli.command.name())?;
     }
-    cfg.one_store_for(cli.command.name())?;
+    // `run` streams to every configured store.
+    if !matches!(cli.command, Command::Run) {
+        cfg.one_store_for(cli.command.name())?;
+    }
     Ok(cfg)
 }
 

@@ -15,6 +15,8 @@
 //! prune/<id>.json                       marker of a `pgagent prune` deleting chunks
 //! keys/<id>                             encrypted stores only: the master key wrapped by one
 //!                                       access key (plain JSON, see `crate::keyring::keys`)
+//! pins/<store>.json                     WAL another store still needs copied from here (plain
+//!                                       JSON, see `crate::pin`)
 //! claims/<round>/<a|b>/<participant>    how the writers that found no `cluster.json` agreed
 //!                                       on the one they write (see `crate::agreement`)
 //! ```
@@ -45,6 +47,9 @@ pub const KEY_PREFIX: &str = "keys/";
 /// Prefix of the entries by which writers agree on a new store's `cluster.json` (see
 /// [`crate::agreement`]); written once each, never deleted.
 pub const CLAIM_PREFIX: &str = "claims/";
+/// Prefix of the WAL pins: `pins/<store>.json`, written by the agent into a store holding
+/// WAL that another store (`<store>`) has yet to copy (see [`crate::pin`]).
+pub const PIN_PREFIX: &str = "pins/";
 /// Suffix PostgreSQL gives a segment that is still being filled (`xlog_internal.h`,
 /// `IsPartialXLogFileName`).
 pub const PARTIAL_SUFFIX: &str = ".partial";
@@ -118,6 +123,11 @@ pub fn drill_key(id: &str) -> String {
 /// Key of an access key file: `keys/<id>`.
 pub fn key_file_key(id: &str) -> String {
     format!("{KEY_PREFIX}{id}")
+}
+
+/// Key of the pin of store `store_name` (a configured store's name): `pins/<name>.json`.
+pub fn pin_key(store_name: &str) -> String {
+    format!("{PIN_PREFIX}{store_name}.json")
 }
 
 /// Name prefix of temporary files of the fs backend; reserved, refused in keys.
@@ -237,6 +247,7 @@ mod tests {
         assert_eq!(snapshot_key("s1"), "snapshots/s1.json");
         assert_eq!(prune_marker_key("p1"), "prune/p1.json");
         assert_eq!(key_file_key("0a1b"), "keys/0a1b");
+        assert_eq!(pin_key("r2"), "pins/r2.json");
         for k in [
             key_file_key("5f0c6a3e9b1d47a2c8e4f6b0a1d2c3e4"),
             wal_key("000000010000000A000000FE"),
@@ -244,6 +255,7 @@ mod tests {
             backup_manifest_key("b"),
             snapshot_key("s"),
             prune_marker_key("p"),
+            pin_key("nas-b"),
             CLUSTER_KEY.to_string(),
         ] {
             validate_key(&k).unwrap();

@@ -23,7 +23,7 @@
 //! conformance                       the suite every backend passes
 //! open                              a store by URL: the one place that knows every backend
 //! keyring                           key files, and the claim of a new store
-//! agreement cluster immutable envelope deltas manifest snapshot drill
+//! agreement cluster immutable envelope deltas manifest snapshot drill pin
 //!                                   what is stored, and how writers agree on cluster.json
 //! s3 fs prefixed read_set requests layer config
 //!                                   backends, views and layers, store URLs and options
@@ -47,6 +47,7 @@ pub mod layout;
 pub mod manifest;
 pub mod object_store;
 pub mod open;
+pub mod pin;
 pub mod prefixed;
 pub mod read_set;
 pub mod requests;

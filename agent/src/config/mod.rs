@@ -177,6 +177,14 @@ impl Config {
         }
     }
 
+    /// This configuration with its first store (in restore order) alone: for the parts of
+    /// the daemon that use one store.
+    pub fn first_store_only(&self) -> Config {
+        let mut one = self.clone();
+        one.stores.truncate(1);
+        one
+    }
+
     /// Keeps only the store `--store NAME` names, for `command`.
     ///
     /// Errors: a name no store has; a command that writes (`run`, `backup`, `snapshot`)

@@ -43,9 +43,12 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new());
     let metrics_task = serve_metrics(&cfg, &metrics, &shutdown).await?;
     check_staging(&cfg)?;
+    // The pipeline streams to every store; the fetch server and the schedules use the
+    // first store (in restore order).
+    let first = cfg.first_store_only();
     let fetch_task =
-        crate::fetch::server::spawn_daemon_server(&cfg, metrics.clone(), shutdown.clone());
-    let schedule_tasks = schedules::start(&cfg, &metrics, &shutdown, &fetch_prefix)?;
+        crate::fetch::server::spawn_daemon_server(&first, metrics.clone(), shutdown.clone());
+    let schedule_tasks = schedules::start(&first, &metrics, &shutdown, &fetch_prefix)?;
 
     let connected = pipeline::connect(&cfg).await?;
     spawn_last_points(
