@@ -275,7 +275,6 @@ mod tests {
         let pgdata = dir.path().join("pgdata");
         let pgdata = pgdata.to_str().unwrap();
         let commands: &[(&str, &[&str])] = &[
-            ("run", &["run"]),
             ("fetch-server", &["fetch-server"]),
             ("backup", &["backup"]),
             ("snapshot", &["snapshot"]),

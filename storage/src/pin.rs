@@ -19,8 +19,9 @@ use bytes::Bytes;
 use pgagent_protocol::{Lsn, TimelineId};
 use serde::{Deserialize, Serialize};
 
+use crate::error::StoreError;
 use crate::layout::{pin_key, PIN_PREFIX};
-use crate::{ObjectStore, StoreError};
+use crate::object_store::ObjectStore;
 
 /// One pin: store `store` still needs the WAL from `from_lsn` on (on timeline `timeline`
 /// and its successors), copied from the store holding this pin.
@@ -173,7 +174,7 @@ mod tests {
             ),
         ] {
             let e = WalPin::parse(key, body.as_bytes()).unwrap_err();
-            assert_eq!(e.kind(), crate::ErrorKind::Corrupt, "{body}");
+            assert_eq!(e.kind(), crate::error::ErrorKind::Corrupt, "{body}");
             assert!(e.to_string().contains(key), "{e}");
         }
     }
@@ -190,7 +191,9 @@ mod tests {
     #[tokio::test]
     async fn read_pins_reads_every_pin_of_a_store() {
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::fs::FsStore::open(dir.path()).await.unwrap();
+        let store = crate::fs::FsStore::open(dir.path().to_path_buf())
+            .await
+            .unwrap();
         assert!(read_pins(&store).await.unwrap().is_empty());
         let r2 = WalPin::new("r2", Lsn(0x200_0000), TimelineId(1), "t");
         let b2 = WalPin::new("b2", Lsn(0x100_0000), TimelineId(1), "t");

@@ -79,6 +79,7 @@ const STORAGE: Layers = &[
             "manifest",
             "snapshot",
             "drill",
+            "pin",
         ],
     ),
     (

@@ -358,3 +358,107 @@ async fn kill_9_while_the_async_store_lags_loses_nothing_in_it() {
     assert_no_gap(&wal_objects(t.r2("kill").await.as_ref()).await);
     assert!(agent.terminate().success(), "{}", agent.output_text());
 }
+
+/// An encrypted cluster's stores share one master key: a new, empty store beside the
+/// encrypted one is refused before anything is written to it, and once `cluster.json` and
+/// `keys/` are copied in, the agent fills it with the WAL it lacks, readable with the same
+/// key.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_encrypted_cluster_takes_a_second_store_only_with_its_master_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let pg = PgServer::start(Default::default()).unwrap();
+    let env = |stores: &str| {
+        let config = dir.path().join("pgagent.toml");
+        std::fs::write(&config, stores).unwrap();
+        let env = vec![
+            ("PGAGENT_POSTGRES_CONNINFO", pg.conninfo("pgagent")),
+            (
+                "PGAGENT_STAGING_DIR",
+                dir.path().join("staging").display().to_string(),
+            ),
+            ("PGAGENT_METRICS_LISTEN", String::new()),
+            ("PGAGENT_WAL_PARTIAL_INTERVAL", "500ms".into()),
+            ("PGAGENT_BACKUP_SCHEDULE", String::new()),
+            (
+                "PGAGENT_ENCRYPTION_PASSPHRASE",
+                "a passphrase for both stores".into(),
+            ),
+        ];
+        (config.display().to_string(), env)
+    };
+    let one = format!(
+        "[[stores]]\nname = \"a\"\nurl = \"file://{}\"\n",
+        a.display()
+    );
+    let two = format!(
+        "{one}\n[[stores]]\nname = \"b\"\nurl = \"file://{}\"\nrole = \"async\"\n",
+        b.display()
+    );
+
+    // One store: it gets the cluster's master key.
+    let (config, vars) = env(&one);
+    let mut agent = AgentProcess::spawn(&["--config", &config, "run"], &vars);
+    let target = segment_end(switch_segments(&pg, 2));
+    let landed = wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
+        slot_restart_lsn(&pg).is_some_and(|l| l >= target)
+    });
+    assert!(landed, "{}", agent.output_text());
+    assert!(agent.terminate().success(), "{}", agent.output_text());
+
+    // A new store beside it: refused, and left untouched.
+    std::fs::create_dir(&b).unwrap();
+    let (config, vars) = env(&two);
+    let mut refused = AgentProcess::spawn(&["--config", &config, "run"], &vars);
+    let status = refused
+        .wait_timeout(Duration::from_secs(60))
+        .expect("a refused start exits");
+    assert_eq!(status.code(), Some(3), "{}", refused.output_text());
+    assert!(
+        refused
+            .output_text()
+            .contains("store \"b\" is new, and this cluster is encrypted"),
+        "{}",
+        refused.output_text()
+    );
+    assert_eq!(
+        std::fs::read_dir(&b).unwrap().count(),
+        0,
+        "b was written to"
+    );
+
+    // With the cluster's key file and cluster.json copied in, b is taken and filled.
+    std::fs::copy(a.join("cluster.json"), b.join("cluster.json")).unwrap();
+    std::fs::create_dir(b.join("keys")).unwrap();
+    for f in std::fs::read_dir(a.join("keys")).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), b.join("keys").join(f.file_name())).unwrap();
+    }
+    let mut agent = AgentProcess::spawn(&["--config", &config, "run"], &vars);
+    let more = segment_end(switch_segments(&pg, 1));
+    let b_store = open_store(&format!("file://{}", b.display()), &[]).await;
+    let a_store = open_store(&format!("file://{}", a.display()), &[]).await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let filled = loop {
+        let a_keys = stored_bodies(a_store.as_ref()).await;
+        let b_keys = stored_bodies(b_store.as_ref()).await;
+        let complete = |k: &&String| !k.contains(".partial");
+        let all = a_keys
+            .keys()
+            .filter(complete)
+            .all(|k| b_keys.get(k) == a_keys.get(k));
+        if all && slot_restart_lsn(&pg).is_some_and(|l| l >= more) {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(
+        filled,
+        "b did not get a's segments\n{}",
+        agent.output_text()
+    );
+    assert!(agent.terminate().success(), "{}", agent.output_text());
+}

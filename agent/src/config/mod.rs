@@ -170,8 +170,8 @@ impl Config {
             [one] => Ok(one),
             several => Err(ConfigError(format!(
                 "several stores are configured ({}), and `pgagent {command}` does not yet use \
-                 more than one (streaming to several stores is being built): configure one \
-                 store, with store.url or a single [[stores]] entry",
+                 more than one (`pgagent run` streams to all of them; a reading command takes \
+                 --store NAME to choose one)",
                 stores::names(several)
             ))),
         }

@@ -102,6 +102,9 @@ pub async fn connect(cfg: &Config) -> anyhow::Result<Connected> {
     let mut cipher: Option<Option<ObjectCipher>> = None;
     for spec in &cfg.stores {
         let store = crate::store::open_spec(spec).await?;
+        if let Some(Some(_)) = &cipher {
+            refuse_new_encrypted(store.as_ref(), spec).await?;
+        }
         let claimed = crate::store::claim_store(store.as_ref(), server, cfg).await?;
         match &cipher {
             None => cipher = Some(claimed),
@@ -119,6 +122,27 @@ pub async fn connect(cfg: &Config) -> anyhow::Result<Connected> {
     })
 }
 
+/// Refuses to claim a new store (no `cluster.json`) for an encrypted cluster: the claim
+/// would give it a master key of its own, and the stores of one cluster share one.
+///
+/// Errors: [`crate::exit::Refused`] for a new store; the store's.
+async fn refuse_new_encrypted(store: &dyn ObjectStore, spec: &StoreSpec) -> anyhow::Result<()> {
+    if pgagent_storage::cluster::read_cluster(store)
+        .await?
+        .is_none()
+    {
+        return Err(crate::exit::Refused(format!(
+            "store {:?} is new, and this cluster is encrypted: its stores share one master \
+             key, which a new store does not hold yet (adding a store to an encrypted cluster \
+             is not supported yet); stream to the stores that hold the cluster, or to a new \
+             set of stores all new",
+            spec.name
+        ))
+        .into());
+    }
+    Ok(())
+}
+
 /// The stores of one cluster hold the same sealed bytes, so they share one master key (a
 /// lagging store is filled by copying objects as they are).
 ///
@@ -129,14 +153,18 @@ fn same_master_key(
     spec: &StoreSpec,
     cfg: &Config,
 ) -> anyhow::Result<()> {
-    if first.map(ObjectCipher::key_check) == this.map(ObjectCipher::key_check) {
+    let check = |c: Option<&ObjectCipher>| match c {
+        Some(c) => format!("master key {}…", &c.key_check()[..12]),
+        None => "no encryption".to_string(),
+    };
+    let (theirs, ours) = (check(this), check(first));
+    if theirs == ours {
         return Ok(());
     }
     Err(crate::exit::Refused(format!(
-        "store {:?} holds this cluster under another master key than store {:?}: the \
-         stores of one cluster share one master key, so that a lagging store can be filled \
-         with copies of the others' objects; point it at a store that holds the cluster's \
-         master key",
+        "store {:?} holds this cluster with {theirs}, store {:?} with {ours}: the stores of \
+         one cluster share one master key, so that a lagging store can be filled with copies \
+         of the others' objects; point it at a store that holds the cluster's master key",
         spec.name, cfg.stores[0].name
     ))
     .into())
