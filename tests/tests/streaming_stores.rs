@@ -28,6 +28,12 @@ struct TwoStores {
 impl TwoStores {
     /// `r2_extra` is added to the `r2` entry (e.g. its lag policy).
     fn new(prefix: &str, r2_extra: &str) -> TwoStores {
+        Self::with_roles(prefix, "", &format!("role = \"async\"\n{r2_extra}"))
+    }
+
+    /// `nas_role` goes into the `nas` entry; `r2` is `required` (the default) unless
+    /// `r2_extra` says otherwise.
+    fn with_roles(prefix: &str, nas_role: &str, r2_extra: &str) -> TwoStores {
         let dir = tempfile::tempdir().unwrap();
         let garage = Garage::start().expect("start Garage");
         let proxy = Proxy::start(garage.s3_addr());
@@ -38,8 +44,8 @@ impl TwoStores {
         std::fs::write(
             &config,
             format!(
-                "[[stores]]\nname = \"nas\"\nurl = \"file://{}\"\n\n\
-                 [[stores]]\nname = \"r2\"\nurl = \"{}\"\nrole = \"async\"\npartial_interval = \"2s\"\n{r2_extra}\n",
+                "[[stores]]\nname = \"nas\"\nurl = \"file://{}\"\n{nas_role}\n\
+                 [[stores]]\nname = \"r2\"\nurl = \"{}\"\npartial_interval = \"2s\"\n{r2_extra}\n",
                 dir.path().join("nas").display(),
                 garage.store_url_via(prefix, &proxy.http_endpoint()),
             ),
@@ -256,6 +262,66 @@ async fn an_async_store_down_never_holds_flush_and_catches_up_byte_for_byte() {
     });
     assert!(ready, "{}", http_get(t.metrics, "/readyz"));
     assert_r2_mirrors_nas(&t, "down", &pg, first).await;
+    assert!(agent.terminate().success(), "{}", agent.output_text());
+}
+
+/// A required store down: sampled every 100 ms, the slot never passes what it holds
+/// (read directly); when it returns it catches up, and no object it held was rewritten
+/// with other bytes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_required_store_down_holds_the_slot_at_its_end() {
+    let t = TwoStores::with_roles("req", "role = \"async\"\n", "");
+    let pg = PgServer::start(Default::default()).unwrap();
+    let mut agent = t.spawn(&pg);
+    let first = lsn(&pg.switch_wal().unwrap()).segment_number(seg());
+    let before = switch_segments(&pg, 2);
+    let both = wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
+        ["nas", "r2"]
+            .iter()
+            .all(|s| t.store_uploaded(s).is_some_and(|l| l >= before))
+    });
+    assert!(both, "{}", agent.output_text());
+    let r2 = t.r2("req").await;
+    let held_before = stored_bodies(r2.as_ref()).await;
+
+    t.proxy.set_mode(ProxyMode::Refuse);
+    let target = segment_end(switch_segments(&pg, 6));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut samples = 0;
+    while Instant::now() < deadline {
+        let restart = slot_restart_lsn(&pg).expect("slot");
+        let end = bucket_frontier(&live_objects(r2.as_ref()).await, first);
+        assert!(
+            restart <= end,
+            "restart_lsn {restart} passed the required store's end {end}"
+        );
+        samples += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(samples >= 20, "{samples} samples");
+    assert!(
+        slot_restart_lsn(&pg).unwrap() < target,
+        "flush passed a required store that is down"
+    );
+    // The async nas store took the WAL meanwhile.
+    let nas_ahead = wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
+        t.store_uploaded("nas").is_some_and(|l| l >= target)
+    });
+    assert!(nas_ahead, "{:?}", t.store_status("nas"));
+
+    t.proxy.set_mode(ProxyMode::Pass);
+    let released = wait_until(Duration::from_secs(120), Duration::from_millis(200), || {
+        slot_restart_lsn(&pg).is_some_and(|l| l >= target)
+    });
+    assert!(released, "{}", agent.output_text());
+    let after = stored_bodies(r2.as_ref()).await;
+    for (key, body) in &held_before {
+        if let Some(now) = after.get(key) {
+            assert!(now == body, "{key} was rewritten with other bytes");
+        }
+    }
+    let opened = wal_objects(r2.as_ref()).await;
+    assert!(assert_identical_to_server(&opened, &pg) >= 3);
     assert!(agent.terminate().success(), "{}", agent.output_text());
 }
 
