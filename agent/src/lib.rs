@@ -105,8 +105,8 @@ fn finish(result: anyhow::Result<()>) -> u8 {
     }
 }
 
-/// The validated configuration. `backup`, `snapshot` and `prune` work with every store; the
-/// other commands use one, so a configuration of several stores is refused here for them
+/// The validated configuration. `run`, `backup`, `snapshot` and `prune` work with every
+/// store; the other commands use one, so a configuration of several stores is refused here for them
 /// ([`Config::one_store_for`]), rather than one of the stores being used silently.
 fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     let raw = RawConfig::load(cli.config.as_deref(), &cli.overrides.clone().into())?;
@@ -272,7 +272,6 @@ mod tests {
         let pgdata = dir.path().join("pgdata");
         let pgdata = pgdata.to_str().unwrap();
         let commands: &[(&str, &[&str])] = &[
-            ("run", &["run"]),
             ("fetch-server", &["fetch-server"]),
             ("restore", &["restore", "--pgdata", pgdata]),
             ("drill", &["drill"]),

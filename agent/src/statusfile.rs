@@ -54,6 +54,29 @@ pub struct DaemonStatus {
     /// streaming, when that is shorter); `None` in the first second.
     #[serde(default)]
     pub usage: Option<Usage>,
+    /// Each store the daemon streams to, in restore order (one line each in `pgagent
+    /// status`); empty in files written before stores had names.
+    #[serde(default)]
+    pub stores: Vec<StoreStatus>,
+}
+
+/// One store's position in `status.json`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StoreStatus {
+    /// Its name (`[[stores]]` `name`; `default` for `store.url`).
+    pub name: String,
+    /// `required` or `async`.
+    pub role: String,
+    /// End of the contiguous WAL durable in it.
+    pub uploaded_lsn: String,
+    /// Bytes received and not yet in it.
+    pub lag_bytes: u64,
+    /// Age in seconds of the oldest WAL it lacks.
+    pub rpo_seconds: f64,
+    /// Its last upload attempt failed.
+    pub failing: bool,
+    /// An async store behind by more than its `max_lag`.
+    pub lag_exceeded: bool,
 }
 
 /// Store traffic over a window (`usage` in `status.json` and `pgagent status --json`).

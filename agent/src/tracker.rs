@@ -25,6 +25,10 @@ pub enum Hold {
     /// without it (`recovery_target_timeline` follows history files), so the frontier stays
     /// at the switch point until it lands.
     History(TimelineId),
+    /// One store of several, at start: what it holds below the resume point is not known
+    /// yet (it may lag: an async store that was down). Its end counts as nothing until that
+    /// is read, and then as the first segment it still has to copy.
+    CatchUp,
 }
 
 /// Bookkeeping of what is durable in staging and in the bucket.
@@ -80,6 +84,20 @@ impl FlushTracker {
         for s in segnos.into_iter().filter(|s| *s < self.next_needed) {
             self.holds.insert(Hold::Segment(s), s.start_lsn(self.seg));
         }
+    }
+
+    /// Holds the frontier at nothing until [`FlushTracker::caught_up_to`] says what the store
+    /// holds below the start (see [`Hold::CatchUp`]).
+    pub fn hold_for_catch_up(&mut self) {
+        self.holds.insert(Hold::CatchUp, Lsn::INVALID);
+    }
+
+    /// The store holds everything below the start except `copies` (complete segments, each
+    /// to be copied in and recorded with [`FlushTracker::segment_uploaded`]): the frontier
+    /// is held at the first of them still missing.
+    pub fn caught_up_to(&mut self, copies: impl IntoIterator<Item = SegNo>) {
+        self.hold_for_leftovers(copies);
+        self.holds.remove(&Hold::CatchUp);
     }
 
     /// Holds the frontier at `switch_point` until the history file of `tli` has landed.
@@ -177,6 +195,11 @@ impl FlushTracker {
             // timeline's segment repeats byte for byte; keep it as the frontier.
             *e = (*e).min(new_start);
         }
+    }
+
+    /// The position already confirmed when tracking started (or after a rebase).
+    pub fn floor(&self) -> Lsn {
+        self.floor
     }
 
     /// End of WAL received (`write` in the status update).

@@ -142,6 +142,12 @@ pub fn render(s: &DaemonStatus, age: u64) -> String {
             s.rpo_seconds
         ),
     );
+    // One line per store when there are several: how far behind each is.
+    if s.stores.len() > 1 {
+        for st in &s.stores {
+            line(&mut out, &format!("store {}", st.name), store_line(st));
+        }
+    }
     let full = if s.staging_disk_full {
         " (disk full: receiving paused until there is room; the slot keeps the WAL)"
     } else if s.staging_full {
@@ -172,6 +178,24 @@ pub fn render(s: &DaemonStatus, age: u64) -> String {
         line(&mut out, "last error", e.clone());
     }
     out
+}
+
+/// One store's line: `async, at 0/3000000, 16.0 MiB behind (12.3s RPO), uploads failing`.
+fn store_line(st: &crate::statusfile::StoreStatus) -> String {
+    let mut text = format!(
+        "{}, at {}, {} behind ({:.1}s RPO)",
+        st.role,
+        st.uploaded_lsn,
+        bytesize::ByteSize(st.lag_bytes),
+        st.rpo_seconds
+    );
+    if st.failing {
+        text.push_str(", uploads failing");
+    }
+    if st.lag_exceeded {
+        text.push_str(", past its max_lag");
+    }
+    text
 }
 
 /// The `requests` and `uploaded` lines: `3,480/h over the last 60 min (put 3,420, get 2,
@@ -307,6 +331,43 @@ mod tests {
         let text = render(&young, 1);
         assert!(
             text.contains("uploaded          2.0 KiB stored, no WAL received over the last 42 s"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn render_has_one_line_per_store_when_there_are_several() {
+        let store = |name: &str, role: &str, failing: bool| crate::statusfile::StoreStatus {
+            name: name.into(),
+            role: role.into(),
+            uploaded_lsn: "0/3000000".into(),
+            lag_bytes: 16 << 20,
+            rpo_seconds: 12.3,
+            failing,
+            lag_exceeded: failing,
+        };
+        let one = DaemonStatus {
+            connected: true,
+            stores: vec![store("default", "required", false)],
+            ..Default::default()
+        };
+        assert!(
+            !render(&one, 1).contains("store default"),
+            "one store: no line"
+        );
+        let two = DaemonStatus {
+            stores: vec![store("nas", "required", false), store("r2", "async", true)],
+            ..one
+        };
+        let text = render(&two, 1);
+        assert!(
+            text.contains(
+                "store nas         required, at 0/3000000, 16.0 MiB behind (12.3s RPO)\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("store r2          async, at 0/3000000, 16.0 MiB behind (12.3s RPO), uploads failing, past its max_lag\n"),
             "{text}"
         );
     }

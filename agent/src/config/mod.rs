@@ -134,7 +134,7 @@ const WRITING_COMMANDS: &[&str] = &["run", "backup", "snapshot"];
 
 /// Commands that work with every configured store: a base backup and a snapshot record go
 /// into each, and prune applies each store's retention.
-const EVERY_STORE_COMMANDS: &[&str] = &["backup", "snapshot", "prune"];
+const EVERY_STORE_COMMANDS: &[&str] = &["run", "backup", "snapshot", "prune"];
 
 impl Config {
     /// The staging directory.
@@ -169,15 +169,16 @@ impl Config {
     /// The one store `command` uses, or a configuration error when several are
     /// configured: commands do not use more than one store yet, and using the first one
     /// silently would leave the others without the WAL they are configured for.
-    /// `backup`, `snapshot` and `prune` use every store: for them this is the first one.
+    /// `run`, `backup`, `snapshot` and `prune` use every store: for them this is the first
+    /// one.
     pub fn one_store_for(&self, command: &str) -> Result<&StoreSpec, ConfigError> {
         match self.stores.as_slice() {
             [one, ..] if EVERY_STORE_COMMANDS.contains(&command) => Ok(one),
             [one] => Ok(one),
             several => Err(ConfigError(format!(
                 "several stores are configured ({}), and `pgagent {command}` does not yet use \
-                 more than one (streaming to several stores is being built): configure one \
-                 store, with store.url or a single [[stores]] entry",
+                 more than one (`pgagent run` streams to all of them; a reading command takes \
+                 --store NAME to choose one)",
                 stores::names(several)
             ))),
         }

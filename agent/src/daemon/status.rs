@@ -10,9 +10,9 @@ use tokio::task::JoinHandle;
 
 use super::usage::{Counters, Window};
 use crate::config::Config;
-use crate::metrics::{ByteStage, Metrics};
+use crate::metrics::{ByteStage, Metrics, StoreHealth, StoreSample};
 use crate::pipeline::{Positions, Progress};
-use crate::statusfile::DaemonStatus;
+use crate::statusfile::{DaemonStatus, StoreStatus};
 
 /// What the daemon publishes and where from: the pipeline's positions, the gauges, the
 /// samples of the last hour's store traffic, and `<staging>/status.json` naming the
@@ -101,6 +101,22 @@ impl Publisher {
             lag_bytes: lag,
             rpo_seconds: rpo,
         } = self.progress.positions();
+        let stores = self.progress.stores();
+        m.stores.set(
+            &stores
+                .iter()
+                .map(|s| StoreSample {
+                    health: StoreHealth {
+                        name: s.name.clone(),
+                        up: !s.failing,
+                        lag_exceeded: s.lag_exceeded,
+                    },
+                    uploaded_lsn: s.uploaded.0,
+                    lag_bytes: s.lag_bytes,
+                    rpo_seconds: s.rpo_seconds,
+                })
+                .collect::<Vec<_>>(),
+        );
         let staging_bytes = crate::staging::staging_bytes(&self.staging_dir);
         m.wal_received_lsn.set(received.0 as i64);
         m.wal_uploaded_lsn.set(uploaded.0 as i64);
@@ -140,6 +156,18 @@ impl Publisher {
             last_error: live.last_error,
             wal_gap: live.wal_gap.map(|(from, to)| format!("{from}-{to}")),
             usage,
+            stores: stores
+                .iter()
+                .map(|s| StoreStatus {
+                    name: s.name.clone(),
+                    role: if s.required { "required" } else { "async" }.into(),
+                    uploaded_lsn: s.uploaded.to_string(),
+                    lag_bytes: s.lag_bytes,
+                    rpo_seconds: s.rpo_seconds,
+                    failing: s.failing,
+                    lag_exceeded: s.lag_exceeded,
+                })
+                .collect(),
         };
         if let Err(e) = crate::statusfile::write(&self.staging_dir, &status) {
             tracing::debug!(error = %e, "cannot write status.json");

@@ -77,7 +77,7 @@ impl Sealer {
             }
         };
         let remove_after = match job.source {
-            RawSource::Path(p) => Some(p),
+            RawSource::Path(p) => Some(super::jobs::StagedRelease::new(p)),
             _ => None,
         };
         Ok(UploadJob {

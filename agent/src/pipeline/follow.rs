@@ -89,7 +89,7 @@ pub(super) async fn follow(
                 tracing::info!(timeline = %s.tli, next = %next_tli, at = %next_tli_start, "timeline ended; following the switch");
                 receiver.close_partial()?;
                 {
-                    let mut t = receiver.shared().tracker();
+                    let mut t = receiver.shared().lanes();
                     // WAL of the new timeline is confirmed only once its history file is in
                     // the bucket too.
                     t.hold_for_history(next_tli, next_tli_start);
@@ -152,7 +152,7 @@ fn fall_back(receiver: &mut Receiver, s: &mut Session, msg: &str) -> bool {
         "WAL GAP: the store lacks this WAL and the server no longer has it ({msg}); a recovery from the store cannot pass it: take a new base backup"
     );
     receiver.shared().report_gap(from, to);
-    receiver.shared().tracker().rebase(to);
+    receiver.shared().lanes().rebase(to);
     receiver.set_position(to);
     s.start = to;
     true

@@ -1,6 +1,8 @@
 //! Timeline history files: the ones the store lacks go up with the WAL, and the flush
 //! frontier is held at each switch point until its file is in the store.
 
+use std::sync::Arc;
+
 use pgagent_protocol::{Lsn, ReplicationClient, TimelineId};
 use pgagent_storage::ObjectStore;
 
@@ -8,12 +10,13 @@ use super::jobs::{CompressJob, RawSource, WalObject};
 use super::receiver::Receiver;
 use super::shared::Shared;
 
-/// Queues the history files of every timeline up to `current` that the store lacks, holding
-/// the flush frontier at each switch point until its file lands. Returns the timelines whose
+/// Queues the history files of every timeline up to `current` that any of `stores` lacks
+/// (each store's lane puts it; a no-op where it is), holding every store's end at each
+/// switch point until its file lands there. Returns the timelines whose
 /// file the server could not give now (retried at the next connection).
 pub(super) async fn queue_histories(
     client: &mut ReplicationClient,
-    store: &dyn ObjectStore,
+    stores: &[Arc<dyn ObjectStore>],
     out: &crossbeam_channel::Sender<CompressJob>,
     shared: &Shared,
     current: TimelineId,
@@ -22,13 +25,17 @@ pub(super) async fn queue_histories(
     for t in 2..=current.0 {
         let tli = TimelineId(t);
         let key = pgagent_storage::layout::wal_key(&pgagent_protocol::history_file_name(tli));
-        if store.head(&key).await?.is_some() {
+        let mut everywhere = true;
+        for store in stores {
+            everywhere &= store.head(&key).await?.is_some();
+        }
+        if everywhere {
             continue;
         }
         match crate::server::fetch_history(client, tli).await {
             Ok(content) => {
                 let switch = switch_point(&content, tli).unwrap_or(Lsn::INVALID);
-                shared.tracker().hold_for_history(tli, switch);
+                shared.lanes().hold_for_history(tli, switch);
                 out.send(CompressJob {
                     object: WalObject::History { tli },
                     source: RawSource::Bytes(content),
@@ -40,7 +47,7 @@ pub(super) async fn queue_histories(
             }
             Err(e) => {
                 tracing::warn!(timeline = t, error = %e, "history file not available yet; WAL is not confirmed until it is in the store");
-                shared.tracker().hold_for_history(tli, Lsn::INVALID);
+                shared.lanes().hold_for_history(tli, Lsn::INVALID);
                 pending.push(tli);
             }
         }

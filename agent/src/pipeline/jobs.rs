@@ -2,6 +2,8 @@
 
 use std::fs::File;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use crate::metrics::UploadKind;
 use pgagent_protocol::{Lsn, SegNo, TimelineId, WalSegmentSize};
@@ -10,7 +12,7 @@ use pgagent_storage::envelope::Sealed;
 use pgagent_storage::layout::{history_key, segment_key};
 
 /// A WAL object in the store (`wal/…` in DESIGN.md's store layout).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum WalObject {
     /// A complete segment: immutable.
     Segment {
@@ -102,13 +104,47 @@ pub struct CompressJob {
     pub source: RawSource,
 }
 
-/// Work for the uploader: a sealed object.
-#[derive(Debug)]
+/// Work for the uploader: a sealed object. Cloned once per store (the body is shared).
+#[derive(Debug, Clone)]
 pub struct UploadJob {
     /// What it is.
     pub object: WalObject,
     /// Envelope bytes, hash and raw length.
     pub sealed: Sealed,
-    /// Staged file to remove once the object is durable in the bucket.
-    pub remove_after: Option<PathBuf>,
+    /// Staged file to remove once every store that takes it from here has the object.
+    pub remove_after: Option<Arc<StagedRelease>>,
+}
+
+/// A staged file kept until each of its holders is done with it: every store's uploader
+/// once the object is durable there, or a lagging store as soon as it is set to copy the
+/// object from another store instead.
+#[derive(Debug)]
+pub struct StagedRelease {
+    path: PathBuf,
+    holders: AtomicUsize,
+}
+
+impl StagedRelease {
+    /// `path`, held by one holder.
+    pub fn new(path: PathBuf) -> Arc<StagedRelease> {
+        Arc::new(StagedRelease {
+            path,
+            holders: AtomicUsize::new(1),
+        })
+    }
+
+    /// Sets the number of holders, before any of them is done.
+    pub fn hold_for(&self, holders: usize) {
+        self.holders.store(holders, Ordering::SeqCst);
+    }
+
+    /// One holder is done; the last one removes the file (a failure is logged: the next
+    /// start finds it and uploads it again, a no-op where it landed).
+    pub fn done(&self) {
+        if self.holders.fetch_sub(1, Ordering::SeqCst) == 1 {
+            if let Err(e) = std::fs::remove_file(&self.path) {
+                tracing::warn!(path = %self.path.display(), error = %e, "cannot remove uploaded segment from staging");
+            }
+        }
+    }
 }

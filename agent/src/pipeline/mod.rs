@@ -16,12 +16,17 @@
 //! the server, close. A second signal exits at once (see `main`).
 
 mod blocking;
+mod catch_up;
 mod compress;
 mod continuity;
+mod fanout;
 mod follow;
 mod histories;
 mod jobs;
+mod lanes;
 mod mailbox;
+mod partial_outlets;
+mod pins;
 mod receiver;
 mod resume;
 mod shared;
@@ -29,6 +34,7 @@ mod shared;
 mod sim;
 mod upload;
 mod upstream;
+mod workers;
 
 pub use shared::LiveStatus;
 
@@ -42,7 +48,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, Confirm};
+use crate::config::{Config, Confirm, StoreSpec};
 use crate::metrics::Metrics;
 use crate::server::ServerInfo;
 use crate::staging::StagingWriter;
@@ -51,24 +57,36 @@ use compress::Sealer;
 use follow::{follow, Session};
 use histories::queue_histories;
 use jobs::{CompressJob, RawSource, WalObject};
-use mailbox::PartialMailbox;
+use lanes::{Lane, Lanes};
 use receiver::{Outlets, Receiver};
 use resume::{Resume, StoredPartial};
 use shared::Shared;
 use upstream::Upstream;
+use workers::{spawn_lanes, LaneSpec, LaneTasks};
 
-/// The server connected to and the store claimed for its cluster: the first step.
+/// One store the pipeline writes: its configuration and the store opened.
+#[derive(Debug, Clone)]
+pub struct StoreOut {
+    /// As configured.
+    pub spec: StoreSpec,
+    /// Opened, requests counted.
+    pub store: Arc<dyn ObjectStore>,
+}
+
+/// The server connected to and the stores claimed for its cluster: the first step.
 pub struct Connected {
     upstream: Upstream,
-    store: Arc<dyn ObjectStore>,
+    /// Every configured store, in restore order.
+    stores: Vec<StoreOut>,
     cipher: Option<ObjectCipher>,
 }
 
 /// Connects to the server (`postgres.conninfo`, application name `pgagent` unless set),
-/// opens the store and claims it for the server's cluster.
+/// opens every configured store and claims each for the server's cluster.
 ///
-/// Errors: the connection's (explained, naming the fix); the store's; a store that holds
-/// another cluster ([`crate::exit::Refused`]).
+/// Errors: the connection's (explained, naming the fix); a store's; a store that holds
+/// another cluster ([`crate::exit::Refused`]); encrypted stores that do not share one
+/// master key.
 pub async fn connect(cfg: &Config) -> anyhow::Result<Connected> {
     let upstream = Upstream::connect(cfg).await?;
     let server = &upstream.server;
@@ -80,19 +98,87 @@ pub async fn connect(cfg: &Config) -> anyhow::Result<Connected> {
         "connected to {}",
         upstream.conn.redacted()
     );
-    let store = crate::store::open(cfg).await?;
-    let cipher = crate::store::claim_store(store.as_ref(), server, cfg).await?;
+    let mut stores = Vec::with_capacity(cfg.stores.len());
+    let mut cipher: Option<Option<ObjectCipher>> = None;
+    for spec in &cfg.stores {
+        let store = crate::store::open_spec(spec).await?;
+        if let Some(Some(_)) = &cipher {
+            refuse_new_encrypted(store.as_ref(), spec).await?;
+        }
+        let claimed = crate::store::claim_store(store.as_ref(), server, cfg).await?;
+        match &cipher {
+            None => cipher = Some(claimed),
+            Some(first) => same_master_key(first.as_ref(), claimed.as_ref(), spec, cfg)?,
+        }
+        stores.push(StoreOut {
+            spec: spec.clone(),
+            store,
+        });
+    }
     Ok(Connected {
         upstream,
-        store,
-        cipher,
+        stores,
+        cipher: cipher.flatten(),
     })
 }
 
+/// Refuses to claim a new store (no `cluster.json`) for an encrypted cluster: the claim
+/// would give it a master key of its own, and the stores of one cluster share one.
+///
+/// Errors: [`crate::exit::Refused`] for a new store; the store's.
+async fn refuse_new_encrypted(store: &dyn ObjectStore, spec: &StoreSpec) -> anyhow::Result<()> {
+    if pgagent_storage::cluster::read_cluster(store)
+        .await?
+        .is_none()
+    {
+        return Err(crate::exit::Refused(format!(
+            "store {:?} is new, and this cluster is encrypted: its stores share one master \
+             key, which a new store does not hold yet (adding a store to an encrypted cluster \
+             is not supported yet); stream to the stores that hold the cluster, or to a new \
+             set of stores all new",
+            spec.name
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// The stores of one cluster hold the same sealed bytes, so they share one master key (a
+/// lagging store is filled by copying objects as they are).
+///
+/// Errors: `spec`'s store opens to another key, or is plaintext where the first is not.
+fn same_master_key(
+    first: Option<&ObjectCipher>,
+    this: Option<&ObjectCipher>,
+    spec: &StoreSpec,
+    cfg: &Config,
+) -> anyhow::Result<()> {
+    let check = |c: Option<&ObjectCipher>| match c {
+        Some(c) => format!("master key {}…", &c.key_check()[..12]),
+        None => "no encryption".to_string(),
+    };
+    let (theirs, ours) = (check(this), check(first));
+    if theirs == ours {
+        return Ok(());
+    }
+    Err(crate::exit::Refused(format!(
+        "store {:?} holds this cluster with {theirs}, store {:?} with {ours}: the stores of \
+         one cluster share one master key, so that a lagging store can be filled with copies \
+         of the others' objects; point it at a store that holds the cluster's master key",
+        spec.name, cfg.stores[0].name
+    ))
+    .into())
+}
+
 impl Connected {
-    /// The claimed store.
+    /// The first store (the first in restore order).
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
-        &self.store
+        &self.stores[0].store
+    }
+
+    /// Every store, in restore order.
+    pub fn stores(&self) -> &[StoreOut] {
+        &self.stores
     }
 
     /// The cipher of the claimed store (`None`: plaintext).
@@ -101,7 +187,11 @@ impl Connected {
     }
 
     /// Ensures the slot, decides where streaming resumes and starts the compress workers
-    /// and the uploaders: the second step.
+    /// and every store's lane: the second step.
+    ///
+    /// The resume point is decided with the first required store; every other store's
+    /// lane starts from what that store holds there, and a store whose WAL ends below it
+    /// copies the segments in between from the first required store.
     ///
     /// Errors: the server's (slot, resume reads), the store's, staging's.
     pub async fn start(
@@ -112,40 +202,88 @@ impl Connected {
     ) -> anyhow::Result<Running> {
         let Connected {
             mut upstream,
-            store,
+            stores,
             cipher,
         } = self;
         upstream.ensure_slot().await?;
+        let primary = stores
+            .iter()
+            .position(|s| s.spec.is_required())
+            .expect("configuration has a required store");
         let resume = resume::prepare(
             &mut upstream,
             cfg.staging_dir(),
-            store.as_ref(),
+            stores[primary].store.as_ref(),
             cipher.as_ref(),
         )
         .await?;
         let seg = upstream.server.seg;
         let plan = resume.plan;
         tracing::info!(timeline = %plan.tli, start = %plan.start, confirmed = %plan.floor, "streaming resumes");
+        let mut views = Vec::with_capacity(stores.len());
+        for (i, s) in stores.iter().enumerate() {
+            views.push(if i == primary {
+                resume.stored_partial
+            } else {
+                resume::stored_partial_of(s.store.as_ref(), cipher.as_ref(), &plan, seg).await
+            });
+        }
+        let lanes = stores
+            .iter()
+            .zip(&views)
+            .enumerate()
+            .map(|(i, (s, v))| {
+                let tracker = tracker_for(&resume, *v, i == primary, seg);
+                Lane::new(&s.spec.name, s.spec.role, tracker)
+            })
+            .collect();
         let shared = Arc::new(Shared::new(
             seg,
-            cfg.raw.wal.confirm == Confirm::Bucket,
-            tracker_for(&resume, seg),
+            Lanes::new(lanes, cfg.raw.wal.confirm == Confirm::Bucket),
             metrics,
         ));
         let sealer = Sealer {
             level: cfg.raw.wal.compression_level,
             seg,
-            cipher,
+            cipher: cipher.clone(),
         };
-        let workers = Workers::start(cfg, sealer, &store, &shared, shutdown)?;
-        if resume.stored_partial != StoredPartial::None {
-            let segno = plan.start.segment_number(seg);
-            workers.uploader.may_have_deltas(plan.tli, segno);
+        let specs: Vec<LaneSpec> = stores
+            .iter()
+            .map(|s| LaneSpec {
+                role: s.spec.role,
+                store: s.store.clone(),
+                concurrency: s.spec.upload_concurrency,
+                partial_interval: s.spec.partial_interval,
+            })
+            .collect();
+        let mut workers = Workers::start(cfg, sealer, &specs, &shared, shutdown)?;
+        let segno = plan.start.segment_number(seg);
+        for (i, v) in views.iter().enumerate() {
+            if *v != StoredPartial::None {
+                workers.lanes.may_have_deltas(i, plan.tli, segno);
+            }
+            if i != primary {
+                let lane = catch_up::LaneStores {
+                    lane: i,
+                    name: stores[i].spec.name.clone(),
+                    store: stores[i].store.clone(),
+                    source: stores[primary].store.clone(),
+                    pin_targets: pin_targets(&specs, i),
+                };
+                catch_up::spawn(
+                    &mut workers.lanes,
+                    &shared,
+                    lane,
+                    &plan,
+                    cipher.clone(),
+                    shutdown,
+                );
+            }
         }
         Ok(Running {
             cfg: cfg.clone(),
             upstream,
-            store,
+            stores,
             resume,
             shared,
             workers,
@@ -153,49 +291,69 @@ impl Connected {
     }
 }
 
-/// The tracker at the resume point: complete segments a previous run left in staging below
-/// it hold the frontier until they are up again, and the run of deltas the bucket holds of
-/// the resume segment counts as uploaded as far as it goes (the next delta starts there).
-fn tracker_for(resume: &Resume, seg: pgagent_protocol::WalSegmentSize) -> FlushTracker {
+/// The stores an async lane `lane` keeps its pin in: every required store but itself (an
+/// empty list for a required lane: it never skips an object).
+fn pin_targets(specs: &[LaneSpec], lane: usize) -> Vec<Arc<dyn ObjectStore>> {
+    if specs[lane].role == crate::config::StoreRole::Required {
+        return Vec::new();
+    }
+    specs
+        .iter()
+        .enumerate()
+        .filter(|(i, s)| *i != lane && s.role == crate::config::StoreRole::Required)
+        .map(|(_, s)| s.store.clone())
+        .collect()
+}
+
+/// A lane's tracker at the resume point: complete segments a previous run left in staging
+/// below it hold its end until they are up again, and the run of deltas its store holds of
+/// the resume segment (`stored`) counts as uploaded as far as it goes (the next delta
+/// starts there). A store other than the one the resume point was decided with (`primary`
+/// false) counts as holding nothing until its catch-up has read what it holds below the
+/// resume point (`catch_up`).
+fn tracker_for(
+    resume: &Resume,
+    stored: StoredPartial,
+    primary: bool,
+    seg: pgagent_protocol::WalSegmentSize,
+) -> FlushTracker {
     let plan = resume.plan;
     let mut tracker = FlushTracker::new(seg, plan.start, plan.floor);
+    if !primary {
+        tracker.hold_for_catch_up();
+    }
     tracker.hold_for_leftovers(resume.leftovers.iter().map(|s| s.segno));
     let start_segno = plan.start.segment_number(seg);
-    if let StoredPartial::Holds(end) = resume.stored_partial {
+    if let StoredPartial::Holds(end) = stored {
         tracing::info!(held = %end, "the store holds the resume segment up to here; its deltas continue from there");
         tracker.partial_uploaded(plan.tli, start_segno, plan.start, end);
     }
     tracker
 }
 
-/// The compress pool and the uploaders, with the queues that feed them.
+/// The compress pool and every store's lane, with the queues that feed them.
 struct Workers {
     seg_tx: crossbeam_channel::Sender<CompressJob>,
-    partials: Arc<PartialMailbox>,
     fatal_rx: mpsc::UnboundedReceiver<anyhow::Error>,
     pool: compress::CompressPool,
-    imm_task: JoinHandle<()>,
-    partial_task: JoinHandle<()>,
-    uploader: upload::Uploader,
+    lanes: LaneTasks,
 }
 
 impl Workers {
-    /// Pipeline: receiver → compress pool → immutable uploader; receiver → partial
-    /// uploader.
+    /// Pipeline: receiver → compress pool → fan-out → each store's immutable uploader;
+    /// receiver → each store's partial uploader.
     fn start(
         cfg: &Config,
         sealer: Sealer,
-        store: &Arc<dyn ObjectStore>,
+        specs: &[LaneSpec],
         shared: &Arc<Shared>,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Workers> {
         // The receiver never waits on this queue: a job names a segment durable in staging,
         // so during a bucket outage staging grows (up to its quota) while streaming goes on.
         let (seg_tx, seg_rx) = crossbeam_channel::unbounded::<CompressJob>();
-        // A small queue: a sealed segment is megabytes, and memory is bounded by what waits
-        // here plus `upload_concurrency` uploads in flight.
+        // A small queue: a sealed segment is megabytes.
         let (upload_tx, upload_rx) = mpsc::channel(2);
-        let partials = Arc::new(PartialMailbox::new());
         let (fatal_tx, fatal_rx) = mpsc::unbounded_channel();
         let pool = compress::CompressPool::start(
             cfg.raw.wal.compress_threads,
@@ -204,22 +362,19 @@ impl Workers {
             upload_tx,
             fatal_tx,
         )?;
-        let uploader = upload::Uploader::new(
-            store.clone(),
-            shared.clone(),
-            cfg.store().upload_concurrency,
-            shutdown.clone(),
+        let lanes = spawn_lanes(
+            specs,
+            upload_rx,
+            shared,
+            &sealer,
+            cfg.raw.wal.synchronous,
+            shutdown,
         );
-        let imm_task = tokio::spawn(uploader.clone().run_immutable(upload_rx));
-        let partial_task = tokio::spawn(uploader.clone().run_partials(partials.clone(), sealer));
         Ok(Workers {
             seg_tx,
-            partials,
             fatal_rx,
             pool,
-            imm_task,
-            partial_task,
-            uploader,
+            lanes,
         })
     }
 }
@@ -228,7 +383,7 @@ impl Workers {
 pub struct Running {
     cfg: Config,
     upstream: Upstream,
-    store: Arc<dyn ObjectStore>,
+    stores: Vec<StoreOut>,
     resume: Resume,
     shared: Arc<Shared>,
     workers: Workers,
@@ -240,9 +395,14 @@ impl Running {
         &self.upstream.server
     }
 
-    /// The store streamed to.
+    /// The first store streamed to (the first in restore order).
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
-        &self.store
+        &self.stores[0].store
+    }
+
+    /// Every store streamed to, in restore order.
+    pub fn stores(&self) -> &[StoreOut] {
+        &self.stores
     }
 
     /// The read-only view of the positions and the live status, for the status publisher.
@@ -252,27 +412,24 @@ impl Running {
 
     /// Streams until `shutdown` and drains the workers: the third step. Complete segments
     /// a previous run left in staging below the resume point go up again first (a no-op
-    /// when the bucket already has them), with the history files the store lacks.
+    /// where a store already has them), with the history files a store lacks.
     ///
-    /// Errors: a fatal staging or worker error (then `shutdown` is cancelled); the store's
+    /// Errors: a fatal staging or worker error (then `shutdown` is cancelled); a store's
     /// or the server's before streaming starts.
     pub async fn stream(self, shutdown: &CancellationToken) -> anyhow::Result<()> {
         let Running {
             cfg,
             mut upstream,
-            store,
+            stores,
             resume,
             shared,
             workers,
         } = self;
         let Workers {
             seg_tx,
-            partials,
             mut fatal_rx,
             pool,
-            imm_task,
-            partial_task,
-            uploader: _,
+            lanes,
         } = workers;
         let plan = resume.plan;
         for s in &resume.leftovers {
@@ -284,9 +441,10 @@ impl Running {
                 source: RawSource::Path(s.path.clone()),
             })?;
         }
+        let all: Vec<Arc<dyn ObjectStore>> = stores.iter().map(|s| s.store.clone()).collect();
         let pending_histories = queue_histories(
             &mut upstream.client,
-            store.as_ref(),
+            &all,
             &seg_tx,
             &shared,
             upstream.server.timeline,
@@ -298,10 +456,15 @@ impl Running {
             .metrics
             .staging_quota_bytes
             .set(i64::try_from(cfg.raw.staging.quota.as_u64()).unwrap_or(i64::MAX));
+        let LaneTasks {
+            outlets: partials,
+            draining,
+            copiers,
+            ..
+        } = lanes;
         let outlets = Outlets {
             segments: seg_tx,
-            partials: partials.clone(),
-            partial_interval: cfg.store().partial_interval,
+            partials,
             status_interval: cfg.raw.wal.status_interval,
             quota: cfg.raw.staging.quota.as_u64(),
             synchronous: cfg.raw.wal.synchronous,
@@ -328,17 +491,19 @@ impl Running {
         // Clean shutdown: the segment being filled goes up as .partial, then everything
         // drains.
         receiver.close_partial()?;
+        receiver.close_outlets();
         drop(receiver);
-        partials.close();
         drain(
             shared,
             last_stream,
             pool,
-            imm_task,
-            partial_task,
+            draining,
             cfg.raw.wal.stop_timeout,
         )
         .await;
+        for c in copiers {
+            c.abort();
+        }
         Ok(())
     }
 }
@@ -358,6 +523,25 @@ pub struct Positions {
     pub rpo_seconds: f64,
 }
 
+/// One store's position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StorePosition {
+    /// The store's name.
+    pub name: String,
+    /// Whether `flush` waits for it.
+    pub required: bool,
+    /// End of the WAL durable and contiguous in it.
+    pub uploaded: Lsn,
+    /// Bytes received and not yet in it.
+    pub lag_bytes: u64,
+    /// Seconds of WAL it lacks: how long ago the oldest WAL it lacks was received.
+    pub rpo_seconds: f64,
+    /// An async store behind by more than its `max_lag`.
+    pub lag_exceeded: bool,
+    /// Its last upload attempt failed.
+    pub failing: bool,
+}
+
 /// A read-only view of a running pipeline.
 #[derive(Clone)]
 pub struct Progress(Arc<Shared>);
@@ -365,19 +549,19 @@ pub struct Progress(Arc<Shared>);
 impl Progress {
     /// The positions now.
     pub fn positions(&self) -> Positions {
-        let shared = &self.0;
-        let (received, flushed, uploaded, lag_bytes) = {
-            let t = shared.tracker();
-            (
-                t.received_lsn(),
-                t.flush_lsn(shared.confirm_bucket),
-                t.bucket_frontier(),
-                t.upload_lag_bytes(),
-            )
-        };
-        let rpo_seconds = shared
-            .rpo()
-            .rpo_seconds(uploaded, std::time::Instant::now());
+        let now = tokio::time::Instant::now().into_std();
+        let mut lanes = self.0.lanes();
+        let (received, flushed, uploaded, lag_bytes) = (
+            lanes.received_lsn(),
+            lanes.flush_lsn(now),
+            lanes.required_end(),
+            lanes.upload_lag_bytes(),
+        );
+        let rpo_seconds = lanes
+            .iter_mut()
+            .filter(|l| l.is_required())
+            .map(|l| l.rpo_seconds(now))
+            .fold(0.0, f64::max);
         Positions {
             received,
             flushed,
@@ -385,6 +569,25 @@ impl Progress {
             lag_bytes,
             rpo_seconds,
         }
+    }
+
+    /// Each store's position, in restore order.
+    pub fn stores(&self) -> Vec<StorePosition> {
+        let now = tokio::time::Instant::now().into_std();
+        let mut lanes = self.0.lanes();
+        let received = lanes.received_lsn();
+        lanes
+            .iter_mut()
+            .map(|l| StorePosition {
+                name: l.name.clone(),
+                required: l.is_required(),
+                uploaded: l.tracker.bucket_frontier(),
+                lag_bytes: received.0.saturating_sub(l.tracker.bucket_frontier().0),
+                rpo_seconds: l.rpo_seconds(now),
+                lag_exceeded: l.lag_exceeded(now),
+                failing: l.failing,
+            })
+            .collect()
     }
 
     /// The connection state and the last error.
@@ -400,14 +603,14 @@ async fn drain(
     shared: Arc<Shared>,
     mut stream: Option<ReplicationStream>,
     pool: compress::CompressPool,
-    imm_task: JoinHandle<()>,
-    partial_task: JoinHandle<()>,
+    draining: Vec<JoinHandle<()>>,
     stop_timeout: Duration,
 ) {
     let all = async move {
         let _ = tokio::task::spawn_blocking(move || pool.join()).await;
-        let _ = imm_task.await;
-        let _ = partial_task.await;
+        for t in draining {
+            let _ = t.await;
+        }
     };
     tokio::pin!(all);
     let give_up = tokio::time::sleep(stop_timeout);
@@ -418,13 +621,13 @@ async fn drain(
             _ = &mut all => break,
             _ = &mut give_up => {
                 tracing::warn!(
-                    lag_bytes = shared.tracker().upload_lag_bytes(),
+                    lag_bytes = shared.lanes().upload_lag_bytes(),
                     "wal.stop_timeout passed with uploads still failing: stopping; staging keeps the WAL and the next start uploads it"
                 );
                 break;
             }
             _ = tick.tick() => {
-                tracing::info!(lag_bytes = shared.tracker().upload_lag_bytes(), "waiting for uploads to finish (signal again to stop at once)");
+                tracing::info!(lag_bytes = shared.lanes().upload_lag_bytes(), "waiting for uploads to finish (signal again to stop at once)");
                 if let Some(s) = stream.as_mut() {
                     if receiver::send_status(&shared, s).await.is_err() {
                         stream = None;

@@ -16,18 +16,17 @@
 //! segment is abandoned and received again from its start (see `staging`).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use pgagent_protocol::{
     pg_epoch_micros, Lsn, ReplicationStream, StandbyStatusUpdate, StreamEvent, TimelineId,
-    WalSegmentSize,
 };
 use tokio_util::sync::CancellationToken;
 
 use super::blocking::block;
 use super::jobs::{CompressJob, RawSource, WalObject};
-use super::mailbox::PartialMailbox;
+use super::partial_outlets::PartialOutlets;
 use super::shared::Shared;
 use crate::staging::{PartialView, StagingError, StagingWriter};
 
@@ -51,16 +50,15 @@ pub enum SessionEnd {
 }
 
 /// Channels and settings the receiver feeds.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Outlets {
     /// Complete segments and history files, to the compress workers. Unbounded, and never
     /// waited on: a job names a file durable in staging, so the queue costs a path per
     /// segment while the data waits on disk, up to the staging quota.
     pub segments: crossbeam_channel::Sender<CompressJob>,
-    /// `.partial` views, to the sequential partial uploader (never waited on either).
-    pub partials: Arc<PartialMailbox>,
-    /// How often the partial segment is uploaded while it changes.
-    pub partial_interval: Duration,
+    /// `.partial` views, to each store's sequential partial uploader at that store's
+    /// `partial_interval` (never waited on either).
+    pub partials: PartialOutlets,
     /// Longest silence between two status updates.
     pub status_interval: Duration,
     /// Bytes not yet in the bucket at which receiving pauses.
@@ -75,8 +73,6 @@ pub struct Receiver {
     shared: Arc<Shared>,
     writer: StagingWriter,
     out: Outlets,
-    /// End of the WAL last sent as a `.partial`.
-    partial_sent: Lsn,
     /// Last flush position reported to the server.
     reported_flush: Lsn,
     /// End of the last WAL written to staging.
@@ -108,7 +104,6 @@ impl Receiver {
             shared,
             writer,
             out,
-            partial_sent: Lsn::INVALID,
             reported_flush: Lsn::INVALID,
             last_end: start,
             server_end: Lsn::INVALID,
@@ -155,7 +150,7 @@ impl Receiver {
             live.timeline = Some(tli);
         }
         self.shared.metrics.up.set(1);
-        let mut partial_tick = tokio::time::interval(self.out.partial_interval);
+        let mut partial_tick = tokio::time::interval(self.out.partials.tick());
         let mut status_tick = tokio::time::interval(self.out.status_interval);
         let mut retry_tick = tokio::time::interval(NO_SPACE_RETRY);
         partial_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -209,7 +204,7 @@ impl Receiver {
     /// Whether receiving pauses: staging at its quota, or its disk full
     /// (`pgagent_staging_full` either way).
     fn paused(&mut self) -> bool {
-        let lag = self.shared.tracker().upload_lag_bytes();
+        let lag = self.shared.lanes().upload_lag_bytes();
         let at_quota = lag >= self.out.quota;
         if at_quota && !self.at_quota {
             tracing::error!(lag_bytes = lag, quota = self.out.quota, "staging quota reached: receiving paused until uploads catch up; the slot keeps the WAL on the server");
@@ -261,8 +256,9 @@ impl Receiver {
         if end > start {
             self.last_end = end;
             self.streamed = true;
-            self.shared.tracker().received(end);
-            self.shared.rpo().received(end, Instant::now());
+            self.shared
+                .lanes()
+                .received(end, tokio::time::Instant::now().into_std());
         }
         self.queue_segments(done)?;
         let Some(e) = failed else {
@@ -318,7 +314,7 @@ impl Receiver {
     fn queue_segments(&mut self, done: Vec<crate::staging::StagedSegment>) -> anyhow::Result<()> {
         for segment in done {
             let seg_end = segment.segno.end_lsn(self.shared.seg);
-            self.shared.tracker().staged(seg_end);
+            self.shared.lanes().staged(seg_end);
             let job = CompressJob {
                 object: WalObject::Segment {
                     tli: segment.tli,
@@ -336,13 +332,14 @@ impl Receiver {
         Ok(())
     }
 
-    /// Sends the staged `.partial` for upload if it grew (every `partial_interval`, and in
-    /// synchronous mode as soon as WAL arrives or the previous one landed).
+    /// Sends the staged `.partial` for upload if it grew, to each store whose
+    /// `partial_interval` has passed (and in synchronous mode to every required store as
+    /// soon as WAL arrives or its previous one landed).
     pub(super) fn on_partial_tick(&mut self) -> anyhow::Result<()> {
         let Some(pos) = self.writer.position() else {
             return Ok(());
         };
-        if pos <= self.partial_sent || pos.segment_offset(self.shared.seg) == 0 {
+        if pos.segment_offset(self.shared.seg) == 0 {
             return Ok(());
         }
         // Catching up on a backlog: the segment being filled completes within moments and
@@ -350,9 +347,11 @@ impl Receiver {
         if self.server_end.0 >= pos.0 + self.shared.seg.bytes() {
             return Ok(());
         }
-        // One partial waiting at a time: while one is queued behind an upload, the next tick
+        // One partial waiting per store: while one is queued behind an upload, the next tick
         // (or, in synchronous mode, its landing) sends a newer view.
-        if !self.out.partials.is_empty() {
+        let now = tokio::time::Instant::now();
+        let wanting = self.out.partials.wanting(pos, now);
+        if wanting.is_empty() {
             return Ok(());
         }
         let staged = match block(|| self.writer.sync()) {
@@ -360,27 +359,30 @@ impl Receiver {
             Err(e) => return Err(self.abandon(e)),
         };
         if let Some(staged) = staged {
-            self.shared.tracker().staged(staged);
+            self.shared.lanes().staged(staged);
         }
         let Some(view) = self.writer.partial_view()? else {
             return Ok(());
         };
-        self.post_partial(view);
-        Ok(())
+        self.post_partial(view, Some(&wanting))
     }
 
-    /// Posts a view for upload unless the bucket already holds that much of the object.
-    fn post_partial(&mut self, view: PartialView) {
-        let (job, end) = partial_job(view, self.shared.seg);
-        let WalObject::Partial { tli, segno, .. } = job.object else {
-            return;
-        };
-        if end <= self.partial_sent || !self.shared.tracker().partial_is_news(tli, segno, end) {
-            return;
-        }
-        if self.out.partials.post(job) {
-            self.partial_sent = end;
-        }
+    /// Posts a view for upload to `lanes` (all when `None`), to each whose store does not
+    /// already hold that much of the object.
+    fn post_partial(&mut self, view: PartialView, lanes: Option<&[usize]>) -> anyhow::Result<()> {
+        let shared = self.shared.clone();
+        let news = |lane, tli, segno, end| shared.lanes().partial_is_news(lane, tli, segno, end);
+        self.out
+            .partials
+            .post(
+                view,
+                lanes,
+                self.shared.seg,
+                news,
+                tokio::time::Instant::now(),
+            )
+            .map_err(|e| anyhow::anyhow!("cannot open the staged .partial again: {e}"))?;
+        Ok(())
     }
 
     /// Ends the segment being filled without completing it (timeline end, a lost
@@ -402,12 +404,23 @@ impl Receiver {
         self.queue_segments(done)?;
         if let Some(view) = view {
             let end = view.segno.start_lsn(self.shared.seg) + view.len;
-            self.shared.tracker().staged(end);
+            self.shared.lanes().staged(end);
             if view.len > 0 {
-                self.post_partial(view);
+                self.post_partial(view, None)?;
             }
         }
         Ok(())
+    }
+
+    /// Closes every store's `.partial` mailbox: their uploaders drain and end.
+    pub fn close_outlets(&self) {
+        self.out.partials.close();
+    }
+
+    /// Whether no store has a `.partial` view waiting.
+    #[cfg(test)]
+    pub fn outlets_empty(&self) -> bool {
+        self.out.partials.all_empty()
     }
 
     /// Queues a history file for upload.
@@ -423,7 +436,7 @@ impl Receiver {
     }
 
     fn flush_now(&self) -> Lsn {
-        self.shared.tracker().flush_lsn(self.shared.confirm_bucket)
+        self.shared.flush_lsn()
     }
 
     /// Sends a standby status update with the current positions.
@@ -433,32 +446,12 @@ impl Receiver {
     }
 }
 
-/// The partial upload of a staged view (WAL from the segment start; the uploader narrows it
-/// to what the bucket lacks), and the end of the WAL it holds.
-fn partial_job(view: PartialView, seg: WalSegmentSize) -> (CompressJob, Lsn) {
-    let start = view.segno.start_lsn(seg);
-    let end = start + view.len;
-    let job = CompressJob {
-        object: WalObject::Partial {
-            tli: view.tli,
-            segno: view.segno,
-            start,
-            end,
-        },
-        source: RawSource::Range {
-            file: view.file,
-            from: 0,
-            to: view.len,
-        },
-    };
-    (job, end)
-}
-
 /// Sends a standby status update with the current positions; returns the flush reported.
 pub async fn send_status(shared: &Shared, stream: &mut ReplicationStream) -> anyhow::Result<Lsn> {
     let (write, flush) = {
-        let t = shared.tracker();
-        (t.received_lsn(), t.flush_lsn(shared.confirm_bucket))
+        let mut lanes = shared.lanes();
+        let now = tokio::time::Instant::now().into_std();
+        (lanes.received_lsn(), lanes.flush_lsn(now))
     };
     let update = StandbyStatusUpdate {
         write,

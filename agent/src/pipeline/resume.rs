@@ -155,6 +155,28 @@ pub async fn decide(
     })
 }
 
+/// What a store other than the one the resume point was decided with holds of the resume
+/// segment: its deltas, read (retried) like the resume reads; a read that fails is
+/// [`StoredPartial::Unknown`] (deltas uploaded from the segment start). Whether the store
+/// lags behind the resume point is found in the background (`catch_up`).
+pub async fn stored_partial_of(
+    store: &dyn ObjectStore,
+    cipher: Option<&ObjectCipher>,
+    plan: &ResumePlan,
+    seg: pgagent_protocol::WalSegmentSize,
+) -> StoredPartial {
+    let segno = plan.start.segment_number(seg);
+    match read_with_deadline("the resume segment's deltas", || {
+        continuity::stored_partial_end(store, cipher, plan.tli, segno, seg)
+    })
+    .await
+    {
+        Some(Some(end)) => StoredPartial::Holds(end),
+        Some(None) => StoredPartial::None,
+        None => StoredPartial::Unknown,
+    }
+}
+
 /// Runs a store read with transient errors retried up to [`STORE_READ_DEADLINE`]; `None`
 /// (logged) when it did not succeed.
 async fn read_with_deadline<T, F, Fut>(what: &str, op: F) -> Option<T>

@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use pgagent_protocol::{Lsn, TimelineId, WalSegmentSize};
 use tokio::sync::Notify;
 
+use super::lanes::Lanes;
 use crate::metrics::Metrics;
-use crate::tracker::{FlushTracker, RpoClock};
 
 /// What the status publisher shows besides the tracker's positions.
 #[derive(Debug, Clone, Default)]
@@ -28,49 +28,40 @@ pub struct LiveStatus {
 pub struct Shared {
     /// The cluster's WAL segment size.
     pub seg: WalSegmentSize,
-    /// `confirm = "bucket"`: flush means durable in the bucket.
-    pub confirm_bucket: bool,
-    tracker: Mutex<FlushTracker>,
-    /// Signalled whenever the bucket frontier moves, so the receiver reports it at once.
+    lanes: Mutex<Lanes>,
+    /// Signalled whenever a store's end moves, so the receiver reports it at once.
     pub frontier_moved: Notify,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     live: Mutex<LiveStatus>,
-    rpo: Mutex<RpoClock>,
 }
 
 impl Shared {
-    /// Shared state around a tracker.
-    pub fn new(
-        seg: WalSegmentSize,
-        confirm_bucket: bool,
-        tracker: FlushTracker,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    /// Shared state around the stores' lanes.
+    pub fn new(seg: WalSegmentSize, lanes: Lanes, metrics: Arc<Metrics>) -> Self {
         Shared {
             seg,
-            confirm_bucket,
-            tracker: Mutex::new(tracker),
+            lanes: Mutex::new(lanes),
             frontier_moved: Notify::new(),
             metrics,
             live: Mutex::new(LiveStatus::default()),
-            rpo: Mutex::new(RpoClock::new(std::time::Duration::from_millis(100))),
         }
     }
 
-    /// The flush tracker (held briefly; never across an await).
-    pub fn tracker(&self) -> MutexGuard<'_, FlushTracker> {
-        self.tracker.lock().unwrap_or_else(|p| p.into_inner())
+    /// The stores' lanes (held briefly; never across an await).
+    pub fn lanes(&self) -> MutexGuard<'_, Lanes> {
+        self.lanes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The position to report as `flush` now ([`Lanes::flush_lsn`]).
+    pub fn flush_lsn(&self) -> Lsn {
+        self.lanes()
+            .flush_lsn(tokio::time::Instant::now().into_std())
     }
 
     /// The live status.
     pub fn live(&self) -> MutexGuard<'_, LiveStatus> {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The RPO clock.
-    pub fn rpo(&self) -> MutexGuard<'_, RpoClock> {
-        self.rpo.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Records a gap in the WAL the bucket holds, for `status`, `/readyz` and

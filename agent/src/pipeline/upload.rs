@@ -25,13 +25,14 @@ use pgagent_protocol::{segment_file_name, SegNo, TimelineId};
 use pgagent_storage::immutable::{put_immutable, ImmutablePut};
 use pgagent_storage::layout::{wal_key, PARTIAL_SUFFIX};
 use pgagent_storage::{ObjectStore, StoreError};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::blocking::off_thread;
 use super::compress::Sealer;
 use super::jobs::{CompressJob, RawSource, UploadJob, WalObject};
+use super::lanes::LaneId;
 use super::mailbox::PartialMailbox;
 use super::shared::Shared;
 use crate::metrics::ByteStage;
@@ -40,10 +41,11 @@ use crate::retry::Policy;
 /// Wait between two attempts at an object in conflict: an operator has to act first.
 const CONFLICT_RETRY: Duration = Duration::from_secs(60);
 
-/// Uploads sealed WAL objects.
+/// Uploads sealed WAL objects into one store: the store of lane `lane`.
 #[derive(Debug, Clone)]
 pub struct Uploader {
     store: Arc<dyn ObjectStore>,
+    lane: LaneId,
     shared: Arc<Shared>,
     concurrency: Arc<Semaphore>,
     delete_denied: Arc<AtomicBool>,
@@ -62,17 +64,20 @@ enum Outcome {
 }
 
 impl Uploader {
-    /// An uploader with at most `concurrency` uploads in flight. Once `shutdown` is
-    /// cancelled, an object in conflict is left in staging instead of retried (a clean stop
-    /// must not wait for an operator); other failures are still retried.
+    /// An uploader into `store`, lane `lane`, with at most `concurrency` uploads in
+    /// flight. Once `shutdown` is cancelled, an object in conflict is left in staging
+    /// instead of retried (a clean stop must not wait for an operator); other failures are
+    /// still retried.
     pub fn new(
         store: Arc<dyn ObjectStore>,
+        lane: LaneId,
         shared: Arc<Shared>,
         concurrency: usize,
         shutdown: CancellationToken,
     ) -> Self {
         Uploader {
             store,
+            lane,
             shared,
             concurrency: Arc::new(Semaphore::new(concurrency.max(1))),
             delete_denied: Arc::new(AtomicBool::new(false)),
@@ -87,12 +92,7 @@ impl Uploader {
     pub async fn run_immutable(self, mut rx: mpsc::Receiver<UploadJob>) {
         let mut tasks = JoinSet::new();
         while let Some(job) = rx.recv().await {
-            let permit = self
-                .concurrency
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("semaphore never closed");
+            let permit = self.permit().await;
             let me = self.clone();
             tasks.spawn(async move {
                 me.upload(job).await;
@@ -101,6 +101,26 @@ impl Uploader {
             while tasks.try_join_next().is_some() {}
         }
         while tasks.join_next().await.is_some() {}
+    }
+
+    /// One of the `concurrency` slots, held while an upload is in flight.
+    pub async fn permit(&self) -> OwnedSemaphorePermit {
+        self.concurrency
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore never closed")
+    }
+
+    /// Counts an object copied into this store from another store.
+    pub fn count_copy(&self) {
+        let name = self.shared.lanes().lane(self.lane).name.clone();
+        self.shared.metrics.stores.copied(&name);
+    }
+
+    /// The cluster's WAL segment size.
+    pub fn seg(&self) -> pgagent_protocol::WalSegmentSize {
+        self.shared.seg
     }
 
     /// Seals and uploads deltas one at a time, in order. Returns when the mailbox is closed
@@ -144,12 +164,16 @@ impl Uploader {
         else {
             return Some(job);
         };
-        let tracker = self.shared.tracker();
-        if !tracker.partial_is_news(tli, segno, end) {
+        let lanes = self.shared.lanes();
+        if !lanes.partial_is_news(self.lane, tli, segno, end) {
             return None;
         }
         let base = segno.start_lsn(self.shared.seg);
-        *start = tracker.stored_partial_end(tli, segno).unwrap_or(base);
+        *start = lanes
+            .lane(self.lane)
+            .tracker
+            .stored_partial_end(tli, segno)
+            .unwrap_or(base);
         if let RawSource::Range { from, .. } = &mut job.source {
             *from = start.0 - base.0;
         }
@@ -165,7 +189,9 @@ impl Uploader {
             .insert((tli, segno));
     }
 
-    async fn upload(&self, job: UploadJob) {
+    /// Puts `job` into the store, retrying until it lands (or, after shutdown, until a
+    /// conflict), then records it in the lane's tracker.
+    pub async fn upload(&self, job: UploadJob) {
         let seg = self.shared.seg;
         let key = job.object.key(seg);
         let kind = job.object.kind();
@@ -190,6 +216,7 @@ impl Uploader {
                     tracing::warn!(key, error = %e, retry_in = ?d, "upload failed");
                 }
                 self.shared.set_error(format!("upload {key}: {e}"));
+                self.shared.lanes().set_failing(self.lane, true);
             })
             .await;
         let outcome = match outcome {
@@ -200,6 +227,7 @@ impl Uploader {
                 return;
             }
         };
+        self.shared.lanes().set_failing(self.lane, false);
         if outcome == Outcome::Created {
             m.uploads(kind).inc();
             m.upload_bytes(ByteStage::Raw).inc_by(job.sealed.raw_len);
@@ -230,11 +258,12 @@ impl Uploader {
     async fn landed(&self, job: &UploadJob) {
         match job.object {
             WalObject::Segment { tli, segno } => {
-                self.shared.tracker().segment_uploaded(segno);
-                if let Some(path) = &job.remove_after {
-                    if let Err(e) = std::fs::remove_file(path) {
-                        tracing::warn!(path = %path.display(), error = %e, "cannot remove uploaded segment from staging");
-                    }
+                self.shared
+                    .lanes()
+                    .tracker(self.lane)
+                    .segment_uploaded(segno);
+                if let Some(release) = &job.remove_after {
+                    release.done();
                 }
                 let had_deltas = self
                     .with_deltas
@@ -252,9 +281,12 @@ impl Uploader {
                 end,
             } => self
                 .shared
-                .tracker()
+                .lanes()
+                .tracker(self.lane)
                 .partial_uploaded(tli, segno, start, end),
-            WalObject::History { tli } => self.shared.tracker().history_uploaded(tli),
+            WalObject::History { tli } => {
+                self.shared.lanes().tracker(self.lane).history_uploaded(tli)
+            }
         }
         self.shared.frontier_moved.notify_one();
     }

@@ -18,7 +18,7 @@ use pgagent_storage::crypto::{KdfParams, KeyError, ObjectCipher};
 use pgagent_storage::keyring::access::{claim, reader_cipher};
 use pgagent_storage::{CountedStore, ObjectStore, RequestCounts, StoreError};
 
-use crate::config::Config;
+use crate::config::{Config, StoreSpec};
 use crate::exit::Refused;
 use crate::retry::{GaveUp, Policy};
 use crate::server::ServerInfo;
@@ -38,7 +38,13 @@ pub fn requests() -> &'static Arc<RequestCounts> {
 ///
 /// Errors: as [`pgagent_storage::open()`].
 pub async fn open(cfg: &Config) -> Result<Arc<dyn ObjectStore>, StoreError> {
-    let spec = cfg.store();
+    open_spec(cfg.store()).await
+}
+
+/// Opens one configured store (`spec`), counted like [`open`]'s.
+///
+/// Errors: as [`pgagent_storage::open()`].
+pub async fn open_spec(spec: &StoreSpec) -> Result<Arc<dyn ObjectStore>, StoreError> {
     #[allow(clippy::disallowed_methods)] // the one place that may
     let backend = pgagent_storage::open(&spec.url, &spec.options()).await?;
     Ok(CountedStore::wrap(backend, requests().clone()))

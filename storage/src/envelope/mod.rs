@@ -48,7 +48,7 @@ use bytes::Bytes;
 use crate::crypto::NONCE_LEN;
 use crate::error::StoreError;
 
-pub use open::{open, open_for, open_into, open_into_for};
+pub use open::{open, open_for, open_into, open_into_for, verify_stored};
 pub use seal::{content_hash, seal, seal_chunk, seal_for, seal_reader, seal_reader_for};
 
 /// Magic bytes at offset 0.

@@ -55,6 +55,7 @@ struct Stats {
     checks: usize,
     confirmed: u64,
     simulated: Duration,
+    stores: usize,
 }
 
 /// Runs one seed to its end; the first broken promise as an error.
@@ -136,6 +137,7 @@ fn confirmed_wal_is_always_served_byte_for_byte() {
                 total.checks += s.checks;
                 total.confirmed += s.confirmed;
                 total.simulated += s.simulated;
+                total.stores += s.stores;
             }
             Err(f) => failures.push(f),
         }

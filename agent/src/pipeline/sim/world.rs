@@ -19,15 +19,17 @@ use tokio_util::sync::CancellationToken;
 use super::check::{Checker, ServerWal};
 use super::store::{Faults, SimStore};
 use super::Stats;
+use crate::config::{MaxLag, OnLagExceeded, StoreRole};
 use crate::metrics::Metrics;
+use crate::pipeline::catch_up;
 use crate::pipeline::compress::Sealer;
 use crate::pipeline::jobs::{CompressJob, RawSource, UploadJob, WalObject};
-use crate::pipeline::mailbox::PartialMailbox;
+use crate::pipeline::lanes::{Lane, Lanes};
 use crate::pipeline::receiver::{Outlets, Receiver};
 use crate::pipeline::resume::{self, StoredPartial};
 use crate::pipeline::shared::Shared;
-use crate::pipeline::tracker_for;
-use crate::pipeline::upload::Uploader;
+use crate::pipeline::workers::{spawn_lanes, LaneSpec};
+use crate::pipeline::{pin_targets, tracker_for};
 use crate::server::ServerInfo;
 use crate::staging::StagingWriter;
 
@@ -56,26 +58,54 @@ struct Agent {
     /// Next position the server sends on this connection.
     sent: Lsn,
     tasks: Vec<JoinHandle<()>>,
-    partials: Arc<PartialMailbox>,
+}
+
+/// One simulated store, its role and its checker.
+struct SimLane {
+    store: SimStore,
+    role: StoreRole,
+    partial_interval: Duration,
+    /// Checks what fetch serves from this store alone.
+    checker: Checker,
+    /// The store is down until then.
+    down_until: Option<Instant>,
+}
+
+impl SimLane {
+    /// What this store alone must serve when `flush` was confirmed: all of it for a
+    /// required store; for an async store under `hold` with a byte bound, all but that
+    /// bound; nothing promised for another async store (until the end).
+    fn promised(&self, flush: Lsn) -> Option<Lsn> {
+        match self.role {
+            StoreRole::Required => Some(flush),
+            StoreRole::Async {
+                max_lag:
+                    Some(MaxLag {
+                        bytes: Some(b),
+                        time: None,
+                    }),
+                on_lag_exceeded: OnLagExceeded::Hold,
+            } => Some(Lsn(flush.0.saturating_sub(b.as_u64()))),
+            StoreRole::Async { .. } => None,
+        }
+    }
 }
 
 /// One seed's world.
 pub struct World {
     rng: StdRng,
     seg: WalSegmentSize,
-    store: SimStore,
+    /// Every store, in restore order (at least one required).
+    lanes: Vec<SimLane>,
     staging: tempfile::TempDir,
     server: Server,
     agent: Option<Agent>,
     synchronous: bool,
     concurrency: usize,
-    /// The store's cipher (`None`: plaintext).
+    /// The stores' cipher (`None`: plaintext).
     cipher: Option<ObjectCipher>,
-    checker: Checker,
     /// The first segment streamed: checked from there at the end.
     first: SegNo,
-    /// The bucket is down until then.
-    down_until: Option<Instant>,
     started: Instant,
     stats: Stats,
 }
@@ -84,24 +114,72 @@ impl World {
     /// A world drawn from `seed`, with the agent started.
     pub async fn new(seed: u64) -> Result<World, String> {
         let mut rng = StdRng::seed_from_u64(seed);
-        let faults = Faults::draw(&mut rng);
-        let store = SimStore::new(rng.gen(), faults);
         let seg = WalSegmentSize::new(SEGMENT).map_err(|e| e.to_string())?;
-        let dyn_store: Arc<dyn ObjectStore> = Arc::new(store.clone());
-        // Half the seeds run an encrypted store: every object sealed for its own name. Drawn
-        // from a stream of its own, so the other draws of a seed stay as they were.
+        // Half the seeds run an encrypted cluster: every object sealed for its own name,
+        // one master key for every store. Drawn from a stream of its own, so the other
+        // draws of a seed stay as they were.
         let cipher = StdRng::seed_from_u64(seed ^ 0xC1F3_E5ED)
             .gen_bool(0.5)
             .then(|| pgagent_storage::crypto::MasterKey::generate().cipher());
         // The server starts somewhere inside a segment, like a cluster with some history.
         let written = Lsn(SEGMENT * 3 + rng.gen_range(0..SEGMENT));
+        let first = written.segment_number(seg);
+        // Half the seeds stream to two stores: a second required one, an async one that
+        // only alerts, or one under `hold`; either may come first in restore order.
+        let mut roles = vec![StoreRole::Required];
+        if rng.gen_bool(0.5) {
+            let second = match rng.gen_range(0..3) {
+                0 => StoreRole::Required,
+                1 => StoreRole::Async {
+                    max_lag: Some(MaxLag {
+                        time: Some(Duration::from_secs(30)),
+                        bytes: None,
+                    }),
+                    on_lag_exceeded: OnLagExceeded::Alert,
+                },
+                _ => StoreRole::Async {
+                    max_lag: Some(MaxLag {
+                        time: None,
+                        bytes: Some(bytesize::ByteSize(rng.gen_range(64 * 1024..4 * SEGMENT))),
+                    }),
+                    on_lag_exceeded: OnLagExceeded::Hold,
+                },
+            };
+            roles.push(second);
+            if rng.gen_bool(0.5) {
+                roles.reverse();
+            }
+        }
+        let mut lanes = Vec::new();
+        for role in roles {
+            let faults = Faults::draw(&mut rng);
+            let store = SimStore::new(rng.gen(), faults);
+            let partial_interval =
+                Duration::from_secs(*[1, 1, 3, 10].get(rng.gen_range(0..4)).unwrap_or(&1));
+            let checker = Checker::new(
+                Arc::new(store.clone()),
+                seg,
+                TLI,
+                first,
+                &faults,
+                cipher.clone(),
+            )
+            .with_sim(store.clone());
+            lanes.push(SimLane {
+                store,
+                role,
+                partial_interval,
+                checker,
+                down_until: None,
+            });
+        }
         let mut world = World {
             synchronous: rng.gen_bool(0.5),
             concurrency: rng.gen_range(1..=8),
-            cipher: cipher.clone(),
+            cipher,
             rng,
             seg,
-            store: store.clone(),
+            lanes,
             staging: staging_dir()?,
             server: Server {
                 written,
@@ -114,17 +192,7 @@ impl World {
                 slot: None,
             },
             agent: None,
-            checker: Checker::new(
-                dyn_store,
-                seg,
-                TLI,
-                written.segment_number(seg),
-                &faults,
-                cipher.clone(),
-            )
-            .with_sim(store.clone()),
-            first: written.segment_number(seg),
-            down_until: None,
+            first,
             started: Instant::now(),
             stats: Stats::default(),
         };
@@ -135,19 +203,25 @@ impl World {
     /// What the seed did.
     pub fn stats(&self) -> Stats {
         Stats {
-            checks: self.checker.checks,
-            confirmed: self.checker.confirmed_now().0,
+            checks: self.lanes.iter().map(|l| l.checker.checks).sum(),
+            confirmed: self.lanes[self.primary()].checker.confirmed_now().0,
             simulated: Instant::now().duration_since(self.started),
+            stores: self.lanes.len(),
             ..self.stats
         }
     }
 
-    fn store(&self) -> Arc<dyn ObjectStore> {
-        Arc::new(self.store.clone())
+    /// The first required store: the one the resume point is decided with.
+    fn primary(&self) -> usize {
+        self.lanes
+            .iter()
+            .position(|l| l.role == StoreRole::Required)
+            .unwrap_or(0)
     }
 
     /// Starts the agent as `pgagent run` does after a (re)start: the resume decision from
-    /// the slot, staging and the bucket, the tracker it seeds, the uploaders, the leftovers.
+    /// the slot, staging and the first required store, each store's lane from what it
+    /// holds, the leftovers.
     async fn start_agent(&mut self) -> Result<(), String> {
         let seg = self.seg;
         let server = ServerInfo {
@@ -157,23 +231,48 @@ impl World {
             seg,
             version_num: 150_000,
         };
-        let store = self.store();
+        let primary = self.primary();
+        let stores: Vec<Arc<dyn ObjectStore>> = self
+            .lanes
+            .iter()
+            .map(|l| Arc::new(l.store.clone()) as Arc<dyn ObjectStore>)
+            .collect();
         let slot = self.server.slot.map(|l| (l, Some(TLI)));
         let resume = resume::decide(
             &server,
             None,
             slot,
             self.staging.path(),
-            store.as_ref(),
-            None,
+            stores[primary].as_ref(),
+            self.cipher.as_ref(),
         )
         .await
         .map_err(|e| format!("resume: {e:#}"))?;
         let plan = resume.plan;
+        let mut views = Vec::new();
+        for (i, store) in stores.iter().enumerate() {
+            views.push(if i == primary {
+                resume.stored_partial
+            } else {
+                resume::stored_partial_of(store.as_ref(), self.cipher.as_ref(), &plan, seg).await
+            });
+        }
+        let lanes = self
+            .lanes
+            .iter()
+            .zip(&views)
+            .enumerate()
+            .map(|(i, (l, v))| {
+                Lane::new(
+                    format!("s{i}"),
+                    l.role,
+                    tracker_for(&resume, *v, i == primary, seg),
+                )
+            })
+            .collect();
         let shared = Arc::new(Shared::new(
             seg,
-            true,
-            tracker_for(&resume, seg),
+            Lanes::new(lanes, true),
             Arc::new(Metrics::new()),
         ));
         let sealer = Sealer {
@@ -183,17 +282,52 @@ impl World {
         };
         let (seg_tx, seg_rx) = crossbeam_channel::unbounded::<CompressJob>();
         let (upload_tx, upload_rx) = mpsc::channel::<UploadJob>(2);
-        let partials = Arc::new(PartialMailbox::new());
         let shutdown = CancellationToken::new();
-        let uploader = Uploader::new(store, shared.clone(), self.concurrency, shutdown);
-        if resume.stored_partial != StoredPartial::None {
-            uploader.may_have_deltas(plan.tli, plan.start.segment_number(seg));
+        let specs: Vec<LaneSpec> = self
+            .lanes
+            .iter()
+            .zip(&stores)
+            .map(|(l, store)| LaneSpec {
+                role: l.role,
+                store: store.clone(),
+                concurrency: self.concurrency,
+                partial_interval: l.partial_interval,
+            })
+            .collect();
+        let mut lane_tasks = spawn_lanes(
+            &specs,
+            upload_rx,
+            &shared,
+            &sealer,
+            self.synchronous,
+            &shutdown,
+        );
+        let segno = plan.start.segment_number(seg);
+        for (i, v) in views.iter().enumerate() {
+            if *v != StoredPartial::None {
+                lane_tasks.may_have_deltas(i, plan.tli, segno);
+            }
+            if i != primary {
+                let lane = catch_up::LaneStores {
+                    lane: i,
+                    name: format!("s{i}"),
+                    store: stores[i].clone(),
+                    source: stores[primary].clone(),
+                    pin_targets: pin_targets(&specs, i),
+                };
+                catch_up::spawn(
+                    &mut lane_tasks,
+                    &shared,
+                    lane,
+                    &plan,
+                    self.cipher.clone(),
+                    &shutdown,
+                );
+            }
         }
-        let tasks = vec![
-            tokio::spawn(uploader.clone().run_immutable(upload_rx)),
-            tokio::spawn(uploader.run_partials(partials.clone(), sealer.clone())),
-            tokio::spawn(compress(seg_rx, upload_tx, sealer)),
-        ];
+        let mut tasks = lane_tasks.draining;
+        tasks.extend(lane_tasks.copiers);
+        tasks.push(tokio::spawn(compress(seg_rx, upload_tx, sealer)));
         for s in &resume.leftovers {
             let job = CompressJob {
                 object: WalObject::Segment {
@@ -207,8 +341,7 @@ impl World {
         let writer = StagingWriter::new(self.staging.path(), seg).map_err(|e| e.to_string())?;
         let outlets = Outlets {
             segments: seg_tx,
-            partials: partials.clone(),
-            partial_interval: Duration::from_secs(1),
+            partials: lane_tasks.outlets,
             status_interval: Duration::from_secs(10),
             quota: u64::MAX,
             synchronous: self.synchronous,
@@ -219,7 +352,6 @@ impl World {
             shared,
             sent: plan.start,
             tasks,
-            partials,
         });
         Ok(())
     }
@@ -252,10 +384,10 @@ impl World {
 
     /// A standby status update: the tracker's flush goes to the server's slot.
     fn report(&mut self) {
-        if let Some(down) = self.down_until {
-            if Instant::now() >= down {
-                self.store.set_down(false);
-                self.down_until = None;
+        for l in &mut self.lanes {
+            if l.down_until.is_some_and(|d| Instant::now() >= d) {
+                l.store.set_down(false);
+                l.down_until = None;
             }
         }
         let Some(agent) = &mut self.agent else { return };
@@ -272,9 +404,13 @@ impl World {
                 tracing::warn!("partial tick: {e:#}");
             }
         }
-        let flush = agent.shared.tracker().flush_lsn(true);
+        let flush = agent.shared.flush_lsn();
         self.server.slot = Some(flush);
-        self.checker.confirmed(flush);
+        for l in &mut self.lanes {
+            if let Some(p) = l.promised(flush) {
+                l.checker.confirmed(p);
+            }
+        }
     }
 
     /// Runs `events` events, checking after each, then stops producing WAL, lets the agent
@@ -284,14 +420,21 @@ impl World {
             self.event().await?;
             self.stats.events += 1;
             self.report();
-            if self.down_until.is_none() {
-                self.checker.check(&self.server.wal, None).await?;
+            for (i, l) in self.lanes.iter_mut().enumerate() {
+                if l.down_until.is_none() {
+                    l.checker
+                        .check(&self.server.wal, None)
+                        .await
+                        .map_err(|e| format!("store {i} ({:?}): {e}", l.role))?;
+                }
             }
         }
-        // The end: the bucket is back, the connection delivers what the server wrote, the
-        // last .partial goes up, and everything lands.
-        self.store.set_down(false);
-        self.down_until = None;
+        // The end: the stores are back, the connection delivers what the server wrote, the
+        // last .partial goes up, and everything lands, in every store.
+        for l in &mut self.lanes {
+            l.store.set_down(false);
+            l.down_until = None;
+        }
         self.deliver_all()?;
         if let Some(agent) = &mut self.agent {
             agent
@@ -306,21 +449,35 @@ impl World {
             }
         }
         self.sleep(Duration::from_secs(60)).await?;
-        let confirmed = self.checker.confirmed_now();
+        let confirmed = self.lanes[self.primary()].checker.confirmed_now();
         if confirmed < self.server.written {
             return Err(format!(
                 "after the end: confirmed {confirmed}, but the server wrote up to {} and the \
-                 bucket was up for 10 minutes",
+                 stores were up for 10 minutes",
                 self.server.written
             ));
         }
-        self.checker.check(&self.server.wal, Some(self.first)).await
+        // Every store, async ones included, caught up and serves everything.
+        let written = self.server.written;
+        for (i, l) in self.lanes.iter_mut().enumerate() {
+            l.checker.confirmed(written);
+            l.checker
+                .check(&self.server.wal, Some(self.first))
+                .await
+                .map_err(|e| format!("store {i} ({:?}) at the end: {e}", l.role))?;
+        }
+        Ok(())
     }
 
     fn drained(&self) -> bool {
         self.agent.as_ref().is_some_and(|a| {
-            let t = a.shared.tracker();
-            t.flush_lsn(true) >= self.server.written && a.partials.is_empty()
+            let mut lanes = a.shared.lanes();
+            let now = tokio::time::Instant::now().into_std();
+            lanes.flush_lsn(now) >= self.server.written
+                && lanes
+                    .iter()
+                    .all(|l| l.tracker.bucket_frontier() >= self.server.written)
+                && a.receiver.outlets_empty()
         })
     }
 
@@ -410,12 +567,19 @@ impl World {
                 let lose = self.rng.gen_bool(0.3);
                 self.crash(lose).await?;
             }
-            // The bucket goes down for a while.
+            // A store goes down for a while (an async one for longer, at times).
             _ => {
-                if self.down_until.is_none() {
-                    let secs = self.rng.gen_range(1..60);
-                    self.store.set_down(true);
-                    self.down_until = Some(Instant::now() + Duration::from_secs(secs));
+                let i = self.rng.gen_range(0..self.lanes.len());
+                let long = self.lanes[i].role != StoreRole::Required && self.rng.gen_bool(0.3);
+                let secs = if long {
+                    self.rng.gen_range(60..600)
+                } else {
+                    self.rng.gen_range(1..60)
+                };
+                let l = &mut self.lanes[i];
+                if l.down_until.is_none() {
+                    l.store.set_down(true);
+                    l.down_until = Some(Instant::now() + Duration::from_secs(secs));
                     self.stats.outages += 1;
                 }
             }

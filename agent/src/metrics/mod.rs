@@ -1,6 +1,10 @@
 //! Prometheus metrics. The names are a contract (DESIGN.md, "Metrics"); they live here and
 //! nowhere else.
 
+mod stores;
+
+pub use stores::{StoreHealth, StoreMetrics, StoreSample};
+
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -137,6 +141,8 @@ pub struct Metrics {
     /// `pgagent_store_requests_total{op}`: requests sent to the store, read from these
     /// counters at each scrape; see [`Metrics::store_requests`].
     store_requests: Arc<RequestCounts>,
+    /// The `store`-labelled families of a cluster kept in several stores.
+    pub stores: Arc<StoreMetrics>,
 }
 
 impl Default for Metrics {
@@ -208,7 +214,9 @@ impl Metrics {
         registry
             .register(Box::new(StoreRequests::new(store_requests.clone())))
             .expect("unique");
+        let stores = Arc::new(StoreMetrics::register(&registry));
         let m = Metrics {
+            stores,
             wal_received_lsn: int_gauge(
                 "pgagent_wal_received_lsn",
                 "End of WAL received from the server, as a byte position.",
@@ -419,7 +427,9 @@ async fn ready(State((m, max_rpo)): State<(Arc<Metrics>, f64)>) -> (StatusCode, 
     (code, format!("{text}\n"))
 }
 
-/// `/readyz`: streaming, RPO within `max_rpo` seconds, staging below its quota.
+/// `/readyz`: streaming, RPO within `max_rpo` seconds, staging below its quota, every store
+/// taking uploads and every async store within its `max_lag` (`store_down:<name>`,
+/// `store_lag:<name>`).
 pub fn readiness(m: &Metrics, max_rpo: f64) -> (StatusCode, String) {
     if m.up.get() != 1 {
         (StatusCode::SERVICE_UNAVAILABLE, "not streaming".into())
@@ -441,6 +451,8 @@ pub fn readiness(m: &Metrics, max_rpo: f64) -> (StatusCode, String) {
         )
     } else if m.staging_full.get() == 1 {
         (StatusCode::SERVICE_UNAVAILABLE, "staging is full".into())
+    } else if let reasons @ [_, ..] = m.stores.unready().as_slice() {
+        (StatusCode::SERVICE_UNAVAILABLE, reasons.join(" "))
     } else {
         (StatusCode::OK, "ready".into())
     }

@@ -1,0 +1,530 @@
+//! Streaming to two stores at once (`[[stores]]`): a `file://` store as the required one
+//! (a NAS near the database) and the S3 server behind a fault-injecting proxy as the async
+//! one (R2 far away). Every store is read directly, not through pgagent, and compared with
+//! the server's `pg_wal` and its slot.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use pgagent_protocol::{Lsn, SegNo};
+use pgagent_storage::ObjectStore;
+use pgagent_tests::{wait_until, AgentProcess, Garage, PgServer, Proxy, ProxyMode};
+
+/// Two stores: `nas` (required, `file://`) and `r2` (async, S3 through `proxy`).
+struct TwoStores {
+    dir: tempfile::TempDir,
+    garage: Garage,
+    proxy: Proxy,
+    metrics: SocketAddr,
+    config: PathBuf,
+}
+
+impl TwoStores {
+    /// `r2_extra` is added to the `r2` entry (e.g. its lag policy).
+    fn new(prefix: &str, r2_extra: &str) -> TwoStores {
+        Self::with_roles(prefix, "", &format!("role = \"async\"\n{r2_extra}"))
+    }
+
+    /// `nas_role` goes into the `nas` entry; `r2` is `required` (the default) unless
+    /// `r2_extra` says otherwise.
+    fn with_roles(prefix: &str, nas_role: &str, r2_extra: &str) -> TwoStores {
+        let dir = tempfile::tempdir().unwrap();
+        let garage = Garage::start().expect("start Garage");
+        let proxy = Proxy::start(garage.s3_addr());
+        let metrics: SocketAddr = format!("127.0.0.1:{}", pgagent_tests::free_port().unwrap())
+            .parse()
+            .unwrap();
+        let config = dir.path().join("pgagent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[[stores]]\nname = \"nas\"\nurl = \"file://{}\"\n{nas_role}\n\
+                 [[stores]]\nname = \"r2\"\nurl = \"{}\"\npartial_interval = \"2s\"\n{r2_extra}\n",
+                dir.path().join("nas").display(),
+                garage.store_url_via(prefix, &proxy.http_endpoint()),
+            ),
+        )
+        .unwrap();
+        TwoStores {
+            dir,
+            garage,
+            proxy,
+            metrics,
+            config,
+        }
+    }
+
+    fn staging(&self) -> PathBuf {
+        self.dir.path().join("staging")
+    }
+
+    fn spawn(&self, pg: &PgServer) -> AgentProcess {
+        let mut env = vec![
+            ("PGAGENT_POSTGRES_CONNINFO", pg.conninfo("pgagent")),
+            ("PGAGENT_STAGING_DIR", self.staging().display().to_string()),
+            ("PGAGENT_METRICS_LISTEN", self.metrics.to_string()),
+            ("PGAGENT_WAL_PARTIAL_INTERVAL", "500ms".into()),
+            ("PGAGENT_WAL_STATUS_INTERVAL", "1s".into()),
+            ("PGAGENT_STORE_REQUEST_TIMEOUT", "3s".into()),
+            ("PGAGENT_LOG", "info,pgagent=debug".into()),
+            ("PGAGENT_BACKUP_SCHEDULE", String::new()),
+        ];
+        env.extend(self.garage.s3_env());
+        let config = self.config.display().to_string();
+        AgentProcess::spawn(&["--config", &config, "run"], &env)
+    }
+
+    async fn nas(&self) -> Arc<dyn ObjectStore> {
+        open_store(
+            &format!("file://{}", self.dir.path().join("nas").display()),
+            &[],
+        )
+        .await
+    }
+
+    /// The `r2` store read directly, past the proxy.
+    async fn r2(&self, prefix: &str) -> Arc<dyn ObjectStore> {
+        open_store(&self.garage.store_url(prefix), &self.garage.s3_env()).await
+    }
+
+    /// `store`'s line of `status.json`.
+    fn store_status(&self, name: &str) -> Option<serde_json::Value> {
+        let bytes = std::fs::read(self.staging().join("status.json")).ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+        v["stores"]
+            .as_array()?
+            .iter()
+            .find(|s| s["name"] == name)
+            .cloned()
+    }
+
+    fn store_uploaded(&self, name: &str) -> Option<Lsn> {
+        self.store_status(name)?["uploaded_lsn"]
+            .as_str()
+            .map(|s| s.parse().unwrap())
+    }
+}
+
+/// Every object under `wal/` as stored (envelopes, not opened): key → body.
+async fn stored_bodies(store: &dyn ObjectStore) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for meta in store.list("wal/").await.unwrap() {
+        out.insert(
+            meta.key.clone(),
+            store.get(&meta.key).await.unwrap().to_vec(),
+        );
+    }
+    out
+}
+
+/// [`wal_objects`] of a store being written: an object removed between the listing and
+/// its read (a delta whose segment is now complete) is left out.
+async fn live_objects(store: &dyn ObjectStore) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for meta in store.list("wal/").await.unwrap() {
+        match store.get(&meta.key).await {
+            Ok(body) => {
+                let raw = pgagent_storage::envelope::open(&body).unwrap();
+                out.insert(meta.key.trim_start_matches("wal/").to_string(), raw);
+            }
+            Err(e) if e.is_not_found() => {}
+            Err(e) => panic!("{}: {e}", meta.key),
+        }
+    }
+    out
+}
+
+/// Writes some WAL and switches segments `n` times; returns the end of the last switch.
+fn switch_segments(pg: &PgServer, n: usize) -> Lsn {
+    let mut end = Lsn::INVALID;
+    for i in 0..n {
+        pg.psql(&format!(
+            "CREATE TABLE IF NOT EXISTS churn (i int, pad text); \
+             INSERT INTO churn SELECT g, repeat('x', 200) FROM generate_series(1, 2000) g; \
+             SELECT {i}"
+        ))
+        .unwrap();
+        end = lsn(&pg.switch_wal().unwrap());
+    }
+    end
+}
+
+/// The end of the segment holding `l`: what a switch there makes complete.
+fn segment_end(l: Lsn) -> Lsn {
+    l.segment_number(seg()).end_lsn(seg())
+}
+
+/// Complete segments of `r2` are byte for byte those of `nas` (the same sealed objects,
+/// copied or uploaded), `r2` has every complete segment `nas` has from `first` on, and
+/// what it holds is the server's WAL.
+async fn assert_r2_mirrors_nas(t: &TwoStores, prefix: &str, pg: &PgServer, first: SegNo) {
+    let nas = stored_bodies(t.nas().await.as_ref()).await;
+    let r2 = stored_bodies(t.r2(prefix).await.as_ref()).await;
+    let mut compared = 0;
+    for (key, body) in &nas {
+        let name = key.trim_start_matches("wal/");
+        let complete = pgagent_protocol::WalFileName::parse(name, seg()).is_some_and(
+            |f| matches!(f, pgagent_protocol::WalFileName::Segment { segno, .. } if segno >= first),
+        );
+        if complete {
+            let theirs = r2.get(key).unwrap_or_else(|| panic!("r2 lacks {key}"));
+            assert!(theirs == body, "{key}: r2's object differs from nas's");
+            compared += 1;
+        }
+    }
+    assert!(compared >= 3, "only {compared} segments compared");
+    let opened = wal_objects(t.r2(prefix).await.as_ref()).await;
+    assert!(assert_identical_to_server(&opened, pg) >= 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_async_store_down_never_holds_flush_and_catches_up_byte_for_byte() {
+    let t = TwoStores::new("down", "max_lag = { time = \"20s\" }\n");
+    let pg = PgServer::start(Default::default()).unwrap();
+    let mut agent = t.spawn(&pg);
+    let first = lsn(&pg.switch_wal().unwrap()).segment_number(seg());
+    let before = switch_segments(&pg, 2);
+    let both = wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
+        ["nas", "r2"]
+            .iter()
+            .all(|s| t.store_uploaded(s).is_some_and(|l| l >= before))
+    });
+    assert!(both, "{:?}\n{}", t.store_status("r2"), agent.output_text());
+
+    // R2 goes away. More segments than its queue and uploads in flight can hold.
+    t.proxy.set_mode(ProxyMode::Refuse);
+    let cut_at = Instant::now();
+    let target = segment_end(switch_segments(&pg, 14));
+    let nas = t.nas().await;
+    let mut samples = 0;
+    let moved = loop {
+        // The slot never passes what the required store holds...
+        let restart = slot_restart_lsn(&pg).expect("slot");
+        let frontier = bucket_frontier(&live_objects(nas.as_ref()).await, first);
+        assert!(
+            restart <= frontier,
+            "restart_lsn {restart} passed the nas store's end {frontier}"
+        );
+        samples += 1;
+        // ...and follows it, whatever R2 does (sampled for 3 s at least).
+        if restart >= target && cut_at.elapsed() > Duration::from_secs(3) {
+            break true;
+        }
+        if cut_at.elapsed() > Duration::from_secs(90) {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        moved,
+        "flush did not follow the required store while r2 was down\n{}",
+        agent.output_text()
+    );
+    assert!(samples >= 2, "{samples} samples");
+    let r2_end = t.store_uploaded("r2").unwrap();
+    assert!(r2_end < target, "r2 was down, yet reports {r2_end}");
+    let down = wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
+        http_get(t.metrics, "/readyz").contains("store_down:r2")
+    });
+    assert!(down, "{}", http_get(t.metrics, "/readyz"));
+    assert!(http_get(t.metrics, "/readyz").contains(" 503 "));
+    assert_eq!(scrape(t.metrics, "pgagent_store_up{store=\"nas\"}"), 1.0);
+    let outage = cut_at.elapsed();
+
+    // R2 returns: it catches up, copying what it skipped from nas.
+    t.proxy.set_mode(ProxyMode::Pass);
+    let back = Instant::now();
+    let caught_up = wait_until(Duration::from_secs(120), Duration::from_millis(200), || {
+        t.store_uploaded("r2").is_some_and(|l| l >= target)
+    });
+    assert!(
+        caught_up,
+        "{:?}\n{}",
+        t.store_status("r2"),
+        agent.output_text()
+    );
+    eprintln!(
+        "r2 down {outage:?}, caught up {:?} after it returned",
+        back.elapsed()
+    );
+    assert!(
+        scrape(t.metrics, "pgagent_store_copies_total{store=\"r2\"}") > 0.0,
+        "the backlog path did not run"
+    );
+    let ready = wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
+        http_get(t.metrics, "/readyz").contains(" 200 ")
+    });
+    assert!(ready, "{}", http_get(t.metrics, "/readyz"));
+    assert_r2_mirrors_nas(&t, "down", &pg, first).await;
+    assert!(agent.terminate().success(), "{}", agent.output_text());
+}
+
+/// A required store down: sampled every 100 ms, the slot never passes what it holds
+/// (read directly); when it returns it catches up, and no object it held was rewritten
+/// with other bytes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_required_store_down_holds_the_slot_at_its_end() {
+    let t = TwoStores::with_roles("req", "role = \"async\"\n", "");
+    let pg = PgServer::start(Default::default()).unwrap();
+    let mut agent = t.spawn(&pg);
+    let first = lsn(&pg.switch_wal().unwrap()).segment_number(seg());
+    let before = switch_segments(&pg, 2);
+    let both = wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
+        ["nas", "r2"]
+            .iter()
+            .all(|s| t.store_uploaded(s).is_some_and(|l| l >= before))
+    });
+    assert!(both, "{}", agent.output_text());
+    let r2 = t.r2("req").await;
+    let held_before = stored_bodies(r2.as_ref()).await;
+
+    t.proxy.set_mode(ProxyMode::Refuse);
+    let target = segment_end(switch_segments(&pg, 6));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut samples = 0;
+    while Instant::now() < deadline {
+        let restart = slot_restart_lsn(&pg).expect("slot");
+        let end = bucket_frontier(&live_objects(r2.as_ref()).await, first);
+        assert!(
+            restart <= end,
+            "restart_lsn {restart} passed the required store's end {end}"
+        );
+        samples += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(samples >= 20, "{samples} samples");
+    assert!(
+        slot_restart_lsn(&pg).unwrap() < target,
+        "flush passed a required store that is down"
+    );
+    // The async nas store took the WAL meanwhile.
+    let nas_ahead = wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
+        t.store_uploaded("nas").is_some_and(|l| l >= target)
+    });
+    assert!(nas_ahead, "{:?}", t.store_status("nas"));
+
+    t.proxy.set_mode(ProxyMode::Pass);
+    let released = wait_until(Duration::from_secs(120), Duration::from_millis(200), || {
+        slot_restart_lsn(&pg).is_some_and(|l| l >= target)
+    });
+    assert!(released, "{}", agent.output_text());
+    let after = stored_bodies(r2.as_ref()).await;
+    for (key, body) in &held_before {
+        if let Some(now) = after.get(key) {
+            assert!(now == body, "{key} was rewritten with other bytes");
+        }
+    }
+    let opened = wal_objects(r2.as_ref()).await;
+    assert!(assert_identical_to_server(&opened, &pg) >= 3);
+    assert!(agent.terminate().success(), "{}", agent.output_text());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hold_keeps_flush_within_max_lag_of_the_async_store() {
+    let max_lag = 2 * seg().bytes();
+    let t = TwoStores::new(
+        "hold",
+        "max_lag = { bytes = \"32MiB\" }\non_lag_exceeded = \"hold\"\n",
+    );
+    let pg = PgServer::start(Default::default()).unwrap();
+    let mut agent = t.spawn(&pg);
+    let first = lsn(&pg.switch_wal().unwrap()).segment_number(seg());
+    let before = switch_segments(&pg, 2);
+    let both = wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
+        ["nas", "r2"]
+            .iter()
+            .all(|s| t.store_uploaded(s).is_some_and(|l| l >= before))
+    });
+    assert!(both, "{}", agent.output_text());
+
+    t.proxy.set_mode(ProxyMode::Refuse);
+    let target = segment_end(switch_segments(&pg, 8));
+    let r2 = t.r2("hold").await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut samples = 0;
+    while Instant::now() < deadline {
+        let restart = slot_restart_lsn(&pg).expect("slot");
+        let r2_end = bucket_frontier(&live_objects(r2.as_ref()).await, first);
+        assert!(
+            restart.0 <= r2_end.0 + max_lag,
+            "restart_lsn {restart} is more than max_lag past r2's end {r2_end}"
+        );
+        samples += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(samples >= 10);
+    assert!(slot_restart_lsn(&pg).unwrap() < target, "hold did not hold");
+    let body = http_get(t.metrics, "/readyz");
+    assert!(body.contains(" 503 "), "{body}");
+    assert!(
+        body.contains("store_down:r2") || body.contains("store_lag:r2"),
+        "{body}"
+    );
+
+    t.proxy.set_mode(ProxyMode::Pass);
+    let released = wait_until(Duration::from_secs(120), Duration::from_millis(200), || {
+        slot_restart_lsn(&pg).is_some_and(|l| l >= target)
+    });
+    assert!(released, "{}", agent.output_text());
+    let caught_up = wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
+        t.store_uploaded("r2").is_some_and(|l| l >= target)
+    });
+    assert!(caught_up, "{:?}", t.store_status("r2"));
+    assert_r2_mirrors_nas(&t, "hold", &pg, first).await;
+    assert!(agent.terminate().success(), "{}", agent.output_text());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_while_the_async_store_lags_loses_nothing_in_it() {
+    let t = TwoStores::new("kill", "");
+    let pg = PgServer::start(Default::default()).unwrap();
+    let mut agent = t.spawn(&pg);
+    let first = lsn(&pg.switch_wal().unwrap()).segment_number(seg());
+    let before = switch_segments(&pg, 2);
+    let both = wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
+        ["nas", "r2"]
+            .iter()
+            .all(|s| t.store_uploaded(s).is_some_and(|l| l >= before))
+    });
+    assert!(both, "{}", agent.output_text());
+
+    // R2 away, segments skipped for it (copied later), then the agent is killed: what R2
+    // lacks is known only from its listing and its pin in nas.
+    t.proxy.set_mode(ProxyMode::Refuse);
+    let target = segment_end(switch_segments(&pg, 14));
+    let confirmed = wait_until(Duration::from_secs(90), Duration::from_millis(200), || {
+        slot_restart_lsn(&pg).is_some_and(|l| l >= target)
+    });
+    assert!(confirmed, "{}", agent.output_text());
+    // The pin says where r2's WAL ends, at most that far.
+    let pinned = wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
+        t.dir.path().join("nas/pins/r2.json").exists()
+    });
+    assert!(pinned, "no pin for r2 in nas");
+    agent.kill9();
+    t.proxy.set_mode(ProxyMode::Pass);
+
+    let mut agent = t.spawn(&pg);
+    let caught_up = wait_until(Duration::from_secs(180), Duration::from_millis(500), || {
+        t.store_uploaded("r2").is_some_and(|l| l >= target)
+    });
+    assert!(
+        caught_up,
+        "{:?}\n{}",
+        t.store_status("r2"),
+        agent.output_text()
+    );
+    assert_r2_mirrors_nas(&t, "kill", &pg, first).await;
+    assert_no_gap(&wal_objects(t.r2("kill").await.as_ref()).await);
+    assert!(agent.terminate().success(), "{}", agent.output_text());
+}
+
+/// An encrypted cluster's stores share one master key: a new, empty store beside the
+/// encrypted one is refused before anything is written to it, and once `cluster.json` and
+/// `keys/` are copied in, the agent fills it with the WAL it lacks, readable with the same
+/// key.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_encrypted_cluster_takes_a_second_store_only_with_its_master_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let pg = PgServer::start(Default::default()).unwrap();
+    let env = |stores: &str| {
+        let config = dir.path().join("pgagent.toml");
+        std::fs::write(&config, stores).unwrap();
+        let env = vec![
+            ("PGAGENT_POSTGRES_CONNINFO", pg.conninfo("pgagent")),
+            (
+                "PGAGENT_STAGING_DIR",
+                dir.path().join("staging").display().to_string(),
+            ),
+            ("PGAGENT_METRICS_LISTEN", String::new()),
+            ("PGAGENT_WAL_PARTIAL_INTERVAL", "500ms".into()),
+            ("PGAGENT_BACKUP_SCHEDULE", String::new()),
+            (
+                "PGAGENT_ENCRYPTION_PASSPHRASE",
+                "a passphrase for both stores".into(),
+            ),
+        ];
+        (config.display().to_string(), env)
+    };
+    let one = format!(
+        "[[stores]]\nname = \"a\"\nurl = \"file://{}\"\n",
+        a.display()
+    );
+    let two = format!(
+        "{one}\n[[stores]]\nname = \"b\"\nurl = \"file://{}\"\nrole = \"async\"\n",
+        b.display()
+    );
+
+    // One store: it gets the cluster's master key.
+    let (config, vars) = env(&one);
+    let mut agent = AgentProcess::spawn(&["--config", &config, "run"], &vars);
+    let target = segment_end(switch_segments(&pg, 2));
+    let landed = wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
+        slot_restart_lsn(&pg).is_some_and(|l| l >= target)
+    });
+    assert!(landed, "{}", agent.output_text());
+    assert!(agent.terminate().success(), "{}", agent.output_text());
+
+    // A new store beside it: refused, and left untouched.
+    std::fs::create_dir(&b).unwrap();
+    let (config, vars) = env(&two);
+    let mut refused = AgentProcess::spawn(&["--config", &config, "run"], &vars);
+    let status = refused
+        .wait_timeout(Duration::from_secs(60))
+        .expect("a refused start exits");
+    assert_eq!(status.code(), Some(3), "{}", refused.output_text());
+    assert!(
+        refused
+            .output_text()
+            .contains("store \"b\" is new, and this cluster is encrypted"),
+        "{}",
+        refused.output_text()
+    );
+    assert_eq!(
+        std::fs::read_dir(&b).unwrap().count(),
+        0,
+        "b was written to"
+    );
+
+    // With the cluster's key file and cluster.json copied in, b is taken and filled.
+    std::fs::copy(a.join("cluster.json"), b.join("cluster.json")).unwrap();
+    std::fs::create_dir(b.join("keys")).unwrap();
+    for f in std::fs::read_dir(a.join("keys")).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), b.join("keys").join(f.file_name())).unwrap();
+    }
+    let mut agent = AgentProcess::spawn(&["--config", &config, "run"], &vars);
+    let more = segment_end(switch_segments(&pg, 1));
+    let b_store = open_store(&format!("file://{}", b.display()), &[]).await;
+    let a_store = open_store(&format!("file://{}", a.display()), &[]).await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let filled = loop {
+        let a_keys = stored_bodies(a_store.as_ref()).await;
+        let b_keys = stored_bodies(b_store.as_ref()).await;
+        let complete = |k: &&String| !k.contains(".partial");
+        let all = a_keys
+            .keys()
+            .filter(complete)
+            .all(|k| b_keys.get(k) == a_keys.get(k));
+        if all && slot_restart_lsn(&pg).is_some_and(|l| l >= more) {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(
+        filled,
+        "b did not get a's segments\n{}",
+        agent.output_text()
+    );
+    assert!(agent.terminate().success(), "{}", agent.output_text());
+}
