@@ -11,7 +11,8 @@
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
-use backon::Retryable;
+use std::time::Duration;
+
 use pgagent_storage::crypto::ObjectCipher;
 use pgagent_storage::envelope::verify_stored;
 use pgagent_storage::{ObjectStore, StoreError};
@@ -77,7 +78,13 @@ pub async fn fan_out(mut rx: mpsc::Receiver<UploadJob>, lanes: Vec<LaneInlet>) {
         if let Some(r) = &job.remove_after {
             r.hold_for(lanes.len());
         }
-        for lane in &lanes {
+        // Async lanes first: they never wait, so a required store that is down (and makes
+        // this wait) does not keep objects from them.
+        for lane in lanes
+            .iter()
+            .filter(|l| !l.required)
+            .chain(lanes.iter().filter(|l| l.required))
+        {
             let job = job.clone();
             let overflow = if lane.required {
                 lane.tx.send(job).await.err().map(|e| e.0)
@@ -102,11 +109,20 @@ pub async fn fan_out(mut rx: mpsc::Receiver<UploadJob>, lanes: Vec<LaneInlet>) {
     }
 }
 
-/// Copies each object of an async store's backlog from the first of `sources` (the
-/// required stores, in restore order) that has it, verified, into the lane's store, as
-/// `uploader` would put it (retried, then recorded in the lane's tracker). An object no
-/// source has yet (its upload to them is still under way) is looked for again with the
-/// upload backoff. Runs until `shutdown`; what is left is found again at the next start.
+/// How long a copy waits before it looks again for an object no source has yet (its
+/// upload there is under way, or the source is down): no upload slot is held meanwhile.
+const RECHECK: Duration = Duration::from_secs(10);
+
+/// How long one read of an object to copy is retried on transient errors, holding an
+/// upload slot, before the copy waits [`RECHECK`] and starts over.
+const READ_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Copies each object of a store's backlog from the first of `sources` (the required
+/// stores other than itself, in restore order) that has it, verified, into the lane's
+/// store, as `uploader` would put it (retried, then recorded in the lane's tracker). An
+/// object no source has yet (its upload to them is still under way) is looked for again
+/// [`RECHECK`] later, without holding an upload slot meanwhile. Runs until `shutdown`; what
+/// is left is found again at the next start (see `catch_up`).
 pub async fn run_backlog(
     uploader: Uploader,
     backlog: Arc<Backlog>,
@@ -119,17 +135,17 @@ pub async fn run_backlog(
     while let Some(object) = backlog.next(&shutdown).await {
         let permit = uploader.permit().await;
         let (uploader, sources, cipher) = (uploader.clone(), sources.clone(), cipher.clone());
-        let shutdown = shutdown.clone();
+        let (shutdown, backlog) = (shutdown.clone(), backlog.clone());
         tasks.spawn(async move {
-            let seg = uploader.seg();
-            let key = object.key(seg);
+            let key = object.key(uploader.seg());
+            let deadline = tokio::time::Instant::now() + READ_DEADLINE;
             let read = || copy_source(&sources, &key, cipher.as_ref());
-            let got = read
-                .retry(Policy::UPLOAD.backoff())
-                .when(|_| !shutdown.is_cancelled())
-                .notify(|e, d| tracing::debug!(key, error = %e, retry_in = ?d, "object to copy not readable yet"))
-                .await;
-            match got {
+            let quiet = |e: &StoreError, d: Duration| {
+                tracing::debug!(key, error = %e, retry_in = ?d, "object to copy not readable yet")
+            };
+            match crate::retry::until(Policy::FETCH, deadline, StoreError::is_transient, quiet, read)
+                .await
+            {
                 Ok(sealed) => {
                     uploader
                         .upload(UploadJob {
@@ -140,33 +156,43 @@ pub async fn run_backlog(
                         .await;
                     uploader.count_copy();
                 }
-                Err(e) => tracing::debug!(key, error = %e, "copy left for the next start"),
+                Err(e) => {
+                    if !matches!(&e, crate::retry::GaveUp::Permanent(e) if e.is_not_found()) {
+                        tracing::warn!(key, error = ?e, "cannot read an object to copy into a lagging store; looking again in {RECHECK:?}");
+                    }
+                    drop(permit);
+                    tokio::select! {
+                        _ = tokio::time::sleep(RECHECK) => backlog.add(object),
+                        _ = shutdown.cancelled() => {}
+                    }
+                }
             }
-            drop(permit);
         });
         while tasks.try_join_next().is_some() {}
     }
     tasks.abort_all();
 }
 
-/// The object under `key` from the first source that has it, verified. NotFound in every
-/// source is an error too (retried: the object is on its way there).
+/// The object under `key` from the first source that has it, verified. NotFound when no
+/// source has it; a source's other error when none has it and that one failed (it may
+/// hold it).
 async fn copy_source(
     sources: &[Arc<dyn ObjectStore>],
     key: &str,
     cipher: Option<&ObjectCipher>,
 ) -> Result<pgagent_storage::envelope::Sealed, StoreError> {
-    let mut last = None;
+    let mut failed = None;
     for s in sources {
         match s.get(key).await {
             Ok(body) => {
                 let (key, cipher) = (key.to_string(), cipher.cloned());
                 return off_thread(move || verify_stored(body, cipher.as_ref(), &key)).await;
             }
-            Err(e) => last = Some(e),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => failed = Some(e),
         }
     }
-    Err(last.unwrap_or_else(|| StoreError::NotFound {
+    Err(failed.unwrap_or_else(|| StoreError::NotFound {
         key: key.to_string(),
     }))
 }

@@ -24,7 +24,7 @@ use super::lanes::LaneId;
 use super::shared::Shared;
 
 /// How often a moved end is written to the pin.
-pub const PIN_INTERVAL: Duration = Duration::from_secs(10);
+pub const PIN_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Keeps lane `lane`'s pin (`name`) in every store of `targets` until `shutdown`.
 pub async fn keep_pin(
