@@ -25,15 +25,17 @@ fn pgagent(config: &Path, args: &[&str], env: &[(&'static str, String)]) -> Outp
 /// `(bytes share in %, objects)` the report line gives store `name`: `… from near (99.6 %,
 /// 120 objects, …)`.
 fn share(out: &str, name: &str) -> (f64, u64) {
+    let pattern = format!(" from {name} (");
     let at = out
-        .find(&format!(" from {name} ("))
+        .find(&pattern)
         .unwrap_or_else(|| panic!("no share of {name} in {out}"))
-        + name.len()
-        + 7;
+        + pattern.len();
     let rest = &out[at..];
     let (pct, rest) = rest.split_once(" %, ").unwrap_or(("0", rest));
-    let objects = rest.split(' ').next().unwrap().parse().unwrap();
-    (pct.parse().unwrap(), objects)
+    let parsed = || -> Option<(f64, u64)> {
+        Some((pct.parse().ok()?, rest.split(' ').next()?.parse().ok()?))
+    };
+    parsed().unwrap_or_else(|| panic!("no share of {name} in {out}"))
 }
 
 /// Every file under `dir`, sorted.
@@ -140,6 +142,7 @@ async fn two_stores_restore_near_first_fall_back_per_object_and_restore_from_far
     let mut b = PgServer::without_cluster(PgOptions::default()).unwrap();
     let out = run_restore(&config, &b.data_dir(), &[]);
     assert!(out.status.success(), "{}", text(&out));
+    eprintln!("restore with chunks missing in near:\n{}", text(&out));
     let (_, from_far) = share(&text(&out), "far");
     assert!(
         from_far >= gone.len() as u64,
@@ -168,6 +171,7 @@ async fn two_stores_restore_near_first_fall_back_per_object_and_restore_from_far
     // `--store far`: restores, says where the WAL it holds ends, and recovery reads it too.
     let out = run_restore(&config, &c.data_dir(), &["--store", "far"]);
     assert!(out.status.success(), "{}", text(&out));
+    eprintln!("restore --store far:\n{}", text(&out));
     let said = text(&out);
     assert!(said.contains("WAL in far ends at "), "{said}");
     assert!(said.contains("near (not used): holds no WAL"), "{said}");
@@ -183,6 +187,7 @@ async fn two_stores_restore_near_first_fall_back_per_object_and_restore_from_far
     let out = pgagent(&config, &["drill", "--store", "far", "--json"], &env);
     assert!(out.status.success(), "{}", text(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("drill --store far:\n{report:#}");
     let stores = report["stores"].to_string();
     assert!(
         stores.contains("from far (100.0 %") && stores.contains("WAL in far ends at"),

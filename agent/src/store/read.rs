@@ -39,7 +39,10 @@ pub fn reads_a_set(cfg: &Config) -> bool {
 
 /// The request counters of every store [`open_reading`] opened in this process, by name
 /// (a store opened twice is there twice).
-static OPENED: LazyLock<Mutex<Vec<(String, Arc<RequestCounts>)>>> = LazyLock::new(Mutex::default);
+static OPENED: LazyLock<Mutex<Vec<Counted>>> = LazyLock::new(Mutex::default);
+
+/// A store's name and the counters of its requests.
+type Counted = (String, Arc<RequestCounts>);
 
 /// The requests this process sent to each store it read as one of a set, by name in the
 /// order first opened (empty when it read none): what the restore-mode fetch server logs
@@ -308,7 +311,7 @@ pub async fn wal_end(
 
 /// How long the end of a left-out store's WAL is waited for: such a store may be the lost
 /// one.
-const LEFT_OUT_WAIT: Duration = Duration::from_secs(10);
+pub const LEFT_OUT_WAIT: Duration = Duration::from_secs(10);
 
 /// The end of the WAL in each store `cfg` left out (`cfg.left_out`), each read once
 /// within [`LEFT_OUT_WAIT`].
