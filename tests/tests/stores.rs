@@ -1,8 +1,10 @@
 //! Several stores read as one (`[[stores]]`): a restore reads each object from the first
 //! store that has it and reports what each served; a store missing chunks is made up for by
 //! the other; with the near store lost, `--store far` restores, drills and recovers from the
-//! far one and says where its WAL ends; `verify` checks each store on its own. The stores
-//! are two `file://` copies of one streamed store.
+//! far one and says where its WAL ends; `verify` checks each store on its own; stores of
+//! two clusters, or encrypted under two master keys, are refused (exit 3). The stores are
+//! `file://` copies of one streamed store (fetch over a failing S3 store is in
+//! `stores_fetch.rs`).
 
 mod common;
 
@@ -240,5 +242,82 @@ fn stores_of_different_clusters_are_refused() {
     assert_eq!(out.status.code(), Some(255), "{}", text(&out));
     // One of them alone reads.
     let out = pgagent(&config, &["list", "wal", "--store", "b"], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+/// Two encrypted stores of one cluster must open to one master key: a store claimed on its
+/// own (its own master key, under the same passphrase) is refused with exit 3, naming both
+/// key checks; a copy of the first store (the same key) reads with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn encrypted_stores_must_share_one_master_key() {
+    use pgagent_storage::cluster::ClusterInfo;
+    use pgagent_storage::crypto::{KdfParams, Passphrase};
+    use pgagent_storage::keyring::access::claim;
+    use pgagent_storage::keyring::keys::{KeyOrigin, UnlockLimits};
+
+    let dir = tempfile::tempdir().unwrap();
+    let pass = "correct horse battery staple";
+    let ours = ClusterInfo {
+        format_version: 1,
+        system_identifier: "7000000000000000001".into(),
+        pg_version_num: 170000,
+        wal_segment_size: SEG,
+        created_at: "2026-01-01T00:00:00Z".into(),
+        encryption: None,
+    };
+    let origin = KeyOrigin {
+        hostname: "test".into(),
+        username: "test".into(),
+    };
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    for d in [&a, &b] {
+        std::fs::create_dir(d).unwrap();
+        let store = open_store(&format!("file://{}", d.display()), &[]).await;
+        claim(
+            store.as_ref(),
+            &ours,
+            Some(&Passphrase::new(pass).unwrap()),
+            KdfParams::DEFAULT,
+            &origin,
+            UnlockLimits::default(),
+        )
+        .await
+        .unwrap();
+    }
+    let passfile = dir.path().join("passphrase");
+    std::fs::write(&passfile, pass).unwrap();
+    let config = dir.path().join("pgagent.toml");
+    let write_config = |second: &Path| {
+        std::fs::write(
+            &config,
+            format!(
+                "[staging]\ndir = \"{}\"\n\n[encryption]\npassphrase_file = \"{}\"\n\n\
+                 [[stores]]\nname = \"a\"\nurl = \"file://{}\"\n\n\
+                 [[stores]]\nname = \"b\"\nurl = \"file://{}\"\nrole = \"async\"\n",
+                dir.path().join("staging").display(),
+                passfile.display(),
+                a.display(),
+                second.display()
+            ),
+        )
+        .unwrap();
+    };
+    write_config(&b);
+    let out = pgagent(&config, &["list", "wal"], &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        text(&out).contains("stores a and b do not open to the same master key"),
+        "{}",
+        text(&out)
+    );
+
+    let copy = dir.path().join("copy");
+    let cp = std::process::Command::new("cp")
+        .args(["-a", a.to_str().unwrap(), copy.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    write_config(&copy);
+    let out = pgagent(&config, &["list", "wal"], &[]);
     assert!(out.status.success(), "{}", text(&out));
 }
