@@ -13,7 +13,7 @@ use bytes::Bytes;
 use common::*;
 use pgagent_protocol::{segment_file_name, SegNo, TimelineId};
 use pgagent_storage::envelope;
-use pgagent_tests::{run_pgagent, Garage, Proxy};
+use pgagent_tests::{run_pgagent, wait_until, Garage, Proxy};
 
 fn name(segno: SegNo) -> String {
     segment_file_name(TimelineId(1), segno, seg())
@@ -58,6 +58,7 @@ async fn a_failing_near_store_aborts_fetch_of_what_the_far_store_lacks() {
     }
 
     let proxy = Proxy::start(garage.s3_addr());
+    std::fs::create_dir(dir.path().join("staging")).unwrap();
     let config = dir.path().join("pgagent.toml");
     let env = garage.s3_env();
     let get = |k: &str| env.iter().find(|(n, _)| *n == k).unwrap().1.clone();
@@ -115,4 +116,26 @@ async fn a_failing_near_store_aborts_fetch_of_what_the_far_store_lacks() {
     let out = fetch(&config, &name(SegNo(1)), &dest);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(std::fs::read(&dest).unwrap() == raw(1));
+
+    // The restore-mode fetch server, idle, logs its requests per store as it stops.
+    let staging = dir.path().join("staging");
+    let mut last = String::new();
+    let stopped = wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
+        last = std::fs::read_dir(&staging)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+            .filter_map(|log| {
+                log.lines()
+                    .rfind(|l| l.contains("fetch server stopped"))
+                    .map(str::to_string)
+            })
+            .collect();
+        !last.is_empty()
+    });
+    assert!(stopped, "no fetch server stopped in {}", staging.display());
+    assert!(
+        last.contains("near: put 0, get ") && last.contains("far: put 0, get "),
+        "{last}"
+    );
 }
