@@ -130,6 +130,20 @@ async fn two_stores_restore_near_first_fall_back_per_object_and_restore_from_far
     assert!(near_pct >= 99.0, "{}", text(&out));
     drop(a);
 
+    // status: the newest backup of each store.
+    let staging = rig.staging();
+    let out = pgagent(
+        &config,
+        &["status", "--staging-dir", staging.to_str().unwrap()],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("near: last backup") && text(&out).contains("far: last backup"),
+        "{}",
+        text(&out)
+    );
+
     // ~5 % of the near store's chunks gone: the far store serves them.
     let chunks = files(&near.join("chunks"));
     let gone: Vec<&PathBuf> = chunks.iter().step_by(20).collect();

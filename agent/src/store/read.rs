@@ -133,14 +133,16 @@ pub async fn open_reading(cfg: &Config, patience: Option<Duration>) -> anyhow::R
     )
     .await;
     let mut members = Vec::new();
-    let mut checked: Vec<Checked> = Vec::new();
+    let mut checked = Vec::new();
     for one in opened {
         let (member, c) = one?;
         members.push(member);
         checked.push(c);
     }
     check_one_cluster(&checked).map_err(Refused)?;
-    let first = checked.remove(0);
+    let Some(first) = checked.into_iter().next() else {
+        anyhow::bail!("no store to read: the configuration keeps none");
+    };
     let seg = WalSegmentSize::new(first.cluster.wal_segment_size)
         .map_err(|e| anyhow::anyhow!("store {}: cluster.json: {e}", first.name))?;
     let set = Arc::new(ReadSet::new(
