@@ -305,11 +305,14 @@ async fn list_wal(cfg: &Config, what: ListWhat, json: bool) -> anyhow::Result<()
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    println!(
-        "store {} (system identifier {})",
-        store.describe(),
-        cluster.system_identifier
-    );
+    // Several stores describe themselves as `stores a (…), b (…)`.
+    let described = store.describe();
+    let label = if described.starts_with("stores ") {
+        described
+    } else {
+        format!("store {described}")
+    };
+    println!("{label} (system identifier {})", cluster.system_identifier);
     for t in &wal {
         match what {
             ListWhat::Timelines => println!(
