@@ -47,21 +47,44 @@ pub struct OverrideArgs {
     /// staging.dir: local staging directory
     #[arg(long, global = true, value_name = "DIR")]
     pub staging_dir: Option<PathBuf>,
-    /// store.url (file:///path or s3://bucket/prefix?endpoint=…), or the name of the
-    /// `[[stores]]` entry a reading command uses (restore, drill, fetch, list, verify…)
+    /// store.url (file:///path or s3://bucket/prefix?endpoint=…), or the name of a
+    /// `[[stores]]` entry; a reading command (restore, drill, fetch, list, verify, status,
+    /// doctor) takes several names and reads those stores only
     #[arg(long = "store", global = true, value_name = "URL|NAME")]
-    pub store: Option<String>,
+    pub store: Vec<String>,
 }
 
 impl OverrideArgs {
-    /// `--store` as `store.url`: a value with `://` is a URL.
+    /// `--store` as `store.url`: a value with `://` is a URL (the first one; see
+    /// [`OverrideArgs::check_store`] for why there is at most one).
     pub fn store_url(&self) -> Option<&str> {
-        self.store.as_deref().filter(|v| v.contains("://"))
+        self.store
+            .iter()
+            .map(String::as_str)
+            .find(|v| v.contains("://"))
     }
 
-    /// `--store` as the name of a `[[stores]]` entry: any value without `://`.
-    pub fn store_name(&self) -> Option<&str> {
-        self.store.as_deref().filter(|v| !v.contains("://"))
+    /// `--store` as names of `[[stores]]` entries: every value without `://`, in the order
+    /// given.
+    pub fn store_names(&self) -> Vec<&str> {
+        self.store
+            .iter()
+            .map(String::as_str)
+            .filter(|v| !v.contains("://"))
+            .collect()
+    }
+
+    /// Errors: a URL given with any other `--store` value: a URL replaces the one store,
+    /// so it cannot be combined with another URL or with names.
+    pub fn check_store(&self) -> Result<(), ConfigError> {
+        if self.store_url().is_some() && self.store.len() > 1 {
+            return Err(ConfigError(format!(
+                "--store {}: a URL overrides the one store and is given alone; several \
+                 stores are named by their [[stores]] names",
+                self.store.join(" --store ")
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -381,7 +404,7 @@ mod tests {
         let cli = Cli::try_parse_from(["pgagent", "list", "wal", "--json", "--store", "file:///x"])
             .unwrap();
         assert_eq!(cli.overrides.store_url(), Some("file:///x"));
-        assert_eq!(cli.overrides.store_name(), None);
+        assert!(cli.overrides.store_names().is_empty());
         assert!(matches!(
             cli.command,
             Command::List {
@@ -395,10 +418,28 @@ mod tests {
     fn store_is_a_url_with_a_scheme_and_a_name_without() {
         let cli =
             Cli::try_parse_from(["pgagent", "restore", "--pgdata", "/d", "--store", "r2"]).unwrap();
-        assert_eq!(cli.overrides.store_name(), Some("r2"));
+        assert_eq!(cli.overrides.store_names(), ["r2"]);
         assert_eq!(cli.overrides.store_url(), None);
         let overrides: Overrides = cli.overrides.into();
         assert_eq!(overrides.store_url, None);
+    }
+
+    /// `--store NAME` repeats, in the order given; a URL stands alone.
+    #[test]
+    fn store_names_repeat_and_a_url_stands_alone() {
+        let cli = Cli::try_parse_from([
+            "pgagent", "fetch", "--store", "r2", "x", "y", "--store", "nas",
+        ])
+        .unwrap();
+        assert_eq!(cli.overrides.store_names(), ["r2", "nas"]);
+        assert!(cli.overrides.check_store().is_ok());
+        let cli =
+            Cli::try_parse_from(["pgagent", "list", "--store", "file:///a", "--store", "nas"])
+                .unwrap();
+        let err = cli.overrides.check_store().unwrap_err();
+        assert!(err.to_string().contains("given alone"), "{err}");
+        let cli = Cli::try_parse_from(["pgagent", "list", "--store", "file:///a"]).unwrap();
+        assert!(cli.overrides.check_store().is_ok());
     }
 
     #[test]

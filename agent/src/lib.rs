@@ -105,16 +105,36 @@ fn finish(result: anyhow::Result<()>) -> u8 {
     }
 }
 
-/// The validated configuration. `run`, `backup`, `snapshot` and `prune` work with every
-/// store; the other commands use one, so a configuration of several stores is refused here for them
-/// ([`Config::one_store_for`]), rather than one of the stores being used silently.
+/// The validated configuration for the command: a command that reads
+/// ([`config::READING_COMMANDS`]) keeps the stores `--store NAME…` names, every configured
+/// store without one, and reads them as one; `run`, `backup`, `snapshot` and `prune` write
+/// to (or prune) every store; any other command uses one store, so a configuration of
+/// several is refused here ([`Config::one_store_for`]) unless `--store NAME` chose one,
+/// rather than one of the stores being used silently.
 fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    cli.overrides.check_store()?;
     let raw = RawConfig::load(cli.config.as_deref(), &cli.overrides.clone().into())?;
     let mut cfg = raw.validate()?;
-    if let Some(name) = cli.overrides.store_name() {
-        cfg.select_one(name, cli.command.name())?;
+    let names = cli.overrides.store_names();
+    let command = cli.command.name();
+    if config::READING_COMMANDS.contains(&command) {
+        cfg.select_for_reading(&names)?;
+        return Ok(cfg);
     }
-    cfg.one_store_for(cli.command.name())?;
+    match names.as_slice() {
+        [] => {}
+        [name] => cfg.select_one(name, command)?,
+        several => {
+            return Err(config::ConfigError(format!(
+                "--store {}: `pgagent {command}` takes one --store NAME; several are read \
+                 together by {}",
+                several.join(" --store "),
+                config::READING_COMMANDS.join(", ")
+            ))
+            .into())
+        }
+    }
+    cfg.one_store_for(command)?;
     Ok(cfg)
 }
 
@@ -194,7 +214,7 @@ fn launch(cli: &Cli) -> fetch::client::Launch {
     if let Some(d) = &cli.overrides.staging_dir {
         args.extend(["--staging-dir".into(), absolute(d).into()]);
     }
-    if let Some(v) = &cli.overrides.store {
+    for v in &cli.overrides.store {
         args.extend(["--store".into(), v.into()]);
     }
     args.extend([
@@ -207,9 +227,9 @@ fn launch(cli: &Cli) -> fetch::client::Launch {
 
 /// The start of the `restore_command` that `pgagent restore` writes: this executable with the
 /// configuration file and the store URL in use (credentials must reach PostgreSQL through
-/// that file or its environment). A store of `[[stores]]` is named by the file (passed
-/// even when it was found at a default path) and, when `--store NAME` chose it, by that
-/// name.
+/// that file or its environment). Stores of `[[stores]]` are named by the file (passed
+/// even when it was found at a default path) and, when `--store NAME…` chose some, by
+/// those names: recovery reads the stores the restore read.
 fn fetch_command_prefix(cli: &Cli, cfg: &config::Config) -> String {
     let exe = std::env::current_exe().unwrap_or_else(|_| "pgagent".into());
     let mut words = vec![exe.display().to_string()];
@@ -224,9 +244,11 @@ fn fetch_command_prefix(cli: &Cli, cfg: &config::Config) -> String {
     }
     if shorthand {
         words.extend(["--store".to_string(), cfg.store().url.clone()]);
-    } else if let Some(name) = cli.overrides.store_name() {
-        // The store `--store NAME` chose: recovery reads the one this restore read.
-        words.extend(["--store".to_string(), name.to_string()]);
+    } else {
+        // The stores `--store NAME…` chose: recovery reads the ones this restore read.
+        for name in cli.overrides.store_names() {
+            words.extend(["--store".to_string(), name.to_string()]);
+        }
     }
     words
         .iter()
@@ -264,22 +286,17 @@ mod tests {
         Cli::try_parse_from(args).unwrap()
     }
 
+    /// A command that does not read several stores as one refuses a configuration of
+    /// several, naming itself; a reading command keeps them all, in restore order.
     #[test]
-    fn every_command_of_one_store_refuses_several_naming_itself() {
+    fn commands_that_use_one_store_refuse_several_naming_themselves() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("pgagent.toml");
         std::fs::write(&file, TWO_STORES).unwrap();
         let pgdata = dir.path().join("pgdata");
         let pgdata = pgdata.to_str().unwrap();
         let commands: &[(&str, &[&str])] = &[
-            ("fetch-server", &["fetch-server"]),
-            ("restore", &["restore", "--pgdata", pgdata]),
-            ("drill", &["drill"]),
             ("preseed", &["preseed", "--pgdata", pgdata]),
-            ("doctor", &["doctor"]),
-            ("verify", &["verify"]),
-            ("list", &["list"]),
-            ("status", &["status"]),
             ("key list", &["key", "list"]),
         ];
         for (name, args) in commands {
@@ -292,15 +309,34 @@ mod tests {
                 "{name}: {msg}"
             );
         }
-        // `backup`, `snapshot` and `prune` work with every store.
-        for command in ["backup", "snapshot", "prune"] {
+        // `run`, `backup`, `snapshot` and `prune` work with every store.
+        for command in ["run", "backup", "snapshot", "prune"] {
             let cfg = load_config(&cli(&file, &[command])).unwrap();
             assert_eq!(cfg.stores.len(), 2, "{command}");
         }
-        // `fetch` stops recovery instead (exit 2 would read as "not found" to PostgreSQL).
-        let err = run(cli(&file, &["fetch", "000000010000000000000001", "x"])).unwrap_err();
-        assert_eq!(exit::code_for(&err), exit::FETCH_ABORT, "{err:#}");
-        assert!(format!("{err:#}").contains("`pgagent fetch`"), "{err:#}");
+        let readers: &[&[&str]] = &[
+            &["fetch-server"],
+            &["fetch", "000000010000000000000001", "x"],
+            &["restore", "--pgdata", pgdata],
+            &["drill"],
+            &["doctor"],
+            &["verify"],
+            &["list"],
+            &["status"],
+        ];
+        for args in readers {
+            let cfg = load_config(&cli(&file, args)).unwrap_or_else(|e| panic!("{args:?}: {e:#}"));
+            let names: Vec<&str> = cfg.stores.iter().map(|s| s.name.as_str()).collect();
+            assert_eq!(names, ["nas", "r2"], "{args:?}");
+            assert!(cfg.left_out.is_empty());
+        }
+        // Several names for a command that uses one store: refused.
+        let err =
+            load_config(&cli(&file, &["prune", "--store", "nas", "--store", "r2"])).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("takes one --store NAME"),
+            "{err:#}"
+        );
     }
 
     #[test]
@@ -342,9 +378,10 @@ mod tests {
         assert!(!prefix.contains("--store"), "{prefix}");
     }
 
-    /// `--store NAME` chooses one store of several for a command that reads, and the
-    /// `restore_command` a restore writes reads that store too; a command that writes
-    /// refuses to leave the others out; an unknown name lists the known ones.
+    /// `--store NAME` chooses stores of several for a command that reads (the others are
+    /// left out, for its report), and the `restore_command` a restore writes reads those
+    /// stores too; a command that writes refuses to leave the others out; an unknown name
+    /// lists the known ones.
     #[test]
     fn store_name_chooses_the_store_of_a_reading_command() {
         let dir = tempfile::tempdir().unwrap();
@@ -357,16 +394,34 @@ mod tests {
             &["list", "backups", "--store", "r2"],
             &["verify", "--store", "r2"],
             &["fetch-server", "--store", "r2"],
+            &["key", "list", "--store", "r2"],
         ] {
             let c = cli(&file, command);
             let cfg = load_config(&c).unwrap_or_else(|e| panic!("{command:?}: {e:#}"));
             assert_eq!(cfg.store().name, "r2", "{command:?}");
             assert_eq!(cfg.store().url, "file:///mnt/far/pgagent", "{command:?}");
+            assert_eq!(cfg.left_out.len(), 1, "{command:?}");
+            assert_eq!(cfg.left_out[0].name, "nas", "{command:?}");
         }
         let c = cli(&file, &["restore", "--pgdata", "/x", "--store", "r2"]);
         let prefix = fetch_command_prefix(&c, &load_config(&c).unwrap());
         assert!(
             prefix.ends_with(&format!("--config {canonical} --store r2")),
+            "{prefix}"
+        );
+        // Both named, in the order given; read in restore order.
+        let c = cli(
+            &file,
+            &[
+                "restore", "--pgdata", "/x", "--store", "r2", "--store", "nas",
+            ],
+        );
+        let cfg = load_config(&c).unwrap();
+        let names: Vec<&str> = cfg.stores.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["nas", "r2"]);
+        let prefix = fetch_command_prefix(&c, &cfg);
+        assert!(
+            prefix.ends_with(&format!("--config {canonical} --store r2 --store nas")),
             "{prefix}"
         );
         for writer in ["run", "backup", "snapshot"] {

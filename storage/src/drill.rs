@@ -45,6 +45,11 @@ pub struct DrillReport {
     pub pg_bin_dir: Option<String>,
     /// Where the scratch directory was left (`--keep`).
     pub kept: Option<String>,
+    /// With several stores read as one: what each served the restore (bytes, objects,
+    /// requests) and, when `--store` left stores out, where the WAL of the ones used ends
+    /// against the others; empty otherwise (and in records written before it existed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stores: Vec<String>,
     /// Each check, in order.
     pub checks: Vec<Check>,
 }
@@ -96,6 +101,7 @@ impl DrillReport {
             behind_live_bytes: None,
             pg_bin_dir: None,
             kept: None,
+            stores: Vec::new(),
             checks: Vec::new(),
         }
     }

@@ -73,7 +73,15 @@ pub async fn run(cfg: &Config, pgdata: Option<&Path>) -> anyhow::Result<()> {
     let mut r = Report::default();
     r.add(Level::Ok, "config", "loaded and valid");
     let server_pgdata = postgres_checks(cfg, &mut r).await;
-    store_checks(cfg, &mut r).await;
+    if cfg.stores.len() > 1 {
+        // Each store on its own: a store lost or denied is named.
+        for spec in &cfg.stores {
+            println!("store {}:", spec.name);
+            store_checks(&cfg.for_store(spec), &mut r).await;
+        }
+    } else {
+        store_checks(cfg, &mut r).await;
+    }
     staging_checks(cfg, &mut r);
     let pgdata = pgdata.map(Path::to_path_buf).or(server_pgdata);
     zfs_checks(cfg, pgdata.as_deref(), &mut r);

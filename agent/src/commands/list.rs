@@ -239,12 +239,45 @@ fn wal_lines(t: &TimelineWal, seg: WalSegmentSize) -> Vec<String> {
 
 /// Prints the listing.
 pub async fn run(cfg: &Config, what: ListWhat, json: bool) -> anyhow::Result<()> {
-    match what {
-        ListWhat::Backups => return crate::commands::backup::list(cfg, json).await,
-        ListWhat::Snapshots => return crate::commands::snapshot::list(cfg, json).await,
-        ListWhat::Drills => return crate::commands::drill::list(cfg, json).await,
-        ListWhat::Wal | ListWhat::Timelines => {}
+    if matches!(what, ListWhat::Wal | ListWhat::Timelines) {
+        return list_wal(cfg, what, json).await;
     }
+    let [one] = cfg.stores.as_slice() else {
+        // Backups, snapshot and drill records are kept per store: each store on its own.
+        if json {
+            return Err(crate::config::ConfigError(format!(
+                "list {} --json lists one store: add --store NAME (the stores are {})",
+                format!("{what:?}").to_lowercase(),
+                cfg.stores
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+            .into());
+        }
+        for spec in &cfg.stores {
+            println!("store {}:", spec.name);
+            list_one(&cfg.for_store(spec), what, json).await?;
+        }
+        return Ok(());
+    };
+    list_one(&cfg.for_store(one), what, json).await
+}
+
+/// Backups, snapshots or drills in the one store of `cfg`.
+async fn list_one(cfg: &Config, what: ListWhat, json: bool) -> anyhow::Result<()> {
+    match what {
+        ListWhat::Backups => crate::commands::backup::list(cfg, json).await,
+        ListWhat::Snapshots => crate::commands::snapshot::list(cfg, json).await,
+        ListWhat::Drills => crate::commands::drill::list(cfg, json).await,
+        ListWhat::Wal | ListWhat::Timelines => unreachable!("listed above"),
+    }
+}
+
+/// `list wal` and `list timelines`: the WAL of the stores read as one (what recovery
+/// sees).
+async fn list_wal(cfg: &Config, what: ListWhat, json: bool) -> anyhow::Result<()> {
     let crate::store::Opened {
         store,
         cluster,
@@ -272,11 +305,14 @@ pub async fn run(cfg: &Config, what: ListWhat, json: bool) -> anyhow::Result<()>
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    println!(
-        "store {} (system identifier {})",
-        store.describe(),
-        cluster.system_identifier
-    );
+    // Several stores describe themselves as `stores a (…), b (…)`.
+    let described = store.describe();
+    let label = if described.starts_with("stores ") {
+        described
+    } else {
+        format!("store {described}")
+    };
+    println!("{label} (system identifier {})", cluster.system_identifier);
     for t in &wal {
         match what {
             ListWhat::Timelines => println!(

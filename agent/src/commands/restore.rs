@@ -22,7 +22,11 @@ pub async fn run(cfg: &Config, req: &RestoreRequest) -> anyhow::Result<()> {
         req.pgdata.display(),
         req.target.describe()
     );
-    if !req.restore_command.contains(" --config ") && cfg.store().url.starts_with("s3://") {
+    for line in &served.stores {
+        println!("{line}");
+    }
+    let s3 = cfg.stores.iter().any(|s| s.url.starts_with("s3://"));
+    if !req.restore_command.contains(" --config ") && s3 {
         println!(
             "note: restore_command names no configuration file: PostgreSQL's environment must \
              hold the store credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), or run \

@@ -6,7 +6,7 @@ use pgagent_storage::RequestOp;
 
 use crate::config::Config;
 use crate::statusfile::{self, DaemonStatus, Usage};
-use crate::store::last_points;
+use crate::store::{last_points, LastPoints};
 
 /// Seconds after which a published status counts as stale (the daemon writes every second).
 pub const STALE_AFTER_SECS: u64 = 10;
@@ -26,15 +26,18 @@ pub async fn run(cfg: &Config, json: bool) -> anyhow::Result<()> {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let age = now.saturating_sub(status.updated_unix);
-    let points = async {
-        let store = crate::store::open(cfg).await?;
-        let cipher = crate::store::read_cipher(store.as_ref(), cfg).await?;
-        last_points(store.as_ref(), cipher.as_ref()).await
-    };
-    let points = match tokio::time::timeout(std::time::Duration::from_secs(10), points).await {
-        Ok(Ok(p)) => Ok(p),
-        Ok(Err(e)) => Err(format!("{e:#}")),
-        Err(_) => Err("the store did not answer within 10 s".to_string()),
+    let points = match cfg.stores.as_slice() {
+        [one] => store_points(&cfg.for_store(one)).await,
+        several => {
+            // Several stores: each one's points, read at the same time.
+            let each = futures::future::join_all(
+                several
+                    .iter()
+                    .map(|s| async { (s.name.clone(), store_points(&cfg.for_store(s)).await) }),
+            )
+            .await;
+            return print_each(&status, age, now, json, &each);
+        }
     };
     if json {
         let mut v = serde_json::to_value(&status)?;
@@ -74,6 +77,70 @@ pub async fn run(cfg: &Config, json: bool) -> anyhow::Result<()> {
                 );
             }
             Err(e) => println!("{:<18}unknown: {e}", "last backup"),
+        }
+    }
+    Ok(())
+}
+
+/// The newest backup, snapshot and drill in the one store of `cfg`, waited for 10 s.
+async fn store_points(cfg: &Config) -> Result<LastPoints, String> {
+    let points = async {
+        let store = crate::store::open(cfg).await?;
+        let cipher = crate::store::read_cipher(store.as_ref(), cfg).await?;
+        last_points(store.as_ref(), cipher.as_ref()).await
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(10), points).await {
+        Ok(Ok(p)) => Ok(p),
+        Ok(Err(e)) => Err(format!("{e:#}")),
+        Err(_) => Err("the store did not answer within 10 s".to_string()),
+    }
+}
+
+/// `status` with several stores: the daemon's status, then each store's newest backup,
+/// snapshot and drill (JSON: under `stores.<name>`).
+fn print_each(
+    status: &DaemonStatus,
+    age: u64,
+    now: u64,
+    json: bool,
+    each: &[(String, Result<LastPoints, String>)],
+) -> anyhow::Result<()> {
+    if json {
+        let mut v = serde_json::to_value(status)?;
+        v["age_seconds"] = age.into();
+        v["stale"] = (age > STALE_AFTER_SECS).into();
+        for (name, points) in each {
+            v["stores"][name] = match points {
+                Ok(p) => serde_json::to_value(p)?,
+                Err(e) => serde_json::json!({ "store_error": e }),
+            };
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    print!("{}", render(status, age));
+    for (name, points) in each {
+        let label = format!("{name}: last backup");
+        match points {
+            Ok(p) => {
+                let point = |p: &Option<(String, String)>| {
+                    p.as_ref().map_or("none".to_string(), |(id, at)| {
+                        format!("{id} (finished {at})")
+                    })
+                };
+                println!("{label:<24}{}", point(&p.last_backup));
+                println!(
+                    "{:<24}{}",
+                    format!("{name}: last snapshot"),
+                    point(&p.last_snapshot)
+                );
+                println!(
+                    "{:<24}{}",
+                    format!("{name}: last drill"),
+                    drill_line(p.last_drill.as_ref(), now)
+                );
+            }
+            Err(e) => println!("{label:<24}unknown: {e}"),
         }
     }
     Ok(())

@@ -31,10 +31,61 @@ use crate::fetch::plan::TimelinePlan;
 use crate::store::wal::{legacy_lengths, PartialSegment, SegmentId, WalIndex};
 use crate::store::{catalog, overlaps};
 
-/// Runs the checks and prints the report.
+/// Runs the checks and prints the report; with several stores, each store on its own (a
+/// copy must restore by itself), after checking that they name one cluster.
 ///
-/// Errors: a problem was found (after the report), or the store cannot be read.
+/// Errors: a problem was found (after the report), or the store cannot be read; with
+/// several stores, the stores with problems; [`crate::exit::Refused`] (exit 3) for stores
+/// naming different clusters.
 pub async fn run(cfg: &Config, backup: Option<&str>, wal: bool) -> anyhow::Result<()> {
+    let [one] = cfg.stores.as_slice() else {
+        return run_each(cfg, backup, wal).await;
+    };
+    run_one(&cfg.for_store(one), backup, wal).await
+}
+
+/// `verify` of several stores: one report per store, then which ones failed.
+async fn run_each(cfg: &Config, backup: Option<&str>, wal: bool) -> anyhow::Result<()> {
+    same_cluster(cfg).await?;
+    let mut failed = Vec::new();
+    for spec in &cfg.stores {
+        println!("store {}:", spec.name);
+        if let Err(e) = run_one(&cfg.for_store(spec), backup, wal).await {
+            println!("store {}: {e:#}", spec.name);
+            failed.push(spec.name.as_str());
+        }
+    }
+    if failed.is_empty() {
+        let names: Vec<&str> = cfg.stores.iter().map(|s| s.name.as_str()).collect();
+        println!("every store verified: {}", names.join(", "));
+        Ok(())
+    } else {
+        anyhow::bail!("stores with problems: {}", failed.join(", "))
+    }
+}
+
+/// Refuses (exit 3) stores whose `cluster.json` name different clusters; a store that
+/// cannot be read, or holds none, is left to its own report.
+async fn same_cluster(cfg: &Config) -> anyhow::Result<()> {
+    let mut read = Vec::new();
+    for spec in &cfg.stores {
+        let one = cfg.for_store(spec);
+        let Ok(store) = crate::store::open(&one).await else {
+            continue;
+        };
+        if let Ok(Some(cluster)) = pgagent_storage::cluster::read_cluster(store.as_ref()).await {
+            read.push(crate::store::read::Checked {
+                name: spec.name.clone(),
+                cluster,
+                cipher: None,
+            });
+        }
+    }
+    crate::store::read::check_one_cluster(&read).map_err(|e| crate::exit::Refused(e).into())
+}
+
+/// Verifies the one store of `cfg`.
+async fn run_one(cfg: &Config, backup: Option<&str>, wal: bool) -> anyhow::Result<()> {
     let crate::store::Opened {
         store, seg, cipher, ..
     } = crate::store::open_cluster(cfg).await?;

@@ -122,6 +122,9 @@ pub struct Config {
     /// The stores, in restore order (`restore_priority`, then as written); never empty,
     /// at least one required.
     pub stores: Vec<StoreSpec>,
+    /// The configured stores a `--store NAME` selection left out, in restore order (empty
+    /// without one): a reading command reports how far the stores it used are behind them.
+    pub left_out: Vec<StoreSpec>,
     /// Parsed `metrics.listen`; `None` disables the endpoint.
     pub metrics_listen: Option<SocketAddr>,
     /// The store's passphrase, read from `encryption.passphrase_file` or taken from
@@ -135,6 +138,19 @@ const WRITING_COMMANDS: &[&str] = &["run", "backup", "snapshot"];
 /// Commands that work with every configured store: a base backup and a snapshot record go
 /// into each, and prune applies each store's retention.
 const EVERY_STORE_COMMANDS: &[&str] = &["run", "backup", "snapshot", "prune"];
+
+/// Commands that read several stores as one (`--store NAME` repeatable; none: every
+/// store), in `restore_priority` order.
+pub const READING_COMMANDS: &[&str] = &[
+    "fetch",
+    "fetch-server",
+    "restore",
+    "drill",
+    "list",
+    "verify",
+    "status",
+    "doctor",
+];
 
 impl Config {
     /// The staging directory.
@@ -213,8 +229,41 @@ impl Config {
                 stores::names(&self.stores)
             )));
         }
+        self.left_out = self
+            .stores
+            .iter()
+            .filter(|s| s.name != chosen.name)
+            .cloned()
+            .collect();
         self.stores = vec![chosen];
         Ok(())
+    }
+
+    /// Keeps the stores `--store NAME…` names (all of them when `names` is empty), in
+    /// restore order, for a command of [`READING_COMMANDS`]; the others go to
+    /// [`Config::left_out`].
+    ///
+    /// Errors: a name no store has.
+    pub fn select_for_reading<S: AsRef<str>>(&mut self, names: &[S]) -> Result<(), ConfigError> {
+        let chosen: Vec<StoreSpec> = self.select_stores(names)?.into_iter().cloned().collect();
+        self.left_out = self
+            .stores
+            .iter()
+            .filter(|s| !chosen.iter().any(|c| c.name == s.name))
+            .cloned()
+            .collect();
+        self.stores = chosen;
+        Ok(())
+    }
+
+    /// This configuration with `spec` as its one store (nothing left out): how a command
+    /// that reads several stores checks or lists each on its own.
+    pub fn for_store(&self, spec: &StoreSpec) -> Config {
+        Config {
+            stores: vec![spec.clone()],
+            left_out: Vec::new(),
+            ..self.clone()
+        }
     }
 
     /// The stores a `--store NAME…` selection names, in restore order; no names: all of

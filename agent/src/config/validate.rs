@@ -110,6 +110,7 @@ impl RawConfig {
         self.encryption.passphrase = None;
         Ok(Config {
             stores,
+            left_out: Vec::new(),
             metrics_listen,
             passphrase,
             raw: self,

@@ -43,11 +43,10 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new());
     let metrics_task = serve_metrics(&cfg, &metrics, &shutdown).await?;
     check_staging(&cfg)?;
-    // The pipeline and the schedules use every store; the fetch server the first one (in
-    // restore order).
-    let first = cfg.with_store(&cfg.stores[0]);
+    // Every part uses every store: the pipeline and the backups write to each, the fetch
+    // server and the drills read them as one.
     let fetch_task =
-        crate::fetch::server::spawn_daemon_server(&first, metrics.clone(), shutdown.clone());
+        crate::fetch::server::spawn_daemon_server(&cfg, metrics.clone(), shutdown.clone());
     let schedule_tasks = schedules::start(&cfg, &metrics, &shutdown, &fetch_prefix)?;
 
     let connected = pipeline::connect(&cfg).await?;

@@ -36,9 +36,8 @@ pub fn start(
         parse("drill.schedule", &cfg.raw.drill.schedule).map_err(|e| ConfigError(e.0))?
     {
         tracing::info!(schedule = cfg.raw.drill.schedule, "drills scheduled (UTC)");
-        // A drill reads one store: the first in restore order.
         tasks.push(tokio::spawn(drills(
-            cfg.with_store(&cfg.stores[0]),
+            cfg.clone(),
             cron,
             metrics.clone(),
             shutdown.clone(),

@@ -62,6 +62,9 @@ pub fn text(r: &DrillReport) -> String {
             "  store      newest WAL ends at {end}: {b} bytes behind it"
         );
     }
+    for line in &r.stores {
+        let _ = writeln!(out, "  stores     {line}");
+    }
     match (&r.live_lsn, r.behind_live_bytes) {
         (Some(live), Some(b)) => {
             let _ = writeln!(out, "  live       server at {live}: {b} bytes behind it");

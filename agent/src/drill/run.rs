@@ -69,6 +69,7 @@ pub async fn drill(
             scratch.note_clone(served.clone_dataset.as_deref());
             report.tier = Some(served.tier.to_string());
             report.source = Some(served.source.clone());
+            report.stores = served.stores.clone();
             report.pass("restore", served.source);
         }
         Err(e) => {
@@ -210,9 +211,28 @@ pub async fn run_and_record(
     Ok(report)
 }
 
-/// Writes the report to `drills/<id>.json`, sealed with the store's key.
+/// Writes the report to `drills/<id>.json`, sealed with the store's key; with several
+/// stores read as one, into each of them (a store that fails is named, the others still
+/// get it).
 async fn record(cfg: &Config, report: &DrillReport) -> anyhow::Result<()> {
-    let store = crate::store::open(cfg).await?;
-    let cipher = crate::store::read_cipher(store.as_ref(), cfg).await?;
-    drills::put_record(store.as_ref(), cipher.as_ref(), report).await
+    let mut failed = Vec::new();
+    for spec in &cfg.stores {
+        let one = cfg.for_store(spec);
+        let put = async {
+            let store = crate::store::open(&one).await?;
+            let cipher = crate::store::read_cipher(store.as_ref(), &one).await?;
+            drills::put_record(store.as_ref(), cipher.as_ref(), report).await
+        };
+        if let Err(e) = put.await {
+            if cfg.stores.len() == 1 {
+                return Err(e);
+            }
+            failed.push(format!("store {}: {e:#}", spec.name));
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!(failed.join("; ")))
+    }
 }

@@ -78,7 +78,26 @@ impl Fetcher {
     /// declares an invalid segment size, or its encryption does not match the configuration
     /// (an encrypted store without a passphrase, a plaintext one with a passphrase, a
     /// passphrase that opens no key): recovery must stop, not end early.
+    ///
+    /// With several stores kept (or some left out by `--store NAME`), they are opened and
+    /// checked to hold one cluster ([`crate::store::read::open_reading`], transient errors
+    /// retried until `deadline`) and read as one: an object is absent only when every store
+    /// says so, and a store failing otherwise is retried, never taken for an absence.
     pub async fn connect(cfg: &Config, deadline: Instant) -> Result<Fetcher, FetchError> {
+        if crate::store::read::reads_a_set(cfg) {
+            let patience = deadline.saturating_duration_since(Instant::now());
+            let reading = crate::store::read::open_reading(cfg, Some(patience))
+                .await
+                .map_err(|e| abort(format!("{e:#}")))?;
+            let opened = reading.opened;
+            return Ok(Fetcher {
+                store: opened.store,
+                cipher: opened.cipher,
+                seg: opened.seg,
+                system_identifier: opened.cluster.system_identifier,
+                histories: Arc::default(),
+            });
+        }
         let url = &cfg.store().url;
         let store = retry(url, "open the store", deadline, || crate::store::open(cfg)).await?;
         let info = retry(&store.describe(), "read cluster.json", deadline, || {

@@ -184,7 +184,7 @@ fn through_server(
     let req = wire::Request {
         version: wire::VERSION,
         file: file.to_string(),
-        store: cfg.store().url.clone(),
+        store: paths::store_identity(cfg),
         timeout_ms: u64::try_from(cfg.raw.fetch.timeout.as_millis()).unwrap_or(u64::MAX),
         path: std::path::absolute(path)
             .ok()

@@ -41,6 +41,20 @@ pub struct RestorePaths {
     pub cache: PathBuf,
 }
 
+/// What a fetch reads, as a client and a server compare it: the store URL for one store;
+/// `name=url` of each store, in read order, for stores read as one (a `--store NAME…`
+/// selection is another set, so another restore-mode server).
+pub fn store_identity(cfg: &Config) -> String {
+    if !crate::store::read::reads_a_set(cfg) {
+        return cfg.store().url.clone();
+    }
+    cfg.stores
+        .iter()
+        .map(|s| format!("{}={}", s.name, s.url))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 impl RestorePaths {
     /// The paths for `cfg`; `None` when neither the staging directory nor a private runtime
     /// directory is usable (then `pgagent fetch` works standalone).
@@ -50,7 +64,7 @@ impl RestorePaths {
         } else {
             private_runtime_dir()?
         };
-        Some(Self::in_dir(&dir, &cfg.store().url))
+        Some(Self::in_dir(&dir, &store_identity(cfg)))
     }
 
     /// The paths for the store `store_url` in `dir`.

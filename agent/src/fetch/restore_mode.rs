@@ -63,7 +63,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let idle = cfg.raw.fetch.idle_timeout;
-    let store = cfg.store().url.clone();
+    let store = super::paths::store_identity(&cfg);
     let summary = runtime.block_on(async move {
         let settings = ServerSettings {
             socket: paths.socket.clone(),
@@ -82,12 +82,23 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         tokio::spawn(stop_on_signal(shutdown.clone()));
         anyhow::Ok(server.run(shutdown).await)
     })?;
-    // No metrics endpoint here: the store requests it sent are in its last log line.
+    // No metrics endpoint here: the store requests it sent are in its last log line, per
+    // store when it read several as one.
+    let by_store = crate::store::read::requests_by_store();
+    let store_requests = if by_store.is_empty() {
+        crate::store::requests().totals().to_string()
+    } else {
+        by_store
+            .iter()
+            .map(|(name, t)| format!("{name}: {t}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
     tracing::info!(
         served = summary.served,
         prefetch_hits = summary.prefetch_hits,
         prefetch_misses = summary.prefetch_misses,
-        store_requests = %crate::store::requests().totals(),
+        store_requests = %store_requests,
         "fetch server stopped"
     );
     drop(lock);

@@ -259,11 +259,9 @@ impl Shared {
         if req.version != wire::VERSION {
             return unavailable(format!("protocol version {} not served", req.version));
         }
-        if req.store != self.cfg.store().url {
-            return unavailable(format!(
-                "this server serves another store.url ({})",
-                self.cfg.store().url
-            ));
+        let ours = super::paths::store_identity(&self.cfg);
+        if req.store != ours {
+            return unavailable(format!("this server serves another store.url ({ours})"));
         }
         let timeout = Duration::from_millis(req.timeout_ms);
         let target = req

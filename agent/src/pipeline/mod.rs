@@ -101,7 +101,7 @@ pub async fn connect(cfg: &Config) -> anyhow::Result<Connected> {
     let mut stores = Vec::with_capacity(cfg.stores.len());
     let mut cipher: Option<Option<ObjectCipher>> = None;
     for spec in &cfg.stores {
-        let store = crate::store::open_spec(spec).await?;
+        let store = crate::store::open_spec(spec, crate::store::requests().clone()).await?;
         if let Some(Some(_)) = &cipher {
             refuse_new_encrypted(store.as_ref(), spec).await?;
         }

@@ -15,25 +15,31 @@ use crate::config::Config;
 use crate::retry::Policy;
 use crate::retrying_store::RetryingReads;
 use crate::store::catalog;
+use crate::store::read::{self, Reading};
 
-/// The store of `cfg` and the cluster it holds. Reads through the returned store retry
-/// transient errors for up to `fetch.timeout` ([`RetryingReads`]): a restore reads thousands
-/// of objects, and one that fails once must not end it. `cluster.json` is read that way when
-/// `patient`, else with one attempt.
+/// The store of `cfg` and the cluster it holds, and, when it reads several stores as one,
+/// those stores (for the report). Reads through the returned store retry transient errors
+/// for up to `fetch.timeout` ([`RetryingReads`]): a restore reads thousands of objects, and
+/// one that fails once must not end it. `cluster.json` is read that way when `patient`,
+/// else with one attempt.
 ///
 /// Errors: the store cannot be opened or read, or holds no `cluster.json`; as
-/// [`crate::store::read_cipher`].
+/// [`crate::store::read_cipher`]; as [`crate::store::read::open_reading`].
 pub(super) async fn open_store(
     cfg: &Config,
     patient: bool,
-) -> anyhow::Result<crate::store::Opened> {
+) -> anyhow::Result<(crate::store::Opened, Option<Reading>)> {
+    let retrying =
+        |raw| RetryingReads::wrap(raw, Policy::CHUNK, cfg.raw.fetch.timeout, "fetch.timeout");
+    if crate::store::read::reads_a_set(cfg) {
+        let patience = patient.then_some(cfg.raw.fetch.timeout);
+        let reading = crate::store::read::open_reading(cfg, patience).await?;
+        let mut opened = reading.opened.clone();
+        opened.store = retrying(opened.store);
+        return Ok((opened, Some(reading)));
+    }
     let raw = crate::store::open(cfg).await?;
-    let store = RetryingReads::wrap(
-        raw.clone(),
-        Policy::CHUNK,
-        cfg.raw.fetch.timeout,
-        "fetch.timeout",
-    );
+    let store = retrying(raw.clone());
     let reader = if patient { &store } else { &raw };
     let cluster = read_cluster(reader.as_ref()).await?.with_context(|| {
         format!(
@@ -44,12 +50,28 @@ pub(super) async fn open_store(
     let seg = pgagent_protocol::WalSegmentSize::new(cluster.wal_segment_size)
         .map_err(|e| anyhow::anyhow!("cluster.json: {e}"))?;
     let cipher = crate::store::read_cipher(reader.as_ref(), cfg).await?;
-    Ok(crate::store::Opened {
+    let opened = crate::store::Opened {
         store,
         cluster,
         seg,
         cipher,
-    })
+    };
+    Ok((opened, None))
+}
+
+/// The report of a restore that read several stores as one: what each served and, when
+/// `--store` left stores out, where the WAL of the ones used ends against theirs.
+pub(super) async fn stores_report(cfg: &Config, reading: &Reading) -> Vec<String> {
+    let mut lines = vec![read::served_text(&reading.served())];
+    if !cfg.left_out.is_empty() {
+        let seg = reading.opened.seg;
+        let end = read::wal_end(reading.opened.store.as_ref(), seg)
+            .await
+            .map_err(|e| format!("{e:#}"));
+        let others = read::left_out_ends(cfg, seg).await;
+        lines.push(read::wal_end_text(&reading.names(), &end, &others));
+    }
+    lines
 }
 
 /// The bucket tier: the newest complete base backup that can reach the target. Returns what
@@ -84,7 +106,7 @@ pub(super) async fn from_bucket(
         &manifest,
         &req.pgdata,
         &original,
-        cfg.store().upload_concurrency,
+        read_concurrency(cfg),
         if req.delta { Mode::Delta } else { Mode::Fresh },
         &progress,
     )
@@ -119,6 +141,12 @@ pub(super) async fn from_bucket(
         written.removed
     );
     Ok((source, removed))
+}
+
+/// Chunks read at once: the first store's `upload_concurrency` (the one most chunks come
+/// from).
+fn read_concurrency(cfg: &Config) -> usize {
+    cfg.stores.first().map_or(1, |s| s.upload_concurrency)
 }
 
 async fn choose_backup(

@@ -1,7 +1,7 @@
 //! The order of the tiers: a local snapshot first (unless `--from bucket`), then the
 //! bucket (unless `--from snapshot`), and what the caller is told about the one that served.
 
-use super::bucket::{from_bucket, open_store};
+use super::bucket::{from_bucket, open_store, stores_report};
 use super::request::{RestoreFrom, RestoreRequest};
 use super::snapshot;
 use crate::config::Config;
@@ -20,6 +20,9 @@ pub struct Served {
     pub removed_settings: Vec<String>,
     /// The dataset a snapshot was cloned into, when it was.
     pub clone_dataset: Option<String>,
+    /// With several stores read as one, what each served and, when `--store` left stores
+    /// out, where the WAL of the ones used ends: lines for the report (empty otherwise).
+    pub stores: Vec<String>,
 }
 
 /// Restores per `req` from the first tier that can serve: a local snapshot (unless
@@ -43,7 +46,7 @@ pub async fn restore(cfg: &Config, req: &RestoreRequest) -> anyhow::Result<Serve
         let system_identifier = opened
             .as_ref()
             .ok()
-            .and_then(|o| o.cluster.system_identifier.parse().ok());
+            .and_then(|(o, _)| o.cluster.system_identifier.parse().ok());
         match snapshot::plan(cfg, req, system_identifier) {
             Ok(plan) => {
                 if let Err(e) = &opened {
@@ -64,6 +67,7 @@ pub async fn restore(cfg: &Config, req: &RestoreRequest) -> anyhow::Result<Serve
                     passed_over: None,
                     removed_settings,
                     clone_dataset,
+                    stores: Vec::new(),
                 });
             }
             Err(why) if req.from == RestoreFrom::Snapshot => {
@@ -84,12 +88,18 @@ pub async fn restore(cfg: &Config, req: &RestoreRequest) -> anyhow::Result<Serve
             open_store(cfg, true).await?
         }
     };
+    let (opened, reading) = opened;
     let (source, removed_settings) = from_bucket(cfg, req, &opened).await?;
+    let stores = match &reading {
+        Some(r) => stores_report(cfg, r).await,
+        None => Vec::new(),
+    };
     Ok(Served {
         source,
         tier: "bucket",
         passed_over,
         removed_settings,
         clone_dataset: None,
+        stores,
     })
 }

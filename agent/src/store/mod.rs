@@ -5,6 +5,7 @@
 pub mod catalog;
 pub mod drills;
 pub mod overlaps;
+pub mod read;
 pub mod records;
 pub mod snapshots;
 pub mod wal;
@@ -38,16 +39,20 @@ pub fn requests() -> &'static Arc<RequestCounts> {
 ///
 /// Errors: as [`pgagent_storage::open()`].
 pub async fn open(cfg: &Config) -> Result<Arc<dyn ObjectStore>, StoreError> {
-    open_spec(cfg.store()).await
+    open_spec(cfg.store(), requests().clone()).await
 }
 
-/// Opens one configured store (`spec`), counted like [`open`]'s.
+/// Opens the store `spec` describes with every request it sends counted in `counts`
+/// (below any wrapper a caller adds, as [`open`]).
 ///
 /// Errors: as [`pgagent_storage::open()`].
-pub async fn open_spec(spec: &StoreSpec) -> Result<Arc<dyn ObjectStore>, StoreError> {
+pub async fn open_spec(
+    spec: &StoreSpec,
+    counts: Arc<RequestCounts>,
+) -> Result<Arc<dyn ObjectStore>, StoreError> {
     #[allow(clippy::disallowed_methods)] // the one place that may
     let backend = pgagent_storage::open(&spec.url, &spec.options()).await?;
-    Ok(CountedStore::wrap(backend, requests().clone()))
+    Ok(CountedStore::wrap(backend, counts))
 }
 
 /// How long [`claim_store`] retries a store that fails transiently before the command
@@ -181,11 +186,15 @@ impl Opened {
 }
 
 /// The store of `cfg`, the cluster it holds, that cluster's segment size and the cipher
-/// of its objects.
+/// of its objects; with several stores kept, the stores read as one
+/// ([`read::open_reading`], one attempt each), which take no writes.
 ///
 /// Errors: the store cannot be opened or read, holds no `cluster.json`, or declares an
-/// invalid segment size; as [`read_cipher`].
+/// invalid segment size; as [`read_cipher`]; as [`read::open_reading`].
 pub async fn open_cluster(cfg: &Config) -> anyhow::Result<Opened> {
+    if cfg.stores.len() > 1 {
+        return Ok(read::open_reading(cfg, None).await?.opened);
+    }
     let store = open(cfg).await?;
     let cluster = read_cluster(store.as_ref()).await?.ok_or_else(|| {
         anyhow::anyhow!(
