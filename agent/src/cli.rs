@@ -207,6 +207,12 @@ pub enum Command {
         #[command(subcommand)]
         action: KeyAction,
     },
+    /// The stores of a cluster kept in several stores (`[[stores]]`).
+    Store {
+        /// What to do.
+        #[command(subcommand)]
+        action: StoreAction,
+    },
 }
 
 impl Command {
@@ -231,8 +237,25 @@ impl Command {
                 KeyAction::List { .. } => "key list",
                 KeyAction::Remove { .. } => "key remove",
             },
+            Command::Store { action } => match action {
+                StoreAction::Add { .. } => "store add",
+            },
         }
     }
+}
+
+/// `pgagent store` actions.
+#[derive(Debug, Subcommand)]
+pub enum StoreAction {
+    /// Give a configured store that is new (empty) the cluster the other stores hold: its
+    /// cluster.json and, for an encrypted cluster, its key files (the one master key of the
+    /// cluster, wrapped under the same passphrases), copied as they are. `pgagent run` then
+    /// fills it with the WAL it lacks. Exit 3 for a store that holds another cluster, or
+    /// objects without a cluster.json.
+    Add {
+        /// The store's name, as `[[stores]]` names it.
+        name: String,
+    },
 }
 
 /// `pgagent key` actions.

@@ -194,6 +194,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 cli::KeyAction::List { json } => commands::key::list(&cfg, json).await,
                 cli::KeyAction::Remove { id } => commands::key::remove(&cfg, &id).await,
             },
+            Command::Store { action } => match action {
+                cli::StoreAction::Add { name } => commands::store::add(&cfg, &name).await,
+            },
         }
     })
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use pgagent_protocol::{Lsn, SegNo};
 use pgagent_storage::ObjectStore;
-use pgagent_tests::{wait_until, AgentProcess, Garage, PgServer, Proxy, ProxyMode};
+use pgagent_tests::{run_pgagent, wait_until, AgentProcess, Garage, PgServer, Proxy, ProxyMode};
 
 /// Two stores: `nas` (required, `file://`) and `r2` (async, S3 through `proxy`).
 struct TwoStores {
@@ -445,9 +445,9 @@ async fn kill_9_while_the_async_store_lags_loses_nothing_in_it() {
 }
 
 /// An encrypted cluster's stores share one master key: a new, empty store beside the
-/// encrypted one is refused before anything is written to it, and once `cluster.json` and
-/// `keys/` are copied in, the agent fills it with the WAL it lacks, readable with the same
-/// key.
+/// encrypted one is refused before anything is written to it; `pgagent store add` gives it
+/// the cluster's key files and `cluster.json`, and the agent then fills it with the WAL it
+/// lacks, byte for byte the first store's.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_encrypted_cluster_takes_a_second_store_only_with_its_master_key() {
     let dir = tempfile::tempdir().unwrap();
@@ -512,13 +512,38 @@ async fn an_encrypted_cluster_takes_a_second_store_only_with_its_master_key() {
         "b was written to"
     );
 
-    // With the cluster's key file and cluster.json copied in, b is taken and filled.
-    std::fs::copy(a.join("cluster.json"), b.join("cluster.json")).unwrap();
-    std::fs::create_dir(b.join("keys")).unwrap();
-    for f in std::fs::read_dir(a.join("keys")).unwrap() {
-        let f = f.unwrap();
-        std::fs::copy(f.path(), b.join("keys").join(f.file_name())).unwrap();
-    }
+    // `store add b` copies the cluster's key files and cluster.json into b; then b is
+    // taken and filled. A second `store add` finds it done.
+    let out = run_pgagent(&["--config", &config, "store", "add", "b"], &vars);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("copied cluster.json and 1 key file(s) from store a"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        std::fs::read(a.join("cluster.json")).unwrap(),
+        std::fs::read(b.join("cluster.json")).unwrap()
+    );
+    let out = run_pgagent(&["--config", &config, "store", "add", "b"], &vars);
+    assert!(
+        text(&out).contains("already holds cluster"),
+        "{}",
+        text(&out)
+    );
+    // A store holding something else is not new: refused.
+    let c = dir.path().join("c");
+    std::fs::create_dir_all(c.join("wal")).unwrap();
+    std::fs::write(c.join("wal/stray"), b"x").unwrap();
+    let three = format!(
+        "{two}\n[[stores]]\nname = \"c\"\nurl = \"file://{}\"\nrole = \"async\"\n",
+        c.display()
+    );
+    let (config3, vars3) = env(&three);
+    let out = run_pgagent(&["--config", &config3, "store", "add", "c"], &vars3);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains("is not empty"), "{}", text(&out));
+    let (config, vars) = env(&two);
     let mut agent = AgentProcess::spawn(&["--config", &config, "run"], &vars);
     let more = segment_end(switch_segments(&pg, 1));
     let b_store = open_store(&format!("file://{}", b.display()), &[]).await;
@@ -545,5 +570,54 @@ async fn an_encrypted_cluster_takes_a_second_store_only_with_its_master_key() {
         "b did not get a's segments\n{}",
         agent.output_text()
     );
+    assert!(agent.terminate().success(), "{}", agent.output_text());
+}
+
+/// What a trickle of commits costs each store: `partial_interval` 1 s to nas and 10 s to
+/// r2. Each delta is one PUT; over 30 s of a commit every 200 ms, nas gets about 30 and
+/// r2 about 3 (per hour: 3,600 and 360, plus one PUT per complete segment each).
+#[tokio::test(flavor = "multi_thread")]
+async fn each_store_gets_deltas_at_its_own_partial_interval() {
+    let t = TwoStores::new("cost", "");
+    let pg = PgServer::start(Default::default()).unwrap();
+    let mut agent = t.spawn_with(
+        &pg,
+        &[
+            ("PGAGENT_WAL_PARTIAL_INTERVAL", "1s".into()),
+            ("PGAGENT_STORES_R2_PARTIAL_INTERVAL", "10s".into()),
+        ],
+    );
+    pg.psql("CREATE TABLE trickle (i int)").unwrap();
+    lsn(&pg.switch_wal().unwrap());
+    let (nas, r2) = (t.nas().await, t.r2("cost").await);
+    let deltas = |keys: Vec<String>| -> Vec<String> {
+        keys.into_iter()
+            .filter(|k| k.contains(".partial.d/"))
+            .collect()
+    };
+    let mut seen: [std::collections::BTreeSet<String>; 2] = Default::default();
+    let start = Instant::now();
+    let mut i = 0;
+    while start.elapsed() < Duration::from_secs(30) {
+        pg.psql(&format!("INSERT INTO trickle VALUES ({i})"))
+            .unwrap();
+        i += 1;
+        if i % 10 == 0 {
+            for (set, store) in seen.iter_mut().zip([&nas, &r2]) {
+                let keys = store.list("wal/").await.unwrap();
+                set.extend(deltas(keys.into_iter().map(|m| m.key).collect()));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    for (set, store) in seen.iter_mut().zip([&nas, &r2]) {
+        let keys = store.list("wal/").await.unwrap();
+        set.extend(deltas(keys.into_iter().map(|m| m.key).collect()));
+    }
+    let (near, far) = (seen[0].len(), seen[1].len());
+    eprintln!("30 s of trickle: {near} deltas to nas (1 s), {far} to r2 (10 s)");
+    assert!((20..=40).contains(&near), "nas got {near} deltas");
+    assert!((2..=6).contains(&far), "r2 got {far} deltas");
     assert!(agent.terminate().success(), "{}", agent.output_text());
 }

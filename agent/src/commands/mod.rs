@@ -13,4 +13,5 @@ pub mod run;
 pub mod signals;
 pub mod snapshot;
 pub mod status;
+pub mod store;
 pub mod verify;

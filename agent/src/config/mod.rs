@@ -135,9 +135,10 @@ pub struct Config {
 /// Commands that write to the stores: they take no `--store NAME` that leaves one out.
 const WRITING_COMMANDS: &[&str] = &["run", "backup", "snapshot"];
 
-/// Commands that work with every configured store: a base backup and a snapshot record go
-/// into each, and prune applies each store's retention.
-const EVERY_STORE_COMMANDS: &[&str] = &["run", "backup", "snapshot", "prune"];
+/// Commands that work with every configured store: `run` streams to each, a base backup
+/// and a snapshot record go into each, prune applies each store's retention, and `store
+/// add` copies the cluster from one store into another.
+const EVERY_STORE_COMMANDS: &[&str] = &["run", "backup", "snapshot", "prune", "store add"];
 
 /// Commands that read several stores as one (`--store NAME` repeatable; none: every
 /// store), in `restore_priority` order.

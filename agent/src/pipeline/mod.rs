@@ -133,10 +133,9 @@ async fn refuse_new_encrypted(store: &dyn ObjectStore, spec: &StoreSpec) -> anyh
     {
         return Err(crate::exit::Refused(format!(
             "store {:?} is new, and this cluster is encrypted: its stores share one master \
-             key, which a new store does not hold yet (adding a store to an encrypted cluster \
-             is not supported yet); stream to the stores that hold the cluster, or to a new \
-             set of stores all new",
-            spec.name
+             key, which a new store does not hold yet; give it the cluster's key files and \
+             cluster.json first: pgagent store add {}",
+            spec.name, spec.name
         ))
         .into());
     }

@@ -68,12 +68,17 @@ impl PartialOutlets {
             .max(Duration::from_millis(10))
     }
 
-    /// The stores that take a view ending at `pos` now.
+    /// The stores that take a view ending at `pos` now. A store is due half a tick early:
+    /// its last view went out a little after a tick, and waiting for the exact interval
+    /// would skip every other tick.
     pub fn wanting(&self, pos: Lsn, now: Instant) -> Vec<LaneId> {
+        let early = now + self.tick() / 2;
         (0..self.outlets.len())
             .filter(|&i| {
                 let o = &self.outlets[i];
-                pos > o.sent && o.mailbox.is_empty() && (o.eager || o.due.is_none_or(|d| now >= d))
+                pos > o.sent
+                    && o.mailbox.is_empty()
+                    && (o.eager || o.due.is_none_or(|d| early >= d))
             })
             .collect()
     }
@@ -180,6 +185,22 @@ mod tests {
             o.wanting(Lsn(pos + 10), t0 + Duration::from_secs(10)),
             vec![0, 1]
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_view_posted_a_little_after_a_tick_does_not_skip_the_next_tick() {
+        let mut o = outlets();
+        let t0 = Instant::now();
+        let late = t0 + Duration::from_millis(30);
+        o.post(view(100), Some(&[0, 1]), seg(), |_, _, _, _| true, late)
+            .unwrap();
+        o.outlets[0].mailbox.next().await.unwrap();
+        o.outlets[1].mailbox.next().await.unwrap();
+        let pos = Lsn(3 * seg().bytes() + 200);
+        // At the tick 10 s after t0 the 10 s store is due (its view went out at t0 + 30 ms),
+        // not at 9 s.
+        assert!(!o.wanting(pos, t0 + Duration::from_secs(9)).contains(&1));
+        assert!(o.wanting(pos, t0 + Duration::from_secs(10)).contains(&1));
     }
 
     #[tokio::test(start_paused = true)]

@@ -106,6 +106,9 @@ pub struct World {
     cipher: Option<ObjectCipher>,
     /// The first segment streamed: checked from there at the end.
     first: SegNo,
+    /// With several stores: checks what fetch serves from all of them read as one (a
+    /// `ReadSet`, as `restore_command` reads them), held to every confirmed position.
+    union: Option<Checker>,
     started: Instant,
     stats: Stats,
 }
@@ -151,8 +154,10 @@ impl World {
             }
         }
         let mut lanes = Vec::new();
+        let mut drawn: Vec<Faults> = Vec::new();
         for role in roles {
             let faults = Faults::draw(&mut rng);
+            drawn.push(faults);
             let store = SimStore::new(rng.gen(), faults);
             let partial_interval =
                 Duration::from_secs(*[1, 1, 3, 10].get(rng.gen_range(0..4)).unwrap_or(&1));
@@ -173,7 +178,44 @@ impl World {
                 down_until: None,
             });
         }
+        let union = if lanes.len() > 1 {
+            let members = lanes
+                .iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    (
+                        format!("s{i}"),
+                        Arc::new(l.store.clone()) as Arc<dyn ObjectStore>,
+                    )
+                })
+                .collect();
+            let set =
+                pgagent_storage::read_set::ReadSet::new(members).map_err(|e| e.to_string())?;
+            // Held to the lag of the store whose listings lag most.
+            let worst = drawn
+                .iter()
+                .copied()
+                .max_by_key(|f| {
+                    if f.stale_list > 0.0 {
+                        f.stale_window
+                    } else {
+                        Duration::ZERO
+                    }
+                })
+                .expect("two stores");
+            Some(Checker::new(
+                Arc::new(set),
+                seg,
+                TLI,
+                first,
+                &worst,
+                cipher.clone(),
+            ))
+        } else {
+            None
+        };
         let mut world = World {
+            union,
             synchronous: rng.gen_bool(0.5),
             concurrency: rng.gen_range(1..=8),
             cipher,
@@ -203,7 +245,8 @@ impl World {
     /// What the seed did.
     pub fn stats(&self) -> Stats {
         Stats {
-            checks: self.lanes.iter().map(|l| l.checker.checks).sum(),
+            checks: self.lanes.iter().map(|l| l.checker.checks).sum::<usize>()
+                + self.union.as_ref().map_or(0, |u| u.checks),
             confirmed: self.lanes[self.primary()].checker.confirmed_now().0,
             simulated: Instant::now().duration_since(self.started),
             stores: self.lanes.len(),
@@ -411,6 +454,9 @@ impl World {
                 l.checker.confirmed(p);
             }
         }
+        if let Some(u) = &mut self.union {
+            u.confirmed(flush);
+        }
     }
 
     /// Runs `events` events, checking after each, then stops producing WAL, lets the agent
@@ -426,6 +472,14 @@ impl World {
                         .check(&self.server.wal, None)
                         .await
                         .map_err(|e| format!("store {i} ({:?}): {e}", l.role))?;
+                }
+            }
+            // A listing of the set needs every store: checked while all of them answer.
+            if let Some(u) = &mut self.union {
+                if self.lanes.iter().all(|l| l.down_until.is_none()) {
+                    u.check(&self.server.wal, None)
+                        .await
+                        .map_err(|e| format!("the stores read as one: {e}"))?;
                 }
             }
         }
@@ -465,6 +519,12 @@ impl World {
                 .check(&self.server.wal, Some(self.first))
                 .await
                 .map_err(|e| format!("store {i} ({:?}) at the end: {e}", l.role))?;
+        }
+        if let Some(u) = &mut self.union {
+            u.confirmed(written);
+            u.check(&self.server.wal, Some(self.first))
+                .await
+                .map_err(|e| format!("the stores read as one, at the end: {e}"))?;
         }
         Ok(())
     }
