@@ -109,6 +109,25 @@ impl TwoStores {
             .cloned()
     }
 
+    /// Writes two segments and waits until both stores hold them; returns the first
+    /// segment streamed (where the stores' WAL is compared from).
+    fn both_hold_some_segments(&self, pg: &PgServer, agent: &AgentProcess) -> SegNo {
+        let first = lsn(&pg.switch_wal().unwrap()).segment_number(seg());
+        let before = switch_segments(pg, 2);
+        let both = wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
+            ["nas", "r2"]
+                .iter()
+                .all(|s| self.store_uploaded(s).is_some_and(|l| l >= before))
+        });
+        assert!(
+            both,
+            "{:?}\n{}",
+            self.store_status("r2"),
+            agent.output_text()
+        );
+        first
+    }
+
     fn store_uploaded(&self, name: &str) -> Option<Lsn> {
         self.store_status(name)?["uploaded_lsn"]
             .as_str()
@@ -196,14 +215,7 @@ async fn an_async_store_down_never_holds_flush_and_catches_up_byte_for_byte() {
     // it copies from nas.
     let quota = ("PGAGENT_STAGING_QUOTA", "48MiB".to_string());
     let mut agent = t.spawn_with(&pg, &[quota]);
-    let first = lsn(&pg.switch_wal().unwrap()).segment_number(seg());
-    let before = switch_segments(&pg, 2);
-    let both = wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
-        ["nas", "r2"]
-            .iter()
-            .all(|s| t.store_uploaded(s).is_some_and(|l| l >= before))
-    });
-    assert!(both, "{:?}\n{}", t.store_status("r2"), agent.output_text());
+    let first = t.both_hold_some_segments(&pg, &agent);
 
     // R2 goes away. More segments than its queue and uploads in flight can hold.
     t.proxy.set_mode(ProxyMode::Refuse);
@@ -292,14 +304,7 @@ async fn a_required_store_down_holds_the_slot_at_its_end() {
     let t = TwoStores::with_roles("req", "role = \"async\"\n", "");
     let pg = PgServer::start(Default::default()).unwrap();
     let mut agent = t.spawn(&pg);
-    let first = lsn(&pg.switch_wal().unwrap()).segment_number(seg());
-    let before = switch_segments(&pg, 2);
-    let both = wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
-        ["nas", "r2"]
-            .iter()
-            .all(|s| t.store_uploaded(s).is_some_and(|l| l >= before))
-    });
-    assert!(both, "{}", agent.output_text());
+    let first = t.both_hold_some_segments(&pg, &agent);
     let r2 = t.r2("req").await;
     let held_before = stored_bodies(r2.as_ref()).await;
 
@@ -353,14 +358,7 @@ async fn hold_keeps_flush_within_max_lag_of_the_async_store() {
     );
     let pg = PgServer::start(Default::default()).unwrap();
     let mut agent = t.spawn(&pg);
-    let first = lsn(&pg.switch_wal().unwrap()).segment_number(seg());
-    let before = switch_segments(&pg, 2);
-    let both = wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
-        ["nas", "r2"]
-            .iter()
-            .all(|s| t.store_uploaded(s).is_some_and(|l| l >= before))
-    });
-    assert!(both, "{}", agent.output_text());
+    let first = t.both_hold_some_segments(&pg, &agent);
 
     t.proxy.set_mode(ProxyMode::Refuse);
     let target = segment_end(switch_segments(&pg, 8));
@@ -404,14 +402,7 @@ async fn kill_9_while_the_async_store_lags_loses_nothing_in_it() {
     let t = TwoStores::new("kill", "");
     let pg = PgServer::start(Default::default()).unwrap();
     let mut agent = t.spawn(&pg);
-    let first = lsn(&pg.switch_wal().unwrap()).segment_number(seg());
-    let before = switch_segments(&pg, 2);
-    let both = wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
-        ["nas", "r2"]
-            .iter()
-            .all(|s| t.store_uploaded(s).is_some_and(|l| l >= before))
-    });
-    assert!(both, "{}", agent.output_text());
+    let first = t.both_hold_some_segments(&pg, &agent);
 
     // R2 away, segments skipped for it (copied later), then the agent is killed: what R2
     // lacks is known only from its listing and its pin in nas.
