@@ -261,7 +261,16 @@ async fn prune_keeps_each_stores_backups_and_the_wal_a_pin_holds() {
     let near_store: Arc<dyn ObjectStore> = near.store().await;
     let far_store: Arc<dyn ObjectStore> = far.store().await;
     let ids = complete(&manifests(near_store.as_ref()).await);
-    assert_eq!(ids.len(), 3);
+    assert_eq!(
+        ids.len(),
+        3,
+        "{:?}",
+        manifests(near_store.as_ref())
+            .await
+            .values()
+            .map(|m| (m.id.clone(), m.status))
+            .collect::<Vec<_>>()
+    );
     assert_eq!(complete(&manifests(far_store.as_ref()).await), ids);
     let first_start = manifests(near_store.as_ref()).await[&ids[0]]
         .start()

@@ -435,18 +435,30 @@ async fn kill_9_while_the_async_store_lags_loses_nothing_in_it() {
     assert!(agent.terminate().success(), "{}", agent.output_text());
 }
 
-/// An encrypted cluster's stores share one master key: a new, empty store beside the
-/// encrypted one is refused before anything is written to it; `pgagent store add` gives it
-/// the cluster's key files and `cluster.json`, and the agent then fills it with the WAL it
-/// lacks, byte for byte the first store's.
+/// An encrypted cluster's stores share one master key. `pgagent store add` gives a new
+/// store the cluster's key files and `cluster.json`; `pgagent run` does the same by itself
+/// for a new store it finds; a store holding stray objects is refused by both, untouched;
+/// the new stores are then filled, byte for byte the first store's objects.
 #[tokio::test(flavor = "multi_thread")]
-async fn an_encrypted_cluster_takes_a_second_store_only_with_its_master_key() {
+async fn an_encrypted_cluster_gives_new_stores_its_master_key() {
     let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let [a, b, c, d] = ["a", "b", "c", "d"].map(|n| dir.path().join(n));
     let pg = PgServer::start(Default::default()).unwrap();
-    let env = |stores: &str| {
+    let env = |stores: &[&std::path::Path]| {
         let config = dir.path().join("pgagent.toml");
-        std::fs::write(&config, stores).unwrap();
+        let toml: String = stores
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let name = p.file_name().unwrap().to_str().unwrap();
+                let role = if i == 0 { "required" } else { "async" };
+                format!(
+                    "[[stores]]\nname = \"{name}\"\nurl = \"file://{}\"\nrole = \"{role}\"\n\n",
+                    p.display()
+                )
+            })
+            .collect();
+        std::fs::write(&config, toml).unwrap();
         let env = vec![
             ("PGAGENT_POSTGRES_CONNINFO", pg.conninfo("pgagent")),
             (
@@ -458,22 +470,14 @@ async fn an_encrypted_cluster_takes_a_second_store_only_with_its_master_key() {
             ("PGAGENT_BACKUP_SCHEDULE", String::new()),
             (
                 "PGAGENT_ENCRYPTION_PASSPHRASE",
-                "a passphrase for both stores".into(),
+                "a passphrase for every store".into(),
             ),
         ];
         (config.display().to_string(), env)
     };
-    let one = format!(
-        "[[stores]]\nname = \"a\"\nurl = \"file://{}\"\n",
-        a.display()
-    );
-    let two = format!(
-        "{one}\n[[stores]]\nname = \"b\"\nurl = \"file://{}\"\nrole = \"async\"\n",
-        b.display()
-    );
 
     // One store: it gets the cluster's master key.
-    let (config, vars) = env(&one);
+    let (config, vars) = env(&[&a]);
     let mut agent = AgentProcess::spawn(&["--config", &config, "run"], &vars);
     let target = segment_end(switch_segments(&pg, 2));
     let landed = wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
@@ -482,29 +486,9 @@ async fn an_encrypted_cluster_takes_a_second_store_only_with_its_master_key() {
     assert!(landed, "{}", agent.output_text());
     assert!(agent.terminate().success(), "{}", agent.output_text());
 
-    // A new store beside it: refused, and left untouched.
+    // `store add b`: b gets a's key file and cluster.json; a second time finds it done.
     std::fs::create_dir(&b).unwrap();
-    let (config, vars) = env(&two);
-    let mut refused = AgentProcess::spawn(&["--config", &config, "run"], &vars);
-    let status = refused
-        .wait_timeout(Duration::from_secs(60))
-        .expect("a refused start exits");
-    assert_eq!(status.code(), Some(3), "{}", refused.output_text());
-    assert!(
-        refused
-            .output_text()
-            .contains("store \"b\" is new, and this cluster is encrypted"),
-        "{}",
-        refused.output_text()
-    );
-    assert_eq!(
-        std::fs::read_dir(&b).unwrap().count(),
-        0,
-        "b was written to"
-    );
-
-    // `store add b` copies the cluster's key files and cluster.json into b; then b is
-    // taken and filled. A second `store add` finds it done.
+    let (config, vars) = env(&[&a, &b]);
     let out = run_pgagent(&["--config", &config, "store", "add", "b"], &vars);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
@@ -522,33 +506,44 @@ async fn an_encrypted_cluster_takes_a_second_store_only_with_its_master_key() {
         "{}",
         text(&out)
     );
-    // A store holding something else is not new: refused.
-    let c = dir.path().join("c");
+
+    // A store holding something else is not new: refused by `store add` and by `run`.
     std::fs::create_dir_all(c.join("wal")).unwrap();
     std::fs::write(c.join("wal/stray"), b"x").unwrap();
-    let three = format!(
-        "{two}\n[[stores]]\nname = \"c\"\nurl = \"file://{}\"\nrole = \"async\"\n",
-        c.display()
-    );
-    let (config3, vars3) = env(&three);
-    let out = run_pgagent(&["--config", &config3, "store", "add", "c"], &vars3);
+    let (config, vars) = env(&[&a, &b, &c]);
+    let out = run_pgagent(&["--config", &config, "store", "add", "c"], &vars);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    assert!(text(&out).contains("is not empty"), "{}", text(&out));
-    let (config, vars) = env(&two);
+    assert!(
+        text(&out).contains("is not empty (wal/stray"),
+        "{}",
+        text(&out)
+    );
+    let mut refused = AgentProcess::spawn(&["--config", &config, "run"], &vars);
+    let status = refused
+        .wait_timeout(Duration::from_secs(60))
+        .expect("a refused start exits");
+    assert_eq!(status.code(), Some(3), "{}", refused.output_text());
+    assert!(!c.join("cluster.json").exists(), "c was claimed");
+
+    // `run` with a new store d beside a and b: d is given the cluster by itself, and both
+    // are filled with a's objects.
+    let (config, vars) = env(&[&a, &b, &d]);
     let mut agent = AgentProcess::spawn(&["--config", &config, "run"], &vars);
     let more = segment_end(switch_segments(&pg, 1));
-    let b_store = open_store(&format!("file://{}", b.display()), &[]).await;
     let a_store = open_store(&format!("file://{}", a.display()), &[]).await;
     let deadline = Instant::now() + Duration::from_secs(90);
     let filled = loop {
         let a_keys = stored_bodies(a_store.as_ref()).await;
-        let b_keys = stored_bodies(b_store.as_ref()).await;
-        let complete = |k: &&String| !k.contains(".partial");
-        let all = a_keys
-            .keys()
-            .filter(complete)
-            .all(|k| b_keys.get(k) == a_keys.get(k));
-        if all && slot_restart_lsn(&pg).is_some_and(|l| l >= more) {
+        let mut all = slot_restart_lsn(&pg).is_some_and(|l| l >= more);
+        for other in [&b, &d] {
+            let store = open_store(&format!("file://{}", other.display()), &[]).await;
+            let theirs = stored_bodies(store.as_ref()).await;
+            all &= a_keys
+                .iter()
+                .filter(|(k, _)| !k.contains(".partial"))
+                .all(|(k, v)| theirs.get(k) == Some(v));
+        }
+        if all {
             break true;
         }
         if Instant::now() > deadline {
@@ -558,7 +553,18 @@ async fn an_encrypted_cluster_takes_a_second_store_only_with_its_master_key() {
     };
     assert!(
         filled,
-        "b did not get a's segments\n{}",
+        "b and d did not get a's segments\n{}",
+        agent.output_text()
+    );
+    assert_eq!(
+        std::fs::read(a.join("cluster.json")).unwrap(),
+        std::fs::read(d.join("cluster.json")).unwrap()
+    );
+    assert!(
+        agent
+            .output_text()
+            .contains("a new store of this encrypted cluster"),
+        "{}",
         agent.output_text()
     );
     assert!(agent.terminate().success(), "{}", agent.output_text());

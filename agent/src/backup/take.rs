@@ -58,6 +58,31 @@ pub struct BackupRequest {
     pub stores: Vec<String>,
 }
 
+/// A backup id no target store holds yet, and the time it names. Ids have a resolution
+/// of one second (`catalog::new_id`); a backup taken in the same second as the previous
+/// one (backups run one at a time per machine, [`BackupLock`]) waits for the next second
+/// rather than write its manifest over the other's.
+///
+/// Errors: a store's, reading whether the id is taken.
+async fn unused_id(targets: &[Target]) -> anyhow::Result<(String, SystemTime)> {
+    loop {
+        let now = SystemTime::now();
+        let id = catalog::new_id(now);
+        let key = pgagent_storage::layout::backup_manifest_key(&id);
+        let mut taken = false;
+        for t in targets {
+            taken |= t.bucket.store.head(&key).await?.is_some();
+        }
+        if !taken {
+            return Ok((id, now));
+        }
+        let into_second = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        tokio::time::sleep(Duration::from_nanos(u64::from(1_000_000_000 - into_second))).await;
+    }
+}
+
 /// Takes one base backup into the stores of `req` (the server read once) and returns what
 /// became of it in each: the manifest there (complete, or running if the WAL did not reach
 /// that store in time), or why it did not reach that store.
@@ -84,9 +109,8 @@ pub async fn take_backup(cfg: &Config, req: &BackupRequest) -> anyhow::Result<Ba
     }
     let _lock = BackupLock::take(cfg.staging_dir())?;
 
-    let started = SystemTime::now();
+    let (id, started) = unused_id(&targets).await?;
     let begun = Instant::now();
-    let id = catalog::new_id(started);
     let chunk_size = cfg.raw.backup.chunk_size.as_u64();
 
     let mut opts = BaseBackupOptions::new(format!("pgagent {id}"));

@@ -78,11 +78,15 @@ pub struct Connected {
     upstream: Upstream,
     /// Every configured store, in restore order.
     stores: Vec<StoreOut>,
+    /// The required store the resume point is decided with, and copies come from.
+    primary: usize,
     cipher: Option<ObjectCipher>,
 }
 
 /// Connects to the server (`postgres.conninfo`, application name `pgagent` unless set),
-/// opens every configured store and claims each for the server's cluster.
+/// opens every configured store and claims each for the server's cluster, in restore order;
+/// a new store of an encrypted cluster is first given the cluster of the first store
+/// ([`crate::store::adopt::join_new`]), so that every store opens to one master key.
 ///
 /// Errors: the connection's (explained, naming the fix); a store's; a store that holds
 /// another cluster ([`crate::exit::Refused`]); encrypted stores that do not share one
@@ -98,48 +102,61 @@ pub async fn connect(cfg: &Config) -> anyhow::Result<Connected> {
         "connected to {}",
         upstream.conn.redacted()
     );
-    let mut stores = Vec::with_capacity(cfg.stores.len());
-    let mut cipher: Option<Option<ObjectCipher>> = None;
+    let mut opened = Vec::with_capacity(cfg.stores.len());
     for spec in &cfg.stores {
         let store = crate::store::open_spec(spec, crate::store::requests().clone()).await?;
-        if let Some(Some(_)) = &cipher {
-            refuse_new_encrypted(store.as_ref(), spec).await?;
-        }
-        let claimed = crate::store::claim_store(store.as_ref(), server, cfg).await?;
-        match &cipher {
-            None => cipher = Some(claimed),
-            Some(first) => same_master_key(first.as_ref(), claimed.as_ref(), spec, cfg)?,
-        }
-        stores.push(StoreOut {
+        opened.push(StoreOut {
             spec: spec.clone(),
             store,
         });
     }
+    // The store claimed first: one that holds the cluster already, so that an encrypted
+    // cluster's new stores are given its master key, never the other way round.
+    let all: Vec<_> = opened.iter().map(|s| Some(s.store.clone())).collect();
+    let held = crate::store::adopt::holders(&all).await;
+    let order = crate::store::adopt::claim_order(&held);
+    let mut first: Option<(
+        usize,
+        Option<ObjectCipher>,
+        pgagent_storage::cluster::ClusterInfo,
+    )> = None;
+    for i in order {
+        let StoreOut { spec, store } = &opened[i];
+        if let Some((h, Some(_), cluster)) = &first {
+            let source = opened[*h].store.as_ref();
+            crate::store::adopt::join_new(source, cluster, store.as_ref(), &spec.name).await?;
+        }
+        let claimed = crate::store::claim_store(store.as_ref(), server, cfg).await?;
+        match &first {
+            None => {
+                let cluster = pgagent_storage::cluster::read_cluster(store.as_ref())
+                    .await?
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("store {}: no cluster.json after its claim", spec.name)
+                    })?;
+                first = Some((i, claimed, cluster));
+            }
+            Some((h, c, _)) => {
+                same_master_key(c.as_ref(), claimed.as_ref(), spec, &opened[*h].spec)?
+            }
+        }
+    }
+    let stores = opened;
+    let cipher = first.and_then(|(_, c, _)| c);
+    // Streaming resumes as the first required store that held the cluster says (a new
+    // store, even configured first, holds no WAL to resume from).
+    let required = |i: &usize| stores[*i].spec.is_required();
+    let primary = (0..stores.len())
+        .filter(|i| held[*i])
+        .find(required)
+        .or_else(|| (0..stores.len()).find(required))
+        .expect("configuration has a required store");
     Ok(Connected {
         upstream,
         stores,
-        cipher: cipher.flatten(),
+        primary,
+        cipher,
     })
-}
-
-/// Refuses to claim a new store (no `cluster.json`) for an encrypted cluster: the claim
-/// would give it a master key of its own, and the stores of one cluster share one.
-///
-/// Errors: [`crate::exit::Refused`] for a new store; the store's.
-async fn refuse_new_encrypted(store: &dyn ObjectStore, spec: &StoreSpec) -> anyhow::Result<()> {
-    if pgagent_storage::cluster::read_cluster(store)
-        .await?
-        .is_none()
-    {
-        return Err(crate::exit::Refused(format!(
-            "store {:?} is new, and this cluster is encrypted: its stores share one master \
-             key, which a new store does not hold yet; give it the cluster's key files and \
-             cluster.json first: pgagent store add {}",
-            spec.name, spec.name
-        ))
-        .into());
-    }
-    Ok(())
 }
 
 /// The stores of one cluster hold the same sealed bytes, so they share one master key (a
@@ -150,7 +167,7 @@ fn same_master_key(
     first: Option<&ObjectCipher>,
     this: Option<&ObjectCipher>,
     spec: &StoreSpec,
-    cfg: &Config,
+    first_spec: &StoreSpec,
 ) -> anyhow::Result<()> {
     let check = |c: Option<&ObjectCipher>| match c {
         Some(c) => format!("master key {}…", &c.key_check()[..12]),
@@ -164,7 +181,7 @@ fn same_master_key(
         "store {:?} holds this cluster with {theirs}, store {:?} with {ours}: the stores of \
          one cluster share one master key, so that a lagging store can be filled with copies \
          of the others' objects; point it at a store that holds the cluster's master key",
-        spec.name, cfg.stores[0].name
+        spec.name, first_spec.name
     ))
     .into())
 }
@@ -188,7 +205,8 @@ impl Connected {
     /// Ensures the slot, decides where streaming resumes and starts the compress workers
     /// and every store's lane: the second step.
     ///
-    /// The resume point is decided with the first required store; every other store's
+    /// The resume point is decided with the primary store (the first required store that
+    /// held the cluster when the agent started); every other store's
     /// lane starts from what that store holds there, and a store whose WAL ends below it
     /// copies the segments in between from the first required store.
     ///
@@ -202,13 +220,10 @@ impl Connected {
         let Connected {
             mut upstream,
             stores,
+            primary,
             cipher,
         } = self;
         upstream.ensure_slot().await?;
-        let primary = stores
-            .iter()
-            .position(|s| s.spec.is_required())
-            .expect("configuration has a required store");
         let resume = resume::prepare(
             &mut upstream,
             cfg.staging_dir(),

@@ -2,6 +2,7 @@
 //! prefix for this cluster before writing (or, to read, open it and read which cluster it
 //! holds), the catalog of base backups, the ZFS snapshot records, and the newest of each.
 
+pub mod adopt;
 pub mod catalog;
 pub mod drills;
 pub mod overlaps;

@@ -72,7 +72,9 @@ pub struct Checker {
     /// The store's cipher (`None`: plaintext).
     cipher: Option<ObjectCipher>,
     /// The same store, for failure reports.
-    sim: Option<SimStore>,
+    /// The simulated stores behind the fetcher (one, or each of a set read as one), for
+    /// failure reports and to skip a check when nothing changed.
+    sim: Vec<SimStore>,
     seg: WalSegmentSize,
     tli: TimelineId,
     scratch: tempfile::TempDir,
@@ -106,7 +108,7 @@ impl Checker {
         Checker {
             cipher: cipher.clone(),
             fetcher: Fetcher::on_store(store, seg).with_cipher(cipher),
-            sim: None,
+            sim: Vec::new(),
             seg,
             tli,
             scratch: tempfile::tempdir_in("/dev/shm")
@@ -126,8 +128,13 @@ impl Checker {
     }
 
     /// Names the simulated store behind the fetcher, so that a failure lists what it holds.
-    pub fn with_sim(mut self, sim: SimStore) -> Checker {
-        self.sim = Some(sim);
+    pub fn with_sim(self, sim: SimStore) -> Checker {
+        self.with_sims(vec![sim])
+    }
+
+    /// Names the simulated stores behind a fetcher that reads them as one.
+    pub fn with_sims(mut self, sims: Vec<SimStore>) -> Checker {
+        self.sim = sims;
         self
     }
 
@@ -179,20 +186,19 @@ impl Checker {
     ) -> Result<(), String> {
         // Nothing changed in the store, nor the confirmed position, since this segment was
         // last checked: the same answer (a lagging listing aside, which only shows more).
-        let changes = self.sim.as_ref().map(SimStore::changes);
+        let changes = (!self.sim.is_empty()).then(|| self.sim.iter().map(SimStore::changes).sum());
         let seen = (changes, confirmed);
         if changes.is_some() && self.unchanged.get(&segno) == Some(&seen) {
             return Ok(());
         }
         let r = self.check_segment_inner(wal, segno, confirmed).await;
         self.unchanged.insert(segno, seen);
-        r.map_err(|e| match &self.sim {
-            Some(sim) => {
-                let name = segment_file_name(self.tli, segno, self.seg);
+        r.map_err(|e| {
+            let name = segment_file_name(self.tli, segno, self.seg);
+            self.sim.iter().fold(e, |e, sim| {
                 let keys = sim.keys(&format!("wal/{name}"));
                 format!("{e}\n  the store holds (key, written at): {keys:#?}")
-            }
-            None => e,
+            })
         })
     }
 

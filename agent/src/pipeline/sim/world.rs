@@ -203,14 +203,11 @@ impl World {
                     }
                 })
                 .expect("two stores");
-            Some(Checker::new(
-                Arc::new(set),
-                seg,
-                TLI,
-                first,
-                &worst,
-                cipher.clone(),
-            ))
+            let sims = lanes.iter().map(|l| l.store.clone()).collect();
+            Some(
+                Checker::new(Arc::new(set), seg, TLI, first, &worst, cipher.clone())
+                    .with_sims(sims),
+            )
         } else {
             None
         };
