@@ -147,21 +147,24 @@ async fn stored_bodies(store: &dyn ObjectStore) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
-/// [`wal_objects`] of a store being written: an object removed between the listing and
-/// its read (a delta whose segment is now complete) is left out.
+/// [`wal_objects`] of a store being written, as one consistent view: when an object
+/// listed is gone by the time it is read (the deltas of a segment whose complete object
+/// landed meanwhile), the whole store is read again, so that a view never lacks both.
 async fn live_objects(store: &dyn ObjectStore) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    for meta in store.list("wal/").await.unwrap() {
-        match store.get(&meta.key).await {
-            Ok(body) => {
-                let raw = pgagent_storage::envelope::open(&body).unwrap();
-                out.insert(meta.key.trim_start_matches("wal/").to_string(), raw);
+    'again: loop {
+        let mut out = BTreeMap::new();
+        for meta in store.list("wal/").await.unwrap() {
+            match store.get(&meta.key).await {
+                Ok(body) => {
+                    let raw = pgagent_storage::envelope::open(&body).unwrap();
+                    out.insert(meta.key.trim_start_matches("wal/").to_string(), raw);
+                }
+                Err(e) if e.is_not_found() => continue 'again,
+                Err(e) => panic!("{}: {e}", meta.key),
             }
-            Err(e) if e.is_not_found() => {}
-            Err(e) => panic!("{}: {e}", meta.key),
         }
+        return out;
     }
-    out
 }
 
 /// Writes some WAL and switches segments `n` times; returns the end of the last switch.
