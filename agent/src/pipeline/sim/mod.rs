@@ -30,6 +30,7 @@
 //! (`RUST_LOG=debug`).
 
 mod check;
+mod parts;
 mod store;
 mod world;
 

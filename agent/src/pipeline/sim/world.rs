@@ -17,9 +17,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::check::{Checker, ServerWal};
+use super::parts::{compress, draw_roles, staging_dir, SimLane};
 use super::store::{Faults, SimStore};
 use super::Stats;
-use crate::config::{MaxLag, OnLagExceeded, StoreRole};
+use crate::config::StoreRole;
 use crate::metrics::Metrics;
 use crate::pipeline::catch_up;
 use crate::pipeline::compress::Sealer;
@@ -60,37 +61,6 @@ struct Agent {
     tasks: Vec<JoinHandle<()>>,
 }
 
-/// One simulated store, its role and its checker.
-struct SimLane {
-    store: SimStore,
-    role: StoreRole,
-    partial_interval: Duration,
-    /// Checks what fetch serves from this store alone.
-    checker: Checker,
-    /// The store is down until then.
-    down_until: Option<Instant>,
-}
-
-impl SimLane {
-    /// What this store alone must serve when `flush` was confirmed: all of it for a
-    /// required store; for an async store under `hold` with a byte bound, all but that
-    /// bound; nothing promised for another async store (until the end).
-    fn promised(&self, flush: Lsn) -> Option<Lsn> {
-        match self.role {
-            StoreRole::Required => Some(flush),
-            StoreRole::Async {
-                max_lag:
-                    Some(MaxLag {
-                        bytes: Some(b),
-                        time: None,
-                    }),
-                on_lag_exceeded: OnLagExceeded::Hold,
-            } => Some(Lsn(flush.0.saturating_sub(b.as_u64()))),
-            StoreRole::Async { .. } => None,
-        }
-    }
-}
-
 /// One seed's world.
 pub struct World {
     rng: StdRng,
@@ -127,32 +97,7 @@ impl World {
         // The server starts somewhere inside a segment, like a cluster with some history.
         let written = Lsn(SEGMENT * 3 + rng.gen_range(0..SEGMENT));
         let first = written.segment_number(seg);
-        // Half the seeds stream to two stores: a second required one, an async one that
-        // only alerts, or one under `hold`; either may come first in restore order.
-        let mut roles = vec![StoreRole::Required];
-        if rng.gen_bool(0.5) {
-            let second = match rng.gen_range(0..3) {
-                0 => StoreRole::Required,
-                1 => StoreRole::Async {
-                    max_lag: Some(MaxLag {
-                        time: Some(Duration::from_secs(30)),
-                        bytes: None,
-                    }),
-                    on_lag_exceeded: OnLagExceeded::Alert,
-                },
-                _ => StoreRole::Async {
-                    max_lag: Some(MaxLag {
-                        time: None,
-                        bytes: Some(bytesize::ByteSize(rng.gen_range(64 * 1024..4 * SEGMENT))),
-                    }),
-                    on_lag_exceeded: OnLagExceeded::Hold,
-                },
-            };
-            roles.push(second);
-            if rng.gen_bool(0.5) {
-                roles.reverse();
-            }
-        }
+        let roles = draw_roles(&mut rng, SEGMENT);
         let mut lanes = Vec::new();
         let mut drawn: Vec<Faults> = Vec::new();
         for role in roles {
@@ -642,42 +587,5 @@ impl World {
             }
         }
         Ok(())
-    }
-}
-
-/// A staging directory in memory where the machine has one (`/dev/shm`): the simulation
-/// fsyncs as the agent does, and a disk's fsyncs would cost most of its time.
-fn staging_dir() -> Result<tempfile::TempDir, String> {
-    let shm = std::path::Path::new("/dev/shm");
-    let dir = if shm.is_dir() {
-        tempfile::tempdir_in(shm)
-    } else {
-        tempfile::tempdir()
-    };
-    dir.map_err(|e| format!("staging directory: {e}"))
-}
-
-/// The compress workers' part, on the simulation's thread: seals each staged segment or
-/// history file as the pool does ([`Sealer::seal`]) and queues it for upload.
-async fn compress(
-    rx: crossbeam_channel::Receiver<CompressJob>,
-    tx: mpsc::Sender<UploadJob>,
-    sealer: Sealer,
-) {
-    loop {
-        match rx.try_recv() {
-            Ok(job) => match sealer.seal(job) {
-                Ok(up) => {
-                    if tx.send(up).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) => tracing::warn!("seal: {e}"),
-            },
-            Err(crossbeam_channel::TryRecvError::Empty) => {
-                tokio::time::sleep(Duration::from_millis(10)).await
-            }
-            Err(crossbeam_channel::TryRecvError::Disconnected) => return,
-        }
     }
 }
