@@ -153,49 +153,36 @@ pub fn spawn(
     let (store, source) = (retrying_reads(&s.store), retrying_reads(&s.source));
     lanes.copiers.push(tokio::spawn(async move {
         let lane = s.lane;
-        let retrying = |what: &'static str| {
-            move |e: &StoreError, d: Duration| {
-                tracing::warn!(lane, error = %e, retry_in = ?d, "cannot read {what}; trying again")
-            }
-        };
-        let not_stopped = |_: &StoreError| !shutdown.is_cancelled();
-        let ends = || async {
+        // Where the store's WAL ends (the lower of its tail and its pin), then what the
+        // source holds from there to the resume point: one step, retried until it answers.
+        let lacking = || async {
             let tail = continuity::read_tail(store.as_ref(), cipher.as_ref(), tli, start, seg).await?;
             let pin = read_pin(source.as_ref(), &s.name).await?;
-            Ok::<_, StoreError>((tail, pin))
+            let end = copies_from(tail, pin);
+            let objects = match gap(end, start, seg) {
+                Some((from, to)) => held_objects(source.as_ref(), tli, from, to, seg).await?,
+                None => Vec::new(),
+            };
+            Ok::<_, StoreError>((end, objects))
         };
-        let Ok((tail, pin)) = ends
+        let Ok((end, objects)) = lacking
             .retry(Policy::UPLOAD.backoff())
-            .when(not_stopped)
-            .notify(retrying("where a store's WAL ends"))
+            .when(|_| !shutdown.is_cancelled())
+            .notify(|e, d| tracing::warn!(lane, error = %e, retry_in = ?d, "cannot read what a store lacks below the resume point; trying again"))
             .await
         else {
             return;
         };
-        let end = copies_from(tail, pin);
-        let mut copies = Vec::new();
-        if let Some((from, to)) = gap(end, start, seg) {
-            let list = || held_objects(source.as_ref(), tli, from, to, seg);
-            let Ok(objects) = list
-                .retry(Policy::UPLOAD.backoff())
-                .when(not_stopped)
-                .notify(retrying("what a lagging store lacks"))
-                .await
-            else {
-                return;
-            };
-            tracing::info!(store = %s.name, store_end = %end, resume_point = %start, objects = objects.len(), "the store lags behind the resume point: copying what it lacks from the first required store");
-            for o in &objects {
-                if let WalObject::Segment { segno, .. } = o {
-                    copies.push(*segno);
-                }
-            }
-            shared.lanes().tracker(lane).caught_up_to(copies);
-            for o in objects {
-                backlog.add(o);
-            }
-        } else {
-            shared.lanes().tracker(lane).caught_up_to(copies);
+        if !objects.is_empty() {
+            tracing::info!(store = %s.name, store_end = %end, resume_point = %start, objects = objects.len(), "the store lags behind the resume point: copying what it lacks from the primary store");
+        }
+        let copies = objects.iter().filter_map(|o| match o {
+            WalObject::Segment { segno, .. } => Some(*segno),
+            _ => None,
+        });
+        shared.lanes().tracker(lane).caught_up_to(copies);
+        for o in objects {
+            backlog.add(o);
         }
         if !s.pin_targets.is_empty() {
             keep_pin(shared, lane, s.name, s.pin_targets, tli, shutdown).await;
