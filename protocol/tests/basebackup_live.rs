@@ -175,6 +175,7 @@ async fn base_backup_with_tablespace() {
         manifest: true,
         max_rate_kib: None,
         progress: true,
+        incremental: false,
     };
     let mut stream = client.base_backup(&opts).await.unwrap();
     let start = stream.start_lsn();

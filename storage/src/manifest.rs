@@ -8,6 +8,13 @@
 //! like any file, so `pg_verifybackup` can check a restored directory). A backup is only
 //! usable once its status is [`BackupStatus::Complete`].
 //!
+//! An incremental backup (PostgreSQL 17+, [`BackupKind::Incremental`]) holds the server's
+//! `INCREMENTAL.<relfile>` files exactly as received, chunked like any file, and names the
+//! backup it was taken against ([`BackupManifest::parent`]); a restore rebuilds the data
+//! directory from the chain down to its full backup ([`BackupManifest::root`]). Such
+//! manifests are written as format version [`INCREMENTAL_FORMAT_VERSION`], so a reader that
+//! only knows full backups refuses them instead of restoring blocks as files.
+//!
 //! Manifests come from the bucket, which a restore must not trust blindly:
 //! [`BackupManifest::check`] refuses any path that could leave the target directory.
 
@@ -16,8 +23,24 @@ use std::collections::HashSet;
 use pgagent_protocol::{Lsn, TimelineId};
 use serde::{Deserialize, Serialize};
 
-/// Version of the manifest format written by this code.
+/// Version of the manifest format written for full backups.
 pub const MANIFEST_FORMAT_VERSION: u32 = 1;
+
+/// Version of the manifest format written for incremental backups: version 1 plus
+/// `kind`, `parent`, `root`, `depth` and the block geometry.
+pub const INCREMENTAL_FORMAT_VERSION: u32 = 2;
+
+/// Whether a backup holds whole files or only the blocks changed since its parent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackupKind {
+    /// Every file whole (`BASE_BACKUP` without `INCREMENTAL`).
+    #[default]
+    Full,
+    /// `BASE_BACKUP ( INCREMENTAL )` against [`BackupManifest::parent`]: relation segments
+    /// as `INCREMENTAL.<name>` files.
+    Incremental,
+}
 
 /// Whether a backup may be restored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +109,10 @@ pub struct BackupStats {
     pub new_chunks: u64,
     /// Stored (compressed) bytes of the chunks this backup uploaded.
     pub new_stored_bytes: u64,
+    /// Archive bytes the server sent (tar headers and padding included): what the backup
+    /// read from the server. Manifests written before this field was kept say 0.
+    #[serde(default)]
+    pub server_bytes: u64,
 }
 
 /// `backups/<id>/manifest.json`.
@@ -97,6 +124,28 @@ pub struct BackupManifest {
     pub id: String,
     /// Running or complete.
     pub status: BackupStatus,
+    /// Full, or incremental against [`Self::parent`].
+    #[serde(default)]
+    pub kind: BackupKind,
+    /// Incremental backups: the id of the backup whose `backup_manifest` was uploaded
+    /// (`UPLOAD_MANIFEST`), full or incremental itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// Incremental backups: the id of the full backup the chain starts from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<String>,
+    /// Backups between this one and its full backup, this one included: 0 for a full
+    /// backup, 1 for one taken against a full backup.
+    #[serde(default)]
+    pub depth: u32,
+    /// `BLCKSZ` of the cluster, bytes (`SHOW block_size`); known for backups taken from
+    /// PostgreSQL 17 on, which an incremental backup may have for its parent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_size: Option<u32>,
+    /// `RELSEG_SIZE` of the cluster, blocks per relation segment file (`SHOW
+    /// segment_size` / `block_size`); known when [`Self::block_size`] is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment_blocks: Option<u32>,
     /// `system_identifier` of the cluster, decimal.
     pub system_identifier: String,
     /// `server_version_num` of the server.
@@ -173,6 +222,12 @@ impl BackupManifest {
             format_version: MANIFEST_FORMAT_VERSION,
             id: id.to_string(),
             status: BackupStatus::Running,
+            kind: BackupKind::Full,
+            parent: None,
+            root: None,
+            depth: 0,
+            block_size: None,
+            segment_blocks: None,
             system_identifier: String::new(),
             pg_version_num: 0,
             label: String::new(),
@@ -224,11 +279,37 @@ impl BackupManifest {
     ///
     /// Errors: the first problem found, naming the entry.
     pub fn check(&self) -> Result<(), ManifestError> {
-        if self.format_version != MANIFEST_FORMAT_VERSION {
+        let expected = match self.kind {
+            BackupKind::Full => MANIFEST_FORMAT_VERSION,
+            BackupKind::Incremental => INCREMENTAL_FORMAT_VERSION,
+        };
+        if self.format_version != expected {
             return Err(ManifestError::Format(format!(
-                "format version {} is not {MANIFEST_FORMAT_VERSION}",
-                self.format_version
+                "format version {} is not {expected} (a {} backup)",
+                self.format_version,
+                self.kind.as_str()
             )));
+        }
+        match (self.kind, &self.parent, &self.root) {
+            (BackupKind::Full, None, None) if self.depth == 0 => {}
+            (BackupKind::Incremental, Some(parent), Some(root))
+                if self.depth >= 1 && !parent.is_empty() && !root.is_empty() => {}
+            _ => {
+                return Err(ManifestError::Format(format!(
+                    "a {} backup with parent {:?}, root {:?} and depth {}",
+                    self.kind.as_str(),
+                    self.parent,
+                    self.root,
+                    self.depth
+                )))
+            }
+        }
+        if self.kind == BackupKind::Incremental
+            && (self.block_size.is_none() || self.segment_blocks.is_none())
+        {
+            return Err(ManifestError::Format(
+                "an incremental backup without its block size and segment size".into(),
+            ));
         }
         self.start()?;
         self.stop()?;
@@ -290,6 +371,26 @@ impl BackupManifest {
     }
 }
 
+impl BackupKind {
+    /// `full` or `incremental`, as in the manifest.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupKind::Full => "full",
+            BackupKind::Incremental => "incremental",
+        }
+    }
+}
+
+impl BackupManifest {
+    /// The format version a manifest of `kind` is written as.
+    pub fn format_version_for(kind: BackupKind) -> u32 {
+        match kind {
+            BackupKind::Full => MANIFEST_FORMAT_VERSION,
+            BackupKind::Incremental => INCREMENTAL_FORMAT_VERSION,
+        }
+    }
+}
+
 /// Whether `s` is a chunk hash: 64 lowercase hex digits (blake3, 32 bytes).
 pub fn is_chunk_hash(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
@@ -334,6 +435,12 @@ mod tests {
             format_version: MANIFEST_FORMAT_VERSION,
             id: "20261121T030000Z".into(),
             status: BackupStatus::Complete,
+            kind: BackupKind::Full,
+            parent: None,
+            root: None,
+            depth: 0,
+            block_size: None,
+            segment_blocks: None,
             system_identifier: "7000000000000000001".into(),
             pg_version_num: 150004,
             label: "pgagent".into(),
@@ -389,6 +496,66 @@ mod tests {
         assert_eq!(back, m);
         assert_eq!(m.start().unwrap(), (Lsn(0x200_0028), TimelineId(1)));
         assert_eq!(m.stop().unwrap(), Some((Lsn(0x200_0100), TimelineId(1))));
+    }
+
+    #[test]
+    fn an_incremental_manifest_names_its_chain_and_old_ones_read_as_full() {
+        let full = manifest(vec![file("PG_VERSION", 3, 1)]);
+        // A manifest written before incremental backups existed.
+        let mut old = serde_json::to_value(&full).unwrap();
+        for key in ["kind", "depth"] {
+            old.as_object_mut().unwrap().remove(key);
+        }
+        old["stats"].as_object_mut().unwrap().remove("server_bytes");
+        let old: BackupManifest = serde_json::from_value(old).unwrap();
+        assert_eq!(
+            (old.kind, old.depth, old.parent.clone()),
+            (BackupKind::Full, 0, None)
+        );
+        old.check().unwrap();
+
+        let inc = BackupManifest {
+            format_version: INCREMENTAL_FORMAT_VERSION,
+            kind: BackupKind::Incremental,
+            parent: Some("20261120T030000Z".into()),
+            root: Some("20261119T030000Z".into()),
+            depth: 2,
+            block_size: Some(8192),
+            segment_blocks: Some(131_072),
+            ..full.clone()
+        };
+        inc.check().unwrap();
+        let back: BackupManifest =
+            serde_json::from_str(&serde_json::to_string(&inc).unwrap()).unwrap();
+        assert_eq!(back, inc);
+        // Written as version 1 it would pass for a full backup with an old reader.
+        for bad in [
+            BackupManifest {
+                format_version: MANIFEST_FORMAT_VERSION,
+                ..inc.clone()
+            },
+            BackupManifest {
+                parent: None,
+                ..inc.clone()
+            },
+            BackupManifest {
+                depth: 0,
+                ..inc.clone()
+            },
+            BackupManifest {
+                block_size: None,
+                ..inc.clone()
+            },
+            BackupManifest {
+                parent: Some("x".into()),
+                ..full.clone()
+            },
+        ] {
+            assert!(
+                matches!(bad.check(), Err(ManifestError::Format(_))),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -589,6 +589,7 @@ fn files_manifest(
         chunks: files.chunks,
         new_chunks: store.new_chunks,
         new_stored_bytes: store.new_stored_bytes,
+        server_bytes: 0,
     };
     manifest.files = files.walked.entries.clone();
     manifest

@@ -15,6 +15,10 @@ use crate::client::codec::{data_row, log_notice, server_error, BackendMessage, C
 use crate::error::Error;
 use crate::wire::command::Row;
 
+/// Most bytes sent in one CopyData message by [`Connection::copy_in`]; the
+/// size `pg_basebackup` reads its manifest in.
+pub(crate) const COPY_IN_CHUNK: usize = 128 * 1024;
+
 /// A connection that reached ReadyForQuery once, with the server's parameters.
 pub(crate) struct Connection {
     conn: Conn,
@@ -146,6 +150,62 @@ impl Connection {
                     .collect()
             })
             .collect()
+    }
+
+    /// Runs `sql`, a command the server answers with CopyInResponse (e.g.
+    /// `UPLOAD_MANIFEST`), sends `data` as CopyData messages of at most
+    /// [`COPY_IN_CHUNK`] bytes and CopyDone, and waits for ReadyForQuery.
+    /// Server errors (before the COPY, or after it when the server checks
+    /// what it got) are returned after ReadyForQuery, so the connection stays
+    /// usable; an unexpected message leaves it unusable.
+    pub(crate) async fn copy_in(&mut self, sql: &str, data: &[u8]) -> Result<(), Error> {
+        if self.broken {
+            return Err(Error::protocol(
+                "connection is still streaming; no command can be sent",
+            ));
+        }
+        self.conn.queue(|buf| frontend::query(sql, buf))?;
+        self.conn.flush().await?;
+        let mut failure = None;
+        loop {
+            match self.conn.recv().await? {
+                BackendMessage::Pg(Message::CopyInResponse(_)) => {
+                    for piece in data.chunks(COPY_IN_CHUNK) {
+                        let body = bytes::Bytes::copy_from_slice(piece);
+                        self.conn.queue(|buf| {
+                            frontend::CopyData::new(body)
+                                .map_err(std::io::Error::other)?
+                                .write(buf);
+                            Ok(())
+                        })?;
+                        self.conn.flush().await?;
+                    }
+                    self.conn.queue(|buf| {
+                        frontend::copy_done(buf);
+                        Ok(())
+                    })?;
+                    self.conn.flush().await?;
+                }
+                BackendMessage::Pg(Message::CommandComplete(_)) => {}
+                BackendMessage::Pg(Message::ErrorResponse(body)) => {
+                    failure = Some(server_error(&body))
+                }
+                BackendMessage::Pg(Message::NoticeResponse(body)) => log_notice(&body),
+                BackendMessage::Pg(Message::ParameterStatus(body)) => self.note_parameter(&body),
+                BackendMessage::Pg(Message::ReadyForQuery(_)) => {
+                    return match failure {
+                        Some(e) => Err(e),
+                        None => Ok(()),
+                    }
+                }
+                _ => {
+                    self.broken = true;
+                    return Err(Error::protocol(format!(
+                        "unexpected message in reply to {sql:?}"
+                    )));
+                }
+            }
+        }
     }
 
     /// Sends Terminate and closes the connection.

@@ -224,6 +224,20 @@ impl ReplicationClient {
         BaseBackupStream::begin(self.conn, &command).await
     }
 
+    /// `UPLOAD_MANIFEST` (PostgreSQL 17+): sends the parent backup's
+    /// `backup_manifest`, exactly as the server wrote it, for the next
+    /// `BASE_BACKUP ( INCREMENTAL )` on this connection. The server checks
+    /// the manifest's own checksum and keeps it in the walsender's memory
+    /// until the connection ends (`UploadManifest` in `walsender.c`).
+    ///
+    /// Errors: the server's (`42601` before 17, which has no such command;
+    /// `XX000`-class errors for a manifest that does not parse or whose
+    /// checksum is wrong); connection errors. The connection stays usable
+    /// after a server error.
+    pub async fn upload_manifest(&mut self, manifest: &[u8]) -> Result<(), Error> {
+        self.conn.copy_in("UPLOAD_MANIFEST", manifest).await
+    }
+
     /// Sends Terminate and closes the connection.
     pub async fn close(self) -> Result<(), Error> {
         self.conn.close().await

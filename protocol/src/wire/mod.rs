@@ -14,11 +14,14 @@
 //!   (XLogData, keepalive, standby status update);
 //! - [`command`]: the arguments and result rows of replication commands;
 //! - [`basebackup`]: the `BASE_BACKUP` command text and its answer as a state
-//!   machine.
+//!   machine;
+//! - [`incremental`]: the `INCREMENTAL.<relfile>` files of an incremental
+//!   base backup.
 
 pub mod basebackup;
 pub mod command;
 pub mod history;
+pub mod incremental;
 pub mod lsn;
 pub mod message;
 pub mod page;

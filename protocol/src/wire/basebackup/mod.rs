@@ -61,6 +61,9 @@ pub const MIN_SERVER_VERSION: u32 = 130_000;
 /// First server version with the parenthesized option syntax and the
 /// single-COPY archive stream.
 pub const STREAM_FORMAT_VERSION: u32 = 150_000;
+/// First server version with incremental base backups (`UPLOAD_MANIFEST` and
+/// `BASE_BACKUP ( INCREMENTAL )`, PostgreSQL 17 release notes).
+pub const INCREMENTAL_VERSION: u32 = 170_000;
 
 /// What to ask `BASE_BACKUP` for.
 ///
@@ -90,6 +93,12 @@ pub struct BaseBackupOptions {
     /// [`Tablespace::size_kib`] is known. Costs an extra walk of the data
     /// directory.
     pub progress: bool,
+    /// `INCREMENTAL`: send only the blocks changed since the backup whose
+    /// `backup_manifest` was uploaded on this connection first
+    /// (`ReplicationClient::upload_manifest`), relation files as
+    /// `INCREMENTAL.<name>` files ([`crate::wire::incremental`]). Needs
+    /// PostgreSQL 17 ([`INCREMENTAL_VERSION`]) with `summarize_wal = on`.
+    pub incremental: bool,
 }
 
 impl BaseBackupOptions {
@@ -102,6 +111,7 @@ impl BaseBackupOptions {
             manifest: true,
             max_rate_kib: None,
             progress: false,
+            incremental: false,
         }
     }
 
@@ -109,12 +119,18 @@ impl BaseBackupOptions {
     /// (e.g. 150018) and the archive layout it answers with.
     ///
     /// Errors ([`Error::is_config`]): a label that is too long or holds
-    /// control characters, `max_rate_kib` out of range, or a server older
-    /// than [`MIN_SERVER_VERSION`].
+    /// control characters, `max_rate_kib` out of range, a server older
+    /// than [`MIN_SERVER_VERSION`], or `incremental` on a server older than
+    /// [`INCREMENTAL_VERSION`].
     pub(crate) fn command(&self, server_version_num: u32) -> Result<BaseBackupCommand, Error> {
         if server_version_num < MIN_SERVER_VERSION {
             return Err(Error::config(format!(
                 "base backups need PostgreSQL 13 or later (server_version_num {server_version_num})"
+            )));
+        }
+        if self.incremental && server_version_num < INCREMENTAL_VERSION {
+            return Err(Error::config(format!(
+                "incremental base backups need PostgreSQL 17 or later (server_version_num {server_version_num})"
             )));
         }
         let label = quote_label(&self.label)?;
@@ -153,6 +169,11 @@ impl BaseBackupOptions {
             }
             if let Some(rate) = self.max_rate_kib {
                 options.push(format!("MAX_RATE {rate}"));
+            }
+            if self.incremental {
+                // A boolean option named alone is true (`defGetBoolean`), as
+                // pg_basebackup sends it.
+                options.push("INCREMENTAL".to_owned());
             }
             (
                 format!("BASE_BACKUP ({})", options.join(", ")),
@@ -281,6 +302,7 @@ mod tests {
             manifest: true,
             max_rate_kib: Some(1024),
             progress: true,
+            incremental: false,
         }
     }
 
@@ -325,6 +347,25 @@ mod tests {
         let e = BaseBackupOptions::new("x").command(120_016).unwrap_err();
         assert!(
             e.is_config() && e.to_string().contains("13 or later"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn incremental_needs_17() {
+        let inc = BaseBackupOptions {
+            incremental: true,
+            ..BaseBackupOptions::new("x")
+        };
+        let c = inc.command(170_004).unwrap();
+        assert!(
+            c.sql.ends_with("TARGET 'client', INCREMENTAL)"),
+            "{}",
+            c.sql
+        );
+        let e = inc.command(160_008).unwrap_err();
+        assert!(
+            e.is_config() && e.to_string().contains("17 or later"),
             "{e}"
         );
     }
