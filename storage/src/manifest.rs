@@ -146,6 +146,11 @@ pub struct BackupManifest {
     /// segment_size` / `block_size`); known when [`Self::block_size`] is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub segment_blocks: Option<u32>,
+    /// Whether the cluster had data checksums on (`SHOW data_checksums`); an incremental
+    /// backup is only taken against a parent with the same state. Known when
+    /// [`Self::block_size`] is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_checksums: Option<bool>,
     /// `system_identifier` of the cluster, decimal.
     pub system_identifier: String,
     /// `server_version_num` of the server.
@@ -228,6 +233,7 @@ impl BackupManifest {
             depth: 0,
             block_size: None,
             segment_blocks: None,
+            data_checksums: None,
             system_identifier: String::new(),
             pg_version_num: 0,
             label: String::new(),
@@ -441,6 +447,7 @@ mod tests {
             depth: 0,
             block_size: None,
             segment_blocks: None,
+            data_checksums: None,
             system_identifier: "7000000000000000001".into(),
             pg_version_num: 150004,
             label: "pgagent".into(),
