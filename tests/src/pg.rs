@@ -31,7 +31,9 @@ mod copy;
 mod install;
 mod setup;
 
-pub use install::{PgInstall, DEFAULT_PG_ROOT, PG_MAJOR_ENV, PG_ROOT_ENV};
+pub use install::{
+    pg_tools_dir, PgInstall, DEFAULT_PG_ROOT, DEFAULT_PG_TOOLS, PG_MAJOR_ENV, PG_ROOT_ENV, PG_TOOLS_ENV,
+};
 pub use setup::pg_bin_dir;
 use setup::{run_checked, settings, HBA_CONF};
 
@@ -71,6 +73,8 @@ pub struct PgOptions {
     /// PGDATA somewhere else than `<root>/data` (on a ZFS dataset, say); its parent must
     /// exist and be writable by the PostgreSQL OS user.
     pub data_dir: Option<PathBuf>,
+    /// The server's major version, whatever `PGAGENT_TEST_PG` says (`None`: as it says).
+    pub major: Option<u32>,
 }
 
 impl Default for PgOptions {
@@ -81,6 +85,7 @@ impl Default for PgOptions {
             extra_conf: Vec::new(),
             initdb_args: Vec::new(),
             data_dir: None,
+            major: None,
         }
     }
 }
@@ -134,7 +139,10 @@ impl PgServer {
     /// user, sets its mode to 0700 and appends the harness settings (port, socket directory)
     /// to the restored `postgresql.conf`. No roles are created.
     pub fn without_cluster(opts: PgOptions) -> anyhow::Result<PgServer> {
-        let install = PgInstall::from_env()?;
+        let install = match opts.major {
+            Some(major) => PgInstall::for_major(major)?,
+            None => PgInstall::from_env()?,
+        };
         let os_user = OsUser::for_postgres()?;
         let dir = tempfile::Builder::new()
             .prefix("pgagent-pg-")

@@ -6,6 +6,8 @@
 pub mod archive;
 pub mod chunks;
 pub mod guard;
+pub mod parent;
+pub mod start;
 pub mod take;
 pub mod targets;
 pub mod wal;

@@ -19,8 +19,6 @@
 //!    [`BACKUP_LIMIT`] gives up: prune takes a manifest that old for a dead backup's.
 
 use std::collections::HashSet;
-use std::fs::File;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -39,6 +37,7 @@ use tokio::task::JoinHandle;
 use super::archive::{walk_archive, ArchiveError, ChannelReader, ChunkSink, Walked};
 use super::chunks::{fan_out_chunks, known_chunks, ChunkStats, ChunkTarget, StoreSink};
 use super::guard::{self, BACKUP_LIMIT};
+use super::start::{start, unused_id, BackupLock, Started};
 use super::targets::{claim_all, held_by_all, in_order, BackupOutcome, StoreOutcome, Target};
 use super::wal::wait_for_wal;
 use crate::config::{Config, StoreSpec};
@@ -56,31 +55,6 @@ pub struct BackupRequest {
     pub wal_wait: Option<Duration>,
     /// The names of the stores the backup goes to; empty: every configured store.
     pub stores: Vec<String>,
-}
-
-/// A backup id no target store holds yet, and the time it names. Ids have a resolution
-/// of one second (`catalog::new_id`); a backup taken in the same second as the previous
-/// one (backups run one at a time per machine, [`BackupLock`]) waits for the next second
-/// rather than write its manifest over the other's.
-///
-/// Errors: a store's, reading whether the id is taken.
-async fn unused_id(targets: &[Target]) -> anyhow::Result<(String, SystemTime)> {
-    loop {
-        let now = SystemTime::now();
-        let id = catalog::new_id(now);
-        let key = pgagent_storage::layout::backup_manifest_key(&id);
-        let mut taken = false;
-        for t in targets {
-            taken |= t.bucket.store.head(&key).await?.is_some();
-        }
-        if !taken {
-            return Ok((id, now));
-        }
-        let into_second = now
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        tokio::time::sleep(Duration::from_nanos(u64::from(1_000_000_000 - into_second))).await;
-    }
 }
 
 /// Takes one base backup into the stores of `req` (the server read once) and returns what
@@ -117,10 +91,12 @@ pub async fn take_backup(cfg: &Config, req: &BackupRequest) -> anyhow::Result<Ba
     opts.fast_checkpoint = req.fast;
     // The server measures each tablespace first, so progress has a total.
     opts.progress = true;
-    let mut stream = client
-        .base_backup(&opts)
-        .await
-        .map_err(|e| anyhow::anyhow!(server::explain(&conn, &e)))?;
+    let Started {
+        mut stream,
+        lineage,
+        facts,
+        fallback,
+    } = start(cfg, &conn, client, &server, &targets, opts.clone()).await?;
     let total: u64 = stream
         .tablespaces()
         .iter()
@@ -128,7 +104,11 @@ pub async fn take_backup(cfg: &Config, req: &BackupRequest) -> anyhow::Result<Ba
         .sum::<u64>()
         * 1024;
     let progress = crate::progress::Progress::new(&format!("backup {id}"), total);
-    let announced = announced(&server, &stream, &id, &opts.label, started, chunk_size);
+    let mut announced = announced(&server, &stream, &id, &opts.label, started, chunk_size);
+    lineage.apply(&mut announced);
+    announced.block_size = Some(facts.block_size);
+    announced.segment_blocks = Some(facts.segment_blocks);
+    announced.data_checksums = Some(facts.data_checksums);
     let (targets, failed) = announce_all(targets, &announced).await;
     outcomes.extend(failed);
     if targets.is_empty() {
@@ -140,6 +120,9 @@ pub async fn take_backup(cfg: &Config, req: &BackupRequest) -> anyhow::Result<Ba
     let cipher = targets[0].bucket.cipher.clone();
     tracing::info!(
         id,
+        kind = lineage.kind.as_str(),
+        parent = lineage.parent.as_deref().unwrap_or(""),
+        depth = lineage.depth,
         stores = targets.len(),
         known_chunks = targets.iter().map(|t| t.known.len()).min().unwrap_or(0),
         "base backup starting"
@@ -194,6 +177,7 @@ pub async fn take_backup(cfg: &Config, req: &BackupRequest) -> anyhow::Result<Ba
     Ok(BackupOutcome {
         id,
         stores: in_order(&specs, outcomes),
+        fallback,
     })
 }
 
@@ -343,6 +327,8 @@ async fn known_after_prunes(bucket: &Bucket) -> anyhow::Result<HashSet<String>> 
 struct Stored {
     walked: Walked,
     pg_manifest: Vec<u8>,
+    /// Archive and manifest bytes the server sent.
+    server_bytes: u64,
     sink: Option<StoreSink>,
     uploader: JoinHandle<Vec<anyhow::Result<()>>>,
     /// The sink's counts: chunks referenced.
@@ -398,6 +384,7 @@ async fn store_files(
     let mut walker: Option<Walker> = None;
     let mut walked = Walked::default();
     let mut pg_manifest = Vec::new();
+    let mut server_bytes = 0u64;
     let streamed: anyhow::Result<()> = async {
         while let Some(event) = stream
             .next()
@@ -417,16 +404,22 @@ async fn store_files(
                     tracing::debug!(archive = name, "walking");
                     walker = Some(Walker::start(s, prefix, chunk_size));
                 }
-                BaseBackupEvent::ArchiveData(data) => match &walker {
-                    Some(w) if w.tx.send(data).await.is_ok() => {}
-                    Some(_) => {
-                        let w = walker.take().expect("matched");
-                        w.finish(&mut walked).await?;
-                        bail!("the archive walker stopped");
+                BaseBackupEvent::ArchiveData(data) => {
+                    server_bytes += data.len() as u64;
+                    match &walker {
+                        Some(w) if w.tx.send(data).await.is_ok() => {}
+                        Some(_) => {
+                            let w = walker.take().expect("matched");
+                            w.finish(&mut walked).await?;
+                            bail!("the archive walker stopped");
+                        }
+                        None => bail!("archive data before any archive"),
                     }
-                    None => bail!("archive data before any archive"),
-                },
-                BaseBackupEvent::ManifestData(data) => pg_manifest.extend_from_slice(&data),
+                }
+                BaseBackupEvent::ManifestData(data) => {
+                    server_bytes += data.len() as u64;
+                    pg_manifest.extend_from_slice(&data)
+                }
                 BaseBackupEvent::Progress(sent) => {
                     progress.add(sent.saturating_sub(progress.done()));
                 }
@@ -447,6 +440,7 @@ async fn store_files(
     Ok(Stored {
         walked,
         pg_manifest,
+        server_bytes,
         sink,
         uploader,
         stats,
@@ -481,6 +475,8 @@ struct Files {
     pg_manifest: Option<FileEntry>,
     /// Chunks referenced (with repeats).
     chunks: u64,
+    /// Archive and manifest bytes the server sent.
+    server_bytes: u64,
 }
 
 /// What one store's chunk uploads came to.
@@ -554,6 +550,7 @@ impl Stored {
                 walked: self.walked,
                 pg_manifest: pg_manifest_entry,
                 chunks,
+                server_bytes: self.server_bytes,
             },
             targets,
         ))
@@ -589,7 +586,7 @@ fn files_manifest(
         chunks: files.chunks,
         new_chunks: store.new_chunks,
         new_stored_bytes: store.new_stored_bytes,
-        server_bytes: 0,
+        server_bytes: files.server_bytes,
     };
     manifest.files = files.walked.entries.clone();
     manifest
@@ -638,35 +635,6 @@ impl Walker {
         into.backup_label = into.backup_label.take().or(w.backup_label);
         into.tablespace_map = into.tablespace_map.take().or(w.tablespace_map);
         Ok(sink)
-    }
-}
-
-/// `<staging>/backup.lock`, held (flock) while a backup runs on this machine.
-struct BackupLock {
-    _file: File,
-}
-
-impl BackupLock {
-    fn take(staging: &Path) -> anyhow::Result<BackupLock> {
-        std::fs::create_dir_all(staging)
-            .with_context(|| format!("create {}", staging.display()))?;
-        let path = staging.join("backup.lock");
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("open {}", path.display()))?;
-        match file.try_lock() {
-            Ok(()) => Ok(BackupLock { _file: file }),
-            Err(std::fs::TryLockError::WouldBlock) => bail!(
-                "another base backup is running on this machine ({} is locked); wait for it to finish",
-                path.display()
-            ),
-            Err(std::fs::TryLockError::Error(e)) => {
-                Err(e).with_context(|| format!("lock {}", path.display()))
-            }
-        }
     }
 }
 

@@ -67,6 +67,8 @@ pub struct BackupOutcome {
     pub id: String,
     /// One entry per store asked for, in restore order.
     pub stores: Vec<StoreOutcome>,
+    /// Why the backup is full although `backup.incremental` is on, and what exactly.
+    pub fallback: Option<(super::parent::FallbackReason, String)>,
 }
 
 impl BackupOutcome {
@@ -185,6 +187,7 @@ mod tests {
         let o = |stores| BackupOutcome {
             id: "b".into(),
             stores,
+            fallback: None,
         };
         // The async store failing does not fail the backup.
         assert!(o(vec![

@@ -35,6 +35,9 @@ pub async fn run(cfg: &Config, wait: bool, fast: bool) -> anyhow::Result<()> {
             println!("{line}");
         }
     }
+    if let Some((reason, why)) = &outcome.fallback {
+        println!("full, not incremental ({}): {why}", reason.as_str());
+    }
     if outcome.succeeded() {
         for o in outcome.stores.iter().filter(|o| !o.is_complete()) {
             tracing::warn!(

