@@ -32,7 +32,8 @@ mod install;
 mod setup;
 
 pub use install::{
-    pg_tools_dir, PgInstall, DEFAULT_PG_ROOT, DEFAULT_PG_TOOLS, PG_MAJOR_ENV, PG_ROOT_ENV, PG_TOOLS_ENV,
+    pg_tools_dir, PgInstall, DEFAULT_PG_ROOT, DEFAULT_PG_TOOLS, PG_MAJOR_ENV, PG_ROOT_ENV,
+    PG_TOOLS_ENV,
 };
 pub use setup::pg_bin_dir;
 use setup::{run_checked, settings, HBA_CONF};

@@ -183,9 +183,11 @@ fn qualifies(server: &ServerFacts, parent: &BackupManifest, now: SystemTime) -> 
     if parent.pg_manifest.is_none() {
         return Err("holds no backup_manifest to upload".into());
     }
-    let (Some(block_size), Some(segment_blocks), Some(checksums)) =
-        (parent.block_size, parent.segment_blocks, parent.data_checksums)
-    else {
+    let (Some(block_size), Some(segment_blocks), Some(checksums)) = (
+        parent.block_size,
+        parent.segment_blocks,
+        parent.data_checksums,
+    ) else {
         return Err("its manifest does not record the block size, segment size and checksum state (taken by an older pgagent)".into());
     };
     if (block_size, segment_blocks) != (server.block_size, server.segment_blocks) {

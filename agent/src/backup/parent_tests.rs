@@ -161,7 +161,11 @@ fn each_reason_for_a_full_backup() {
         },
     ];
     for bad in unqualified {
-        assert_eq!(with(s.clone(), Some(&bad)), FallbackReason::NoParent, "{bad:?}");
+        assert_eq!(
+            with(s.clone(), Some(&bad)),
+            FallbackReason::NoParent,
+            "{bad:?}"
+        );
     }
     // Nine days old is young enough; with summaries kept forever, any age is.
     let nine = full("20261127T030000Z", "2026-11-27T03:00:01Z");

@@ -101,38 +101,44 @@ pub async fn start(
             let refused = |what: &str, e: pgagent_protocol::Error| {
                 (
                     FallbackReason::ServerRefused,
-                    format!("the server refused {what} against backup {}: {e}", parent.id),
+                    format!(
+                        "the server refused {what} against backup {}: {e}",
+                        parent.id
+                    ),
                 )
             };
             match parent_manifest(targets, &parent).await {
                 Err(e) => Some((
                     FallbackReason::NoParent,
-                    format!("the backup_manifest of backup {} cannot be read: {e:#}", parent.id),
+                    format!(
+                        "the backup_manifest of backup {} cannot be read: {e:#}",
+                        parent.id
+                    ),
                 )),
                 Ok(bytes) => match client.upload_manifest(&bytes).await {
-                Err(e) if e.code().is_some() => Some(refused("UPLOAD_MANIFEST", e)),
-                Err(e) => return Err(wrap(e)),
-                Ok(()) => {
-                    opts.incremental = true;
-                    match client.base_backup(&opts).await {
-                        Ok(stream) => {
-                            return Ok(Started {
-                                stream,
-                                lineage: Lineage::child_of(&parent),
-                                facts,
-                                fallback: None,
-                            })
+                    Err(e) if e.code().is_some() => Some(refused("UPLOAD_MANIFEST", e)),
+                    Err(e) => return Err(wrap(e)),
+                    Ok(()) => {
+                        opts.incremental = true;
+                        match client.base_backup(&opts).await {
+                            Ok(stream) => {
+                                return Ok(Started {
+                                    stream,
+                                    lineage: Lineage::child_of(&parent),
+                                    facts,
+                                    fallback: None,
+                                })
+                            }
+                            Err(e) if e.code().is_some() => {
+                                // The connection went with the failed command; a new one takes
+                                // the full backup.
+                                let refusal = refused("an incremental BASE_BACKUP", e);
+                                client = server::connect(conn).await?.0;
+                                Some(refusal)
+                            }
+                            Err(e) => return Err(wrap(e)),
                         }
-                        Err(e) if e.code().is_some() => {
-                            // The connection went with the failed command; a new one takes
-                            // the full backup.
-                            let refusal = refused("an incremental BASE_BACKUP", e);
-                            client = server::connect(conn).await?.0;
-                            Some(refusal)
-                        }
-                        Err(e) => return Err(wrap(e)),
                     }
-                }
                 },
             }
         }
@@ -223,7 +229,8 @@ async fn newest_complete(targets: &[Target]) -> anyhow::Result<Option<BackupMani
             continue;
         }
         for t in &targets[1..] {
-            let there = catalog::get_manifest(t.bucket.store.as_ref(), t.bucket.cipher(), id).await?;
+            let there =
+                catalog::get_manifest(t.bucket.store.as_ref(), t.bucket.cipher(), id).await?;
             if !there.is_some_and(|o| o.status == BackupStatus::Complete) {
                 tracing::info!(
                     id,

@@ -2,8 +2,8 @@
 //! (DESIGN.md, "Object envelope"), so a damaged manifest is detected before it is used.
 
 use pgagent_storage::crypto::ObjectCipher;
-use pgagent_storage::layout::{backup_manifest_key, BACKUP_PREFIX};
 use pgagent_storage::layout::chunk_key;
+use pgagent_storage::layout::{backup_manifest_key, BACKUP_PREFIX};
 use pgagent_storage::manifest::{BackupManifest, FileEntry};
 use pgagent_storage::{envelope, ObjectStore};
 
@@ -65,7 +65,11 @@ pub async fn read_chunked(
     entry: &FileEntry,
 ) -> anyhow::Result<Vec<u8>> {
     if entry.size > MAX_IN_MEMORY {
-        anyhow::bail!("{}: {} bytes is too large to read whole", entry.path, entry.size);
+        anyhow::bail!(
+            "{}: {} bytes is too large to read whole",
+            entry.path,
+            entry.size
+        );
     }
     let mut out = Vec::with_capacity(entry.size as usize);
     for hash in &entry.chunks {

@@ -1,0 +1,115 @@
+//! Incremental base backups (PostgreSQL 17+): `pgagent backup` takes one against the newest
+//! complete backup when the server allows it, reads only the changed blocks, records the
+//! chain, and falls back to a full backup, saying why, when it cannot.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use pgagent_storage::manifest::{BackupKind, BackupManifest};
+use pgagent_storage::{envelope, ObjectStore};
+use pgagent_tests::{run_pgagent, PgOptions, PgServer};
+
+/// A PostgreSQL `major` server with WAL summaries on.
+fn summarizing(major: u32) -> PgServer {
+    PgServer::start(PgOptions {
+        major: Some(major),
+        extra_conf: vec!["summarize_wal = on".into()],
+        ..PgOptions::default()
+    })
+    .expect("start PostgreSQL")
+}
+
+/// The manifest of backup `id`, read from the store directly.
+async fn manifest(store: &Arc<dyn ObjectStore>, id: &str) -> BackupManifest {
+    let key = format!("backups/{id}/manifest.json");
+    let body = store.get(&key).await.unwrap();
+    serde_json::from_slice(&envelope::open(&body).unwrap()).unwrap()
+}
+
+/// `pgagent backup --fast`; returns the new backup's id and what it printed.
+fn backup(env: &[(&'static str, String)]) -> (String, String) {
+    let out = run_pgagent(&["backup", "--fast"], env);
+    let printed = text(&out);
+    assert!(out.status.success(), "{printed}");
+    let id = printed
+        .lines()
+        .find_map(|l| l.split_whitespace().next().filter(|w| w.ends_with('Z')))
+        .unwrap_or_else(|| panic!("no backup id in {printed}"))
+        .to_string();
+    (id, printed)
+}
+
+async fn incremental_reads_only_changed_blocks(major: u32) {
+    let rig = Rig::fs();
+    let pg = summarizing(major);
+    let agent = rig.spawn_caught_up(&pg);
+    pg.pgbench_init(3).unwrap();
+    let env = rig.env(&pg);
+    let (full_id, _) = backup(&env);
+
+    // 1 % of the rows, one range, then a checkpoint.
+    pg.psql("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= 3000")
+        .unwrap();
+    pg.psql("CHECKPOINT").unwrap();
+    let (inc_id, printed) = backup(&env);
+    assert!(!printed.contains("not incremental"), "{printed}");
+
+    let store = rig.store().await;
+    let full = manifest(&store, &full_id).await;
+    let inc = manifest(&store, &inc_id).await;
+    assert_eq!(full.kind, BackupKind::Full);
+    assert_eq!(
+        (
+            inc.kind,
+            inc.parent.as_deref(),
+            inc.root.as_deref(),
+            inc.depth
+        ),
+        (
+            BackupKind::Incremental,
+            Some(full_id.as_str()),
+            Some(full_id.as_str()),
+            1
+        )
+    );
+    assert_eq!(inc.format_version, 2);
+    let incremental_files = inc
+        .files
+        .iter()
+        .filter(|f| {
+            f.path
+                .rsplit('/')
+                .next()
+                .unwrap()
+                .starts_with("INCREMENTAL.")
+        })
+        .count();
+    assert!(
+        incremental_files > 100,
+        "{incremental_files} INCREMENTAL files"
+    );
+    assert!(
+        inc.backup_label.contains("INCREMENTAL FROM LSN: "),
+        "{}",
+        inc.backup_label
+    );
+    let (f, i) = (full.stats.server_bytes, inc.stats.server_bytes);
+    assert!(f > 40 << 20, "the full backup read {f} bytes");
+    assert!(
+        i * 10 <= f,
+        "the incremental read {i} bytes of the full's {f}"
+    );
+    drop(agent);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_17_an_incremental_backup_reads_only_changed_blocks() {
+    incremental_reads_only_changed_blocks(17).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_18_an_incremental_backup_reads_only_changed_blocks() {
+    incremental_reads_only_changed_blocks(18).await;
+}
