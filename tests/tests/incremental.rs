@@ -113,3 +113,90 @@ async fn on_17_an_incremental_backup_reads_only_changed_blocks() {
 async fn on_18_an_incremental_backup_reads_only_changed_blocks() {
     incremental_reads_only_changed_blocks(18).await;
 }
+
+/// `pgagent backup` with `extra` settings; asserts it fell back to a full backup for
+/// `reason` and returns the backup's id.
+async fn full_because(
+    rig: &Rig,
+    env: &[(&'static str, String)],
+    extra: &[(&'static str, String)],
+    reason: &str,
+) -> String {
+    let mut env = env.to_vec();
+    env.extend(extra.iter().cloned());
+    let (id, printed) = backup(&env);
+    assert!(
+        printed.contains(&format!("full, not incremental ({reason})")),
+        "{printed}"
+    );
+    let m = manifest(&rig.store().await, &id).await;
+    assert_eq!((m.kind, m.depth, m.parent), (BackupKind::Full, 0, None));
+    id
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_fallback_gives_a_full_backup_with_its_reason() {
+    let rig = Rig::fs();
+    let pg = summarizing(17);
+    let agent = rig.spawn_caught_up(&pg);
+    pg.psql("CREATE TABLE t AS SELECT g AS id, repeat('x', 200) AS v FROM generate_series(1, 20000) g")
+        .unwrap();
+    let env = rig.env(&pg);
+    let change = || {
+        pg.psql("UPDATE t SET v = 'y' WHERE id % 100 = 0; CHECKPOINT")
+            .unwrap();
+    };
+
+    // No complete backup yet.
+    full_because(&rig, &env, &[], "no_parent").await;
+    // The chain is at its cap.
+    change();
+    let (inc, printed) = backup(&env);
+    assert!(!printed.contains("not incremental"), "{printed}");
+    change();
+    let cap = [("PGAGENT_BACKUP_MAX_CHAIN", "1".to_string())];
+    full_because(&rig, &env, &cap, "chain_cap").await;
+    assert_eq!(manifest(&rig.store().await, &inc).await.depth, 1);
+
+    // The server's summaries are gone: it refuses, and the backup is taken full.
+    change();
+    let mut removed = 0;
+    for entry in std::fs::read_dir(pg.data_dir().join("pg_wal/summaries")).unwrap() {
+        // The summarizer renames its temporary files meanwhile.
+        removed += usize::from(std::fs::remove_file(entry.unwrap().path()).is_ok());
+    }
+    assert!(removed > 0, "no WAL summary to remove");
+    full_because(&rig, &env, &[], "server_refused").await;
+
+    // summarize_wal turned off.
+    pg.psql("ALTER SYSTEM SET summarize_wal = off").unwrap();
+    pg.psql("SELECT pg_reload_conf()").unwrap();
+    change();
+    full_because(&rig, &env, &[], "summarize_wal_off").await;
+
+    // Asked for full backups only: no fallback to report.
+    pg.psql("ALTER SYSTEM SET summarize_wal = on").unwrap();
+    pg.psql("SELECT pg_reload_conf()").unwrap();
+    let off = [("PGAGENT_BACKUP_INCREMENTAL", "off".to_string())];
+    let mut env_off = env.clone();
+    env_off.extend(off);
+    let (id, printed) = backup(&env_off);
+    assert!(!printed.contains("not incremental"), "{printed}");
+    assert_eq!(manifest(&rig.store().await, &id).await.kind, BackupKind::Full);
+    drop(agent);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_before_17_takes_full_backups_and_says_why() {
+    let rig = Rig::fs();
+    let pg = PgServer::start(PgOptions {
+        major: Some(16),
+        ..PgOptions::default()
+    })
+    .expect("start PostgreSQL 16");
+    let agent = rig.spawn_caught_up(&pg);
+    let env = rig.env(&pg);
+    full_because(&rig, &env, &[], "server_too_old").await;
+    full_because(&rig, &env, &[], "server_too_old").await;
+    drop(agent);
+}
