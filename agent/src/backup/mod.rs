@@ -8,6 +8,7 @@ pub mod chunks;
 pub mod guard;
 pub mod parent;
 pub mod start;
+mod stored;
 pub mod take;
 pub mod targets;
 pub mod wal;
