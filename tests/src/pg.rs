@@ -76,6 +76,9 @@ pub struct PgOptions {
     pub data_dir: Option<PathBuf>,
     /// The server's major version, whatever `PGAGENT_TEST_PG` says (`None`: as it says).
     pub major: Option<u32>,
+    /// The installation to run, whatever `major` and `PGAGENT_TEST_PG` say (e.g.
+    /// [`PgInstall::tools`]).
+    pub install: Option<PgInstall>,
 }
 
 impl Default for PgOptions {
@@ -87,6 +90,7 @@ impl Default for PgOptions {
             initdb_args: Vec::new(),
             data_dir: None,
             major: None,
+            install: None,
         }
     }
 }
@@ -140,9 +144,10 @@ impl PgServer {
     /// user, sets its mode to 0700 and appends the harness settings (port, socket directory)
     /// to the restored `postgresql.conf`. No roles are created.
     pub fn without_cluster(opts: PgOptions) -> anyhow::Result<PgServer> {
-        let install = match opts.major {
-            Some(major) => PgInstall::for_major(major)?,
-            None => PgInstall::from_env()?,
+        let install = match (&opts.install, opts.major) {
+            (Some(install), _) => install.clone(),
+            (None, Some(major)) => PgInstall::for_major(major)?,
+            (None, None) => PgInstall::from_env()?,
         };
         let os_user = OsUser::for_postgres()?;
         let dir = tempfile::Builder::new()
@@ -490,8 +495,9 @@ impl PgServer {
         self.psql(&format!("{grant} TO {REPL_USER}")).map(drop)
     }
 
-    /// A PostgreSQL client program connecting as the superuser over the unix socket.
-    pub(crate) fn client_command(&self, program: &str) -> Command {
+    /// A PostgreSQL client program connecting as the superuser over the unix socket
+    /// (`-h <socket dir> -p <port> -U <superuser>` given), as [`PgServer::pg_command`].
+    pub fn client_command(&self, program: &str) -> Command {
         let mut cmd = self.pg_command(program);
         cmd.arg("-h")
             .arg(self.socket_dir())
@@ -510,9 +516,10 @@ impl PgServer {
         cmd
     }
 
-    /// Client `program` from the packaged bin directory, run as the PostgreSQL OS user inside
-    /// the temporary directory, with no libpq connection variables inherited from the caller.
-    fn pg_command(&self, program: &str) -> Command {
+    /// Client `program` from the installation's client bin directory, run as the PostgreSQL
+    /// OS user inside the temporary directory, with no libpq connection variables inherited
+    /// from the caller.
+    pub fn pg_command(&self, program: &str) -> Command {
         self.command(&self.install.client_bin, program)
     }
 

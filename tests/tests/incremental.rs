@@ -139,8 +139,10 @@ async fn each_fallback_gives_a_full_backup_with_its_reason() {
     let rig = Rig::fs();
     let pg = summarizing(17);
     let agent = rig.spawn_caught_up(&pg);
-    pg.psql("CREATE TABLE t AS SELECT g AS id, repeat('x', 200) AS v FROM generate_series(1, 20000) g")
-        .unwrap();
+    pg.psql(
+        "CREATE TABLE t AS SELECT g AS id, repeat('x', 200) AS v FROM generate_series(1, 20000) g",
+    )
+    .unwrap();
     let env = rig.env(&pg);
     let change = || {
         pg.psql("UPDATE t SET v = 'y' WHERE id % 100 = 0; CHECKPOINT")
@@ -182,7 +184,10 @@ async fn each_fallback_gives_a_full_backup_with_its_reason() {
     env_off.extend(off);
     let (id, printed) = backup(&env_off);
     assert!(!printed.contains("not incremental"), "{printed}");
-    assert_eq!(manifest(&rig.store().await, &id).await.kind, BackupKind::Full);
+    assert_eq!(
+        manifest(&rig.store().await, &id).await.kind,
+        BackupKind::Full
+    );
     drop(agent);
 }
 

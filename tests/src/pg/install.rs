@@ -76,6 +76,20 @@ impl PgInstall {
         })
     }
 
+    /// PostgreSQL 18 from [`pg_tools_dir`] for server and client programs alike: the one
+    /// installation here whose server has the `amcheck` extension (for `pg_amcheck`) and
+    /// whose `pg_combinebackup` matches its major.
+    ///
+    /// Errors: as [`pg_tools_dir`].
+    pub fn tools() -> anyhow::Result<PgInstall> {
+        let bin = pg_tools_dir()?;
+        Ok(PgInstall {
+            server_bin: bin.clone(),
+            server_lib: None,
+            client_bin: bin,
+        })
+    }
+
     /// The installation chosen by the environment ([`PG_MAJOR_ENV`], [`PG_ROOT_ENV`],
     /// `PGAGENT_TEST_PG_BIN`). Errors name the missing directory and `scripts/install-deps`.
     pub fn from_env() -> anyhow::Result<PgInstall> {
