@@ -326,3 +326,103 @@ async fn a_standby_takes_incremental_backups_that_restore() {
     assert!(agent.terminate().success(), "{}", agent.output_text());
     assert_eq!(restore_state(&rig, &inc, 17), expected);
 }
+
+/// Writes `m` over its manifest in the store, sealed as pgagent seals it.
+async fn put_manifest(store: &Arc<dyn ObjectStore>, m: &BackupManifest) {
+    let key = format!("backups/{}/manifest.json", m.id);
+    let body = envelope::seal(&serde_json::to_vec(m).unwrap(), 3).body;
+    store.put(&key, body).await.unwrap();
+}
+
+/// `pgagent restore --backup id` must fail before writing anything, saying `words`.
+fn refused(rig: &Rig, id: &str, words: &[&str]) {
+    let fetch = fetch_config(&rig.store_url, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let pgdata = dir.path().join("pgdata");
+    let out = run_restore(&fetch.config, &pgdata, &["--backup", id]);
+    let printed = text(&out);
+    assert!(!out.status.success(), "{printed}");
+    for w in words {
+        assert!(printed.contains(w), "{w:?} not in: {printed}");
+    }
+    let written = std::fs::read_dir(&pgdata).map_or(0, |d| d.count());
+    assert_eq!(written, 0, "the restore wrote into PGDATA: {printed}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_chain_is_refused_before_anything_is_written() {
+    let rig = Rig::fs();
+    let pg = summarizing(17);
+    let mut agent = rig.spawn_caught_up(&pg);
+    create_table_t(&pg);
+    load(&pg, "before", 20000);
+    let env = rig.env(&pg);
+    let (full_id, _) = backup(&env);
+    pg.psql("UPDATE t SET v = v || 'x' WHERE id % 100 = 0; CHECKPOINT")
+        .unwrap();
+    let (inc_id, _) = backup(&env);
+    let end = lsn(&pg.switch_wal().unwrap());
+    rig.wait_uploaded(&agent, end, Duration::from_secs(60));
+    assert!(agent.terminate().success(), "{}", agent.output_text());
+    let store = rig.store().await;
+    let full = manifest(&store, &full_id).await;
+    let inc = manifest(&store, &inc_id).await;
+    // The INCREMENTAL file of table t, and the chunk that holds its changed blocks.
+    let relfile = pg
+        .psql("SELECT pg_relation_filepath('t')")
+        .unwrap()
+        .replace("base/", "");
+    let file = inc
+        .files
+        .iter()
+        .find(|f| {
+            f.path.ends_with(&format!(
+                "/INCREMENTAL.{}",
+                relfile.rsplit('/').next().unwrap()
+            ))
+        })
+        .unwrap_or_else(|| panic!("no INCREMENTAL file for {relfile}"))
+        .clone();
+    assert!(!file.chunks.is_empty());
+    let chunk_key = |h: &str| format!("chunks/{}/{h}", &h[..2]);
+    let key = chunk_key(&file.chunks[0]);
+    let original = store.get(&key).await.unwrap();
+
+    // A corrupt chunk: another chunk's body under its name.
+    let other = chunk_key(
+        &full
+            .files
+            .iter()
+            .find(|f| !f.chunks.is_empty() && f.chunks[0] != file.chunks[0])
+            .unwrap()
+            .chunks[0],
+    );
+    store
+        .put(&key, store.get(&other).await.unwrap())
+        .await
+        .unwrap();
+    refused(&rig, &inc_id, &[&inc_id, &file.path]);
+    // A missing chunk.
+    store.delete(&key).await.unwrap();
+    refused(&rig, &inc_id, &[&inc_id, &file.path]);
+    store.put(&key, original).await.unwrap();
+
+    // A broken LSN link: the incremental says it follows another start than its parent's.
+    let mut broken = inc.clone();
+    broken.backup_label = broken
+        .backup_label
+        .replace("INCREMENTAL FROM LSN: ", "INCREMENTAL FROM LSN: 1")
+        .to_string();
+    put_manifest(&store, &broken).await;
+    refused(&rig, &inc_id, &[&inc_id]);
+    put_manifest(&store, &inc).await;
+
+    // The parent's manifest gone.
+    store
+        .delete(&format!("backups/{full_id}/manifest.json"))
+        .await
+        .unwrap();
+    refused(&rig, &inc_id, &[&inc_id, &full_id]);
+    put_manifest(&store, &full).await;
+    drop(pg);
+}
