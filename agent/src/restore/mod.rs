@@ -18,6 +18,8 @@
 
 mod autoconf;
 mod bucket;
+pub mod chain;
+pub mod combine;
 mod delta;
 mod materialize;
 mod pgdata;
