@@ -22,6 +22,7 @@ pub mod chain;
 pub mod combine;
 mod delta;
 mod materialize;
+pub mod pg_manifest;
 mod pgdata;
 mod places;
 mod request;
