@@ -30,6 +30,15 @@ async fn manifest(store: &Arc<dyn ObjectStore>, id: &str) -> BackupManifest {
     serde_json::from_slice(&envelope::open(&body).unwrap()).unwrap()
 }
 
+/// The backup id a summary line of `pgagent backup` starts with (`20261206T165508Z
+/// complete …`); log lines start with a timestamp instead.
+fn backup_id_of(line: &str) -> Option<&str> {
+    let mut words = line.split_whitespace();
+    let id = words.next()?;
+    let status = words.next()?;
+    (id.len() == 16 && id.ends_with('Z') && matches!(status, "complete" | "running")).then_some(id)
+}
+
 /// `pgagent backup --fast`; returns the new backup's id and what it printed.
 fn backup(env: &[(&'static str, String)]) -> (String, String) {
     let out = run_pgagent(&["backup", "--fast"], env);
@@ -37,7 +46,7 @@ fn backup(env: &[(&'static str, String)]) -> (String, String) {
     assert!(out.status.success(), "{printed}");
     let id = printed
         .lines()
-        .find_map(|l| l.split_whitespace().next().filter(|w| w.ends_with('Z')))
+        .find_map(|l| backup_id_of(l))
         .unwrap_or_else(|| panic!("no backup id in {printed}"))
         .to_string();
     (id, printed)
@@ -127,10 +136,13 @@ async fn full_because(
     let mut env = env.to_vec();
     env.extend(extra.iter().cloned());
     let (id, printed) = backup(&env);
-    assert!(
-        printed.contains(&format!("full, not incremental ({reason})")),
-        "{printed}"
-    );
+    if !printed.contains(&format!("full, not incremental ({reason})")) {
+        let out = run_pgagent(&["list", "backups"], &env);
+        panic!(
+            "expected a full backup ({reason}):\n{printed}\nbackups:\n{}",
+            text(&out)
+        );
+    }
     let m = manifest(&rig.store().await, &id).await;
     assert_eq!((m.kind, m.depth, m.parent), (BackupKind::Full, 0, None));
     id
@@ -164,6 +176,17 @@ async fn each_fallback_gives_a_full_backup_with_its_reason() {
 
     // The server's summaries are gone: it refuses, and the backup is taken full.
     change();
+    // Once the summarizer has caught up it never writes those ranges again.
+    let now = pg.current_wal_lsn().unwrap();
+    assert!(wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || pg
+            .psql(&format!(
+                "SELECT summarized_lsn >= '{now}'::pg_lsn FROM pg_get_wal_summarizer_state()"
+            ))
+            .is_ok_and(|r| r == "t")
+    ));
     let mut removed = 0;
     for entry in std::fs::read_dir(pg.data_dir().join("pg_wal/summaries")).unwrap() {
         // The summarizer renames its temporary files meanwhile.
@@ -172,15 +195,23 @@ async fn each_fallback_gives_a_full_backup_with_its_reason() {
     assert!(removed > 0, "no WAL summary to remove");
     full_because(&rig, &env, &[], "server_refused").await;
 
-    // summarize_wal turned off.
-    pg.psql("ALTER SYSTEM SET summarize_wal = off").unwrap();
-    pg.psql("SELECT pg_reload_conf()").unwrap();
+    // summarize_wal turned off (a reload reaches new sessions a moment later).
+    let set_summarize = |value: &str| {
+        pg.psql(&format!("ALTER SYSTEM SET summarize_wal = {value}"))
+            .unwrap();
+        pg.psql("SELECT pg_reload_conf()").unwrap();
+        assert!(wait_until(
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            || pg.psql("SHOW summarize_wal").is_ok_and(|v| v == value)
+        ));
+    };
+    set_summarize("off");
     change();
     full_because(&rig, &env, &[], "summarize_wal_off").await;
 
     // Asked for full backups only: no fallback to report.
-    pg.psql("ALTER SYSTEM SET summarize_wal = on").unwrap();
-    pg.psql("SELECT pg_reload_conf()").unwrap();
+    set_summarize("on");
     let off = [("PGAGENT_BACKUP_INCREMENTAL", "off".to_string())];
     let mut env_off = env.clone();
     env_off.extend(off);
@@ -303,16 +334,31 @@ async fn a_standby_takes_incremental_backups_that_restore() {
     assert!(caught_up(), "{}", standby.log_tail());
 
     let rig = Rig::fs();
-    let mut agent = rig.spawn_caught_up(&standby);
+    let mut agent = rig.spawn(&standby);
+    let replayed = || lsn(&standby.psql("SELECT pg_last_wal_replay_lsn()").unwrap());
+    rig.wait_uploaded(&agent, replayed(), Duration::from_secs(60));
     let env = rig.env(&standby);
-    let (full, _) = backup(&env);
+    // A backup on a standby cannot end the WAL segment it stops in (only the primary
+    // can); it completes once the primary switches to the next one.
+    let backup_on_standby = |env: &[(&'static str, String)]| {
+        std::thread::scope(|s| {
+            let taken = s.spawn(|| backup(env));
+            while !taken.is_finished() {
+                std::thread::sleep(Duration::from_millis(500));
+                primary.psql("SELECT txid_current()").unwrap();
+                primary.switch_wal().unwrap();
+            }
+            taken.join().unwrap()
+        })
+    };
+    let (full, _) = backup_on_standby(&env);
     load(&primary, "after", 5000);
     primary
         .psql("UPDATE t SET v = v || 's' WHERE id % 10 = 0; CHECKPOINT")
         .unwrap();
     assert!(caught_up());
     standby.psql("CHECKPOINT").unwrap();
-    let (inc, printed) = backup(&env);
+    let (inc, printed) = backup_on_standby(&env);
     assert!(!printed.contains("not incremental"), "{printed}");
     assert_eq!(
         manifest(&rig.store().await, &inc).await.parent.as_deref(),
@@ -321,8 +367,7 @@ async fn a_standby_takes_incremental_backups_that_restore() {
     let expected = state(&primary);
     primary.switch_wal().unwrap();
     assert!(caught_up());
-    let end = lsn(&standby.psql("SELECT pg_last_wal_replay_lsn()").unwrap());
-    rig.wait_uploaded(&agent, end, Duration::from_secs(60));
+    rig.wait_uploaded(&agent, replayed(), Duration::from_secs(60));
     assert!(agent.terminate().success(), "{}", agent.output_text());
     assert_eq!(restore_state(&rig, &inc, 17), expected);
 }
@@ -358,7 +403,9 @@ async fn a_damaged_chain_is_refused_before_anything_is_written() {
     load(&pg, "before", 20000);
     let env = rig.env(&pg);
     let (full_id, _) = backup(&env);
-    pg.psql("UPDATE t SET v = v || 'x' WHERE id % 100 = 0; CHECKPOINT")
+    // Two rows, two blocks: the table comes as an INCREMENTAL file (a file with most of
+    // its blocks changed comes whole).
+    pg.psql("UPDATE t SET v = v || 'x' WHERE id IN (1, 19000); CHECKPOINT")
         .unwrap();
     let (inc_id, _) = backup(&env);
     let end = lsn(&pg.switch_wal().unwrap());

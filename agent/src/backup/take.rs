@@ -397,7 +397,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("file://{}", dir.path().display());
         let bucket = Bucket {
-            store: pgagent_storage::open(&url, &Default::default()).await.unwrap(),
+            store: pgagent_storage::open(&url, &Default::default())
+                .await
+                .unwrap(),
             cipher: None,
         };
         let full = BackupManifest {

@@ -84,6 +84,15 @@ pub(super) fn write_recovery_settings(
     let signal = pgdata.join("recovery.signal");
     fs::write(&signal, b"").with_context(|| format!("write {}", signal.display()))?;
     let mut removed = Vec::new();
+    // A backup taken from a standby carries its standby.signal, which wins over
+    // recovery.signal: the restored server would stay a standby and never reach the
+    // target or promote.
+    let standby = pgdata.join("standby.signal");
+    match fs::remove_file(&standby) {
+        Ok(()) => removed.push("standby.signal: removed".to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("remove {}", standby.display())),
+    }
 
     let conf = pgdata.join("postgresql.conf");
     match fs::symlink_metadata(&conf) {
@@ -421,6 +430,16 @@ mod tests {
         let removed = write_recovery_settings(pgdata, "backup B", &req).unwrap();
         assert_eq!(removed.len(), 2, "{removed:?}");
         assert_eq!(fs::read_to_string(&auto).unwrap(), before);
+        // A backup of a standby: its standby.signal would keep the restored server a
+        // standby forever.
+        fs::write(pgdata.join("standby.signal"), b"").unwrap();
+        let removed = write_recovery_settings(pgdata, "backup B", &req).unwrap();
+        assert!(
+            removed.contains(&"standby.signal: removed".to_string()),
+            "{removed:?}"
+        );
+        assert!(!pgdata.join("standby.signal").exists());
+        assert!(pgdata.join("recovery.signal").exists());
     }
 
     #[test]

@@ -90,6 +90,7 @@ pub async fn prepare(
     }
     need(&newest.id, server_manifest);
     check_present(bucket.store.as_ref(), &needed, concurrency).await?;
+    verify_incremental_chunks(bucket, &chain, &plan, concurrency).await?;
 
     let text = read_small(bucket, newest, server_manifest).await?;
     let wal = wal_ranges(&text)
@@ -112,6 +113,49 @@ pub async fn prepare(
         system_identifier,
         estimate,
     })
+}
+
+/// Reads and verifies every chunk of every `INCREMENTAL.` file the plan uses, before
+/// anything is written: these hold the only copy of the blocks changed since their parent,
+/// and a damaged one must stop the restore with PGDATA untouched. They are small (changed
+/// blocks only), so reading them twice costs little; the whole files of the chain are
+/// verified as they are written, as in a restore of a full backup.
+///
+/// Errors: the first chunk that cannot be read or is not what its name says, naming the
+/// backup and the file.
+async fn verify_incremental_chunks(
+    bucket: &Bucket,
+    chain: &Chain,
+    plan: &ChainPlan,
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    let mut seen = HashSet::new();
+    let mut wanted = Vec::new();
+    for s in plan
+        .files
+        .iter()
+        .flat_map(|f| &f.sources)
+        .filter(|s| s.incremental)
+    {
+        let m = &chain.members[s.backup];
+        let entry = &m.files[s.entry];
+        for (idx, hash) in entry.chunks.iter().enumerate() {
+            if seen.insert(hash.as_str()) {
+                let stored = Stored {
+                    backup: &m.id,
+                    entry,
+                    chunk_size: m.chunk_size,
+                };
+                wanted.push((stored, idx as u64));
+            }
+        }
+    }
+    let store = bucket.store.as_ref();
+    futures::stream::iter(wanted)
+        .map(|(stored, idx)| fetch_chunk(store, bucket.cipher(), stored, idx))
+        .buffer_unordered(concurrency.max(1))
+        .try_for_each(|_| async { Ok(()) })
+        .await
 }
 
 /// The whole content of a small stored file (a server manifest), verified.
