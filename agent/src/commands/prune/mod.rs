@@ -3,10 +3,13 @@
 //!
 //! First, a backup whose files are stored but that waited for its WAL in vain (a store that
 //! lagged) is marked complete once that WAL is in the store ([`complete_waiting`]).
-//! A complete backup is kept if it is one of the newest `keep_backups` or younger than
-//! `keep_days` days (0: no age rule); the newest complete backup is always kept, and so is
-//! a running one started less than [`RUNNING_GRACE`] ago (older ones died). Then, in this
-//! order, so that no kept manifest ever points at a missing object:
+//! A complete backup is kept if it is one of the newest `keep_backups` restorable ones or
+//! younger than `keep_days` days (0: no age rule); the newest restorable backup is always
+//! kept, and so is a running one started less than [`RUNNING_GRACE`] ago (older ones died).
+//! Every kept backup keeps the backups it depends on (an incremental backup's parent, the
+//! parent's parent… and its root), and a backup whose chain is broken counts for nothing
+//! ([`retention`] says what happens to it). Then, in this order, so that no kept manifest
+//! ever points at a missing object:
 //! 1. the manifests of the other backups are deleted;
 //! 2. chunks no manifest references are deleted, under a prune marker and only if no backup
 //!    is running when the manifests are read again after the marker is written
@@ -20,8 +23,8 @@
 //!    uploads the segment being filled as deltas and the segment once complete, and removes
 //!    the deltas only when its credentials may delete; those pieces are read by nothing once
 //!    the complete segment is in the store (a fetch that listed them and finds one gone
-//!    looks again and finds the complete segment). This happens even when no complete
-//!    backup exists.
+//!    looks again and finds the complete segment). This happens even when no restorable
+//!    backup exists (then nothing else is deleted).
 //!
 //! Snapshots have their own retention (`zfs.keep_*`, applied where they are taken, which
 //! deletes the record of each snapshot it destroys), and a weekly snapshot outlives
@@ -170,8 +173,14 @@ async fn run_one(cfg: &Config, dry_run: bool) -> anyhow::Result<()> {
         .collect();
     let concurrency = cfg.store().upload_concurrency;
     let wal_index = WalIndex::from_listing(&store.list(WAL_PREFIX).await?, seg);
-    if kept.iter().all(|m| m.status != BackupStatus::Complete) {
-        println!("prune: no complete backup: backups, chunks and WAL segments stay");
+    for (id, why) in &p.broken {
+        println!("backup {id} cannot be restored ({why}): it does not count toward keep_backups");
+    }
+    for (id, why) in &p.needed {
+        println!("kept backup {id}: {why}");
+    }
+    if p.restorable.is_empty() {
+        println!("prune: no restorable backup: backups, chunks and WAL segments stay");
         let superseded = wal_index.superseded_pieces(seg);
         return sweep_superseded(store.as_ref(), &superseded, dry_run, concurrency).await;
     }
@@ -216,10 +225,11 @@ async fn run_one(cfg: &Config, dry_run: bool) -> anyhow::Result<()> {
     }
     println!(
         "{verb} {} WAL objects before {} (the segment {needed_by} starts in); kept {} \
-         backups and {} snapshot records",
+         backups ({} restorable) and {} snapshot records",
         old.len(),
         oldest_start.start_lsn(seg),
         p.keep.len(),
+        p.restorable.len(),
         records.len()
     );
     for pin in &pins {

@@ -14,6 +14,11 @@ use crate::store::wal::{SegmentId, WalIndex};
 /// snapshot with a record in the store (`records`) replays from: the segment of its start
 /// LSN, whatever the timeline (WAL of any timeline before it is needed by none). Returned
 /// with what needs it, e.g. `"snapshot 20261025T100000Z"`; `None` when nothing does.
+///
+/// The backups kept only because a kept incremental backup depends on them count too: a
+/// restore of the incremental backup replays WAL from its own start only, but every backup
+/// left in the store stays restorable by itself (and `verify` finds its WAL), at the cost
+/// of the WAL since the oldest kept chain's full backup (`backup.max_chain` bounds it).
 pub fn wal_floor(
     kept: &[&BackupManifest],
     records: &[SnapshotRecord],
