@@ -1,8 +1,16 @@
 //! `pgagent verify [--backup ID] [--wal]`: is what a restore needs in the store, and intact?
 //!
-//! - Backups (all, or `--backup ID`): the manifest passes its checks, and every chunk it
-//!   references exists and opens with the hash its name gives (the envelope's length and
+//! - Backups (all, or `--backup ID` and the backups it was taken against, down to its full
+//!   backup: what a restore of it reads): the manifest passes its checks, and every chunk
+//!   it references exists and opens with the hash its name gives (the envelope's length and
 //!   blake3 check, DESIGN.md "Object envelope").
+//! - Chains: an incremental backup's link to its parent holds ([`crate::store::chain`]: the
+//!   parent is in the store and complete, of the same cluster, major version and block
+//!   geometry, its root and depth follow, and it stopped before the child started).
+//! - Files: the stored files are those PostgreSQL's own `backup_manifest` of the backup
+//!   lists, with its sizes and CRC-32C checksums, and an `INCREMENTAL.*` file's header
+//!   agrees with its length ([`files`]). The CRC-32C is taken in the pass that checks the
+//!   chunks' hashes: no chunk is downloaded twice.
 //! - WAL: for each complete backup, every segment from its start to the newest segment in
 //!   the store, on the timelines recovery follows (the newest history file, as
 //!   [`crate::fetch::plan`] reads it), is present; the newest segment may be held only as
@@ -13,22 +21,28 @@
 //!
 //! Prints one line per problem and a summary; any problem is exit 1.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use pgagent_protocol::{
-    segment_file_name, Lsn, SegNo, TimelineHistory, TimelineId, WalSegmentSize,
-};
+use pgagent_protocol::{segment_file_name, TimelineHistory, WalSegmentSize};
 use pgagent_storage::crypto::ObjectCipher;
 use pgagent_storage::deltas::Delta;
 use pgagent_storage::layout::{chunk_key, history_key, WAL_PREFIX};
 use pgagent_storage::manifest::{BackupManifest, BackupStatus};
 use pgagent_storage::{envelope, ObjectStore};
 
+mod files;
+mod wal;
+
+pub use wal::{hole_notes, wal_gaps, Gap, Walk};
+
+use files::{check_files, header_need, is_incremental, parse_pg_manifest, Digest, Stored};
+
 use crate::config::Config;
 use crate::fetch::plan::TimelinePlan;
-use crate::store::wal::{legacy_lengths, PartialSegment, SegmentId, WalIndex};
+use crate::store::chain::Chains;
+use crate::store::wal::{legacy_lengths, WalIndex};
 use crate::store::{catalog, overlaps};
 
 /// Runs the checks and prints the report; with several stores, each store on its own (a
@@ -89,33 +103,45 @@ async fn run_one(cfg: &Config, backup: Option<&str>, wal: bool) -> anyhow::Resul
     let crate::store::Opened {
         store, seg, cipher, ..
     } = crate::store::open_cluster(cfg).await?;
-    let ids = match backup {
-        Some(id) => vec![id.to_string()],
-        None => catalog::backup_ids(store.as_ref()).await?,
-    };
     let concurrency = cfg.store().upload_concurrency;
     let mut problems = Vec::new();
-    let mut manifests = Vec::new();
-    for id in &ids {
-        match catalog::get_manifest(store.as_ref(), cipher.as_ref(), id).await {
-            Ok(Some(m)) => manifests.push(m),
-            Ok(None) => problems.push(format!("backup {id}: no manifest")),
-            Err(e) => problems.push(format!("backup {id}: {e:#}")),
+    let manifests = match backup {
+        Some(id) => chain_manifests(store.as_ref(), cipher.as_ref(), id, &mut problems).await,
+        None => {
+            let mut all = Vec::new();
+            for id in catalog::backup_ids(store.as_ref()).await? {
+                match catalog::get_manifest(store.as_ref(), cipher.as_ref(), &id).await {
+                    Ok(Some(m)) => all.push(m),
+                    Ok(None) => problems.push(format!("backup {id}: no manifest")),
+                    Err(e) => problems.push(format!("backup {id}: {e:#}")),
+                }
+            }
+            all
         }
-    }
+    };
+    let chains = Chains::new(&manifests);
     for m in &manifests {
-        let found = check_backup(store.clone(), &cipher, m, concurrency, seg).await;
+        let mut found = check_backup(store.clone(), &cipher, m, concurrency, seg).await;
+        if let Err(broken) = chains.link(m) {
+            found
+                .problems
+                .push(format!("backup {}: chain: {broken}", m.id));
+        }
+        let against = match found.files {
+            Some(n) => format!("{n} files checked against PostgreSQL's backup_manifest, "),
+            None => String::new(),
+        };
         println!(
-            "backup {}: {} chunks checked, {}",
+            "backup {}: {} chunks checked, {against}{}",
             m.id,
-            found.0,
-            if found.1.is_empty() {
+            found.chunks,
+            if found.problems.is_empty() {
                 "all intact".to_string()
             } else {
-                format!("{} problems", found.1.len())
+                format!("{} problems", found.problems.len())
             }
         );
-        problems.extend(found.1);
+        problems.extend(found.problems);
     }
     let objects = store.list(WAL_PREFIX).await?;
     let index = WalIndex::from_listing(&objects, seg);
@@ -158,8 +184,8 @@ async fn run_one(cfg: &Config, backup: Option<&str>, wal: bool) -> anyhow::Resul
     }
     if wal {
         let keys: Vec<String> = objects.iter().map(|o| o.key.clone()).collect();
-        let (checked, bad) =
-            check_objects(store.clone(), &cipher, keys, None, concurrency, seg).await;
+        let (checked, bad, _) =
+            check_objects(store.clone(), &cipher, keys, None, None, concurrency, seg).await;
         println!("WAL: {checked} objects checked (complete segments, deltas, history files)");
         problems.extend(bad);
         problems
@@ -176,16 +202,60 @@ async fn run_one(cfg: &Config, backup: Option<&str>, wal: bool) -> anyhow::Resul
     }
 }
 
-/// Checks every chunk of `m` once; returns the number checked and the problems.
+/// The manifest of backup `id` and of each backup down its chain that the store holds,
+/// `id` first; a manifest missing or unreadable is added to `problems` (a missing parent
+/// is the chain check's to report).
+async fn chain_manifests(
+    store: &dyn ObjectStore,
+    cipher: Option<&ObjectCipher>,
+    id: &str,
+    problems: &mut Vec<String>,
+) -> Vec<BackupManifest> {
+    let mut out: Vec<BackupManifest> = Vec::new();
+    let mut next = Some(id.to_string());
+    while let Some(id) = next.take() {
+        if out.iter().any(|m| m.id == id) {
+            break;
+        }
+        match catalog::get_manifest(store, cipher, &id).await {
+            Ok(Some(m)) => {
+                next = m.parent.clone();
+                out.push(m);
+            }
+            Ok(None) if out.is_empty() => problems.push(format!("backup {id}: no manifest")),
+            Ok(None) => {}
+            Err(e) => problems.push(format!("backup {id}: {e:#}")),
+        }
+    }
+    out
+}
+
+/// What [`check_backup`] found.
+struct BackupCheck {
+    /// Chunks checked.
+    chunks: usize,
+    /// Files checked against PostgreSQL's `backup_manifest`, when the backup has one that
+    /// could be read.
+    files: Option<usize>,
+    /// Problems, one line each.
+    problems: Vec<String>,
+}
+
+/// Checks every chunk of `m` once, and its files against PostgreSQL's `backup_manifest`
+/// with the CRC-32C taken in the same pass.
 async fn check_backup(
     store: Arc<dyn ObjectStore>,
     cipher: &Option<ObjectCipher>,
     m: &BackupManifest,
     concurrency: usize,
     seg: WalSegmentSize,
-) -> (usize, Vec<String>) {
+) -> BackupCheck {
     if let Err(e) = m.check() {
-        return (0, vec![format!("backup {}: {e}", m.id)]);
+        return BackupCheck {
+            chunks: 0,
+            files: None,
+            problems: vec![format!("backup {}: {e}", m.id)],
+        };
     }
     let mut users: HashMap<&str, &str> = HashMap::new();
     for f in m.files.iter().chain(m.pg_manifest.iter()) {
@@ -198,68 +268,205 @@ async fn check_backup(
         .iter()
         .map(|(h, p)| (chunk_key(h), format!("backup {} file {p}", m.id)))
         .collect();
-    check_objects(store, cipher, keys, Some(&by_key), concurrency, seg).await
+    // Kept beside the digests: PostgreSQL's manifest whole, the start of incremental files.
+    let segment_blocks = m.segment_blocks.unwrap_or(131_072);
+    let mut keep: HashMap<String, Keep> = HashMap::new();
+    for f in m.files.iter().filter(|f| is_incremental(&f.path)) {
+        if let Some(first) = f.chunks.first() {
+            keep.insert(chunk_key(first), Keep::Head(segment_blocks));
+        }
+    }
+    for c in m.pg_manifest.iter().flat_map(|f| &f.chunks) {
+        keep.insert(chunk_key(c), Keep::All);
+    }
+    let (chunks, mut problems, read) = check_objects(
+        store.clone(),
+        cipher,
+        keys,
+        Some(&by_key),
+        Some(&keep),
+        concurrency,
+        seg,
+    )
+    .await;
+    let files = match against_pg_manifest(store.as_ref(), cipher.as_ref(), m, read).await {
+        Ok(Some(found)) => {
+            problems.extend(found.1);
+            Some(found.0)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            problems.push(format!("backup {} file backup_manifest: {e:#}", m.id));
+            None
+        }
+    };
+    BackupCheck {
+        chunks,
+        files,
+        problems,
+    }
+}
+
+/// Checks the files of `m` against PostgreSQL's `backup_manifest` from what the chunk pass
+/// `read`; returns the number of files the server listed and the problems. `None` when
+/// the backup has no such manifest, or a chunk of it could not be read (a problem already
+/// reported).
+///
+/// Errors: the manifest is not PostgreSQL's JSON, or the start of an incremental file whose
+/// header runs past its first chunk cannot be read.
+async fn against_pg_manifest(
+    store: &dyn ObjectStore,
+    cipher: Option<&ObjectCipher>,
+    m: &BackupManifest,
+    read: HashMap<String, Read>,
+) -> anyhow::Result<Option<(usize, Vec<String>)>> {
+    let Some(entry) = &m.pg_manifest else {
+        println!(
+            "NOTE backup {}: no backup_manifest from the server to check its files against",
+            m.id
+        );
+        return Ok(None);
+    };
+    let mut text = Vec::with_capacity(entry.size as usize);
+    for c in &entry.chunks {
+        match read.get(&chunk_key(c)).and_then(|r| r.kept.as_ref()) {
+            Some(bytes) => text.extend_from_slice(bytes),
+            None => return Ok(None),
+        }
+    }
+    let listed = parse_pg_manifest(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let segment_blocks = m.segment_blocks.unwrap_or(131_072);
+    let mut heads = HashMap::new();
+    for f in m.files.iter().filter(|f| is_incremental(&f.path)) {
+        let Some(mut head) = f
+            .chunks
+            .first()
+            .and_then(|c| read.get(&chunk_key(c)))
+            .and_then(|r| r.kept.clone())
+        else {
+            continue;
+        };
+        // Block numbers past the first chunk (more than a chunk of them): rare, read on.
+        for c in f.chunks.iter().skip(1) {
+            let need = header_need(&head, segment_blocks);
+            if head.len() >= need {
+                break;
+            }
+            let key = chunk_key(c);
+            let raw = envelope::open_for(&store.get(&key).await?, cipher, &key)?;
+            head.extend_from_slice(&raw[..raw.len().min(need - head.len())]);
+        }
+        heads.insert(f.path.clone(), head);
+    }
+    let digests: HashMap<String, Digest> = read
+        .into_iter()
+        .filter_map(|(key, r)| Some((key.rsplit('/').next()?.to_string(), r.digest)))
+        .collect();
+    let stored = Stored {
+        manifest: m,
+        chunks: &digests,
+        heads: &heads,
+    };
+    Ok(Some((listed.len(), check_files(&stored, &listed))))
+}
+
+/// What the chunk pass keeps of a chunk's raw bytes beside its digest.
+#[derive(Debug, Clone, Copy)]
+enum Keep {
+    /// Every byte (PostgreSQL's `backup_manifest`).
+    All,
+    /// What the header of an incremental file starting with this chunk needs, with
+    /// segments of this many blocks ([`header_need`]).
+    Head(u32),
+}
+
+/// One object the pass read: its digest and the bytes kept of it.
+#[derive(Debug)]
+struct Read {
+    digest: Digest,
+    kept: Option<Vec<u8>>,
 }
 
 /// Downloads and opens each object (with `cipher`, `None` for a plaintext store, so an
 /// encrypted object is authenticated under its own name); a chunk must also hold the hash
 /// its key names, and a delta (of a cluster with `seg`-byte segments) as many bytes as its
-/// key says.
+/// key says. With `keep`, also returns each object read intact with its [`Digest`] and
+/// what `keep` says to keep of its bytes.
 async fn check_objects(
     store: Arc<dyn ObjectStore>,
     cipher: &Option<ObjectCipher>,
     keys: Vec<String>,
     context: Option<&HashMap<String, String>>,
+    keep: Option<&HashMap<String, Keep>>,
     concurrency: usize,
     seg: WalSegmentSize,
-) -> (usize, Vec<String>) {
+) -> (usize, Vec<String>, HashMap<String, Read>) {
     let total = keys.len();
-    let results: Vec<Option<String>> = futures::stream::iter(keys.into_iter().map(|key| {
-        let store = store.clone();
-        let cipher = cipher.clone();
-        async move {
-            let body = match store.get(&key).await {
-                Ok(b) => b,
-                Err(e) if e.is_not_found() => return Some((key, "missing".to_string())),
-                Err(e) => return Some((key, e.to_string())),
-            };
-            let k = key.clone();
-            let verdict = tokio::task::spawn_blocking(move || {
-                let header = envelope::Header::parse(&body).map_err(|e| e.to_string())?;
-                envelope::open_for(&body, cipher.as_ref(), &k).map_err(|e| e.to_string())?;
-                if let Some(d) = Delta::parse_key(&k, seg) {
-                    if header.raw_len != d.len() {
-                        return Err(format!(
-                            "holds {} bytes, its name says {}",
-                            header.raw_len,
-                            d.len()
-                        ));
+    let digests = keep.is_some();
+    let results: Vec<Result<(String, Option<Read>), (String, String)>> =
+        futures::stream::iter(keys.into_iter().map(|key| {
+            let store = store.clone();
+            let cipher = cipher.clone();
+            let keep = keep.and_then(|k| k.get(&key)).copied();
+            async move {
+                let body = match store.get(&key).await {
+                    Ok(b) => b,
+                    Err(e) if e.is_not_found() => return Err((key, "missing".to_string())),
+                    Err(e) => return Err((key, e.to_string())),
+                };
+                let k = key.clone();
+                let verdict = tokio::task::spawn_blocking(move || {
+                    let header = envelope::Header::parse(&body).map_err(|e| e.to_string())?;
+                    let raw = envelope::open_for(&body, cipher.as_ref(), &k)
+                        .map_err(|e| e.to_string())?;
+                    if let Some(d) = Delta::parse_key(&k, seg) {
+                        if header.raw_len != d.len() {
+                            return Err(format!(
+                                "holds {} bytes, its name says {}",
+                                header.raw_len,
+                                d.len()
+                            ));
+                        }
                     }
-                }
-                match k.rsplit('/').next() {
-                    Some(name)
-                        if k.starts_with("chunks/") && header.hash.to_hex().as_str() != name =>
-                    {
-                        Err(format!("holds content of hash {}", header.hash.to_hex()))
+                    if let Some(name) = k.rsplit('/').next() {
+                        if k.starts_with("chunks/") && header.hash.to_hex().as_str() != name {
+                            return Err(format!("holds content of hash {}", header.hash.to_hex()));
+                        }
                     }
-                    _ => Ok(()),
-                }
-            })
-            .await
-            .unwrap_or_else(|e| Err(e.to_string()));
-            verdict.err().map(|e| (key, e))
+                    Ok(digests.then(|| Read {
+                        digest: Digest::of(&raw),
+                        kept: match keep {
+                            Some(Keep::All) => Some(raw),
+                            Some(Keep::Head(blocks)) => {
+                                Some(raw[..raw.len().min(header_need(&raw, blocks))].to_vec())
+                            }
+                            None => None,
+                        },
+                    }))
+                })
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+                verdict.map(|r| (key.clone(), r)).map_err(|e| (key, e))
+            }
+        }))
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    let mut problems = Vec::new();
+    let mut read = HashMap::new();
+    for r in results {
+        match r {
+            Ok((key, Some(r))) => {
+                read.insert(key, r);
+            }
+            Ok((_, None)) => {}
+            Err((key, why)) => problems.push(match context.and_then(|c| c.get(&key)) {
+                Some(ctx) => format!("{ctx}: {key}: {why}"),
+                None => format!("{key}: {why}"),
+            }),
         }
-    }))
-    .buffer_unordered(concurrency.max(1))
-    .map(|r| {
-        r.map(|(key, why)| match context.and_then(|c| c.get(&key)) {
-            Some(ctx) => format!("{ctx}: {key}: {why}"),
-            None => format!("{key}: {why}"),
-        })
-    })
-    .collect()
-    .await;
-    (total, results.into_iter().flatten().collect())
+    }
+    (total, problems, read)
 }
 
 /// The plan of the newest timeline that has a history file in the store.
@@ -278,241 +485,4 @@ async fn latest_plan(
     let history = TimelineHistory::parse(&String::from_utf8_lossy(&text))
         .map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
     Ok(Some(TimelinePlan::new(tli, &history, seg)))
-}
-
-/// A segment missing on the walk of [`wal_gaps`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Gap {
-    /// Its file name.
-    pub segment: String,
-    /// When the store holds it only as partial pieces: where their WAL from its start ends.
-    pub partial_end: Option<Lsn>,
-}
-
-impl std::fmt::Display for Gap {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} is missing", self.segment)?;
-        if let Some(end) = self.partial_end {
-            write!(
-                f,
-                " (the store holds it only as partial pieces, WAL up to {end}, and later WAL follows)"
-            )?;
-        }
-        Ok(())
-    }
-}
-
-/// Where the walk of [`wal_gaps`] ended and what it missed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Walk {
-    /// The last segment reached.
-    pub last: String,
-    /// End of the WAL reached: the end of `last`, or of its WAL from its start when it is
-    /// held only as partial pieces.
-    pub end: Lsn,
-    /// Segments missing on the way.
-    pub gaps: Vec<Gap>,
-}
-
-/// Walks from segment `first` on `tli` to the newest segment in `index`, on the timelines
-/// of `plan`. A segment held only as partial pieces (`partials`) counts for the newest
-/// segment only, up to its assembled end; anywhere else it is a gap (later WAL exists, so
-/// the segment should be complete).
-pub fn wal_gaps(
-    index: &WalIndex,
-    partials: &BTreeMap<SegmentId, PartialSegment>,
-    plan: &Option<TimelinePlan>,
-    tli: TimelineId,
-    first: SegNo,
-    seg: WalSegmentSize,
-) -> Walk {
-    let mut newest: BTreeMap<TimelineId, SegNo> = BTreeMap::new();
-    for &(t, s) in index.complete.keys().chain(partials.keys()) {
-        let e = newest.entry(t).or_insert(s);
-        *e = (*e).max(s);
-    }
-    let timeline_for = |s: SegNo| match plan {
-        Some(p) if p.contains(tli) => p.timeline_for(s, tli),
-        _ => tli,
-    };
-    let end = newest.values().copied().max().unwrap_or(first);
-    let mut walk = Walk {
-        last: segment_file_name(tli, first, seg),
-        end: first.start_lsn(seg),
-        gaps: Vec::new(),
-    };
-    let mut s = first;
-    while s <= end {
-        let t = timeline_for(s);
-        let name = segment_file_name(t, s, seg);
-        let is_last = newest.get(&t).is_some_and(|n| *n == s) && s == end;
-        let partial = partials.get(&(t, s));
-        if index.complete.contains_key(&(t, s)) {
-            walk.last = name;
-            walk.end = s.end_lsn(seg);
-        } else if let Some(p) = partial.filter(|_| is_last) {
-            walk.last = name;
-            walk.end = p.end_lsn(s, seg);
-        } else if newest.get(&t).is_some_and(|n| *n >= s) {
-            walk.gaps.push(Gap {
-                segment: name,
-                partial_end: partial.map(|p| p.end_lsn(s, seg)),
-            });
-        } else {
-            break;
-        }
-        s = s.next();
-    }
-    walk
-}
-
-/// Notes on segments held only as partial pieces with deltas past a hole, when no later
-/// WAL of their timeline is in the store: the newest WAL, still being uploaded. Such a hole
-/// is an upload in flight (deltas may land out of order), or WAL an agent that stopped
-/// sends again when it starts (it resumes from the end of the run without a hole, and its
-/// slot holds that WAL on the server); a recovery from the store alone stops at the hole
-/// meanwhile. Not a problem by itself: a hole in a segment behind later WAL shows as a gap
-/// of the backups whose WAL passes it ([`wal_gaps`]).
-pub fn hole_notes(
-    index: &WalIndex,
-    partials: &BTreeMap<SegmentId, PartialSegment>,
-    seg: WalSegmentSize,
-) -> Vec<String> {
-    partials
-        .iter()
-        .filter(|(_, p)| p.beyond_hole)
-        .filter(|((t, s), _)| {
-            let later = (*t, s.next())..=(*t, SegNo(u64::MAX));
-            index.complete.range(later.clone()).next().is_none()
-                && partials.range(later).next().is_none()
-        })
-        .map(|(&(t, s), p)| {
-            format!(
-                "{}: the newest WAL of timeline {t} is held as deltas with a hole at {}: an \
-                 upload in flight, or WAL the agent sends again when it restarts; a recovery \
-                 from the store alone stops there until it is filled",
-                segment_file_name(t, s, seg),
-                p.end_lsn(s, seg)
-            )
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn seg() -> WalSegmentSize {
-        WalSegmentSize::DEFAULT
-    }
-
-    /// The index of `keys` and its partial segments (`.partial` objects hold 0x1000 bytes).
-    fn index(keys: &[&str]) -> (WalIndex, BTreeMap<SegmentId, PartialSegment>) {
-        let objects = crate::store::wal::listing_of(keys.iter().map(|k| format!("wal/{k}")), 1);
-        let index = WalIndex::from_listing(&objects, seg());
-        let legacy = index
-            .legacy_to_read()
-            .into_iter()
-            .map(|(id, _)| (id, 0x1000))
-            .collect();
-        let partials = index.partial_segments(&legacy, seg());
-        (index, partials)
-    }
-
-    fn walk(keys: &[&str], plan: &Option<TimelinePlan>, first: u64) -> Walk {
-        let (index, partials) = index(keys);
-        wal_gaps(&index, &partials, plan, TimelineId(1), SegNo(first), seg())
-    }
-
-    fn names(gaps: &[Gap]) -> Vec<&str> {
-        gaps.iter().map(|g| g.segment.as_str()).collect()
-    }
-
-    #[test]
-    fn continuous_wal_and_a_gap() {
-        let keys = [
-            "000000010000000000000002",
-            "000000010000000000000003",
-            "000000010000000000000005",
-            "000000010000000000000006.partial",
-        ];
-        let w = walk(&keys, &None, 2);
-        assert_eq!(names(&w.gaps), ["000000010000000000000004"]);
-        assert_eq!(w.gaps[0].partial_end, None);
-        assert_eq!(w.last, "000000010000000000000006");
-        assert_eq!(w.end, Lsn(0x600_1000));
-        assert!(walk(&keys, &None, 5).gaps.is_empty());
-    }
-
-    #[test]
-    fn the_newest_segment_held_as_deltas_reaches_their_assembled_end() {
-        let keys = [
-            "000000010000000000000002",
-            "000000010000000000000002.partial.d/00000000-00001000",
-            "000000010000000000000003.partial",
-            "000000010000000000000003.partial.d/00000800-00002000",
-            "000000010000000000000003.partial.d/00003000-00004000",
-        ];
-        let w = walk(&keys, &None, 2);
-        assert!(w.gaps.is_empty(), "{:?}", w.gaps);
-        assert_eq!(w.last, "000000010000000000000003");
-        assert_eq!(w.end, Lsn(0x300_2000), "legacy .partial, then a delta");
-        let (index, partials) = index(&keys);
-        let notes = hole_notes(&index, &partials, seg());
-        assert_eq!(notes.len(), 1, "{notes:?}");
-        assert!(
-            notes[0].starts_with("000000010000000000000003: the newest WAL of timeline 1")
-                && notes[0].contains("a hole at 0/3002000"),
-            "{notes:?}"
-        );
-    }
-
-    #[test]
-    fn a_segment_held_as_deltas_behind_later_wal_is_a_gap() {
-        // Segment 3 never completed in the store, yet segment 4 did: 3's deltas reach
-        // 0/3002000 and the rest of it is missing.
-        let keys = [
-            "000000010000000000000002",
-            "000000010000000000000003.partial.d/00000000-00002000",
-            "000000010000000000000003.partial.d/00003000-00004000",
-            "000000010000000000000004",
-        ];
-        let w = walk(&keys, &None, 2);
-        assert_eq!(
-            w.gaps,
-            [Gap {
-                segment: "000000010000000000000003".into(),
-                partial_end: Some(Lsn(0x300_2000)),
-            }]
-        );
-        assert!(w.gaps[0].to_string().contains("WAL up to 0/3002000"));
-        assert_eq!(w.last, "000000010000000000000004");
-        // Its hole is part of that gap, not a note about the newest WAL.
-        let (index, partials) = index(&keys);
-        assert!(hole_notes(&index, &partials, seg()).is_empty());
-    }
-
-    #[test]
-    fn wal_follows_the_timeline_switch() {
-        let plan = TimelinePlan::new(
-            TimelineId(2),
-            &TimelineHistory::parse("1\t0/4800000\tpromoted\n").unwrap(),
-            seg(),
-        );
-        let mut keys = vec![
-            "000000010000000000000002",
-            "000000010000000000000003",
-            "000000010000000000000004.partial",
-            "000000010000000000000004.partial.d/00001000-00002000",
-            "000000020000000000000004",
-            "000000020000000000000005",
-            "00000002.history",
-        ];
-        let w = walk(&keys, &Some(plan.clone()), 2);
-        assert!(w.gaps.is_empty(), "{:?}", w.gaps);
-        assert_eq!(w.last, "000000020000000000000005");
-        keys.retain(|k| *k != "000000020000000000000004");
-        let w = walk(&keys, &Some(plan), 2);
-        assert_eq!(names(&w.gaps), ["000000020000000000000004"]);
-    }
 }
