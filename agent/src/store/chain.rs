@@ -309,12 +309,13 @@ pub(crate) mod tests {
         let i3 = incremental("20261104T030000Z", "0/4000028", &i2);
         let all = [f.clone(), i1.clone(), i2.clone(), i3.clone()];
         let chains = Chains::new(&all);
-        let ids = |c: Vec<&BackupManifest>| c.iter().map(|m| m.id.clone()).collect::<Vec<_>>();
+        let ids =
+            |c: Vec<&BackupManifest>| c.iter().map(|m| m.id[4..8].to_string()).collect::<Vec<_>>();
         assert_eq!(
             ids(chains.chain(&all[3]).unwrap()),
-            [&i3.id, &i2.id, &i1.id, &f.id].map(String::clone)
+            ["1104", "1103", "1102", "1101"]
         );
-        assert_eq!(ids(chains.chain(&all[0]).unwrap()), [f.id.clone()]);
+        assert_eq!(ids(chains.chain(&all[0]).unwrap()), ["1101"]);
         assert!(chains.restorable(&all[3]));
         let anc: Vec<(&str, &str)> = chains
             .ancestors(&all[3])

@@ -8,7 +8,7 @@
 //! kept, and so is a running one started less than [`RUNNING_GRACE`] ago (older ones died).
 //! Every kept backup keeps the backups it depends on (an incremental backup's parent, the
 //! parent's parent… and its root), and a backup whose chain is broken counts for nothing
-//! ([`retention`] says what happens to it). Then, in this order, so that no kept manifest
+//! ([`plan`] says what happens to it). Then, in this order, so that no kept manifest
 //! ever points at a missing object:
 //! 1. the manifests of the other backups are deleted;
 //! 2. chunks no manifest references are deleted, under a prune marker and only if no backup

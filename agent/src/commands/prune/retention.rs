@@ -35,7 +35,14 @@ pub struct Plan {
 }
 
 /// Chooses the backups to keep among `manifests` (every manifest in the store, oldest
-/// first) at time `now`: see the module documentation.
+/// first) at time `now`.
+///
+/// `keep_backups = N` keeps the N newest complete backups *restorable*, each with its whole
+/// chain ([`crate::store::chain`]). Every backup kept, for whatever reason, keeps the
+/// backups it depends on (its parent, the parent's parent… and its root) while the store
+/// holds them. A complete backup whose chain is broken cannot be restored: it does not
+/// count toward `keep_backups`, and it is dropped only when the rule without chains would
+/// drop it too (not one of the N newest complete backups, nor younger than `keep_days`).
 pub fn plan(
     manifests: &[BackupManifest],
     keep_backups: usize,

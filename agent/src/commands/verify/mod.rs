@@ -32,7 +32,7 @@ use pgagent_storage::layout::{chunk_key, history_key, WAL_PREFIX};
 use pgagent_storage::manifest::{BackupManifest, BackupStatus};
 use pgagent_storage::{envelope, ObjectStore};
 
-mod files;
+pub mod files;
 mod wal;
 
 pub use wal::{hole_notes, wal_gaps, Gap, Walk};
@@ -380,6 +380,9 @@ enum Keep {
     Head(u32),
 }
 
+/// One object of the pass: its key and what was read of it, or its key and what is wrong.
+type Outcome = Result<(String, Option<Read>), (String, String)>;
+
 /// One object the pass read: its digest and the bytes kept of it.
 #[derive(Debug)]
 struct Read {
@@ -403,55 +406,54 @@ async fn check_objects(
 ) -> (usize, Vec<String>, HashMap<String, Read>) {
     let total = keys.len();
     let digests = keep.is_some();
-    let results: Vec<Result<(String, Option<Read>), (String, String)>> =
-        futures::stream::iter(keys.into_iter().map(|key| {
-            let store = store.clone();
-            let cipher = cipher.clone();
-            let keep = keep.and_then(|k| k.get(&key)).copied();
-            async move {
-                let body = match store.get(&key).await {
-                    Ok(b) => b,
-                    Err(e) if e.is_not_found() => return Err((key, "missing".to_string())),
-                    Err(e) => return Err((key, e.to_string())),
-                };
-                let k = key.clone();
-                let verdict = tokio::task::spawn_blocking(move || {
-                    let header = envelope::Header::parse(&body).map_err(|e| e.to_string())?;
-                    let raw = envelope::open_for(&body, cipher.as_ref(), &k)
-                        .map_err(|e| e.to_string())?;
-                    if let Some(d) = Delta::parse_key(&k, seg) {
-                        if header.raw_len != d.len() {
-                            return Err(format!(
-                                "holds {} bytes, its name says {}",
-                                header.raw_len,
-                                d.len()
-                            ));
-                        }
+    let results: Vec<Outcome> = futures::stream::iter(keys.into_iter().map(|key| {
+        let store = store.clone();
+        let cipher = cipher.clone();
+        let keep = keep.and_then(|k| k.get(&key)).copied();
+        async move {
+            let body = match store.get(&key).await {
+                Ok(b) => b,
+                Err(e) if e.is_not_found() => return Err((key, "missing".to_string())),
+                Err(e) => return Err((key, e.to_string())),
+            };
+            let k = key.clone();
+            let verdict = tokio::task::spawn_blocking(move || {
+                let header = envelope::Header::parse(&body).map_err(|e| e.to_string())?;
+                let raw =
+                    envelope::open_for(&body, cipher.as_ref(), &k).map_err(|e| e.to_string())?;
+                if let Some(d) = Delta::parse_key(&k, seg) {
+                    if header.raw_len != d.len() {
+                        return Err(format!(
+                            "holds {} bytes, its name says {}",
+                            header.raw_len,
+                            d.len()
+                        ));
                     }
-                    if let Some(name) = k.rsplit('/').next() {
-                        if k.starts_with("chunks/") && header.hash.to_hex().as_str() != name {
-                            return Err(format!("holds content of hash {}", header.hash.to_hex()));
-                        }
+                }
+                if let Some(name) = k.rsplit('/').next() {
+                    if k.starts_with("chunks/") && header.hash.to_hex().as_str() != name {
+                        return Err(format!("holds content of hash {}", header.hash.to_hex()));
                     }
-                    Ok(digests.then(|| Read {
-                        digest: Digest::of(&raw),
-                        kept: match keep {
-                            Some(Keep::All) => Some(raw),
-                            Some(Keep::Head(blocks)) => {
-                                Some(raw[..raw.len().min(header_need(&raw, blocks))].to_vec())
-                            }
-                            None => None,
-                        },
-                    }))
-                })
-                .await
-                .unwrap_or_else(|e| Err(e.to_string()));
-                verdict.map(|r| (key.clone(), r)).map_err(|e| (key, e))
-            }
-        }))
-        .buffer_unordered(concurrency.max(1))
-        .collect()
-        .await;
+                }
+                Ok(digests.then(|| Read {
+                    digest: Digest::of(&raw),
+                    kept: match keep {
+                        Some(Keep::All) => Some(raw),
+                        Some(Keep::Head(blocks)) => {
+                            Some(raw[..raw.len().min(header_need(&raw, blocks))].to_vec())
+                        }
+                        None => None,
+                    },
+                }))
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+            verdict.map(|r| (key.clone(), r)).map_err(|e| (key, e))
+        }
+    }))
+    .buffer_unordered(concurrency.max(1))
+    .collect()
+    .await;
     let mut problems = Vec::new();
     let mut read = HashMap::new();
     for r in results {
