@@ -166,18 +166,21 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         pgdata: Option<PathBuf>,
     },
-    /// Check that every chunk of every backup exists and is intact, and that the WAL from
-    /// each backup's start to the newest segment has no gap; exit 1 on any problem.
+    /// Check that every chunk of every backup exists and is intact, that the stored files
+    /// are those PostgreSQL's backup_manifest lists (sizes, CRC-32C), that each incremental
+    /// backup's chain is linked, and that the WAL from each backup's start to the newest
+    /// segment has no gap; exit 1 on any problem.
     Verify {
-        /// Check this backup only.
+        /// Check this backup and the backups its chain reads only.
         #[arg(long, value_name = "ID")]
         backup: Option<String>,
         /// Also download and check every WAL object.
         #[arg(long)]
         wal: bool,
     },
-    /// Apply retention (backup.keep_backups, backup.keep_days): delete older backups, the
-    /// chunks no kept backup needs and the WAL before the oldest kept backup.
+    /// Apply retention (backup.keep_backups, backup.keep_days): delete older backups (never
+    /// one a kept incremental backup's chain reads), the chunks no kept backup needs and the
+    /// WAL before the oldest kept backup.
     Prune {
         /// Print what would be deleted, delete nothing.
         #[arg(long)]

@@ -17,53 +17,7 @@ use pgagent_protocol::{Lsn, TimelineHistory, TimelineId};
 use pgagent_storage::manifest::{BackupManifest, BackupStatus};
 
 use crate::config::IncrementalMode;
-
-/// Why a backup that could have been incremental is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum FallbackReason {
-    /// The server is older than PostgreSQL 17.
-    ServerTooOld,
-    /// `summarize_wal` is off: the server has no record of changed blocks.
-    SummarizeWalOff,
-    /// No backup qualifies as parent: none yet, or the newest is of another major, block
-    /// geometry or checksum state, on a timeline outside the server's history, older than
-    /// the server keeps summaries for, or taken before manifests recorded what is needed.
-    NoParent,
-    /// The newest backup's chain already has `backup.max_chain` incremental backups.
-    ChainCap,
-    /// The server refused `UPLOAD_MANIFEST` or the incremental `BASE_BACKUP` (e.g. SQLSTATE
-    /// 55000 when the WAL summaries it needs are gone).
-    ServerRefused,
-    /// A minor release with a known incremental-backup bug: before 17.8 and 18.2 the
-    /// `truncation_block_length` of a relation over one segment truncated by VACUUM
-    /// could exceed the segment size, and the chain cannot be restored (release notes 18.2
-    /// and 17.8, "Fix incorrect handling of incremental backups of large tables").
-    KnownBug,
-}
-
-impl FallbackReason {
-    /// Every reason, in the order metrics list them.
-    pub const ALL: [FallbackReason; 6] = [
-        FallbackReason::ServerTooOld,
-        FallbackReason::SummarizeWalOff,
-        FallbackReason::NoParent,
-        FallbackReason::ChainCap,
-        FallbackReason::ServerRefused,
-        FallbackReason::KnownBug,
-    ];
-
-    /// The metric label (`pgagent_backup_incremental_fallbacks_total{reason}`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FallbackReason::ServerTooOld => "server_too_old",
-            FallbackReason::SummarizeWalOff => "summarize_wal_off",
-            FallbackReason::NoParent => "no_parent",
-            FallbackReason::ChainCap => "chain_cap",
-            FallbackReason::ServerRefused => "server_refused",
-            FallbackReason::KnownBug => "known_bug",
-        }
-    }
-}
+pub use crate::metrics::FallbackReason;
 
 /// What the server says about itself, as far as an incremental backup cares.
 #[derive(Debug, Clone, PartialEq, Eq)]

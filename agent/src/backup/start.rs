@@ -144,6 +144,7 @@ pub async fn start(
         }
     };
     if let Some((reason, why)) = &fallback {
+        crate::metrics::incremental_fallback(*reason);
         tracing::warn!(
             reason = reason.as_str(),
             "this base backup is full, not incremental: {why}"

@@ -1,6 +1,6 @@
 //! `pgagent backup [--wait] [--fast]` and `pgagent list backups`.
 
-use pgagent_storage::manifest::{BackupManifest, BackupStatus};
+use pgagent_storage::manifest::{BackupKind, BackupManifest, BackupStatus};
 use serde::Serialize;
 
 use crate::backup::take::{take_backup, BackupRequest};
@@ -104,6 +104,15 @@ pub struct BackupSummary {
     pub stored_bytes: u64,
     /// Share of chunks that were already in the store (0..1).
     pub dedup_ratio: f64,
+    /// Archive bytes the server sent for this backup (0 for backups whose manifest does not
+    /// say): an incremental backup's are what it spared the server.
+    pub server_bytes: u64,
+    /// `full` or `incremental`.
+    pub kind: BackupKind,
+    /// Incremental backups: the backup it was taken against.
+    pub parent: Option<String>,
+    /// Backups between this one and its full backup, this one included (0: a full backup).
+    pub depth: u32,
     /// A recovery from this backup can stop at any time from this one (its files stored,
     /// RFC 3339)…
     pub reachable_from: Option<String>,
@@ -129,6 +138,10 @@ impl From<&BackupManifest> for BackupSummary {
             } else {
                 1.0 - s.new_chunks as f64 / s.chunks as f64
             },
+            server_bytes: s.server_bytes,
+            kind: m.kind,
+            parent: m.parent.clone(),
+            depth: m.depth,
             reachable_from: None,
             reachable_to: None,
         }
@@ -144,8 +157,18 @@ fn summary_text(m: &BackupManifest, s: &BackupSummary) -> String {
         (Some(from), Some(to)) => format!("  reaches {from} .. {to}"),
         _ => String::new(),
     };
+    let server = match s.server_bytes {
+        0 => String::new(),
+        n => format!("; {} from the server", bytesize::ByteSize(n)),
+    };
+    let kind = match (s.kind, &s.parent) {
+        (BackupKind::Incremental, Some(parent)) => {
+            format!("incremental on {parent}, depth {}", s.depth)
+        }
+        (kind, _) => kind.as_str().to_string(),
+    };
     format!(
-        "{}  {:<8}  {} .. {}  timeline {}  {} files, {} ({} stored new, {:.0}% deduplicated){reach}",
+        "{}  {:<8}  {} .. {}  timeline {}  {} files, {} ({} stored new, {:.0}% deduplicated{server})  {kind}{reach}",
         s.id,
         format!("{:?}", s.status).to_lowercase(),
         s.start_lsn,
@@ -201,4 +224,52 @@ pub async fn list(cfg: &Config, json: bool) -> anyhow::Result<()> {
         println!("{}", summary_text(m, s));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::chain::tests::{full, incremental};
+
+    #[test]
+    fn a_line_names_the_kind_the_parent_and_what_the_server_sent() {
+        let mut f = full("20261101T030000Z", "0/1000028");
+        f.stats.files = 3;
+        f.stats.raw_bytes = 3 << 20;
+        let line = summary_line(&f);
+        assert!(
+            line.starts_with(
+                "20261101T030000Z  complete  0/1000028 .. 0/1000128  timeline 1  3 files, "
+            ),
+            "{line}"
+        );
+        assert!(line.ends_with("0% deduplicated)  full"), "{line}");
+        let mut i = incremental("20261102T030000Z", "0/2000028", &f);
+        i.stats.server_bytes = 5 << 20;
+        let line = summary_line(&i);
+        assert!(
+            line.contains(
+                "deduplicated; 5.0 MiB from the server)  incremental on 20261101T030000Z, depth 1"
+            ),
+            "{line}"
+        );
+        let json = serde_json::to_value(BackupSummary::from(&i)).unwrap();
+        assert_eq!(json["kind"], "incremental");
+        assert_eq!(json["parent"], "20261101T030000Z");
+        assert_eq!(json["depth"], 1);
+        assert_eq!(json["server_bytes"], 5 << 20);
+        for field in [
+            "size_bytes",
+            "stored_bytes",
+            "dedup_ratio",
+            "reachable_from",
+        ] {
+            assert!(json.get(field).is_some(), "{field} missing from {json}");
+        }
+        let json = serde_json::to_value(BackupSummary::from(&f)).unwrap();
+        assert_eq!(
+            (json["kind"].as_str(), json["parent"].is_null()),
+            (Some("full"), true)
+        );
+    }
 }

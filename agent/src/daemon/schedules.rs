@@ -130,6 +130,7 @@ async fn backups(
                         metrics
                             .backup_last_success_timestamp_seconds
                             .set(Utc::now().timestamp() as f64);
+                        metrics.backup.record_last(m);
                         let s = &m.stats;
                         if s.chunks > 0 {
                             metrics

@@ -1,8 +1,10 @@
 //! Prometheus metrics. The names are a contract (DESIGN.md, "Metrics"); they live here and
 //! nowhere else.
 
+pub mod backup;
 mod stores;
 
+pub use backup::{incremental_fallback, BackupMetrics, FallbackReason};
 pub use stores::{StoreHealth, StoreMetrics, StoreSample};
 
 use std::sync::Arc;
@@ -143,6 +145,10 @@ pub struct Metrics {
     store_requests: Arc<RequestCounts>,
     /// The `store`-labelled families of a cluster kept in several stores.
     pub stores: Arc<StoreMetrics>,
+    /// `pgagent_backup_chain_depth`, `pgagent_backup_server_bytes` and
+    /// `pgagent_backup_incremental_fallbacks_total{reason}` (counted by
+    /// [`incremental_fallback`]).
+    pub backup: BackupMetrics,
 }
 
 impl Default for Metrics {
@@ -215,8 +221,10 @@ impl Metrics {
             .register(Box::new(StoreRequests::new(store_requests.clone())))
             .expect("unique");
         let stores = Arc::new(StoreMetrics::register(&registry));
+        let backup = BackupMetrics::register(&registry, backup::fallbacks().clone());
         let m = Metrics {
             stores,
+            backup,
             wal_received_lsn: int_gauge(
                 "pgagent_wal_received_lsn",
                 "End of WAL received from the server, as a byte position.",
@@ -524,6 +532,9 @@ mod tests {
             "pgagent_backup_last_success_timestamp_seconds",
             "pgagent_backup_duration_seconds",
             "pgagent_backup_dedup_ratio",
+            "pgagent_backup_chain_depth",
+            "pgagent_backup_server_bytes",
+            "pgagent_backup_incremental_fallbacks_total{reason=\"no_parent\"}",
             "pgagent_snapshot_last_success_timestamp_seconds",
             "pgagent_drill_last_success_timestamp_seconds",
             "pgagent_drill_duration_seconds",

@@ -4,6 +4,7 @@
 
 pub mod adopt;
 pub mod catalog;
+pub mod chain;
 pub mod drills;
 pub mod overlaps;
 pub mod read;

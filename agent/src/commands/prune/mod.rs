@@ -3,10 +3,13 @@
 //!
 //! First, a backup whose files are stored but that waited for its WAL in vain (a store that
 //! lagged) is marked complete once that WAL is in the store ([`complete_waiting`]).
-//! A complete backup is kept if it is one of the newest `keep_backups` or younger than
-//! `keep_days` days (0: no age rule); the newest complete backup is always kept, and so is
-//! a running one started less than [`RUNNING_GRACE`] ago (older ones died). Then, in this
-//! order, so that no kept manifest ever points at a missing object:
+//! A complete backup is kept if it is one of the newest `keep_backups` restorable ones or
+//! younger than `keep_days` days (0: no age rule); the newest restorable backup is always
+//! kept, and so is a running one started less than [`RUNNING_GRACE`] ago (older ones died).
+//! Every kept backup keeps the backups it depends on (an incremental backup's parent, the
+//! parent's parent… and its root), and a backup whose chain is broken counts for nothing
+//! ([`plan`] says what happens to it). Then, in this order, so that no kept manifest
+//! ever points at a missing object:
 //! 1. the manifests of the other backups are deleted;
 //! 2. chunks no manifest references are deleted, under a prune marker and only if no backup
 //!    is running when the manifests are read again after the marker is written
@@ -20,8 +23,8 @@
 //!    uploads the segment being filled as deltas and the segment once complete, and removes
 //!    the deltas only when its credentials may delete; those pieces are read by nothing once
 //!    the complete segment is in the store (a fetch that listed them and finds one gone
-//!    looks again and finds the complete segment). This happens even when no complete
-//!    backup exists.
+//!    looks again and finds the complete segment). This happens even when no restorable
+//!    backup exists (then nothing else is deleted).
 //!
 //! Snapshots have their own retention (`zfs.keep_*`, applied where they are taken, which
 //! deletes the record of each snapshot it destroys), and a weekly snapshot outlives
@@ -31,16 +34,21 @@
 //!
 //! Only this command deletes: `pgagent run` and `pgagent backup` need no delete right.
 
+mod retention;
+mod wal;
+
+use retention::younger;
+pub use retention::{plan, Plan};
+pub use wal::{wal_floor, wal_to_delete, with_pin};
+
 use std::collections::HashSet;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use futures::{StreamExt, TryStreamExt};
-use pgagent_protocol::{segment_file_name, Lsn, SegNo, WalSegmentSize};
 use pgagent_storage::crypto::ObjectCipher;
-use pgagent_storage::layout::{backup_manifest_key, wal_key, CHUNK_PREFIX, WAL_PREFIX};
+use pgagent_storage::layout::{backup_manifest_key, CHUNK_PREFIX, WAL_PREFIX};
 use pgagent_storage::manifest::{BackupManifest, BackupStatus};
-use pgagent_storage::pin::{self, read_pins, WalPin};
-use pgagent_storage::snapshot::SnapshotRecord;
+use pgagent_storage::pin::{self, read_pins};
 use pgagent_storage::{ObjectMeta, ObjectStore};
 
 use crate::backup::guard::PruneMarker;
@@ -48,58 +56,7 @@ pub use crate::backup::guard::RUNNING_GRACE;
 use crate::backup::wal::complete_waiting;
 use crate::config::Config;
 use crate::store::catalog;
-use crate::store::wal::{SegmentId, WalIndex};
-
-/// What retention keeps and drops.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Plan {
-    /// Backups kept, oldest first.
-    pub keep: Vec<String>,
-    /// Backups dropped.
-    pub drop: Vec<String>,
-}
-
-/// Chooses the backups to keep among `manifests` (oldest first) at time `now`.
-pub fn plan(
-    manifests: &[BackupManifest],
-    keep_backups: usize,
-    keep_days: u64,
-    now: SystemTime,
-) -> Plan {
-    let complete: Vec<&BackupManifest> = manifests
-        .iter()
-        .filter(|m| m.status == BackupStatus::Complete)
-        .collect();
-    let newest: HashSet<&str> = complete
-        .iter()
-        .rev()
-        .take(keep_backups.max(1))
-        .map(|m| m.id.as_str())
-        .collect();
-    let mut p = Plan::default();
-    for m in manifests {
-        let kept = match m.status {
-            BackupStatus::Running => younger(m, RUNNING_GRACE, now),
-            BackupStatus::Complete => {
-                newest.contains(m.id.as_str())
-                    || (keep_days > 0 && younger(m, Duration::from_secs(keep_days * 86_400), now))
-            }
-        };
-        if kept {
-            p.keep.push(m.id.clone());
-        } else {
-            p.drop.push(m.id.clone());
-        }
-    }
-    p
-}
-
-fn younger(m: &BackupManifest, limit: Duration, now: SystemTime) -> bool {
-    humantime::parse_rfc3339(&m.started_at)
-        .ok()
-        .map(|t| now.duration_since(t).unwrap_or_default())
-        .is_some_and(|age| age < limit)
-}
+use crate::store::wal::WalIndex;
 
 /// What may happen to the chunks, given every manifest in the store.
 #[derive(Debug, PartialEq, Eq)]
@@ -148,29 +105,6 @@ pub fn unreferenced<'a>(listed: &'a [ObjectMeta], referenced: &HashSet<String>) 
         .collect()
 }
 
-/// The oldest WAL segment that a restore of a kept complete backup (`kept`) or of a
-/// snapshot with a record in the store (`records`) replays from: the segment of its start
-/// LSN, whatever the timeline (WAL of any timeline before it is needed by none). Returned
-/// with what needs it, e.g. `"snapshot 20261025T100000Z"`; `None` when nothing does.
-pub fn wal_floor(
-    kept: &[&BackupManifest],
-    records: &[SnapshotRecord],
-    seg: WalSegmentSize,
-) -> Option<(SegNo, String)> {
-    let backups = kept
-        .iter()
-        .filter(|m| m.status == BackupStatus::Complete)
-        .filter_map(|m| {
-            let (lsn, _) = m.start().ok()?;
-            Some((lsn.segment_number(seg), format!("backup {}", m.id)))
-        });
-    let snapshots = records.iter().filter_map(|r| {
-        let (start, _, _) = r.positions().ok()?;
-        Some((start.segment_number(seg), format!("snapshot {}", r.id)))
-    });
-    backups.chain(snapshots).min_by_key(|(segno, _)| *segno)
-}
-
 /// Every manifest in the store, oldest first.
 ///
 /// Errors: the store cannot be read, or a manifest is damaged (deleting around it could
@@ -186,25 +120,6 @@ async fn manifests(
         }
     }
     Ok(out)
-}
-
-/// The WAL floor once the pins are counted: the segment of the lowest pin's `from_lsn`
-/// when it is before `floor`, with what needs it (`"store r2's catch-up (pin written …)"`).
-pub fn with_pin(
-    floor: (SegNo, String),
-    lowest_pin: Option<(Lsn, &WalPin)>,
-    seg: WalSegmentSize,
-) -> (SegNo, String) {
-    match lowest_pin {
-        Some((lsn, pin)) if lsn.segment_number(seg) < floor.0 => (
-            lsn.segment_number(seg),
-            format!(
-                "store {}'s catch-up from {} (pin written {})",
-                pin.store, pin.from_lsn, pin.written_at
-            ),
-        ),
-        _ => floor,
-    }
 }
 
 /// Applies retention to every configured store in turn, each with its own `keep_backups`
@@ -258,8 +173,14 @@ async fn run_one(cfg: &Config, dry_run: bool) -> anyhow::Result<()> {
         .collect();
     let concurrency = cfg.store().upload_concurrency;
     let wal_index = WalIndex::from_listing(&store.list(WAL_PREFIX).await?, seg);
-    if kept.iter().all(|m| m.status != BackupStatus::Complete) {
-        println!("prune: no complete backup: backups, chunks and WAL segments stay");
+    for (id, why) in &p.broken {
+        println!("backup {id} cannot be restored ({why}): it does not count toward keep_backups");
+    }
+    for (id, why) in &p.needed {
+        println!("kept backup {id}: {why}");
+    }
+    if p.restorable.is_empty() {
+        println!("prune: no restorable backup: backups, chunks and WAL segments stay");
         let superseded = wal_index.superseded_pieces(seg);
         return sweep_superseded(store.as_ref(), &superseded, dry_run, concurrency).await;
     }
@@ -304,10 +225,11 @@ async fn run_one(cfg: &Config, dry_run: bool) -> anyhow::Result<()> {
     }
     println!(
         "{verb} {} WAL objects before {} (the segment {needed_by} starts in); kept {} \
-         backups and {} snapshot records",
+         backups ({} restorable) and {} snapshot records",
         old.len(),
         oldest_start.start_lsn(seg),
         p.keep.len(),
+        p.restorable.len(),
         records.len()
     );
     for pin in &pins {
@@ -317,41 +239,6 @@ async fn run_one(cfg: &Config, dry_run: bool) -> anyhow::Result<()> {
         );
     }
     sweep_superseded(store.as_ref(), &superseded, dry_run, concurrency).await
-}
-
-/// The WAL keys to delete given the index of `wal/`: those of segments before `floor`
-/// (complete segments, their deltas and `.partial` objects, `.backup` files; history files
-/// stay), then the deltas and `.partial` objects of the other segments stored complete,
-/// which nothing reads any more.
-pub fn wal_to_delete(
-    index: &WalIndex,
-    floor: SegNo,
-    seg: WalSegmentSize,
-) -> (Vec<String>, Vec<String>) {
-    let before = |id: &SegmentId| id.1 < floor;
-    let mut old: Vec<String> = index
-        .complete
-        .keys()
-        .filter(|id| before(id))
-        .map(|&(t, s)| wal_key(&segment_file_name(t, s, seg)))
-        .collect();
-    for (_, pieces) in index.pieces.iter().filter(|(id, _)| before(id)) {
-        old.extend(pieces.keys(seg));
-    }
-    old.extend(
-        index
-            .backup_histories
-            .iter()
-            .filter(|(_, id)| before(id))
-            .map(|(k, _)| k.clone()),
-    );
-    let superseded = index
-        .pieces
-        .iter()
-        .filter(|(id, _)| !before(id) && index.complete.contains_key(id))
-        .flat_map(|(_, p)| p.keys(seg))
-        .collect();
-    (old, superseded)
 }
 
 /// Deletes (or with `dry_run` counts) the deltas and `.partial` objects of segments stored
@@ -436,7 +323,7 @@ mod tests {
     use super::*;
     use pgagent_storage::manifest::{EntryKind, FileEntry};
 
-    fn m(id: &str, started: &str, status: BackupStatus) -> BackupManifest {
+    pub(super) fn m(id: &str, started: &str, status: BackupStatus) -> BackupManifest {
         BackupManifest {
             status,
             system_identifier: "1".into(),
@@ -462,29 +349,8 @@ mod tests {
         b
     }
 
-    fn now() -> SystemTime {
+    pub(super) fn now() -> SystemTime {
         humantime::parse_rfc3339("2026-11-21T12:00:00Z").unwrap()
-    }
-
-    #[test]
-    fn count_age_running_and_the_newest_complete() {
-        use BackupStatus::*;
-        let list = vec![
-            m("a", "2026-11-01T03:00:00Z", Complete),
-            m("b", "2026-11-10T03:00:00Z", Complete),
-            m("c", "2026-11-19T03:00:00Z", Complete),
-            m("d", "2026-11-21T03:00:00Z", Running),
-            m("old", "2026-11-02T03:00:00Z", Running),
-            m("e", "2026-11-21T03:00:00Z", Complete),
-        ];
-        let p = plan(&list, 2, 0, now());
-        assert_eq!(p.keep, ["c", "d", "e"]);
-        assert_eq!(p.drop, ["a", "b", "old"]);
-        let p = plan(&list, 1, 14, now());
-        assert_eq!(p.keep, ["b", "c", "d", "e"]);
-        // keep_backups = 0 still keeps the newest complete backup.
-        let p = plan(&list, 0, 0, now());
-        assert_eq!(p.keep, ["d", "e"]);
     }
 
     #[test]
@@ -512,115 +378,6 @@ mod tests {
                 referenced: HashSet::from(["aa".to_string(), "bb".to_string()])
             }
         );
-    }
-
-    fn record(id: &str, start_lsn: &str) -> SnapshotRecord {
-        SnapshotRecord {
-            format: pgagent_storage::snapshot::SNAPSHOT_FORMAT_VERSION,
-            id: id.into(),
-            system_identifier: 1,
-            pg_version: 150000,
-            snapshots: vec![format!("tank/pg@pgagent-{id}")],
-            mountpoints: vec!["/var/lib/postgresql".into()],
-            pgdata: "/var/lib/postgresql/15/main".into(),
-            timeline: 2,
-            start_lsn: start_lsn.into(),
-            stop_lsn: start_lsn.into(),
-            started_at: "2026-11-01T00:00:00Z".into(),
-            finished_at: "2026-11-01T00:00:01Z".into(),
-            backup_label: "x".into(),
-            tablespace_map: None,
-            host: "db1".into(),
-        }
-    }
-
-    #[test]
-    fn the_wal_floor_is_the_oldest_start_of_a_kept_backup_or_a_snapshot() {
-        use BackupStatus::*;
-        let seg = WalSegmentSize::DEFAULT;
-        let mut old = m("old", "2026-11-10T03:00:00Z", Complete);
-        old.start_lsn = "0/8000028".into();
-        let mut new = m("new", "2026-11-20T03:00:00Z", Complete);
-        new.start_lsn = "0/C000028".into();
-        let mut running = m("run", "2026-11-21T03:00:00Z", Running);
-        running.start_lsn = "0/1000028".into();
-        let kept = [&old, &new, &running];
-        // Backups only: the oldest complete one (a running one restores nothing).
-        assert_eq!(
-            wal_floor(&kept, &[], seg),
-            Some((SegNo(8), "backup old".into()))
-        );
-        // A weekly snapshot older than every kept backup holds the WAL back to its start.
-        let weekly = record("20261101T000000Z", "0/5123456");
-        let daily = record("20261119T000000Z", "0/B000000");
-        assert_eq!(
-            wal_floor(&kept, &[weekly.clone(), daily.clone()], seg),
-            Some((SegNo(5), "snapshot 20261101T000000Z".into()))
-        );
-        // A snapshot newer than the oldest kept backup changes nothing.
-        assert_eq!(
-            wal_floor(&kept, &[daily], seg),
-            Some((SegNo(8), "backup old".into()))
-        );
-        assert_eq!(wal_floor(&[&running], &[], seg), None);
-        assert_eq!(
-            wal_floor(&[], &[weekly], seg),
-            Some((SegNo(5), "snapshot 20261101T000000Z".into()))
-        );
-    }
-
-    #[test]
-    fn wal_before_the_floor_goes_and_pieces_of_complete_segments_too() {
-        let seg = WalSegmentSize::DEFAULT;
-        let keys = [
-            "wal/000000010000000000000003",
-            "wal/000000010000000000000003.00000028.backup",
-            "wal/000000010000000000000003.partial",
-            "wal/000000010000000000000003.partial.d/00000000-00001000",
-            "wal/000000010000000000000004.partial.d/00000000-00001000",
-            "wal/000000010000000000000005",
-            "wal/000000010000000000000005.partial.d/00000000-00001000",
-            "wal/000000010000000000000005.partial.d/00001000-00002000",
-            "wal/000000010000000000000006.partial",
-            "wal/000000010000000000000006.partial.d/00000000-00001000",
-            "wal/00000001.history",
-            "wal/00000002.history",
-        ];
-        let listed = crate::store::wal::listing_of(keys, 1);
-        let index = WalIndex::from_listing(&listed, seg);
-        let (mut old, superseded) = wal_to_delete(&index, SegNo(5), seg);
-        old.sort();
-        assert_eq!(old, keys[..5]);
-        assert_eq!(superseded, keys[6..8]);
-        // Segment 6 is being filled: its pieces stay, and history files always do.
-    }
-
-    #[test]
-    fn a_pin_below_the_floor_holds_the_wal_back_to_its_segment() {
-        let seg = WalSegmentSize::DEFAULT;
-        let floor = (SegNo(8), "backup old".to_string());
-        let pin = WalPin {
-            store: "r2".into(),
-            from_lsn: "0/5123456".into(),
-            timeline: 1,
-            written_at: "2026-11-21T10:00:00Z".into(),
-        };
-        let at = pin.from().unwrap();
-        assert_eq!(
-            with_pin(floor.clone(), Some((at, &pin)), seg),
-            (
-                SegNo(5),
-                "store r2's catch-up from 0/5123456 (pin written 2026-11-21T10:00:00Z)".into()
-            )
-        );
-        // A pin past the floor, or none, changes nothing.
-        let later = WalPin {
-            from_lsn: "0/9000000".into(),
-            ..pin
-        };
-        let at = later.from().unwrap();
-        assert_eq!(with_pin(floor.clone(), Some((at, &later)), seg), floor);
-        assert_eq!(with_pin(floor.clone(), None, seg), floor);
     }
 
     #[test]
