@@ -23,6 +23,7 @@ use super::targets::Target;
 use crate::config::Config;
 use crate::server::{self, ServerInfo};
 use crate::store::catalog;
+use crate::store::chain::Chains;
 
 /// Where a backup stands in its chain, as its manifest records it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -213,8 +214,10 @@ async fn read_facts(
     })
 }
 
-/// The newest complete backup of the first target, if every other target holds it
-/// complete too (a chain must be whole in every store it is in); `None` otherwise.
+/// The newest backup of the first target that can be restored (complete, its chain whole:
+/// a parent with a broken chain would give a backup that cannot be restored either), if
+/// every other target holds it complete too (a chain must be whole in every store it is
+/// in); `None` otherwise.
 ///
 /// Errors: a store's.
 async fn newest_complete(targets: &[Target]) -> anyhow::Result<Option<BackupManifest>> {
@@ -222,28 +225,29 @@ async fn newest_complete(targets: &[Target]) -> anyhow::Result<Option<BackupMani
         return Ok(None);
     };
     let store = first.bucket.store.as_ref();
-    for id in catalog::backup_ids(store).await?.iter().rev() {
-        let Some(m) = catalog::get_manifest(store, first.bucket.cipher(), id).await? else {
-            continue;
-        };
-        if m.status != BackupStatus::Complete {
-            continue;
+    let mut manifests = Vec::new();
+    for id in catalog::backup_ids(store).await? {
+        if let Some(m) = catalog::get_manifest(store, first.bucket.cipher(), &id).await? {
+            manifests.push(m);
         }
-        for t in &targets[1..] {
-            let there =
-                catalog::get_manifest(t.bucket.store.as_ref(), t.bucket.cipher(), id).await?;
-            if !there.is_some_and(|o| o.status == BackupStatus::Complete) {
-                tracing::info!(
-                    id,
-                    store = t.spec.name,
-                    "the newest backup is not complete in every store: the next one is full"
-                );
-                return Ok(None);
-            }
-        }
-        return Ok(Some(m));
     }
-    Ok(None)
+    let chains = Chains::new(&manifests);
+    let Some(newest) = manifests.iter().rev().find(|m| chains.restorable(m)) else {
+        return Ok(None);
+    };
+    for t in &targets[1..] {
+        let there =
+            catalog::get_manifest(t.bucket.store.as_ref(), t.bucket.cipher(), &newest.id).await?;
+        if !there.is_some_and(|o| o.status == BackupStatus::Complete) {
+            tracing::info!(
+                id = newest.id,
+                store = t.spec.name,
+                "the newest backup is not complete in every store: the next one is full"
+            );
+            return Ok(None);
+        }
+    }
+    Ok(Some(newest.clone()))
 }
 
 /// A backup id no target store holds yet, and the time it names. Ids have a resolution
