@@ -172,6 +172,7 @@ impl Chain {
         chown_to_postgres(scratch.path());
         // The raw restores, each moved out of the tablespace location after it.
         let mut raws = Vec::new();
+        let mut last_ts = self.location.clone();
         for (i, id) in self.ids[..=depth].iter().enumerate() {
             let dir = scratch.path().join(format!("raw{i}"));
             let out = run_restore(&self.config.config, &dir, &["--backup", id, "--raw"]);
@@ -179,6 +180,7 @@ impl Chain {
             if self.location.exists() {
                 let moved = scratch.path().join(format!("ts-raw{i}"));
                 std::fs::rename(&self.location, &moved).unwrap();
+                last_ts = moved.clone();
                 for link in std::fs::read_dir(dir.join("pg_tblspc")).unwrap() {
                     let link = link.unwrap().path();
                     std::fs::remove_file(&link).unwrap();
@@ -194,11 +196,7 @@ impl Chain {
             .arg("-o")
             .arg(theirs.data_dir())
             .arg("-T")
-            .arg(format!(
-                "{}={}",
-                self.location.display(),
-                combined_ts.display()
-            ))
+            .arg(format!("{}={}", last_ts.display(), combined_ts.display()))
             .args(&raws)
             .output()
             .unwrap();
