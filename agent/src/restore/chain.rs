@@ -10,12 +10,13 @@
 //! - the bottom backup is full and every other one incremental, each naming the one below
 //!   as its parent and the bottom one as its root, with a depth one more than its
 //!   parent's; no backup appears twice;
-//! - one cluster: the same `system_identifier`, the same major version
-//!   (`pg_version_num / 10000`), the same block size and segment size where known;
-//! - each incremental backup's `backup_label` says `INCREMENTAL FROM LSN`/`TLI` equal to its
-//!   parent's `START WAL LOCATION`/`START TIMELINE`, and the full backup's label has no such
-//!   lines;
-//! - each backup starts at or after the LSN its parent stopped at.
+//! - one cluster: the same `system_identifier` and major version (`pg_version_num /
+//!   10000`) throughout;
+//! - the full backup's label has no `INCREMENTAL FROM` lines;
+//! - each link as [`link_problems`] checks it (the rules `pgagent verify` checks too): the
+//!   same block size, segment size and checksum state where known, each `backup_label`'s
+//!   `INCREMENTAL FROM LSN`/`TLI` equal to its parent's start, each backup starting at or
+//!   after the LSN its parent stopped at.
 
 use std::collections::HashSet;
 
@@ -26,6 +27,7 @@ use pgagent_storage::manifest::{BackupKind, BackupManifest, BackupStatus};
 use pgagent_storage::ObjectStore;
 
 use crate::store::catalog;
+use crate::store::chain::link_problems;
 
 /// Links followed at most, whatever a manifest's depth says: a bound on a hostile store.
 const MAX_LINKS: usize = 10_000;
@@ -126,11 +128,9 @@ pub fn check_links(members: &[BackupManifest]) -> anyhow::Result<()> {
             full.kind.as_str()
         );
     }
-    let labels = members
-        .iter()
-        .map(|m| BackupLabel::parse(&m.backup_label).with_context(|| format!("backup {}", m.id)))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    if labels[0].incremental_from.is_some() {
+    let label =
+        BackupLabel::parse(&full.backup_label).with_context(|| format!("backup {}", full.id))?;
+    if label.incremental_from.is_some() {
         bail!(
             "backup {} is full but its backup_label has INCREMENTAL FROM lines",
             full.id
@@ -163,7 +163,7 @@ pub fn check_links(members: &[BackupManifest]) -> anyhow::Result<()> {
             continue;
         }
         let parent = &members[i - 1];
-        check_link(parent, m, full, i, (&labels[i - 1], &labels[i]))?;
+        check_link(parent, m, full, i)?;
     }
     Ok(())
 }
@@ -174,7 +174,6 @@ fn check_link(
     m: &BackupManifest,
     full: &BackupManifest,
     depth: usize,
-    (parent_label, label): (&BackupLabel, &BackupLabel),
 ) -> anyhow::Result<()> {
     let id = &m.id;
     if m.kind != BackupKind::Incremental {
@@ -200,47 +199,12 @@ fn check_link(
             full.id
         );
     }
-    for (what, mine, theirs) in [
-        ("block size", m.block_size, parent.block_size),
-        ("segment size", m.segment_blocks, parent.segment_blocks),
-    ] {
-        if let (Some(a), Some(b)) = (mine, theirs) {
-            if a != b {
-                bail!(
-                    "backup {id} has {what} {a}, its parent {} has {b}",
-                    parent.id
-                );
-            }
-        }
-    }
-    let Some((from_lsn, from_tli)) = label.incremental_from else {
-        bail!("backup {id} is incremental but its backup_label has no INCREMENTAL FROM lines");
-    };
-    if from_tli != parent_label.start_timeline {
+    let problems = link_problems(m, parent);
+    if !problems.is_empty() {
         bail!(
-            "backup {id} is incremental from timeline {from_tli}, but its parent {} starts on timeline {}",
+            "backup {id} does not follow its parent {}: {}",
             parent.id,
-            parent_label.start_timeline
-        );
-    }
-    if from_lsn != parent_label.start_lsn {
-        bail!(
-            "backup {id} is incremental from LSN {from_lsn}, but its parent {} starts at LSN {}",
-            parent.id,
-            parent_label.start_lsn
-        );
-    }
-    let Some((parent_stop, _)) = parent.stop()? else {
-        bail!(
-            "backup {}, parent of backup {id}, has no stop LSN",
-            parent.id
-        );
-    };
-    let (start, _) = m.start()?;
-    if start < parent_stop {
-        bail!(
-            "backup {id} starts at LSN {start}, before its parent {} stopped at {parent_stop}",
-            parent.id
+            problems.join("; ")
         );
     }
     Ok(())

@@ -75,7 +75,7 @@ fn broken_links_are_refused_naming_the_backup() {
     );
     refused(
         &m,
-        "backup inc1 is incremental from LSN 0/100028, but its parent full starts at LSN 0/100000",
+        "backup inc1 does not follow its parent full: its backup_label is incremental from 0/100028 on timeline 1, the parent starts at 0/100000 on timeline 1",
     );
 
     let mut m = three();
@@ -84,14 +84,14 @@ fn broken_links_are_refused_naming_the_backup() {
         .replace("INCREMENTAL FROM TLI: 1", "INCREMENTAL FROM TLI: 2");
     refused(
         &m,
-        "backup inc2 is incremental from timeline 2, but its parent inc1 starts on timeline 1",
+        "backup inc2 does not follow its parent inc1: its backup_label is incremental from 0/400000 on timeline 2, the parent starts at 0/400000 on timeline 1",
     );
 
     let mut m = three();
     m[2].backup_label = m[1].backup_label.replace("INCREMENTAL FROM", "X");
     refused(
         &m,
-        "backup inc2 is incremental but its backup_label has no INCREMENTAL FROM lines",
+        "backup inc2 does not follow its parent inc1: its backup_label has no INCREMENTAL FROM lines",
     );
 
     // A child that starts before its parent stopped.
@@ -99,7 +99,7 @@ fn broken_links_are_refused_naming_the_backup() {
     m[0].stop_lsn = Some("0/900000".into());
     refused(
         &m,
-        "backup inc1 starts at LSN 0/400000, before its parent full stopped at 0/900000",
+        "backup inc1 does not follow its parent full: it starts at 0/400000, before the parent stops at 0/900000",
     );
 
     let mut m = three();
@@ -114,7 +114,7 @@ fn broken_links_are_refused_naming_the_backup() {
     m[2].block_size = Some(16384);
     refused(
         &m,
-        "backup inc2 has block size 16384, its parent inc1 has 8192",
+        "backup inc2 does not follow its parent inc1: block size 16384 is not the parent's 8192",
     );
 
     let mut m = three();

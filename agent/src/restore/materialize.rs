@@ -11,9 +11,9 @@
 //! may hold files already; what the backup does not hold is removed first, in a tablespace
 //! only inside the backup's own version directory (see `restore/delta.rs`).
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
@@ -24,7 +24,7 @@ use pgagent_storage::layout::chunk_key;
 use pgagent_storage::manifest::{BackupManifest, EntryKind, FileEntry};
 use pgagent_storage::{envelope, ObjectStore};
 
-use super::places::{make_dir, Places};
+use super::places::{create_new_file, make_dir, Places};
 use crate::progress::Progress;
 use crate::store::Bucket;
 
@@ -165,13 +165,7 @@ async fn write_file(
     if replace && fs::symlink_metadata(target).is_ok_and(|m| !m.is_dir()) {
         fs::remove_file(target).with_context(|| format!("remove {}", target.display()))?;
     }
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .mode(0o600)
-        .open(target)
-        .with_context(|| format!("create {}", target.display()))?;
+    let file = create_new_file(target)?;
     let mut file = Some(file);
     let mut written = 0u64;
     // The next chunks of a large file download while the current one is written (in

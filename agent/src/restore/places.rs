@@ -2,7 +2,7 @@
 //! (checked and made before anything is written).
 
 use std::fs;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
@@ -127,4 +127,19 @@ pub(super) fn make_dir(path: &Path, mode: u32) -> anyhow::Result<()> {
     }
     fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o7777))
         .with_context(|| format!("chmod {}", path.display()))
+}
+
+/// Creates the regular file `target` for a restore to fill: `O_CREAT | O_EXCL` (an existing
+/// file is an error, never overwritten), `O_NOFOLLOW` (a symlink planted there is never
+/// written through), mode 0600 until the file is complete.
+///
+/// Errors: the file exists, a symlink is there, or any I/O error, naming the path.
+pub(super) fn create_new_file(target: &Path) -> anyhow::Result<fs::File> {
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .mode(0o600)
+        .open(target)
+        .with_context(|| format!("create {}", target.display()))
 }

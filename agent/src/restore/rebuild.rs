@@ -16,9 +16,8 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsString;
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -28,7 +27,7 @@ use pgagent_protocol::backup_label::without_incremental_lines;
 use super::chain::Chain;
 use super::combine::{plan_chain, ChainPlan};
 use super::pg_manifest::{render, wal_ranges, ManifestFile, WalRange};
-use super::places::{make_dir, Mode, Places, TablespaceDir};
+use super::places::{create_new_file, make_dir, Mode, Places, TablespaceDir};
 use super::present::{check_present, Needer};
 use super::rebuild_file::{fetch_chunk, finish_file, write_output, Stored};
 use crate::progress::Progress;
@@ -299,13 +298,7 @@ fn now() -> i64 {
 
 /// Creates `path` (`O_EXCL | O_NOFOLLOW`) holding `bytes`, with `mode` and `mtime`, fsynced.
 fn write_new(path: &Path, bytes: &[u8], mode: u32, mtime: i64) -> anyhow::Result<()> {
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("create {}", path.display()))?;
+    let mut f = create_new_file(path)?;
     f.write_all(bytes)
         .and_then(|()| finish_file(&f, mode, mtime))
         .with_context(|| format!("write {}", path.display()))

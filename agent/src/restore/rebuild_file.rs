@@ -8,9 +8,9 @@
 //! blocking thread, holds one chunk per source, never a whole file (a relation segment is
 //! up to 1 GiB).
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{BufWriter, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -24,6 +24,7 @@ use pgagent_storage::manifest::{BackupManifest, FileEntry};
 use pgagent_storage::{envelope, ObjectStore};
 
 use super::combine::{plan_blocks, OutputFile, Run, Shape};
+use super::places::create_new_file;
 
 /// Chunks of one file fetched ahead of the one being written.
 pub const CHUNKS_AHEAD: usize = 4;
@@ -320,13 +321,7 @@ fn write_runs(
     mut next: impl FnMut() -> anyhow::Result<Bytes>,
     entry: &FileEntry,
 ) -> anyhow::Result<Out> {
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .mode(0o600)
-        .open(target)
-        .with_context(|| format!("create {}", target.display()))?;
+    let file = create_new_file(target)?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
     let mut out = Out { len: 0, crc32c: 0 };
     let mut kept_at: Vec<Option<u64>> = kept.iter().map(|k| k.as_ref().map(|k| k.0)).collect();

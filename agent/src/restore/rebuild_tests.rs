@@ -359,7 +359,7 @@ async fn a_broken_chain_fails_naming_backup_and_file_and_writes_nothing() {
         .await
         .unwrap();
     fails_leaving_nothing(&store, &inc2, tmp.path(), "lsn", &[
-        "backup inc1 is incremental from LSN 0/180000, but its parent full starts at LSN 0/100000",
+        "backup inc1 does not follow its parent full: its backup_label is incremental from 0/180000 on timeline 1, the parent starts at 0/100000 on timeline 1",
     ])
     .await;
 

@@ -11,6 +11,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
+use pgagent_protocol::backup_label::BackupLabel;
 use pgagent_storage::manifest::{BackupKind, BackupManifest, BackupStatus};
 
 /// Why a backup cannot be restored from the store as it is: the first broken link found
@@ -142,7 +143,33 @@ pub fn link_problems(child: &BackupManifest, parent: &BackupManifest) -> Vec<Str
         (_, Ok(None)) => why.push("the parent has no stop LSN".into()),
         _ => {}
     }
+    why.extend(label_problem(child, parent));
     why
+}
+
+/// What the child's `backup_label` says against its parent's, as pg_combinebackup checks
+/// them (`check_backup_label_files`, labels read as `backup_label.c` reads them): the
+/// `INCREMENTAL FROM LSN`/`TLI` of an incremental backup are its parent's `START WAL
+/// LOCATION` and `START TIMELINE`.
+fn label_problem(child: &BackupManifest, parent: &BackupManifest) -> Option<String> {
+    let (label, parent_label) = match (
+        BackupLabel::parse(&child.backup_label),
+        BackupLabel::parse(&parent.backup_label),
+    ) {
+        (Ok(l), Ok(p)) => (l, p),
+        (Err(e), _) => return Some(format!("its backup_label: {e}")),
+        (_, Err(e)) => return Some(format!("the parent's backup_label: {e}")),
+    };
+    let Some((lsn, tli)) = label.incremental_from else {
+        return Some("its backup_label has no INCREMENTAL FROM lines".into());
+    };
+    let start = (parent_label.start_lsn, parent_label.start_timeline);
+    (start != (lsn, tli)).then(|| {
+        format!(
+            "its backup_label is incremental from {lsn} on timeline {tli}, the parent starts at {} on timeline {}",
+            start.0, start.1
+        )
+    })
 }
 
 fn on_off(b: bool) -> String {
@@ -285,19 +312,27 @@ pub(crate) mod tests {
             block_size: Some(8192),
             segment_blocks: Some(131_072),
             data_checksums: Some(true),
+            backup_label: format!(
+                "START WAL LOCATION: {start} (file 000000010000000000000001)\nSTART TIMELINE: 1\n"
+            ),
             ..BackupManifest::announced(id)
         }
     }
 
     /// A complete incremental backup `id` taken against `parent`.
     pub(crate) fn incremental(id: &str, start: &str, parent: &BackupManifest) -> BackupManifest {
+        let base = full(id, start);
         BackupManifest {
             format_version: INCREMENTAL_FORMAT_VERSION,
             kind: BackupKind::Incremental,
             parent: Some(parent.id.clone()),
             root: Some(parent.root.clone().unwrap_or_else(|| parent.id.clone())),
             depth: parent.depth + 1,
-            ..full(id, start)
+            backup_label: format!(
+                "{}INCREMENTAL FROM LSN: {}\nINCREMENTAL FROM TLI: {}\n",
+                base.backup_label, parent.start_lsn, parent.start_timeline
+            ),
+            ..base
         }
     }
 
