@@ -306,9 +306,16 @@ pub struct RestoreArgs {
     #[arg(long, conflicts_with = "delta")]
     pub force: bool,
     /// Restore over an existing data directory: keep files whose chunks match, rewrite the
-    /// others, remove what the backup does not hold.
+    /// others, remove what the backup does not hold. Not for an incremental backup yet
+    /// (refused, exit 2).
     #[arg(long)]
     pub delta: bool,
+    /// Write one backup exactly as stored, from the bucket, and set up no recovery: an
+    /// incremental backup as its INCREMENTAL.* files with its own backup_label and the
+    /// server's backup_manifest, as pg_combinebackup takes it. Needs --backup ID (not
+    /// "latest"): restore each backup of a chain into its own directory.
+    #[arg(long, conflicts_with_all = ["delta", "from", "target_action", "recovery_target"])]
+    pub raw: bool,
     /// Which tier serves: a local ZFS snapshot, the bucket, or the first that can (auto).
     #[arg(long, value_enum, default_value = "auto")]
     pub from: RestoreFrom,
@@ -361,6 +368,12 @@ impl RestoreArgs {
     ///
     /// Errors: a recovery target that does not parse ([`ConfigError`], exit 2).
     pub fn request(self, fetch_prefix: &str) -> anyhow::Result<RestoreRequest> {
+        if self.raw && self.backup == "latest" {
+            return Err(ConfigError(
+                "--raw writes one backup as it is stored: name it with --backup ID".into(),
+            )
+            .into());
+        }
         Ok(RestoreRequest {
             target: self.target.recovery_target()?,
             pgdata: self.pgdata,
@@ -368,6 +381,7 @@ impl RestoreArgs {
             action: self.target_action,
             force: self.force,
             delta: self.delta,
+            raw: self.raw,
             restore_command: format!("{fetch_prefix} fetch %f %p"),
             from: self.from,
             owner: None,
@@ -413,97 +427,5 @@ impl TargetArgs {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::CommandFactory;
-
-    #[test]
-    fn cli_is_well_formed() {
-        Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn global_flags_go_anywhere() {
-        let cli = Cli::try_parse_from(["pgagent", "list", "wal", "--json", "--store", "file:///x"])
-            .unwrap();
-        assert_eq!(cli.overrides.store_url(), Some("file:///x"));
-        assert!(cli.overrides.store_names().is_empty());
-        assert!(matches!(
-            cli.command,
-            Command::List {
-                what: ListWhat::Wal,
-                json: true
-            }
-        ));
-    }
-
-    #[test]
-    fn store_is_a_url_with_a_scheme_and_a_name_without() {
-        let cli =
-            Cli::try_parse_from(["pgagent", "restore", "--pgdata", "/d", "--store", "r2"]).unwrap();
-        assert_eq!(cli.overrides.store_names(), ["r2"]);
-        assert_eq!(cli.overrides.store_url(), None);
-        let overrides: Overrides = cli.overrides.into();
-        assert_eq!(overrides.store_url, None);
-    }
-
-    /// `--store NAME` repeats, in the order given; a URL stands alone.
-    #[test]
-    fn store_names_repeat_and_a_url_stands_alone() {
-        let cli = Cli::try_parse_from([
-            "pgagent", "fetch", "--store", "r2", "x", "y", "--store", "nas",
-        ])
-        .unwrap();
-        assert_eq!(cli.overrides.store_names(), ["r2", "nas"]);
-        assert!(cli.overrides.check_store().is_ok());
-        let cli =
-            Cli::try_parse_from(["pgagent", "list", "--store", "file:///a", "--store", "nas"])
-                .unwrap();
-        let err = cli.overrides.check_store().unwrap_err();
-        assert!(err.to_string().contains("given alone"), "{err}");
-        let cli = Cli::try_parse_from(["pgagent", "list", "--store", "file:///a"]).unwrap();
-        assert!(cli.overrides.check_store().is_ok());
-    }
-
-    #[test]
-    fn key_actions_parse_and_take_no_passphrase_value() {
-        let cli = Cli::try_parse_from(["pgagent", "key", "remove", "0a1b"]).unwrap();
-        assert!(matches!(
-            cli.command,
-            Command::Key {
-                action: KeyAction::Remove { ref id }
-            } if id == "0a1b"
-        ));
-        let cli =
-            Cli::try_parse_from(["pgagent", "key", "add", "--new-passphrase-file", "/p"]).unwrap();
-        assert!(matches!(
-            cli.command,
-            Command::Key {
-                action: KeyAction::Add {
-                    new_passphrase_file: Some(_)
-                }
-            }
-        ));
-        assert!(Cli::try_parse_from(["pgagent", "key", "add", "--new-passphrase", "x"]).is_err());
-        assert!(Cli::try_parse_from(["pgagent", "key", "list", "--json"]).is_ok());
-        assert!(Cli::try_parse_from(["pgagent", "key", "remove"]).is_err());
-    }
-
-    #[test]
-    fn fetch_takes_file_and_path() {
-        let cli = Cli::try_parse_from([
-            "pgagent",
-            "fetch",
-            "00000002.history",
-            "pg_wal/RECOVERYHISTORY",
-        ])
-        .unwrap();
-        match cli.command {
-            Command::Fetch { file, path } => {
-                assert_eq!(file, "00000002.history");
-                assert_eq!(path, PathBuf::from("pg_wal/RECOVERYHISTORY"));
-            }
-            other => panic!("{other:?}"),
-        }
-    }
-}
+#[path = "cli_tests.rs"]
+mod tests;

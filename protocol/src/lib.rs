@@ -24,7 +24,7 @@ pub mod error;
 pub mod wire;
 
 pub use client::{basebackup, conninfo, pgpass, sql, stream};
-pub use wire::{history, incremental, lsn, message, page, segment, timeline};
+pub use wire::{backup_label, history, incremental, lsn, message, page, segment, timeline};
 
 pub use client::basebackup::{BaseBackupEvent, BaseBackupOptions, BaseBackupStream, Tablespace};
 pub use client::conninfo::{ConnConfig, Host, SslMode};

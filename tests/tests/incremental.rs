@@ -5,11 +5,13 @@
 mod common;
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use common::recovery::*;
 use common::*;
 use pgagent_storage::manifest::{BackupKind, BackupManifest};
 use pgagent_storage::{envelope, ObjectStore};
-use pgagent_tests::{run_pgagent, PgOptions, PgServer};
+use pgagent_tests::{run_pgagent, wait_until, PgOptions, PgServer};
 
 /// A PostgreSQL `major` server with WAL summaries on.
 fn summarizing(major: u32) -> PgServer {
@@ -204,4 +206,223 @@ async fn a_server_before_17_takes_full_backups_and_says_why() {
     full_because(&rig, &env, &[], "server_too_old").await;
     full_because(&rig, &env, &[], "server_too_old").await;
     drop(agent);
+}
+
+/// Restores backup `id` (its whole chain) from the store alone onto an empty directory,
+/// recovers to the end of the WAL with a PostgreSQL `major`, and returns the state of `t`.
+fn restore_state(rig: &Rig, id: &str, major: u32) -> String {
+    let fetch = fetch_config(&rig.store_url, &[]);
+    let mut restored = PgServer::without_cluster(PgOptions {
+        major: Some(major),
+        ..PgOptions::default()
+    })
+    .unwrap();
+    let out = run_restore(&fetch.config, &restored.data_dir(), &["--backup", id]);
+    assert!(out.status.success(), "{}", text(&out));
+    restored.start_server().unwrap();
+    wait_promoted(&restored, Duration::from_secs(120));
+    state(&restored)
+}
+
+/// Promotes `pg` to the next timeline (stop, `standby.signal`, start, `pg_promote`).
+fn promote(pg: &mut PgServer) {
+    pg.stop().unwrap();
+    std::fs::write(pg.data_dir().join("standby.signal"), b"").unwrap();
+    pg.start_server().unwrap();
+    pg.psql("SELECT pg_promote(true, 60)").unwrap();
+    assert!(wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || pg
+            .psql("SELECT pg_is_in_recovery()")
+            .is_ok_and(|r| r.trim() == "f")
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_incremental_backup_after_a_promotion_restores_on_timeline_2() {
+    let rig = Rig::fs();
+    let mut pg = summarizing(17);
+    let mut agent = rig.spawn_caught_up(&pg);
+    create_table_t(&pg);
+    load(&pg, "before", 5000);
+    let env = rig.env(&pg);
+    let (full, _) = backup(&env);
+
+    promote(&mut pg);
+    load(&pg, "after", 5000);
+    pg.psql("UPDATE t SET v = v || '2' WHERE id % 10 = 0; CHECKPOINT")
+        .unwrap();
+    let (inc, printed) = backup(&env);
+    assert!(!printed.contains("not incremental"), "{printed}");
+    let m = manifest(&rig.store().await, &inc).await;
+    assert_eq!(
+        (m.parent.as_deref(), m.start_timeline),
+        (Some(full.as_str()), 2)
+    );
+    load(&pg, "later", 100);
+    let expected = state(&pg);
+    let end = lsn(&pg.switch_wal().unwrap());
+    rig.wait_uploaded(&agent, end, Duration::from_secs(60));
+    assert!(agent.terminate().success(), "{}", agent.output_text());
+    pg.stop().unwrap();
+    assert_eq!(restore_state(&rig, &inc, 17), expected);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_takes_incremental_backups_that_restore() {
+    let primary = summarizing(17);
+    create_table_t(&primary);
+    load(&primary, "before", 5000);
+    let mut standby = PgServer::without_cluster(PgOptions {
+        major: Some(17),
+        extra_conf: vec!["summarize_wal = on".into()],
+        ..PgOptions::default()
+    })
+    .unwrap();
+    primary
+        .base_backup_over_protocol(&standby.data_dir(), false)
+        .unwrap();
+    std::fs::write(standby.data_dir().join("standby.signal"), b"").unwrap();
+    std::fs::write(
+        standby.data_dir().join("postgresql.auto.conf"),
+        format!("primary_conninfo = '{}'\n", primary.conninfo("pgagent")),
+    )
+    .unwrap();
+    standby.start_server().unwrap();
+    let caught_up = || {
+        let target = primary.current_wal_lsn().unwrap();
+        wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
+            standby
+                .psql(&format!(
+                    "SELECT pg_last_wal_replay_lsn() >= '{target}'::pg_lsn"
+                ))
+                .is_ok_and(|r| r == "t")
+        })
+    };
+    assert!(caught_up(), "{}", standby.log_tail());
+
+    let rig = Rig::fs();
+    let mut agent = rig.spawn_caught_up(&standby);
+    let env = rig.env(&standby);
+    let (full, _) = backup(&env);
+    load(&primary, "after", 5000);
+    primary
+        .psql("UPDATE t SET v = v || 's' WHERE id % 10 = 0; CHECKPOINT")
+        .unwrap();
+    assert!(caught_up());
+    standby.psql("CHECKPOINT").unwrap();
+    let (inc, printed) = backup(&env);
+    assert!(!printed.contains("not incremental"), "{printed}");
+    assert_eq!(
+        manifest(&rig.store().await, &inc).await.parent.as_deref(),
+        Some(full.as_str())
+    );
+    let expected = state(&primary);
+    primary.switch_wal().unwrap();
+    assert!(caught_up());
+    let end = lsn(&standby.psql("SELECT pg_last_wal_replay_lsn()").unwrap());
+    rig.wait_uploaded(&agent, end, Duration::from_secs(60));
+    assert!(agent.terminate().success(), "{}", agent.output_text());
+    assert_eq!(restore_state(&rig, &inc, 17), expected);
+}
+
+/// Writes `m` over its manifest in the store, sealed as pgagent seals it.
+async fn put_manifest(store: &Arc<dyn ObjectStore>, m: &BackupManifest) {
+    let key = format!("backups/{}/manifest.json", m.id);
+    let body = envelope::seal(&serde_json::to_vec(m).unwrap(), 3).body;
+    store.put(&key, body).await.unwrap();
+}
+
+/// `pgagent restore --backup id` must fail before writing anything, saying `words`.
+fn refused(rig: &Rig, id: &str, words: &[&str]) {
+    let fetch = fetch_config(&rig.store_url, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let pgdata = dir.path().join("pgdata");
+    let out = run_restore(&fetch.config, &pgdata, &["--backup", id]);
+    let printed = text(&out);
+    assert!(!out.status.success(), "{printed}");
+    for w in words {
+        assert!(printed.contains(w), "{w:?} not in: {printed}");
+    }
+    let written = std::fs::read_dir(&pgdata).map_or(0, |d| d.count());
+    assert_eq!(written, 0, "the restore wrote into PGDATA: {printed}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_chain_is_refused_before_anything_is_written() {
+    let rig = Rig::fs();
+    let pg = summarizing(17);
+    let mut agent = rig.spawn_caught_up(&pg);
+    create_table_t(&pg);
+    load(&pg, "before", 20000);
+    let env = rig.env(&pg);
+    let (full_id, _) = backup(&env);
+    pg.psql("UPDATE t SET v = v || 'x' WHERE id % 100 = 0; CHECKPOINT")
+        .unwrap();
+    let (inc_id, _) = backup(&env);
+    let end = lsn(&pg.switch_wal().unwrap());
+    rig.wait_uploaded(&agent, end, Duration::from_secs(60));
+    assert!(agent.terminate().success(), "{}", agent.output_text());
+    let store = rig.store().await;
+    let full = manifest(&store, &full_id).await;
+    let inc = manifest(&store, &inc_id).await;
+    // The INCREMENTAL file of table t, and the chunk that holds its changed blocks.
+    let relfile = pg
+        .psql("SELECT pg_relation_filepath('t')")
+        .unwrap()
+        .replace("base/", "");
+    let file = inc
+        .files
+        .iter()
+        .find(|f| {
+            f.path.ends_with(&format!(
+                "/INCREMENTAL.{}",
+                relfile.rsplit('/').next().unwrap()
+            ))
+        })
+        .unwrap_or_else(|| panic!("no INCREMENTAL file for {relfile}"))
+        .clone();
+    assert!(!file.chunks.is_empty());
+    let chunk_key = |h: &str| format!("chunks/{}/{h}", &h[..2]);
+    let key = chunk_key(&file.chunks[0]);
+    let original = store.get(&key).await.unwrap();
+
+    // A corrupt chunk: another chunk's body under its name.
+    let other = chunk_key(
+        &full
+            .files
+            .iter()
+            .find(|f| !f.chunks.is_empty() && f.chunks[0] != file.chunks[0])
+            .unwrap()
+            .chunks[0],
+    );
+    store
+        .put(&key, store.get(&other).await.unwrap())
+        .await
+        .unwrap();
+    refused(&rig, &inc_id, &[&inc_id, &file.path]);
+    // A missing chunk.
+    store.delete(&key).await.unwrap();
+    refused(&rig, &inc_id, &[&inc_id, &file.path]);
+    store.put(&key, original).await.unwrap();
+
+    // A broken LSN link: the incremental says it follows another start than its parent's.
+    let mut broken = inc.clone();
+    broken.backup_label = broken
+        .backup_label
+        .replace("INCREMENTAL FROM LSN: ", "INCREMENTAL FROM LSN: 1")
+        .to_string();
+    put_manifest(&store, &broken).await;
+    refused(&rig, &inc_id, &[&inc_id]);
+    put_manifest(&store, &inc).await;
+
+    // The parent's manifest gone.
+    store
+        .delete(&format!("backups/{full_id}/manifest.json"))
+        .await
+        .unwrap();
+    refused(&rig, &inc_id, &[&inc_id, &full_id]);
+    put_manifest(&store, &full).await;
+    drop(pg);
 }

@@ -326,6 +326,14 @@ async fn a_chain_of_six_restores_as_pg_combinebackup_combines_it() {
     }
     let end = lsn(&pg.switch_wal().unwrap());
     rig.wait_uploaded(&agent, end, Duration::from_secs(120));
+    // A drill restores the newest backup, six deep, and checks it.
+    let (code, report, out) = common::drill::drill(&rig, &pg, &[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(common::drill::failed(&report).is_empty(), "{report:#}");
+    assert!(
+        report.to_string().contains(ids.last().unwrap().as_str()),
+        "{report:#}"
+    );
     assert!(agent.terminate().success(), "{}", agent.output_text());
     pg.stop().unwrap();
     drop(pg);

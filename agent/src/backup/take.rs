@@ -284,6 +284,7 @@ async fn announce_all(
         let r = async {
             catalog::put_manifest(t.bucket.store.as_ref(), t.bucket.cipher(), announced).await?;
             t.known = known_after_prunes(&t.bucket).await?;
+            parent_still_there(&t.bucket, announced).await?;
             anyhow::Ok(())
         }
         .await;
@@ -305,6 +306,26 @@ async fn announce_all(
         }
     }
     (ok, failed)
+}
+
+/// An incremental backup's parent, read again once the announcement is in place and any
+/// prune that may not have seen it is done ([`known_after_prunes`]): the same argument as
+/// for chunks ([`super::guard`]) makes a prune that deleted the parent's manifest finish
+/// before this read, and one that reads the manifests later sees the `running`
+/// announcement, which names the parent, and keeps it.
+///
+/// Errors: the parent is gone or no longer complete in this store.
+async fn parent_still_there(bucket: &Bucket, announced: &BackupManifest) -> anyhow::Result<()> {
+    let Some(parent) = &announced.parent else {
+        return Ok(());
+    };
+    match catalog::get_manifest(bucket.store.as_ref(), bucket.cipher(), parent).await? {
+        Some(m) if m.status == BackupStatus::Complete => Ok(()),
+        _ => bail!(
+            "backup {parent}, the parent of this incremental backup, was pruned while it \
+             started; take the backup again (it will be full or against the newest backup)"
+        ),
+    }
 }
 
 /// Waits for any prune that may not have seen the announced backup, then lists the
@@ -363,4 +384,50 @@ fn within_limit(id: &str, begun: Instant) -> anyhow::Result<()> {
          for a dead one and may delete its chunks, so it is abandoned; take it again",
         humantime::format_duration(BACKUP_LIMIT)
     )
+}
+
+#[cfg(test)]
+#[allow(clippy::disallowed_methods)] // a scratch store: its requests need no counting
+mod tests {
+    use super::*;
+    use pgagent_storage::manifest::{BackupKind, INCREMENTAL_FORMAT_VERSION};
+
+    #[tokio::test]
+    async fn an_incremental_backup_stops_when_its_parent_was_pruned_as_it_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dir.path().display());
+        let bucket = Bucket {
+            store: pgagent_storage::open(&url, &Default::default()).await.unwrap(),
+            cipher: None,
+        };
+        let full = BackupManifest {
+            status: BackupStatus::Complete,
+            ..BackupManifest::announced("20261201T030000Z")
+        };
+        let child = BackupManifest {
+            format_version: INCREMENTAL_FORMAT_VERSION,
+            kind: BackupKind::Incremental,
+            parent: Some(full.id.clone()),
+            root: Some(full.id.clone()),
+            depth: 1,
+            ..BackupManifest::announced("20261202T030000Z")
+        };
+        // A full backup has no parent to lose.
+        parent_still_there(&bucket, &full).await.unwrap();
+        let err = parent_still_there(&bucket, &child).await.unwrap_err();
+        assert!(err.to_string().contains("was pruned"), "{err}");
+        catalog::put_manifest(bucket.store.as_ref(), None, &full)
+            .await
+            .unwrap();
+        parent_still_there(&bucket, &child).await.unwrap();
+        // A parent that is only running is no parent.
+        let running = BackupManifest {
+            status: BackupStatus::Running,
+            ..full.clone()
+        };
+        catalog::put_manifest(bucket.store.as_ref(), None, &running)
+            .await
+            .unwrap();
+        assert!(parent_still_there(&bucket, &child).await.is_err());
+    }
 }

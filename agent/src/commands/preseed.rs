@@ -274,6 +274,7 @@ pub async fn run(cfg: &Config, pgdata: &Path, opts: &PreseedOptions) -> anyhow::
                 action: "promote".into(),
                 force: false,
                 delta: false,
+                raw: false,
                 restore_command: format!("{} fetch %f %p", opts.fetch_prefix),
                 from: RestoreFrom::Auto,
                 owner: Some(owner),

@@ -9,6 +9,15 @@ use crate::restore::{restore, RestoreRequest};
 /// Errors: as [`restore`].
 pub async fn run(cfg: &Config, req: &RestoreRequest) -> anyhow::Result<()> {
     let served = restore(cfg, req).await?;
+    if req.raw {
+        println!(
+            "wrote {} into {} as stored, with no recovery settings (an incremental backup is \
+             input for pg_combinebackup, not a data directory to start)",
+            served.source,
+            req.pgdata.display()
+        );
+        return Ok(());
+    }
     if let Some(why) = &served.passed_over {
         println!("tier snapshot not used: {why}");
     }

@@ -45,6 +45,7 @@ pub async fn drill(
         action: "promote".to_string(),
         force: false,
         delta: false,
+        raw: false,
         restore_command: req.restore_command.clone(),
         from: req.from,
         owner: scratch.owner(),

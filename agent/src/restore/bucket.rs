@@ -1,17 +1,20 @@
 //! The bucket tier: the newest complete base backup that can reach the target, its files
-//! written from their chunks ([`super::materialize`]), then the recovery settings.
+//! written from their chunks ([`super::materialize`]; an incremental backup rebuilt from
+//! its chain, [`super::rebuild`]), then the recovery settings.
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use pgagent_storage::cluster::read_cluster;
 use pgagent_storage::crypto::ObjectCipher;
-use pgagent_storage::manifest::{BackupManifest, BackupStatus};
+use pgagent_storage::manifest::{BackupKind, BackupManifest, BackupStatus};
 
+use super::chain::load_chain;
 use super::materialize::{materialize, Mode};
 use super::pgdata::{give_to_owner, prepare_pgdata, write_recovery_settings};
+use super::rebuild;
 use super::request::{RestoreRequest, RESTORING_FILE};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::retry::Policy;
 use crate::retrying_store::RetryingReads;
 use crate::store::catalog;
@@ -74,8 +77,13 @@ pub(super) async fn stores_report(cfg: &Config, reading: &Reading) -> Vec<String
     lines
 }
 
-/// The bucket tier: the newest complete base backup that can reach the target. Returns what
-/// was restored and the recovery settings taken out of effect.
+/// The bucket tier: the newest complete base backup that can reach the target (an
+/// incremental one rebuilt from its chain, see [`super::rebuild`]; with `--raw`, any
+/// backup as it is stored). Returns what was restored and the recovery settings taken out
+/// of effect.
+///
+/// A chain is loaded and checked, and the presence of every chunk it needs, before the
+/// data directory is touched.
 pub(super) async fn from_bucket(
     cfg: &Config,
     req: &RestoreRequest,
@@ -84,42 +92,102 @@ pub(super) async fn from_bucket(
     let crate::store::Opened { store, cluster, .. } = opened;
     let bucket = opened.bucket();
     let manifest = choose_backup(store.as_ref(), bucket.cipher(), req).await?;
+    let prepared = if manifest.kind == BackupKind::Incremental && !req.raw {
+        if req.delta {
+            return Err(ConfigError(format!(
+                "backup {} is incremental: --delta cannot restore it (yet); restore into an \
+                 empty directory or with --force",
+                manifest.id
+            ))
+            .into());
+        }
+        let id = manifest.id.clone();
+        let chain = load_chain(store.as_ref(), bucket.cipher(), manifest.clone())
+            .await
+            .with_context(|| format!("restore backup {id}: its chain"))?;
+        let prepared = rebuild::prepare(&bucket, chain, read_concurrency(cfg))
+            .await
+            .with_context(|| format!("restore backup {id}"))?;
+        Some(prepared)
+    } else {
+        None
+    };
     prepare_pgdata(&req.pgdata, req.force && !req.delta, req.delta)?;
     // Until the end, the directory says it is not a cluster yet (see preseed).
     let restoring = req.pgdata.join(RESTORING_FILE);
     std::fs::write(&restoring, b"").with_context(|| format!("write {}", restoring.display()))?;
+    let what = match &prepared {
+        Some(p) => format!(
+            "backup {} (incremental, depth {}, chain: {})",
+            manifest.id,
+            manifest.depth,
+            p.chain.describe()
+        ),
+        None if req.raw => format!(
+            "backup {} as stored ({})",
+            manifest.id,
+            manifest.kind.as_str()
+        ),
+        None => format!("backup {}", manifest.id),
+    };
     tracing::info!(
         backup = manifest.id,
         system_identifier = cluster.system_identifier,
-        "restoring {} files ({}) into {}",
-        manifest.stats.files,
-        bytesize::ByteSize(manifest.stats.raw_bytes),
+        "restoring {what} into {}",
         req.pgdata.display()
     );
     let original = |_oid: u32, location: &str| PathBuf::from(location);
-    let progress = crate::progress::Progress::new(
-        &format!("restore {}", manifest.id),
-        manifest.stats.raw_bytes,
-    );
-    let written = materialize(
-        &bucket,
-        &manifest,
-        &req.pgdata,
-        &original,
-        read_concurrency(cfg),
-        if req.delta { Mode::Delta } else { Mode::Fresh },
-        &progress,
-    )
-    .await
-    .with_context(|| {
-        format!(
-            "restore backup {} into {}",
-            manifest.id,
-            req.pgdata.display()
-        )
-    })?;
+    let total = prepared
+        .as_ref()
+        .map_or(manifest.stats.raw_bytes, |p| p.estimate);
+    let progress = crate::progress::Progress::new(&format!("restore {}", manifest.id), total);
+    let failed = || format!("restore {what} into {}", req.pgdata.display());
+    let done = match &prepared {
+        Some(p) => {
+            let w = rebuild::write_chain(
+                &bucket,
+                p,
+                &req.pgdata,
+                &original,
+                read_concurrency(cfg),
+                &progress,
+            )
+            .await
+            .with_context(failed)?;
+            format!(
+                "{} files written ({} rebuilt from incremental files), {}",
+                w.files,
+                w.rebuilt,
+                bytesize::ByteSize(w.bytes)
+            )
+        }
+        None => {
+            let w = materialize(
+                &bucket,
+                &manifest,
+                &req.pgdata,
+                &original,
+                read_concurrency(cfg),
+                if req.delta { Mode::Delta } else { Mode::Fresh },
+                &progress,
+            )
+            .await
+            .with_context(failed)?;
+            format!(
+                "{} files written, {}; {} unchanged, {} removed",
+                w.files,
+                bytesize::ByteSize(w.bytes),
+                w.unchanged,
+                w.removed
+            )
+        }
+    };
     progress.finish();
-    let removed = write_recovery_settings(&req.pgdata, &format!("backup {}", manifest.id), req)?;
+    let removed = if req.raw {
+        Vec::new()
+    } else {
+        write_recovery_settings(&req.pgdata, &format!("backup {}", manifest.id), req)?
+    };
     let tablespaces: Vec<PathBuf> = manifest
         .tablespaces
         .iter()
@@ -132,14 +200,10 @@ pub(super) async fn from_bucket(
         }
         _ => {}
     }
-    let source = format!(
-        "backup {} ({} files written, {}; {} unchanged, {} removed)",
-        manifest.id,
-        written.files,
-        bytesize::ByteSize(written.bytes),
-        written.unchanged,
-        written.removed
-    );
+    let source = match what.strip_suffix(')') {
+        Some(open) => format!("{open}; {done})"),
+        None => format!("{what} ({done})"),
+    };
     Ok((source, removed))
 }
 

@@ -110,20 +110,7 @@ pub async fn materialize(
         Ok(w)
     })
     .await?;
-    // `pg_tblspc/<oid>` links to each tablespace's directory: from the archive when it
-    // holds them, else made here (a backup taken with TABLESPACE_MAP has none; PostgreSQL
-    // recreates them from `tablespace_map` at recovery, pg_verifybackup needs them before).
-    for (oid, dir) in &places.tablespaces {
-        let link = pgdata.join(format!("pg_tblspc/{oid}"));
-        if fs::symlink_metadata(&link).is_ok() {
-            continue;
-        }
-        if let Some(parent) = link.parent() {
-            fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
-        }
-        std::os::unix::fs::symlink(dir, &link)
-            .with_context(|| format!("create symlink {}", link.display()))?;
-    }
+    places.link_tablespaces()?;
     Ok(written)
 }
 

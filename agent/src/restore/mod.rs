@@ -7,7 +7,10 @@
 //! tiers ──► snapshot   a local ZFS snapshot that reaches the target: clone or rollback
 //!   │
 //!   └─────► bucket     the newest complete backup that reaches the target
-//!              └─► materialize (places, delta)   files from verified chunks
+//!              ├─► materialize (places, delta)   files from verified chunks
+//!              └─► rebuild      an incremental backup: chain (links checked), combine
+//!                               (pg_combinebackup's plan), present (chunks there),
+//!                               rebuild_file (blocks from chunks), pg_manifest
 //! pgdata      the data directory: made ready, then recovery.signal and the settings
 //!   └─► autoconf   one clean set of recovery settings in postgresql.auto.conf
 //! request, target   what was asked: the directory, the backup, where recovery stops
@@ -18,10 +21,16 @@
 
 mod autoconf;
 mod bucket;
+pub mod chain;
+pub mod combine;
 mod delta;
 mod materialize;
+pub mod pg_manifest;
 mod pgdata;
 mod places;
+mod present;
+pub mod rebuild;
+mod rebuild_file;
 mod request;
 mod snapshot;
 mod target;

@@ -386,6 +386,7 @@ mod tests {
             action: "promote".into(),
             force: false,
             delta: false,
+            raw: false,
             restore_command: "pgagent fetch %f %p".into(),
             from: super::super::request::RestoreFrom::Bucket,
             owner: None,

@@ -95,6 +95,28 @@ impl<'a> Places<'a> {
         }
         self.pgdata.join(path)
     }
+
+    /// Makes `pg_tblspc/<oid>` a link to each tablespace's directory, unless the backup's
+    /// files made it already. A backup taken with `TABLESPACE_MAP` has none; PostgreSQL
+    /// recreates them from `tablespace_map` at recovery, but pg_verifybackup needs them
+    /// before.
+    ///
+    /// Errors: I/O errors, naming the link.
+    pub(super) fn link_tablespaces(&self) -> anyhow::Result<()> {
+        for (oid, dir) in &self.tablespaces {
+            let link = self.pgdata.join(format!("pg_tblspc/{oid}"));
+            if fs::symlink_metadata(&link).is_ok() {
+                continue;
+            }
+            if let Some(parent) = link.parent() {
+                fs::create_dir_all(parent)
+                    .with_context(|| format!("create {}", parent.display()))?;
+            }
+            std::os::unix::fs::symlink(dir, &link)
+                .with_context(|| format!("create symlink {}", link.display()))?;
+        }
+        Ok(())
+    }
 }
 
 pub(super) fn make_dir(path: &Path, mode: u32) -> anyhow::Result<()> {

@@ -19,7 +19,13 @@ pub struct RestoreRequest {
     /// Empty a non-empty data directory first.
     pub force: bool,
     /// Keep files that already match the backup, rewrite the others, remove the rest.
+    /// Refused (exit 2) for an incremental backup.
     pub delta: bool,
+    /// Write the backup exactly as stored, from the bucket: an incremental backup as its
+    /// `INCREMENTAL.*` files with its own `backup_label` and the server's
+    /// `backup_manifest` (what pg_combinebackup takes), nothing rebuilt, no recovery
+    /// settings.
+    pub raw: bool,
     /// The `restore_command` to write.
     pub restore_command: String,
     /// Which tiers may serve.

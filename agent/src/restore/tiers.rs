@@ -26,7 +26,7 @@ pub struct Served {
 }
 
 /// Restores per `req` from the first tier that can serve: a local snapshot (unless
-/// `--from bucket`), then the bucket (unless `--from snapshot`).
+/// `--from bucket` or `--raw`), then the bucket (unless `--from snapshot`).
 ///
 /// Errors: [`crate::exit::Refused`] (exit 3) for a non-empty data directory without `--force` or a
 /// running server in it; no snapshot (with `--from snapshot`) or backup can reach the
@@ -34,7 +34,9 @@ pub struct Served {
 pub async fn restore(cfg: &Config, req: &RestoreRequest) -> anyhow::Result<Served> {
     // The snapshot tier only asks which cluster the store holds, and must not wait for a
     // store that is away: one attempt. The bucket tier waits for it (`fetch.timeout`).
-    let opened = match open_store(cfg, req.from == RestoreFrom::Bucket).await {
+    // `--raw` writes a backup as stored: only the bucket holds those.
+    let bucket_only = req.from == RestoreFrom::Bucket || req.raw;
+    let opened = match open_store(cfg, bucket_only).await {
         // A passphrase that opens nothing, or a store whose encryption the configuration
         // does not match, would stop recovery at its first `pgagent fetch`: say so now,
         // whichever tier would have served.
@@ -42,7 +44,7 @@ pub async fn restore(cfg: &Config, req: &RestoreRequest) -> anyhow::Result<Serve
         opened => opened,
     };
     let mut passed_over = None;
-    if req.from != RestoreFrom::Bucket {
+    if !bucket_only {
         let system_identifier = opened
             .as_ref()
             .ok()

@@ -16,8 +16,11 @@
 //! - [`basebackup`]: the `BASE_BACKUP` command text and its answer as a state
 //!   machine;
 //! - [`incremental`]: the `INCREMENTAL.<relfile>` files of an incremental
-//!   base backup.
+//!   base backup;
+//! - [`backup_label`]: the lines of a `backup_label` that link an
+//!   incremental backup to the one it was taken against.
 
+pub mod backup_label;
 pub mod basebackup;
 pub mod command;
 pub mod history;
