@@ -330,7 +330,7 @@ impl Run<'_> {
             (full, "full backup of the same cluster".to_owned()),
         ] {
             let pgdata = self.work.join(format!("restore-{}", m.id));
-            eprintln!("restore {} ({what})", m.id);
+            eprintln!("restore {}: {what}", m.id);
             let began = Instant::now();
             client.restore(&m.id, &pgdata)?;
             let wall = began.elapsed();
