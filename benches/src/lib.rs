@@ -14,6 +14,10 @@
 //!   and restore with `pgagent backup`/`restore`, `pg_basebackup -Ft` and pgBackRest, and the
 //!   bytes a second `pgagent backup` stores after a small change; the scenario lives in
 //!   [`backupbench`].
+//! - `src/bin/incremental.rs` (`cargo run --release -p pgagent-benches --bin incremental-backup`):
+//!   incremental base backups on PostgreSQL 17 and 18 against full ones deduplicated by
+//!   chunk, after a range and a scattered change, and the restore of a six-deep chain; the
+//!   scenario lives in [`incbench`].
 //! - `src/bin/steady.rs` (`cargo run --release -p pgagent-benches --bin steady`): what
 //!   streaming costs under a light, rate-limited pgbench load (bytes compressed and stored per
 //!   WAL byte, PUTs per minute) and how long lone commits wait to be in the bucket; the
@@ -24,6 +28,7 @@
 
 pub mod backupbench;
 pub mod catchup;
+pub mod incbench;
 pub mod measure;
 pub mod replay;
 pub mod report;

@@ -116,15 +116,31 @@ impl Client<'_> {
     ///
     /// Errors carry pgagent's output, or say that no new backup is listed.
     pub fn backup(&self) -> anyhow::Result<BackupInfo> {
+        self.backup_printed().map(|(info, _)| info)
+    }
+
+    /// [`Client::backup`], also returning what `pgagent backup` printed (e.g. why it is
+    /// full and not incremental).
+    pub fn backup_printed(&self) -> anyhow::Result<(BackupInfo, String)> {
         let before = self.list()?;
         let mut cmd = self
             .store
             .command(self.bin, self.pg, &self.staging, &["backup", "--fast"]);
-        run_checked(&mut cmd, "pgagent backup")?;
-        self.list()?
+        let printed = run_checked(&mut cmd, "pgagent backup")?;
+        let info = self
+            .list()?
             .into_iter()
             .find(|b| !before.iter().any(|o| o.id == b.id))
-            .context("pgagent backup succeeded but lists no new backup")
+            .context("pgagent backup succeeded but lists no new backup")?;
+        Ok((info, printed))
+    }
+
+    /// `pgagent restore --help`.
+    pub fn restore_help(&self) -> anyhow::Result<String> {
+        let mut cmd = self
+            .store
+            .command(self.bin, self.pg, &self.staging, &["restore", "--help"]);
+        run_checked(&mut cmd, "pgagent restore --help")
     }
 
     /// `pgagent restore --pgdata <pgdata> --backup <id>` into a missing or empty directory.
