@@ -258,21 +258,6 @@ fn restore_state(rig: &Rig, id: &str, major: u32) -> String {
     state(&restored)
 }
 
-/// Promotes `pg` to the next timeline (stop, `standby.signal`, start, `pg_promote`).
-fn promote(pg: &mut PgServer) {
-    pg.stop().unwrap();
-    std::fs::write(pg.data_dir().join("standby.signal"), b"").unwrap();
-    pg.start_server().unwrap();
-    pg.psql("SELECT pg_promote(true, 60)").unwrap();
-    assert!(wait_until(
-        Duration::from_secs(30),
-        Duration::from_millis(200),
-        || pg
-            .psql("SELECT pg_is_in_recovery()")
-            .is_ok_and(|r| r.trim() == "f")
-    ));
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_incremental_backup_after_a_promotion_restores_on_timeline_2() {
     let rig = Rig::fs();
@@ -283,7 +268,7 @@ async fn an_incremental_backup_after_a_promotion_restores_on_timeline_2() {
     let env = rig.env(&pg);
     let (full, _) = backup(&env);
 
-    promote(&mut pg);
+    promote_to_next_timeline(&mut pg);
     load(&pg, "after", 5000);
     pg.psql("UPDATE t SET v = v || '2' WHERE id % 10 = 0; CHECKPOINT")
         .unwrap();

@@ -41,29 +41,16 @@ async fn each_recovery_target_from_an_incremental_backup() {
         })
         .unwrap_or_else(|| panic!("no backup id in {printed}"));
 
-    // The capture points, as in the PITR test of full backups (tests/pitr.rs).
-    load(&primary, "a", 1000);
-    primary
-        .psql("SELECT pg_create_restore_point('rp1')")
-        .unwrap();
-    let state_a = state(&primary);
-    load(&primary, "b", 1000);
-    let xid = primary
-        .psql("INSERT INTO t SELECT max(id) + 1, 'x' FROM t RETURNING txid_current()")
-        .unwrap();
-    let state_b = state(&primary);
-    load(&primary, "b2", 500);
-    load(&primary, "c", 1000);
-    let target_lsn = primary.psql("SELECT pg_current_wal_insert_lsn()").unwrap();
-    let state_c = state(&primary);
-    load(&primary, "d", 1000);
-    primary.psql("DELETE FROM t WHERE id % 5 = 0").unwrap();
-    let state_d = state(&primary);
-    primary.psql("SELECT pg_sleep(1.1)").unwrap();
-    let target_time = primary.psql("SELECT clock_timestamp()").unwrap();
-    primary.psql("SELECT pg_sleep(1.1)").unwrap();
-    load(&primary, "e", 1000);
-    let state_e = state(&primary);
+    let PitrPoints {
+        state_a,
+        xid,
+        state_b,
+        target_lsn,
+        state_c,
+        target_time,
+        state_d,
+        state_e,
+    } = pitr_points(&primary);
     let end = lsn(&primary.switch_wal().unwrap());
     rig.wait_uploaded(&agent, end, Duration::from_secs(60));
     assert!(agent.terminate().success(), "{}", agent.output_text());
@@ -72,7 +59,7 @@ async fn each_recovery_target_from_an_incremental_backup() {
     let fetch = fetch_config(&rig.store_url, &[]);
     let cases: [(&[&str], &String); 5] = [
         (&["--target-name", "rp1"], &state_a),
-        (&["--target-xid", xid.trim()], &state_b),
+        (&["--target-xid", xid.as_str()], &state_b),
         (&["--target-lsn", target_lsn.as_str()], &state_c),
         (&["--target-time", target_time.as_str()], &state_d),
         (&["--target", "latest"], &state_e),

@@ -21,53 +21,17 @@ async fn recovery_to_each_target_through_restore_command() {
 
     let base = base_backup_copy(&primary);
 
-    // A: everything committed before the restore point.
     create_table_t(&primary);
-    load(&primary, "a", 1000);
-    primary
-        .psql("SELECT pg_create_restore_point('rp1')")
-        .unwrap();
-    let state_a = state(&primary);
-
-    // B: up to and including the commit of transaction X.
-    load(&primary, "b", 1000);
-    let xid = primary
-        .psql("INSERT INTO t SELECT max(id) + 1, 'x' FROM t RETURNING txid_current()")
-        .unwrap();
-    let xid: u64 = xid.trim().parse().unwrap();
-    let state_b = state(&primary);
-    load(&primary, "b2", 500);
-    primary
-        .psql("UPDATE t SET v = v || 'u' WHERE id % 7 = 0")
-        .unwrap();
-
-    // C: every record before the insert position right after a commit; the next write to `t`
-    // starts with a heap record, so the record that ends the replay changes nothing visible.
-    load(&primary, "c", 1000);
-    let target_lsn = primary.psql("SELECT pg_current_wal_insert_lsn()").unwrap();
-    let state_c = state(&primary);
-
-    // D: every commit up to T; the next change to `t` commits more than a second later.
-    load(&primary, "d", 1000);
-    primary.psql("DELETE FROM t WHERE id % 5 = 0").unwrap();
-    let state_d = state(&primary);
-    primary.psql("SELECT pg_sleep(1.1)").unwrap();
-    let target_time = primary.psql("SELECT clock_timestamp()").unwrap();
-    primary.psql("SELECT pg_sleep(1.1)").unwrap();
-
-    // E: the end of the WAL.
-    load(&primary, "e", 1000);
-    primary
-        .psql("UPDATE t SET v = v || 'e' WHERE id % 3 = 0")
-        .unwrap();
-    let state_e = state(&primary);
-
-    let states = [&state_a, &state_b, &state_c, &state_d, &state_e];
-    for (i, a) in states.iter().enumerate() {
-        for b in &states[i + 1..] {
-            assert_ne!(a, b, "two capture points hold the same data: {states:?}");
-        }
-    }
+    let PitrPoints {
+        state_a,
+        xid,
+        state_b,
+        target_lsn,
+        state_c,
+        target_time,
+        state_d,
+        state_e,
+    } = pitr_points(&primary);
 
     let switch = lsn(&primary.switch_wal().unwrap());
     let boundary = switch.segment_number(seg()).end_lsn(seg());

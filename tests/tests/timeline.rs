@@ -24,21 +24,7 @@ async fn follows_a_promotion_to_the_next_timeline() {
         Duration::from_secs(60),
     );
 
-    pg.stop().unwrap();
-    std::fs::write(pg.data_dir().join("standby.signal"), b"").unwrap();
-    pg.start_server().unwrap();
-    pg.psql("SELECT pg_promote(true, 60)").unwrap();
-    assert!(wait_until(
-        Duration::from_secs(30),
-        Duration::from_millis(200),
-        || {
-            pg.psql("SELECT timeline_id FROM pg_control_checkpoint()")
-                .is_ok_and(|t| t.trim() == "2")
-                || pg
-                    .psql("SELECT pg_is_in_recovery()")
-                    .is_ok_and(|r| r.trim() == "f")
-        }
-    ));
+    common::recovery::promote_to_next_timeline(&mut pg);
     pg.pgbench(&["-T", "2", "-c", "2"]).unwrap();
     let end = lsn(&pg.switch_wal().unwrap());
     let target = end.segment_number(seg()).start_lsn(seg()) + SEG;

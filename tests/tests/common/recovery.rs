@@ -306,3 +306,96 @@ pub fn assert_recovery_aborted(restoring: &mut PgServer, started: bool) -> Strin
         .exists());
     log
 }
+
+/// The five points the PITR tests recover to, captured by [`pitr_points`]: the state of `t`
+/// at each, and the target that reaches it.
+pub struct PitrPoints {
+    /// After restore point `rp1`.
+    pub state_a: String,
+    /// Transaction `xid` committed, nothing after it.
+    pub xid: String,
+    /// The state up to and including `xid`'s commit.
+    pub state_b: String,
+    /// `pg_current_wal_insert_lsn()` right after a commit.
+    pub target_lsn: String,
+    /// The state up to `target_lsn`.
+    pub state_c: String,
+    /// A `clock_timestamp()` with no commit to `t` in the 1.1 s before or after it.
+    pub target_time: String,
+    /// The state at `target_time`.
+    pub state_d: String,
+    /// The state at the end of the WAL.
+    pub state_e: String,
+}
+
+/// Writes to `t` around five recovery targets (restore point `rp1`, a transaction, an LSN
+/// right after a commit whose next record changes nothing visible, a time with no commit
+/// within a second of it, the end of the WAL) and returns them with the state at each; the
+/// five states all differ.
+pub fn pitr_points(primary: &PgServer) -> PitrPoints {
+    load(primary, "a", 1000);
+    primary
+        .psql("SELECT pg_create_restore_point('rp1')")
+        .unwrap();
+    let state_a = state(primary);
+    load(primary, "b", 1000);
+    let xid = primary
+        .psql("INSERT INTO t SELECT max(id) + 1, 'x' FROM t RETURNING txid_current()")
+        .unwrap()
+        .trim()
+        .to_string();
+    let state_b = state(primary);
+    load(primary, "b2", 500);
+    primary
+        .psql("UPDATE t SET v = v || 'u' WHERE id % 7 = 0")
+        .unwrap();
+    // Every record before the insert position right after a commit; the next write to `t`
+    // starts with a heap record, so the record that ends the replay changes nothing visible.
+    load(primary, "c", 1000);
+    let target_lsn = primary.psql("SELECT pg_current_wal_insert_lsn()").unwrap();
+    let state_c = state(primary);
+    // Every commit up to T; the next change to `t` commits more than a second later.
+    load(primary, "d", 1000);
+    primary.psql("DELETE FROM t WHERE id % 5 = 0").unwrap();
+    let state_d = state(primary);
+    primary.psql("SELECT pg_sleep(1.1)").unwrap();
+    let target_time = primary.psql("SELECT clock_timestamp()").unwrap();
+    primary.psql("SELECT pg_sleep(1.1)").unwrap();
+    load(primary, "e", 1000);
+    primary
+        .psql("UPDATE t SET v = v || 'e' WHERE id % 3 = 0")
+        .unwrap();
+    let state_e = state(primary);
+    let states = [&state_a, &state_b, &state_c, &state_d, &state_e];
+    for (i, a) in states.iter().enumerate() {
+        for b in &states[i + 1..] {
+            assert_ne!(a, b, "two capture points hold the same data: {states:?}");
+        }
+    }
+    PitrPoints {
+        state_a,
+        xid,
+        state_b,
+        target_lsn,
+        state_c,
+        target_time,
+        state_d,
+        state_e,
+    }
+}
+
+/// Promotes `pg` to the next timeline: stop, `standby.signal`, start, `pg_promote`, then
+/// waits (up to 30 s) until it is out of recovery.
+pub fn promote_to_next_timeline(pg: &mut PgServer) {
+    pg.stop().unwrap();
+    std::fs::write(pg.data_dir().join("standby.signal"), b"").unwrap();
+    pg.start_server().unwrap();
+    pg.psql("SELECT pg_promote(true, 60)").unwrap();
+    assert!(wait_until(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || pg
+            .psql("SELECT pg_is_in_recovery()")
+            .is_ok_and(|r| r.trim() == "f")
+    ));
+}
