@@ -8,6 +8,7 @@ pub mod faults;
 pub mod ledger;
 pub mod recovery;
 pub mod soak;
+pub mod two_stores;
 pub mod zfs;
 
 use std::collections::BTreeMap;
