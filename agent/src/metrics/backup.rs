@@ -15,9 +15,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 
 use pgagent_storage::manifest::BackupManifest;
-use prometheus::core::{Collector, Desc};
-use prometheus::proto::MetricFamily;
-use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{IntGauge, Registry};
+
+use super::scraped::ScrapedCounters;
 
 /// Why a backup was taken full when an incremental one was asked for: the `reason` label of
 /// `pgagent_backup_incremental_fallbacks_total`.
@@ -126,7 +126,7 @@ impl BackupMetrics {
             g
         };
         registry
-            .register(Box::new(Fallbacks::new(counts)))
+            .register(Box::new(fallbacks_family(counts)))
             .expect("unique");
         BackupMetrics {
             chain_depth: gauge(
@@ -150,61 +150,24 @@ impl BackupMetrics {
 
 /// `pgagent_backup_incremental_fallbacks_total{reason}`, read from [`FallbackCounts`] at
 /// each scrape (as `pgagent_store_requests_total` is).
-struct Fallbacks {
-    counts: Arc<FallbackCounts>,
-    opts: Opts,
-    /// Describes the family to the registry; never holds values.
-    described: IntCounterVec,
-}
-
-impl Fallbacks {
-    const LABEL: &'static str = "reason";
-
-    fn new(counts: Arc<FallbackCounts>) -> Self {
-        let opts = Opts::new(
-            "pgagent_backup_incremental_fallbacks_total",
-            "Base backups taken full although an incremental one was asked for, by reason.",
-        );
-        let described = IntCounterVec::new(opts.clone(), &[Self::LABEL]).expect("valid metric");
-        Fallbacks {
-            counts,
-            opts,
-            described,
-        }
-    }
-}
-
-impl Collector for Fallbacks {
-    fn desc(&self) -> Vec<&Desc> {
-        self.described.desc()
-    }
-
-    fn collect(&self) -> Vec<MetricFamily> {
-        // A fresh family per scrape: concurrent scrapes cannot add a value twice.
-        let family = IntCounterVec::new(self.opts.clone(), &[Self::LABEL]).expect("valid metric");
-        for reason in FallbackReason::ALL {
-            family
-                .with_label_values(&[reason.as_str()])
-                .inc_by(self.counts.get(reason));
-        }
-        family.collect()
-    }
+fn fallbacks_family(counts: Arc<FallbackCounts>) -> ScrapedCounters {
+    ScrapedCounters::new(
+        "pgagent_backup_incremental_fallbacks_total",
+        "Base backups taken full although an incremental one was asked for, by reason.",
+        "reason",
+        Box::new(move || {
+            FallbackReason::ALL
+                .iter()
+                .map(|r| (r.as_str(), counts.get(*r)))
+                .collect()
+        }),
+    )
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::scraped::render;
     use super::*;
-
-    fn render(registry: &Registry) -> String {
-        let mut buf = Vec::new();
-        prometheus::Encoder::encode(
-            &prometheus::TextEncoder::new(),
-            &registry.gather(),
-            &mut buf,
-        )
-        .unwrap();
-        String::from_utf8(buf).unwrap()
-    }
 
     #[test]
     fn every_reason_starts_at_zero_and_counts() {

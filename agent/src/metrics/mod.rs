@@ -2,6 +2,7 @@
 //! nowhere else.
 
 pub mod backup;
+mod scraped;
 mod stores;
 
 pub use backup::{incremental_fallback, BackupMetrics, FallbackReason};
@@ -14,11 +15,10 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 use pgagent_storage::{RequestCounts, RequestOp, RequestTotals};
-use prometheus::core::{Collector, Desc};
-use prometheus::proto::MetricFamily;
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
+use scraped::ScrapedCounters;
 use tokio_util::sync::CancellationToken;
 
 /// The `kind` label of `pgagent_uploads_total` and `pgagent_upload_errors_total`: the kinds
@@ -218,7 +218,7 @@ impl Metrics {
             .register(Box::new(conflicts_total.clone()))
             .expect("unique");
         registry
-            .register(Box::new(StoreRequests::new(store_requests.clone())))
+            .register(Box::new(store_requests_family(store_requests.clone())))
             .expect("unique");
         let stores = Arc::new(StoreMetrics::register(&registry));
         let backup = BackupMetrics::register(&registry, backup::fallbacks().clone());
@@ -354,58 +354,26 @@ impl Metrics {
 
     /// The text exposition format of every metric.
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        prometheus::TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buf)
-            .expect("text encoding cannot fail");
-        String::from_utf8(buf).expect("exposition format is UTF-8")
+        scraped::render(&self.registry)
     }
 }
 
-/// `pgagent_store_requests_total{op}`: a counter family read, at each scrape, from the
-/// atomic counters the store wrapper ([`pgagent_storage::CountedStore`]) adds to, so the
-/// storage crate needs no metrics library. The `op` label is a [`RequestOp`] (`put`, `get`,
-/// `list`, `delete`, `head`; what one request is: [`pgagent_storage::requests`]); every `op`
-/// is present, from 0.
-struct StoreRequests {
-    counts: Arc<RequestCounts>,
-    opts: Opts,
-    /// Describes the family to the registry; never holds values.
-    described: IntCounterVec,
-}
-
-impl StoreRequests {
-    const LABEL: &'static str = "op";
-
-    fn new(counts: Arc<RequestCounts>) -> StoreRequests {
-        let opts = Opts::new(
-            "pgagent_store_requests_total",
-            "Requests sent to the object store, by operation (put, get, list, delete, head); failed ones included.",
-        );
-        let described = IntCounterVec::new(opts.clone(), &[Self::LABEL]).expect("valid metric");
-        StoreRequests {
-            counts,
-            opts,
-            described,
-        }
-    }
-}
-
-impl Collector for StoreRequests {
-    fn desc(&self) -> Vec<&Desc> {
-        self.described.desc()
-    }
-
-    fn collect(&self) -> Vec<MetricFamily> {
-        // A fresh family per scrape: concurrent scrapes cannot add a value twice.
-        let family = IntCounterVec::new(self.opts.clone(), &[Self::LABEL]).expect("valid metric");
-        for op in RequestOp::ALL {
-            family
-                .with_label_values(&[op.label()])
-                .inc_by(self.counts.get(op));
-        }
-        family.collect()
-    }
+/// `pgagent_store_requests_total{op}`: read, at each scrape, from the atomic counters the
+/// store wrapper ([`pgagent_storage::CountedStore`]) adds to, so the storage crate needs no
+/// metrics library. The `op` label is a [`RequestOp`] (`put`, `get`, `list`, `delete`,
+/// `head`; what one request is: [`pgagent_storage::requests`]).
+fn store_requests_family(counts: Arc<RequestCounts>) -> ScrapedCounters {
+    ScrapedCounters::new(
+        "pgagent_store_requests_total",
+        "Requests sent to the object store, by operation (put, get, list, delete, head); failed ones included.",
+        "op",
+        Box::new(move || {
+            RequestOp::ALL
+                .iter()
+                .map(|op| (op.label(), counts.get(*op)))
+                .collect()
+        }),
+    )
 }
 
 /// Serves `/metrics`, `/healthz` (the process is alive) and `/readyz` (streaming) on

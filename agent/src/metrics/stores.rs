@@ -182,16 +182,7 @@ mod tests {
         let m = StoreMetrics::register(&registry);
         m.known(&["nas".into(), "r2".into()]);
         m.set(&[sample("nas", true, false), sample("r2", false, true)]);
-        let text = {
-            let mut buf = Vec::new();
-            prometheus::Encoder::encode(
-                &prometheus::TextEncoder::new(),
-                &registry.gather(),
-                &mut buf,
-            )
-            .unwrap();
-            String::from_utf8(buf).unwrap()
-        };
+        let text = crate::metrics::scraped::render(&registry);
         for series in [
             "pgagent_store_up{store=\"nas\"} 1",
             "pgagent_store_up{store=\"r2\"} 0",
