@@ -94,40 +94,7 @@ impl Connection {
     /// rows. Server errors are returned after ReadyForQuery, so the
     /// connection stays usable; an unexpected message leaves it unusable.
     pub(crate) async fn query_raw(&mut self, sql: &str) -> Result<Vec<Row>, Error> {
-        if self.broken {
-            return Err(Error::protocol(
-                "connection is still streaming; no command can be sent",
-            ));
-        }
-        self.conn.queue(|buf| frontend::query(sql, buf))?;
-        self.conn.flush().await?;
-        let mut rows = Vec::new();
-        let mut failure = None;
-        loop {
-            match self.conn.recv().await? {
-                BackendMessage::Pg(Message::DataRow(body)) => rows.push(data_row(&body)?),
-                BackendMessage::Pg(Message::RowDescription(_))
-                | BackendMessage::Pg(Message::CommandComplete(_))
-                | BackendMessage::Pg(Message::EmptyQueryResponse) => {}
-                BackendMessage::Pg(Message::ErrorResponse(body)) => {
-                    failure = Some(server_error(&body))
-                }
-                BackendMessage::Pg(Message::NoticeResponse(body)) => log_notice(&body),
-                BackendMessage::Pg(Message::ParameterStatus(body)) => self.note_parameter(&body),
-                BackendMessage::Pg(Message::ReadyForQuery(_)) => {
-                    return match failure {
-                        Some(e) => Err(e),
-                        None => Ok(rows),
-                    }
-                }
-                _ => {
-                    self.broken = true;
-                    return Err(Error::protocol(format!(
-                        "unexpected message in reply to {sql:?}"
-                    )));
-                }
-            }
-        }
+        self.command(sql, None).await
     }
 
     /// [`Connection::query_raw`] with every value as UTF-8 text (`None` for NULL).
@@ -159,6 +126,13 @@ impl Connection {
     /// what it got) are returned after ReadyForQuery, so the connection stays
     /// usable; an unexpected message leaves it unusable.
     pub(crate) async fn copy_in(&mut self, sql: &str, data: &[u8]) -> Result<(), Error> {
+        self.command(sql, Some(data)).await.map(drop)
+    }
+
+    /// One command of the simple query protocol up to ReadyForQuery: its rows, and, when
+    /// the server asks for them with CopyInResponse, `copy_in`'s bytes sent as CopyData
+    /// then CopyDone (a CopyInResponse without them is unexpected).
+    async fn command(&mut self, sql: &str, copy_in: Option<&[u8]>) -> Result<Vec<Row>, Error> {
         if self.broken {
             return Err(Error::protocol(
                 "connection is still streaming; no command can be sent",
@@ -166,27 +140,17 @@ impl Connection {
         }
         self.conn.queue(|buf| frontend::query(sql, buf))?;
         self.conn.flush().await?;
+        let mut rows = Vec::new();
         let mut failure = None;
         loop {
             match self.conn.recv().await? {
-                BackendMessage::Pg(Message::CopyInResponse(_)) => {
-                    for piece in data.chunks(COPY_IN_CHUNK) {
-                        let body = bytes::Bytes::copy_from_slice(piece);
-                        self.conn.queue(|buf| {
-                            frontend::CopyData::new(body)
-                                .map_err(std::io::Error::other)?
-                                .write(buf);
-                            Ok(())
-                        })?;
-                        self.conn.flush().await?;
-                    }
-                    self.conn.queue(|buf| {
-                        frontend::copy_done(buf);
-                        Ok(())
-                    })?;
-                    self.conn.flush().await?;
+                BackendMessage::Pg(Message::DataRow(body)) => rows.push(data_row(&body)?),
+                BackendMessage::Pg(Message::CopyInResponse(_)) if copy_in.is_some() => {
+                    self.send_copy(copy_in.unwrap_or_default()).await?
                 }
-                BackendMessage::Pg(Message::CommandComplete(_)) => {}
+                BackendMessage::Pg(Message::RowDescription(_))
+                | BackendMessage::Pg(Message::CommandComplete(_))
+                | BackendMessage::Pg(Message::EmptyQueryResponse) => {}
                 BackendMessage::Pg(Message::ErrorResponse(body)) => {
                     failure = Some(server_error(&body))
                 }
@@ -195,7 +159,7 @@ impl Connection {
                 BackendMessage::Pg(Message::ReadyForQuery(_)) => {
                     return match failure {
                         Some(e) => Err(e),
-                        None => Ok(()),
+                        None => Ok(rows),
                     }
                 }
                 _ => {
@@ -206,6 +170,25 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// `data` as CopyData messages of at most [`COPY_IN_CHUNK`] bytes, then CopyDone.
+    async fn send_copy(&mut self, data: &[u8]) -> Result<(), Error> {
+        for piece in data.chunks(COPY_IN_CHUNK) {
+            let body = bytes::Bytes::copy_from_slice(piece);
+            self.conn.queue(|buf| {
+                frontend::CopyData::new(body)
+                    .map_err(std::io::Error::other)?
+                    .write(buf);
+                Ok(())
+            })?;
+            self.conn.flush().await?;
+        }
+        self.conn.queue(|buf| {
+            frontend::copy_done(buf);
+            Ok(())
+        })?;
+        self.conn.flush().await
     }
 
     /// Sends Terminate and closes the connection.
