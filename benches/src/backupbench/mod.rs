@@ -113,6 +113,27 @@ pub fn parse_cases(text: &str) -> anyhow::Result<Vec<Case>> {
     crate::select_cases(text, &Case::ALL, Case::letter, "a (pgagent, file), b (pgagent, Garage), c (pg_basebackup gzip), d (pg_basebackup zstd), e (pgbackrest)")
 }
 
+/// `pgbench -i -s <scale>` into `pg`, then a `CHECKPOINT`; returns the size of every
+/// database afterwards, bytes (`pg_database_size`), and says both on stderr.
+///
+/// Errors: pgbench or psql fail.
+pub fn load_pgbench(pg: &pgagent_tests::PgServer, scale: u32) -> anyhow::Result<u64> {
+    eprintln!("pgbench -i -s {scale}");
+    let began = std::time::Instant::now();
+    pg.pgbench_init(scale)?;
+    pg.psql("CHECKPOINT")?;
+    let db_bytes: u64 = pg
+        .psql("SELECT sum(pg_database_size(datname))::bigint FROM pg_database")?
+        .parse()
+        .context("pg_database_size")?;
+    eprintln!(
+        "  {} MiB in {:.0} s",
+        db_bytes >> 20,
+        began.elapsed().as_secs_f64()
+    );
+    Ok(db_bytes)
+}
+
 /// pgbench scale for a database of about `bytes`: one scale unit is 100 000
 /// `pgbench_accounts` rows, about 15 MiB with their index.
 pub fn pgbench_scale(bytes: u64) -> u32 {

@@ -16,12 +16,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use pgagent_benches::backupbench::dedup::update_range;
 use pgagent_benches::backupbench::peers::{pg_basebackup, untar, BackRest, TarCompression};
 use pgagent_benches::backupbench::pgagent::{BackupInfo, Client, Store};
 use pgagent_benches::backupbench::report::{percent, table, Row};
-use pgagent_benches::backupbench::{pgbench_scale, Case, Settings};
+use pgagent_benches::backupbench::{load_pgbench, pgbench_scale, Case, Settings};
 use pgagent_benches::replay::agent::Streamer;
 use pgagent_benches::replay::pgbackrest::{dir_bytes, locate_or_install};
 use pgagent_benches::replay::prepare::server_conf;
@@ -49,19 +48,7 @@ fn main() -> anyhow::Result<()> {
         ..PgOptions::default()
     })?;
     let scale = pgbench_scale(settings.db_bytes);
-    eprintln!("pgbench -i -s {scale}");
-    let began = Instant::now();
-    pg.pgbench_init(scale)?;
-    pg.psql("CHECKPOINT")?;
-    let db_bytes: u64 = pg
-        .psql("SELECT sum(pg_database_size(datname))::bigint FROM pg_database")?
-        .parse()
-        .context("pg_database_size")?;
-    eprintln!(
-        "  {} MiB in {:.0} s",
-        db_bytes >> 20,
-        began.elapsed().as_secs_f64()
-    );
+    let db_bytes = load_pgbench(&pg, scale)?;
     let b = Bench {
         settings: &settings,
         pg: &pg,

@@ -21,7 +21,7 @@ use std::time::Instant;
 use anyhow::Context;
 use pgagent_benches::backupbench::peers::BackRest;
 use pgagent_benches::backupbench::pgagent::{Client, Store};
-use pgagent_benches::backupbench::pgbench_scale;
+use pgagent_benches::backupbench::{load_pgbench, pgbench_scale};
 use pgagent_benches::incbench::report::{
     backrest_table, chain_table, restore_table, steps_table, BackRestRow, Restore, Step,
 };
@@ -123,19 +123,8 @@ fn run_major(
     })?;
     let server = pg.psql("SHOW server_version")?;
     let server = server.split_whitespace().next().unwrap_or("?").to_owned();
-    eprintln!("PostgreSQL {server}: pgbench -i -s {scale}");
-    let began = Instant::now();
-    pg.pgbench_init(scale)?;
-    pg.psql("CHECKPOINT")?;
-    let db_bytes: u64 = pg
-        .psql("SELECT sum(pg_database_size(datname))::bigint FROM pg_database")?
-        .parse()
-        .context("pg_database_size")?;
-    eprintln!(
-        "  {} MiB in {:.0} s",
-        db_bytes >> 20,
-        began.elapsed().as_secs_f64()
-    );
+    eprint!("PostgreSQL {server}: ");
+    let db_bytes = load_pgbench(&pg, scale)?;
     results
         .clusters
         .push(format!("PostgreSQL {server}: {} MiB", db_bytes >> 20));
