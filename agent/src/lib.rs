@@ -46,6 +46,7 @@ pub mod exit;
 pub mod fetch;
 pub mod logging;
 pub mod metrics;
+pub mod pg_manifest;
 pub mod pipeline;
 pub mod progress;
 pub mod restore;

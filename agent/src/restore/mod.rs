@@ -25,7 +25,6 @@ pub mod chain;
 pub mod combine;
 mod delta;
 mod materialize;
-pub mod pg_manifest;
 mod pgdata;
 mod places;
 mod present;

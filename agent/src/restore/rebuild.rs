@@ -26,10 +26,10 @@ use pgagent_protocol::backup_label::without_incremental_lines;
 
 use super::chain::Chain;
 use super::combine::{plan_chain, ChainPlan};
-use super::pg_manifest::{render, wal_ranges, ManifestFile, WalRange};
 use super::places::{create_new_file, make_dir, Mode, Places, TablespaceDir};
 use super::present::{check_present, Needer};
 use super::rebuild_file::{fetch_chunk, finish_file, write_output, Stored};
+use crate::pg_manifest::{render, wal_ranges, ManifestFile, WalRange};
 use crate::progress::Progress;
 use crate::store::Bucket;
 

@@ -22,7 +22,8 @@ use pgagent_protocol::incremental::{
     bare_name, BlockGeometry, IncrementalHeader, FIXED_HEADER_BYTES,
 };
 use pgagent_storage::manifest::{BackupManifest, EntryKind};
-use serde::Deserialize;
+
+use crate::pg_manifest::{crc32c_hex, Listed};
 
 /// CRC-32C and length of some bytes: a chunk, or a file's chunks in order.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -49,85 +50,6 @@ impl Digest {
             crc32c: crc32c::crc32c_combine(self.crc32c, next.crc32c, next.len as usize),
         }
     }
-}
-
-/// One file as PostgreSQL's `backup_manifest` lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Listed {
-    /// Size in bytes.
-    pub size: u64,
-    /// Its CRC-32C, when the manifest's algorithm is CRC32C.
-    pub crc32c: Option<u32>,
-}
-
-#[derive(Deserialize)]
-struct RawManifest {
-    #[serde(rename = "Files")]
-    files: Vec<RawFile>,
-}
-
-#[derive(Deserialize)]
-struct RawFile {
-    #[serde(rename = "Path")]
-    path: Option<String>,
-    #[serde(rename = "Encoded-Path")]
-    encoded_path: Option<String>,
-    #[serde(rename = "Size")]
-    size: u64,
-    #[serde(rename = "Checksum-Algorithm")]
-    algorithm: Option<String>,
-    #[serde(rename = "Checksum")]
-    checksum: Option<String>,
-}
-
-/// Reads PostgreSQL's `backup_manifest` (JSON, versions 1 and 2): each file's path (an
-/// `Encoded-Path` decoded from hex), size and CRC-32C. A checksum of another algorithm
-/// (`NONE`, `SHA256`…) is left out: the size is still checked.
-///
-/// Errors: not JSON of a manifest, a file without a path, a CRC-32C that is not 8 hex
-/// digits.
-pub fn parse_pg_manifest(bytes: &[u8]) -> Result<BTreeMap<String, Listed>, String> {
-    let raw: RawManifest = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    let mut out = BTreeMap::new();
-    for f in raw.files {
-        let path = match (f.path, f.encoded_path) {
-            (Some(p), _) => p,
-            (None, Some(hex)) => decode_hex(&hex).ok_or(format!("Encoded-Path {hex:?}"))?,
-            (None, None) => return Err("a file without Path".into()),
-        };
-        let crc32c = match (f.algorithm.as_deref(), f.checksum) {
-            (Some(a), Some(c)) if a.eq_ignore_ascii_case("CRC32C") => Some(
-                parse_crc(&c)
-                    .ok_or(format!("{path}: CRC32C checksum {c:?} is not 8 hex digits"))?,
-            ),
-            _ => None,
-        };
-        out.insert(
-            path,
-            Listed {
-                size: f.size,
-                crc32c,
-            },
-        );
-    }
-    Ok(out)
-}
-
-fn decode_hex(s: &str) -> Option<String> {
-    let bytes: Option<Vec<u8>> = (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect();
-    Some(String::from_utf8_lossy(&bytes?).into_owned())
-}
-
-/// The CRC-32C PostgreSQL wrote as `hex`: its 4 bytes little-endian.
-fn parse_crc(hex: &str) -> Option<u32> {
-    if hex.len() != 8 {
-        return None;
-    }
-    let v = u32::from_str_radix(hex, 16).ok()?;
-    Some(u32::from_le_bytes(v.to_be_bytes()))
 }
 
 /// Bytes at the start of an incremental file that its header's block numbers need, given
@@ -211,8 +133,8 @@ pub fn check_files(stored: &Stored<'_>, listed: &BTreeMap<String, Listed>) -> Ve
                 path,
                 format!(
                     "CRC-32C {} of the stored bytes, PostgreSQL's backup_manifest says {}",
-                    crc_hex(d.crc32c),
-                    crc_hex(crc)
+                    crc32c_hex(d.crc32c),
+                    crc32c_hex(crc)
                 ),
             ),
             _ => {}
@@ -250,17 +172,10 @@ pub fn check_files(stored: &Stored<'_>, listed: &BTreeMap<String, Listed>) -> Ve
     problems
 }
 
-/// `crc` as PostgreSQL writes it in a manifest.
-pub fn crc_hex(crc: u32) -> String {
-    crc.to_le_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pg_manifest::parse_pg_manifest;
     use crate::store::chain::tests::{full, incremental};
     use pgagent_protocol::incremental::INCREMENTAL_MAGIC;
     use pgagent_storage::manifest::FileEntry;
@@ -304,7 +219,7 @@ mod tests {
             pg.push(format!(
                 r#"{{ "Path": "{path}", "Size": {}, "Last-Modified": "2026-11-01 03:00:00 GMT", "Checksum-Algorithm": "CRC32C", "Checksum": "{}" }}"#,
                 bytes.len(),
-                crc_hex(crc32c::crc32c(bytes))
+                crc32c_hex(crc32c::crc32c(bytes))
             ));
         }
         let pg = format!(
@@ -354,8 +269,6 @@ mod tests {
             .fold(Digest::default(), |d, c| d.then(Digest::of(c)));
         assert_eq!(combined, Digest::of(&bytes));
         // "123456789" is the CRC-32C check value 0xe3069283, written little-endian.
-        assert_eq!(crc_hex(crc32c::crc32c(b"123456789")), "839206e3");
-        assert_eq!(parse_crc("839206e3"), Some(0xe306_9283));
     }
 
     #[test]
@@ -407,13 +320,13 @@ mod tests {
                 format!("{id} PG_VERSION: 3 bytes, PostgreSQL's backup_manifest says 4"),
                 format!(
                     "{id} base/5/16384: CRC-32C {} of the stored bytes, PostgreSQL's backup_manifest says {}",
-                    crc_hex(
+                    crc32c_hex(
                         Digest::of(&[1u8; 4096])
                             .then(Digest::of(&[9u8; 4096]))
                             .then(Digest::of(&[1u8; 808]))
                             .crc32c
                     ),
-                    crc_hex(crc32c::crc32c(&[1u8; 9000]))
+                    crc32c_hex(crc32c::crc32c(&[1u8; 9000]))
                 ),
                 format!("{id} stray: stored, not in PostgreSQL's backup_manifest"),
             ]
@@ -472,30 +385,5 @@ mod tests {
             c.check(),
             ["backup 20261101T030000Z file backup_label: the text kept in the manifest is not what the server sent"]
         );
-    }
-
-    #[test]
-    fn manifests_of_every_shape_parse() {
-        let text = r#"{ "PostgreSQL-Backup-Manifest-Version": 1,
-"Files": [
-{ "Encoded-Path": "626173652f31", "Size": 1, "Last-Modified": "x", "Checksum-Algorithm": "CRC32C", "Checksum": "839206e3" },
-{ "Path": "b", "Size": 2, "Last-Modified": "x" },
-{ "Path": "c", "Size": 3, "Last-Modified": "x", "Checksum-Algorithm": "SHA256", "Checksum": "ab" }
-] }"#;
-        let listed = parse_pg_manifest(text.as_bytes()).unwrap();
-        assert_eq!(
-            listed["base/1"],
-            Listed {
-                size: 1,
-                crc32c: Some(0xe306_9283)
-            }
-        );
-        assert_eq!(listed["b"].crc32c, None);
-        assert_eq!(listed["c"].crc32c, None);
-        assert!(parse_pg_manifest(b"{}").is_err());
-        assert!(parse_pg_manifest(
-            br#"{"Files": [{"Path": "a", "Size": 1, "Checksum-Algorithm": "CRC32C", "Checksum": "xyz"}]}"#
-        )
-        .is_err());
     }
 }

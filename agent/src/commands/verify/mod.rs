@@ -37,7 +37,8 @@ mod wal;
 
 pub use wal::{hole_notes, wal_gaps, Gap, Walk};
 
-use files::{check_files, header_need, is_incremental, parse_pg_manifest, Digest, Stored};
+use crate::pg_manifest::parse_pg_manifest;
+use files::{check_files, header_need, is_incremental, Digest, Stored};
 
 use crate::config::Config;
 use crate::fetch::plan::TimelinePlan;

@@ -1,6 +1,9 @@
-//! The `backup_manifest` of a data directory rebuilt from an incremental chain, written as
-//! pg_combinebackup writes it (`src/bin/pg_combinebackup/write_manifest.c`), so
-//! `pg_verifybackup` can check the restored directory.
+//! PostgreSQL's `backup_manifest` (PostgreSQL docs, "Backup Manifest Format"), read and
+//! written in one place: `pgagent verify` reads each file's size and checksum from the
+//! manifest the server sent ([`parse_pg_manifest`]); a restore of an incremental chain reads
+//! the newest backup's WAL ranges ([`wal_ranges`]) and writes the rebuilt directory's
+//! manifest as pg_combinebackup writes it ([`render`],
+//! `src/bin/pg_combinebackup/write_manifest.c`), so `pg_verifybackup` can check it.
 //!
 //! The layout, one file per line (PostgreSQL docs, "Backup Manifest Format"):
 //!
@@ -27,7 +30,9 @@ use std::fmt::Write as _;
 
 use anyhow::Context;
 use pgagent_protocol::Lsn;
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 
 /// One file of the restored directory, as the manifest lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,6 +172,85 @@ pub fn render(system_identifier: u64, files: &[ManifestFile], wal: &[WalRange]) 
     out
 }
 
+/// One file as PostgreSQL's `backup_manifest` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// Size in bytes.
+    pub size: u64,
+    /// Its CRC-32C, when the manifest's algorithm is CRC32C.
+    pub crc32c: Option<u32>,
+}
+
+#[derive(Deserialize)]
+struct RawManifest {
+    #[serde(rename = "Files")]
+    files: Vec<RawFile>,
+}
+
+#[derive(Deserialize)]
+struct RawFile {
+    #[serde(rename = "Path")]
+    path: Option<String>,
+    #[serde(rename = "Encoded-Path")]
+    encoded_path: Option<String>,
+    #[serde(rename = "Size")]
+    size: u64,
+    #[serde(rename = "Checksum-Algorithm")]
+    algorithm: Option<String>,
+    #[serde(rename = "Checksum")]
+    checksum: Option<String>,
+}
+
+/// Reads PostgreSQL's `backup_manifest` (JSON, versions 1 and 2): each file's path (an
+/// `Encoded-Path` decoded from hex), size and CRC-32C. A checksum of another algorithm
+/// (`NONE`, `SHA256`…) is left out: the size is still checked.
+///
+/// Errors: not JSON of a manifest, a file without a path, a CRC-32C that is not 8 hex
+/// digits.
+pub fn parse_pg_manifest(bytes: &[u8]) -> Result<BTreeMap<String, Listed>, String> {
+    let raw: RawManifest = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    let mut out = BTreeMap::new();
+    for f in raw.files {
+        let path = match (f.path, f.encoded_path) {
+            (Some(p), _) => p,
+            (None, Some(hex)) => decode_hex(&hex).ok_or(format!("Encoded-Path {hex:?}"))?,
+            (None, None) => return Err("a file without Path".into()),
+        };
+        let crc32c = match (f.algorithm.as_deref(), f.checksum) {
+            (Some(a), Some(c)) if a.eq_ignore_ascii_case("CRC32C") => Some(
+                parse_crc(&c)
+                    .ok_or(format!("{path}: CRC32C checksum {c:?} is not 8 hex digits"))?,
+            ),
+            _ => None,
+        };
+        out.insert(
+            path,
+            Listed {
+                size: f.size,
+                crc32c,
+            },
+        );
+    }
+    Ok(out)
+}
+
+fn decode_hex(s: &str) -> Option<String> {
+    let bytes: Option<Vec<u8>> = (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect();
+    Some(String::from_utf8_lossy(&bytes?).into_owned())
+}
+
+/// The CRC-32C PostgreSQL wrote as `hex`: its 4 bytes little-endian.
+fn parse_crc(hex: &str) -> Option<u32> {
+    if hex.len() != 8 {
+        return None;
+    }
+    let v = u32::from_str_radix(hex, 16).ok()?;
+    Some(u32::from_le_bytes(v.to_be_bytes()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,5 +317,38 @@ mod tests {
         assert_eq!((r[1].timeline, r[1].end), (3, Lsn(0xA_0000_0000)));
         assert!(wal_ranges(b"{}").is_err());
         assert!(wal_ranges(b"{\"WAL-Ranges\": [{\"Timeline\": 1}]}").is_err());
+    }
+
+    #[test]
+    fn manifests_of_every_shape_parse() {
+        let text = r#"{ "PostgreSQL-Backup-Manifest-Version": 1,
+"Files": [
+{ "Encoded-Path": "626173652f31", "Size": 1, "Last-Modified": "x", "Checksum-Algorithm": "CRC32C", "Checksum": "839206e3" },
+{ "Path": "b", "Size": 2, "Last-Modified": "x" },
+{ "Path": "c", "Size": 3, "Last-Modified": "x", "Checksum-Algorithm": "SHA256", "Checksum": "ab" }
+] }"#;
+        let listed = parse_pg_manifest(text.as_bytes()).unwrap();
+        assert_eq!(
+            listed["base/1"],
+            Listed {
+                size: 1,
+                crc32c: Some(0xe306_9283)
+            }
+        );
+        assert_eq!(listed["b"].crc32c, None);
+        assert_eq!(listed["c"].crc32c, None);
+        assert!(parse_pg_manifest(b"{}").is_err());
+        assert!(parse_pg_manifest(
+            br#"{"Files": [{"Path": "a", "Size": 1, "Checksum-Algorithm": "CRC32C", "Checksum": "xyz"}]}"#
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn crc32c_as_postgresql_writes_it() {
+        // "123456789" is the CRC-32C check value 0xe3069283, written little-endian.
+        assert_eq!(crc32c_hex(crc32c::crc32c(b"123456789")), "839206e3");
+        assert_eq!(parse_crc("839206e3"), Some(0xe306_9283));
+        assert_eq!(parse_crc("839206e"), None);
     }
 }
