@@ -27,6 +27,7 @@ const AGENT: Layers = &[
             "statusfile",
             "alerts",
             "staging",
+            "pg_manifest",
             "tracker",
         ],
     ),
