@@ -9,7 +9,7 @@
 //!    its `backup_label` without the `INCREMENTAL FROM` lines (`backup_label.c`).
 //! 2. [`write_chain`]: directories, then files (`concurrency` at a time, see
 //!    `restore/rebuild_file.rs`), then `backup_label` and a new `backup_manifest`
-//!    ([`super::pg_manifest`]) listing every file with its CRC-32C, then the tablespace
+//!    ([`crate::pg_manifest`]) listing every file with its CRC-32C, then the tablespace
 //!    links. The directory must be empty (as for a fresh restore); if anything fails,
 //!    what was written is removed again, as pg_combinebackup removes its output
 //!    directory.
