@@ -10,9 +10,10 @@
 
 use std::fmt;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::error::StoreError;
+use crate::lock::LockPolicy;
 
 /// Smallest multipart part S3 accepts (except the last part), in bytes.
 pub const MIN_PART_SIZE: u64 = 5 << 20;
@@ -38,6 +39,13 @@ pub struct StoreOptions {
     pub session_token: Option<String>,
     /// Timeout of one HTTP attempt, including reading the response body. Default 60 s.
     pub request_timeout: Duration,
+    /// S3 Object Lock: every object written carries this lock. `None`: objects are written
+    /// without one (the bucket's default retention, if it has one, still applies).
+    pub lock: Option<LockPolicy>,
+    /// Read the store as it was at this time: each read finds the version of each object
+    /// that was current then (a versioned S3 bucket), past later overwrites and delete
+    /// markers. Such a store refuses every write.
+    pub as_of: Option<SystemTime>,
 }
 
 impl Default for StoreOptions {
@@ -49,6 +57,8 @@ impl Default for StoreOptions {
             secret_access_key: None,
             session_token: None,
             request_timeout: Duration::from_secs(60),
+            lock: None,
+            as_of: None,
         }
     }
 }
@@ -63,6 +73,8 @@ impl fmt::Debug for StoreOptions {
             .field("secret_access_key", &redact(&self.secret_access_key))
             .field("session_token", &redact(&self.session_token))
             .field("request_timeout", &self.request_timeout)
+            .field("lock", &self.lock)
+            .field("as_of", &self.as_of)
             .finish()
     }
 }
@@ -88,6 +100,14 @@ impl StoreOptions {
         if self.access_key_id.is_some() != self.secret_access_key.is_some() {
             return Err(StoreError::config(
                 "access_key_id and secret_access_key must be given together",
+            ));
+        }
+        if self.lock.is_some_and(|l| l.days == 0) {
+            return Err(StoreError::config("lock_days must be at least 1"));
+        }
+        if self.lock.is_some() && self.as_of.is_some() {
+            return Err(StoreError::config(
+                "a store read as of a past time is read-only: it takes no object lock",
             ));
         }
         Ok(())

@@ -22,12 +22,14 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::error::{Op, StoreError};
 use crate::layout::{validate_key, validate_prefix, TEMP_MARKER};
+use crate::lock::{LockPolicy, Retention};
 use crate::object_store::{ObjectMeta, ObjectStore, PutOutcome};
 
 /// Objects stored as files below `root`; key `a/b` is the file `root/a/b`.
@@ -401,6 +403,25 @@ impl ObjectStore for FsStore {
             Err(e) if e.is_not_found() => Ok(()),
             other => other,
         }
+    }
+
+    /// A directory carries no object lock: `None` for every object that exists.
+    async fn retention(&self, key: &str) -> Result<Option<Retention>, StoreError> {
+        match self.head(key).await? {
+            Some(_) => Ok(None),
+            None => Err(StoreError::not_found(key)),
+        }
+    }
+
+    async fn extend_retention(&self, key: &str, _until: SystemTime) -> Result<(), StoreError> {
+        validate_key(key)?;
+        Err(StoreError::config(
+            "file:// stores have no object lock; store.lock needs an S3 bucket with Object Lock",
+        ))
+    }
+
+    fn lock_policy(&self) -> Option<LockPolicy> {
+        None
     }
 
     fn enforces_conditional_put(&self) -> bool {

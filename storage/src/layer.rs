@@ -14,11 +14,13 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::error::{Op, StoreError};
+use crate::lock::{LockPolicy, Retention};
 use crate::object_store::{ObjectMeta, ObjectStore, PutOutcome};
 
 /// One call of an [`ObjectStore`] method, with its arguments.
@@ -76,15 +78,27 @@ pub enum Call<'a> {
         /// Object key.
         key: &'a str,
     },
+    /// [`ObjectStore::retention`].
+    Retention {
+        /// Object key.
+        key: &'a str,
+    },
+    /// [`ObjectStore::extend_retention`].
+    ExtendRetention {
+        /// Object key.
+        key: &'a str,
+        /// The lock lasts at least until then.
+        until: SystemTime,
+    },
 }
 
 impl Call<'_> {
     /// The operation, as errors name it.
     pub fn op(&self) -> Op {
         match self {
-            Call::Put { .. } | Call::PutIfAbsent { .. } => Op::Put,
+            Call::Put { .. } | Call::PutIfAbsent { .. } | Call::ExtendRetention { .. } => Op::Put,
             Call::Get { .. } | Call::GetRange { .. } => Op::Get,
-            Call::Head { .. } => Op::Head,
+            Call::Head { .. } | Call::Retention { .. } => Op::Head,
             Call::List { .. } | Call::ListAfter { .. } => Op::List,
             Call::Delete { .. } => Op::Delete,
         }
@@ -98,12 +112,15 @@ impl Call<'_> {
             | Call::Get { key }
             | Call::GetRange { key, .. }
             | Call::Head { key }
-            | Call::Delete { key } => key,
+            | Call::Delete { key }
+            | Call::Retention { key }
+            | Call::ExtendRetention { key, .. } => key,
             Call::List { prefix } | Call::ListAfter { prefix, .. } => prefix,
         }
     }
 
-    /// Whether the call only reads (`get`, `get_range`, `head`, `list`, `list_after`).
+    /// Whether the call only reads (`get`, `get_range`, `head`, `list`, `list_after`,
+    /// `retention`).
     pub fn is_read(&self) -> bool {
         matches!(self.op(), Op::Get | Op::Head | Op::List)
     }
@@ -133,6 +150,11 @@ impl Call<'_> {
                 store.delete(key).await?;
                 Reply::Done
             }
+            Call::Retention { key } => Reply::Retention(store.retention(key).await?),
+            Call::ExtendRetention { key, until } => {
+                store.extend_retention(key, until).await?;
+                Reply::Done
+            }
         })
     }
 }
@@ -141,7 +163,7 @@ impl Call<'_> {
 /// [`Reply::Body`], a `list` with [`Reply::Listing`], …).
 #[derive(Debug, Clone)]
 pub enum Reply {
-    /// `put`, `delete`.
+    /// `put`, `delete`, `extend_retention`.
     Done,
     /// `put_if_absent`.
     Written(PutOutcome),
@@ -151,6 +173,8 @@ pub enum Reply {
     Meta(Option<ObjectMeta>),
     /// `list`, `list_after`.
     Listing(Vec<ObjectMeta>),
+    /// `retention`.
+    Retention(Option<Retention>),
 }
 
 /// Behaviour added around every call of the store below.
@@ -279,6 +303,26 @@ impl<L: Layer> ObjectStore for Layered<L> {
             Reply::Done => Ok(()),
             other => Err(mismatch(call, &other)),
         }
+    }
+
+    async fn retention(&self, key: &str) -> Result<Option<Retention>, StoreError> {
+        let call = Call::Retention { key };
+        match self.call(call).await? {
+            Reply::Retention(r) => Ok(r),
+            other => Err(mismatch(call, &other)),
+        }
+    }
+
+    async fn extend_retention(&self, key: &str, until: SystemTime) -> Result<(), StoreError> {
+        let call = Call::ExtendRetention { key, until };
+        match self.call(call).await? {
+            Reply::Done => Ok(()),
+            other => Err(mismatch(call, &other)),
+        }
+    }
+
+    fn lock_policy(&self) -> Option<LockPolicy> {
+        self.inner.lock_policy()
     }
 
     fn enforces_conditional_put(&self) -> bool {

@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::error::StoreError;
+use crate::lock::{LockPolicy, Retention};
 
 /// The part of a full listing `listed` (in key order) that [`ObjectStore::list_after`]
 /// returns: keys strictly after `after`, at most `limit` of them. For stores whose listing
@@ -100,7 +101,28 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     ) -> Result<Vec<ObjectMeta>, StoreError>;
 
     /// Deletes `key`. Succeeds if the object does not exist (idempotent).
+    ///
+    /// On a versioned S3 bucket this adds a delete marker: the versions below it stay, and a
+    /// store read [`as of`](crate::config::StoreOptions::as_of) an earlier time finds them.
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
+
+    /// The S3 Object Lock retention of the current version of `key` (with `as_of`, of the
+    /// version current then; S3: `HeadObject`'s `x-amz-object-lock-*` headers).
+    /// `Ok(None)` when it carries none, and always on stores without object lock (fs).
+    ///
+    /// Errors: [`StoreError::NotFound`] if no object exists at `key`.
+    async fn retention(&self, key: &str) -> Result<Option<Retention>, StoreError>;
+
+    /// Makes the lock of the current version of `key` last at least until `until`, in the
+    /// mode of [`ObjectStore::lock_policy`] (S3: `PutObjectRetention`, sent only when the
+    /// version's lock ends before `until`: a lock is never shortened).
+    ///
+    /// Errors: [`StoreError::Config`] on a store that writes no lock;
+    /// [`StoreError::NotFound`] if no object exists at `key`.
+    async fn extend_retention(&self, key: &str, until: SystemTime) -> Result<(), StoreError>;
+
+    /// The lock every write carries, if any.
+    fn lock_policy(&self) -> Option<LockPolicy>;
 
     /// Whether [`ObjectStore::put_if_absent`] is known to be enforced by the store. `false`
     /// means the store may overwrite instead of answering `Exists`.

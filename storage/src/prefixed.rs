@@ -4,12 +4,14 @@
 //! tools that keep several stores side by side.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::error::StoreError;
 use crate::layout::{validate_key, validate_prefix};
+use crate::lock::{LockPolicy, Retention};
 use crate::object_store::{ObjectMeta, ObjectStore, PutOutcome};
 
 /// The objects of `inner` whose keys start with `prefix/`, seen with that prefix removed.
@@ -133,6 +135,21 @@ impl ObjectStore for PrefixedStore {
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let full = self.full(key)?;
         self.inner.delete(&full).await.map_err(|e| self.strip(e))
+    }
+
+    async fn retention(&self, key: &str) -> Result<Option<Retention>, StoreError> {
+        let full = self.full(key)?;
+        self.inner.retention(&full).await.map_err(|e| self.strip(e))
+    }
+
+    async fn extend_retention(&self, key: &str, until: SystemTime) -> Result<(), StoreError> {
+        let full = self.full(key)?;
+        let r = self.inner.extend_retention(&full, until).await;
+        r.map_err(|e| self.strip(e))
+    }
+
+    fn lock_policy(&self) -> Option<LockPolicy> {
+        self.inner.lock_policy()
     }
 
     fn enforces_conditional_put(&self) -> bool {

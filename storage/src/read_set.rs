@@ -18,11 +18,13 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::error::{Op, StoreError};
+use crate::lock::{LockPolicy, Retention};
 use crate::object_store::{list_window, ObjectMeta, ObjectStore, PutOutcome};
 
 /// One store of a [`ReadSet`], and what it served.
@@ -215,6 +217,26 @@ impl ObjectStore for ReadSet {
             detail: format!("{} are read together and take no deletes", self.describe()),
             source: None,
         })
+    }
+
+    /// The retention of `key` in the first store that holds it (the one reads are served
+    /// from).
+    async fn retention(&self, key: &str) -> Result<Option<Retention>, StoreError> {
+        self.first(
+            key,
+            |s| async move { s.retention(key).await.map(Some) },
+            |_| None,
+        )
+        .await
+    }
+
+    async fn extend_retention(&self, key: &str, _until: SystemTime) -> Result<(), StoreError> {
+        Err(self.refuse_write(key))
+    }
+
+    /// Stores read together write nothing.
+    fn lock_policy(&self) -> Option<LockPolicy> {
+        None
     }
 
     fn enforces_conditional_put(&self) -> bool {

@@ -12,12 +12,19 @@
 //! - every HTTP request sent (each list page, multipart part and retry attempt) is reported
 //!   to [`crate::requests::CountedStore`], which counts requests as the provider bills them.
 //!
+//! - with a lock policy, every write carries its Object Lock headers and `Content-MD5`
+//!   ([`lock`]); with `as_of`, reads go to the versions current then and writes are refused
+//!   ([`versions`]).
+//!
 //! Keys are stored as `<prefix>/<key>` in the bucket.
 
 mod counting;
 mod errors;
+mod lock;
 mod multipart;
+mod versions;
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -35,7 +42,9 @@ use bytes::Bytes;
 use crate::config::{S3Location, StoreOptions};
 use crate::error::{Op, StoreError};
 use crate::layout::{validate_key, validate_prefix};
+use crate::lock::{LockPolicy, Retention};
 use crate::object_store::{ObjectMeta, ObjectStore, PutOutcome};
+use versions::AsOf;
 
 pub(crate) use errors::map_sdk;
 
@@ -52,6 +61,10 @@ pub struct S3Store {
     part_size: u64,
     upload_concurrency: usize,
     request_timeout: Duration,
+    /// Every write carries this lock.
+    lock: Option<LockPolicy>,
+    /// Reads see the bucket as of this time; writes are refused.
+    as_of: Option<Arc<AsOf>>,
 }
 
 impl S3Store {
@@ -112,6 +125,8 @@ impl S3Store {
             part_size: opts.part_size,
             upload_concurrency: opts.upload_concurrency,
             request_timeout: opts.request_timeout,
+            lock: opts.lock,
+            as_of: opts.as_of.map(|t| Arc::new(AsOf::new(t))),
         })
     }
 
@@ -172,16 +187,35 @@ impl S3Store {
         format!("{}{key}", self.key_prefix)
     }
 
+    /// The error of a write to a store read as of a past time.
+    fn refuse_write(&self, key: &str, op: Op) -> Result<(), StoreError> {
+        match &self.as_of {
+            None => Ok(()),
+            Some(a) => Err(StoreError::Config {
+                detail: format!(
+                    "{key}: {op:?} refused: the store is read as of {} and takes no writes",
+                    humantime::format_rfc3339_seconds(a.at)
+                ),
+            }),
+        }
+    }
+
     async fn put_object(&self, key: &str, body: Bytes, if_absent: bool) -> Result<(), StoreError> {
+        self.refuse_write(key, Op::Put)?;
         if body.len() as u64 > self.part_size {
             return multipart::upload(self, key, body, if_absent).await;
         }
+        let lock = self.write_lock();
+        let md5 = lock.as_ref().map(|_| lock::content_md5(&body));
         let mut req = self
             .client
             .put_object()
             .bucket(&self.loc.bucket)
             .key(self.full_key(key))
             .content_length(body.len() as i64)
+            .set_content_md5(md5)
+            .set_object_lock_mode(lock.as_ref().map(|l| l.mode.clone()))
+            .set_object_lock_retain_until_date(lock.map(|l| l.until))
             .body(ByteStream::from(body));
         if if_absent {
             req = req.if_none_match("*");
@@ -192,17 +226,32 @@ impl S3Store {
             .map_err(|e| map_sdk(key, Op::Put, e))
     }
 
+    /// The version id reads of `key` ask for: `None` without `as_of`.
+    ///
+    /// Errors: [`StoreError::NotFound`] when `key` was absent at the `as_of` time.
+    async fn read_version(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let Some(as_of) = &self.as_of else {
+            return Ok(None);
+        };
+        match self.version_of(as_of, key).await? {
+            Some(v) => Ok(Some(v.id)),
+            None => Err(StoreError::not_found(key)),
+        }
+    }
+
     /// GETs `key`, optionally a `Range`; `Ok(None)` on HTTP 416 (range starts past the end).
     async fn get_object(
         &self,
         key: &str,
         range: Option<String>,
     ) -> Result<Option<Bytes>, StoreError> {
+        let version = self.read_version(key).await?;
         let sent = self
             .client
             .get_object()
             .bucket(&self.loc.bucket)
             .key(self.full_key(key))
+            .set_version_id(version)
             .set_range(range)
             .send()
             .await;
@@ -275,6 +324,13 @@ impl ObjectStore for S3Store {
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
         validate_key(key)?;
+        if let Some(as_of) = &self.as_of {
+            return Ok(self.version_of(as_of, key).await?.map(|v| ObjectMeta {
+                key: key.to_string(),
+                size: v.size,
+                last_modified: Some(v.last_modified),
+            }));
+        }
         let r = self
             .client
             .head_object()
@@ -297,6 +353,9 @@ impl ObjectStore for S3Store {
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
         validate_prefix(prefix)?;
+        if let Some(as_of) = &self.as_of {
+            return self.list_as_of(as_of, prefix, None, usize::MAX).await;
+        }
         self.list_pages(prefix, None, usize::MAX).await
     }
 
@@ -308,6 +367,9 @@ impl ObjectStore for S3Store {
     ) -> Result<Vec<ObjectMeta>, StoreError> {
         validate_prefix(prefix)?;
         validate_prefix(after)?;
+        if let Some(as_of) = &self.as_of {
+            return self.list_as_of(as_of, prefix, Some(after), limit).await;
+        }
         let mut out = self.list_pages(prefix, Some(after), limit).await?;
         out.retain(|m| m.key.as_str() > after);
         out.truncate(limit);
@@ -316,6 +378,7 @@ impl ObjectStore for S3Store {
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         validate_key(key)?;
+        self.refuse_write(key, Op::Delete)?;
         let r = self
             .client
             .delete_object()
@@ -330,6 +393,22 @@ impl ObjectStore for S3Store {
                 other => Err(other),
             },
         }
+    }
+
+    async fn retention(&self, key: &str) -> Result<Option<Retention>, StoreError> {
+        validate_key(key)?;
+        let version = self.read_version(key).await?;
+        lock::retention(self, key, version).await
+    }
+
+    async fn extend_retention(&self, key: &str, until: SystemTime) -> Result<(), StoreError> {
+        validate_key(key)?;
+        self.refuse_write(key, Op::Put)?;
+        lock::extend(self, key, until).await
+    }
+
+    fn lock_policy(&self) -> Option<LockPolicy> {
+        self.lock
     }
 
     fn enforces_conditional_put(&self) -> bool {

@@ -22,7 +22,8 @@ pub(crate) fn part_ranges(len: u64, part_size: u64) -> Vec<(u64, u64)> {
         .collect()
 }
 
-/// Uploads `body` to `key` as a multipart upload.
+/// Uploads `body` to `key` as a multipart upload; under a lock policy the upload carries
+/// the lock headers and every part its `Content-MD5`.
 pub(crate) async fn upload(
     store: &S3Store,
     key: &str,
@@ -30,11 +31,14 @@ pub(crate) async fn upload(
     if_absent: bool,
 ) -> Result<(), StoreError> {
     let full = store.full_key(key);
+    let lock = store.write_lock();
     let created = store
         .client
         .create_multipart_upload()
         .bucket(&store.loc.bucket)
         .key(&full)
+        .set_object_lock_mode(lock.as_ref().map(|l| l.mode.clone()))
+        .set_object_lock_retain_until_date(lock.as_ref().map(|l| l.until))
         .send()
         .await
         .map_err(|e| map_sdk(key, Op::Put, e))?;
@@ -46,7 +50,9 @@ pub(crate) async fn upload(
             source: None,
         });
     };
-    let result = upload_parts_and_complete(store, key, &full, &upload_id, body, if_absent).await;
+    let md5 = lock.is_some();
+    let result =
+        upload_parts_and_complete(store, key, &full, &upload_id, body, if_absent, md5).await;
     if let Err(err) = &result {
         let abort = store
             .client
@@ -76,6 +82,7 @@ async fn upload_parts_and_complete(
     upload_id: &str,
     body: Bytes,
     if_absent: bool,
+    md5: bool,
 ) -> Result<(), StoreError> {
     let ranges = part_ranges(body.len() as u64, store.part_size);
     let uploads = ranges.into_iter().enumerate().map(|(i, (start, end))| {
@@ -90,6 +97,7 @@ async fn upload_parts_and_complete(
                 .upload_id(upload_id)
                 .part_number(number)
                 .content_length(part.len() as i64)
+                .set_content_md5(md5.then(|| super::lock::content_md5(&part)))
                 .body(ByteStream::from(part))
                 .send()
                 .await

@@ -7,13 +7,14 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use pgagent_storage::error::Op;
 use pgagent_storage::{
-    validate_key, validate_prefix, ObjectMeta, ObjectStore, PutOutcome, StoreError,
+    validate_key, validate_prefix, LockPolicy, ObjectMeta, ObjectStore, PutOutcome, Retention,
+    StoreError,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -314,6 +315,25 @@ impl ObjectStore for SimStore {
             return Err(transient(key, Op::Delete));
         }
         Ok(())
+    }
+
+    async fn retention(&self, key: &str) -> Result<Option<Retention>, StoreError> {
+        validate_key(key)?;
+        match self.state().objects.contains_key(key) {
+            true => Ok(None),
+            false => Err(StoreError::NotFound { key: key.into() }),
+        }
+    }
+
+    async fn extend_retention(&self, key: &str, _until: SystemTime) -> Result<(), StoreError> {
+        validate_key(key)?;
+        Err(StoreError::Config {
+            detail: "the simulated store has no object lock".into(),
+        })
+    }
+
+    fn lock_policy(&self) -> Option<LockPolicy> {
+        None
     }
 
     fn enforces_conditional_put(&self) -> bool {
