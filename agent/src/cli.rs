@@ -52,6 +52,10 @@ pub struct OverrideArgs {
     /// doctor) takes several names and reads those stores only
     #[arg(long = "store", global = true, value_name = "URL|NAME")]
     pub store: Vec<String>,
+    /// store.as_of: read the stores as they were at this UTC time (RFC 3339), past later
+    /// overwrites and delete markers (a versioned S3 bucket); the stores take no writes
+    #[arg(long = "as-of", global = true, value_name = "TIME")]
+    pub as_of: Option<String>,
 }
 
 impl OverrideArgs {
@@ -95,6 +99,7 @@ impl From<OverrideArgs> for Overrides {
             conninfo: a.conninfo,
             slot: a.slot,
             staging_dir: a.staging_dir,
+            as_of: a.as_of,
         }
     }
 }

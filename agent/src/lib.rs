@@ -122,6 +122,14 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
         cfg.select_for_reading(&names)?;
         return Ok(cfg);
     }
+    if let Some(t) = cfg.store().as_of {
+        return Err(config::ConfigError(format!(
+            "store.as_of = {} (--as-of, PGAGENT_STORE_AS_OF) reads the stores as they were              then and writes nothing; `pgagent {command}` writes: unset it ({})",
+            humantime::format_rfc3339_seconds(t),
+            config::READING_COMMANDS.join(", ")
+        ))
+        .into());
+    }
     match names.as_slice() {
         [] => {}
         [name] => cfg.select_one(name, command)?,
@@ -221,6 +229,9 @@ fn launch(cli: &Cli) -> fetch::client::Launch {
     for v in &cli.overrides.store {
         args.extend(["--store".into(), v.into()]);
     }
+    if let Some(t) = &cli.overrides.as_of {
+        args.extend(["--as-of".into(), t.into()]);
+    }
     args.extend([
         "--log-format".into(),
         clap::ValueEnum::to_possible_value(&cli.log_format)
@@ -233,7 +244,8 @@ fn launch(cli: &Cli) -> fetch::client::Launch {
 /// configuration file and the store URL in use (credentials must reach PostgreSQL through
 /// that file or its environment). Stores of `[[stores]]` are named by the file (passed
 /// even when it was found at a default path) and, when `--store NAME…` chose some, by
-/// those names: recovery reads the stores the restore read.
+/// those names: recovery reads the stores the restore read, and with `--as-of` (or
+/// `store.as_of`) as of the same time.
 fn fetch_command_prefix(cli: &Cli, cfg: &config::Config) -> String {
     let exe = std::env::current_exe().unwrap_or_else(|_| "pgagent".into());
     let mut words = vec![exe.display().to_string()];
@@ -253,6 +265,13 @@ fn fetch_command_prefix(cli: &Cli, cfg: &config::Config) -> String {
         for name in cli.overrides.store_names() {
             words.extend(["--store".to_string(), name.to_string()]);
         }
+    }
+    // Recovery reads the versions the restore read.
+    if let Some(t) = cfg.store().as_of {
+        words.extend([
+            "--as-of".to_string(),
+            humantime::format_rfc3339_seconds(t).to_string(),
+        ]);
     }
     words
         .iter()

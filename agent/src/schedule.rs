@@ -35,6 +35,23 @@ pub fn next_after(cron: &Cron, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
     cron.find_next_occurrence(&now, false).ok()
 }
 
+/// The longest time between two consecutive fires of `cron` among its next `fires` times
+/// after `from`: the interval a retention of "N backups" spans at most, N times over.
+/// `None` when it fires fewer than twice.
+pub fn longest_gap(cron: &Cron, from: DateTime<Utc>, fires: usize) -> Option<Duration> {
+    let mut prev = next_after(cron, from)?;
+    let mut longest: Option<Duration> = None;
+    for _ in 1..fires {
+        let Some(next) = next_after(cron, prev) else {
+            break;
+        };
+        let gap = (next - prev).to_std().unwrap_or_default();
+        longest = Some(longest.map_or(gap, |l| l.max(gap)));
+        prev = next;
+    }
+    longest
+}
+
 /// The next time after `now` at which any of `crons` fires, with the indices (in `crons`)
 /// of every schedule that fires at that time; `None` when none fires again.
 pub fn next_due(crons: &[Cron], now: DateTime<Utc>) -> Option<(DateTime<Utc>, Vec<usize>)> {

@@ -20,6 +20,8 @@ pub struct Overrides {
     pub staging_dir: Option<PathBuf>,
     /// `--store`
     pub store_url: Option<String>,
+    /// `--as-of`
+    pub as_of: Option<String>,
 }
 
 impl Overrides {
@@ -35,6 +37,9 @@ impl Overrides {
         }
         if let Some(v) = &self.store_url {
             figment = figment.merge(Serialized::global("store.url", v));
+        }
+        if let Some(v) = &self.as_of {
+            figment = figment.merge(Serialized::global("store.as_of", v));
         }
         figment
     }

@@ -11,6 +11,7 @@
 //! filled in by the replication client for whatever `postgres.conninfo` leaves out.
 
 mod load;
+pub mod lock;
 mod passphrase;
 mod sections;
 mod stores;

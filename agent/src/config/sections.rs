@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 
+use super::lock::LockSetting;
 use super::Secret;
 
 /// `[postgres]`: the server to stream from.
@@ -67,6 +68,16 @@ pub struct StoreSection {
     /// Timeout of one store request.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// S3 Object Lock on every object written: `off` (the default), `governance` or
+    /// `compliance` (see `config/lock.rs` and docs/security.md).
+    pub lock: LockSetting,
+    /// Days each object stays locked after it is written; default: the longest time
+    /// retention can need an object, plus a margin ([`super::lock::default_lock_days`]).
+    pub lock_days: Option<u32>,
+    /// Read the stores as they were at this time (RFC 3339, e.g. `2026-12-06T10:00:00Z`):
+    /// every object in the version current then, past later overwrites and delete
+    /// markers. Needs a versioned S3 bucket; the stores then take no writes.
+    pub as_of: Option<String>,
 }
 
 impl Default for StoreSection {
@@ -78,6 +89,9 @@ impl Default for StoreSection {
             access_key_id: None,
             secret_access_key: None,
             request_timeout: Duration::from_secs(60),
+            lock: LockSetting::Off,
+            lock_days: None,
+            as_of: None,
         }
     }
 }

@@ -9,13 +9,14 @@
 //! `backup.schedule`, and the other `[store]` keys). Giving both `store.url` and
 //! `[[stores]]` is an error: which store was meant would be a guess.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytesize::ByteSize;
-use pgagent_storage::{StoreOptions, StoreUrl};
+use pgagent_storage::{LockPolicy, StoreOptions, StoreUrl};
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, RawConfig, Secret};
+use super::lock::{self, LockSetting};
+use super::{ConfigError, IncrementalMode, RawConfig, Secret};
 
 /// The name of the store `store.url` configures: stable whatever the URL, so metric
 /// labels and `--store` selections survive a move of the store.
@@ -92,6 +93,10 @@ pub struct StoreEntry {
     pub access_key_id: Option<Secret>,
     /// Default `store.secret_access_key`.
     pub secret_access_key: Option<Secret>,
+    /// Default `store.lock`.
+    pub lock: Option<LockSetting>,
+    /// Default `store.lock_days` (which, unset, follows this store's retention).
+    pub lock_days: Option<u32>,
 }
 
 /// The keys of a `[[stores]]` entry but `name`, as paths in the entry: the keys
@@ -109,6 +114,8 @@ pub const STORE_KEYS: &[&str] = &[
     "on_lag_exceeded",
     "access_key_id",
     "secret_access_key",
+    "lock",
+    "lock_days",
 ];
 
 /// A store's name as it appears in its environment variables: upper case, `-` as `_`.
@@ -160,6 +167,11 @@ pub struct StoreSpec {
     pub access_key_id: Option<Secret>,
     /// S3 secret access key.
     pub secret_access_key: Option<Secret>,
+    /// The Object Lock every object written carries (`store.lock`, `store.lock_days`).
+    pub lock: Option<LockPolicy>,
+    /// Reads see the store as of this time (`store.as_of`, `--as-of`); it then takes no
+    /// writes.
+    pub as_of: Option<SystemTime>,
 }
 
 impl StoreSpec {
@@ -171,6 +183,9 @@ impl StoreSpec {
             access_key_id: self.access_key_id.as_ref().map(|k| k.0.clone()),
             secret_access_key: self.secret_access_key.as_ref().map(|k| k.0.clone()),
             request_timeout: self.request_timeout,
+            // A store read as of a past time writes nothing, so it locks nothing.
+            lock: self.lock.filter(|_| self.as_of.is_none()),
+            as_of: self.as_of,
             ..Default::default()
         }
     }
@@ -222,6 +237,12 @@ fn shorthand(raw: &RawConfig) -> Result<StoreSpec, ConfigError> {
         return Err(ConfigError("store.url is empty".into()));
     }
     let location = StoreUrl::parse(url).map_err(|e| ConfigError(format!("store.url: {e}")))?;
+    let lock = lock::policy(
+        raw.store.lock,
+        raw.store.lock_days,
+        matches!(location, StoreUrl::S3(_)),
+        &retention_span(raw, raw.backup.keep_backups, &raw.backup.schedule),
+    )?;
     Ok(StoreSpec {
         name: SHORTHAND_STORE_NAME.into(),
         url: url.into(),
@@ -236,7 +257,37 @@ fn shorthand(raw: &RawConfig) -> Result<StoreSpec, ConfigError> {
         request_timeout: raw.store.request_timeout,
         access_key_id: raw.store.access_key_id.clone(),
         secret_access_key: raw.store.secret_access_key.clone(),
+        lock,
+        as_of: as_of(raw)?,
     })
+}
+
+/// `store.as_of`, parsed.
+fn as_of(raw: &RawConfig) -> Result<Option<SystemTime>, ConfigError> {
+    raw.store
+        .as_of
+        .as_deref()
+        .map(|t| {
+            humantime::parse_rfc3339_weak(t.trim()).map_err(|e| {
+                ConfigError(format!(
+                    "store.as_of = {t:?}: {e}; give a UTC time such as 2026-12-06T10:00:00Z"
+                ))
+            })
+        })
+        .transpose()
+}
+
+/// What a store's retention keeps, for its default `lock_days`.
+fn retention_span<'a>(raw: &RawConfig, keep_backups: usize, schedule: &'a str) -> lock::RetentionSpan<'a> {
+    lock::RetentionSpan {
+        keep_backups,
+        keep_days: raw.backup.keep_days,
+        schedule,
+        max_chain: match raw.backup.incremental {
+            IncrementalMode::Auto => raw.backup.max_chain,
+            IncrementalMode::Off => 0,
+        },
+    }
 }
 
 /// The `i`th `[[stores]]` entry, checked, inherited values filled in.
@@ -284,6 +335,14 @@ fn entry_spec(raw: &RawConfig, i: usize, e: &StoreEntry) -> Result<StoreSpec, Co
         }
         Role::Async => async_role(e)?,
     };
+    let keep_backups = e.keep_backups.unwrap_or(raw.backup.keep_backups);
+    let lock = lock::policy(
+        e.lock.unwrap_or(raw.store.lock),
+        e.lock_days.or(raw.store.lock_days),
+        matches!(location, StoreUrl::S3(_)),
+        &retention_span(raw, keep_backups, &schedule),
+    )
+    .map_err(|err| ConfigError(format!("store {:?}: {}", e.name, err.0)))?;
     Ok(StoreSpec {
         name: e.name.clone(),
         url: e.url.clone(),
@@ -292,7 +351,7 @@ fn entry_spec(raw: &RawConfig, i: usize, e: &StoreEntry) -> Result<StoreSpec, Co
         restore_priority: e.restore_priority,
         partial_interval,
         upload_concurrency,
-        keep_backups: e.keep_backups.unwrap_or(raw.backup.keep_backups),
+        keep_backups,
         schedule,
         part_size: raw.store.part_size,
         request_timeout: raw.store.request_timeout,
@@ -304,6 +363,8 @@ fn entry_spec(raw: &RawConfig, i: usize, e: &StoreEntry) -> Result<StoreSpec, Co
             .secret_access_key
             .clone()
             .or_else(|| raw.store.secret_access_key.clone()),
+        lock,
+        as_of: as_of(raw)?,
     })
 }
 

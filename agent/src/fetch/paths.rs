@@ -44,15 +44,23 @@ pub struct RestorePaths {
 /// What a fetch reads, as a client and a server compare it: the store URL for one store;
 /// `name=url` of each store, in read order, for stores read as one (a `--store NAME…`
 /// selection is another set, so another restore-mode server).
+///
+/// A store read as of a past time is another store to a server: ` as-of=<time>` follows
+/// (the daemon, which serves the stores as they are, refuses such a request).
 pub fn store_identity(cfg: &Config) -> String {
-    if !crate::store::read::reads_a_set(cfg) {
-        return cfg.store().url.clone();
+    let stores = if !crate::store::read::reads_a_set(cfg) {
+        cfg.store().url.clone()
+    } else {
+        cfg.stores
+            .iter()
+            .map(|s| format!("{}={}", s.name, s.url))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    match cfg.store().as_of {
+        Some(t) => format!("{stores} as-of={}", humantime::format_rfc3339_seconds(t)),
+        None => stores,
     }
-    cfg.stores
-        .iter()
-        .map(|s| format!("{}={}", s.name, s.url))
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 impl RestorePaths {
