@@ -60,7 +60,7 @@ pub use crate::error::{ErrorKind, Op, StoreError};
 pub use crate::immutable::{put_immutable, ImmutablePut};
 pub use crate::layer::{Call, Layer, Layered, Reply};
 pub use crate::layout::{validate_key, validate_prefix};
-pub use crate::lock::{LockMode, LockPolicy, Retention};
+pub use crate::lock::{LockClaim, LockMode, LockPolicy, Retention};
 pub use crate::object_store::{list_window, ObjectMeta, ObjectStore, PutOutcome};
 pub use crate::open::open;
 pub use crate::prefixed::PrefixedStore;

@@ -183,6 +183,9 @@ pub struct BackupManifest {
     pub files: Vec<FileEntry>,
     /// Sizes.
     pub stats: BackupStats,
+    /// With `store.lock`: how long everything this backup depends on is locked at least.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock: Option<crate::lock::LockClaim>,
 }
 
 /// A manifest a restore must refuse.
@@ -250,6 +253,7 @@ impl BackupManifest {
             tablespaces: Vec::new(),
             files: Vec::new(),
             stats: BackupStats::default(),
+            lock: None,
         }
     }
 

@@ -43,6 +43,7 @@ fn manifest(files: Vec<FileEntry>) -> BackupManifest {
         }],
         files,
         stats: BackupStats::default(),
+        lock: None,
     }
 }
 

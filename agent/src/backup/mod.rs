@@ -6,6 +6,7 @@
 pub mod archive;
 pub mod chunks;
 pub mod guard;
+pub mod lock;
 pub mod parent;
 pub mod start;
 mod stored;

@@ -57,7 +57,12 @@ pub(super) async fn store_files(
         let target_stats = Arc::new(Mutex::new(ChunkStats::default()));
         chunk_targets.push(ChunkTarget {
             store: t.bucket.store.clone(),
-            known: std::mem::take(&mut t.known),
+            // A locking store keeps its listing: the chunks that were in it are the ones
+            // whose locks the backup may have to extend (`super::lock`).
+            known: match t.bucket.store.lock_policy() {
+                Some(_) => t.known.clone(),
+                None => std::mem::take(&mut t.known),
+            },
             concurrency: t.spec.upload_concurrency,
             stats: target_stats.clone(),
         });

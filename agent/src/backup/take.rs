@@ -210,6 +210,28 @@ async fn finish_in(
     let (id, name) = (wal.id, target.spec.name.as_str());
     let store = target.bucket.store.as_ref();
     manifest.check().context("the backup's own manifest")?;
+    if store.lock_policy().is_some() {
+        let started = humantime::parse_rfc3339(&manifest.started_at)
+            .with_context(|| format!("the start time {:?}", manifest.started_at))?;
+        let concurrency = target.spec.upload_concurrency;
+        let done = super::lock::secure(
+            &target.bucket,
+            &mut manifest,
+            &target.known,
+            started,
+            concurrency,
+        )
+        .await
+        .context("keeping what the backup depends on locked")?;
+        tracing::info!(
+            id,
+            store = name,
+            checked = done.checked,
+            extended = done.extended,
+            until = manifest.lock.as_ref().map_or("", |l| l.until.as_str()),
+            "locks of the reused chunks checked"
+        );
+    }
     within_limit(id, wal.begun)?;
     catalog::put_manifest(store, target.bucket.cipher(), &manifest).await?;
     tracing::info!(

@@ -82,7 +82,10 @@ pub fn default_lock_days(r: &RetentionSpan<'_>) -> Result<u32, ConfigError> {
         .map_err(|e| ConfigError(e.0))?
         .ok_or_else(unknown)?;
     // A fixed start keeps the default the same whenever the configuration is read.
-    let from = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).single().expect("a valid date");
+    let from = Utc
+        .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
+        .single()
+        .expect("a valid date");
     let interval = crate::schedule::longest_gap(&cron, from, 800).ok_or_else(unknown)?;
     let backups = r.keep_backups as u32 + r.max_chain;
     let span = (interval * backups).max(Duration::from_secs(r.keep_days * 86_400));

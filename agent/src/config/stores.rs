@@ -278,7 +278,11 @@ fn as_of(raw: &RawConfig) -> Result<Option<SystemTime>, ConfigError> {
 }
 
 /// What a store's retention keeps, for its default `lock_days`.
-fn retention_span<'a>(raw: &RawConfig, keep_backups: usize, schedule: &'a str) -> lock::RetentionSpan<'a> {
+fn retention_span<'a>(
+    raw: &RawConfig,
+    keep_backups: usize,
+    schedule: &'a str,
+) -> lock::RetentionSpan<'a> {
     lock::RetentionSpan {
         keep_backups,
         keep_days: raw.backup.keep_days,
