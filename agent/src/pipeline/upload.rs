@@ -270,7 +270,11 @@ impl Uploader {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&(tli, segno));
-                if had_deltas && !self.delete_denied.load(Ordering::Relaxed) {
+                // Under an object lock a delete only hides the deltas behind a delete marker
+                // (their locked versions stay and are billed): `pgagent prune` deletes them
+                // once their locks end.
+                let locked = self.store.lock_policy().is_some();
+                if had_deltas && !locked && !self.delete_denied.load(Ordering::Relaxed) {
                     tokio::spawn(self.clone().remove_superseded(tli, segno));
                 }
             }
@@ -294,7 +298,8 @@ impl Uploader {
     /// Best effort, in the background: the deltas of a segment that is now complete in the
     /// bucket are no longer needed, nor a `.partial` object an older version wrote for it
     /// (one listing of `wal/<segment>.partial` finds both). Credentials without delete
-    /// rights are fine: `pgagent prune` removes leftovers. One cleanup runs at a time, in
+    /// rights are fine, and a store that locks what it writes is left alone: `pgagent prune`
+    /// removes leftovers. One cleanup runs at a time, in
     /// key order, stopping at the first failure. A fetch racing with it still serves the
     /// whole segment: it looks for the complete object again before serving pieces.
     async fn remove_superseded(self, tli: TimelineId, segno: SegNo) {

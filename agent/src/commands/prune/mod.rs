@@ -32,8 +32,16 @@
 //! in the store holds WAL back. Everything is read before anything is deleted, and a record or
 //! manifest that cannot be read stops prune.
 //!
+//! With `store.lock`, no delete is sent for a locked object ([`locks`]): a backup past
+//! retention whose manifest is locked stays whole (it counts as kept: its chunks and WAL
+//! stay too), and the chunks, WAL and pieces still locked are left, with how many and when
+//! they become deletable printed. Everything a kept backup depends on was locked at least
+//! as long as the backup by `pgagent backup` (`crate::backup::lock`), so no kept backup is
+//! left with a dependency whose lock ends first.
+//!
 //! Only this command deletes: `pgagent run` and `pgagent backup` need no delete right.
 
+mod locks;
 mod retention;
 mod wal;
 
@@ -41,7 +49,7 @@ use retention::younger;
 pub use retention::{plan, Plan};
 pub use wal::{wal_floor, wal_to_delete, with_pin};
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::SystemTime;
 
 use futures::{StreamExt, TryStreamExt};
@@ -167,12 +175,36 @@ async fn run_one(cfg: &Config, dry_run: bool) -> anyhow::Result<()> {
         cfg.raw.backup.keep_days,
         SystemTime::now(),
     );
+    let concurrency = cfg.store().upload_concurrency;
+    let now = SystemTime::now();
+    // A backup past retention whose manifest is still locked stays whole until it is not:
+    // its manifest, its chunks and its WAL.
+    let drop_keys: Vec<String> = p.drop.iter().map(|id| backup_manifest_key(id)).collect();
+    let drops = locks::sort(
+        store.as_ref(),
+        &drop_keys,
+        &HashMap::new(),
+        now,
+        concurrency,
+    )
+    .await?;
+    let locked_backups: HashMap<&str, SystemTime> = p
+        .drop
+        .iter()
+        .zip(&drop_keys)
+        .filter_map(|(id, key)| {
+            let until = drops.locked.iter().find(|(k, _)| k == key)?.1;
+            Some((id.as_str(), until))
+        })
+        .collect();
     let kept: Vec<&BackupManifest> = manifests_before
         .iter()
-        .filter(|m| p.keep.contains(&m.id))
+        .filter(|m| p.keep.contains(&m.id) || locked_backups.contains_key(m.id.as_str()))
         .collect();
-    let concurrency = cfg.store().upload_concurrency;
-    let wal_index = WalIndex::from_listing(&store.list(WAL_PREFIX).await?, seg);
+    let wal_listing = store.list(WAL_PREFIX).await?;
+    let wal_index = WalIndex::from_listing(&wal_listing, seg);
+    let wal_meta: HashMap<&str, &ObjectMeta> =
+        wal_listing.iter().map(|m| (m.key.as_str(), m)).collect();
     for (id, why) in &p.broken {
         println!("backup {id} cannot be restored ({why}): it does not count toward keep_backups");
     }
@@ -182,11 +214,21 @@ async fn run_one(cfg: &Config, dry_run: bool) -> anyhow::Result<()> {
     if p.restorable.is_empty() {
         println!("prune: no restorable backup: backups, chunks and WAL segments stay");
         let superseded = wal_index.superseded_pieces(seg);
+        let superseded =
+            locks::sort(store.as_ref(), &superseded, &wal_meta, now, concurrency).await?;
         return sweep_superseded(store.as_ref(), &superseded, dry_run, concurrency).await;
     }
     let verb = if dry_run { "would delete" } else { "deleted" };
 
     for id in &p.drop {
+        if let Some(until) = locked_backups.get(id.as_str()) {
+            println!(
+                "backup {id} is past retention but its manifest is locked until {}: it stays \
+                 whole (manifest, chunks, WAL) until then",
+                humantime::format_rfc3339_seconds(*until)
+            );
+            continue;
+        }
         if !dry_run {
             store.delete(&backup_manifest_key(id)).await?;
         }
@@ -199,15 +241,23 @@ async fn run_one(cfg: &Config, dry_run: bool) -> anyhow::Result<()> {
                 println!("backup {running} is running: chunks are left for the next prune")
             }
             Chunks::Sweep { referenced } => {
+                // `kept` holds the locked backups a real run leaves, and their chunks.
                 let listed = store.list(CHUNK_PREFIX).await?;
-                let n = unreferenced(&listed, &referenced).len();
-                println!("{verb} {n} chunks no kept backup needs");
+                let doomed =
+                    unreferenced_sorted(store.as_ref(), &listed, &referenced, concurrency).await?;
+                println!(
+                    "{verb} {} chunks no kept backup needs",
+                    doomed.deletable.len()
+                );
+                if let Some(t) = doomed.locked_text("chunks") {
+                    println!("{t}");
+                }
             }
         }
     } else {
         let marker = PruneMarker::write(store.as_ref()).await?;
         let key = marker.key().to_string();
-        let swept = sweep_chunks(store.as_ref(), cipher.as_ref(), &marker).await;
+        let swept = sweep_chunks(store.as_ref(), cipher.as_ref(), &marker, concurrency).await;
         if let Err(e) = marker.remove(store.as_ref()).await {
             tracing::warn!("prune marker {key} stays: {e}; a backup starting soon waits for it");
         }
@@ -220,13 +270,15 @@ async fn run_one(cfg: &Config, dry_run: bool) -> anyhow::Result<()> {
         seg,
     );
     let (old, superseded) = wal_to_delete(&wal_index, oldest_start, seg);
+    let old = locks::sort(store.as_ref(), &old, &wal_meta, now, concurrency).await?;
+    let superseded = locks::sort(store.as_ref(), &superseded, &wal_meta, now, concurrency).await?;
     if !dry_run {
-        delete_all(store.as_ref(), &old, concurrency).await?;
+        delete_all(store.as_ref(), &old.deletable, concurrency).await?;
     }
     println!(
         "{verb} {} WAL objects before {} (the segment {needed_by} starts in); kept {} \
          backups ({} restorable) and {} snapshot records",
-        old.len(),
+        old.deletable.len(),
         oldest_start.start_lsn(seg),
         p.keep.len(),
         p.restorable.len(),
@@ -237,6 +289,9 @@ async fn run_one(cfg: &Config, dry_run: bool) -> anyhow::Result<()> {
             "kept the WAL from {} on: store {} still copies it from here (pin written {})",
             pin.from_lsn, pin.store, pin.written_at
         );
+    }
+    if let Some(t) = old.locked_text("WAL objects before it") {
+        println!("{t}");
     }
     sweep_superseded(store.as_ref(), &superseded, dry_run, concurrency).await
 }
@@ -249,19 +304,38 @@ async fn run_one(cfg: &Config, dry_run: bool) -> anyhow::Result<()> {
 /// Errors: the store's; what was deleted stays deleted.
 async fn sweep_superseded(
     store: &dyn ObjectStore,
-    keys: &[String],
+    keys: &locks::Sorted,
     dry_run: bool,
     concurrency: usize,
 ) -> anyhow::Result<()> {
     if !dry_run {
-        delete_all(store, keys, concurrency).await?;
+        delete_all(store, &keys.deletable, concurrency).await?;
     }
     println!(
         "{} {} deltas and .partial objects of segments stored complete",
         if dry_run { "would delete" } else { "deleted" },
-        keys.len()
+        keys.deletable.len()
     );
+    if let Some(t) = keys.locked_text("of those pieces") {
+        println!("{t}");
+    }
     Ok(())
+}
+
+/// The chunks of `listed` (a listing of `chunks/`) whose hash is not in `referenced`,
+/// sorted by their locks.
+async fn unreferenced_sorted(
+    store: &dyn ObjectStore,
+    listed: &[ObjectMeta],
+    referenced: &HashSet<String>,
+    concurrency: usize,
+) -> anyhow::Result<locks::Sorted> {
+    let doomed: Vec<String> = unreferenced(listed, referenced)
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    let meta: HashMap<&str, &ObjectMeta> = listed.iter().map(|m| (m.key.as_str(), m)).collect();
+    locks::sort(store, &doomed, &meta, SystemTime::now(), concurrency).await
 }
 
 /// Deletes `keys`, `concurrency` at a time.
@@ -292,6 +366,7 @@ async fn sweep_chunks(
     store: &dyn ObjectStore,
     cipher: Option<&ObjectCipher>,
     marker: &PruneMarker,
+    concurrency: usize,
 ) -> anyhow::Result<()> {
     let referenced = match chunk_plan(&manifests(store, cipher).await?, SystemTime::now()) {
         Chunks::Keep { running } => {
@@ -301,9 +376,13 @@ async fn sweep_chunks(
         Chunks::Sweep { referenced } => referenced,
     };
     let listed = store.list(CHUNK_PREFIX).await?;
-    let doomed = unreferenced(&listed, &referenced);
+    let sorted = unreferenced_sorted(store, &listed, &referenced, concurrency).await?;
+    if let Some(t) = sorted.locked_text("chunks no backup needs") {
+        println!("{t}");
+    }
+    let doomed = &sorted.deletable;
     let mut deleted = 0usize;
-    for key in &doomed {
+    for key in doomed {
         if !marker.may_delete() {
             println!(
                 "deleted {deleted} of {} chunks no backup needs; the next prune deletes the rest",

@@ -303,6 +303,7 @@ impl Checker {
             stale_list: 0.0,
             stale_window: Duration::ZERO,
             conditional_put: true,
+            lock: false,
         };
         let store = Arc::new(SimStore::new(1, faults));
         let seg = WalSegmentSize::new(1 << 20).unwrap();

@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pgagent_storage::error::Op;
 use pgagent_storage::{
-    validate_key, validate_prefix, LockPolicy, ObjectMeta, ObjectStore, PutOutcome, Retention,
-    StoreError,
+    validate_key, validate_prefix, LockMode, LockPolicy, ObjectMeta, ObjectStore, PutOutcome,
+    Retention, StoreError,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -36,6 +36,9 @@ pub struct Faults {
     pub stale_window: Duration,
     /// Whether `put_if_absent` is enforced (file systems, AWS S3) or overwrites (Garage).
     pub conditional_put: bool,
+    /// Whether the store locks what it writes (`store.lock`): the agent then leaves the
+    /// deltas of complete segments in place.
+    pub lock: bool,
 }
 
 impl Faults {
@@ -51,6 +54,7 @@ impl Faults {
             stale_list: rng.gen_range(0.0..0.5),
             stale_window: Duration::from_millis(rng.gen_range(1..2000)),
             conditional_put: rng.gen_bool(0.5),
+            lock: rng.gen_bool(0.25),
         }
     }
 }
@@ -325,15 +329,23 @@ impl ObjectStore for SimStore {
         }
     }
 
+    /// Locks are not modelled beyond the policy: what they change for the pipeline is that
+    /// it deletes nothing.
     async fn extend_retention(&self, key: &str, _until: SystemTime) -> Result<(), StoreError> {
         validate_key(key)?;
-        Err(StoreError::Config {
-            detail: "the simulated store has no object lock".into(),
-        })
+        match self.state().faults.lock {
+            true => Ok(()),
+            false => Err(StoreError::Config {
+                detail: "the simulated store has no object lock".into(),
+            }),
+        }
     }
 
     fn lock_policy(&self) -> Option<LockPolicy> {
-        None
+        self.state().faults.lock.then_some(LockPolicy {
+            mode: LockMode::Governance,
+            days: 1,
+        })
     }
 
     fn enforces_conditional_put(&self) -> bool {
