@@ -28,6 +28,7 @@ use pgagent_storage::manifest::BackupManifest;
 use pgagent_storage::{LockClaim, LockMode, LockPolicy, ObjectStore, Retention, StoreError};
 
 use crate::retry::{self, Policy};
+use crate::store::chain::Chains;
 use crate::store::{catalog, Bucket};
 
 /// For each chunk, the latest date until which some manifest's claim says it is locked in
@@ -144,7 +145,13 @@ pub async fn secure(
     }
     // The borrowed views end here, before the requests.
     let (p, mut keys) = {
-        let ancestors = ancestors_of(manifest, &all)?;
+        // The parent was read again after the announcement (`take::parent_still_there`).
+        let chains = Chains::new(&all);
+        let ancestors: Vec<&BackupManifest> = chains
+            .ancestors(manifest)
+            .into_iter()
+            .map(|(a, _)| a)
+            .collect();
         let mut referenced: BTreeSet<&str> = chunks_of(manifest).collect();
         referenced.extend(ancestors.iter().flat_map(|a| chunks_of(a)));
         let uploaded: HashSet<&str> = chunks_of(manifest)
@@ -188,29 +195,6 @@ pub async fn secure(
         until: humantime::format_rfc3339_seconds(until).to_string(),
     });
     Ok(done)
-}
-
-/// The chain of `m` below it (parent first), from `all`.
-///
-/// Errors: a parent missing from `all`.
-fn ancestors_of<'a>(
-    m: &BackupManifest,
-    all: &'a [BackupManifest],
-) -> anyhow::Result<Vec<&'a BackupManifest>> {
-    let mut out = Vec::new();
-    let mut next = m.parent.as_deref();
-    while let Some(id) = next {
-        let p = all
-            .iter()
-            .find(|a| a.id == id)
-            .with_context(|| format!("backup {}: its parent {id} is not in the store", m.id))?;
-        if out.iter().any(|o: &&BackupManifest| o.id == p.id) {
-            anyhow::bail!("backup {}: its chain loops at {id}", m.id);
-        }
-        out.push(p);
-        next = p.parent.as_deref();
-    }
-    Ok(out)
 }
 
 /// Makes `key` locked at least until `need`: reads its lock and, when it ends earlier,
@@ -374,26 +358,5 @@ mod tests {
         }
         // 16 days, renewed when less than 14 remain: every 3rd day (39 days → 13).
         assert!((12..=14).contains(&extensions), "{extensions} extensions");
-    }
-
-    #[test]
-    fn the_chain_below_a_backup_is_found_and_a_loop_refused() {
-        let mut full = backup("f", &["a"], None);
-        full.parent = None;
-        let mut i1 = backup("i1", &["b"], None);
-        i1.parent = Some("f".into());
-        let mut i2 = backup("i2", &["c"], None);
-        i2.parent = Some("i1".into());
-        let all = [full.clone(), i1.clone()];
-        let chain = ancestors_of(&i2, &all).unwrap();
-        assert_eq!(
-            chain.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
-            ["i1", "f"]
-        );
-        let e = ancestors_of(&i2, &[full]).unwrap_err();
-        assert!(
-            e.to_string().contains("parent i1 is not in the store"),
-            "{e}"
-        );
     }
 }

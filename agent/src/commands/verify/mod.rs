@@ -19,6 +19,11 @@
 //!   object (deltas included) is also downloaded and checked, and the pieces of each
 //!   segment must agree where they overlap ([`crate::store::overlaps`]).
 //!
+//! - Locks: in a store that locks what it writes (or whose objects carry locks), each
+//!   restorable backup's horizon — "restorable at least until …" — from the retention of
+//!   every object a restore of it reads ([`horizon`]); with `--as-of TIME` every check reads
+//!   the versions current then, as a restore as of that time does.
+//!
 //! Prints one line per problem and a summary; any problem is exit 1.
 
 use std::collections::HashMap;
@@ -33,6 +38,7 @@ use pgagent_storage::manifest::{BackupManifest, BackupStatus};
 use pgagent_storage::{envelope, ObjectStore};
 
 pub mod files;
+mod horizon;
 mod wal;
 
 pub use wal::{hole_notes, wal_gaps, Gap, Walk};
@@ -183,6 +189,16 @@ async fn run_one(cfg: &Config, backup: Option<&str>, wal: bool) -> anyhow::Resul
             problems.push(format!("backup {}: WAL gap: {g}", m.id));
         }
     }
+    lock_horizons(
+        store.as_ref(),
+        &manifests,
+        &chains,
+        &index,
+        seg,
+        concurrency,
+        &mut problems,
+    )
+    .await?;
     if wal {
         let keys: Vec<String> = objects.iter().map(|o| o.key.clone()).collect();
         let (checked, bad, _) =
@@ -201,6 +217,62 @@ async fn run_one(cfg: &Config, backup: Option<&str>, wal: bool) -> anyhow::Resul
     } else {
         anyhow::bail!("verify found {} problems", problems.len())
     }
+}
+
+/// Prints each restorable backup's lock horizon, in a store that locks what it writes or
+/// whose objects carry locks (the first manifest's tells); an object without a lock is a
+/// problem when `store.lock` is on, a note otherwise.
+///
+/// Errors: a lock that cannot be read.
+async fn lock_horizons(
+    store: &dyn ObjectStore,
+    manifests: &[BackupManifest],
+    chains: &Chains<'_>,
+    index: &WalIndex,
+    seg: WalSegmentSize,
+    concurrency: usize,
+    problems: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let configured = store.lock_policy().is_some();
+    let Some(first) = manifests.first() else {
+        return Ok(());
+    };
+    let key = pgagent_storage::layout::backup_manifest_key(&first.id);
+    let carries = matches!(store.retention(&key).await, Ok(Some(_)));
+    if !configured && !carries {
+        return Ok(());
+    }
+    let now = std::time::SystemTime::now();
+    for m in manifests.iter().filter(|m| chains.restorable(m)) {
+        let chain = chains.chain(m).unwrap_or_else(|_| vec![m]);
+        let keys = horizon::needed_keys(m, &chain, index, seg);
+        let locks = horizon::locks_of(store, keys, concurrency).await?;
+        match horizon::Horizon::of(&locks, now) {
+            Some(horizon::Horizon::Until(t)) => println!(
+                "backup {}: restorable at least until {} (every one of its {} objects is \
+                 locked until then)",
+                m.id,
+                humantime::format_rfc3339_seconds(t),
+                locks.len()
+            ),
+            Some(horizon::Horizon::Unlocked { some, count }) => {
+                let text = format!(
+                    "backup {}: {count} of the {} objects a restore of it reads carry no lock \
+                     or one that has ended, e.g. {}",
+                    m.id,
+                    locks.len(),
+                    some.join(", ")
+                );
+                if configured {
+                    problems.push(text);
+                } else {
+                    println!("NOTE {text}");
+                }
+            }
+            None => {}
+        }
+    }
+    Ok(())
 }
 
 /// The manifest of backup `id` and of each backup down its chain that the store holds,
