@@ -196,9 +196,17 @@ pub async fn run_and_record(
             report.id
         );
     }
-    match record(cfg, &report).await {
-        Ok(()) => tracing::info!("recorded as drills/{}.json", report.id),
-        Err(e) => tracing::error!("drill {} is not recorded in the store: {e:#}", report.id),
+    match cfg.store().as_of {
+        // A drill of the store as of a past time (after an attack) reads only.
+        Some(t) => tracing::info!(
+            "drill {} is not recorded: the store is read as of {}",
+            report.id,
+            humantime::format_rfc3339_seconds(t)
+        ),
+        None => match record(cfg, &report).await {
+            Ok(()) => tracing::info!("recorded as drills/{}.json", report.id),
+            Err(e) => tracing::error!("drill {} is not recorded in the store: {e:#}", report.id),
+        },
     }
     let hook = &cfg.raw.alerts.on_failure;
     if !report.passed && !hook.is_empty() {
