@@ -23,8 +23,9 @@
 //! majors, default `/opt/pgagent-test/pg`), `PGAGENT_TEST_PG_BIN` (packaged PostgreSQL `bin`
 //! directory: the client tools, and the default server), `PGAGENT_TEST_PG_USER`
 //! (OS user PostgreSQL runs as when the tests run as root, default `postgres`),
-//! `PGAGENT_TEST_GARAGE` (garage binary), `PGAGENT_MOTO_SERVER` (moto_server program), `PGAGENT_BIN` (pgagent binary),
-//! `PGAGENT_TEST_KEEP=1` (keep temporary directories and print their paths).
+//! `PGAGENT_TEST_GARAGE` (garage binary), `PGAGENT_MOTO_SERVER` (moto_server program),
+//! `PGAGENT_BIN` (pgagent binary), `PGAGENT_TEST_KEEP=1` (keep temporary directories and
+//! print their paths).
 //! `scripts/install-deps` installs PostgreSQL, Garage, moto and zfs-fuse.
 
 pub mod agent;
