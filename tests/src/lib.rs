@@ -5,6 +5,8 @@
 //!   the roles `pgagent` (replication, SCRAM), `trust_user` (replication, trusted) and
 //!   `norepl` (no replication).
 //! - [`Garage`]: a single-node Garage S3 server with one bucket and its owner key.
+//! - [`Moto`]: a moto S3 server, for what Garage lacks: versioning, Object Lock, retention;
+//!   with an outside reader of every version under a prefix.
 //! - [`Proxy`]: a TCP proxy that can refuse, hang or slow connections ([`ProxyMode`]).
 //! - [`AgentProcess`] / [`run_pgagent`]: the `pgagent` binary as a daemon or a one-shot command.
 //! - [`ZfsPool`]: a file-backed ZFS pool (zfs-fuse) with datasets and snapshots.
@@ -21,14 +23,16 @@
 //! majors, default `/opt/pgagent-test/pg`), `PGAGENT_TEST_PG_BIN` (packaged PostgreSQL `bin`
 //! directory: the client tools, and the default server), `PGAGENT_TEST_PG_USER`
 //! (OS user PostgreSQL runs as when the tests run as root, default `postgres`),
-//! `PGAGENT_TEST_GARAGE` (garage binary), `PGAGENT_BIN` (pgagent binary),
-//! `PGAGENT_TEST_KEEP=1` (keep temporary directories and print their paths).
-//! `scripts/install-deps` installs PostgreSQL, Garage and zfs-fuse.
+//! `PGAGENT_TEST_GARAGE` (garage binary), `PGAGENT_MOTO_SERVER` (moto_server program),
+//! `PGAGENT_BIN` (pgagent binary), `PGAGENT_TEST_KEEP=1` (keep temporary directories and
+//! print their paths).
+//! `scripts/install-deps` installs PostgreSQL, Garage, moto and zfs-fuse.
 
 pub mod agent;
 pub mod garage;
 pub mod layers;
 pub mod load;
+pub mod moto;
 mod osuser;
 pub mod pg;
 mod postmaster;
@@ -41,6 +45,7 @@ pub mod zfs;
 
 pub use agent::{pgagent_bin, run_pgagent, run_pgagent_as, AgentProcess};
 pub use garage::Garage;
+pub use moto::{Moto, Protection};
 pub use osuser::OsUser;
 pub use pg::{PgOptions, PgServer};
 pub use proxy::{Proxy, ProxyMode};

@@ -5,8 +5,9 @@
 //! fixed target. Its [`ProxyMode`] can change at any time and applies to new and existing
 //! connections alike. Besides the mode, a cut rule ([`Proxy::cut_requests_containing`])
 //! closes any connection whose client sends a given byte pattern, which holds back one kind
-//! of request (one object's `PUT`) while every other request goes through. It runs on plain
-//! threads, so it works the same under `#[test]` and `#[tokio::test]` (any flavour).
+//! of request (one object's `PUT`) while every other request goes through; a recording
+//! ([`Proxy::record_sent`]) keeps what clients send, to count the headers they put on the
+//! wire. It runs on plain threads, so it works the same under `#[test]` and `#[tokio::test]` (any flavour).
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
@@ -63,6 +64,10 @@ struct Shared {
     cut_patterns: Mutex<Vec<Vec<u8>>>,
     /// Connections cut by a pattern since the start.
     cut: AtomicU64,
+    /// Whether what clients send is kept in `sent`.
+    recording: AtomicBool,
+    /// What each connection's client sent while recording, by connection.
+    sent: Mutex<HashMap<u64, Vec<u8>>>,
 }
 
 impl Shared {
@@ -113,6 +118,8 @@ impl Proxy {
             conns: Mutex::new(HashMap::new()),
             cut_patterns: Mutex::new(Vec::new()),
             cut: AtomicU64::new(0),
+            recording: AtomicBool::new(false),
+            sent: Mutex::new(HashMap::new()),
         });
         let accept_shared = Arc::clone(&shared);
         let accept_thread = thread::Builder::new()
@@ -171,6 +178,27 @@ impl Proxy {
             "an empty pattern would cut every connection"
         );
         *lock(&self.shared.cut_patterns) = patterns;
+    }
+
+    /// Starts keeping every byte clients send from now on, connection by connection, for
+    /// [`Proxy::sent_count`] (bodies included: record only small runs).
+    pub fn record_sent(&self) {
+        self.shared.recording.store(true, Ordering::SeqCst);
+    }
+
+    /// How many times `pattern` occurs in what clients sent while recording; an HTTP
+    /// header line such as `content-md5: ` counts the requests that carry that header.
+    pub fn sent_count(&self, pattern: &[u8]) -> usize {
+        assert!(!pattern.is_empty(), "an empty pattern occurs everywhere");
+        lock(&self.shared.sent)
+            .values()
+            .map(|bytes| {
+                bytes
+                    .windows(pattern.len())
+                    .filter(|w| *w == pattern)
+                    .count()
+            })
+            .sum()
     }
 
     /// Connections cut by [`Proxy::cut_requests_containing`] since the start.
@@ -256,8 +284,8 @@ fn serve(id: u64, client: TcpStream, target: SocketAddr, shared: &Arc<Shared>) {
     };
     let up_shared = Arc::clone(shared);
     let to_target =
-        thread::spawn(move || pump(client2, upstream2, &up_shared, Direction::ToTarget));
-    pump(upstream, client, shared, Direction::ToClient);
+        thread::spawn(move || pump(id, client2, upstream2, &up_shared, Direction::ToTarget));
+    pump(id, upstream, client, shared, Direction::ToClient);
     let _ = to_target.join();
 }
 
@@ -269,13 +297,14 @@ enum Direction {
 }
 
 /// Copies `from` → `to` chunk by chunk, obeying the mode before each write; towards the
-/// target, a chunk that completes a cut pattern closes the connection instead.
+/// target, a chunk that completes a cut pattern closes the connection instead, and every
+/// chunk is kept under connection `id` while recording.
 ///
 /// A reader and a writer thread are joined by a queue of chunks stamped with the time they
 /// may be written: in [`ProxyMode::Delay`] each chunk is due its delay after it was read, so
 /// the delay is added latency and the chunks of a long response still flow back to back (a
 /// delay line, not a bandwidth limit).
-fn pump(mut from: TcpStream, to: TcpStream, shared: &Arc<Shared>, direction: Direction) {
+fn pump(id: u64, mut from: TcpStream, to: TcpStream, shared: &Arc<Shared>, direction: Direction) {
     if from.set_read_timeout(Some(POLL)).is_err() {
         return;
     }
@@ -314,6 +343,12 @@ fn pump(mut from: TcpStream, to: TcpStream, shared: &Arc<Shared>, direction: Dir
             }
             Err(_) => break,
         };
+        if direction == Direction::ToTarget && shared.recording.load(Ordering::SeqCst) {
+            lock(&shared.sent)
+                .entry(id)
+                .or_default()
+                .extend_from_slice(&buf[..n]);
+        }
         if direction == Direction::ToTarget && completes_cut_pattern(shared, &mut seen, &buf[..n]) {
             shared.cut.fetch_add(1, Ordering::SeqCst);
             // Dropping the queue without a half-close makes the writer shut the target's
@@ -514,6 +549,22 @@ mod tests {
         late.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         late.read_exact(&mut buf).unwrap();
         assert_eq!(&buf, b"late");
+    }
+
+    /// A recording counts a pattern in what clients sent after it started, across writes
+    /// and connections, and never in what the target answered.
+    #[test]
+    fn a_recording_counts_what_clients_sent_since_it_started() {
+        let proxy = Proxy::start(echo_server());
+        let mut first = connect(&proxy);
+        round_trip(&mut first, b"content-md5: before").unwrap();
+        proxy.record_sent();
+        round_trip(&mut first, b"content-").unwrap();
+        round_trip(&mut first, b"md5: x\r\ncontent-md5: y").unwrap();
+        let mut second = connect(&proxy);
+        round_trip(&mut second, b"content-md5: z").unwrap();
+        assert_eq!(proxy.sent_count(b"content-md5: "), 3);
+        assert_eq!(proxy.sent_count(b"before"), 0);
     }
 
     /// Whether `stream` was closed by the proxy: it reads EOF or an error, never data.
