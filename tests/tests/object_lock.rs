@@ -62,7 +62,11 @@ impl Locked {
         let listed = store.list("backups/").await.unwrap();
         let id = listed
             .iter()
-            .filter_map(|m| m.key.strip_prefix("backups/")?.strip_suffix("/manifest.json"))
+            .filter_map(|m| {
+                m.key
+                    .strip_prefix("backups/")?
+                    .strip_suffix("/manifest.json")
+            })
             .max()
             .expect("a backup")
             .to_string();
@@ -102,7 +106,15 @@ fn current(versions: &[ObjectVersion]) -> HashMap<String, &ObjectVersion> {
     versions
         .iter()
         .filter(|v| v.is_latest && !v.delete_marker)
-        .map(|v| (v.key.strip_prefix(&format!("{PREFIX}/")).unwrap().to_string(), v))
+        .map(|v| {
+            (
+                v.key
+                    .strip_prefix(&format!("{PREFIX}/"))
+                    .unwrap()
+                    .to_string(),
+                v,
+            )
+        })
         .collect()
 }
 
@@ -135,7 +147,9 @@ async fn every_object_is_locked_for_its_need_and_prune_deletes_nothing_locked() 
     assert!(objects.len() > 20, "{objects:?}");
     for v in &objects {
         assert_eq!(v.lock_mode, Some(LockMode::Compliance), "{v:?}");
-        let until = v.retain_until.unwrap_or_else(|| panic!("{} has no lock", v.key));
+        let until = v
+            .retain_until
+            .unwrap_or_else(|| panic!("{} has no lock", v.key));
         assert!(
             until + Duration::from_secs(2) >= v.last_modified + DAY,
             "{} is locked until {until:?}, written {:?}",
@@ -145,7 +159,9 @@ async fn every_object_is_locked_for_its_need_and_prune_deletes_nothing_locked() 
     }
     for prefix in ["wal/", "chunks/", "backups/", "cluster.json"] {
         assert!(
-            objects.iter().any(|v| v.key.starts_with(&format!("{PREFIX}/{prefix}"))),
+            objects
+                .iter()
+                .any(|v| v.key.starts_with(&format!("{PREFIX}/{prefix}"))),
             "nothing under {prefix}"
         );
     }
@@ -164,8 +180,14 @@ async fn every_object_is_locked_for_its_need_and_prune_deletes_nothing_locked() 
         assert!(v.retain_until.unwrap() >= need, "{c}: {v:?} < {need:?}");
     }
     let claim = second.lock.as_ref().expect("the manifest records its lock");
-    assert!(humantime::parse_rfc3339(&claim.until).unwrap() >= need, "{claim:?}");
-    let only_first: Vec<String> = chunks(&first).difference(&chunks(&second)).cloned().collect();
+    assert!(
+        humantime::parse_rfc3339(&claim.until).unwrap() >= need,
+        "{claim:?}"
+    );
+    let only_first: Vec<String> = chunks(&first)
+        .difference(&chunks(&second))
+        .cloned()
+        .collect();
     for c in &only_first {
         let v = now[&chunk_key(c)];
         assert!(
@@ -177,6 +199,7 @@ async fn every_object_is_locked_for_its_need_and_prune_deletes_nothing_locked() 
     // Verify reads every object's lock: the second backup's horizon.
     let out = run_pgagent(&["verify"], &l.env(2));
     let report = text(&out);
+    println!("{report}");
     assert!(out.status.success(), "{report}");
     assert!(
         report.contains(&format!("backup {}: restorable at least until", second.id)),
@@ -190,9 +213,13 @@ async fn every_object_is_locked_for_its_need_and_prune_deletes_nothing_locked() 
     env.push(("PGAGENT_BACKUP_KEEP_BACKUPS", "1".into()));
     let out = run_pgagent(&["prune"], &env);
     let report = text(&out);
+    println!("{report}");
     assert!(out.status.success(), "{report}");
     assert!(
-        report.contains(&format!("backup {} is past retention but its manifest is locked", first.id)),
+        report.contains(&format!(
+            "backup {} is past retention but its manifest is locked",
+            first.id
+        )),
         "{report}"
     );
     let after = l.versions().await;
@@ -202,7 +229,10 @@ async fn every_object_is_locked_for_its_need_and_prune_deletes_nothing_locked() 
             .map(|v| v.version_id.clone())
             .collect()
     };
-    assert!(ids(&versions).is_subset(&ids(&after)), "prune removed a version");
+    assert!(
+        ids(&versions).is_subset(&ids(&after)),
+        "prune removed a version"
+    );
     let hidden: Vec<&ObjectVersion> = after
         .iter()
         .filter(|v| v.delete_marker && !v.key.starts_with(&format!("{PREFIX}/prune/")))
@@ -254,7 +284,10 @@ async fn an_attacker_with_the_agents_credentials_cannot_erase_a_locked_bucket() 
             .delete_every_version(BUCKET, &format!("{PREFIX}/"), bypass)
             .await
             .unwrap();
-        assert_eq!(refused, locked, "bypass {bypass}: a locked version was deleted");
+        assert_eq!(
+            refused, locked,
+            "bypass {bypass}: a locked version was deleted"
+        );
     }
     let client = l.moto.client();
     let mut overwritten = 0;
@@ -262,9 +295,18 @@ async fn an_attacker_with_the_agents_credentials_cannot_erase_a_locked_bucket() 
     for (i, (key, _)) in current(&versions).iter().enumerate() {
         let full = format!("{PREFIX}/{key}");
         if key == "cluster.json" || (key.starts_with("wal/") && i % 2 == 0) {
-            client.delete_object().bucket(BUCKET).key(&full).send().await.unwrap();
+            client
+                .delete_object()
+                .bucket(BUCKET)
+                .key(&full)
+                .send()
+                .await
+                .unwrap();
             hidden += 1;
-        } else if ["wal/", "chunks/", "backups/"].iter().any(|p| key.starts_with(p)) {
+        } else if ["wal/", "chunks/", "backups/"]
+            .iter()
+            .any(|p| key.starts_with(p))
+        {
             client
                 .put_object()
                 .bucket(BUCKET)
@@ -282,11 +324,21 @@ async fn an_attacker_with_the_agents_credentials_cannot_erase_a_locked_bucket() 
     let fetch = fetch_config(&l.rig.store_url, &l.rig.extra_env);
     let broken = PgServer::without_cluster(PgOptions::default()).unwrap();
     let out = run_restore(&fetch.config, &broken.data_dir(), &["--target", "latest"]);
-    assert!(!out.status.success(), "a restore of the attacked bucket: {}", text(&out));
+    assert!(
+        !out.status.success(),
+        "a restore of the attacked bucket: {}",
+        text(&out)
+    );
 
     // Verify and restore as of the time before the attack read the locked versions.
     let out = run_pgagent(
-        &["--config", fetch.config.to_str().unwrap(), "verify", "--as-of", &before_attack],
+        &[
+            "--config",
+            fetch.config.to_str().unwrap(),
+            "verify",
+            "--as-of",
+            &before_attack,
+        ],
         &[],
     );
     let report = text(&out);

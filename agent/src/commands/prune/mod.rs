@@ -280,7 +280,7 @@ async fn run_one(cfg: &Config, dry_run: bool) -> anyhow::Result<()> {
          backups ({} restorable) and {} snapshot records",
         old.deletable.len(),
         oldest_start.start_lsn(seg),
-        p.keep.len(),
+        kept.len(),
         p.restorable.len(),
         records.len()
     );
