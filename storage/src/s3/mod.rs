@@ -13,8 +13,8 @@
 //!   to [`crate::requests::CountedStore`], which counts requests as the provider bills them.
 //!
 //! - with a lock policy, every write carries its Object Lock headers and `Content-MD5`
-//!   ([`lock`]); with `as_of`, reads go to the versions current then and writes are refused
-//!   ([`versions`]).
+//!   (`s3/lock.rs`); with `as_of`, reads go to the versions current then and writes are
+//!   refused (`s3/versions.rs`).
 //!
 //! Keys are stored as `<prefix>/<key>` in the bucket.
 

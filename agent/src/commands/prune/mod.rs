@@ -32,7 +32,7 @@
 //! in the store holds WAL back. Everything is read before anything is deleted, and a record or
 //! manifest that cannot be read stops prune.
 //!
-//! With `store.lock`, no delete is sent for a locked object ([`locks`]): a backup past
+//! With `store.lock`, no delete is sent for a locked object (`prune/locks.rs`): a backup past
 //! retention whose manifest is locked stays whole (it counts as kept: its chunks and WAL
 //! stay too), and the chunks, WAL and pieces still locked are left, with how many and when
 //! they become deletable printed. Everything a kept backup depends on was locked at least

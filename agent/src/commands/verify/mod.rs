@@ -21,7 +21,7 @@
 //!
 //! - Locks: in a store that locks what it writes (or whose objects carry locks), each
 //!   restorable backup's horizon — "restorable at least until …" — from the retention of
-//!   every object a restore of it reads ([`horizon`]); with `--as-of TIME` every check reads
+//!   every object a restore of it reads (`verify/horizon.rs`); with `--as-of TIME` every check reads
 //!   the versions current then, as a restore as of that time does.
 //!
 //! Prints one line per problem and a summary; any problem is exit 1.
