@@ -14,7 +14,10 @@ use std::collections::HashMap;
 use std::time::SystemTime;
 
 use futures::{StreamExt, TryStreamExt};
+use pgagent_storage::manifest::BackupManifest;
 use pgagent_storage::{LockPolicy, ObjectMeta, ObjectStore};
+
+use crate::store::chain::Chains;
 
 /// The outcome for a set of candidates.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -46,6 +49,26 @@ impl Sorted {
             )
         })
     }
+}
+
+/// The backups the backups in `locked` (kept whole by their locks) depend on: each
+/// ancestor's id, with the locked backup that needs it. They stay too, so a backup a lock
+/// keeps in the store keeps its chain.
+pub fn held_for<'a>(
+    manifests: &'a [BackupManifest],
+    locked: &HashMap<&str, SystemTime>,
+) -> HashMap<&'a str, &'a str> {
+    let chains = Chains::new(manifests);
+    let mut held = HashMap::new();
+    for m in manifests
+        .iter()
+        .filter(|m| locked.contains_key(m.id.as_str()))
+    {
+        for (ancestor, _) in chains.ancestors(m) {
+            held.entry(ancestor.id.as_str()).or_insert(m.id.as_str());
+        }
+    }
+    held
 }
 
 /// When `meta`, written under `policy`, is presumed locked until at `now`: `None` when its
@@ -142,6 +165,21 @@ mod tests {
             ..meta("2026-12-01T12:00:00Z")
         };
         assert_eq!(presumed_until(&unknown, &p, now), None);
+    }
+
+    #[test]
+    fn a_backup_kept_by_its_lock_keeps_its_chain() {
+        use crate::store::chain::tests::{full, incremental};
+        let (f, i1, i2) = ("20261201T030000Z", "20261202T030000Z", "20261203T030000Z");
+        let full_1 = full(f, "0/2000028");
+        let inc_1 = incremental(i1, "0/4000028", &full_1);
+        let inc_2 = incremental(i2, "0/6000028", &inc_1);
+        let other = full("20261204T030000Z", "0/8000028");
+        let all = [full_1, inc_1, inc_2, other];
+        let locked = HashMap::from([(i2, at("2026-12-20T00:00:00Z"))]);
+        let held = held_for(&all, &locked);
+        assert_eq!(held, HashMap::from([(i1, i2), (f, i2)]));
+        assert!(held_for(&all, &HashMap::new()).is_empty());
     }
 
     #[test]

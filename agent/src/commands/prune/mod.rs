@@ -197,9 +197,14 @@ async fn run_one(cfg: &Config, dry_run: bool) -> anyhow::Result<()> {
             Some((id.as_str(), until))
         })
         .collect();
+    // …and so do the backups such a backup depends on, locked or not.
+    let held = locks::held_for(&manifests_before, &locked_backups);
     let kept: Vec<&BackupManifest> = manifests_before
         .iter()
-        .filter(|m| p.keep.contains(&m.id) || locked_backups.contains_key(m.id.as_str()))
+        .filter(|m| {
+            let id = m.id.as_str();
+            p.keep.contains(&m.id) || locked_backups.contains_key(id) || held.contains_key(id)
+        })
         .collect();
     let wal_listing = store.list(WAL_PREFIX).await?;
     let wal_index = WalIndex::from_listing(&wal_listing, seg);
@@ -227,6 +232,10 @@ async fn run_one(cfg: &Config, dry_run: bool) -> anyhow::Result<()> {
                  whole (manifest, chunks, WAL) until then",
                 humantime::format_rfc3339_seconds(*until)
             );
+            continue;
+        }
+        if let Some(child) = held.get(id.as_str()) {
+            println!("backup {id} stays: backup {child}, kept by its lock, depends on it");
             continue;
         }
         if !dry_run {
