@@ -362,6 +362,44 @@ mod tests {
         );
     }
 
+    /// `--as-of` reaches the recovery `restore_command` and the fetch server a fetch starts,
+    /// and the fetch server of the bucket as it is answers no request for the past; a
+    /// writing command refuses it.
+    #[test]
+    fn as_of_is_carried_into_recovery_and_refused_by_writers() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pgagent.toml");
+        std::fs::write(&file, "[store]\nurl = \"s3://b/db1\"\n").unwrap();
+        let at = "2026-12-06T09:00:00Z";
+        let c = cli(&file, &["restore", "--pgdata", "/x", "--as-of", at]);
+        let cfg = load_config(&c).unwrap();
+        let prefix = fetch_command_prefix(&c, &cfg);
+        assert!(
+            prefix.ends_with(&format!("--store s3://b/db1 --as-of {at}")),
+            "{prefix}"
+        );
+        let fetch = cli(&file, &["--as-of", at, "fetch", "a", "b"]);
+        let args: Vec<String> = launch(&fetch)
+            .args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert!(args.windows(2).any(|w| w == ["--as-of", at]), "{args:?}");
+        let now = load_config(&cli(&file, &["list"])).unwrap();
+        assert_ne!(
+            fetch::paths::store_identity(&cfg),
+            fetch::paths::store_identity(&now),
+            "a server of the store as it is must not answer for the past"
+        );
+        for writer in [&["backup"][..], &["prune"], &["run"], &["snapshot"]] {
+            let mut args = writer.to_vec();
+            args.extend(["--as-of", at]);
+            let err = load_config(&cli(&file, &args)).unwrap_err();
+            assert_eq!(exit::code_for(&err), exit::USAGE, "{writer:?}");
+            assert!(format!("{err:#}").contains("writes nothing"), "{err:#}");
+        }
+    }
+
     #[test]
     fn restore_command_names_a_store_of_stores_by_its_file() {
         let dir = tempfile::tempdir().unwrap();

@@ -484,3 +484,57 @@ fn a_store_schedule_is_its_own_or_backup_schedule() {
     let e = error(&two("schedule = \"every week\""));
     assert!(e.contains("store \"b\": schedule = \"every week\""), "{e}");
 }
+
+/// `store.lock` and `lock_days` reach every store's options; a `[[stores]]` entry may set
+/// its own; `store.as_of` is read as a UTC time and makes the options read-only.
+#[test]
+fn lock_and_as_of_reach_each_store() {
+    use pgagent_storage::{LockMode, LockPolicy};
+    let cfg = config(
+        "[store]\nurl = \"s3://b/db1?region=eu-west-1\"\nlock = \"compliance\"\nlock_days = 30\n",
+    )
+    .unwrap();
+    let lock = Some(LockPolicy {
+        mode: LockMode::Compliance,
+        days: 30,
+    });
+    assert_eq!(cfg.store().lock, lock);
+    assert_eq!(cfg.store().options().lock, lock);
+    assert_eq!(cfg.store().as_of, None);
+
+    // Each entry: the global setting, its own, and a default days from its own retention.
+    let cfg = config(
+        "[store]\nlock = \"governance\"\n\n[backup]\nschedule = \"0 3 * * *\"\nincremental = \"off\"\n\n\
+         [[stores]]\nname = \"s3\"\nurl = \"s3://b/db1\"\n\n\
+         [[stores]]\nname = \"garage\"\nurl = \"s3://g/db1?endpoint=http://127.0.0.1:3900\"\nlock = \"off\"\n\n\
+         [[stores]]\nname = \"far\"\nurl = \"s3://f/db1\"\nkeep_backups = 14\n",
+    )
+    .unwrap();
+    let by_name = |n: &str| cfg.stores.iter().find(|s| s.name == n).unwrap().lock;
+    let governance = |days| {
+        Some(LockPolicy {
+            mode: LockMode::Governance,
+            days,
+        })
+    };
+    assert_eq!(by_name("s3"), governance(16));
+    assert_eq!(by_name("garage"), None);
+    assert_eq!(by_name("far"), governance(24));
+
+    let cfg = config("[store]\nurl = \"s3://b/db1\"\nas_of = \"2026-12-06T09:00:00Z\"\n").unwrap();
+    let at = humantime::parse_rfc3339("2026-12-06T09:00:00Z").unwrap();
+    assert_eq!(cfg.store().as_of, Some(at));
+    assert_eq!(cfg.store().options().as_of, Some(at));
+
+    let e = error("[store]\nurl = \"s3://b/db1\"\nas_of = \"yesterday\"\n");
+    assert!(e.contains("store.as_of = \"yesterday\""), "{e}");
+    let e = error("[store]\nurl = \"file:///s\"\nlock = \"compliance\"\nlock_days = 3\n");
+    assert!(e.contains("file:// store has none"), "{e}");
+    let e = error(
+        "[[stores]]\nname = \"a\"\nurl = \"file:///s\"\nlock = \"governance\"\nlock_days = 3\n",
+    );
+    assert!(
+        e.contains("store \"a\"") && e.contains("file:// store"),
+        "{e}"
+    );
+}
