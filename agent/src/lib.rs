@@ -122,7 +122,7 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
         cfg.select_for_reading(&names)?;
         return Ok(cfg);
     }
-    if let Some(t) = cfg.store().as_of {
+    if let Some(t) = cfg.as_of() {
         return Err(config::ConfigError(format!(
             "store.as_of = {} (--as-of, PGAGENT_STORE_AS_OF) reads the stores as they were              then and writes nothing; `pgagent {command}` writes: unset it ({})",
             humantime::format_rfc3339_seconds(t),
@@ -267,7 +267,7 @@ fn fetch_command_prefix(cli: &Cli, cfg: &config::Config) -> String {
         }
     }
     // Recovery reads the versions the restore read.
-    if let Some(t) = cfg.store().as_of {
+    if let Some(t) = cfg.as_of() {
         words.extend([
             "--as-of".to_string(),
             humantime::format_rfc3339_seconds(t).to_string(),

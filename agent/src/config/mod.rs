@@ -170,6 +170,12 @@ impl Config {
         }
     }
 
+    /// `store.as_of` (`--as-of`): the time every store is read as of, if any (one setting
+    /// for all the stores).
+    pub fn as_of(&self) -> Option<std::time::SystemTime> {
+        self.stores.first().and_then(|s| s.as_of)
+    }
+
     /// The store, for code that uses one: every command refuses a configuration of
     /// several before it starts ([`Config::one_store_for`]), so this is the only one.
     ///

@@ -500,7 +500,7 @@ fn lock_and_as_of_reach_each_store() {
     });
     assert_eq!(cfg.store().lock, lock);
     assert_eq!(cfg.store().options().lock, lock);
-    assert_eq!(cfg.store().as_of, None);
+    assert_eq!(cfg.as_of(), None);
 
     // Each entry: the global setting, its own, and a default days from its own retention.
     let cfg = config(
@@ -523,7 +523,7 @@ fn lock_and_as_of_reach_each_store() {
 
     let cfg = config("[store]\nurl = \"s3://b/db1\"\nas_of = \"2026-12-06T09:00:00Z\"\n").unwrap();
     let at = humantime::parse_rfc3339("2026-12-06T09:00:00Z").unwrap();
-    assert_eq!(cfg.store().as_of, Some(at));
+    assert_eq!(cfg.as_of(), Some(at));
     assert_eq!(cfg.store().options().as_of, Some(at));
 
     let e = error("[store]\nurl = \"s3://b/db1\"\nas_of = \"yesterday\"\n");

@@ -196,7 +196,7 @@ pub async fn run_and_record(
             report.id
         );
     }
-    match cfg.store().as_of {
+    match cfg.as_of() {
         // A drill of the store as of a past time (after an attack) reads only.
         Some(t) => tracing::info!(
             "drill {} is not recorded: the store is read as of {}",

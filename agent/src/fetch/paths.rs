@@ -57,7 +57,7 @@ pub fn store_identity(cfg: &Config) -> String {
             .collect::<Vec<_>>()
             .join(" ")
     };
-    match cfg.store().as_of {
+    match cfg.as_of() {
         Some(t) => format!("{stores} as-of={}", humantime::format_rfc3339_seconds(t)),
         None => stores,
     }
