@@ -89,7 +89,10 @@ const STORAGE: Layers = &[
             "s3", "fs", "prefixed", "read_set", "requests", "layer", "config",
         ],
     ),
-    ("primitives", &["crypto", "layout", "object_store", "error"]),
+    (
+        "primitives",
+        &["crypto", "layout", "object_store", "error", "lock"],
+    ),
 ];
 
 #[test]
