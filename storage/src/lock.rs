@@ -8,10 +8,10 @@
 //! place: in `governance` mode only a principal with `s3:BypassGovernanceRetention` that sends
 //! `x-amz-bypass-governance-retention: true` can, in `compliance` mode nobody can, the root
 //! account included. A plain `DELETE` or a new `PUT` still succeeds, as a delete marker or a
-//! newer version above the locked one: reading the store [`as of`](StoreOptions::as_of) a
-//! time before them finds the locked version again.
+//! newer version above the locked one: reading the store [`as of`][as_of] a time before them
+//! finds the locked version again.
 //!
-//! [`StoreOptions::as_of`]: crate::config::StoreOptions::as_of
+//! [as_of]: crate::config::StoreOptions::as_of
 
 use std::fmt;
 use std::str::FromStr;
@@ -63,7 +63,7 @@ impl FromStr for LockMode {
 }
 
 /// How a store locks what it writes: every object in `mode`, until `days` days after it was
-/// written; [`LockPolicy::renew_before`] says when a backup extends an older chunk.
+/// written; [`LockPolicy::renew_window`] says when a backup extends an older chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LockPolicy {
     /// The retention mode.
