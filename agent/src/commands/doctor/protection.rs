@@ -55,7 +55,7 @@ pub enum Place {
 /// Asks the store's bucket what protects it and adds the findings to `r`. `store` is the
 /// store the other checks opened: its [`ObjectStore::lock_policy`] is the configured
 /// `store.lock`.
-pub(super) async fn check(cfg: &Config, store: &dyn ObjectStore, r: &mut Report) {
+pub async fn check(cfg: &Config, store: &dyn ObjectStore, r: &mut Report) {
     let spec = cfg.store();
     let place = match StoreUrl::parse(&spec.url) {
         Ok(StoreUrl::File { .. }) => Place::Local,
