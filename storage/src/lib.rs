@@ -27,7 +27,9 @@
 //!                                   what is stored, and how writers agree on cluster.json
 //! s3 fs prefixed read_set requests layer config
 //!                                   backends, views and layers, store URLs and options
-//! crypto layout object_store error  primitives: keys and ciphers, key names, the trait
+//! crypto layout object_store error lock
+//!                                   primitives: keys and ciphers, key names, the trait,
+//!                                   Object Lock policies
 //! ```
 
 pub mod agreement;

@@ -8,19 +8,17 @@
 //! place: in `governance` mode only a principal with `s3:BypassGovernanceRetention` that sends
 //! `x-amz-bypass-governance-retention: true` can, in `compliance` mode nobody can, the root
 //! account included. A plain `DELETE` or a new `PUT` still succeeds, as a delete marker or a
-//! newer version above the locked one: reading the store [`as of`](crate::config::StoreOptions::as_of) a
-//! time before them finds the locked version again.
+//! newer version above the locked one: reading the store [`as of`][as_of] a time before them
+//! finds the locked version again.
+//!
+//! [as_of]: crate::config::StoreOptions::as_of
 
 use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
-use serde::{Deserialize, Serialize};
-
-/// The Object Lock retention mode (`x-amz-object-lock-mode`); `governance`/`compliance` in
-/// manifests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// The Object Lock retention mode (`x-amz-object-lock-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LockMode {
     /// `GOVERNANCE`: principals with `s3:BypassGovernanceRetention` may still remove a
     /// version, sending `x-amz-bypass-governance-retention: true`.
@@ -115,32 +113,6 @@ impl Retention {
     /// Whether the version may not be removed at `now`.
     pub fn holds_at(&self, now: SystemTime) -> bool {
         self.until > now
-    }
-}
-
-/// What a backup's manifest says of its locks (`lock` in `manifest.json`): every object the
-/// backup depends on — its chunks and, for an incremental backup, its ancestors' chunks and
-/// manifests — carries a lock in `mode` until `until` or later. Written only once that
-/// holds; a later backup that reuses a chunk extends its lock only when no claim covers
-/// what it needs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LockClaim {
-    /// The mode of those locks.
-    pub mode: LockMode,
-    /// RFC 3339 UTC, whole seconds.
-    pub until: String,
-}
-
-impl LockClaim {
-    /// `until` as a time; `None` if it does not parse (then the claim is worth nothing).
-    pub fn until(&self) -> Option<SystemTime> {
-        humantime::parse_rfc3339(&self.until).ok()
-    }
-
-    /// Whether the claim holds a lock of `needed` mode: a compliance lock also holds a
-    /// governance need, a governance lock does not hold a compliance need.
-    pub fn covers_mode(&self, needed: LockMode) -> bool {
-        self.mode == needed || self.mode == LockMode::Compliance
     }
 }
 

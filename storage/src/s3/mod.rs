@@ -22,6 +22,7 @@ mod counting;
 mod errors;
 mod lock;
 mod multipart;
+pub mod protection;
 mod versions;
 
 use std::sync::Arc;
@@ -47,6 +48,7 @@ use crate::object_store::{ObjectMeta, ObjectStore, PutOutcome};
 use versions::AsOf;
 
 pub(crate) use errors::map_sdk;
+pub use protection::BucketProtection;
 
 /// Region used when neither the URL nor the AWS environment/profile names one.
 pub const DEFAULT_REGION: &str = "us-east-1";

@@ -5,6 +5,13 @@
 //! delete, which only `pgagent prune` needs), the clock against the bucket's, the staging
 //! directory and dataset, the ZFS datasets, snapshot rights, and the data directory's mount
 //! layout. Exit 1 when any check fails.
+//!
+//! For each store, [`protection`] then says what keeps its history from this host's
+//! credentials: the bucket's versioning and Object Lock, what the credentials can destroy,
+//! and which of the cases (per-object lock, versioned, no versioning, a local directory) the
+//! store is.
+
+pub mod protection;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -246,6 +253,7 @@ async fn store_checks(cfg: &Config, r: &mut Report) {
         Err(e) => r.add(Level::Fail, "encryption", format!("{e:#}")),
     }
     bucket_rights(store.as_ref(), r).await;
+    protection::check(cfg, store.as_ref(), r).await;
 }
 
 /// Whether a reader's key error says the store has no keys (in an empty store: not yet).
@@ -267,11 +275,14 @@ async fn bucket_rights(store: &dyn ObjectStore, r: &mut Report) {
     let body = Bytes::from(format!("pgagent doctor probe {nanos}"));
     let before = SystemTime::now();
     if let Err(e) = store.put(&key, body.clone()).await {
-        r.add(
-            Level::Fail,
-            "bucket put",
-            format!("{e}; the credentials need PutObject"),
-        );
+        // A refusal for another reason (Object Lock headers, a missing checksum) is not a
+        // missing right: the protection checks below say what the bucket wants.
+        let hint = if e.is_permission() {
+            "; the credentials need PutObject"
+        } else {
+            ""
+        };
+        r.add(Level::Fail, "bucket put", format!("{e}{hint}"));
         return;
     }
     let after = SystemTime::now();
