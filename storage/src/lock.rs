@@ -17,8 +17,12 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
-/// The Object Lock retention mode (`x-amz-object-lock-mode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+use serde::{Deserialize, Serialize};
+
+/// The Object Lock retention mode (`x-amz-object-lock-mode`); `governance`/`compliance` in
+/// manifests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LockMode {
     /// `GOVERNANCE`: principals with `s3:BypassGovernanceRetention` may still remove a
     /// version, sending `x-amz-bypass-governance-retention: true`.
@@ -113,6 +117,32 @@ impl Retention {
     /// Whether the version may not be removed at `now`.
     pub fn holds_at(&self, now: SystemTime) -> bool {
         self.until > now
+    }
+}
+
+/// What a backup's manifest says of its locks (`lock` in `manifest.json`): every object the
+/// backup depends on — its chunks and, for an incremental backup, its ancestors' chunks and
+/// manifests — carries a lock in `mode` until `until` or later. Written only once that
+/// holds; a later backup that reuses a chunk extends its lock only when no claim covers
+/// what it needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockClaim {
+    /// The mode of those locks.
+    pub mode: LockMode,
+    /// RFC 3339 UTC, whole seconds.
+    pub until: String,
+}
+
+impl LockClaim {
+    /// `until` as a time; `None` if it does not parse (then the claim is worth nothing).
+    pub fn until(&self) -> Option<SystemTime> {
+        humantime::parse_rfc3339(&self.until).ok()
+    }
+
+    /// Whether the claim holds a lock of `needed` mode: a compliance lock also holds a
+    /// governance need, a governance lock does not hold a compliance need.
+    pub fn covers_mode(&self, needed: LockMode) -> bool {
+        self.mode == needed || self.mode == LockMode::Compliance
     }
 }
 
