@@ -159,7 +159,6 @@ async fn an_object_lock_bucket_with_a_default_retention_is_a_per_object_lock() {
 /// store.lock asks for a lock a bucket without Object Lock cannot give: every write would
 /// be refused, so doctor fails and names the fix.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "needs PGAGENT_STORE_LOCK, which the configuration gains with issue 25"]
 async fn store_lock_on_a_bucket_without_object_lock_fails() {
     let moto = Moto::start().expect("start moto");
     moto.create_bucket("plain", Protection::Plain)
@@ -170,7 +169,10 @@ async fn store_lock_on_a_bucket_without_object_lock_fails() {
         &pg,
         moto.store_url("plain", "db"),
         moto.s3_env(),
-        &[("PGAGENT_STORE_LOCK", "compliance")],
+        &[
+            ("PGAGENT_STORE_LOCK", "compliance"),
+            ("PGAGENT_STORE_LOCK_DAYS", "1"),
+        ],
     );
     assert_eq!(code, Some(1), "{report}");
     has(&report, "FAIL  bucket put: ");
@@ -185,7 +187,6 @@ async fn store_lock_on_a_bucket_without_object_lock_fails() {
 /// store.lock as the bucket's default retention: the store writes, the lock holds, no
 /// warning about the lock; the probe doctor's put check wrote stays, locked, and is named.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "needs PGAGENT_STORE_LOCK, which the configuration gains with issue 25"]
 async fn store_lock_on_an_object_lock_bucket_passes() {
     let moto = Moto::start().expect("start moto");
     moto.create_bucket(
