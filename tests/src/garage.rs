@@ -65,17 +65,13 @@ impl Garage {
             key_id: String::new(),
             secret: String::new(),
         };
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match garage.launch() {
-                Ok(()) => break,
-                Err(err) if attempt < START_ATTEMPTS && garage.exited() => {
-                    eprintln!("garage exited during startup, retrying on new ports: {err:#}");
-                }
-                Err(err) => return Err(err),
-            }
-        }
+        crate::util::start_retrying(
+            &mut garage,
+            "garage",
+            START_ATTEMPTS,
+            Garage::launch,
+            Garage::exited,
+        )?;
         garage.init_cluster()?;
         let (key_id, secret) = garage.create_key("pgagent-test")?;
         garage.key_id = key_id;

@@ -111,17 +111,14 @@ impl Moto {
             child: None,
             port: 0,
         };
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match moto.launch() {
-                Ok(()) => return Ok(moto),
-                Err(err) if attempt < START_ATTEMPTS && moto.exited() => {
-                    eprintln!("moto exited during startup, retrying on a new port: {err:#}");
-                }
-                Err(err) => return Err(err),
-            }
-        }
+        crate::util::start_retrying(
+            &mut moto,
+            "moto",
+            START_ATTEMPTS,
+            Moto::launch,
+            Moto::exited,
+        )?;
+        Ok(moto)
     }
 
     /// S3 endpoint, `http://127.0.0.1:<port>`.

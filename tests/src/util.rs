@@ -66,6 +66,32 @@ pub async fn wait_until_async(
     }
 }
 
+/// Tries a server's start: `launch` picks free ports and starts it; when it fails because
+/// the server exited during startup (`exited`: a port taken between choosing it and
+/// binding it), it is tried again on new ports, `attempts` times at most. `what` names the
+/// server in the message of a retry.
+///
+/// Errors: the last start's, or the first that is not an exit during startup.
+pub fn start_retrying<S>(
+    server: &mut S,
+    what: &str,
+    attempts: usize,
+    launch: impl Fn(&mut S) -> anyhow::Result<()>,
+    exited: impl Fn(&mut S) -> bool,
+) -> anyhow::Result<()> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match launch(server) {
+            Ok(()) => return Ok(()),
+            Err(err) if attempt < attempts && exited(server) => {
+                eprintln!("{what} exited during startup, retrying on new ports: {err:#}");
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
 /// Returns a loopback TCP port that was free a moment ago (bound to port 0, then released).
 ///
 /// Another process may take it before the caller binds it; callers that start servers on it

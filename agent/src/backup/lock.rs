@@ -249,7 +249,7 @@ const LOCK_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pgagent_storage::manifest::{EntryKind, FileEntry};
+    use crate::store::chain::tests::with_chunks;
     use std::time::Duration;
 
     fn day(n: u64) -> SystemTime {
@@ -257,16 +257,7 @@ mod tests {
     }
 
     fn backup(id: &str, chunks: &[&str], claim: Option<(LockMode, u64)>) -> BackupManifest {
-        let mut m = BackupManifest::announced(id);
-        m.files.push(FileEntry {
-            path: "base/1/1".into(),
-            kind: EntryKind::File,
-            mode: 0o600,
-            size: 1,
-            mtime: 0,
-            chunks: chunks.iter().map(|c| c.to_string()).collect(),
-            target: None,
-        });
+        let mut m = with_chunks(BackupManifest::announced(id), chunks);
         m.lock = claim.map(|(mode, d)| LockClaim {
             mode,
             until: humantime::format_rfc3339_seconds(day(d)).to_string(),

@@ -319,6 +319,20 @@ pub(crate) mod tests {
         }
     }
 
+    /// `b` with one more file, `base/1/1`, made of `chunks`.
+    pub(crate) fn with_chunks(mut b: BackupManifest, chunks: &[&str]) -> BackupManifest {
+        b.files.push(pgagent_storage::manifest::FileEntry {
+            path: "base/1/1".into(),
+            kind: pgagent_storage::manifest::EntryKind::File,
+            mode: 0o600,
+            size: 1,
+            mtime: 0,
+            chunks: chunks.iter().map(|c| c.to_string()).collect(),
+            target: None,
+        });
+        b
+    }
+
     /// A complete incremental backup `id` taken against `parent`.
     pub(crate) fn incremental(id: &str, start: &str, parent: &BackupManifest) -> BackupManifest {
         let base = full(id, start);

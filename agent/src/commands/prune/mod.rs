@@ -409,7 +409,7 @@ async fn sweep_chunks(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pgagent_storage::manifest::{EntryKind, FileEntry};
+    use crate::store::chain::tests::with_chunks;
 
     pub(super) fn m(id: &str, started: &str, status: BackupStatus) -> BackupManifest {
         BackupManifest {
@@ -422,19 +422,6 @@ mod tests {
             chunk_size: 1 << 20,
             ..BackupManifest::announced(id)
         }
-    }
-
-    fn with_chunks(mut b: BackupManifest, chunks: &[&str]) -> BackupManifest {
-        b.files.push(FileEntry {
-            path: "base/1/1".into(),
-            kind: EntryKind::File,
-            mode: 0o600,
-            size: 1,
-            mtime: 0,
-            chunks: chunks.iter().map(|c| c.to_string()).collect(),
-            target: None,
-        });
-        b
     }
 
     pub(super) fn now() -> SystemTime {
