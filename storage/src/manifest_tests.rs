@@ -14,16 +14,7 @@ fn file(path: &str, size: u64, chunks: usize) -> FileEntry {
 
 fn manifest(files: Vec<FileEntry>) -> BackupManifest {
     BackupManifest {
-        format_version: MANIFEST_FORMAT_VERSION,
-        id: "20261121T030000Z".into(),
         status: BackupStatus::Complete,
-        kind: BackupKind::Full,
-        parent: None,
-        root: None,
-        depth: 0,
-        block_size: None,
-        segment_blocks: None,
-        data_checksums: None,
         system_identifier: "7000000000000000001".into(),
         pg_version_num: 150004,
         label: "pgagent".into(),
@@ -35,15 +26,12 @@ fn manifest(files: Vec<FileEntry>) -> BackupManifest {
         finished_at: Some("2026-11-21T03:00:10Z".into()),
         chunk_size: 1 << 20,
         backup_label: "START WAL LOCATION: 0/2000028\n".into(),
-        tablespace_map: None,
-        pg_manifest: None,
         tablespaces: vec![TablespaceEntry {
             oid: 16390,
             location: "/srv/ts1".into(),
         }],
         files,
-        stats: BackupStats::default(),
-        lock: None,
+        ..BackupManifest::announced("20261121T030000Z")
     }
 }
 
