@@ -283,6 +283,18 @@ impl BackupManifest {
         }
     }
 
+    /// Every stored entry: the files, then PostgreSQL's `backup_manifest` when kept.
+    pub fn entries(&self) -> impl Iterator<Item = &FileEntry> {
+        self.files.iter().chain(self.pg_manifest.iter())
+    }
+
+    /// The hash of every chunk the backup references, in entry order, repeats included:
+    /// what must stay in the store for it to restore.
+    pub fn chunk_hashes(&self) -> impl Iterator<Item = &str> {
+        self.entries()
+            .flat_map(|f| f.chunks.iter().map(String::as_str))
+    }
+
     /// Checks everything a restore relies on before anything is written: the format
     /// version, the LSNs, every path (see [`check_path`]), symlinks (only `pg_tblspc/<oid>`
     /// to a listed tablespace location), no duplicates, chunk hashes and counts.
@@ -327,7 +339,7 @@ impl BackupManifest {
             return Err(ManifestError::Format("chunk_size is 0".into()));
         }
         let mut seen = HashSet::new();
-        for entry in self.files.iter().chain(self.pg_manifest.iter()) {
+        for entry in self.entries() {
             check_path(&entry.path)?;
             if !seen.insert(entry.path.as_str()) {
                 return Err(ManifestError::Duplicate(entry.path.clone()));

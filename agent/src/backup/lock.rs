@@ -47,20 +47,12 @@ pub fn claims<'a>(
         else {
             continue;
         };
-        for c in chunks_of(m) {
+        for c in m.chunk_hashes() {
             let e = out.entry(c).or_insert(until);
             *e = (*e).max(until);
         }
     }
     out
-}
-
-/// Every chunk hash `m` references: its files and PostgreSQL's `backup_manifest`.
-pub fn chunks_of(m: &BackupManifest) -> impl Iterator<Item = &str> {
-    m.files
-        .iter()
-        .chain(m.pg_manifest.iter())
-        .flat_map(|f| f.chunks.iter().map(String::as_str))
 }
 
 /// What a backup must do about the locks of the chunks it reuses.
@@ -152,9 +144,10 @@ pub async fn secure(
             .into_iter()
             .map(|(a, _)| a)
             .collect();
-        let mut referenced: BTreeSet<&str> = chunks_of(manifest).collect();
-        referenced.extend(ancestors.iter().flat_map(|a| chunks_of(a)));
-        let uploaded: HashSet<&str> = chunks_of(manifest)
+        let mut referenced: BTreeSet<&str> = manifest.chunk_hashes().collect();
+        referenced.extend(ancestors.iter().flat_map(|a| a.chunk_hashes()));
+        let uploaded: HashSet<&str> = manifest
+            .chunk_hashes()
             .filter(|c| !before.contains(*c))
             .collect();
         let claims = claims(&all, &policy);

@@ -25,9 +25,7 @@ use super::places::Places;
 /// Errors: an I/O error, naming the path.
 pub(super) fn remove_unwanted(manifest: &BackupManifest, places: &Places) -> anyhow::Result<u64> {
     let wanted: HashSet<PathBuf> = manifest
-        .files
-        .iter()
-        .chain(manifest.pg_manifest.iter())
+        .entries()
         .map(|e| places.resolve(&e.path))
         .chain(
             places

@@ -70,7 +70,7 @@ pub async fn materialize(
         Mode::Fresh => 0,
     };
     let mut files = Vec::new();
-    for entry in manifest.files.iter().chain(manifest.pg_manifest.iter()) {
+    for entry in manifest.entries() {
         let target = places.resolve(&entry.path);
         match entry.kind {
             EntryKind::Dir => make_dir(&target, entry.mode)?,

@@ -94,12 +94,7 @@ pub fn chunk_plan<'a>(
                 running: m.id.clone(),
             };
         }
-        referenced.extend(
-            m.files
-                .iter()
-                .chain(m.pg_manifest.iter())
-                .flat_map(|f| f.chunks.iter().cloned()),
-        );
+        referenced.extend(m.chunk_hashes().map(str::to_string));
     }
     Chunks::Sweep { referenced }
 }

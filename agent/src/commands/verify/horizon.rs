@@ -12,7 +12,6 @@ use pgagent_storage::layout::{backup_manifest_key, chunk_key, segment_key};
 use pgagent_storage::manifest::BackupManifest;
 use pgagent_storage::{ObjectStore, Retention};
 
-use crate::backup::lock::chunks_of;
 use crate::store::wal::WalIndex;
 
 /// What the locks of one backup's objects say.
@@ -58,7 +57,7 @@ pub fn needed_keys(
     seg: WalSegmentSize,
 ) -> Vec<String> {
     let mut keys: Vec<String> = chain.iter().map(|b| backup_manifest_key(&b.id)).collect();
-    let mut chunks: Vec<&str> = chain.iter().flat_map(|b| chunks_of(b)).collect();
+    let mut chunks: Vec<&str> = chain.iter().flat_map(|b| b.chunk_hashes()).collect();
     chunks.sort_unstable();
     chunks.dedup();
     keys.extend(chunks.into_iter().map(chunk_key));

@@ -331,7 +331,7 @@ async fn check_backup(
         };
     }
     let mut users: HashMap<&str, &str> = HashMap::new();
-    for f in m.files.iter().chain(m.pg_manifest.iter()) {
+    for f in m.entries() {
         for c in &f.chunks {
             users.entry(c.as_str()).or_insert(f.path.as_str());
         }
