@@ -8,6 +8,18 @@ use pgagent_storage::conformance::{self, SuiteOptions};
 use pgagent_storage::{LockMode, LockPolicy, StoreOptions};
 use pgagent_tests::{Garage, Moto, Protection};
 
+/// The whole suite with 1,100 keys to list: listing must paginate (S3 pages hold 1,000).
+async fn run_paginating(store: std::sync::Arc<dyn pgagent_storage::ObjectStore>) {
+    conformance::run_all_with(
+        store,
+        &SuiteOptions {
+            list_keys: 1100,
+            ..SuiteOptions::default()
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_backend_conforms_on_garage() {
     let garage = Garage::start().expect("start Garage");
@@ -25,15 +37,7 @@ async fn s3_backend_conforms_on_garage() {
         !store.enforces_conditional_put(),
         "a custom endpoint is not trusted to honour If-None-Match"
     );
-    // 1,100 keys: listing must paginate (S3 pages hold 1,000).
-    conformance::run_all_with(
-        store,
-        &SuiteOptions {
-            list_keys: 1100,
-            ..SuiteOptions::default()
-        },
-    )
-    .await;
+    run_paginating(store).await;
 }
 
 /// moto honours `If-None-Match: *` (single and multipart), so the store is told to trust it:
@@ -55,14 +59,7 @@ async fn s3_backend_conforms_on_moto() {
     );
     let store = pgagent_storage::open(&url, &opts).await.unwrap();
     assert!(store.enforces_conditional_put());
-    conformance::run_all_with(
-        store,
-        &SuiteOptions {
-            list_keys: 1100,
-            ..SuiteOptions::default()
-        },
-    )
-    .await;
+    run_paginating(store).await;
 }
 
 /// Under a compliance lock every write carries its lock (and Content-MD5, without which
