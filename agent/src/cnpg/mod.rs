@@ -1,0 +1,12 @@
+//! pgagent as a CloudNativePG plugin (CNPG-I): the operator-side logic, free of I/O.
+//!
+//! - [`cluster`]: the parts of a `Cluster` definition the plugin reads.
+//!
+//! The names are fixed by the project's CloudNativePG specification (plugin name, parameters,
+//! pod layout); the gRPC services wrap these functions.
+
+pub mod cluster;
+
+/// The plugin's name, as Clusters name it in `spec.plugins[].name` and
+/// `spec.externalClusters[].plugin.name`.
+pub const PLUGIN_NAME: &str = "pgagent.io";
