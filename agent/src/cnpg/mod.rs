@@ -2,12 +2,16 @@
 //!
 //! - [`cluster`]: the parts of a `Cluster` definition the plugin reads;
 //! - [`params`]: the plugin's parameters, checked (`Operator.ValidateClusterCreate`,
-//!   `ValidateClusterChange`) and turned into the sidecar's environment.
+//!   `ValidateClusterChange`) and turned into the sidecar's environment;
+//! - [`lifecycle`]: the JSON patch that injects the sidecar into instance pods and the
+//!   recovery job (`OperatorLifecycle.LifecycleHook`), and the hooks declared
+//!   (`OperatorLifecycle.GetCapabilities`).
 //!
 //! The names are fixed by the project's CloudNativePG specification (plugin name, parameters,
 //! pod layout); the gRPC services wrap these functions.
 
 pub mod cluster;
+pub mod lifecycle;
 pub mod params;
 
 /// The plugin's name, as Clusters name it in `spec.plugins[].name` and
