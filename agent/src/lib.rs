@@ -38,6 +38,7 @@ pub mod alerts;
 pub mod backup;
 pub mod child;
 pub mod cli;
+pub mod cnpg;
 pub mod commands;
 pub mod config;
 pub mod daemon;

@@ -12,6 +12,7 @@
 
 mod load;
 pub mod lock;
+pub mod params;
 mod passphrase;
 mod sections;
 mod stores;

@@ -453,7 +453,7 @@ fn check_distinct(a: &StoreSpec, b: &StoreSpec) -> Result<(), ConfigError> {
 
 /// Whether two URLs name the same objects: the same directory, or the same bucket and
 /// prefix at the same endpoint, whatever the other parameters say.
-fn same_place(a: &StoreUrl, b: &StoreUrl) -> bool {
+pub(super) fn same_place(a: &StoreUrl, b: &StoreUrl) -> bool {
     match (a, b) {
         (StoreUrl::File { root: x }, StoreUrl::File { root: y }) => x == y,
         (StoreUrl::S3(x), StoreUrl::S3(y)) => {
