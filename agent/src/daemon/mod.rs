@@ -40,13 +40,41 @@ pub async fn run(
     shutdown: CancellationToken,
     fetch_prefix: String,
 ) -> anyhow::Result<()> {
-    let metrics = Arc::new(Metrics::new());
+    run_hosted(cfg, shutdown, fetch_prefix, Host::default()).await
+}
+
+/// What a process that hosts the daemon's services beside its own shares with them (the
+/// CloudNativePG sidecar starts and stops streaming as its pod gains and loses the primary
+/// role, and keeps serving `restore_command` in between). `Host::default()` is `pgagent run`.
+#[derive(Default)]
+pub struct Host {
+    /// The metrics to count into (kept across runs); `None`: a new set.
+    pub metrics: Option<Arc<Metrics>>,
+    /// The host serves `restore_command` itself: no fetch server is started here.
+    pub without_fetch_server: bool,
+    /// Receives the running pipeline's progress once it streams (`None` again at the end).
+    pub progress: Option<tokio::sync::watch::Sender<Option<pipeline::Progress>>>,
+}
+
+/// [`run`] with what a hosting process shares ([`Host`]).
+///
+/// Errors: as [`run`].
+pub async fn run_hosted(
+    cfg: Config,
+    shutdown: CancellationToken,
+    fetch_prefix: String,
+    host: Host,
+) -> anyhow::Result<()> {
+    let metrics = host.metrics.unwrap_or_else(|| Arc::new(Metrics::new()));
     let metrics_task = serve_metrics(&cfg, &metrics, &shutdown).await?;
     check_staging(&cfg)?;
     // Every part uses every store: the pipeline and the backups write to each, the fetch
     // server and the drills read them as one.
-    let fetch_task =
-        crate::fetch::server::spawn_daemon_server(&cfg, metrics.clone(), shutdown.clone());
+    let fetch_task = if host.without_fetch_server {
+        None
+    } else {
+        crate::fetch::server::spawn_daemon_server(&cfg, metrics.clone(), shutdown.clone())
+    };
     let schedule_tasks = schedules::start(&cfg, &metrics, &shutdown, &fetch_prefix)?;
 
     let connected = pipeline::connect(&cfg).await?;
@@ -57,6 +85,9 @@ pub async fn run(
     );
     let running = connected.start(&cfg, metrics.clone(), &shutdown).await?;
     let progress = running.progress();
+    if let Some(tx) = &host.progress {
+        tx.send_replace(Some(progress.clone()));
+    }
     let publisher = Arc::new(status::Publisher::new(
         progress.clone(),
         metrics.clone(),
@@ -65,7 +96,11 @@ pub async fn run(
         running.server().system_id,
     ));
     let ticking = publisher.spawn(&cfg);
-    running.stream(&shutdown).await?;
+    let streamed = running.stream(&shutdown).await;
+    if let Some(tx) = &host.progress {
+        tx.send_replace(None);
+    }
+    streamed?;
 
     ticking.abort();
     publisher.publish(true);

@@ -173,6 +173,26 @@ const SERVER_GRACE: Duration = Duration::from_secs(30);
 /// How long a restore-mode server may take to start listening.
 const SERVER_START: Duration = Duration::from_secs(5);
 
+/// The request a fetch server answers for `file`, delivered to `path`, from the stores of
+/// `cfg`.
+pub fn request(cfg: &Config, file: &str, path: &Path) -> wire::Request {
+    wire::Request {
+        version: wire::VERSION,
+        file: file.to_string(),
+        store: paths::store_identity(cfg),
+        timeout_ms: u64::try_from(cfg.raw.fetch.timeout.as_millis()).unwrap_or(u64::MAX),
+        path: std::path::absolute(path)
+            .ok()
+            .and_then(|p| p.to_str().map(str::to_string)),
+    }
+}
+
+/// How long a client waits for a fetch server's answer: `fetch.timeout`, which bounds the
+/// server's own retries, and a grace beyond it.
+pub fn server_wait(cfg: &Config) -> Duration {
+    cfg.raw.fetch.timeout + SERVER_GRACE
+}
+
 /// Asks the daemon's server, then the restore-mode server (starting it if needed).
 /// `Ok(None)`: no server could answer; the reasons are logged.
 fn through_server(
@@ -181,16 +201,8 @@ fn through_server(
     path: &Path,
     launch: &client::Launch,
 ) -> Result<Option<client::Served>, FetchError> {
-    let req = wire::Request {
-        version: wire::VERSION,
-        file: file.to_string(),
-        store: paths::store_identity(cfg),
-        timeout_ms: u64::try_from(cfg.raw.fetch.timeout.as_millis()).unwrap_or(u64::MAX),
-        path: std::path::absolute(path)
-            .ok()
-            .and_then(|p| p.to_str().map(str::to_string)),
-    };
-    let wait = cfg.raw.fetch.timeout + SERVER_GRACE;
+    let req = request(cfg, file, path);
+    let wait = server_wait(cfg);
     let mut why = Vec::new();
     let daemon = paths::daemon_socket(cfg.staging_dir());
     let restore = paths::RestorePaths::for_config(cfg);

@@ -84,7 +84,7 @@ impl RecoveryTarget {
 
     /// The recovery settings for this target (without `restore_command`), as
     /// `postgresql.auto.conf` lines.
-    pub(super) fn settings(&self, action: &str) -> Vec<String> {
+    pub fn settings(&self, action: &str) -> Vec<String> {
         let mut lines = vec!["recovery_target_timeline = 'latest'".to_string()];
         let target = match self {
             RecoveryTarget::Latest => None,
