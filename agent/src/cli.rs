@@ -221,6 +221,67 @@ pub enum Command {
         #[command(subcommand)]
         action: StoreAction,
     },
+    /// CloudNativePG plugin (CNPG-I over gRPC): the operator side, the instance sidecar,
+    /// the recovery job's sidecar; see docs/cnpg.md.
+    Cnpg {
+        /// Which part of the plugin to run.
+        #[command(subcommand)]
+        action: CnpgAction,
+    },
+}
+
+/// `pgagent cnpg` parts.
+#[derive(Debug, Subcommand)]
+pub enum CnpgAction {
+    /// The operator-side plugin: Identity, cluster validation and the lifecycle hooks that
+    /// inject the sidecar, over TCP with mutual TLS 1.3 (certificates re-read on change).
+    Operator {
+        /// Address to listen on.
+        #[arg(long, env = "PGAGENT_CNPG_LISTEN", default_value = "0.0.0.0:9090")]
+        listen: String,
+        /// The server certificate chain (PEM).
+        #[arg(long, env = "PGAGENT_CNPG_SERVER_CERT", value_name = "FILE")]
+        server_cert: PathBuf,
+        /// The server certificate's private key (PEM).
+        #[arg(long, env = "PGAGENT_CNPG_SERVER_KEY", value_name = "FILE")]
+        server_key: PathBuf,
+        /// The CA (or self-signed certificate) CNPG's client certificate must chain to.
+        #[arg(long, env = "PGAGENT_CNPG_CLIENT_CA", value_name = "FILE")]
+        client_ca: PathBuf,
+        /// The image of the sidecar injected into instance pods and recovery jobs.
+        #[arg(long, env = "PGAGENT_CNPG_SIDECAR_IMAGE")]
+        sidecar_image: String,
+    },
+    /// The sidecar of an instance pod: WAL archive and restore, backups, metrics; streams
+    /// WAL while the pod is the primary.
+    Instance(SidecarArgs),
+    /// The sidecar of the recovery job: restores PGDATA from the store and serves WAL to
+    /// recovery.
+    Restore(SidecarArgs),
+    /// Exit 0 when the sidecar's socket answers ready (the sidecar's startup probe).
+    Healthcheck {
+        /// CNPG's plugins directory.
+        #[arg(long, env = "PGAGENT_CNPG_PLUGINS_DIR", default_value = "/plugins")]
+        plugins_dir: PathBuf,
+    },
+}
+
+/// Where a sidecar runs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SidecarArgs {
+    /// CNPG's plugins directory; the socket is `<dir>/pgagent.io`.
+    #[arg(long, env = "PGAGENT_CNPG_PLUGINS_DIR", default_value = "/plugins")]
+    pub plugins_dir: PathBuf,
+    /// The pod's name, as the Cluster's status names the primary.
+    #[arg(long, env = "POD_NAME", default_value = "")]
+    pub pod_name: String,
+    /// The PostgreSQL data directory (paths CNPG sends are relative to it).
+    #[arg(
+        long,
+        env = "PGDATA",
+        default_value = "/var/lib/postgresql/data/pgdata"
+    )]
+    pub pgdata: PathBuf,
 }
 
 impl Command {
@@ -247,6 +308,12 @@ impl Command {
             },
             Command::Store { action } => match action {
                 StoreAction::Add { .. } => "store add",
+            },
+            Command::Cnpg { action } => match action {
+                CnpgAction::Operator { .. } => "cnpg operator",
+                CnpgAction::Instance(_) => "cnpg instance",
+                CnpgAction::Restore(_) => "cnpg restore",
+                CnpgAction::Healthcheck { .. } => "cnpg healthcheck",
             },
         }
     }

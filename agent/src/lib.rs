@@ -19,7 +19,8 @@
 //! services, one room each:
 //!      │   pipeline/ (streaming WAL only)   fetch/ (restore_command)   backup/ (base backups)
 //!      │   restore/ (tiers, materialize, recovery settings)   drill/ (restore, start, check)
-//!      │   zfs/ (snapshots, mount layout)
+//!      │   zfs/ (snapshots, mount layout)   cnpg/ (CloudNativePG plugin: gRPC services; its
+//!      │   command hands it the daemon's streaming to start and stop)
 //! shared modules:
 //!      │   server (connect, explain)   store/ (claim, catalogs, records)   retrying_store
 //!      │   metrics   statusfile   alerts   staging   tracker
@@ -153,6 +154,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         return fetch::run(load_config(&cli), file, path, &launch(&cli))
             .map_err(|e| exit::Coded::from(e).into());
     }
+    // The operator side and the health check read no pgagent configuration.
+    match &cli.command {
+        Command::Cnpg {
+            action:
+                cli::CnpgAction::Operator {
+                    listen,
+                    server_cert,
+                    server_key,
+                    client_ca,
+                    sidecar_image,
+                },
+        } => {
+            return commands::cnpg::operator(cnpg::operator::OperatorSettings {
+                listen: listen.clone(),
+                tls: cnpg::tls::TlsFiles {
+                    cert: server_cert.clone(),
+                    key: server_key.clone(),
+                    client_ca: client_ca.clone(),
+                },
+                sidecar_image: sidecar_image.clone(),
+            })
+        }
+        Command::Cnpg {
+            action: cli::CnpgAction::Healthcheck { plugins_dir },
+        } => return commands::cnpg::healthcheck(plugins_dir),
+        _ => {}
+    }
     let cfg = load_config(&cli)?;
     if let Command::FetchServer = cli.command {
         return fetch::restore_mode::run(cfg);
@@ -207,6 +235,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Store { action } => match action {
                 cli::StoreAction::Add { name } => commands::store::add(&cfg, &name).await,
             },
+            Command::Cnpg { action } => {
+                let (role, args) = match action {
+                    cli::CnpgAction::Instance(args) => (cnpg::identity::Role::Instance, args),
+                    cli::CnpgAction::Restore(args) => (cnpg::identity::Role::Restore, args),
+                    cli::CnpgAction::Operator { .. } | cli::CnpgAction::Healthcheck { .. } => {
+                        unreachable!("handled before the configuration is read")
+                    }
+                };
+                let place = cnpg::instance::SidecarPlace {
+                    pod_name: args.pod_name,
+                    pgdata: args.pgdata,
+                    plugins_dir: args.plugins_dir,
+                };
+                commands::cnpg::sidecar(cfg, role, place).await
+            }
         }
     })
 }

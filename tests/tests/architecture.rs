@@ -15,7 +15,9 @@ const AGENT: Layers = &[
     ("daemon", &["daemon"]),
     (
         "services",
-        &["pipeline", "fetch", "backup", "restore", "drill", "zfs"],
+        &[
+            "pipeline", "fetch", "backup", "restore", "drill", "zfs", "cnpg",
+        ],
     ),
     (
         "shared modules",

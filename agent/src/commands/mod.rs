@@ -2,6 +2,7 @@
 //! fetch server). `run` starts [`crate::daemon`].
 
 pub mod backup;
+pub mod cnpg;
 pub mod doctor;
 pub mod drill;
 pub mod key;

@@ -94,8 +94,13 @@ pub const STAGING_DIR: &str = "/var/lib/postgresql/data/pgagent";
 /// `PGAGENT_POSTGRES_CONNINFO`: the instance's unix socket (`PGHOST` of CloudNativePG's
 /// pods), as the pod's user.
 pub const CONNINFO: &str = "host=/controller/run user=postgres dbname=postgres";
-/// `PGAGENT_METRICS_LISTEN`.
-pub const METRICS_LISTEN: &str = "127.0.0.1:9187";
+/// `PGAGENT_METRICS_LISTEN`: loopback, and not 9187, where CloudNativePG's own exporter
+/// listens in the same pod (`PostgresMetricsPort` in its `pkg/management/url`). The
+/// sidecar's figures also reach that exporter through the `Metrics` service.
+pub const METRICS_LISTEN: &str = "127.0.0.1:9188";
+/// `PGAGENT_BACKUP_SCHEDULE`: none; base backups come from CloudNativePG's `Backup` and
+/// `ScheduledBackup` objects (a `backup.schedule` parameter overrides it).
+pub const BACKUP_SCHEDULE: &str = "";
 
 /// Why no patch could be made.
 #[derive(Debug, thiserror::Error)]
@@ -243,6 +248,7 @@ impl SidecarParts<'_> {
             ("PGAGENT_STAGING_DIR", STAGING_DIR),
             ("PGAGENT_POSTGRES_CONNINFO", CONNINFO),
             ("PGAGENT_METRICS_LISTEN", METRICS_LISTEN),
+            ("PGAGENT_BACKUP_SCHEDULE", BACKUP_SCHEDULE),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -120,6 +120,8 @@ fn instance_pod_gets_the_sidecar() {
         ("PGAGENT_STAGING_DIR", STAGING_DIR),
         ("PGAGENT_POSTGRES_CONNINFO", CONNINFO),
         ("PGAGENT_METRICS_LISTEN", METRICS_LISTEN),
+        // The fixture's `backup.schedule` parameter wins over the layout's empty default.
+        ("PGAGENT_BACKUP_SCHEDULE", "0 2 * * *"),
         ("PGDATA", "/var/lib/postgresql/data/pgdata"),
         ("POD_NAME", "pg1-1"),
         ("CLUSTER_NAME", "pg1"),
