@@ -29,6 +29,7 @@
 //! `scripts/install-deps` installs PostgreSQL, Garage, moto and zfs-fuse.
 
 pub mod agent;
+pub mod cnpg;
 pub mod garage;
 pub mod layers;
 pub mod load;

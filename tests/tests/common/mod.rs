@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod cnpg;
 pub mod drill;
 pub mod faults;
 pub mod ledger;
