@@ -21,27 +21,6 @@ use pgagent_tests::cnpg::unix_channel;
 use pgagent_tests::{wait_until, Garage, PgOptions, PgServer};
 use tonic::Code;
 
-/// A recovery Cluster: bootstrapped from `source_url` to restore point `target`, streaming
-/// afterwards into `own_url`.
-fn recovery_cluster(source_url: &str, own_url: &str, target: &str) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
-        "apiVersion": "postgresql.cnpg.io/v1",
-        "kind": "Cluster",
-        "metadata": {"name": "pg-restored", "namespace": "default"},
-        "spec": {
-            "instances": 1,
-            "plugins": [{"name": "pgagent.io", "isWALArchiver": true,
-                         "parameters": {"store.url": own_url}}],
-            "bootstrap": {"recovery": {"source": "origin",
-                                       "recoveryTarget": {"targetName": target}}},
-            "externalClusters": [{"name": "origin",
-                                  "plugin": {"name": "pgagent.io",
-                                             "parameters": {"store.url": source_url}}}],
-        },
-    }))
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_backup_and_a_recovery_to_a_restore_point_through_the_plugin() {
     let garage = Garage::start().expect("start Garage");
@@ -129,13 +108,17 @@ async fn a_backup_and_a_recovery_to_a_restore_point_through_the_plugin() {
         .unwrap();
     let job_pod = Pod::new("pg-restored-1-full-recovery", "");
     let mut target = PgServer::without_cluster(PgOptions::default()).unwrap();
-    let mut job_env = job_pod.env(&pg, &source_url, &s3);
-    job_env.retain(|(k, _)| *k != "PGDATA");
-    job_env.push(("PGDATA", target.data_dir().display().to_string()));
-    let mut job = job_pod.start("restore", &job_env);
+    let mut job = job_pod.start(
+        "restore",
+        &job_env(&job_pod, &pg, &target, &source_url, &s3),
+    );
     let refused = RestoreJobHooksClient::new(unix_channel(&job_pod.socket()))
         .restore(RestoreRequest {
-            cluster_definition: recovery_cluster(&source_url, &other_url, "before-mistake"),
+            cluster_definition: recovery_cluster(
+                &source_url,
+                &other_url,
+                Some(serde_json::json!({"targetName": "before-mistake"})),
+            ),
             check_empty_wal_archive: None,
         })
         .await
@@ -152,15 +135,13 @@ async fn a_backup_and_a_recovery_to_a_restore_point_through_the_plugin() {
 
     // The recovery job: PGDATA from the bucket alone, to the restore point.
     let own_url = garage.store_url("cnpg-restored");
-    let answer = RestoreJobHooksClient::new(unix_channel(&job_pod.socket()))
-        .restore(RestoreRequest {
-            cluster_definition: recovery_cluster(&source_url, &own_url, "before-mistake"),
-            check_empty_wal_archive: Some(true),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("Restore: {e}\n{}", job.output_text()))
-        .into_inner();
-    let config = answer.restore_config;
+    let target_point = serde_json::json!({"targetName": "before-mistake"});
+    let config = restore_through_hook(
+        &job_pod,
+        &target,
+        recovery_cluster(&source_url, &own_url, Some(target_point)),
+    )
+    .await;
     assert!(
         config.contains("recovery_target_name = 'before-mistake'\n"),
         "{config}"
@@ -170,21 +151,9 @@ async fn a_backup_and_a_recovery_to_a_restore_point_through_the_plugin() {
         "{config}"
     );
     assert!(
-        config.contains("restore_command = '/controller/manager wal-restore"),
+        config.contains(&format!("restore_command = '{CNPG_RESTORE_COMMAND}'")),
         "{config}"
     );
-
-    // What CNPG's instance manager then is: the stand-in behind restore_command.
-    let auto_conf = target.data_dir().join("postgresql.auto.conf");
-    let written = std::fs::read_to_string(&auto_conf).unwrap();
-    let cnpg_command =
-        "/controller/manager wal-restore --log-destination /controller/log/postgres.json %f %p";
-    assert!(written.contains(cnpg_command), "{written}");
-    std::fs::write(
-        &auto_conf,
-        written.replace(cnpg_command, &job_pod.restore_command(false)),
-    )
-    .unwrap();
     target.start_server().expect("start the restored server");
     wait_promoted(&target, Duration::from_secs(120));
     assert_eq!(

@@ -183,6 +183,79 @@ impl Pod {
     }
 }
 
+/// A recovery Cluster as CNPG sends it to the recovery job: bootstrapped from `source_url`
+/// (to `target`, a `recoveryTarget` object, or to the end of the WAL), streaming afterwards
+/// into `own_url`.
+pub fn recovery_cluster(
+    source_url: &str,
+    own_url: &str,
+    target: Option<serde_json::Value>,
+) -> Vec<u8> {
+    let mut recovery = serde_json::json!({"source": "origin"});
+    if let Some(t) = target {
+        recovery["recoveryTarget"] = t;
+    }
+    serde_json::to_vec(&serde_json::json!({
+        "apiVersion": "postgresql.cnpg.io/v1",
+        "kind": "Cluster",
+        "metadata": {"name": "pg-restored", "namespace": "default"},
+        "spec": {
+            "instances": 1,
+            "plugins": [{"name": "pgagent.io", "isWALArchiver": true,
+                         "parameters": {"store.url": own_url}}],
+            "bootstrap": {"recovery": recovery},
+            "externalClusters": [{"name": "origin",
+                                  "plugin": {"name": "pgagent.io",
+                                             "parameters": {"store.url": source_url}}}],
+        },
+    }))
+    .unwrap()
+}
+
+/// Restores a recovery job's PGDATA (`target`, not started) through `job_pod`'s restore
+/// sidecar to `recovery`, then points its `restore_command` at the stand-in, as CNPG's
+/// instance manager would run it; returns the restore settings the hook answered.
+pub async fn restore_through_hook(job_pod: &Pod, target: &PgServer, recovery: Vec<u8>) -> String {
+    use pgagent_cnpgi::wal::restore_job_hooks_client::RestoreJobHooksClient;
+    use pgagent_cnpgi::wal::RestoreRequest;
+    let config = RestoreJobHooksClient::new(unix_channel(&job_pod.socket()))
+        .restore(RestoreRequest {
+            cluster_definition: recovery,
+            check_empty_wal_archive: Some(true),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("Restore: {e}"))
+        .into_inner()
+        .restore_config;
+    let auto_conf = target.data_dir().join("postgresql.auto.conf");
+    let written = std::fs::read_to_string(&auto_conf).unwrap();
+    assert!(written.contains(CNPG_RESTORE_COMMAND), "{written}");
+    std::fs::write(
+        &auto_conf,
+        written.replace(CNPG_RESTORE_COMMAND, &job_pod.restore_command(false)),
+    )
+    .unwrap();
+    config
+}
+
+/// The `restore_command` the restore hook writes: CNPG's instance manager.
+pub const CNPG_RESTORE_COMMAND: &str =
+    "/controller/manager wal-restore --log-destination /controller/log/postgres.json %f %p";
+
+/// The environment of a recovery job's sidecar restoring from `source_url` into `target`.
+pub fn job_env(
+    job_pod: &Pod,
+    pg: &PgServer,
+    target: &PgServer,
+    source_url: &str,
+    s3: &[(&'static str, String)],
+) -> Vec<(&'static str, String)> {
+    let mut env = job_pod.env(pg, source_url, s3);
+    env.retain(|(k, _)| *k != "PGDATA");
+    env.push(("PGDATA", target.data_dir().display().to_string()));
+    env
+}
+
 /// Whether the server has a walsender streaming to pgagent (its slot is active).
 pub fn slot_active(pg: &PgServer) -> bool {
     pg.psql("SELECT active FROM pg_replication_slots WHERE slot_name = 'pgagent'")
