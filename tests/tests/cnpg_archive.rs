@@ -80,7 +80,7 @@ async fn a_thousand_segments_are_archived_from_the_stream() {
     let garage = Garage::start().expect("start Garage");
     let proxy = Proxy::start(garage.s3_addr());
     let store_url = garage.store_url_via(PREFIX, &proxy.http_endpoint());
-    let pod = Pod::new("pg-1", "pg-1");
+    let pod = common::cnpg::pod("pg-1", "pg-1");
     let pg = PgServer::start(PgOptions {
         initdb_args: vec!["--wal-segsize=1".into()],
         extra_conf: vec!["archive_mode = on".into()],

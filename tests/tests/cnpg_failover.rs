@@ -38,8 +38,8 @@ async fn promotion_moves_streaming_and_rewind_fetches_only_what_is_asked() {
     let url_via_proxy = garage.store_url_via(PREFIX, &proxy.http_endpoint());
     let store = common::open_store(&url, &s3).await;
 
-    let pod1 = Pod::new("pg-1", "pg-1");
-    let pod2 = Pod::new("pg-2", "pg-1");
+    let pod1 = common::cnpg::pod("pg-1", "pg-1");
+    let pod2 = common::cnpg::pod("pg-2", "pg-1");
     let mut pg1 = PgServer::start(PgOptions {
         extra_conf: vec![
             "archive_mode = on".into(),

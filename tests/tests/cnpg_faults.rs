@@ -35,7 +35,7 @@ async fn a_killed_sidecar_and_a_bucket_outage_lose_nothing() {
     let proxy = Proxy::start(garage.s3_addr());
     let url = garage.store_url("cnpg-faults");
     let url_via_proxy = garage.store_url_via("cnpg-faults", &proxy.http_endpoint());
-    let pod = Pod::new("pg-1", "pg-1");
+    let pod = common::cnpg::pod("pg-1", "pg-1");
     let pg = PgServer::start(PgOptions {
         extra_conf: vec!["archive_mode = on".into(), pod.archive_command()],
         ..Default::default()
@@ -98,7 +98,7 @@ async fn a_killed_sidecar_and_a_bucket_outage_lose_nothing() {
     assert!(compared >= 4, "{compared} segments compared");
 
     // A bucket-only recovery through the restore hook gives the server's data.
-    let job_pod = Pod::new("pg-restored-1-full-recovery", "");
+    let job_pod = common::cnpg::pod("pg-restored-1-full-recovery", "");
     let mut target = PgServer::without_cluster(PgOptions::default()).unwrap();
     let mut job = job_pod.start("restore", &job_env(&job_pod, &pg, &target, &url, &s3));
     restore_through_hook(

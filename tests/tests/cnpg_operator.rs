@@ -2,7 +2,7 @@
 //! over TCP with mutual TLS 1.3. Plugin loading gives exactly the declared services; cluster
 //! validation and the lifecycle hook answer over the wire as their unit tests say (the
 //! patch for CNPG's instance pod is the golden one); a client without a certificate, with
-//! one of another CA, or expecting another server name is refused; renewed certificates
+//! one of another CA, expecting another server name, or offering only TLS 1.2 is refused; renewed certificates
 //! are used without a restart.
 
 use std::path::{Path, PathBuf};
@@ -234,6 +234,27 @@ async fn the_operator_side_serves_over_mutual_tls_only() {
             client_config(&server_ca, Some(&client))
         ))
         .await
+    );
+
+    // Refused: a client that offers only TLS 1.2.
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(server_ca.pem().as_bytes()).unwrap())
+        .unwrap();
+    let tls12 = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS12])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(
+        vec![CertificateDer::from_pem_slice(client.0.as_bytes()).unwrap()],
+        PrivateKeyDer::from_pem_slice(client.1.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        refused(tls_channel(operator.addr, "pgagent", tls12)).await,
+        "TLS 1.2 accepted"
     );
 
     // Renewed certificates (a new server CA) are used without a restart.

@@ -26,7 +26,7 @@ async fn a_backup_and_a_recovery_to_a_restore_point_through_the_plugin() {
     let garage = Garage::start().expect("start Garage");
     let s3 = garage.s3_env();
     let source_url = garage.store_url("cnpg-source");
-    let pod = Pod::new("pg-1", "pg-1");
+    let pod = common::cnpg::pod("pg-1", "pg-1");
     let pg = PgServer::start(PgOptions {
         extra_conf: vec!["archive_mode = on".into(), pod.archive_command()],
         ..Default::default()
@@ -106,7 +106,7 @@ async fn a_backup_and_a_recovery_to_a_restore_point_through_the_plugin() {
         )
         .await
         .unwrap();
-    let job_pod = Pod::new("pg-restored-1-full-recovery", "");
+    let job_pod = common::cnpg::pod("pg-restored-1-full-recovery", "");
     let mut target = PgServer::without_cluster(PgOptions::default()).unwrap();
     let mut job = job_pod.start(
         "restore",

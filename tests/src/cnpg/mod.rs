@@ -17,6 +17,9 @@ use pgagent_cnpgi::*;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
+mod pod;
+pub use pod::{archiver, slot_active, Pod};
+
 /// Every service type CNPG-I defines, as CNPG may ask for them.
 pub const ALL_SERVICES: &[ServiceType] = &[
     ServiceType::OperatorService,
