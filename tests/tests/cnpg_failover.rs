@@ -2,7 +2,9 @@
 //! S3 server: two instance pods, each with its sidecar. Streaming runs on the primary's
 //! sidecar only; when the Cluster names the standby primary (after its promotion), the old
 //! primary's sidecar stops and the new one's starts, on the new timeline, into the same
-//! bucket. The old primary is then rewound with `pg_rewind --restore-target-wal` through the
+//! bucket; what the old primary's stream never stored of the old timeline (its sidecar
+//! killed before the failover) the new one streams from where the bucket ends. The old
+//! primary is then rewound with `pg_rewind --restore-target-wal` through the
 //! sidecar in rewind mode: each file pg_rewind asks for is fetched, and nothing more (no
 //! prefetch), and the rewound server follows the new primary.
 
@@ -77,13 +79,23 @@ async fn promotion_moves_streaming_and_rewind_fetches_only_what_is_asked() {
         "the standby's sidecar must not stream"
     );
 
+    // A switchover names the new primary as target first: the old primary's sidecar stops
+    // streaming. Then it dies (kill -9): what pg-1 writes now reaches the standby but
+    // neither the stream nor the archive (every archive call fails).
+    pod1.set_primary("pg-2");
+    pod1.scrape().await;
+    wait("the old primary's sidecar stops", 30, || !slot_active(&pg1));
+    side1.kill9();
+    for tag in ["unstreamed-1", "unstreamed-2"] {
+        load(&pg1, tag, 100);
+        pg1.psql("SELECT pg_switch_wal()").unwrap();
+    }
+    wait("the standby replays", 30, || state(&pg2) == state(&pg1));
+
     // Failover: pg-2 is promoted and the Cluster names it; pg-1 writes on for a moment
     // (the WAL pg_rewind will undo), then stops.
     pg2.psql("SELECT pg_promote(true, 60)").unwrap();
-    pod1.set_primary("pg-2");
     pod2.set_primary("pg-2");
-    pod1.scrape().await;
-    wait("the old primary's sidecar stops", 30, || !slot_active(&pg1));
     load(&pg1, "diverged", 50);
     pg1.psql("SELECT pg_switch_wal()").unwrap();
     pg1.stop().unwrap();
@@ -115,6 +127,51 @@ async fn promotion_moves_streaming_and_rewind_fetches_only_what_is_asked() {
         store.head("wal/00000002.history").await.unwrap().is_some(),
         "no history file"
     );
+    // Timeline 1 has no gap up to the segment it ended in: what the dead sidecar never
+    // stored, the new primary's sidecar streamed from where the bucket ended (PostgreSQL
+    // serves a past timeline's WAL to a walsender), before following the switch.
+    let history = String::from_utf8(pg2.wal_file("00000002.history").unwrap()).unwrap();
+    let switch = common::lsn(history.split_whitespace().nth(1).unwrap());
+    let switch_seg = switch.segment_number(common::seg());
+    let tl1: Vec<u64> = store
+        .list("wal/00000001")
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|m| {
+            match pgagent_protocol::WalFileName::parse(
+                m.key.trim_start_matches("wal/"),
+                common::seg(),
+            ) {
+                Some(pgagent_protocol::WalFileName::Segment { segno, .. }) => Some(segno.0),
+                _ => None,
+            }
+        })
+        .collect();
+    let first = *tl1.iter().min().unwrap();
+    for segno in first..switch_seg.0 {
+        assert!(
+            tl1.contains(&segno),
+            "timeline 1 segment {segno:X} missing: {tl1:X?}\n{}",
+            side2.output_text()
+        );
+    }
+    let side2_log = side2.output_text();
+    let from_new_primary = tl1
+        .iter()
+        .filter(|s| {
+            let name = pgagent_protocol::segment_file_name(
+                pgagent_protocol::TimelineId(1),
+                pgagent_protocol::SegNo(**s),
+                common::seg(),
+            );
+            side2_log.contains(&format!("uploaded key=\"wal/{name}\""))
+        })
+        .count();
+    assert!(
+        from_new_primary > 0,
+        "the new primary's sidecar stored no timeline 1 segment: the test made no gap ({tl1:X?}, switch {switch})\n{side2_log}"
+    );
 
     // pg_rewind of the old primary, its WAL of timeline 1 taken out of pg_wal so that it
     // must ask for it: through the old primary's sidecar, in rewind mode.
@@ -136,6 +193,9 @@ async fn promotion_moves_streaming_and_rewind_fetches_only_what_is_asked() {
         pod1.restore_command(true)
     )])
     .unwrap();
+    // The old primary's sidecar back, as a replica's: it serves restore_command only.
+    let mut side1 = pod1.start("instance", &pod1.env(&pg1, &url_via_proxy, &s3));
+    pod1.scrape().await;
     pod1.clear_calls();
     proxy.record_sent();
     let rewind = pg1
