@@ -12,7 +12,6 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::cnpg::*;
@@ -46,22 +45,7 @@ fn set_archive_command(pg: &PgServer, command: &str) {
 /// The end of the WAL the bucket holds contiguously from the start of segment `first` of
 /// timeline 1 (complete segments, then the deltas of the next), read from its keys.
 async fn bucket_end(store: &dyn pgagent_storage::ObjectStore, first: SegNo) -> Lsn {
-    let keys: Vec<String> = store
-        .list("wal/")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| m.key)
-        .collect();
-    let complete: BTreeSet<SegNo> = keys
-        .iter()
-        .filter_map(
-            |k| match WalFileName::parse(k.trim_start_matches("wal/"), seg()) {
-                Some(WalFileName::Segment { segno, .. }) => Some(segno),
-                _ => None,
-            },
-        )
-        .collect();
+    let (complete, keys) = stored_segments(store, "wal/", seg()).await;
     let mut next = first;
     while complete.contains(&next) {
         next = next.next();
@@ -266,19 +250,8 @@ async fn a_thousand_segments_are_archived_from_the_stream() {
 
 /// The lowest complete segment in the bucket.
 async fn first_segment(store: &dyn pgagent_storage::ObjectStore) -> SegNo {
-    store
-        .list("wal/")
-        .await
-        .unwrap()
-        .iter()
-        .filter_map(
-            |m| match WalFileName::parse(m.key.trim_start_matches("wal/"), seg()) {
-                Some(WalFileName::Segment { segno, .. }) => Some(segno),
-                _ => None,
-            },
-        )
-        .min()
-        .expect("a segment in the bucket")
+    let (segments, _) = stored_segments(store, "wal/", seg()).await;
+    *segments.first().expect("a segment in the bucket")
 }
 
 /// Names of the timeline-1 segments from `first` to `last` (inclusive), 1 MiB segments.

@@ -16,20 +16,9 @@ use common::cnpg::*;
 use common::recovery::{base_backup_copy, create_table_t, load, state};
 use pgagent_storage::envelope::{Header, MAX_HEADER_LEN};
 use pgagent_tests::garage::BUCKET;
-use pgagent_tests::{wait_until, Garage, PgOptions, PgServer, Proxy};
+use pgagent_tests::{Garage, PgOptions, PgServer, Proxy};
 
 const PREFIX: &str = "cnpg-failover";
-
-fn wait(what: &str, limit: u64, mut f: impl FnMut() -> bool) {
-    assert!(
-        wait_until(
-            Duration::from_secs(limit),
-            Duration::from_millis(100),
-            &mut f
-        ),
-        "timed out: {what}"
-    );
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn promotion_moves_streaming_and_rewind_fetches_only_what_is_asked() {
@@ -133,21 +122,8 @@ async fn promotion_moves_streaming_and_rewind_fetches_only_what_is_asked() {
     let history = String::from_utf8(pg2.wal_file("00000002.history").unwrap()).unwrap();
     let switch = common::lsn(history.split_whitespace().nth(1).unwrap());
     let switch_seg = switch.segment_number(common::seg());
-    let tl1: Vec<u64> = store
-        .list("wal/00000001")
-        .await
-        .unwrap()
-        .iter()
-        .filter_map(|m| {
-            match pgagent_protocol::WalFileName::parse(
-                m.key.trim_start_matches("wal/"),
-                common::seg(),
-            ) {
-                Some(pgagent_protocol::WalFileName::Segment { segno, .. }) => Some(segno.0),
-                _ => None,
-            }
-        })
-        .collect();
+    let (tl1, _) = stored_segments(store.as_ref(), "wal/00000001", common::seg()).await;
+    let tl1: Vec<u64> = tl1.iter().map(|s| s.0).collect();
     let first = *tl1.iter().min().unwrap();
     for segno in first..switch_seg.0 {
         assert!(

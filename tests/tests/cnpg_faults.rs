@@ -12,21 +12,10 @@ use std::time::Duration;
 use common::cnpg::*;
 use common::recovery::wait_promoted;
 use pgagent_tests::load::Load;
-use pgagent_tests::{wait_until, Garage, PgOptions, PgServer, Proxy, ProxyMode};
+use pgagent_tests::{Garage, PgOptions, PgServer, Proxy, ProxyMode};
 
 const STATE_SQL: &str = "SELECT (SELECT count(*) FROM pgbench_history) || ':' || \
                          (SELECT sum(abalance) FROM pgbench_accounts)";
-
-fn wait(what: &str, limit: u64, mut f: impl FnMut() -> bool) {
-    assert!(
-        wait_until(
-            Duration::from_secs(limit),
-            Duration::from_millis(100),
-            &mut f
-        ),
-        "timed out: {what}"
-    );
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_sidecar_and_a_bucket_outage_lose_nothing() {

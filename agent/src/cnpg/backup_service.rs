@@ -17,8 +17,8 @@ use pgagent_protocol::{segment_file_name, Lsn, TimelineId};
 use pgagent_storage::manifest::BackupManifest;
 use tonic::{Request, Response, Status};
 
-use super::instance::Pod;
 use super::metrics_service::Recorded;
+use super::pod::Pod;
 use crate::backup::take::take_backup;
 use crate::config::Config;
 

@@ -25,68 +25,16 @@ use tonic::transport::Server;
 
 use super::archive::Archiver;
 use super::backup_service::BackupService;
-use super::cluster::Cluster;
 use super::identity::{PluginIdentity, Role};
 use super::metrics_service::{MetricsService, Recorded};
+use super::pod::Pod;
 use super::restore_job::RestoreJob;
-use super::streaming::{PodRole, StartStreaming, Streaming};
+use super::streaming::{StartStreaming, Streaming};
 use super::wal_service::WalService;
 use super::PLUGIN_NAME;
 use crate::config::Config;
 use crate::fetch::server::{Server as FetchServer, ServerSettings};
 use crate::metrics::Metrics;
-
-/// This pod, as the sidecar knows it from its environment.
-pub struct Pod {
-    /// The pod's name (`POD_NAME`), as `status.currentPrimary` names it.
-    pub name: String,
-    /// The PostgreSQL data directory (`PGDATA`); `%p` paths are relative to it.
-    pub pgdata: PathBuf,
-    streaming: Option<Arc<Streaming>>,
-}
-
-impl Pod {
-    /// Applies what a request's `Cluster` definition says of this pod's role to streaming
-    /// (instance sidecar only). An empty or unreadable definition changes nothing.
-    pub async fn observe(&self, definition: &[u8]) {
-        let Some(streaming) = &self.streaming else {
-            return;
-        };
-        if definition.is_empty() {
-            return;
-        }
-        match Cluster::from_json(definition) {
-            Ok(cluster) => {
-                let role = if cluster.is_primary(&self.name) {
-                    PodRole::Primary
-                } else {
-                    PodRole::Replica
-                };
-                streaming.observe(role).await;
-            }
-            Err(e) => tracing::debug!("cluster definition not read: {e}"),
-        }
-    }
-}
-
-impl Pod {
-    /// `path` (relative to PGDATA, or absolute) when it names a file inside PGDATA, without
-    /// `..`: CNPG passes `%p`, which PostgreSQL makes relative to PGDATA; nothing else is
-    /// read or written.
-    pub fn path_in_pgdata(&self, path: &str) -> Option<PathBuf> {
-        in_dir(&self.pgdata, path)
-    }
-}
-
-/// `path` joined to `dir` when the result stays inside `dir` (no `..`, not `dir` itself).
-fn in_dir(dir: &std::path::Path, path: &str) -> Option<PathBuf> {
-    use std::path::Component;
-    let joined = dir.join(path);
-    let clean = joined
-        .components()
-        .all(|c| !matches!(c, Component::ParentDir | Component::CurDir));
-    (clean && joined.starts_with(dir) && joined != dir).then_some(joined)
-}
 
 /// Where a sidecar runs: its pod and the plugins directory.
 #[derive(Debug, Clone)]
@@ -116,11 +64,11 @@ pub async fn run(
     let recorded = Arc::new(Recorded::default());
     let streaming =
         (role == Role::Instance).then(|| Arc::new(Streaming::new(start, metrics.clone())));
-    let pod = Arc::new(Pod {
-        name: place.pod_name.clone(),
-        pgdata: place.pgdata.clone(),
-        streaming: streaming.clone(),
-    });
+    let pod = Arc::new(Pod::new(
+        place.pod_name.clone(),
+        place.pgdata.clone(),
+        streaming.clone(),
+    ));
     let staging = cfg.staging_dir().to_path_buf();
     let fetch_socket = crate::fetch::paths::daemon_socket(&staging);
     let fetch = FetchServer::bind(
@@ -216,31 +164,6 @@ async fn tick(streaming: Arc<Streaming>, recorded: Arc<Recorded>, shutdown: Canc
         n += 1;
         if n.is_multiple_of(5) {
             streaming.tick().await;
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_paths_inside_pgdata_are_taken() {
-        let pgdata = std::path::Path::new("/var/lib/postgresql/data/pgdata");
-        let wal = "/var/lib/postgresql/data/pgdata/pg_wal/000000010000000000000001";
-        assert_eq!(
-            in_dir(pgdata, "pg_wal/000000010000000000000001"),
-            Some(wal.into())
-        );
-        assert_eq!(in_dir(pgdata, wal), Some(wal.into()));
-        for bad in [
-            "../pgagent/x",
-            "pg_wal/../../etc/000000010000000000000001",
-            "/etc/passwd",
-            "/var/lib/postgresql/data/pgdata2/pg_wal/x",
-            "",
-        ] {
-            assert_eq!(in_dir(pgdata, bad), None, "{bad:?}");
         }
     }
 }

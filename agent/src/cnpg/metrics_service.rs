@@ -25,7 +25,7 @@ use pgagent_cnpgi::metrics::*;
 use pgagent_storage::manifest::{BackupManifest, BackupStatus};
 use tonic::{Request, Response, Status};
 
-use super::instance::Pod;
+use super::pod::Pod;
 use crate::config::Config;
 use crate::metrics::{Metrics, UploadKind};
 

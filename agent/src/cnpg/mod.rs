@@ -15,7 +15,8 @@
 //! rules and turned into the sidecar's environment), [`lifecycle`] (the JSON patch that
 //! injects the sidecar). The services: [`identity`], [`operator`], [`wal_service`] with
 //! [`archive`], [`backup_service`], [`metrics_service`], [`restore_job`]; [`streaming`]
-//! starts and stops the daemon's pipeline as the pod's role changes; [`instance`] composes
+//! starts and stops the daemon's pipeline as the pod's role changes ([`pod`]: who and what
+//! this pod is); [`instance`] composes
 //! a sidecar; [`serve`] and [`tls`] are where the services listen; [`client`] dials a plugin
 //! socket (the sidecar's health check).
 //!
@@ -32,6 +33,7 @@ pub mod lifecycle;
 pub mod metrics_service;
 pub mod operator;
 pub mod params;
+pub mod pod;
 pub mod restore_job;
 pub mod serve;
 pub mod streaming;

@@ -23,8 +23,8 @@ use pgagent_cnpgi::wal::*;
 use tonic::{Request, Response, Status};
 
 use super::archive::{ArchiveError, Archiver};
-use super::instance::Pod;
 use super::metrics_service::Recorded;
+use super::pod::Pod;
 use crate::config::Config;
 use crate::fetch::{self, client, FetchError};
 

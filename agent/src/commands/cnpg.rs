@@ -30,7 +30,7 @@ pub fn operator(settings: OperatorSettings) -> anyhow::Result<()> {
 
 /// `pgagent cnpg healthcheck`: Ok when the sidecar's socket in `plugins_dir` answers ready.
 ///
-/// Errors: no answer within [`PROBE_TIMEOUT`], or not ready.
+/// Errors: no answer within 4 s, or not ready.
 pub fn healthcheck(plugins_dir: &Path) -> anyhow::Result<()> {
     let socket = plugins_dir.join(crate::cnpg::PLUGIN_NAME);
     tokio::runtime::Builder::new_current_thread()

@@ -69,6 +69,7 @@ fn main() -> anyhow::Result<()> {
     );
     eprintln!("pgbench -i -s 10");
     pg.pgbench_init(10)?;
+    let first = pg.psql("SELECT pg_walfile_name(pg_current_wal_lsn())")?;
     eprintln!("pgbench -c 4 for {seconds} s");
     let load = Load::start(&pg, &["-c", "4"])?;
     let started = Instant::now();

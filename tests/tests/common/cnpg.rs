@@ -1,7 +1,12 @@
 //! Shared set-up of the CloudNativePG plugin tests over [`pgagent_tests::cnpg::Pod`]: the
 //! stand-in built with these tests, recovery Clusters, the restore hook driven as CNPG does.
 
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use pgagent_protocol::{SegNo, WalFileName, WalSegmentSize};
 use pgagent_tests::cnpg::unix_channel;
+use pgagent_tests::wait_until;
 // Each test binary uses some of these.
 #[allow(unused_imports)]
 pub use pgagent_tests::cnpg::{archiver, slot_active, Pod};
@@ -95,4 +100,43 @@ pub fn percentile(values: &mut [u64], p: f64) -> u64 {
     values.sort_unstable();
     let i = ((values.len() as f64 - 1.0) * p / 100.0).round() as usize;
     values[i]
+}
+
+/// Waits up to `limit` seconds for `f`; fails the test naming `what` when it never holds.
+pub fn wait(what: &str, limit: u64, mut f: impl FnMut() -> bool) {
+    assert!(
+        wait_until(
+            Duration::from_secs(limit),
+            Duration::from_millis(100),
+            &mut f
+        ),
+        "timed out: {what}"
+    );
+}
+
+/// The complete segments of `store` whose keys start with `prefix` (`wal/` for all,
+/// `wal/00000001` for timeline 1), read from one listing, for `seg`-byte segments; with
+/// the listing's keys.
+pub async fn stored_segments(
+    store: &dyn pgagent_storage::ObjectStore,
+    prefix: &str,
+    seg: WalSegmentSize,
+) -> (BTreeSet<SegNo>, Vec<String>) {
+    let keys: Vec<String> = store
+        .list(prefix)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.key)
+        .collect();
+    let segments = keys
+        .iter()
+        .filter_map(
+            |k| match WalFileName::parse(k.trim_start_matches("wal/"), seg) {
+                Some(WalFileName::Segment { segno, .. }) => Some(segno),
+                _ => None,
+            },
+        )
+        .collect();
+    (segments, keys)
 }
