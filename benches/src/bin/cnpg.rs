@@ -9,7 +9,8 @@
 //! ```
 //!
 //! Environment: `BENCH_SECONDS` (load duration, default 60), `BENCH_ROUNDS` (archive calls
-//! per segment, default 5), and the harness's `PGAGENT_BIN`, `PGAGENT_TEST_PG_BIN`,
+//! per segment, default 50), `BENCH_UPLOAD_CONCURRENCY` (the sidecar's
+//! `store.upload_concurrency`, default pgagent's), and the harness's `PGAGENT_BIN`, `PGAGENT_TEST_PG_BIN`,
 //! `PGAGENT_TEST_GARAGE`. Prints progress on stderr and the results as markdown on stdout.
 
 use std::path::Path;
@@ -47,7 +48,7 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 
 fn main() -> anyhow::Result<()> {
     let seconds = env_u64("BENCH_SECONDS", 60);
-    let rounds = env_u64("BENCH_ROUNDS", 5);
+    let rounds = env_u64("BENCH_ROUNDS", 50);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -59,6 +60,9 @@ fn main() -> anyhow::Result<()> {
     let mut env = pod.env(&pg, &garage.store_url("cnpg-bench"), &garage.s3_env());
     env.retain(|(k, _)| *k != "PGAGENT_LOG");
     env.push(("PGAGENT_LOG", "warn".into()));
+    if let Ok(n) = std::env::var("BENCH_UPLOAD_CONCURRENCY") {
+        env.push(("PGAGENT_STORE_UPLOAD_CONCURRENCY", n));
+    }
     let sidecar = pod.start("instance", &env);
     runtime.block_on(pod.scrape());
     anyhow::ensure!(
@@ -81,9 +85,6 @@ fn main() -> anyhow::Result<()> {
     load.stop(&pg)?;
     let (_, peak) = memory_kib(sidecar.pid());
     let last = pg.psql("SELECT pg_walfile_name(pg_switch_wal())")?;
-    let first = pg.psql(
-        "SELECT pg_walfile_name(restart_lsn) FROM pg_replication_slots WHERE slot_name = 'pgagent'",
-    )?;
 
     // Every segment the stream stored, archived `rounds` times, a new connection each call
     // (the instance manager is a new process each time).
@@ -137,11 +138,15 @@ fn main() -> anyhow::Result<()> {
         );
     }
     println!(
-        "| sidecar RSS while streaming, median | {:.1} MiB |",
+        "| sidecar RSS while streaming the load, median | {:.1} MiB |",
         percentile(&rss, 50.0) as f64 / 1024.0
     );
     println!(
-        "| sidecar RSS, peak (VmHWM) | {:.1} MiB |",
+        "| sidecar RSS while streaming the load, highest 200 ms sample | {:.1} MiB |",
+        percentile(&rss, 100.0) as f64 / 1024.0
+    );
+    println!(
+        "| sidecar RSS, peak since start (VmHWM, `pgbench -i` included) | {:.1} MiB |",
         peak as f64 / 1024.0
     );
     Ok(())
