@@ -145,14 +145,8 @@ async fn a_thousand_segments_are_archived_from_the_stream() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     if end_in_bucket < end {
-        let keys: Vec<String> = store
-            .list("wal/")
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|m| m.key)
-            .take(20)
-            .collect();
+        let (_, keys) = stored_segments(store.as_ref(), "wal/", seg()).await;
+        let keys = &keys[..keys.len().min(20)];
         panic!(
             "the stream did not store up to {end}: {end_in_bucket}; first keys {keys:?}\n{}",
             sidecar.output_text()

@@ -26,8 +26,8 @@ use pgagent_storage::envelope;
 use pgagent_storage::immutable::{put_immutable, ImmutablePut};
 use pgagent_storage::layout::wal_key;
 use pgagent_storage::StoreError;
-use tokio::sync::OnceCell;
 
+use super::store_once::StoreOnce;
 use super::streaming::Streaming;
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -77,14 +77,16 @@ pub struct Archiver {
     pgdata: PathBuf,
     streaming: Arc<Streaming>,
     metrics: Arc<Metrics>,
-    opened: OnceCell<Opened>,
+    store: Arc<StoreOnce>,
 }
 
 impl Archiver {
-    /// An archiver for the server of `pgdata`, writing where `cfg` says.
+    /// An archiver for the server of `pgdata`, writing into `store` (sealed at `cfg`'s
+    /// compression level).
     pub fn new(
         cfg: Config,
         pgdata: PathBuf,
+        store: Arc<StoreOnce>,
         streaming: Arc<Streaming>,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -93,7 +95,7 @@ impl Archiver {
             pgdata,
             streaming,
             metrics,
-            opened: OnceCell::new(),
+            store,
         }
     }
 
@@ -201,29 +203,25 @@ impl Archiver {
         }
     }
 
-    /// The store, opened once: its `cluster.json` must name this server's system.
+    /// The store, whose `cluster.json` must name this server's system (checked at each
+    /// call: reading `pg_control`'s first bytes costs less than the archive itself).
     async fn opened(&self) -> Result<&Opened, ArchiveError> {
-        self.opened
-            .get_or_try_init(|| async {
-                let opened = crate::store::open_cluster(&self.cfg).await.map_err(|e| {
-                    ArchiveError::WrongStore(format!(
-                        "{e:#} (the primary's sidecar claims the store when it starts streaming)"
-                    ))
-                })?;
-                let ours = system_identifier(&self.pgdata)
-                    .map_err(|e| ArchiveError::Failed(format!("{e}")))?;
-                if opened.cluster.system_identifier != ours.to_string() {
-                    return Err(ArchiveError::WrongStore(format!(
-                        "{} holds the WAL of system {}, this server is system {ours}: \
-                         refusing to mix two clusters in one store; point store.url at an \
-                         empty prefix",
-                        opened.store.describe(),
-                        opened.cluster.system_identifier
-                    )));
-                }
-                Ok(opened)
-            })
-            .await
+        let opened = self.store.get().await.map_err(|e| {
+            ArchiveError::WrongStore(format!(
+                "{e:#} (the primary's sidecar claims the store when it starts streaming)"
+            ))
+        })?;
+        let ours =
+            system_identifier(&self.pgdata).map_err(|e| ArchiveError::Failed(format!("{e}")))?;
+        if opened.cluster.system_identifier != ours.to_string() {
+            return Err(ArchiveError::WrongStore(format!(
+                "{} holds the WAL of system {}, this server is system {ours}: refusing to mix \
+                 two clusters in one store; point store.url at an empty prefix",
+                opened.store.describe(),
+                opened.cluster.system_identifier
+            )));
+        }
+        Ok(opened)
     }
 }
 

@@ -13,27 +13,34 @@ use pgagent_cnpgi::backup::backup_capability::rpc::Type as RpcType;
 use pgagent_cnpgi::backup::backup_capability::{self, Rpc};
 use pgagent_cnpgi::backup::backup_server::Backup;
 use pgagent_cnpgi::backup::*;
-use pgagent_protocol::{segment_file_name, Lsn, TimelineId};
+use pgagent_protocol::{segment_file_name, Lsn, TimelineId, WalSegmentSize};
 use pgagent_storage::manifest::BackupManifest;
 use tonic::{Request, Response, Status};
 
 use super::metrics_service::Recorded;
 use super::pod::Pod;
+use super::store_once::StoreOnce;
 use crate::backup::take::take_backup;
 use crate::config::Config;
 
 /// The `Backup` service of the instance sidecar.
 pub struct BackupService {
     cfg: Config,
+    store: Arc<StoreOnce>,
     pod: Arc<Pod>,
     recorded: Arc<Recorded>,
 }
 
 impl BackupService {
-    /// A service backing up the server of `pod` into the stores of `cfg`, recording each
-    /// outcome in `recorded` (for the metrics).
-    pub fn new(cfg: Config, pod: Arc<Pod>, recorded: Arc<Recorded>) -> Self {
-        BackupService { cfg, pod, recorded }
+    /// A service backing up the server of `pod` into the store of `cfg` (`store`, opened
+    /// once and shared), recording each outcome in `recorded` (for the metrics).
+    pub fn new(cfg: Config, store: Arc<StoreOnce>, pod: Arc<Pod>, recorded: Arc<Recorded>) -> Self {
+        BackupService {
+            cfg,
+            store,
+            pod,
+            recorded,
+        }
     }
 }
 
@@ -91,7 +98,16 @@ impl Backup for BackupService {
         };
         self.recorded.backup_succeeded(&manifest);
         tracing::info!("backup {name}: {} complete", manifest.id);
-        result(&manifest, name, &self.pod.name).map(Response::new)
+        // The backup claimed the store: its cluster.json gives the segment size.
+        let seg = self
+            .store
+            .get()
+            .await
+            .map_err(|e| {
+                Status::unavailable(format!("backup {} taken; store: {e:#}", manifest.id))
+            })?
+            .seg;
+        result(&manifest, name, &self.pod.name, seg).map(Response::new)
     }
 }
 
@@ -107,7 +123,12 @@ fn backup_name(definition: &[u8]) -> String {
 /// of its start and stop, `backup_label` and `tablespace_map` as the server returned them.
 ///
 /// Errors: a manifest without its stop position (not complete).
-fn result(m: &BackupManifest, name: String, pod: &str) -> Result<BackupResult, Status> {
+fn result(
+    m: &BackupManifest,
+    name: String,
+    pod: &str,
+    seg: WalSegmentSize,
+) -> Result<BackupResult, Status> {
     let unix = |t: &str| crate::times::unix_seconds(t).unwrap_or_default() as i64;
     let (Some(stop_lsn), Some(stop_tli)) = (&m.stop_lsn, m.stop_timeline) else {
         return Err(Status::internal(format!(
@@ -115,16 +136,11 @@ fn result(m: &BackupManifest, name: String, pod: &str) -> Result<BackupResult, S
             m.id
         )));
     };
-    let seg = label_segment_size(&m.backup_label);
+    // The segment holding `lsn` for the start, the last byte before it for the stop.
     let wal_name = |lsn: &str, tli: u32| -> String {
-        match (lsn.parse::<Lsn>(), seg) {
-            (Ok(lsn), Some(seg)) => {
-                // The segment holding the last byte before `lsn` for the stop position, the
-                // one holding `lsn` for the start.
-                segment_file_name(TimelineId(tli), lsn.segment_number(seg), seg)
-            }
-            _ => String::new(),
-        }
+        lsn.parse::<Lsn>()
+            .map(|lsn| segment_file_name(TimelineId(tli), lsn.segment_number(seg), seg))
+            .unwrap_or_default()
     };
     let stop_before = stop_lsn
         .parse::<Lsn>()
@@ -152,39 +168,32 @@ fn result(m: &BackupManifest, name: String, pod: &str) -> Result<BackupResult, S
     })
 }
 
-/// The WAL segment size, from `backup_label`'s `START WAL LOCATION: X/Y (file NAME)`: the
-/// start LSN and the name of its segment fix the size (the largest power of two from 1 MiB
-/// to 1 GiB whose segment number for the LSN gives that name).
-/// `backup_label` format: `do_pg_backup_stop` in `src/backend/access/transam/xlog.c`.
-fn label_segment_size(label: &str) -> Option<pgagent_protocol::WalSegmentSize> {
-    let line = label
-        .lines()
-        .find_map(|l| l.strip_prefix("START WAL LOCATION: "))?;
-    let (lsn, rest) = line.split_once(" (file ")?;
-    let file = rest.strip_suffix(')')?;
-    let lsn: Lsn = lsn.parse().ok()?;
-    (20..=30).find_map(|bits| {
-        let seg = pgagent_protocol::WalSegmentSize::new(1u64 << bits).ok()?;
-        let tli = u32::from_str_radix(file.get(..8)?, 16).ok()?;
-        (segment_file_name(TimelineId(tli), lsn.segment_number(seg), seg) == file).then_some(seg)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn the_segment_size_comes_from_backup_label() {
-        let label = "START WAL LOCATION: 0/5000028 (file 000000010000000000000005)\n\
-                     CHECKPOINT LOCATION: 0/5000060\n";
-        assert_eq!(label_segment_size(label).map(|s| s.bytes()), Some(16 << 20));
-        let one_mib = "START WAL LOCATION: 0/5000028 (file 000000010000000000000050)\n";
+    fn cnpg_gets_the_wal_files_and_times_of_the_backup() {
+        let mut m = BackupManifest::announced("20261207T003000Z");
+        m.start_lsn = "0/5000028".into();
+        m.start_timeline = 1;
+        m.stop_lsn = Some("0/7000100".into());
+        m.stop_timeline = Some(1);
+        m.started_at = "2026-12-07T00:30:00Z".into();
+        m.finished_at = Some("2026-12-07T00:30:09Z".into());
+        let seg = WalSegmentSize::new(16 << 20).unwrap();
+        let r = result(&m, "nightly".into(), "pg-1", seg).unwrap();
+        assert_eq!(r.begin_wal, "000000010000000000000005");
+        assert_eq!(r.end_wal, "000000010000000000000007");
+        assert_eq!((r.started_at, r.stopped_at), (1_796_603_400, 1_796_603_409));
         assert_eq!(
-            label_segment_size(one_mib).map(|s| s.bytes()),
-            Some(1 << 20)
+            (r.begin_lsn.as_str(), r.end_lsn.as_str()),
+            ("0/5000028", "0/7000100")
         );
-        assert_eq!(label_segment_size("no label"), None);
+        // A stop at a segment boundary ends in the segment before it.
+        m.stop_lsn = Some("0/7000000".into());
+        let r = result(&m, "nightly".into(), "pg-1", seg).unwrap();
+        assert_eq!(r.end_wal, "000000010000000000000006");
     }
 
     #[test]

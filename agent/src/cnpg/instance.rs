@@ -29,6 +29,7 @@ use super::identity::{PluginIdentity, Role};
 use super::metrics_service::{MetricsService, Recorded};
 use super::pod::Pod;
 use super::restore_job::RestoreJob;
+use super::store_once::StoreOnce;
 use super::streaming::{StartStreaming, Streaming};
 use super::wal_service::WalService;
 use super::PLUGIN_NAME;
@@ -90,9 +91,11 @@ pub async fn run(
     let router = match role {
         Role::Instance => {
             let streaming = streaming.clone().expect("an instance sidecar streams");
+            let store = Arc::new(StoreOnce::new(cfg.clone()));
             let archiver = Arc::new(Archiver::new(
                 cfg.clone(),
                 place.pgdata.clone(),
+                store.clone(),
                 streaming.clone(),
                 metrics.clone(),
             ));
@@ -109,11 +112,13 @@ pub async fn run(
                 .add_service(WalServer::new(wal))
                 .add_service(BackupServer::new(BackupService::new(
                     cfg.clone(),
+                    store.clone(),
                     pod.clone(),
                     recorded.clone(),
                 )))
                 .add_service(MetricsServer::new(MetricsService::new(
-                    cfg.clone(),
+                    &cfg,
+                    store,
                     pod.clone(),
                     metrics.clone(),
                     recorded.clone(),

@@ -11,7 +11,8 @@
 //! | `pgagent_cnpg_staging_bytes` | gauge | bytes of WAL in staging |
 //! | `pgagent_cnpg_upload_errors_total` | counter | failed upload attempts since start |
 //!
-//! The backup times come from the store's manifests, read at most once a minute.
+//! The backup times come from the store's oldest and newest complete manifests, read at
+//! most once a minute, through the store the sidecar's services share.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -26,6 +27,7 @@ use pgagent_storage::manifest::{BackupManifest, BackupStatus};
 use tonic::{Request, Response, Status};
 
 use super::pod::Pod;
+use super::store_once::StoreOnce;
 use crate::config::Config;
 use crate::metrics::{Metrics, UploadKind};
 
@@ -79,7 +81,7 @@ impl Recorded {
 
 /// The `Metrics` service of the instance sidecar.
 pub struct MetricsService {
-    cfg: Config,
+    store: Arc<StoreOnce>,
     pod: Arc<Pod>,
     metrics: Arc<Metrics>,
     recorded: Arc<Recorded>,
@@ -87,11 +89,18 @@ pub struct MetricsService {
 }
 
 impl MetricsService {
-    /// A service reporting `metrics` and `recorded` for the stores of `cfg`.
-    pub fn new(cfg: Config, pod: Arc<Pod>, metrics: Arc<Metrics>, recorded: Arc<Recorded>) -> Self {
+    /// A service reporting `metrics` and `recorded`, the backups of `store` and the staging
+    /// directory of `cfg`.
+    pub fn new(
+        cfg: &Config,
+        store: Arc<StoreOnce>,
+        pod: Arc<Pod>,
+        metrics: Arc<Metrics>,
+        recorded: Arc<Recorded>,
+    ) -> Self {
         let staging = cfg.staging_dir().to_path_buf();
         MetricsService {
-            cfg,
+            store,
             pod,
             metrics,
             recorded,
@@ -106,24 +115,29 @@ impl MetricsService {
                 return (first, last);
             }
         }
+        // The oldest complete backup from the front, the newest from the back: usually one
+        // manifest read each, however many backups the store keeps.
         let read = async {
-            let opened = crate::store::open_cluster(&self.cfg).await?;
-            let ids = crate::store::catalog::backup_ids(opened.store.as_ref()).await?;
+            let opened = self.store.get().await?;
+            let (store, cipher) = (opened.store.as_ref(), opened.cipher.as_ref());
+            let ids = crate::store::catalog::backup_ids(store).await?;
             let mut ends = Vec::new();
-            for id in &ids {
-                if let Some(m) = crate::store::catalog::get_manifest(
-                    opened.store.as_ref(),
-                    opened.cipher.as_ref(),
-                    id,
-                )
-                .await?
-                {
-                    if m.status == BackupStatus::Complete {
-                        ends.extend(
+            for ordered in [
+                Box::new(ids.iter()) as Box<dyn Iterator<Item = &String> + Send>,
+                Box::new(ids.iter().rev()),
+            ] {
+                for id in ordered {
+                    let manifest = crate::store::catalog::get_manifest(store, cipher, id).await?;
+                    let end = manifest
+                        .filter(|m| m.status == BackupStatus::Complete)
+                        .and_then(|m| {
                             m.finished_at
                                 .as_deref()
-                                .and_then(crate::times::unix_seconds),
-                        );
+                                .and_then(crate::times::unix_seconds)
+                        });
+                    if let Some(end) = end {
+                        ends.push(end);
+                        break;
                     }
                 }
             }

@@ -16,9 +16,9 @@
 //! injects the sidecar). The services: [`identity`], [`operator`], [`wal_service`] with
 //! [`archive`], [`backup_service`], [`metrics_service`], [`restore_job`]; [`streaming`]
 //! starts and stops the daemon's pipeline as the pod's role changes ([`pod`]: who and what
-//! this pod is); [`instance`] composes
-//! a sidecar; [`serve`] and [`tls`] are where the services listen; [`client`] dials a plugin
-//! socket (the sidecar's health check).
+//! this pod is); [`instance`] composes a sidecar, whose services share one opened store
+//! ([`store_once`]); [`serve`] and [`tls`] are where the services listen; [`client`] dials
+//! a plugin socket (the sidecar's health check).
 //!
 //! No Kubernetes API is used: everything comes with CNPG's requests (the `Cluster`
 //! definition) and the sidecar's environment (the parameters, the Secret).
@@ -36,6 +36,7 @@ pub mod params;
 pub mod pod;
 pub mod restore_job;
 pub mod serve;
+pub mod store_once;
 pub mod streaming;
 pub mod tls;
 pub mod wal_service;
