@@ -23,8 +23,22 @@ async fn load_switch_stop_compare(rig: &Rig, pg: &PgServer) {
     let switch = lsn(&pg.switch_wal().unwrap());
     // Everything before the switch is in complete segments once the segment closes.
     let target = switch.segment_number(seg()).start_lsn(seg()) + SEG;
-    pg.psql("SELECT txid_current()").unwrap(); // a little WAL past the switch
+    // A little WAL past the switch, flushed when the statement returns: a commit record
+    // alone (`txid_current()`) is not flushed at commit but up to `wal_writer_delay` later
+    // (RecordTransactionCommit, src/backend/access/transam/xact.c), and the server sends only
+    // flushed WAL.
+    pg.psql("CREATE TABLE past_the_switch AS SELECT 1 AS one")
+        .unwrap();
+    // The invariant speaks of WAL sent before the stop: the server's flush position now,
+    // once the agent has received it. Read after the stop, it could include WAL flushed
+    // since (that commit record, the background writer's running-transactions record).
+    let flushed = lsn(&pg.psql("SELECT pg_current_wal_flush_lsn()").unwrap());
+    assert!(
+        flushed > target,
+        "WAL past the switch ({flushed}, switch segment ends at {target})"
+    );
     rig.wait_uploaded(&agent, target, Duration::from_secs(60));
+    rig.wait_received(&agent, flushed, Duration::from_secs(60));
     let status = agent.terminate();
     assert!(
         status.success(),
@@ -45,10 +59,18 @@ async fn load_switch_stop_compare(rig: &Rig, pg: &PgServer) {
         "expected several complete segments, compared {compared}"
     );
     let first = complete_segments(&objects)[0];
-    let flushed = lsn(&pg.psql("SELECT pg_current_wal_flush_lsn()").unwrap());
+    let frontier = bucket_frontier(&objects, first);
     assert!(
-        bucket_frontier(&objects, first) >= flushed,
-        "after a clean stop the store must hold all WAL the server had flushed ({flushed})"
+        frontier >= flushed,
+        "after a clean stop the store must hold all WAL the server had flushed and sent \
+         before it ({flushed}), it ends at {frontier}\n{}",
+        agent.output_text()
+    );
+    // The agent's last word: everything it received (up to its stop) is in the bucket.
+    let received = rig.status_lsn("received_lsn").expect("final status");
+    assert!(
+        frontier >= received,
+        "received {received} before the stop, the store ends at {frontier}"
     );
     // The slot never claims more than the store holds.
     let restart = slot_restart_lsn(pg).expect("slot exists");

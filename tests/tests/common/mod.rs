@@ -116,15 +116,26 @@ impl Rig {
     /// own status counts: after a restart the file holds the previous process's last word
     /// until the new one writes.
     pub fn wait_uploaded(&self, agent: &AgentProcess, target: Lsn, timeout: Duration) {
+        self.wait_status(agent, "uploaded_lsn", target, timeout);
+    }
+
+    /// Waits until the agent reports WAL up to `target` received from the server (sent to
+    /// it, whether or not it is in the bucket yet); `agent`'s own status only, as
+    /// [`Rig::wait_uploaded`].
+    pub fn wait_received(&self, agent: &AgentProcess, target: Lsn, timeout: Duration) {
+        self.wait_status(agent, "received_lsn", target, timeout);
+    }
+
+    fn wait_status(&self, agent: &AgentProcess, field: &str, target: Lsn, timeout: Duration) {
         let ok = wait_until(timeout, Duration::from_millis(200), || {
             let mine = self
                 .status()
                 .is_some_and(|s| s["pid"].as_u64() == Some(u64::from(agent.pid())));
-            mine && self.status_lsn("uploaded_lsn").is_some_and(|l| l >= target)
+            mine && self.status_lsn(field).is_some_and(|l| l >= target)
         });
         assert!(
             ok,
-            "agent did not upload up to {target} within {timeout:?}; status {:?}\n{}",
+            "agent's {field} did not reach {target} within {timeout:?}; status {:?}\n{}",
             self.status(),
             agent.output_text()
         );
