@@ -2,12 +2,14 @@
 //! once the file is in the store.
 //!
 //! A segment the stream already put in the store (on its timeline, below the end of the WAL
-//! durable in every required store: the `flush` position the pipeline confirms, which fetch
-//! serves byte for byte) is answered without a request. A segment the stream is about to
-//! finish is waited for, up to [`STREAM_WAIT`]. Anything else (streaming is not running, the
-//! slot was lost, a history or backup history file, a segment of a timeline the stream never
-//! saw) is uploaded from `pg_wal` as a complete object with [`put_immutable`]: the same
-//! bytes already there are a no-op, different bytes are a conflict (an alarm, never an
+//! durable in every required store,
+//! [`durable_end_on`](crate::pipeline::Progress::durable_end_on): the position `flush`
+//! follows, which the pipeline's simulation holds fetch to serve byte for byte) is answered
+//! without a request. A segment the stream is about to finish is waited for, up to
+//! [`STREAM_WAIT`]. Anything else (streaming is not running, the slot was lost, a history or
+//! backup history file, a segment of a timeline the stream never saw) is uploaded from
+//! `pg_wal` as a complete object with [`put_immutable`]: the same bytes already there are a
+//! no-op, different bytes are a conflict (an alarm, never an
 //! overwrite). So PostgreSQL recycles a segment only once it is offsite, whatever happened
 //! to the stream.
 //!
@@ -137,17 +139,13 @@ impl Archiver {
             let Some(progress) = self.streaming.progress() else {
                 return false;
             };
-            // The timeline is read on both sides of the position, so both are of one
-            // timeline.
-            let before = progress.live().timeline;
-            let uploaded = progress.positions().uploaded;
-            let after = progress.live().timeline;
-            if before == Some(tli) && after == before && uploaded >= end {
+            let durable = progress.durable_end_on(tli);
+            if durable.is_some_and(|d| d >= end) {
                 return true;
             }
             if tokio::time::Instant::now() >= deadline {
                 tracing::info!(
-                    %uploaded, timeline = ?after,
+                    ?durable, timeline = ?progress.live().timeline,
                     "segment {tli}/{segno:?} not yet streamed into the store: uploading it from pg_wal"
                 );
                 return false;

@@ -28,6 +28,8 @@ mod lanes;
 mod mailbox;
 mod partial_outlets;
 mod pins;
+#[cfg(test)]
+mod progress_tests;
 mod receiver;
 mod resume;
 mod shared;
@@ -43,7 +45,7 @@ pub use shared::LiveStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgagent_protocol::{Lsn, ReplicationStream};
+use pgagent_protocol::{Lsn, ReplicationStream, TimelineId};
 use pgagent_storage::crypto::ObjectCipher;
 use pgagent_storage::ObjectStore;
 use tokio::sync::mpsc;
@@ -482,6 +484,21 @@ impl Progress {
                 failing: l.failing,
             })
             .collect()
+    }
+
+    /// The end of the WAL of timeline `tli` durable in every required store (an LSN, the
+    /// position `flush` follows), or `None` while the pipeline streams another timeline or
+    /// none. Every byte of `tli` below it is served by fetch, byte for byte, as a confirmed
+    /// `flush` is (the simulation holds it to that): a whole segment of `tli` below it may
+    /// be answered as archived.
+    ///
+    /// The timeline is read on both sides of the position, so the two are of one timeline
+    /// (at a switch, the frontier stops at the switch point before the new timeline is set).
+    pub fn durable_end_on(&self, tli: TimelineId) -> Option<Lsn> {
+        let before = self.0.live().timeline;
+        let end = self.0.lanes().required_end();
+        let after = self.0.live().timeline;
+        (before == Some(tli) && after == before).then_some(end)
     }
 
     /// The connection state and the last error.

@@ -138,7 +138,8 @@ impl Checker {
         self
     }
 
-    /// Notes the position confirmed to the server now (the largest ever counts).
+    /// Notes a position promised now: confirmed to the server as `flush`, or below which
+    /// a segment may be answered as archived (the largest ever counts).
     pub fn confirmed(&mut self, flush: Lsn) {
         let last = self.confirmed.last().map_or(Lsn(0), |c| c.1);
         if flush > last {

@@ -1,7 +1,11 @@
 //! A deterministic simulation of the WAL path, checking DESIGN.md's promise "confirmed ⇒
 //! fetchable": everything ever confirmed to the server as `flush` is served by fetch, byte
 //! for byte, whatever order uploads complete in, whatever listings miss, whatever cleanup
-//! deletes, at any crash point.
+//! deletes, at any crash point. It holds the other promise made from the pipeline's
+//! position to the same rule: every segment below
+//! [`Progress::durable_end_on`](super::Progress::durable_end_on), which the CloudNativePG
+//! sidecar answers `WAL.Archive` for without storing it again, is served whole by every
+//! required store.
 //!
 //! The real code runs inside it: the `Receiver` writing real staging files, the real
 //! `Sealer`, `Uploader` tasks and `FlushTracker`, the real resume decision at each restart

@@ -30,7 +30,7 @@ use crate::pipeline::receiver::{Outlets, Receiver};
 use crate::pipeline::resume::{self, StoredPartial};
 use crate::pipeline::shared::Shared;
 use crate::pipeline::workers::{spawn_lanes, LaneSpec};
-use crate::pipeline::{pin_targets, tracker_for};
+use crate::pipeline::{pin_targets, tracker_for, Progress};
 use crate::server::ServerInfo;
 use crate::staging::StagingWriter;
 
@@ -332,6 +332,9 @@ impl World {
             synchronous: self.synchronous,
         };
         let receiver = Receiver::new(shared.clone(), writer, outlets, plan.start);
+        // The timeline streamed, as a session sets it when it starts (`Receiver::session`):
+        // from here on `WAL.Archive` may answer from the pipeline's position (see `report`).
+        shared.live().timeline = Some(TLI);
         self.agent = Some(Agent {
             receiver,
             shared,
@@ -391,13 +394,22 @@ impl World {
         }
         let flush = agent.shared.flush_lsn();
         self.server.slot = Some(flush);
+        // The other promise made from the pipeline's position: the CloudNativePG sidecar
+        // answers `WAL.Archive` for a segment below it without storing it again, and
+        // PostgreSQL may then recycle its only copy. Every required store must serve it.
+        let archived = Progress(agent.shared.clone())
+            .durable_end_on(TLI)
+            .unwrap_or_default();
         for l in &mut self.lanes {
             if let Some(p) = l.promised(flush) {
                 l.checker.confirmed(p);
             }
+            if l.role == StoreRole::Required {
+                l.checker.confirmed(archived);
+            }
         }
         if let Some(u) = &mut self.union {
-            u.confirmed(flush);
+            u.confirmed(flush.max(archived));
         }
     }
 
