@@ -116,7 +116,8 @@ pub struct BackupSummary {
     /// A recovery from this backup can stop at any time from this one (its files stored,
     /// RFC 3339)…
     pub reachable_from: Option<String>,
-    /// …to this one: when the newest WAL in the store was written there (RFC 3339).
+    /// …to this one: when the newest WAL in the store was written there, and never before
+    /// the backup's own end (RFC 3339).
     pub reachable_to: Option<String>,
 }
 
@@ -200,15 +201,14 @@ pub async fn list(cfg: &Config, json: bool) -> anyhow::Result<()> {
         .await?
         .into_iter()
         .filter_map(|o| o.last_modified)
-        .max()
-        .map(|t| humantime::format_rfc3339_seconds(t).to_string());
+        .max();
     let summaries: Vec<BackupSummary> = manifests
         .iter()
         .map(|m| {
             let mut s = BackupSummary::from(m);
-            if m.status == BackupStatus::Complete {
-                s.reachable_from = m.finished_at.clone();
-                s.reachable_to = newest_wal.clone();
+            if let (BackupStatus::Complete, Some(end)) = (m.status, &m.finished_at) {
+                s.reachable_from = Some(end.clone());
+                s.reachable_to = reachable_to(end, newest_wal);
             }
             s
         })
@@ -226,10 +226,48 @@ pub async fn list(cfg: &Config, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How far a recovery from a complete backup that ended at `end` (RFC 3339) reaches: when
+/// the newest WAL in the store was written there (`newest_wal`, the store's clock, written
+/// to the second), and never before `end` itself. A backup is complete only once its WAL to
+/// the stop point is in the store, so it reaches its own end; the newest WAL object's time
+/// reads earlier when no WAL landed after the manifest (the WAL to the stop point lands
+/// first, the manifest after it). `None` when the store lists no WAL time.
+fn reachable_to(end: &str, newest_wal: Option<std::time::SystemTime>) -> Option<String> {
+    let newest = humantime::format_rfc3339_seconds(newest_wal?).to_string();
+    let before_end = match (
+        crate::times::unix_seconds(&newest),
+        crate::times::unix_seconds(end),
+    ) {
+        (Some(n), Some(e)) => n < e,
+        _ => false,
+    };
+    Some(if before_end { end.to_string() } else { newest })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::chain::tests::{full, incremental};
+
+    #[test]
+    fn a_backup_reaches_at_least_its_own_end() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let end = "2026-12-07T04:40:05.189383Z";
+        let at = |ms: u64| Some(UNIX_EPOCH + Duration::from_millis(ms));
+        // The WAL to the stop point landed a second before the manifest, none since.
+        let earlier = at(1_796_618_404_900);
+        assert_eq!(reachable_to(end, earlier).as_deref(), Some(end));
+        // In the same second, written to the second: still not before the end.
+        let same_second = at(1_796_618_405_900);
+        assert_eq!(reachable_to(end, same_second).as_deref(), Some(end));
+        // WAL landed after it: the range runs to that WAL.
+        let later = at(1_796_618_407_250);
+        assert_eq!(
+            reachable_to(end, later).as_deref(),
+            Some("2026-12-07T04:40:07Z")
+        );
+        assert_eq!(reachable_to(end, None), None);
+    }
 
     #[test]
     fn a_line_names_the_kind_the_parent_and_what_the_server_sent() {
